@@ -1,0 +1,21 @@
+//! The CorsPolicy model, the CORS decision engine and the policy lints.
+//!
+//! Pure: no I/O, no async, no HTTP library. The proxy turns a request into a [`RequestInfo`],
+//! asks a compiled [`Engine`] for a [`Decision`], and applies it; `corsair explain` prints it.
+#![forbid(unsafe_code)]
+
+pub mod model;
+
+mod decision;
+mod engine;
+mod load;
+mod validate;
+
+pub use decision::{
+    Action, AllowReason, Decision, DenyReason, ListValue, RequestKind, ResponseHeaders, Vary,
+    Verdict, merge_vary,
+};
+pub use engine::{Engine, RequestInfo};
+pub use load::{LoadError, load_document};
+pub use model::{CorsPolicySpec, DisallowedRequests, Mode, PolicyDocument, RouteSpec, UnmatchedPreflights};
+pub use validate::{Finding, Report, Severity, validate};
