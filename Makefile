@@ -1,0 +1,53 @@
+# `make test` is the one command that runs every test; it installs what the tests need first.
+# CI (.ci/run) calls exactly `make test` on a fresh clone.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV := $(CURDIR)/.venv
+PY_DEPS := kubernetes-validate==1.37.0 helm-python-sdk==0.2.2 pytest==8.3.4 PyYAML==6.0.2
+export PATH := $(VENV)/bin:$(PATH)
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: test deps deps-apt deps-python lint rust-test fuzz-check chart-test demo bench
+
+test: deps lint rust-test fuzz-check chart-test
+	@echo "make test: all suites passed"
+
+deps: deps-apt deps-python
+
+# Debian packages the tests use: Chromium for the browser test.
+deps-apt:
+	@if ! command -v chromium >/dev/null; then \
+		echo "installing chromium (browser test)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
+
+# PyPI packages: the Kubernetes schema validator and Helm (Go library, no binary) for the chart.
+deps-python: $(VENV)/.installed
+$(VENV)/.installed: Makefile
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check $(PY_DEPS)
+	touch $@
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+rust-test:
+	cargo test --workspace --locked
+
+# The fuzz targets must build (CI does not run them).
+fuzz-check:
+	cargo check --manifest-path fuzz/Cargo.toml --bins
+
+# Helm chart: lint, render and validate with real Helm (Go library via helm-python-sdk).
+chart-test: deps-python
+	cargo build --locked --bin corsair
+	CORSAIR_BIN=$(CURDIR)/target/debug/corsair $(VENV)/bin/pytest -q charts/tests
+
+demo:
+	cargo run --release -- demo
+
+bench:
+	cargo bench -p corsair-policy
+	bash benches/proxy/run.sh

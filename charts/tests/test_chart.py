@@ -1,0 +1,151 @@
+"""The Helm chart, rendered and linted by real Helm, checked against the Kubernetes schemas."""
+
+import re
+import subprocess
+
+import helm_python as helm
+import pytest
+import yaml
+
+from conftest import CHART, ROOT, by_kind, kubernetes_validate, render
+
+
+def test_lint_strict_has_no_findings():
+    report = helm.lint(str(CHART), strict=True, kube_version="v1.33.0")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert report["total_charts_linted"] == 1
+    assert problems == [], problems
+    assert not report.get("errors"), report.get("errors")
+
+
+def test_default_render_is_valid_kubernetes(tmp_path):
+    docs = render()
+    kinds = sorted(d["kind"] for d in docs)
+    for kind in [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "MutatingWebhookConfiguration",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "ServiceAccount",
+        "ValidatingWebhookConfiguration",
+        "PodDisruptionBudget",
+    ]:
+        assert kind in kinds, f"{kind} missing from the default render: {kinds}"
+    out = tmp_path / "rendered.yaml"
+    out.write_text(yaml.safe_dump_all(docs))
+    code, output = kubernetes_validate([out])
+    assert code == 0, output
+
+
+def test_mutating_webhook_only_sees_opted_in_pods():
+    (mwc,) = by_kind(render(), "MutatingWebhookConfiguration")
+    (hook,) = mwc["webhooks"]
+    assert hook["objectSelector"] == {"matchLabels": {"corsair.dev/inject": "enabled"}}
+    assert hook["rules"][0]["resources"] == ["pods"]
+    assert hook["rules"][0]["operations"] == ["CREATE"]
+    assert hook["clientConfig"]["service"]["path"] == "/inject"
+    excluded = hook["namespaceSelector"]["matchExpressions"][0]["values"]
+    assert "corsair-system" in excluded and "kube-system" in excluded
+    (vwc,) = by_kind(render(), "ValidatingWebhookConfiguration")
+    assert vwc["webhooks"][0]["clientConfig"]["service"]["path"] == "/validate"
+    assert vwc["webhooks"][0]["rules"][0]["resources"] == ["corspolicies"]
+
+
+def test_webhook_service_matches_controller_pods():
+    docs = render()
+    (deploy,) = by_kind(docs, "Deployment")
+    (svc,) = by_kind(docs, "Service")
+    pod_labels = deploy["spec"]["template"]["metadata"]["labels"]
+    assert all(pod_labels.get(k) == v for k, v in svc["spec"]["selector"].items())
+    container_ports = {p["name"] for p in deploy["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    for port in svc["spec"]["ports"]:
+        assert port["targetPort"] in container_ports
+    hook_svc = by_kind(docs, "MutatingWebhookConfiguration")[0]["webhooks"][0]["clientConfig"]["service"]
+    assert hook_svc["name"] == svc["metadata"]["name"]
+
+
+def test_controller_is_restricted():
+    (deploy,) = by_kind(render(), "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    ctx = pod["containers"][0]["securityContext"]
+    assert ctx["allowPrivilegeEscalation"] is False
+    assert ctx["readOnlyRootFilesystem"] is True
+    assert ctx["capabilities"]["drop"] == ["ALL"]
+
+
+def controller_flags(deploy):
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[0] == "controller"
+    return [a.split("=", 1)[0] for a in args[1:]]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{}, {"webhook": {"certManager": {"enabled": True}}}],
+    ids=["default", "cert-manager"],
+)
+def test_every_controller_flag_exists(values, corsair_bin):
+    """The chart passes only flags that `corsair controller` accepts."""
+    help_text = subprocess.run(
+        [corsair_bin, "controller", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    known = set(re.findall(r"--[a-z0-9-]+", help_text))
+    (deploy,) = by_kind(render(values), "Deployment")
+    missing = [f for f in controller_flags(deploy) if f not in known]
+    assert missing == [], f"flags not in `corsair controller --help`: {missing}"
+
+
+def test_values_are_passed_through():
+    values = {
+        "replicaCount": 3,
+        "image": {"repository": "registry.local/corsair", "tag": "v9"},
+        "sidecar": {"mode": "container", "proxyPort": 16000, "image": "registry.local/proxy:v9"},
+    }
+    (deploy,) = by_kind(render(values), "Deployment")
+    assert deploy["spec"]["replicas"] == 3
+    container = deploy["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "registry.local/corsair:v9"
+    assert "--sidecar-mode=container" in container["args"]
+    assert "--sidecar-proxy-port=16000" in container["args"]
+    assert "--sidecar-image=registry.local/proxy:v9" in container["args"]
+
+
+def test_cert_manager_mode_mounts_the_issued_secret():
+    docs = render({"webhook": {"certManager": {"enabled": True}}})
+    (cert,) = by_kind(docs, "Certificate")
+    (issuer,) = by_kind(docs, "Issuer")
+    assert cert["spec"]["issuerRef"]["name"] == issuer["metadata"]["name"]
+    (deploy,) = by_kind(docs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    assert pod["volumes"][0]["secret"]["secretName"] == cert["spec"]["secretName"]
+    args = pod["containers"][0]["args"]
+    assert "--tls-cert=/etc/corsair/tls/tls.crt" in args
+    for kind in ["MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"]:
+        (hook,) = by_kind(docs, kind)
+        assert hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].endswith(
+            cert["metadata"]["name"]
+        )
+
+
+def test_schema_rejects_a_mistyped_value():
+    chart = helm.Chart.load(str(CHART))
+    with pytest.raises(helm.HelmError) as err:
+        chart.validate_schema({"sidecar": {"mode": "sometimes"}})
+    assert "mode" in str(err.value)
+    with pytest.raises(helm.HelmError) as err:
+        chart.validate_schema({"replicas": 2})
+    assert "replicas" in str(err.value)
+
+
+def test_chart_crd_is_the_generated_one(corsair_bin):
+    generated = subprocess.run(
+        [corsair_bin, "crd"], capture_output=True, text=True, check=True
+    ).stdout
+    chart_crd = (CHART / "crds" / "corspolicies.corsair.dev.yaml").read_text()
+    assert yaml.safe_load(chart_crd) == yaml.safe_load(generated)
+    assert yaml.safe_load((ROOT / "deploy" / "crd.yaml").read_text()) == yaml.safe_load(generated)
