@@ -93,10 +93,16 @@ pub struct ResponseHeaders<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action<'a> {
     /// Answer without calling the upstream (an allowed or rejected preflight, a rejected request).
-    Respond { status: u16, headers: ResponseHeaders<'a> },
+    Respond {
+        status: u16,
+        headers: ResponseHeaders<'a>,
+    },
     /// Call the upstream, then: when `strip_upstream_cors`, remove every `Access-Control-*`
     /// header it set; set `headers`; merge `headers.vary` into its `Vary`.
-    Forward { headers: ResponseHeaders<'a>, strip_upstream_cors: bool },
+    Forward {
+        headers: ResponseHeaders<'a>,
+        strip_upstream_cors: bool,
+    },
 }
 
 /// The engine's answer for one request.
@@ -126,16 +132,127 @@ impl<'a> Decision<'a> {
 }
 
 impl ResponseHeaders<'_> {
-    /// Calls `f` with each header to set, name in lowercase, value rendered.
+    /// Calls `f` with each header to set, name in lowercase, value rendered: the
+    /// `access-control-*` headers first, then `vary` when it names anything.
+    ///
+    /// On a response the proxy builds itself ([`Action::Respond`]) every header is set as given.
+    /// On a forwarded response the upstream may have its own `Vary`: merge with [`merge_vary`]
+    /// instead of setting the `vary` given here, so that the response never has two `Vary` lines.
     pub fn for_each(&self, mut f: impl FnMut(&'static str, &dyn std::fmt::Display)) {
-        let _ = &mut f;
-        todo!("engine issue")
+        if let Some(origin) = self.allow_origin {
+            f("access-control-allow-origin", &origin);
+        }
+        if self.allow_credentials {
+            f("access-control-allow-credentials", &"true");
+        }
+        if let Some(methods) = &self.allow_methods {
+            f("access-control-allow-methods", methods);
+        }
+        if let Some(headers) = &self.allow_headers {
+            f("access-control-allow-headers", headers);
+        }
+        if let Some(expose) = self.expose_headers {
+            f("access-control-expose-headers", &expose);
+        }
+        if let Some(max_age) = self.max_age {
+            f("access-control-max-age", &max_age);
+        }
+        if self.allow_private_network {
+            f("access-control-allow-private-network", &"true");
+        }
+        if !self.vary.is_empty() {
+            f("vary", &self.vary);
+        }
+    }
+}
+
+impl std::fmt::Display for ListValue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListValue::Text(text) => f.write_str(text),
+            ListValue::Lines(lines) => {
+                for (i, line) in lines.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    f.write_str(line)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Vary {
+    /// Whether the response varies on nothing CORS adds.
+    pub fn is_empty(&self) -> bool {
+        self.names().next().is_none()
+    }
+
+    /// The header names, in the canonical order.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> {
+        [
+            (self.origin, "Origin"),
+            (self.request_method, "Access-Control-Request-Method"),
+            (self.request_headers, "Access-Control-Request-Headers"),
+            (
+                self.request_private_network,
+                "Access-Control-Request-Private-Network",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+    }
+}
+
+/// `Origin, Access-Control-Request-Method, …`: the value of a fresh `Vary` field.
+impl std::fmt::Display for Vary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, name) in self.names().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(name)?;
+        }
+        Ok(())
     }
 }
 
 /// Merges `add` into the existing `Vary` field lines, keeping their order and dropping duplicates
 /// (case-insensitive). Returns `None` when nothing has to change. `*` absorbs everything.
+///
+/// A `Some` result is the single value that replaces every existing `Vary` line.
 pub fn merge_vary<'v>(existing: impl Iterator<Item = &'v str>, add: Vary) -> Option<String> {
-    let _ = (existing, add);
-    todo!("engine issue")
+    let lines: Vec<&str> = existing.collect();
+    let elements = || {
+        lines
+            .iter()
+            .flat_map(|line| line.split(','))
+            .map(|name| name.trim_matches([' ', '\t']))
+            .filter(|name| !name.is_empty())
+    };
+    if elements().any(|name| name == "*") {
+        // `Vary: *` already says the response varies on everything.
+        let only_star = lines.len() == 1 && lines[0].trim_matches([' ', '\t']) == "*";
+        return (!only_star).then(|| "*".to_owned());
+    }
+    let mut names: Vec<&str> = Vec::new();
+    let mut duplicates = false;
+    for name in elements() {
+        if names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            duplicates = true;
+        } else {
+            names.push(name);
+        }
+    }
+    let before = names.len();
+    for name in add.names() {
+        if !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            names.push(name);
+        }
+    }
+    if names.len() == before && lines.len() <= 1 && !duplicates {
+        return None;
+    }
+    Some(names.join(", "))
 }

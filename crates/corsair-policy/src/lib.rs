@@ -9,13 +9,16 @@ pub mod model;
 mod decision;
 mod engine;
 mod load;
+mod origin;
 mod validate;
 
 pub use decision::{
     Action, AllowReason, Decision, DenyReason, ListValue, RequestKind, ResponseHeaders, Vary,
     Verdict, merge_vary,
 };
-pub use engine::{Engine, RequestInfo};
+pub use engine::{DEFAULT_ALLOW_METHODS, DEFAULT_PREFLIGHT_STATUS, Engine, RequestInfo};
 pub use load::{LoadError, load_document};
-pub use model::{CorsPolicySpec, DisallowedRequests, Mode, PolicyDocument, RouteSpec, UnmatchedPreflights};
-pub use validate::{Finding, Report, Severity, validate};
+pub use model::{
+    CorsPolicySpec, DisallowedRequests, Mode, PolicyDocument, RouteSpec, UnmatchedPreflights,
+};
+pub use validate::{Finding, MAX_AGE_BROWSER_CAP, Report, Severity, validate};

@@ -1,6 +1,8 @@
 //! Validation errors and lints, each naming the field path and the value.
 
-use crate::model::CorsPolicySpec;
+use crate::engine::{is_token, normalize_prefix};
+use crate::model::{CorsPolicySpec, RouteSpec};
+use crate::origin::{OriginPattern, parse_config_origin};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
@@ -34,18 +36,357 @@ pub struct Report {
 
 impl Report {
     pub fn errors(&self) -> impl Iterator<Item = &Finding> {
-        self.findings.iter().filter(|f| f.severity == Severity::Error)
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
     }
     pub fn warnings(&self) -> impl Iterator<Item = &Finding> {
-        self.findings.iter().filter(|f| f.severity == Severity::Warning)
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Warning)
     }
     pub fn has_errors(&self) -> bool {
         self.errors().next().is_some()
     }
 }
 
+/// Chromium's cap on `Access-Control-Max-Age`; a larger value is silently lowered.
+pub const MAX_AGE_BROWSER_CAP: u32 = 7200;
+
 /// Validates and lints `spec`; field paths start at `spec.`.
 pub fn validate(spec: &CorsPolicySpec) -> Report {
-    let _ = spec;
-    todo!("engine issue")
+    let mut out = Findings::default();
+    let top = Level::top(spec);
+    check_level(&mut out, &top, None, !spec.routes.is_empty());
+    let mut seen: Vec<(&str, usize)> = Vec::new();
+    for (i, route) in spec.routes.iter().enumerate() {
+        let level = Level::route(spec, route, i);
+        let prefix = &route.path_prefix;
+        let path = format!("{}.pathPrefix", level.base);
+        if !prefix.starts_with('/') {
+            out.error(
+                &path,
+                "invalid-path-prefix",
+                format!("{prefix:?} is not a path prefix: it must start with \"/\""),
+            );
+        } else if prefix.contains(['?', '#']) {
+            out.error(
+                &path,
+                "invalid-path-prefix",
+                format!("{prefix:?} is not a path prefix: it has a query or fragment"),
+            );
+        } else {
+            let normalized = normalize_prefix(prefix);
+            if let Some((_, first)) = seen.iter().find(|(p, _)| *p == normalized) {
+                out.error(
+                    &path,
+                    "duplicate-route",
+                    format!("{prefix:?} is the same prefix as spec.routes[{first}]: only one of them could ever match"),
+                );
+            } else {
+                seen.push((normalized, i));
+            }
+        }
+        check_level(&mut out, &level, Some(&top), false);
+    }
+    out.report
 }
+
+#[derive(Default)]
+struct Findings {
+    report: Report,
+}
+
+impl Findings {
+    fn push(&mut self, severity: Severity, path: &str, code: &'static str, message: String) {
+        self.report.findings.push(Finding {
+            severity,
+            path: path.to_owned(),
+            code,
+            message,
+        });
+    }
+    fn error(&mut self, path: &str, code: &'static str, message: String) {
+        self.push(Severity::Error, path, code, message);
+    }
+    fn warn(&mut self, path: &str, code: &'static str, message: String) {
+        self.push(Severity::Warning, path, code, message);
+    }
+}
+
+/// The fields of one level: `own` are the ones written there, the others come from inheritance.
+struct Level<'s> {
+    base: String,
+    own: Rules<'s>,
+    effective: Rules<'s>,
+}
+
+#[derive(Clone, Copy)]
+struct Rules<'s> {
+    allow_origins: Option<&'s Vec<String>>,
+    allow_origin_regexes: Option<&'s Vec<String>>,
+    allow_null_origin: Option<bool>,
+    allow_methods: Option<&'s Vec<String>>,
+    allow_headers: Option<&'s Vec<String>>,
+    expose_headers: Option<&'s Vec<String>>,
+    allow_credentials: Option<bool>,
+    max_age: Option<u32>,
+    preflight_status: Option<u16>,
+}
+
+macro_rules! rules_of {
+    ($s:expr) => {
+        Rules {
+            allow_origins: $s.allow_origins.as_ref(),
+            allow_origin_regexes: $s.allow_origin_regexes.as_ref(),
+            allow_null_origin: $s.allow_null_origin,
+            allow_methods: $s.allow_methods.as_ref(),
+            allow_headers: $s.allow_headers.as_ref(),
+            expose_headers: $s.expose_headers.as_ref(),
+            allow_credentials: $s.allow_credentials,
+            max_age: $s.max_age,
+            preflight_status: $s.preflight_status,
+        }
+    };
+}
+
+impl<'s> Level<'s> {
+    fn top(spec: &'s CorsPolicySpec) -> Self {
+        let own = rules_of!(spec);
+        Level {
+            base: "spec".to_owned(),
+            own,
+            effective: own,
+        }
+    }
+
+    fn route(spec: &'s CorsPolicySpec, route: &'s RouteSpec, i: usize) -> Self {
+        let own = rules_of!(route);
+        let top = rules_of!(spec);
+        Level {
+            base: format!("spec.routes[{i}]"),
+            own,
+            effective: Rules {
+                allow_origins: own.allow_origins.or(top.allow_origins),
+                allow_origin_regexes: own.allow_origin_regexes.or(top.allow_origin_regexes),
+                allow_null_origin: own.allow_null_origin.or(top.allow_null_origin),
+                allow_methods: own.allow_methods.or(top.allow_methods),
+                allow_headers: own.allow_headers.or(top.allow_headers),
+                expose_headers: own.expose_headers.or(top.expose_headers),
+                allow_credentials: own.allow_credentials.or(top.allow_credentials),
+                max_age: own.max_age.or(top.max_age),
+                preflight_status: own.preflight_status.or(top.preflight_status),
+            },
+        }
+    }
+}
+
+/// Checks one level. Fields are checked where they are written; combinations are checked on the
+/// effective (inherited) values, and reported on a route only when the route wrote one of them,
+/// so one mistake at the top level is reported once.
+fn check_level(out: &mut Findings, level: &Level<'_>, top: Option<&Level<'_>>, has_routes: bool) {
+    let base = &level.base;
+    let own = &level.own;
+    let eff = &level.effective;
+    let is_route = top.is_some();
+
+    if let Some(origins) = own.allow_origins {
+        check_origins(out, base, origins);
+    }
+    if let Some(regexes) = own.allow_origin_regexes {
+        check_regexes(out, base, regexes);
+    }
+    if let Some(methods) = own.allow_methods {
+        check_tokens(
+            out,
+            &format!("{base}.allowMethods"),
+            methods,
+            "invalid-method",
+            "method",
+        );
+    }
+    if let Some(headers) = own.allow_headers {
+        check_tokens(
+            out,
+            &format!("{base}.allowHeaders"),
+            headers,
+            "invalid-header-name",
+            "header name",
+        );
+    }
+    if let Some(headers) = own.expose_headers {
+        check_tokens(
+            out,
+            &format!("{base}.exposeHeaders"),
+            headers,
+            "invalid-header-name",
+            "header name",
+        );
+    }
+    if let Some(status) = own.preflight_status
+        && status != 200
+        && status != 204
+    {
+        out.error(
+            &format!("{base}.preflightStatus"),
+            "invalid-preflight-status",
+            format!(
+                "{status} is not allowed: use 200 (what Gateway API and old clients expect) or 204"
+            ),
+        );
+    }
+    if let Some(max_age) = own.max_age
+        && max_age > MAX_AGE_BROWSER_CAP
+    {
+        out.warn(
+            &format!("{base}.maxAge"),
+            "max-age-above-browser-cap",
+            format!("{max_age} seconds is more than browsers honour: Chromium caps preflight caching at {MAX_AGE_BROWSER_CAP} seconds, so the extra time only delays policy changes in other browsers"),
+        );
+    }
+    if own.allow_null_origin == Some(true) {
+        out.warn(
+            &format!("{base}.allowNullOrigin"),
+            "null-origin",
+            "true lets any sandboxed iframe, local file or redirected request read responses: every page can make its requests carry `Origin: null`".to_owned(),
+        );
+    }
+
+    let any_origin = eff
+        .allow_origins
+        .is_some_and(|o| o.iter().any(|e| e == "*"));
+    let credentials = eff.allow_credentials == Some(true);
+    let wrote_either = !is_route || own.allow_origins.is_some() || own.allow_credentials.is_some();
+    if any_origin && credentials && wrote_either {
+        let path = match eff
+            .allow_origins
+            .and_then(|o| o.iter().position(|e| e == "*"))
+        {
+            Some(i) if own.allow_origins.is_some() || !is_route => {
+                format!("{base}.allowOrigins[{i}]")
+            }
+            _ => format!("{base}.allowCredentials"),
+        };
+        out.error(
+            &path,
+            "wildcard-origin-with-credentials",
+            "\"*\" together with allowCredentials: true is refused: browsers never accept `*` on a credentialed response, and echoing every origin would let any site read responses with the user's cookies; list the origins".to_owned(),
+        );
+    }
+
+    let empty = |v: Option<&Vec<String>>| v.is_none_or(|v| v.is_empty());
+    let no_origins = empty(eff.allow_origins)
+        && empty(eff.allow_origin_regexes)
+        && eff.allow_null_origin != Some(true);
+    if no_origins && (is_route || !has_routes) {
+        out.error(
+            &format!("{base}.allowOrigins"),
+            "no-origins",
+            "allowOrigins and allowOriginRegexes are both empty: the rules would allow no origin at all".to_owned(),
+        );
+    }
+
+    if let Some(origins) = own.allow_origins {
+        lint_mixed_schemes(out, base, origins);
+    }
+}
+
+fn check_origins(out: &mut Findings, base: &str, origins: &[String]) {
+    for (i, entry) in origins.iter().enumerate() {
+        let path = format!("{base}.allowOrigins[{i}]");
+        match parse_config_origin(entry) {
+            Err(why) => out.error(&path, "invalid-origin", format!("{entry:?} {why}")),
+            Ok(OriginPattern::Wildcard { suffix, .. }) => {
+                if psl::suffix_str(&suffix) == Some(suffix.as_str()) {
+                    out.warn(
+                        &path,
+                        "public-suffix-wildcard",
+                        format!("{entry:?} covers every site registered under the public suffix {suffix:?}, which belong to anyone"),
+                    );
+                }
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+fn lint_mixed_schemes(out: &mut Findings, base: &str, origins: &[String]) {
+    let has_https = origins.iter().any(|o| o.starts_with("https://"));
+    if !has_https {
+        return;
+    }
+    for (i, entry) in origins.iter().enumerate() {
+        if entry.starts_with("http://") {
+            out.warn(
+                &format!("{base}.allowOrigins[{i}]"),
+                "mixed-scheme",
+                format!("{entry:?} is plain http beside https origins: anyone on the network path can inject script into it and read the responses meant for the https pages"),
+            );
+        }
+    }
+}
+
+fn check_regexes(out: &mut Findings, base: &str, regexes: &[String]) {
+    for (i, src) in regexes.iter().enumerate() {
+        let path = format!("{base}.allowOriginRegexes[{i}]");
+        if let Err(e) = regex::Regex::new(&format!("^(?:{src})$")) {
+            out.error(
+                &path,
+                "invalid-regex",
+                format!("{src:?} is not a valid regex: {e}"),
+            );
+            continue;
+        }
+        if has_unescaped_host_dot(src) {
+            out.warn(
+                &path,
+                "regex-unescaped-dot",
+                format!("{src:?} has an unescaped `.` in the host: it matches any character, so look-alike hosts match too; write `\\.`"),
+            );
+        }
+    }
+}
+
+/// A `.` outside a character class, not escaped, and followed by a host character: the author
+/// meant a literal dot between labels (`app.example.com`), not "any character" (`.*`, `.+`).
+fn has_unescaped_host_dot(src: &str) -> bool {
+    let host_part = src.split_once("://").map_or(src, |(_, rest)| rest);
+    let bytes = host_part.as_bytes();
+    let mut i = 0;
+    let mut in_class = false;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 1,
+            b'[' => in_class = true,
+            b']' => in_class = false,
+            b'.' if !in_class => {
+                if bytes.get(i + 1).is_some_and(|b| b.is_ascii_alphanumeric()) {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
+fn check_tokens(out: &mut Findings, path: &str, items: &[String], code: &'static str, what: &str) {
+    for (i, item) in items.iter().enumerate() {
+        if item != "*" && !is_token(item) {
+            let why = if item.is_empty() {
+                "is empty"
+            } else {
+                "is not a token (letters, digits and !#$%&'*+-.^_`|~ only)"
+            };
+            out.error(
+                &format!("{path}[{i}]"),
+                code,
+                format!("{item:?} is not a valid {what}: it {why}"),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,189 @@
+//! Origins: checking the ones a policy lists, and splitting the ones a request carries.
+//!
+//! A serialized origin is `scheme "://" host [ ":" port ]` (RFC 6454 §6.1, WHATWG HTML
+//! "serialization of an origin"). Browsers send it with a lowercase scheme and host and without
+//! the scheme's default port, so a policy entry that differs from that form would never match:
+//! validation refuses it instead of letting it silently allow nothing.
+
+/// The parts of a well-formed origin, borrowed from its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OriginParts<'a> {
+    pub scheme: &'a str,
+    /// The host as written: a DNS name, an IPv4 address, or `[IPv6]`.
+    pub host: &'a str,
+    pub port: Option<&'a str>,
+}
+
+/// One entry of `allowOrigins`, once checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum OriginPattern {
+    /// `*`: every origin.
+    Any,
+    /// `https://app.example.com`.
+    Exact,
+    /// `https://*.example.com[:port]`: `suffix` is `example.com`.
+    Wildcard {
+        scheme: String,
+        suffix: String,
+        port: Option<String>,
+    },
+}
+
+/// The port a scheme implies when none is written.
+pub(crate) fn default_port(scheme: &str) -> Option<&'static str> {
+    match scheme {
+        "http" | "ws" => Some("80"),
+        "https" | "wss" => Some("443"),
+        _ => None,
+    }
+}
+
+fn is_scheme(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+fn is_port(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 5
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && s.parse::<u16>().is_ok()
+}
+
+fn is_host_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')
+}
+
+/// A DNS name or IPv4 address with non-empty labels, or a bracketed IPv6 address.
+fn is_host(host: &str) -> bool {
+    if let Some(inner) = host.strip_prefix('[') {
+        return match inner.strip_suffix(']') {
+            Some(addr) => {
+                !addr.is_empty()
+                    && addr
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+            }
+            None => false,
+        };
+    }
+    !host.is_empty()
+        && host.bytes().all(is_host_byte)
+        && !host.starts_with('.')
+        && !host.ends_with('.')
+        && !host.contains("..")
+}
+
+/// Splits `host[:port]` (an authority without userinfo), handling `[IPv6]:port`.
+pub(crate) fn split_host_port(authority: &str) -> (&str, Option<&str>) {
+    if authority.starts_with('[') {
+        return match authority.find(']') {
+            Some(end) => {
+                let (host, rest) = authority.split_at(end + 1);
+                (host, rest.strip_prefix(':'))
+            }
+            None => (authority, None),
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    }
+}
+
+/// Splits an `Origin` header value. `None` when it is not `scheme://host[:port]`; `null` is
+/// handled by the caller.
+pub(crate) fn parse_request_origin(origin: &str) -> Option<OriginParts<'_>> {
+    let (scheme, authority) = origin.split_once("://")?;
+    if !is_scheme(scheme) {
+        return None;
+    }
+    let (host, port) = split_host_port(authority);
+    if !is_host(host) || port.is_some_and(|p| !is_port(p)) {
+        return None;
+    }
+    Some(OriginParts { scheme, host, port })
+}
+
+/// Whether `origin` names the same host and port as the `Host` header (ASCII case-insensitive,
+/// the scheme's default port being the same as no port).
+pub(crate) fn is_same_origin(origin: &OriginParts<'_>, host_header: &str) -> bool {
+    let (host, port) = split_host_port(host_header.trim());
+    let default = default_port(origin.scheme);
+    origin.host.eq_ignore_ascii_case(host)
+        && effective_port(origin.port, default) == effective_port(port, default)
+}
+
+fn effective_port<'a>(port: Option<&'a str>, default: Option<&str>) -> Option<&'a str> {
+    port.filter(|p| Some(*p) != default)
+}
+
+/// Checks one `allowOrigins` entry; the error says why it can never be an origin a browser sends.
+pub(crate) fn parse_config_origin(entry: &str) -> Result<OriginPattern, String> {
+    if entry == "*" {
+        return Ok(OriginPattern::Any);
+    }
+    if entry == "null" {
+        return Err("is not an origin here: allow it with allowNullOrigin: true".to_owned());
+    }
+    let Some((scheme, rest)) = entry.split_once("://") else {
+        return Err("is not an origin: it has no scheme (write it as https://host)".to_owned());
+    };
+    if !is_scheme(scheme) {
+        return Err(format!("is not an origin: {scheme:?} is not a URL scheme"));
+    }
+    if scheme.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(
+            "is not an origin: the scheme has uppercase letters, browsers send it in lowercase"
+                .to_owned(),
+        );
+    }
+    if rest.contains('@') {
+        return Err("is not an origin: it has userinfo".to_owned());
+    }
+    if let Some(pos) = rest.find(['/', '?', '#']) {
+        let what = match rest.as_bytes()[pos] {
+            b'/' => "a path",
+            b'?' => "a query",
+            _ => "a fragment",
+        };
+        return Err(format!("is not an origin: it has {what}"));
+    }
+    let (host, port) = split_host_port(rest);
+    if host.is_empty() {
+        return Err("is not an origin: it has no host".to_owned());
+    }
+    if let Some(port) = port {
+        if !is_port(port) {
+            return Err(format!("is not an origin: {port:?} is not a port"));
+        }
+        if default_port(scheme) == Some(port) {
+            return Err(format!(
+                "is not an origin: :{port} is the default port of {scheme}, which browsers never send"
+            ));
+        }
+    }
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err("is not an origin: the host has uppercase letters, browsers send it in lowercase so it would never match".to_owned());
+    }
+    if host.contains('*') {
+        return match host.strip_prefix("*.") {
+            Some(suffix) if !suffix.contains('*') && is_host(suffix) && !suffix.starts_with('[') => {
+                Ok(OriginPattern::Wildcard {
+                    scheme: scheme.to_owned(),
+                    suffix: suffix.to_owned(),
+                    port: port.map(str::to_owned),
+                })
+            }
+            _ => Err("is not a valid wildcard: `*` may only stand for the leftmost labels, as in https://*.example.com".to_owned()),
+        };
+    }
+    if !is_host(host) {
+        return Err("is not an origin: the host is not a valid host name or address".to_owned());
+    }
+    Ok(OriginPattern::Exact)
+}
+
+#[cfg(test)]
+mod tests;
