@@ -316,7 +316,12 @@ fn lint_mixed_schemes(out: &mut Findings, base: &str, origins: &[String]) {
         return;
     }
     for (i, entry) in origins.iter().enumerate() {
-        if entry.starts_with("http://") {
+        // Loopback origins are potentially trustworthy: no network path to inject into.
+        let loopback = entry.strip_prefix("http://").is_some_and(|rest| {
+            let (host, _) = crate::origin::split_host_port(rest);
+            host == "localhost" || host == "[::1]" || host.starts_with("127.")
+        });
+        if entry.starts_with("http://") && !loopback {
             out.warn(
                 &format!("{base}.allowOrigins[{i}]"),
                 "mixed-scheme",
