@@ -1,1 +1,264 @@
+//! The Corsair sidecar: a hyper gateway that enforces a `CorsPolicy` in front of one upstream.
+//!
+//! One port serves HTTP/1.1 and HTTP/2 (h2c prior knowledge); every request is classified by the
+//! [`corsair_policy::Engine`] and then either answered here (preflights, rejections) or streamed
+//! to the single upstream through a pooled keep-alive client. The policy file is hot-reloaded, and
+//! a second port serves health, readiness, Prometheus metrics and the active policy.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), corsair_proxy::ProxyError> {
+//! let config = corsair_proxy::ProxyConfig::new(
+//!     "/etc/corsair/policy.json".into(),
+//!     "http://127.0.0.1:8080".parse().expect("static URI"),
+//!     "0.0.0.0:15380".parse().expect("static address"),
+//!     "0.0.0.0:15381".parse().expect("static address"),
+//! );
+//! let proxy = corsair_proxy::Proxy::start(config).await?;
+//! // ... wait for SIGTERM ...
+//! proxy.shutdown().await
+//! # }
+//! ```
 #![forbid(unsafe_code)]
+
+mod admin;
+mod handler;
+mod headers;
+mod metrics;
+mod policy;
+mod reload;
+mod server;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use policy::PolicyError;
+
+/// Everything `corsair proxy` can be told. Build with [`ProxyConfig::new`] and adjust fields.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// The policy file (a `CorsPolicy` manifest in YAML, or the JSON the controller renders).
+    pub policy_path: PathBuf,
+    /// The one upstream, `http://host:port`. Requests never choose another destination.
+    pub upstream: http::Uri,
+    /// Where the proxy listens.
+    pub listen: SocketAddr,
+    /// Where the admin endpoints (`/healthz`, `/readyz`, `/metrics`, `/policy`) listen.
+    pub admin: SocketAddr,
+    /// Start even when the policy file does not exist yet (the operator mounts an optional
+    /// ConfigMap volume); until it appears, no origin is allowed.
+    pub allow_missing_policy: bool,
+    /// Time a client has to send a request's headers, including the wait for the next request
+    /// on an idle HTTP/1.1 keep-alive connection.
+    pub header_read_timeout: Duration,
+    /// Time to establish a TCP connection to the upstream (504 when exceeded).
+    pub connect_timeout: Duration,
+    /// Time the upstream has to start its response (504 when exceeded).
+    pub upstream_timeout: Duration,
+    /// A client connection that moves no bytes for this long is closed.
+    pub idle_timeout: Duration,
+    /// Idle pooled upstream connections are closed after this long.
+    pub pool_idle_timeout: Duration,
+    /// Limit on the total size of a request's headers (431 beyond it). At least 8 KiB.
+    pub max_header_bytes: usize,
+    /// On shutdown, how long in-flight requests may take before their connections are dropped.
+    pub drain_timeout: Duration,
+    /// How often the policy file is polled, in addition to filesystem notifications.
+    pub reload_poll_interval: Duration,
+}
+
+impl ProxyConfig {
+    /// A configuration with the defaults of `corsair proxy`.
+    pub fn new(
+        policy_path: PathBuf,
+        upstream: http::Uri,
+        listen: SocketAddr,
+        admin: SocketAddr,
+    ) -> Self {
+        ProxyConfig {
+            policy_path,
+            upstream,
+            listen,
+            admin,
+            allow_missing_policy: false,
+            header_read_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            upstream_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(300),
+            pool_idle_timeout: Duration::from_secs(90),
+            max_header_bytes: 64 * 1024,
+            drain_timeout: Duration::from_secs(25),
+            reload_poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why the proxy could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The policy file is missing (without `allow_missing_policy`), unreadable or invalid.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The upstream URL is not `http://host[:port]` with nothing else.
+    #[error("upstream {uri:?}: {reason}")]
+    Upstream { uri: String, reason: &'static str },
+    /// `max_header_bytes` is below what hyper can enforce.
+    #[error("max header bytes {0} is too small: it must be at least 8192")]
+    HeaderLimit(usize),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({role}): {source}")]
+    Bind {
+        role: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The filesystem watcher for hot reload could not be set up.
+    #[error("cannot watch {path} for changes: {source}")]
+    Watch {
+        path: PathBuf,
+        source: notify::Error,
+    },
+    /// Connections were still open when the drain timeout expired; they were dropped.
+    #[error("{0} connection(s) still open after the drain timeout were closed")]
+    DrainTimeout(usize),
+}
+
+/// A running proxy. Dropping it without [`Proxy::shutdown`] leaves its tasks running until the
+/// runtime stops.
+pub struct Proxy {
+    listen_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    drain_timeout: Duration,
+    /// Stops accepting and asks connections to finish their current request.
+    shutdown: CancellationToken,
+    /// Fired when the drain timeout expires: connections and tunnels stop at once.
+    abort: CancellationToken,
+    tasks: TaskTracker,
+    state: Arc<server::State>,
+    /// Serves during the drain (so `/readyz` reports it) and is stopped after it.
+    admin_task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Binds both listeners, loads the policy (error if invalid, or missing unless allowed),
+    /// starts the hot reload and starts serving.
+    pub async fn start(config: ProxyConfig) -> Result<Proxy, ProxyError> {
+        let upstream = upstream::Upstream::new(&config)?;
+        if config.max_header_bytes < 8192 {
+            return Err(ProxyError::HeaderLimit(config.max_header_bytes));
+        }
+        let metrics = Arc::new(metrics::Metrics::new());
+        let store = Arc::new(policy::PolicyStore::load(
+            &config.policy_path,
+            config.allow_missing_policy,
+        )?);
+        metrics.set_generation(store.current().generation());
+
+        let listener = bind(config.listen, "proxy").await?;
+        let admin_listener = bind(config.admin, "admin").await?;
+        let listen_addr = local_addr(&listener, config.listen, "proxy")?;
+        let admin_addr = local_addr(&admin_listener, config.admin, "admin")?;
+
+        let shutdown = CancellationToken::new();
+        let abort = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let state = Arc::new(server::State::new(
+            config.clone(),
+            store.clone(),
+            metrics.clone(),
+            upstream,
+            abort.clone(),
+            tasks.clone(),
+        ));
+
+        let watcher = reload::Reloader::start(
+            store,
+            metrics,
+            config.reload_poll_interval,
+            shutdown.clone(),
+        )?;
+        tokio::spawn(watcher);
+        tasks.spawn(server::accept_loop(
+            listener,
+            state.clone(),
+            shutdown.clone(),
+            abort.clone(),
+        ));
+        let admin_task = tokio::spawn(admin::serve(admin_listener, state.clone()));
+        state.set_listening(true);
+        tracing::info!(
+            listen = %listen_addr,
+            admin = %admin_addr,
+            upstream = %config.upstream,
+            policy = %config.policy_path.display(),
+            "proxy started"
+        );
+        Ok(Proxy {
+            listen_addr,
+            admin_addr,
+            drain_timeout: config.drain_timeout,
+            shutdown,
+            abort,
+            tasks,
+            state,
+            admin_task,
+        })
+    }
+
+    /// The address the proxy listener is bound to (the real port when asked for port 0).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen_addr
+    }
+
+    /// The address the admin listener is bound to.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Stops accepting, lets in-flight requests finish within the drain timeout, and returns.
+    /// Connections still open at the deadline are closed and reported as an error.
+    pub async fn shutdown(self) -> Result<(), ProxyError> {
+        tracing::info!(drain_timeout = ?self.drain_timeout, "draining connections");
+        self.state.set_listening(false);
+        self.shutdown.cancel();
+        self.tasks.close();
+        let drained = tokio::time::timeout(self.drain_timeout, self.tasks.wait())
+            .await
+            .is_ok();
+        let result = if drained {
+            tracing::info!("drained; proxy stopped");
+            Ok(())
+        } else {
+            let open = self.tasks.len();
+            self.abort.cancel();
+            // Connection tasks end promptly once aborted; give them a moment to close sockets.
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.tasks.wait()).await;
+            tracing::warn!(open, "drain timeout expired; closed remaining connections");
+            Err(ProxyError::DrainTimeout(open))
+        };
+        self.admin_task.abort();
+        result
+    }
+}
+
+async fn bind(addr: SocketAddr, role: &'static str) -> Result<TcpListener, ProxyError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ProxyError::Bind { role, addr, source })
+}
+
+fn local_addr(
+    listener: &TcpListener,
+    addr: SocketAddr,
+    role: &'static str,
+) -> Result<SocketAddr, ProxyError> {
+    listener
+        .local_addr()
+        .map_err(|source| ProxyError::Bind { role, addr, source })
+}

@@ -1,0 +1,119 @@
+use super::*;
+
+fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in pairs {
+        headers.append(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    headers
+}
+
+fn values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+    headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap_or("<non-utf8>"))
+        .collect()
+}
+
+#[test]
+fn hop_by_hop_and_connection_named_headers_are_removed() {
+    let mut headers = map(&[
+        ("connection", "keep-alive, X-Secret"),
+        ("connection", "close ,  x-other"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+        ("te", "trailers"),
+        ("trailer", "x-checksum"),
+        ("transfer-encoding", "chunked"),
+        ("upgrade", "websocket"),
+        ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+        ("x-secret", "1"),
+        ("x-other", "2"),
+        ("x-kept", "3"),
+        ("accept", "*/*"),
+    ]);
+    strip_hop_by_hop(&mut headers, None);
+    let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["accept", "x-kept"]);
+}
+
+#[test]
+fn an_upgrade_keeps_upgrade_and_connection_upgrade_only() {
+    let mut headers = map(&[
+        ("connection", "Upgrade, x-hop"),
+        ("upgrade", "websocket"),
+        ("x-hop", "1"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ]);
+    let protocol = upgrade_protocol(&headers);
+    assert_eq!(protocol, Some(HeaderValue::from_static("websocket")));
+    strip_hop_by_hop(&mut headers, protocol.as_ref());
+    assert_eq!(values(&headers, "connection"), ["upgrade"]);
+    assert_eq!(values(&headers, "upgrade"), ["websocket"]);
+    assert!(!headers.contains_key("x-hop"));
+    assert!(headers.contains_key("sec-websocket-key"));
+}
+
+#[test]
+fn upgrade_needs_the_connection_token() {
+    let headers = map(&[("upgrade", "websocket"), ("connection", "keep-alive")]);
+    assert_eq!(upgrade_protocol(&headers), None);
+    let headers = map(&[("connection", "upgrade")]);
+    assert_eq!(upgrade_protocol(&headers), None);
+}
+
+#[test]
+fn forwarded_for_is_appended_to_every_existing_line() {
+    let mut headers = map(&[
+        ("x-forwarded-for", "203.0.113.7"),
+        ("x-forwarded-for", "198.51.100.1, 10.0.0.2"),
+    ]);
+    add_forwarded(
+        &mut headers,
+        "10.1.2.3".parse().expect("literal IP"),
+        Some(&HeaderValue::from_static("api.example.com")),
+    );
+    assert_eq!(
+        values(&headers, "x-forwarded-for"),
+        ["203.0.113.7, 198.51.100.1, 10.0.0.2, 10.1.2.3"]
+    );
+    assert_eq!(values(&headers, "x-forwarded-proto"), ["http"]);
+    assert_eq!(values(&headers, "x-forwarded-host"), ["api.example.com"]);
+}
+
+#[test]
+fn forwarded_proto_and_host_from_an_ingress_are_kept() {
+    let mut headers = map(&[
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "www.example.com"),
+    ]);
+    add_forwarded(
+        &mut headers,
+        "::ffff:192.0.2.9".parse().expect("literal IP"),
+        Some(&HeaderValue::from_static("internal:8080")),
+    );
+    assert_eq!(values(&headers, "x-forwarded-for"), ["192.0.2.9"]);
+    assert_eq!(values(&headers, "x-forwarded-proto"), ["https"]);
+    assert_eq!(values(&headers, "x-forwarded-host"), ["www.example.com"]);
+}
+
+#[test]
+fn only_access_control_headers_are_stripped() {
+    let mut headers = map(&[
+        ("access-control-allow-origin", "*"),
+        ("access-control-allow-credentials", "true"),
+        ("access-control-expose-headers", "x-a"),
+        ("access-control-expose-headers", "x-b"),
+        ("content-type", "application/json"),
+        ("x-access-control-note", "kept"),
+    ]);
+    strip_access_control(&mut headers);
+    let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["content-type", "x-access-control-note"]);
+}

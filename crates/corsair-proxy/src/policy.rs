@@ -1,0 +1,153 @@
+//! The active policy: loaded from the policy file, compiled once, swapped atomically on reload
+//! and read per request so that connections already open see a new policy on their next request.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use corsair_policy::{CorsPolicySpec, Engine, LoadError, Mode, PolicyDocument};
+
+/// Why a policy file could not become the active policy.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error(
+        "policy file {} does not exist (pass --allow-missing-policy to start without it)",
+        path.display()
+    )]
+    Missing { path: PathBuf },
+    #[error("cannot read policy file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("policy file {} is not UTF-8", path.display())]
+    NotUtf8 { path: PathBuf },
+    #[error("policy file {}: {source}", path.display())]
+    Load { path: PathBuf, source: LoadError },
+    /// The spec fails validation; `errors` lists every error with its field path.
+    #[error("policy file {} is invalid: {}", path.display(), errors.join("; "))]
+    Invalid { path: PathBuf, errors: Vec<String> },
+    /// The built-in "allow no origin" policy did not compile: a bug, reported rather than hidden.
+    #[error("the built-in deny-all policy does not compile: {0}")]
+    DenyAll(String),
+}
+
+/// A compiled policy and where it came from.
+#[derive(Debug)]
+pub struct ActivePolicy {
+    pub engine: Engine,
+    /// `None` while the policy file does not exist (`--allow-missing-policy`): nothing is allowed.
+    pub document: Option<PolicyDocument>,
+    /// The file content the policy was compiled from, to recognise an unchanged file.
+    pub raw: Option<Vec<u8>>,
+}
+
+impl ActivePolicy {
+    /// `metadata.generation` of the active document; 0 when there is none or it has none.
+    pub fn generation(&self) -> i64 {
+        self.document
+            .as_ref()
+            .and_then(|d| d.metadata.generation)
+            .unwrap_or(0)
+    }
+
+    /// Parses and compiles the content of `path`. Lint warnings are logged, errors refuse it.
+    pub fn parse(path: &Path, raw: Vec<u8>) -> Result<ActivePolicy, PolicyError> {
+        let text = std::str::from_utf8(&raw).map_err(|_| PolicyError::NotUtf8 {
+            path: path.to_owned(),
+        })?;
+        let document = corsair_policy::load_document(text).map_err(|source| PolicyError::Load {
+            path: path.to_owned(),
+            source,
+        })?;
+        let (engine, report) =
+            Engine::compile(&document.spec).map_err(|report| PolicyError::Invalid {
+                path: path.to_owned(),
+                errors: report.errors().map(ToString::to_string).collect(),
+            })?;
+        for warning in report.warnings() {
+            tracing::warn!(policy = %path.display(), code = warning.code, "{warning}");
+        }
+        Ok(ActivePolicy {
+            engine,
+            document: Some(document),
+            raw: Some(raw),
+        })
+    }
+
+    /// What runs while the policy file is missing: Enforce mode, no origin allowed, so upstream
+    /// `Access-Control-*` headers are stripped and preflights are refused.
+    pub fn deny_all() -> Result<ActivePolicy, PolicyError> {
+        let spec = CorsPolicySpec {
+            // An empty character class: a regex that matches no string at all.
+            allow_origin_regexes: Some(vec![r"[^\s\S]".to_owned()]),
+            mode: Some(Mode::Enforce),
+            ..CorsPolicySpec::default()
+        };
+        let (engine, _) = Engine::compile(&spec).map_err(|report| {
+            PolicyError::DenyAll(
+                report
+                    .errors()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        Ok(ActivePolicy {
+            engine,
+            document: None,
+            raw: None,
+        })
+    }
+}
+
+/// The policy currently enforced, swapped without locks.
+#[derive(Debug)]
+pub struct PolicyStore {
+    path: PathBuf,
+    active: ArcSwap<ActivePolicy>,
+}
+
+impl PolicyStore {
+    /// Loads `path`; a missing file is an error unless `allow_missing`.
+    pub fn load(path: &Path, allow_missing: bool) -> Result<PolicyStore, PolicyError> {
+        let active = match std::fs::read(path) {
+            Ok(raw) => ActivePolicy::parse(path, raw)?,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && allow_missing => {
+                tracing::warn!(
+                    policy = %path.display(),
+                    "policy file does not exist yet; allowing no origin until it appears"
+                );
+                ActivePolicy::deny_all()?
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Err(PolicyError::Missing {
+                    path: path.to_owned(),
+                });
+            }
+            Err(source) => {
+                return Err(PolicyError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        Ok(PolicyStore {
+            path: path.to_owned(),
+            active: ArcSwap::from_pointee(active),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The policy to apply to the next request.
+    pub fn current(&self) -> Arc<ActivePolicy> {
+        self.active.load_full()
+    }
+
+    pub fn replace(&self, policy: ActivePolicy) {
+        self.active.store(Arc::new(policy));
+    }
+}

@@ -1,0 +1,118 @@
+//! Hot reload of the policy file.
+//!
+//! The parent directory is watched, not the file: Kubernetes updates a ConfigMap volume by
+//! writing a new timestamped directory and atomically swapping the `..data` symlink, so the
+//! file's own inode never changes and a watch on it would miss the update. Filesystem events
+//! only trigger a check; a poll every `interval` catches whatever notifications miss (network
+//! filesystems, overlay quirks, an inotify limit). A check compares the file's content with the
+//! last content seen, so repeated events cost one small read.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::ProxyError;
+use crate::metrics::Metrics;
+use crate::policy::{ActivePolicy, PolicyStore};
+
+pub struct Reloader {
+    store: Arc<PolicyStore>,
+    metrics: Arc<Metrics>,
+    /// Content of the file at the last check (`None`: absent), valid or not.
+    last_seen: Option<Vec<u8>>,
+}
+
+impl Reloader {
+    /// Sets up the watcher and returns the task to spawn; it ends when `shutdown` fires.
+    pub fn start(
+        store: Arc<PolicyStore>,
+        metrics: Arc<Metrics>,
+        interval: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<impl Future<Output = ()> + Send + 'static, ProxyError> {
+        let (tx, mut rx) = mpsc::channel::<()>(1);
+        let dir = watch_dir(store.path());
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                // Any event in the directory may be the swap; a full channel means a check is
+                // already pending, which will see this change too.
+                if event.is_ok() {
+                    let _ = tx.try_send(());
+                }
+            })
+            .map_err(|source| ProxyError::Watch {
+                path: dir.clone(),
+                source,
+            })?;
+        if let Err(err) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            // The directory may not exist yet (optional volume); polling still works.
+            tracing::warn!(dir = %dir.display(), error = %err, "cannot watch policy directory; relying on polling");
+        }
+        let last_seen = store.current().raw.clone();
+        let mut reloader = Reloader {
+            store,
+            metrics,
+            last_seen,
+        };
+        Ok(async move {
+            // Keep the watcher alive as long as the task.
+            let _watcher = watcher;
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = ticker.tick() => {}
+                    Some(()) = rx.recv() => {}
+                }
+                reloader.check().await;
+            }
+        })
+    }
+
+    /// Reads the file and applies it if it changed and is valid.
+    async fn check(&mut self) {
+        let path = self.store.path().to_owned();
+        let content = match tokio::fs::read(&path).await {
+            Ok(raw) => Some(raw),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+            Err(err) => {
+                tracing::debug!(policy = %path.display(), error = %err, "cannot read policy file");
+                return;
+            }
+        };
+        if content == self.last_seen {
+            return;
+        }
+        self.last_seen = content.clone();
+        let Some(raw) = content else {
+            tracing::warn!(policy = %path.display(), "policy file disappeared; keeping the last good policy");
+            return;
+        };
+        match ActivePolicy::parse(&path, raw) {
+            Ok(policy) => {
+                let generation = policy.generation();
+                self.store.replace(policy);
+                self.metrics.reload_ok(generation);
+                tracing::info!(policy = %path.display(), generation, "policy reloaded");
+            }
+            Err(err) => {
+                self.metrics.reload_failed();
+                tracing::error!(error = %err, "new policy refused; keeping the last good policy");
+            }
+        }
+    }
+}
+
+/// The directory to watch: the parent of the policy file, or `.` for a bare file name.
+fn watch_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}

@@ -1,0 +1,244 @@
+//! The proxy listener: accepting connections, serving HTTP/1.1 and h2c on each, idle and
+//! shutdown handling.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::ProxyConfig;
+use crate::metrics::Metrics;
+use crate::policy::PolicyStore;
+use crate::upstream::Upstream;
+
+/// What every connection and request shares.
+pub struct State {
+    pub config: ProxyConfig,
+    pub store: Arc<PolicyStore>,
+    pub metrics: Arc<Metrics>,
+    pub upstream: Upstream,
+    /// Fired when the drain deadline passes: upgraded tunnels stop too.
+    pub abort: CancellationToken,
+    /// Tracks connections and tunnels so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    builder: auto::Builder<TokioExecutor>,
+    listening: AtomicBool,
+}
+
+impl State {
+    pub fn new(
+        config: ProxyConfig,
+        store: Arc<PolicyStore>,
+        metrics: Arc<Metrics>,
+        upstream: Upstream,
+        abort: CancellationToken,
+        tasks: TaskTracker,
+    ) -> State {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            // hyper answers 431 when the request line and headers overflow this buffer.
+            .max_buf_size(config.max_header_bytes)
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
+        State {
+            config,
+            store,
+            metrics,
+            upstream,
+            abort,
+            tasks,
+            builder,
+            listening: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the proxy listener is accepting (false before start and while draining).
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Acquire)
+    }
+
+    pub fn set_listening(&self, listening: bool) {
+        self.listening.store(listening, Ordering::Release);
+    }
+}
+
+/// Accepts connections until `shutdown`, then returns; connections finish on their own.
+pub async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<State>,
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                state.tasks.spawn(serve_connection(
+                    stream,
+                    peer,
+                    state.clone(),
+                    shutdown.clone(),
+                    abort.clone(),
+                ));
+            }
+            Err(err) => {
+                // Typically EMFILE: back off instead of spinning; the listener stays open.
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    state: Arc<State>,
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+) {
+    let activity = Activity::new();
+    let io = TokioIo::new(IdleIo {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let service_state = state.clone();
+    let service = service_fn(move |req| crate::handler::handle(service_state.clone(), peer, req));
+    let conn = state.builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let idle_timeout = state.config.idle_timeout;
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(err) = result {
+                    tracing::debug!(%peer, error = %err, "connection ended with an error");
+                }
+                return;
+            }
+            () = shutdown.cancelled(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = activity.idle_for(idle_timeout), if !closing => {
+                tracing::debug!(%peer, "closing idle connection");
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = abort.cancelled() => return,
+        }
+    }
+}
+
+/// When a connection last moved a byte, in milliseconds since it was opened.
+#[derive(Clone)]
+struct Activity {
+    opened: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            opened: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Completes once no byte has moved for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let last = self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = last + timeout;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// A TCP stream that records when it last read or wrote, for the idle timeout.
+struct IdleIo {
+    inner: TcpStream,
+    activity: Activity,
+}
+
+impl AsyncRead for IdleIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if poll.is_ready() {
+            self.activity.touch();
+        }
+        poll
+    }
+}
+
+impl AsyncWrite for IdleIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if poll.is_ready() {
+            self.activity.touch();
+        }
+        poll
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if poll.is_ready() {
+            self.activity.touch();
+        }
+        poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
