@@ -1,1 +1,131 @@
+use proptest::prelude::*;
+
 use super::*;
+
+#[test]
+fn request_origins_split_into_scheme_host_port() {
+    let table = [
+        (
+            "https://a.example.com",
+            Some(("https", "a.example.com", None)),
+        ),
+        (
+            "http://127.0.0.1:8080",
+            Some(("http", "127.0.0.1", Some("8080"))),
+        ),
+        ("https://[::1]:8443", Some(("https", "[::1]", Some("8443")))),
+        ("https://[::1]", Some(("https", "[::1]", None))),
+        ("https://a.test/", None),
+        ("https://a.test:", None),
+        ("https://a.test:99999", None),
+        ("https://", None),
+        ("a.test", None),
+        ("://a.test", None),
+        ("https://a..test", None),
+        ("https://a.test.", None),
+        ("https://u@a.test", None),
+        ("https://a test", None),
+        ("https://[::1", None),
+        ("", None),
+    ];
+    for (text, want) in table {
+        let got = parse_request_origin(text).map(|p| (p.scheme, p.host, p.port));
+        assert_eq!(got, want, "{text:?}");
+    }
+}
+
+#[test]
+fn same_origin_ignores_case_and_default_ports() {
+    let table = [
+        ("https://a.test", "a.test", true),
+        ("https://a.test", "A.TEST", true),
+        ("https://a.test", "a.test:443", true),
+        ("http://a.test:80", "a.test", true),
+        ("http://a.test", "a.test:80", true),
+        ("https://a.test", "a.test:80", false),
+        ("https://a.test:8443", "a.test", false),
+        ("https://a.test:8443", "a.test:8443", true),
+        ("https://[::1]:8443", "[::1]:8443", true),
+        ("https://a.test", "b.test", false),
+    ];
+    for (origin, host, same) in table {
+        let parts = parse_request_origin(origin).expect("test origin is well-formed");
+        assert_eq!(
+            is_same_origin(&parts, host),
+            same,
+            "{origin} vs Host {host}"
+        );
+    }
+}
+
+#[test]
+fn config_wildcards_keep_scheme_suffix_and_port() {
+    assert_eq!(
+        parse_config_origin("https://*.example.com:8443"),
+        Ok(OriginPattern::Wildcard {
+            scheme: "https".into(),
+            suffix: "example.com".into(),
+            port: Some("8443".into()),
+        })
+    );
+    assert_eq!(parse_config_origin("*"), Ok(OriginPattern::Any));
+    assert_eq!(
+        parse_config_origin("https://a.test"),
+        Ok(OriginPattern::Exact)
+    );
+    for bad in [
+        "https://*",
+        "https://*.",
+        "https://*.*.a.test",
+        "https://a*.test",
+        "HTTPS://a.test",
+        "null",
+    ] {
+        assert!(parse_config_origin(bad).is_err(), "{bad}");
+    }
+}
+
+fn label() -> impl Strategy<Value = String> {
+    "[a-z0-9]([a-z0-9-]{0,6}[a-z0-9])?"
+}
+
+fn host() -> impl Strategy<Value = String> {
+    prop::collection::vec(label(), 1..4).prop_map(|l| l.join("."))
+}
+
+proptest! {
+    /// Every origin a policy accepts as exact is one a request can carry, split the same way.
+    #[test]
+    fn accepted_config_origins_parse_as_request_origins(
+        scheme in prop::sample::select(vec!["http", "https", "ws"]),
+        host in host(),
+        port in prop::option::of(1u16..),
+    ) {
+        let text = match port {
+            Some(p) => format!("{scheme}://{host}:{p}"),
+            None => format!("{scheme}://{host}"),
+        };
+        match parse_config_origin(&text) {
+            Ok(OriginPattern::Exact) => {
+                let parts = parse_request_origin(&text).expect("request form");
+                prop_assert_eq!(parts.scheme, scheme);
+                prop_assert_eq!(parts.host, host.as_str());
+            }
+            Ok(other) => prop_assert!(false, "{text}: {other:?}"),
+            // Only the default port is refused among these.
+            Err(_) => {
+                let port = port.map(|p| p.to_string());
+                prop_assert_eq!(port.as_deref(), default_port(scheme));
+            }
+        }
+    }
+
+    /// Garbage never panics and is either refused or a well-formed split of the input.
+    #[test]
+    fn request_origin_parsing_is_total(text in ".{0,40}") {
+        if let Some(p) = parse_request_origin(&text) {
+            let port = p.port.map(|p| format!(":{p}")).unwrap_or_default();
+            prop_assert_eq!(format!("{}://{}{}", p.scheme, p.host, port), text);
+        }
+    }
+}
