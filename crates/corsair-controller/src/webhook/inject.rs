@@ -1,0 +1,837 @@
+//! The mutating webhook's logic as pure functions: a Pod in, a JSON patch and warnings out.
+//!
+//! Nothing here does I/O, so every rule is unit-tested without HTTP. The patch is built op by op
+//! against the pod as the API server sent it (never by re-serialising a typed `Pod`, which would
+//! drop fields this crate's `k8s-openapi` does not know), and it creates every missing parent map
+//! or array before adding under it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, HTTPGetAction,
+    LifecycleHandler, Pod, PodSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
+    Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::names;
+
+/// How the sidecar is added to a pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SidecarMode {
+    /// Native where the cluster supports it, a plain container otherwise. Resolve it with
+    /// [`SidecarMode::resolve`] before serving; an unresolved `Auto` injects natively.
+    #[default]
+    Auto,
+    /// An init container with `restartPolicy: Always` (Kubernetes 1.29+ by default).
+    Native,
+    /// A regular container, for clusters without native sidecars.
+    Container,
+}
+
+impl SidecarMode {
+    /// Turns `Auto` into `Native` or `Container`; explicit choices are kept.
+    pub fn resolve(self, native_supported: bool) -> SidecarMode {
+        match self {
+            SidecarMode::Auto if native_supported => SidecarMode::Native,
+            SidecarMode::Auto => SidecarMode::Container,
+            other => other,
+        }
+    }
+
+    fn is_native(self) -> bool {
+        !matches!(self, SidecarMode::Container)
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            SidecarMode::Auto => "auto",
+            SidecarMode::Native => "native",
+            SidecarMode::Container => "container",
+        }
+    }
+}
+
+impl fmt::Display for SidecarMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown `--sidecar-mode` value.
+#[derive(Debug, thiserror::Error)]
+#[error("sidecar mode {0:?} is not one of auto, native, container")]
+pub struct ParseSidecarModeError(String);
+
+impl FromStr for SidecarMode {
+    type Err = ParseSidecarModeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(SidecarMode::Auto),
+            "native" => Ok(SidecarMode::Native),
+            "container" => Ok(SidecarMode::Container),
+            other => Err(ParseSidecarModeError(other.to_owned())),
+        }
+    }
+}
+
+/// Whether an API server of this version runs native sidecars by default (beta and on since
+/// 1.29). `major`/`minor` are the strings of `/version`, where GKE and EKS append `+`.
+pub fn native_sidecars_supported(major: &str, minor: &str) -> bool {
+    let num = |s: &str| {
+        s.trim_end_matches(|c: char| !c.is_ascii_digit())
+            .parse::<u32>()
+            .ok()
+    };
+    match (num(major), num(minor)) {
+        (Some(major), Some(minor)) => major > 1 || (major == 1 && minor >= 29),
+        _ => false,
+    }
+}
+
+/// Requests and limits of the sidecar, as Kubernetes quantities.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidecarResources {
+    pub cpu_request: String,
+    pub cpu_limit: String,
+    pub memory_request: String,
+    pub memory_limit: String,
+}
+
+impl Default for SidecarResources {
+    fn default() -> Self {
+        Self {
+            cpu_request: "50m".into(),
+            cpu_limit: "500m".into(),
+            memory_request: "32Mi".into(),
+            memory_limit: "128Mi".into(),
+        }
+    }
+}
+
+/// What the injector adds to a pod, from the controller's configuration; annotations on a pod
+/// can override the image, ports and log level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InjectConfig {
+    /// Sidecar image; its entrypoint is `corsair`.
+    pub image: String,
+    pub proxy_port: u16,
+    pub admin_port: u16,
+    pub resources: SidecarResources,
+    /// `RUST_LOG` of the sidecar.
+    pub log_level: String,
+    pub sidecar_mode: SidecarMode,
+}
+
+impl Default for InjectConfig {
+    fn default() -> Self {
+        Self {
+            image: format!("ghcr.io/corsair-dev/corsair:{}", env!("CARGO_PKG_VERSION")),
+            proxy_port: names::PROXY_PORT,
+            admin_port: names::ADMIN_PORT,
+            resources: SidecarResources::default(),
+            log_level: "info".into(),
+            sidecar_mode: SidecarMode::Auto,
+        }
+    }
+}
+
+/// What the controller knows about a CorsPolicy, so the webhook can warn about a pod whose
+/// policy does not exist (the pod still starts: its volume is optional).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyPresence {
+    /// The policy exists and its ConfigMap is rendered.
+    Ready,
+    /// No CorsPolicy of that name in the namespace.
+    Missing,
+    /// The policy exists but was refused; the message says why.
+    Invalid(String),
+}
+
+/// Looks up CorsPolicies; the controller backs it with a reflector store. The stateless
+/// `corsair webhook` has none and then never warns about missing policies.
+pub trait PolicyLookup: Send + Sync {
+    fn lookup(&self, namespace: &str, name: &str) -> PolicyPresence;
+}
+
+impl<F> PolicyLookup for F
+where
+    F: Fn(&str, &str) -> PolicyPresence + Send + Sync,
+{
+    fn lookup(&self, namespace: &str, name: &str) -> PolicyPresence {
+        self(namespace, name)
+    }
+}
+
+/// What happened to a pod; also the `result` label of the injection metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InjectOutcome {
+    Injected,
+    AlreadyInjected,
+    SkippedHostNetwork,
+    SkippedNoPolicy,
+}
+
+impl InjectOutcome {
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            InjectOutcome::Injected => "injected",
+            InjectOutcome::AlreadyInjected => "already_injected",
+            InjectOutcome::SkippedHostNetwork => "skipped_host_network",
+            InjectOutcome::SkippedNoPolicy => "skipped_no_policy",
+        }
+    }
+}
+
+/// The injector's answer for an admitted pod.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Injection {
+    pub outcome: InjectOutcome,
+    /// Empty unless `outcome` is `Injected`.
+    pub patch: Patch,
+    /// Shown by kubectl; each names the pod field or annotation concerned.
+    pub warnings: Vec<String>,
+}
+
+/// Why a pod cannot be injected: the pod is refused with this message, which names the field
+/// or annotation to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InjectError {
+    #[error("pod has no spec.containers")]
+    NoContainers,
+    #[error("annotation {key}: {value:?} {reason}")]
+    InvalidAnnotation {
+        key: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error(
+        "annotation {key}: no container of the pod has a TCP port named {0:?}",
+        key = names::PORT_ANNOTATION
+    )]
+    PortNotFound(String),
+    #[error(
+        "no container of the pod declares a TCP port; set the annotation {} to the port the Service targets",
+        names::PORT_ANNOTATION
+    )]
+    NoPort,
+    #[error(
+        "{field}: port {port} is used by the corsair proxy; choose other ports with the annotations {} and {}",
+        names::PROXY_PORT_ANNOTATION,
+        names::ADMIN_PORT_ANNOTATION
+    )]
+    PortConflict { field: String, port: u16 },
+    #[error("{field}: the port name {name:?} is reserved for the corsair proxy")]
+    PortNameConflict { field: String, name: &'static str },
+    #[error("the proxy port and the admin port are both {0}")]
+    SamePorts(u16),
+    #[error("{field}: a volume named {name:?} already exists and is not the corsair policy volume")]
+    VolumeConflict { field: String, name: &'static str },
+}
+
+/// What the webhook recorded in [`names::INJECTED_ANNOTATION`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InjectedRecord {
+    pub version: String,
+    pub mode: String,
+    pub image: String,
+    pub policy: String,
+    pub proxy_port: u16,
+    pub admin_port: u16,
+    /// The app port the proxy forwards to.
+    pub upstream_port: u16,
+    /// The port name the proxy took over from the app, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_name: Option<String>,
+}
+
+/// Name of the proxy's port when the app's port had no name to take over.
+const FALLBACK_PROXY_PORT_NAME: &str = "corsair-http";
+
+/// Decides what to do with `pod` (being created in `namespace`) and builds the patch.
+///
+/// `Ok` always admits the pod, patched or not; `Err` means it must be refused.
+pub fn inject(
+    pod: &Pod,
+    namespace: Option<&str>,
+    config: &InjectConfig,
+    lookup: Option<&dyn PolicyLookup>,
+) -> Result<Injection, InjectError> {
+    let spec = pod.spec.as_ref().ok_or(InjectError::NoContainers)?;
+    if spec.containers.is_empty() {
+        return Err(InjectError::NoContainers);
+    }
+    let annotations = pod.metadata.annotations.as_ref();
+    let annotation = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
+
+    let has_sidecar = spec
+        .containers
+        .iter()
+        .any(|c| c.name == names::SIDECAR_NAME)
+        || spec
+            .init_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == names::SIDECAR_NAME);
+    if has_sidecar {
+        return Ok(Injection::unpatched(
+            InjectOutcome::AlreadyInjected,
+            Vec::new(),
+        ));
+    }
+    if spec.host_network == Some(true) {
+        return Ok(Injection::unpatched(
+            InjectOutcome::SkippedHostNetwork,
+            vec![
+                "spec.hostNetwork is true: the corsair proxy was not injected, because its ports would be taken on the node"
+                    .to_owned(),
+            ],
+        ));
+    }
+    let Some(policy) = annotation(names::POLICY_ANNOTATION) else {
+        return Ok(Injection::unpatched(
+            InjectOutcome::SkippedNoPolicy,
+            vec![format!(
+                "metadata.annotations[{}] is not set: the corsair proxy was not injected",
+                names::POLICY_ANNOTATION
+            )],
+        ));
+    };
+    if !is_policy_name(policy) {
+        return Err(InjectError::InvalidAnnotation {
+            key: names::POLICY_ANNOTATION,
+            value: policy.to_owned(),
+            reason: "is not a CorsPolicy name (a lowercase DNS subdomain of at most 238 characters)",
+        });
+    }
+
+    let image = match annotation(names::IMAGE_ANNOTATION) {
+        Some(v) if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+            return Err(InjectError::InvalidAnnotation {
+                key: names::IMAGE_ANNOTATION,
+                value: v.to_owned(),
+                reason: "is not an image reference",
+            });
+        }
+        Some(v) => v.to_owned(),
+        None => config.image.clone(),
+    };
+    let log_level = match annotation(names::LOG_LEVEL_ANNOTATION) {
+        Some(v) if v.trim().is_empty() || v.chars().any(char::is_control) => {
+            return Err(InjectError::InvalidAnnotation {
+                key: names::LOG_LEVEL_ANNOTATION,
+                value: v.to_owned(),
+                reason: "is not a log filter such as `info` or `corsair=debug`",
+            });
+        }
+        Some(v) => v.to_owned(),
+        None => config.log_level.clone(),
+    };
+    let proxy_port = port_annotation(
+        annotation(names::PROXY_PORT_ANNOTATION),
+        names::PROXY_PORT_ANNOTATION,
+        config.proxy_port,
+    )?;
+    let admin_port = port_annotation(
+        annotation(names::ADMIN_PORT_ANNOTATION),
+        names::ADMIN_PORT_ANNOTATION,
+        config.admin_port,
+    )?;
+    if proxy_port == admin_port {
+        return Err(InjectError::SamePorts(proxy_port));
+    }
+
+    let target = find_target(spec, annotation(names::PORT_ANNOTATION))?;
+    check_port_conflicts(spec, &target, proxy_port, admin_port)?;
+
+    let mut warnings = Vec::new();
+    if let (Some(lookup), Some(ns)) = (lookup, namespace.or(pod.metadata.namespace.as_deref())) {
+        match lookup.lookup(ns, policy) {
+            PolicyPresence::Ready => {}
+            PolicyPresence::Missing => warnings.push(format!(
+                "CorsPolicy {ns}/{policy} does not exist: the proxy forwards requests without CORS headers until it is created"
+            )),
+            PolicyPresence::Invalid(why) => warnings.push(format!(
+                "CorsPolicy {ns}/{policy} is invalid ({why}): the proxy enforces its last valid version, or no CORS at all"
+            )),
+        }
+    }
+    if target.name.is_none() {
+        warnings.push(format!(
+            "port {} has no name: a Service must target the port name {FALLBACK_PROXY_PORT_NAME:?} or the number {proxy_port} to reach the corsair proxy",
+            target.number
+        ));
+    }
+
+    let mode = config.sidecar_mode;
+    let record = InjectedRecord {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        mode: if mode.is_native() {
+            "native"
+        } else {
+            "container"
+        }
+        .to_owned(),
+        image: image.clone(),
+        policy: policy.to_owned(),
+        proxy_port,
+        admin_port,
+        upstream_port: target.number,
+        port_name: target.name.clone(),
+    };
+    let sidecar = sidecar_container(config, &record, &log_level);
+
+    let mut ops = Vec::new();
+    // The app's port gives up its name (the Service resolves a named targetPort over regular
+    // containers first), and the app's own probes that used the name get the number.
+    if let (Some(name), Some(port_index)) = (&target.name, target.port_index) {
+        let c = target.container;
+        ops.push(remove(ptr([
+            "spec",
+            "containers",
+            &c.to_string(),
+            "ports",
+            &port_index.to_string(),
+            "name",
+        ])));
+        for field in named_port_refs(&spec.containers[c], name) {
+            let mut path = vec!["spec".to_owned(), "containers".to_owned(), c.to_string()];
+            path.extend(field);
+            ops.push(replace(ptr(&path), Value::from(target.number)));
+        }
+    }
+
+    let sidecar_json = value_of(&sidecar);
+    if mode.is_native() {
+        // Last among the init containers: it starts after every other init container and
+        // native sidecar (none of which needs inbound traffic), right before the app, and it
+        // stops first, before any mesh sidecar it may sit behind.
+        match &spec.init_containers {
+            None => ops.push(add(
+                ptr(["spec", "initContainers"]),
+                Value::Array(vec![sidecar_json]),
+            )),
+            Some(_) => ops.push(add(ptr(["spec", "initContainers", "-"]), sidecar_json)),
+        }
+    } else {
+        // Last, so the app stays the pod's default container for `kubectl logs` and `exec`.
+        ops.push(add(ptr(["spec", "containers", "-"]), sidecar_json));
+    }
+
+    let volume = policy_volume(policy);
+    match &spec.volumes {
+        None => ops.push(add(
+            ptr(["spec", "volumes"]),
+            Value::Array(vec![value_of(&volume)]),
+        )),
+        Some(volumes) => match volumes.iter().position(|v| v.name == names::POLICY_VOLUME) {
+            None => ops.push(add(ptr(["spec", "volumes", "-"]), value_of(&volume))),
+            // Left by an earlier injection of this pod whose sidecar was since removed.
+            Some(_) if volumes.contains(&volume) => {}
+            Some(i) => {
+                return Err(InjectError::VolumeConflict {
+                    field: format!("spec.volumes[{i}]"),
+                    name: names::POLICY_VOLUME,
+                });
+            }
+        },
+    }
+
+    // The policy annotation was found above, so the annotations map exists.
+    ops.push(add(
+        ptr(["metadata", "annotations", names::INJECTED_ANNOTATION]),
+        Value::String(value_of(&record).to_string()),
+    ));
+
+    Ok(Injection {
+        outcome: InjectOutcome::Injected,
+        patch: Patch(ops),
+        warnings,
+    })
+}
+
+impl Injection {
+    fn unpatched(outcome: InjectOutcome, warnings: Vec<String>) -> Self {
+        Self {
+            outcome,
+            patch: Patch(Vec::new()),
+            warnings,
+        }
+    }
+}
+
+/// The app port the proxy takes over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    container: usize,
+    /// Index in the container's `ports`, when the port is declared.
+    port_index: Option<usize>,
+    number: u16,
+    name: Option<String>,
+}
+
+fn is_tcp(p: &ContainerPort) -> bool {
+    p.protocol.as_deref().is_none_or(|proto| proto == "TCP")
+}
+
+/// The port the Service targets: the `corsair.dev/port` annotation (a name or a number), else a
+/// port named `http`, else the first TCP port of the first container.
+fn find_target(spec: &PodSpec, annotation: Option<&str>) -> Result<Target, InjectError> {
+    let declared = || {
+        spec.containers
+            .iter()
+            .enumerate()
+            .flat_map(|(c, container)| {
+                container
+                    .ports
+                    .iter()
+                    .flatten()
+                    .enumerate()
+                    .filter(|(_, p)| is_tcp(p))
+                    .map(move |(i, p)| (c, i, p))
+            })
+    };
+    let target = |(c, i, p): (usize, usize, &ContainerPort)| {
+        u16::try_from(p.container_port)
+            .ok()
+            .filter(|n| *n > 0)
+            .map(|number| Target {
+                container: c,
+                port_index: Some(i),
+                number,
+                name: p.name.clone().filter(|n| !n.is_empty()),
+            })
+    };
+    match annotation {
+        Some(value) if value.bytes().all(|b| b.is_ascii_digit()) => {
+            let number = value
+                .parse::<u16>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| InjectError::InvalidAnnotation {
+                    key: names::PORT_ANNOTATION,
+                    value: value.to_owned(),
+                    reason: "is not a port number between 1 and 65535",
+                })?;
+            Ok(declared()
+                .filter(|(_, _, p)| p.container_port == i32::from(number))
+                .find_map(target)
+                .unwrap_or(Target {
+                    container: 0,
+                    port_index: None,
+                    number,
+                    name: None,
+                }))
+        }
+        Some(name) => declared()
+            .filter(|(_, _, p)| p.name.as_deref() == Some(name))
+            .find_map(target)
+            .ok_or_else(|| InjectError::PortNotFound(name.to_owned())),
+        None => declared()
+            .filter(|(_, _, p)| p.name.as_deref() == Some("http"))
+            .find_map(target)
+            .or_else(|| declared().filter(|(c, _, _)| *c == 0).find_map(target))
+            .ok_or(InjectError::NoPort),
+    }
+}
+
+/// Refuses pods where a container already uses the proxy's ports or port names.
+fn check_port_conflicts(
+    spec: &PodSpec,
+    target: &Target,
+    proxy_port: u16,
+    admin_port: u16,
+) -> Result<(), InjectError> {
+    if target.number == proxy_port || target.number == admin_port {
+        return Err(InjectError::PortConflict {
+            field: format!("metadata.annotations[{}]", names::PORT_ANNOTATION),
+            port: target.number,
+        });
+    }
+    let containers = spec
+        .containers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ("containers", i, c));
+    let init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, c)| ("initContainers", i, c));
+    for (kind, c, container) in containers.chain(init) {
+        for (i, p) in container.ports.iter().flatten().enumerate() {
+            let field = format!("spec.{kind}[{c}].ports[{i}]");
+            if p.container_port == i32::from(proxy_port)
+                || p.container_port == i32::from(admin_port)
+            {
+                return Err(InjectError::PortConflict {
+                    field,
+                    port: u16::try_from(p.container_port).unwrap_or_default(),
+                });
+            }
+            if p.name.as_deref() == Some(names::ADMIN_PORT_NAME) {
+                return Err(InjectError::PortNameConflict {
+                    field: format!("{field}.name"),
+                    name: names::ADMIN_PORT_NAME,
+                });
+            }
+            if target.name.is_none() && p.name.as_deref() == Some(FALLBACK_PROXY_PORT_NAME) {
+                return Err(InjectError::PortNameConflict {
+                    field: format!("{field}.name"),
+                    name: FALLBACK_PROXY_PORT_NAME,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fields of `container` (as JSON pointer tokens below the container) whose port is `name`:
+/// probes and lifecycle hooks, which the kubelet resolves against the container's own ports.
+fn named_port_refs(container: &Container, name: &str) -> Vec<Vec<String>> {
+    let named = |p: &IntOrString| matches!(p, IntOrString::String(s) if s == name);
+    let mut out = Vec::new();
+    let probes = [
+        ("livenessProbe", &container.liveness_probe),
+        ("readinessProbe", &container.readiness_probe),
+        ("startupProbe", &container.startup_probe),
+    ];
+    for (field, probe) in probes {
+        let Some(probe) = probe else { continue };
+        if probe.http_get.as_ref().is_some_and(|h| named(&h.port)) {
+            out.push(vec![
+                field.to_owned(),
+                "httpGet".to_owned(),
+                "port".to_owned(),
+            ]);
+        }
+        if probe.tcp_socket.as_ref().is_some_and(|t| named(&t.port)) {
+            out.push(vec![
+                field.to_owned(),
+                "tcpSocket".to_owned(),
+                "port".to_owned(),
+            ]);
+        }
+    }
+    let hooks: [(&str, Option<&LifecycleHandler>); 2] = [
+        (
+            "postStart",
+            container
+                .lifecycle
+                .as_ref()
+                .and_then(|l| l.post_start.as_ref()),
+        ),
+        (
+            "preStop",
+            container
+                .lifecycle
+                .as_ref()
+                .and_then(|l| l.pre_stop.as_ref()),
+        ),
+    ];
+    for (field, hook) in hooks {
+        let Some(hook) = hook else { continue };
+        let base = ["lifecycle".to_owned(), field.to_owned()];
+        if hook.http_get.as_ref().is_some_and(|h| named(&h.port)) {
+            out.push([&base[..], &["httpGet".to_owned(), "port".to_owned()]].concat());
+        }
+        if hook.tcp_socket.as_ref().is_some_and(|t| named(&t.port)) {
+            out.push([&base[..], &["tcpSocket".to_owned(), "port".to_owned()]].concat());
+        }
+    }
+    out
+}
+
+fn port_annotation(
+    value: Option<&str>,
+    key: &'static str,
+    default: u16,
+) -> Result<u16, InjectError> {
+    match value {
+        None => Ok(default),
+        Some(v) => {
+            v.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| InjectError::InvalidAnnotation {
+                    key,
+                    value: v.to_owned(),
+                    reason: "is not a port number between 1 and 65535",
+                })
+        }
+    }
+}
+
+/// A CorsPolicy name whose ConfigMap name (`corsair-policy-NAME`) is a valid DNS subdomain.
+fn is_policy_name(name: &str) -> bool {
+    let max = 253 - names::policy_configmap_name("").len();
+    !name.is_empty()
+        && name.len() <= max
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+fn policy_volume(policy: &str) -> Volume {
+    Volume {
+        name: names::POLICY_VOLUME.to_owned(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: names::policy_configmap_name(policy),
+            // The pod starts while the policy is missing; the proxy then adds no CORS headers.
+            optional: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The proxy container, restricted by the Pod Security Standard `restricted`.
+fn sidecar_container(config: &InjectConfig, record: &InjectedRecord, log_level: &str) -> Container {
+    let admin_probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::Int(i32::from(record.admin_port)),
+            scheme: Some("HTTP".to_owned()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(1),
+        ..Default::default()
+    };
+    let quantity = |q: &str| Quantity(q.to_owned());
+    let res = &config.resources;
+    Container {
+        name: names::SIDECAR_NAME.to_owned(),
+        image: Some(record.image.clone()),
+        args: Some(
+            [
+                "proxy".to_owned(),
+                "--policy".to_owned(),
+                format!(
+                    "{}/{}",
+                    names::POLICY_MOUNT_PATH,
+                    names::POLICY_CONFIGMAP_KEY
+                ),
+                "--upstream".to_owned(),
+                format!("http://127.0.0.1:{}", record.upstream_port),
+                "--listen".to_owned(),
+                format!("0.0.0.0:{}", record.proxy_port),
+                "--admin".to_owned(),
+                format!("0.0.0.0:{}", record.admin_port),
+                "--allow-missing-policy".to_owned(),
+            ]
+            .into(),
+        ),
+        env: Some(vec![EnvVar {
+            name: "RUST_LOG".to_owned(),
+            value: Some(log_level.to_owned()),
+            ..Default::default()
+        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some(
+                    record
+                        .port_name
+                        .clone()
+                        .unwrap_or_else(|| FALLBACK_PROXY_PORT_NAME.to_owned()),
+                ),
+                container_port: i32::from(record.proxy_port),
+                protocol: Some("TCP".to_owned()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some(names::ADMIN_PORT_NAME.to_owned()),
+                container_port: i32::from(record.admin_port),
+                protocol: Some("TCP".to_owned()),
+                ..Default::default()
+            },
+        ]),
+        restart_policy: config.sidecar_mode.is_native().then(|| "Always".to_owned()),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_owned(), quantity(&res.cpu_request)),
+                ("memory".to_owned(), quantity(&res.memory_request)),
+            ])),
+            limits: Some(BTreeMap::from([
+                ("cpu".to_owned(), quantity(&res.cpu_limit)),
+                ("memory".to_owned(), quantity(&res.memory_limit)),
+            ])),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                ..Default::default()
+            }),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            // The image's nonroot user; numeric so the kubelet can check runAsNonRoot.
+            run_as_user: Some(65532),
+            run_as_group: Some(65532),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        // For a native sidecar the kubelet starts the app only once this succeeds.
+        startup_probe: Some(admin_probe("/healthz", 1, 30)),
+        liveness_probe: Some(admin_probe("/healthz", 10, 3)),
+        readiness_probe: Some(admin_probe("/readyz", 5, 3)),
+        volume_mounts: Some(vec![VolumeMount {
+            name: names::POLICY_VOLUME.to_owned(),
+            mount_path: names::POLICY_MOUNT_PATH.to_owned(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+        ..Default::default()
+    }
+}
+
+/// Serialises one of this module's own values (k8s-openapi types, string maps), which cannot fail.
+fn value_of<T: Serialize>(v: T) -> Value {
+    serde_json::to_value(v).expect("k8s-openapi types and string maps always serialise to JSON")
+}
+
+fn ptr<I, T>(tokens: I) -> PointerBuf
+where
+    I: IntoIterator<Item = T>,
+    T: AsRef<str>,
+{
+    let tokens: Vec<String> = tokens.into_iter().map(|t| t.as_ref().to_owned()).collect();
+    PointerBuf::from_tokens(tokens)
+}
+
+fn add(path: PointerBuf, value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation { path, value })
+}
+
+fn replace(path: PointerBuf, value: Value) -> PatchOperation {
+    PatchOperation::Replace(ReplaceOperation { path, value })
+}
+
+fn remove(path: PointerBuf) -> PatchOperation {
+    PatchOperation::Remove(RemoveOperation { path })
+}
+
+#[cfg(test)]
+mod tests;

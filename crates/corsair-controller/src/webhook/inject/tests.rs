@@ -1,0 +1,549 @@
+use serde_json::json;
+
+use super::*;
+
+/// A pod from JSON, as the API server would send it.
+fn mk_pod(value: Value) -> Pod {
+    serde_json::from_value(value).expect("test pod is a valid Pod")
+}
+
+/// The usual opted-in pod: one container with a port named `http` and a readiness probe on it.
+fn web_pod() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "web",
+            "namespace": "shop",
+            "annotations": {"corsair.dev/policy": "api"},
+            "labels": {"corsair.dev/inject": "enabled"}
+        },
+        "spec": {
+            "containers": [{
+                "name": "app",
+                "image": "nginx",
+                "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+                "readinessProbe": {"httpGet": {"path": "/", "port": "http"}},
+                "livenessProbe": {"tcpSocket": {"port": "http"}},
+                "lifecycle": {"preStop": {"httpGet": {"path": "/stop", "port": "http"}}}
+            }]
+        }
+    })
+}
+
+fn run(pod: &Value, config: &InjectConfig) -> Result<Injection, InjectError> {
+    inject(&mk_pod(pod.clone()), Some("shop"), config, None)
+}
+
+/// Applies the injection's patch to `pod` and returns the result.
+fn apply(pod: &Value, injection: &Injection) -> Value {
+    let mut out = pod.clone();
+    json_patch::patch(&mut out, &injection.patch)
+        .expect("patch applies to the pod it was made for");
+    out
+}
+
+fn sidecar_of(pod: &Value) -> Container {
+    let pod = mk_pod(pod.clone());
+    let spec = pod.spec.expect("spec");
+    spec.init_containers
+        .into_iter()
+        .flatten()
+        .chain(spec.containers)
+        .find(|c| c.name == names::SIDECAR_NAME)
+        .expect("sidecar present")
+}
+
+fn native() -> InjectConfig {
+    InjectConfig {
+        sidecar_mode: SidecarMode::Native,
+        ..InjectConfig::default()
+    }
+}
+
+#[test]
+fn takes_over_the_http_port_and_rewrites_probes() {
+    let pod = web_pod();
+    let injection = run(&pod, &native()).expect("injects");
+    assert_eq!(injection.outcome, InjectOutcome::Injected);
+    assert!(injection.warnings.is_empty(), "{:?}", injection.warnings);
+    let out = apply(&pod, &injection);
+
+    let app = &out["spec"]["containers"][0];
+    assert_eq!(
+        app["ports"][0],
+        json!({"containerPort": 8080, "protocol": "TCP"})
+    );
+    assert_eq!(app["readinessProbe"]["httpGet"]["port"], json!(8080));
+    assert_eq!(app["livenessProbe"]["tcpSocket"]["port"], json!(8080));
+    assert_eq!(app["lifecycle"]["preStop"]["httpGet"]["port"], json!(8080));
+
+    let sidecar = sidecar_of(&out);
+    assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+    let ports = sidecar.ports.expect("ports");
+    assert_eq!(ports[0].name.as_deref(), Some("http"));
+    assert_eq!(ports[0].container_port, 15380);
+    assert_eq!(ports[1].name.as_deref(), Some("corsair-admin"));
+    assert_eq!(ports[1].container_port, 15381);
+    assert_eq!(
+        sidecar.args.expect("args"),
+        [
+            "proxy",
+            "--policy",
+            "/etc/corsair/policy.json",
+            "--upstream",
+            "http://127.0.0.1:8080",
+            "--listen",
+            "0.0.0.0:15380",
+            "--admin",
+            "0.0.0.0:15381",
+            "--allow-missing-policy"
+        ]
+    );
+    let readiness = sidecar
+        .readiness_probe
+        .expect("readiness")
+        .http_get
+        .expect("httpGet");
+    assert_eq!(
+        (readiness.path.as_deref(), &readiness.port),
+        (Some("/readyz"), &IntOrString::Int(15381))
+    );
+    let liveness = sidecar
+        .liveness_probe
+        .expect("liveness")
+        .http_get
+        .expect("httpGet");
+    assert_eq!(liveness.path.as_deref(), Some("/healthz"));
+
+    assert_eq!(
+        out["spec"]["volumes"],
+        json!([{"name": "corsair-policy", "configMap": {"name": "corsair-policy-api", "optional": true}}])
+    );
+    let mounts = sidecar.volume_mounts.expect("mounts");
+    assert_eq!(
+        (
+            mounts[0].name.as_str(),
+            mounts[0].mount_path.as_str(),
+            mounts[0].read_only
+        ),
+        ("corsair-policy", "/etc/corsair", Some(true))
+    );
+    let record: InjectedRecord = serde_json::from_str(
+        out["metadata"]["annotations"]["corsair.dev/injected"]
+            .as_str()
+            .expect("record"),
+    )
+    .expect("record is JSON");
+    assert_eq!(record.port_name.as_deref(), Some("http"));
+    assert_eq!(
+        (
+            record.upstream_port,
+            record.proxy_port,
+            record.mode.as_str()
+        ),
+        (8080, 15380, "native")
+    );
+    // The annotation that was there stays.
+    assert_eq!(
+        out["metadata"]["annotations"]["corsair.dev/policy"],
+        json!("api")
+    );
+}
+
+#[test]
+fn annotation_key_slash_is_escaped_in_the_patch_path() {
+    let injection = run(&web_pod(), &native()).expect("injects");
+    let paths: Vec<String> = injection
+        .patch
+        .0
+        .iter()
+        .filter_map(|op| match op {
+            PatchOperation::Add(a) => Some(a.path.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        paths.contains(&"/metadata/annotations/corsair.dev~1injected".to_owned()),
+        "{paths:?}"
+    );
+}
+
+#[test]
+fn sidecar_is_restricted() {
+    let out = apply(&web_pod(), &run(&web_pod(), &native()).expect("injects"));
+    let sc = sidecar_of(&out).security_context.expect("securityContext");
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        sc.capabilities.and_then(|c| c.drop),
+        Some(vec!["ALL".to_owned()])
+    );
+    assert_eq!(
+        sc.seccomp_profile.map(|s| s.type_),
+        Some("RuntimeDefault".to_owned())
+    );
+    let resources = sidecar_of(&out).resources.expect("resources");
+    assert_eq!(
+        resources.requests.expect("requests")["cpu"],
+        Quantity("50m".into())
+    );
+    assert_eq!(
+        resources.limits.expect("limits")["memory"],
+        Quantity("128Mi".into())
+    );
+}
+
+#[test]
+fn second_pass_changes_nothing() {
+    let pod = web_pod();
+    let once = apply(&pod, &run(&pod, &native()).expect("injects"));
+    let again = run(&once, &native()).expect("admits");
+    assert_eq!(again.outcome, InjectOutcome::AlreadyInjected);
+    assert!(again.patch.0.is_empty());
+}
+
+#[test]
+fn creates_missing_annotations_init_containers_and_volumes() {
+    let mut pod = web_pod();
+    pod["metadata"] = json!({"name": "web", "labels": {"corsair.dev/inject": "enabled"}});
+    // Without the policy annotation nothing is injected...
+    let skipped = run(&pod, &native()).expect("admits");
+    assert_eq!(skipped.outcome, InjectOutcome::SkippedNoPolicy);
+    assert!(skipped.patch.0.is_empty());
+    assert!(
+        skipped.warnings[0].contains("corsair.dev/policy"),
+        "{:?}",
+        skipped.warnings
+    );
+
+    // ...and with it alone, every parent is created.
+    pod["metadata"]["annotations"] = json!({"corsair.dev/policy": "api"});
+    let out = apply(&pod, &run(&pod, &native()).expect("injects"));
+    assert_eq!(
+        out["spec"]["initContainers"].as_array().map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(out["spec"]["volumes"].as_array().map(Vec::len), Some(1));
+    assert!(out["metadata"]["annotations"]["corsair.dev/injected"].is_string());
+}
+
+#[test]
+fn goes_after_existing_init_containers_and_native_sidecars() {
+    let mut pod = web_pod();
+    pod["spec"]["initContainers"] = json!([
+        {"name": "migrate", "image": "migrate"},
+        {"name": "log-shipper", "image": "vector", "restartPolicy": "Always"}
+    ]);
+    pod["spec"]["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
+    let out = apply(&pod, &run(&pod, &native()).expect("injects"));
+    let names: Vec<&str> = out["spec"]["initContainers"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names, ["migrate", "log-shipper", "corsair-proxy"]);
+    let volumes: Vec<&str> = out["spec"]["volumes"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(volumes, ["data", "corsair-policy"]);
+}
+
+#[test]
+fn container_mode_appends_a_regular_container() {
+    let config = InjectConfig {
+        sidecar_mode: SidecarMode::Container,
+        ..InjectConfig::default()
+    };
+    let out = apply(&web_pod(), &run(&web_pod(), &config).expect("injects"));
+    assert!(out["spec"].get("initContainers").is_none());
+    assert_eq!(out["spec"]["containers"][0]["name"], json!("app"));
+    assert_eq!(out["spec"]["containers"][1]["name"], json!("corsair-proxy"));
+    assert_eq!(sidecar_of(&out).restart_policy, None);
+}
+
+#[test]
+fn port_annotation_by_name_wins_over_http() {
+    let mut pod = web_pod();
+    pod["metadata"]["annotations"]["corsair.dev/port"] = json!("api");
+    pod["spec"]["containers"][0]["ports"] = json!([
+        {"name": "http", "containerPort": 8080},
+        {"name": "api", "containerPort": 9000}
+    ]);
+    let out = apply(&pod, &run(&pod, &native()).expect("injects"));
+    assert_eq!(
+        out["spec"]["containers"][0]["ports"][0]["name"],
+        json!("http")
+    );
+    assert_eq!(
+        out["spec"]["containers"][0]["ports"][1],
+        json!({"containerPort": 9000})
+    );
+    let sidecar = sidecar_of(&out);
+    assert_eq!(
+        sidecar.ports.expect("ports")[0].name.as_deref(),
+        Some("api")
+    );
+    assert!(
+        sidecar
+            .args
+            .expect("args")
+            .contains(&"http://127.0.0.1:9000".to_owned())
+    );
+}
+
+#[test]
+fn numeric_port_without_name_warns_and_names_the_proxy_port() {
+    let mut pod = web_pod();
+    pod["metadata"]["annotations"]["corsair.dev/port"] = json!("3000");
+    pod["spec"]["containers"][0] =
+        json!({"name": "app", "image": "node", "ports": [{"containerPort": 3000}]});
+    let injection = run(&pod, &native()).expect("injects");
+    assert_eq!(injection.warnings.len(), 1);
+    assert!(
+        injection.warnings[0].contains("corsair-http"),
+        "{:?}",
+        injection.warnings
+    );
+    let out = apply(&pod, &injection);
+    assert_eq!(
+        out["spec"]["containers"][0]["ports"][0],
+        json!({"containerPort": 3000})
+    );
+    let sidecar = sidecar_of(&out);
+    assert_eq!(
+        sidecar.ports.expect("ports")[0].name.as_deref(),
+        Some("corsair-http")
+    );
+    assert!(
+        sidecar
+            .args
+            .expect("args")
+            .contains(&"http://127.0.0.1:3000".to_owned())
+    );
+}
+
+#[test]
+fn falls_back_to_the_first_tcp_port_of_the_first_container() {
+    let mut pod = web_pod();
+    pod["spec"]["containers"] = json!([
+        {"name": "app", "image": "app", "ports": [
+            {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+            {"name": "web", "containerPort": 8000}
+        ]},
+        {"name": "other", "image": "other", "ports": [{"name": "metrics", "containerPort": 9090}]}
+    ]);
+    let out = apply(&pod, &run(&pod, &native()).expect("injects"));
+    assert_eq!(
+        sidecar_of(&out).ports.expect("ports")[0].name.as_deref(),
+        Some("web")
+    );
+    assert_eq!(
+        out["spec"]["containers"][0]["ports"][1],
+        json!({"containerPort": 8000})
+    );
+    assert_eq!(
+        out["spec"]["containers"][1]["ports"][0]["name"],
+        json!("metrics")
+    );
+}
+
+#[test]
+fn http_port_in_a_second_container_is_found() {
+    let mut pod = web_pod();
+    pod["spec"]["containers"] = json!([
+        {"name": "worker", "image": "w", "ports": [{"name": "metrics", "containerPort": 9090}]},
+        {"name": "app", "image": "a", "ports": [{"name": "http", "containerPort": 8080}],
+         "startupProbe": {"httpGet": {"port": "http", "path": "/"}}}
+    ]);
+    let out = apply(&pod, &run(&pod, &native()).expect("injects"));
+    assert_eq!(
+        out["spec"]["containers"][1]["ports"][0],
+        json!({"containerPort": 8080})
+    );
+    assert_eq!(
+        out["spec"]["containers"][1]["startupProbe"]["httpGet"]["port"],
+        json!(8080)
+    );
+    assert_eq!(
+        out["spec"]["containers"][0]["ports"][0]["name"],
+        json!("metrics")
+    );
+}
+
+#[test]
+fn refusals_name_the_cause() {
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "no ports",
+            json!([{"name": "app", "image": "a"}]),
+            "corsair.dev/port",
+        ),
+        (
+            "proxy port taken",
+            json!([{"name": "app", "image": "a", "ports": [{"name": "http", "containerPort": 8080}, {"containerPort": 15380}]}]),
+            "spec.containers[0].ports[1]",
+        ),
+        (
+            "admin name taken",
+            json!([{"name": "app", "image": "a", "ports": [{"name": "http", "containerPort": 8080}, {"name": "corsair-admin", "containerPort": 9}]}]),
+            "spec.containers[0].ports[1].name",
+        ),
+    ];
+    for (what, containers, needle) in cases {
+        let mut pod = web_pod();
+        pod["spec"]["containers"] = containers;
+        let err = run(&pod, &native()).expect_err(what).to_string();
+        assert!(err.contains(needle), "{what}: {err}");
+    }
+}
+
+#[test]
+fn bad_annotations_are_refused_with_the_annotation_named() {
+    let cases = [
+        ("corsair.dev/proxy-port", "0"),
+        ("corsair.dev/admin-port", "http"),
+        ("corsair.dev/image", "has space"),
+        ("corsair.dev/log-level", " "),
+        ("corsair.dev/port", "70000"),
+        ("corsair.dev/port", "grpc"),
+        ("corsair.dev/policy", "Not_A_Name"),
+    ];
+    for (key, value) in cases {
+        let mut pod = web_pod();
+        pod["metadata"]["annotations"][key] = json!(value);
+        let err = run(&pod, &native()).expect_err(key).to_string();
+        assert!(err.contains(key), "{key}={value}: {err}");
+    }
+}
+
+#[test]
+fn annotations_override_the_configuration() {
+    let mut pod = web_pod();
+    let annotations = &mut pod["metadata"]["annotations"];
+    annotations["corsair.dev/proxy-port"] = json!("18080");
+    annotations["corsair.dev/admin-port"] = json!("18081");
+    annotations["corsair.dev/image"] = json!("registry.local/corsair:dev");
+    annotations["corsair.dev/log-level"] = json!("corsair=debug");
+    let out = apply(&pod, &run(&pod, &native()).expect("injects"));
+    let sidecar = sidecar_of(&out);
+    assert_eq!(sidecar.image.as_deref(), Some("registry.local/corsair:dev"));
+    let args = sidecar.args.expect("args");
+    assert!(
+        args.contains(&"0.0.0.0:18080".to_owned()) && args.contains(&"0.0.0.0:18081".to_owned())
+    );
+    assert_eq!(
+        sidecar.env.expect("env")[0].value.as_deref(),
+        Some("corsair=debug")
+    );
+    assert_eq!(
+        sidecar
+            .readiness_probe
+            .and_then(|p| p.http_get)
+            .map(|h| h.port),
+        Some(IntOrString::Int(18081))
+    );
+}
+
+#[test]
+fn same_proxy_and_admin_port_is_refused() {
+    let mut pod = web_pod();
+    pod["metadata"]["annotations"]["corsair.dev/admin-port"] = json!("15380");
+    assert_eq!(run(&pod, &native()), Err(InjectError::SamePorts(15380)));
+}
+
+#[test]
+fn host_network_is_skipped_with_a_warning() {
+    let mut pod = web_pod();
+    pod["spec"]["hostNetwork"] = json!(true);
+    let injection = run(&pod, &native()).expect("admits");
+    assert_eq!(injection.outcome, InjectOutcome::SkippedHostNetwork);
+    assert!(injection.patch.0.is_empty());
+    assert!(injection.warnings[0].contains("hostNetwork"));
+}
+
+#[test]
+fn foreign_volume_named_like_ours_is_refused() {
+    let mut pod = web_pod();
+    pod["spec"]["volumes"] = json!([{"name": "corsair-policy", "emptyDir": {}}]);
+    let err = run(&pod, &native()).expect_err("conflict");
+    assert!(err.to_string().contains("spec.volumes[0]"), "{err}");
+}
+
+#[test]
+fn stale_record_without_sidecar_is_injected_again() {
+    let pod = web_pod();
+    let once = apply(&pod, &run(&pod, &native()).expect("injects"));
+    // Someone copied the pod but dropped the sidecar: the volume and record are reused.
+    let mut copy = once.clone();
+    copy["spec"]
+        .as_object_mut()
+        .expect("map")
+        .remove("initContainers");
+    let again = run(&copy, &native()).expect("injects");
+    assert_eq!(again.outcome, InjectOutcome::Injected);
+    let out = apply(&copy, &again);
+    assert_eq!(out["spec"]["volumes"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        out["spec"]["initContainers"].as_array().map(Vec::len),
+        Some(1)
+    );
+}
+
+#[test]
+fn missing_policy_warns_only_with_a_lookup() {
+    let pod = mk_pod(web_pod());
+    let missing = |ns: &str, name: &str| {
+        assert_eq!((ns, name), ("shop", "api"));
+        PolicyPresence::Missing
+    };
+    let warned = inject(&pod, Some("shop"), &native(), Some(&missing)).expect("injects");
+    assert_eq!(warned.warnings.len(), 1);
+    assert!(
+        warned.warnings[0].contains("shop/api does not exist"),
+        "{:?}",
+        warned.warnings
+    );
+    let ready = |_: &str, _: &str| PolicyPresence::Ready;
+    assert!(
+        inject(&pod, Some("shop"), &native(), Some(&ready))
+            .expect("injects")
+            .warnings
+            .is_empty()
+    );
+    assert!(
+        inject(&pod, Some("shop"), &native(), None)
+            .expect("injects")
+            .warnings
+            .is_empty()
+    );
+}
+
+#[test]
+fn sidecar_modes() {
+    assert_eq!(SidecarMode::Auto.resolve(true), SidecarMode::Native);
+    assert_eq!(SidecarMode::Auto.resolve(false), SidecarMode::Container);
+    assert_eq!(SidecarMode::Container.resolve(true), SidecarMode::Container);
+    assert_eq!(
+        "native".parse::<SidecarMode>().ok(),
+        Some(SidecarMode::Native)
+    );
+    assert!("sidecar".parse::<SidecarMode>().is_err());
+    assert!(native_sidecars_supported("1", "29"));
+    assert!(native_sidecars_supported("1", "33+"));
+    assert!(!native_sidecars_supported("1", "28"));
+    assert!(!native_sidecars_supported("", "x"));
+}
+
+#[test]
+fn default_image_carries_the_crate_version() {
+    assert_eq!(
+        InjectConfig::default().image,
+        format!("ghcr.io/corsair-dev/corsair:{}", env!("CARGO_PKG_VERSION"))
+    );
+}

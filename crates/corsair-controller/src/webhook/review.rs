@@ -1,0 +1,209 @@
+//! AdmissionReview in, AdmissionReview out: the HTTP-free core of both webhooks.
+
+use std::time::Instant;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use serde_json::Value;
+
+use super::validate::{ValidationOutcome, validate_policy};
+use super::{InjectOutcome, WebhookState, inject};
+
+/// Which webhook a review is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Webhook {
+    /// Mutating, for Pods.
+    Inject,
+    /// Validating, for CorsPolicies.
+    Validate,
+}
+
+impl Webhook {
+    fn label(self) -> &'static str {
+        match self {
+            Webhook::Inject => "inject",
+            Webhook::Validate => "validate",
+        }
+    }
+}
+
+/// A body that is not an AdmissionReview with a request: the caller answers 400.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error("invalid AdmissionReview: {0}")]
+    Parse(String),
+    #[error("invalid AdmissionReview: the request field is missing")]
+    NoRequest,
+    #[error("cannot encode the AdmissionReview response: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Answers one AdmissionReview (`body`) for `webhook` with the serialised response review.
+///
+/// A review that parses always gets an answer (refusals are `allowed: false` with a message);
+/// only a body that is not an AdmissionReview is an error.
+pub fn review(state: &WebhookState, webhook: Webhook, body: &[u8]) -> Result<Vec<u8>, ReviewError> {
+    let started = Instant::now();
+    let result = review_inner(state, webhook, body);
+    if result.is_err() {
+        count(state, webhook, "error");
+    }
+    state
+        .metrics
+        .observe(webhook.label(), started.elapsed().as_secs_f64());
+    result
+}
+
+fn review_inner(
+    state: &WebhookState,
+    webhook: Webhook,
+    body: &[u8],
+) -> Result<Vec<u8>, ReviewError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let review: AdmissionReview<DynamicObject> = serde_path_to_error::deserialize(&mut de)
+        .map_err(|err| {
+            let path = err.path().to_string();
+            if path == "." {
+                ReviewError::Parse(err.inner().to_string())
+            } else {
+                ReviewError::Parse(format!("{path}: {}", err.inner()))
+            }
+        })?;
+    de.end()
+        .map_err(|err| ReviewError::Parse(err.to_string()))?;
+    let request: AdmissionRequest<DynamicObject> =
+        review.try_into().map_err(|_| ReviewError::NoRequest)?;
+    let response = match webhook {
+        Webhook::Inject => inject_response(state, &request),
+        Webhook::Validate => validate_response(state, &request),
+    };
+    encode(response)
+}
+
+fn count(state: &WebhookState, webhook: Webhook, result: &'static str) {
+    match webhook {
+        Webhook::Inject => state.metrics.injection(result),
+        Webhook::Validate => state.metrics.validation(result),
+    }
+}
+
+fn inject_response(
+    state: &WebhookState,
+    req: &AdmissionRequest<DynamicObject>,
+) -> AdmissionResponse {
+    let response = AdmissionResponse::from(req);
+    if req.kind.kind != "Pod" || !req.kind.group.is_empty() {
+        state.metrics.injection("error");
+        return response.deny(format!(
+            "request.kind: the corsair injector admits Pods, not {}",
+            req.kind.kind
+        ));
+    }
+    if !matches!(req.operation, Operation::Create) {
+        return response;
+    }
+    let pod = match object_as::<Pod>(req) {
+        Ok(pod) => pod,
+        Err(message) => {
+            state.metrics.injection("error");
+            return response.deny(message);
+        }
+    };
+    let lookup = state.policies.as_deref();
+    match inject(&pod, req.namespace.as_deref(), &state.config, lookup) {
+        Ok(injection) => {
+            state.metrics.injection(injection.outcome.metric_label());
+            let mut response = response;
+            if !injection.warnings.is_empty() {
+                response.warnings = Some(injection.warnings);
+            }
+            if injection.outcome == InjectOutcome::Injected {
+                match response.clone().with_patch(injection.patch) {
+                    Ok(patched) => patched,
+                    Err(err) => {
+                        state.metrics.injection("error");
+                        response.deny(format!("cannot encode the patch: {err}"))
+                    }
+                }
+            } else {
+                response
+            }
+        }
+        Err(err) => {
+            state.metrics.injection("denied");
+            response.deny(err)
+        }
+    }
+}
+
+fn validate_response(
+    state: &WebhookState,
+    req: &AdmissionRequest<DynamicObject>,
+) -> AdmissionResponse {
+    let response = AdmissionResponse::from(req);
+    if req.kind.kind != "CorsPolicy" || req.kind.group != crate::names::GROUP {
+        state.metrics.validation("error");
+        return response.deny(format!(
+            "request.kind: the corsair validator admits CorsPolicies, not {}",
+            req.kind.kind
+        ));
+    }
+    if !matches!(req.operation, Operation::Create | Operation::Update) {
+        return response;
+    }
+    let Some(object) = &req.object else {
+        state.metrics.validation("error");
+        return response.deny("request.object: required for CREATE and UPDATE");
+    };
+    let object = match serde_json::to_value(object) {
+        Ok(v) => v,
+        Err(err) => {
+            state.metrics.validation("error");
+            return response.deny(format!("request.object: {err}"));
+        }
+    };
+    let verdict = validate_policy(&object);
+    state.metrics.validation(verdict.outcome.metric_label());
+    let mut response = if verdict.outcome == ValidationOutcome::Denied {
+        response.deny(verdict.message())
+    } else {
+        response
+    };
+    if !verdict.warnings.is_empty() {
+        response.warnings = Some(verdict.warnings);
+    }
+    response
+}
+
+/// The request's object as `T`, or a message naming the field that does not fit.
+fn object_as<T: serde::de::DeserializeOwned>(
+    req: &AdmissionRequest<DynamicObject>,
+) -> Result<T, String> {
+    let object = req
+        .object
+        .as_ref()
+        .ok_or_else(|| "request.object: required for CREATE".to_owned())?;
+    let value = serde_json::to_value(object).map_err(|err| format!("request.object: {err}"))?;
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        if path == "." {
+            format!("request.object: {}", err.inner())
+        } else {
+            format!("request.object.{path}: {}", err.inner())
+        }
+    })
+}
+
+/// Serialises the response review; the patch goes out base64-encoded, as the API server's
+/// own `[]byte` encoding is (kube-core writes it as an array of numbers).
+fn encode(mut response: AdmissionResponse) -> Result<Vec<u8>, ReviewError> {
+    let patch = response.patch.take();
+    let mut value = serde_json::to_value(response.into_review())?;
+    if let (Some(patch), Some(Value::Object(fields))) = (patch, value.get_mut("response")) {
+        fields.insert("patch".to_owned(), Value::String(STANDARD.encode(patch)));
+    }
+    Ok(serde_json::to_vec(&value)?)
+}

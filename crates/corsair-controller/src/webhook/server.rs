@@ -1,0 +1,159 @@
+//! HTTPS for the webhooks: rustls, HTTP/1.1 and HTTP/2, graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use super::review::{Webhook, review};
+use super::tls::{CertError, CertStore};
+use super::{INJECT_PATH, VALIDATE_PATH, WebhookState};
+
+/// Largest AdmissionReview accepted. The API server caps objects near 1.5 MiB, and a review
+/// can carry an object and its old version.
+const MAX_BODY: usize = 4 * 1024 * 1024;
+/// A client that does not finish its TLS handshake or request head in this time is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the webhook server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error(transparent)]
+    Tls(#[from] CertError),
+}
+
+/// Serves `POST /inject` and `POST /validate` over HTTPS on `listener` until `shutdown`
+/// completes, then stops accepting and waits for the requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    certs: Arc<CertStore>,
+    state: WebhookState,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WebhookError> {
+    let acceptor = TlsAcceptor::from(Arc::new(certs.server_config()?));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT);
+    let (stop, stopping) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    let acceptor = acceptor.clone();
+                    let builder = builder.clone();
+                    let state = state.clone();
+                    let mut stopping = stopping.clone();
+                    connections.spawn(async move {
+                        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(err)) => {
+                                tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                        let service = service_fn(move |req| {
+                            let state = state.clone();
+                            async move { Ok::<_, Infallible>(handle(&state, req).await) }
+                        });
+                        let conn = builder.serve_connection(TokioIo::new(tls), service);
+                        tokio::pin!(conn);
+                        let result = tokio::select! {
+                            result = conn.as_mut() => result,
+                            _ = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
+                                conn.as_mut().graceful_shutdown();
+                                conn.await
+                            }
+                        };
+                        if let Err(err) = result {
+                            tracing::debug!(%peer, error = %err, "webhook connection ended with an error");
+                        }
+                    });
+                }
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %err, "accepting a webhook connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Routes one request; every outcome is a response, never a panic.
+async fn handle(state: &WebhookState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let webhook = match req.uri().path() {
+        INJECT_PATH => Webhook::Inject,
+        VALIDATE_PATH => Webhook::Validate,
+        _ => return text(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    if req.method() != Method::POST {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("AdmissionReview larger than {MAX_BODY} bytes\n"),
+            );
+        }
+        Err(err) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {err}\n"),
+            );
+        }
+    };
+    match review(state, webhook, &body) {
+        Ok(json) => Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(json)))
+            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response error\n")),
+        Err(err @ super::ReviewError::Encode(_)) => {
+            tracing::error!(error = %err, "cannot encode an admission response");
+            text(StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n"))
+        }
+        Err(err) => {
+            tracing::debug!(error = %err, "bad admission request");
+            text(StatusCode::BAD_REQUEST, format!("{err}\n"))
+        }
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

@@ -1,0 +1,96 @@
+//! The validating webhook's logic: a CorsPolicy object in, the engine's findings out.
+
+use corsair_policy::{CorsPolicySpec, validate};
+use serde_json::Value;
+
+use crate::names;
+
+/// The verdict on one CorsPolicy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyValidation {
+    pub outcome: ValidationOutcome,
+    /// Every error, each naming the field path; empty when the policy is accepted.
+    pub errors: Vec<String>,
+    /// Lint warnings, shown by kubectl.
+    pub warnings: Vec<String>,
+}
+
+/// The `result` label of the validation metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ValidationOutcome {
+    Accepted,
+    /// Accepted, with lint warnings.
+    Warned,
+    /// Refused: the spec has errors.
+    Denied,
+}
+
+impl ValidationOutcome {
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            ValidationOutcome::Accepted => "accepted",
+            ValidationOutcome::Warned => "accepted_with_warnings",
+            ValidationOutcome::Denied => "denied",
+        }
+    }
+}
+
+impl PolicyValidation {
+    /// All errors in one message for the AdmissionResponse.
+    pub fn message(&self) -> String {
+        self.errors.join("; ")
+    }
+
+    fn denied(errors: Vec<String>) -> Self {
+        Self {
+            outcome: ValidationOutcome::Denied,
+            errors,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Validates a whole CorsPolicy object (`apiVersion`, `metadata`, `spec`) as the API server
+/// sends it. Field paths in the messages start at the object (`spec.allowOrigins[2]`).
+pub fn validate_policy(object: &Value) -> PolicyValidation {
+    let mut errors = Vec::new();
+    let name = object.pointer("/metadata/name").and_then(Value::as_str);
+    let max = 253 - names::policy_configmap_name("").len();
+    if let Some(name) = name.filter(|n| n.len() > max) {
+        errors.push(format!(
+            "metadata.name: {name:?} is longer than {max} characters, so its ConfigMap name would be too long"
+        ));
+    }
+    let Some(spec) = object.get("spec") else {
+        errors.push("spec: required field is missing".to_owned());
+        return PolicyValidation::denied(errors);
+    };
+    let spec: CorsPolicySpec = match serde_path_to_error::deserialize(spec) {
+        Ok(spec) => spec,
+        Err(err) => {
+            let path = err.path().to_string();
+            let field = if path == "." {
+                "spec".to_owned()
+            } else {
+                format!("spec.{path}")
+            };
+            errors.push(format!("{field}: {}", err.inner()));
+            return PolicyValidation::denied(errors);
+        }
+    };
+    let report = validate(&spec);
+    errors.extend(report.errors().map(ToString::to_string));
+    let warnings: Vec<String> = report.warnings().map(ToString::to_string).collect();
+    let outcome = if !errors.is_empty() {
+        ValidationOutcome::Denied
+    } else if warnings.is_empty() {
+        ValidationOutcome::Accepted
+    } else {
+        ValidationOutcome::Warned
+    };
+    PolicyValidation {
+        outcome,
+        errors,
+        warnings,
+    }
+}
