@@ -1,0 +1,255 @@
+//! Transport behaviour over real sockets: streaming both ways, HTTP/2, upgrades, headers.
+
+mod support;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Version};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::{CHUNK, Conn, empty, harness, request, send, values};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+const POLICY: &str = "allowOrigins: [\"https://app.example.com\"]";
+const CHUNKS: usize = 64;
+
+#[tokio::test]
+async fn a_64_mib_upload_is_streamed_not_buffered() {
+    let h = harness(POLICY).await;
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+    let body = StreamBody::new(futures::stream::poll_fn({
+        let mut rx = rx;
+        move |cx| rx.poll_recv(cx)
+    }));
+    let mut conn = Conn::open(h.proxy.listen_addr()).await;
+    let req = request("POST", "/upload")
+        .body(body.boxed())
+        .expect("valid request");
+    let response = tokio::spawn(async move { conn.send(req).await });
+
+    tx.send(Ok(Frame::data(Bytes::from(vec![b'u'; CHUNK]))))
+        .await
+        .expect("first chunk accepted");
+    // The rest is held back until the upstream has seen the first bytes: a proxy that buffered
+    // the whole body would never get there.
+    timeout(Duration::from_secs(10), h.upstream.state.upload_started.notified())
+        .await
+        .expect("the upstream received the first bytes before the client finished sending");
+    for _ in 1..CHUNKS {
+        tx.send(Ok(Frame::data(Bytes::from(vec![b'u'; CHUNK]))))
+            .await
+            .expect("chunk accepted");
+    }
+    drop(tx);
+    let response = timeout(Duration::from_secs(30), response)
+        .await
+        .expect("upload finished in time")
+        .expect("client task");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.body(), (CHUNKS * CHUNK).to_string().as_bytes());
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_64_mib_download_is_streamed_not_buffered() {
+    let h = harness(POLICY).await;
+    let stream = TcpStream::connect(h.proxy.listen_addr()).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let req = request("GET", &format!("/download?chunks={CHUNKS}"))
+        .header("origin", "https://app.example.com")
+        .body(empty())
+        .expect("valid request");
+    let response = timeout(Duration::from_secs(10), sender.send_request(req))
+        .await
+        .expect("response head before the body is complete")
+        .expect("response");
+    assert_eq!(
+        values(response.headers(), "access-control-allow-origin"),
+        ["https://app.example.com"]
+    );
+    let mut body = response.into_body();
+    let mut total = 0usize;
+    let mut acked = false;
+    while let Some(frame) = timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("the next bytes arrive: the upstream waits for us after its first chunk")
+    {
+        if let Some(data) = frame.expect("body frame").data_ref() {
+            total += data.len();
+        }
+        if !acked && total > 0 {
+            // The upstream produces nothing more until the first bytes reached the client.
+            h.upstream.state.download_acked.notify_one();
+            acked = true;
+        }
+    }
+    assert_eq!(total, CHUNKS * CHUNK);
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_is_served_and_forwarded_as_http_1_1() {
+    let h = harness(POLICY).await;
+    let stream = TcpStream::connect(h.proxy.listen_addr()).await.expect("connect");
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    // Several concurrent streams on the one connection.
+    let mut streams = Vec::new();
+    for i in 0..4 {
+        let mut sender = sender.clone();
+        streams.push(tokio::spawn(async move {
+            let req = Request::builder()
+                .uri(format!("http://api.test/h2/{i}"))
+                .header("origin", "https://app.example.com")
+                .body(empty())
+                .expect("valid request");
+            let response = sender.send_request(req).await.expect("h2 response");
+            let version = response.version();
+            let acao = values(response.headers(), "access-control-allow-origin");
+            let body = response.into_body().collect().await.expect("body").to_bytes();
+            (version, acao, body)
+        }));
+    }
+    for stream in streams {
+        let (version, acao, body) = stream.await.expect("stream task");
+        assert_eq!(version, Version::HTTP_2);
+        assert_eq!(acao, ["https://app.example.com"]);
+        assert_eq!(body, "hello");
+    }
+    let seen = h.upstream.seen().await;
+    assert_eq!(seen.len(), 4);
+    for request in seen {
+        assert_eq!(request.version, Version::HTTP_11);
+        assert_eq!(values(&request.headers, "host"), ["api.test"]);
+        assert!(request.uri.starts_with("/h2/"), "{}", request.uri);
+    }
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_websocket_upgrade_is_tunnelled_both_ways() {
+    let h = harness(POLICY).await;
+    let mut stream = TcpStream::connect(h.proxy.listen_addr()).await.expect("connect");
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: api.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .expect("write upgrade request");
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("upgrade: websocket"), "{head}");
+    assert!(lower.contains("connection: upgrade"), "{head}");
+    for message in [&b"ping"[..], b"a longer second message"] {
+        stream.write_all(message).await.expect("write over tunnel");
+        let mut echoed = vec![0; message.len()];
+        timeout(Duration::from_secs(5), stream.read_exact(&mut echoed))
+            .await
+            .expect("echo in time")
+            .expect("read echo");
+        assert_eq!(echoed, message);
+    }
+    let seen = h.upstream.last().await;
+    assert_eq!(values(&seen.headers, "upgrade"), ["websocket"]);
+    assert_eq!(values(&seen.headers, "connection"), ["upgrade"]);
+    assert_eq!(
+        values(&seen.headers, "sec-websocket-key"),
+        ["dGhlIHNhbXBsZSBub25jZQ=="]
+    );
+    drop(stream);
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
+
+/// Reads up to the end of a response head.
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = timeout(Duration::from_secs(5), stream.read(&mut byte))
+            .await
+            .expect("response head in time")
+            .expect("read");
+        assert_eq!(n, 1, "connection closed before the end of the head: {head:?}");
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_dropped_and_forwarded_headers_appended() {
+    let h = harness(POLICY).await;
+    let response = send(
+        h.proxy.listen_addr(),
+        request("GET", "/hops")
+            .header("connection", "keep-alive, x-hop")
+            .header("x-hop", "secret")
+            .header("keep-alive", "timeout=5")
+            .header("te", "trailers")
+            .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+            .header("x-forwarded-for", "203.0.113.7")
+            .header("x-end-to-end", "kept"),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let seen = h.upstream.last().await;
+    for gone in ["x-hop", "keep-alive", "te", "proxy-authorization"] {
+        assert!(!seen.headers.contains_key(gone), "{gone} reached the upstream");
+    }
+    assert_eq!(values(&seen.headers, "x-end-to-end"), ["kept"]);
+    assert_eq!(
+        values(&seen.headers, "x-forwarded-for"),
+        ["203.0.113.7, 127.0.0.1"]
+    );
+    assert_eq!(values(&seen.headers, "x-forwarded-proto"), ["http"]);
+    assert_eq!(values(&seen.headers, "x-forwarded-host"), ["api.test"]);
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn an_absolute_request_target_never_chooses_the_destination() {
+    let h = harness(POLICY).await;
+    // A port nothing listens on: were it used, the answer would be a 502.
+    let response = send(
+        h.proxy.listen_addr(),
+        http::Request::builder()
+            .uri("http://127.0.0.1:9/steer?x=1")
+            .header("host", "127.0.0.1:9"),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.body(), "hello");
+    let seen = h.upstream.last().await;
+    assert_eq!(seen.uri, "/steer?x=1");
+    assert_eq!(values(&seen.headers, "host"), ["127.0.0.1:9"]);
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn connect_is_refused() {
+    let h = harness(POLICY).await;
+    let response = send(
+        h.proxy.listen_addr(),
+        http::Request::builder()
+            .method("CONNECT")
+            .uri("127.0.0.1:22")
+            .header("host", "127.0.0.1:22"),
+    )
+    .await;
+    assert_eq!(response.status(), 405);
+    assert!(h.upstream.seen().await.is_empty());
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
