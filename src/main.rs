@@ -21,6 +21,8 @@ enum Command {
     Check(cmd::check::Args),
     /// Show what the proxy would answer for a request, and why.
     Explain(cmd::explain::Args),
+    /// Print the CorsPolicy CustomResourceDefinition generated from the Rust types.
+    Crd(cmd::crd::Args),
 }
 
 fn main() -> ExitCode {
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(args) => cmd::check::run(args),
         Command::Explain(args) => cmd::explain::run(args),
+        Command::Crd(args) => cmd::crd::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,4 +1,5 @@
 //! One module per subcommand: each has `Args` (clap) and `run`.
 
 pub mod check;
+pub mod crd;
 pub mod explain;

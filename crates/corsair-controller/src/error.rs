@@ -1,0 +1,59 @@
+//! Errors of the reconcilers, certificate management and leader election.
+
+/// Everything that can go wrong while reconciling or running the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A call to the API server failed (network, conflict, forbidden, ...).
+    #[error("Kubernetes API call {action} failed: {source}")]
+    Kube {
+        action: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    /// An object from the API server lacks a field the controller needs.
+    #[error("{kind} has no {field}")]
+    MissingField {
+        kind: &'static str,
+        field: &'static str,
+    },
+    /// Rendering the policy document failed.
+    #[error("rendering the policy document: {0}")]
+    Render(#[source] serde_json::Error),
+    /// Generating or parsing webhook certificates failed.
+    #[error("webhook certificate: {0}")]
+    Cert(#[source] rcgen::Error),
+    /// The webhook certificate Secret is malformed.
+    #[error("Secret {secret}: {reason}")]
+    BadSecret { secret: String, reason: String },
+    /// Leader election failed.
+    #[error("leader election: {0}")]
+    Lease(#[source] kube_lease_manager::LeaseManagerError),
+}
+
+impl Error {
+    /// Wraps a kube error with the action that failed, e.g. `"apply ConfigMap"`.
+    pub fn kube(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
+        move |source| Error::Kube { action, source }
+    }
+
+    /// A short, bounded label for the `corsair_controller_reconcile_errors_total` metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube { source, .. } => match source {
+                kube::Error::Api(status) if status.is_not_found() => "api_not_found",
+                kube::Error::Api(status) if status.code == 409 => "api_conflict",
+                kube::Error::Api(status) if status.code == 403 => "api_forbidden",
+                kube::Error::Api(_) => "api_error",
+                _ => "api_unreachable",
+            },
+            Error::MissingField { .. } => "missing_field",
+            Error::Render(_) => "render",
+            Error::Cert(_) => "cert",
+            Error::BadSecret { .. } => "bad_secret",
+            Error::Lease(_) => "lease",
+        }
+    }
+}
+
+/// Result with the controller's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,186 @@
+//! CorsPolicy reconciler: compile with the engine, render the ConfigMap the proxies load, and
+//! report the outcome in the status and in Events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use corsair_policy::model::{API_VERSION, DocumentMeta, KIND};
+use corsair_policy::{Engine, PolicyDocument, Report};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use super::{Context, MANAGED_BY_LABEL, MANAGED_BY_VALUE, succeeded, truncate};
+use crate::crd::{CONDITION_READY, CorsPolicy, CorsPolicyStatus, REASON_ACCEPTED, REASON_INVALID};
+use crate::names::{
+    POLICY_ANNOTATION, POLICY_CONFIGMAP_KEY, POLICY_MANAGER, policy_configmap_name,
+};
+use crate::{Error, Result};
+
+/// Metric label of this controller.
+pub const CONTROLLER: &str = "corspolicy";
+/// How often a policy is reconciled without a change, to refresh the workload count.
+pub const RESYNC: Duration = Duration::from_secs(300);
+/// Longest condition message; the API server allows 32 KiB, `kubectl describe` wants less.
+const MAX_MESSAGE: usize = 4096;
+
+/// Reconciles one CorsPolicy.
+pub async fn reconcile(policy: Arc<CorsPolicy>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_started(CONTROLLER);
+    let namespace = policy.namespace().ok_or(Error::MissingField {
+        kind: "CorsPolicy",
+        field: "metadata.namespace",
+    })?;
+    let name = policy.name_any();
+    let generation = policy.metadata.generation;
+
+    let (ready, reason, message, report) = match Engine::compile(&policy.spec) {
+        Ok((_engine, report)) => {
+            apply_configmap(&policy, &namespace, &ctx).await?;
+            let message = format!(
+                "compiled and rendered into ConfigMap {}",
+                policy_configmap_name(&name)
+            );
+            (true, REASON_ACCEPTED, message, report)
+        }
+        Err(report) => {
+            // The last good ConfigMap stays: running proxies keep enforcing it.
+            let errors: Vec<String> = report.errors().map(ToString::to_string).collect();
+            let message = format!(
+                "refused, the last accepted version stays in force: {}",
+                errors.join("; ")
+            );
+            (false, REASON_INVALID, message, report)
+        }
+    };
+
+    let previous = policy.status.as_ref();
+    let status = next_status(
+        previous,
+        ready,
+        reason,
+        truncate(message.clone(), MAX_MESSAGE),
+        generation,
+        &report,
+        ctx.index.workloads_using(&namespace, &name),
+        Timestamp::now(),
+    );
+    let api: Api<CorsPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
+    let patch = json!({
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "status": status,
+    });
+    api.patch_status(
+        &name,
+        &PatchParams::apply(POLICY_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::kube("apply CorsPolicy status"))?;
+
+    let flipped = previous
+        .and_then(CorsPolicyStatus::ready)
+        .map(|c| c.status.as_str())
+        != Some(if ready { "True" } else { "False" });
+    let new_generation = previous.and_then(|s| s.observed_generation) != generation;
+    if flipped || new_generation {
+        let type_ = if ready {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        ctx.publish(policy.as_ref(), type_, reason, message).await;
+    }
+    succeeded(&ctx, policy.as_ref());
+    Ok(Action::requeue(RESYNC))
+}
+
+/// The document the proxy loads: the whole manifest, with the generation it was rendered from.
+pub fn render(policy: &CorsPolicy) -> Result<String> {
+    let document = PolicyDocument {
+        api_version: API_VERSION.to_owned(),
+        kind: KIND.to_owned(),
+        metadata: DocumentMeta {
+            name: policy.metadata.name.clone(),
+            namespace: policy.metadata.namespace.clone(),
+            generation: policy.metadata.generation,
+        },
+        spec: policy.spec.clone(),
+    };
+    serde_json::to_string_pretty(&document).map_err(Error::Render)
+}
+
+/// Server-side applies the ConfigMap `corsair-policy-NAME`, owned by the policy so that
+/// deleting the policy deletes it.
+async fn apply_configmap(policy: &CorsPolicy, namespace: &str, ctx: &Context) -> Result<()> {
+    let owner = policy
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingField {
+            kind: "CorsPolicy",
+            field: "metadata.uid",
+        })?;
+    let name = policy_configmap_name(&policy.name_any());
+    let patch = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {
+                MANAGED_BY_LABEL: MANAGED_BY_VALUE,
+                POLICY_ANNOTATION: policy.name_any(),
+            },
+            "ownerReferences": [owner],
+        },
+        "data": { POLICY_CONFIGMAP_KEY: render(policy)? },
+    });
+    let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(ctx.client.clone(), namespace);
+    api.patch(
+        &name,
+        &PatchParams::apply(POLICY_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::kube("apply policy ConfigMap"))?;
+    Ok(())
+}
+
+/// The status to write. `lastTransitionTime` moves only when `Ready` flips, as the Kubernetes
+/// API conventions require, so it tells when the policy last became (in)valid.
+#[allow(clippy::too_many_arguments)]
+pub fn next_status(
+    previous: Option<&CorsPolicyStatus>,
+    ready: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    report: &Report,
+    workloads: usize,
+    now: Timestamp,
+) -> CorsPolicyStatus {
+    let status = if ready { "True" } else { "False" };
+    let last_transition_time = previous
+        .and_then(CorsPolicyStatus::ready)
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    CorsPolicyStatus {
+        conditions: vec![Condition {
+            type_: CONDITION_READY.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            observed_generation: generation,
+            last_transition_time,
+        }],
+        warnings: report.warnings().map(ToString::to_string).collect(),
+        workloads: Some(i32::try_from(workloads).unwrap_or(i32::MAX)),
+        observed_generation: generation,
+    }
+}

@@ -1,0 +1,512 @@
+//! The reconcilers against a mocked API server: every call is asserted in order.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use corsair_policy::CorsPolicySpec;
+use http::{Method, StatusCode};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    Condition, FieldsV1, ManagedFieldsEntry, ObjectMeta, Time,
+};
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::Action;
+use kube::runtime::events::Reporter;
+use serde_json::{Value, json};
+
+use super::{Context, policy, workload};
+use crate::crd::{CorsPolicy, CorsPolicyStatus};
+use crate::fixtures::{ApiServerVerifier, StaticIndex, event_response, mock_client};
+use crate::metrics::Metrics;
+use crate::names::{POLICY_MANAGER, WORKLOAD_MANAGER};
+
+const NS: &str = "shop";
+
+fn context(index: StaticIndex) -> (Arc<Context>, ApiServerVerifier) {
+    let (client, verifier) = mock_client();
+    let reporter = Reporter {
+        controller: super::REPORTER.into(),
+        instance: Some("test".into()),
+    };
+    let ctx = Context::new(client, reporter, Metrics::default(), Arc::new(index));
+    (Arc::new(ctx), verifier)
+}
+
+fn policy(name: &str, spec: Value) -> CorsPolicy {
+    let spec: CorsPolicySpec = match serde_json::from_value(spec) {
+        Ok(spec) => spec,
+        Err(err) => panic!("test spec does not parse: {err}"),
+    };
+    let mut policy = CorsPolicy::new(name, spec);
+    policy.metadata.namespace = Some(NS.into());
+    policy.metadata.uid = Some(format!("uid-{name}"));
+    policy.metadata.generation = Some(3);
+    policy
+}
+
+fn valid_policy() -> CorsPolicy {
+    policy(
+        "api",
+        json!({
+            "allowOrigins": ["https://app.example.com", "http://app.example.com"],
+            "allowMethods": ["GET", "POST"],
+            "allowCredentials": true,
+        }),
+    )
+}
+
+fn invalid_policy() -> CorsPolicy {
+    policy(
+        "api",
+        json!({ "allowOrigins": ["https://app.example.com/"], "allowMethods": ["GET"] }),
+    )
+}
+
+fn deployment(meta_annotation: Option<&str>, template: Option<PodTemplateSpec>) -> Deployment {
+    let annotations = meta_annotation
+        .map(|p| BTreeMap::from([(crate::names::POLICY_ANNOTATION.to_owned(), p.to_owned())]));
+    Deployment {
+        metadata: ObjectMeta {
+            name: Some("web".into()),
+            namespace: Some(NS.into()),
+            uid: Some("uid-web".into()),
+            annotations,
+            ..ObjectMeta::default()
+        },
+        spec: Some(DeploymentSpec {
+            template: template.unwrap_or_default(),
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// A pod template as the controller leaves it, with the managed-fields entry that says so.
+fn labelled_template(policy: &str) -> PodTemplateSpec {
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(BTreeMap::from([(
+                "corsair.dev/inject".to_owned(),
+                "enabled".to_owned(),
+            )])),
+            annotations: Some(BTreeMap::from([(
+                "corsair.dev/policy".to_owned(),
+                policy.to_owned(),
+            )])),
+            ..ObjectMeta::default()
+        }),
+        spec: None,
+    }
+}
+
+fn ours() -> ManagedFieldsEntry {
+    ManagedFieldsEntry {
+        manager: Some(WORKLOAD_MANAGER.into()),
+        operation: Some("Apply".into()),
+        fields_v1: Some(FieldsV1(json!({
+            "f:spec": {"f:template": {"f:metadata": {
+                "f:labels": {"f:corsair.dev/inject": {}},
+                "f:annotations": {"f:corsair.dev/policy": {}},
+            }}}
+        }))),
+        ..ManagedFieldsEntry::default()
+    }
+}
+
+/// The scenarios: what the reconciler is given, and therefore which calls it must make.
+enum Scenario {
+    /// A valid policy: ConfigMap apply, status apply (Ready=True), Normal Event.
+    PolicyAccepted(CorsPolicy),
+    /// An invalid policy: no ConfigMap call, status apply (Ready=False), Warning Event.
+    PolicyRefused(CorsPolicy),
+    /// An annotated workload without the label: apply of label + annotation.
+    WorkloadOptIn { policy: &'static str },
+    /// An annotated workload whose policy is missing: apply, then a Warning Event.
+    WorkloadPolicyMissing { policy: &'static str },
+    /// The annotation was removed: an empty apply releases our fields.
+    WorkloadOptOut,
+}
+
+impl ApiServerVerifier {
+    async fn run(mut self, scenario: Scenario) {
+        match scenario {
+            Scenario::PolicyAccepted(policy) => {
+                self.configmap_apply(&policy).await;
+                let status = self.status_apply(&policy).await;
+                let ready = &status["conditions"][0];
+                assert_eq!(ready["type"], "Ready");
+                assert_eq!(ready["status"], "True");
+                assert_eq!(ready["reason"], "Accepted");
+                assert_eq!(ready["observedGeneration"], 3);
+                assert_eq!(status["observedGeneration"], 3);
+                assert_eq!(status["workloads"], 2);
+                let warnings = status["warnings"].as_array().cloned().unwrap_or_default();
+                assert!(
+                    warnings.iter().any(|w| w
+                        .as_str()
+                        .is_some_and(|w| w.contains("spec.allowOrigins[1]"))),
+                    "the mixed-scheme lint names the field: {warnings:?}"
+                );
+                self.event("Normal", "Accepted", "corspolicies", "api")
+                    .await;
+            }
+            Scenario::PolicyRefused(policy) => {
+                let status = self.status_apply(&policy).await;
+                let ready = &status["conditions"][0];
+                assert_eq!(ready["status"], "False");
+                assert_eq!(ready["reason"], "Invalid");
+                let message = ready["message"].as_str().unwrap_or_default();
+                assert!(
+                    message.contains("spec.allowOrigins[0]") && message.contains("path"),
+                    "message names the field and the cause: {message}"
+                );
+                let note = self
+                    .event("Warning", "Invalid", "corspolicies", "api")
+                    .await;
+                assert!(note.contains("spec.allowOrigins[0]"), "event note: {note}");
+            }
+            Scenario::WorkloadOptIn { policy } => {
+                let patch = self.workload_apply().await;
+                assert_eq!(
+                    patch,
+                    workload::apply_patch::<Deployment>("web", NS, Some(policy))
+                );
+                let template = &patch["spec"]["template"]["metadata"];
+                assert_eq!(template["labels"]["corsair.dev/inject"], "enabled");
+                assert_eq!(template["annotations"]["corsair.dev/policy"], policy);
+            }
+            Scenario::WorkloadPolicyMissing { policy } => {
+                self.workload_apply().await;
+                let note = self
+                    .event("Warning", "PolicyNotFound", "deployments", "web")
+                    .await;
+                assert!(note.contains(policy), "note names the policy: {note}");
+            }
+            Scenario::WorkloadOptOut => {
+                let patch = self.workload_apply().await;
+                assert_eq!(
+                    patch,
+                    json!({
+                        "apiVersion": "apps/v1",
+                        "kind": "Deployment",
+                        "metadata": {"name": "web", "namespace": NS},
+                    }),
+                    "an apply that declares nothing releases the label and the annotation"
+                );
+            }
+        }
+        self.expect_no_more_calls().await;
+    }
+
+    async fn configmap_apply(&mut self, policy: &CorsPolicy) {
+        let call = self.next_call().await;
+        call.expect(
+            Method::PATCH,
+            &format!("/api/v1/namespaces/{NS}/configmaps/corsair-policy-api"),
+        )
+        .expect_apply(POLICY_MANAGER);
+        let body = &call.body;
+        assert_eq!(body["kind"], "ConfigMap");
+        let owner = &body["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["kind"], "CorsPolicy");
+        assert_eq!(owner["apiVersion"], "corsair.dev/v1alpha1");
+        assert_eq!(owner["uid"], "uid-api");
+        assert_eq!(owner["controller"], true);
+        let rendered = body["data"]["policy.json"].as_str().unwrap_or_default();
+        let document = corsair_policy::load_document(rendered)
+            .unwrap_or_else(|err| panic!("the proxy cannot load the rendered policy: {err}"));
+        assert_eq!(document.spec, policy.spec);
+        assert_eq!(document.metadata.generation, Some(3));
+        assert_eq!(document.metadata.namespace.as_deref(), Some(NS));
+        call.echo();
+    }
+
+    async fn status_apply(&mut self, policy: &CorsPolicy) -> Value {
+        let call = self.next_call().await;
+        call.expect(
+            Method::PATCH,
+            &format!("/apis/corsair.dev/v1alpha1/namespaces/{NS}/corspolicies/api/status"),
+        )
+        .expect_apply(POLICY_MANAGER);
+        assert_eq!(call.body["apiVersion"], "corsair.dev/v1alpha1");
+        assert_eq!(call.body["kind"], "CorsPolicy");
+        let status = call.body["status"].clone();
+        let mut answer = match serde_json::to_value(policy) {
+            Ok(v) => v,
+            Err(err) => panic!("{err}"),
+        };
+        answer["status"] = status.clone();
+        call.respond(StatusCode::OK, &answer);
+        status
+    }
+
+    async fn workload_apply(&mut self) -> Value {
+        let call = self.next_call().await;
+        call.expect(
+            Method::PATCH,
+            &format!("/apis/apps/v1/namespaces/{NS}/deployments/web"),
+        )
+        .expect_apply(WORKLOAD_MANAGER);
+        let body = call.body.clone();
+        let answer = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": NS},
+        });
+        call.respond(StatusCode::OK, &answer);
+        body
+    }
+
+    /// Asserts an Event create about `plural/name`; returns its note.
+    async fn event(&mut self, type_: &str, reason: &str, plural: &str, name: &str) -> String {
+        let call = self.next_call().await;
+        call.expect(
+            Method::POST,
+            &format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"),
+        );
+        let body = &call.body;
+        assert_eq!(body["type"], type_);
+        assert_eq!(body["reason"], reason);
+        assert_eq!(body["regarding"]["name"], name);
+        let kind = if plural == "deployments" {
+            "Deployment"
+        } else {
+            "CorsPolicy"
+        };
+        assert_eq!(body["regarding"]["kind"], kind);
+        let note = body["note"].as_str().unwrap_or_default().to_owned();
+        let answer = event_response(&call);
+        call.respond(StatusCode::CREATED, &answer);
+        note
+    }
+}
+
+async fn run<F: std::future::Future<Output = crate::Result<Action>>>(
+    reconcile: F,
+    verifier: ApiServerVerifier,
+    scenario: Scenario,
+) -> Action {
+    let server = tokio::spawn(verifier.run(scenario));
+    let action = reconcile.await;
+    if let Err(err) = server.await {
+        std::panic::resume_unwind(err.into_panic());
+    }
+    match action {
+        Ok(action) => action,
+        Err(err) => panic!("reconcile failed: {err}"),
+    }
+}
+
+#[tokio::test]
+async fn valid_policy_renders_configmap_and_becomes_ready() {
+    let mut index = StaticIndex::with_policies(NS, &["api"]);
+    index.workloads.insert((NS.into(), "api".into()), 2);
+    let (ctx, verifier) = context(index);
+    let policy = valid_policy();
+    let action = run(
+        policy::reconcile(Arc::new(policy.clone()), ctx.clone()),
+        verifier,
+        Scenario::PolicyAccepted(policy),
+    )
+    .await;
+    assert_eq!(action, Action::requeue(policy::RESYNC));
+}
+
+#[tokio::test]
+async fn invalid_policy_keeps_the_configmap_and_reports_the_field() {
+    let (ctx, verifier) = context(StaticIndex::with_policies(NS, &["api"]));
+    let policy = invalid_policy();
+    run(
+        policy::reconcile(Arc::new(policy.clone()), ctx),
+        verifier,
+        Scenario::PolicyRefused(policy),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn unchanged_policy_writes_status_but_no_event() {
+    let (ctx, mut verifier) = context(StaticIndex::with_policies(NS, &["api"]));
+    let mut policy = valid_policy();
+    let since = Timestamp::from_second(1_700_000_000).unwrap_or(Timestamp::UNIX_EPOCH);
+    policy.status = Some(CorsPolicyStatus {
+        conditions: vec![Condition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            reason: "Accepted".into(),
+            message: String::new(),
+            observed_generation: Some(3),
+            last_transition_time: Time(since),
+        }],
+        observed_generation: Some(3),
+        ..CorsPolicyStatus::default()
+    });
+    let reconcile = policy::reconcile(Arc::new(policy.clone()), ctx);
+    let server = tokio::spawn(async move {
+        verifier.configmap_apply(&policy).await;
+        let status = verifier.status_apply(&policy).await;
+        assert_eq!(
+            status["conditions"][0]["lastTransitionTime"],
+            json!(Time(since)),
+            "lastTransitionTime only moves when Ready flips"
+        );
+        verifier.expect_no_more_calls().await;
+    });
+    assert!(reconcile.await.is_ok());
+    if let Err(err) = server.await {
+        std::panic::resume_unwind(err.into_panic());
+    }
+}
+
+#[tokio::test]
+async fn api_error_fails_the_reconcile_with_a_metric_label() {
+    let (ctx, mut verifier) = context(StaticIndex::with_policies(NS, &["api"]));
+    let policy = valid_policy();
+    let server = tokio::spawn(async move {
+        let call = verifier.next_call().await;
+        call.respond(
+            StatusCode::FORBIDDEN,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": "configmaps is forbidden", "reason": "Forbidden", "code": 403}),
+        );
+        verifier.expect_no_more_calls().await;
+    });
+    let result = policy::reconcile(Arc::new(policy.clone()), ctx.clone()).await;
+    let Err(err) = result else {
+        panic!("a 403 must fail the reconcile");
+    };
+    assert_eq!(err.metric_label(), "api_forbidden");
+    let first = super::error_policy(policy::CONTROLLER, &policy, &err, &ctx);
+    let second = super::error_policy(policy::CONTROLLER, &policy, &err, &ctx);
+    assert_eq!(first, Action::requeue(std::time::Duration::from_secs(1)));
+    assert_eq!(second, Action::requeue(std::time::Duration::from_secs(2)));
+    if let Err(err) = server.await {
+        std::panic::resume_unwind(err.into_panic());
+    }
+}
+
+#[tokio::test]
+async fn annotated_deployment_gets_label_and_annotation() {
+    let (ctx, verifier) = context(StaticIndex::with_policies(NS, &["api"]));
+    let workload = deployment(Some("api"), None);
+    let action = run(
+        workload::reconcile(Arc::new(workload), ctx),
+        verifier,
+        Scenario::WorkloadOptIn { policy: "api" },
+    )
+    .await;
+    assert_eq!(action, Action::await_change());
+}
+
+#[tokio::test]
+async fn annotated_pod_template_counts_when_the_user_wrote_it() {
+    let (ctx, verifier) = context(StaticIndex::with_policies(NS, &["api"]));
+    let mut template = labelled_template("api");
+    if let Some(meta) = template.metadata.as_mut() {
+        meta.labels = None;
+    }
+    let workload = deployment(None, Some(template));
+    run(
+        workload::reconcile(Arc::new(workload), ctx),
+        verifier,
+        Scenario::WorkloadOptIn { policy: "api" },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn missing_policy_gets_a_warning_event() {
+    let (ctx, verifier) = context(StaticIndex::default());
+    let workload = deployment(Some("nope"), None);
+    run(
+        workload::reconcile(Arc::new(workload), ctx),
+        verifier,
+        Scenario::WorkloadPolicyMissing { policy: "nope" },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn removed_annotation_releases_the_fields() {
+    let (ctx, verifier) = context(StaticIndex::with_policies(NS, &["api"]));
+    // The template still carries what we applied, but only we declared it.
+    let mut workload = deployment(None, Some(labelled_template("api")));
+    workload.metadata.managed_fields = Some(vec![ours()]);
+    run(
+        workload::reconcile(Arc::new(workload), ctx),
+        verifier,
+        Scenario::WorkloadOptOut,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn workload_already_in_place_makes_no_call() {
+    let (ctx, verifier) = context(StaticIndex::with_policies(NS, &["api"]));
+    let mut workload = deployment(Some("api"), Some(labelled_template("api")));
+    workload.metadata.managed_fields = Some(vec![ours()]);
+    let action = workload::reconcile(Arc::new(workload), ctx).await;
+    assert!(matches!(action, Ok(a) if a == Action::await_change()));
+    verifier.expect_no_more_calls().await;
+}
+
+#[tokio::test]
+async fn unrelated_workload_makes_no_call() {
+    let (ctx, verifier) = context(StaticIndex::default());
+    let workload = deployment(None, None);
+    assert!(workload::reconcile(Arc::new(workload), ctx).await.is_ok());
+    verifier.expect_no_more_calls().await;
+}
+
+#[test]
+fn same_code_path_serves_statefulsets() {
+    let set = StatefulSet {
+        metadata: ObjectMeta {
+            name: Some("db".into()),
+            namespace: Some(NS.into()),
+            annotations: Some(BTreeMap::from([(
+                "corsair.dev/policy".to_owned(),
+                "api".to_owned(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(StatefulSetSpec::default()),
+        status: None,
+    };
+    assert_eq!(workload::desired_policy(&set).as_deref(), Some("api"));
+    let patch = workload::apply_patch::<StatefulSet>("db", NS, Some("api"));
+    assert_eq!(patch["kind"], "StatefulSet");
+    assert_eq!(patch["apiVersion"], "apps/v1");
+}
+
+#[test]
+fn transition_time_moves_only_on_a_flip() {
+    let report = corsair_policy::Report::default();
+    let t0 = Timestamp::from_second(1_000).unwrap_or(Timestamp::UNIX_EPOCH);
+    let t1 = Timestamp::from_second(2_000).unwrap_or(Timestamp::UNIX_EPOCH);
+    let first = policy::next_status(None, true, "Accepted", "ok".into(), Some(1), &report, 0, t0);
+    let same = policy::next_status(
+        Some(&first),
+        true,
+        "Accepted",
+        "ok".into(),
+        Some(2),
+        &report,
+        0,
+        t1,
+    );
+    assert_eq!(same.conditions[0].last_transition_time, Time(t0));
+    assert_eq!(same.observed_generation, Some(2));
+    let flipped = policy::next_status(
+        Some(&same),
+        false,
+        "Invalid",
+        "bad".into(),
+        Some(3),
+        &report,
+        0,
+        t1,
+    );
+    assert_eq!(flipped.conditions[0].last_transition_time, Time(t1));
+    assert_eq!(flipped.conditions[0].status, "False");
+}

@@ -1,0 +1,230 @@
+//! Workload reconciler: one generic code path for Deployments, StatefulSets and DaemonSets.
+//!
+//! A workload that names a CorsPolicy in `corsair.dev/policy` (on its own metadata, as
+//! `kubectl annotate deployment` writes, or on its pod template) gets the pod template label
+//! `corsair.dev/inject: enabled` and the annotation, server-side applied under our own field
+//! manager. When the user removes the annotation, an apply with an empty patch releases both
+//! fields: server-side apply removes the fields that a manager stops declaring.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::{Context, succeeded};
+use crate::crd::CorsPolicy;
+use crate::names::{INJECT_LABEL, INJECT_LABEL_VALUE, POLICY_ANNOTATION, WORKLOAD_MANAGER};
+use crate::{Error, Result};
+
+/// Reason of the Warning Event on a workload whose CorsPolicy does not exist.
+pub const REASON_POLICY_NOT_FOUND: &str = "PolicyNotFound";
+
+/// A kind of workload whose pod template the controller labels.
+pub trait Workload:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Debug
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    /// Metric label of the controller for this kind.
+    const CONTROLLER: &'static str;
+    /// The pod template, if the object has a spec.
+    fn pod_template(&self) -> Option<&PodTemplateSpec>;
+}
+
+impl Workload for Deployment {
+    const CONTROLLER: &'static str = "deployment";
+    fn pod_template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().map(|s| &s.template)
+    }
+}
+
+impl Workload for StatefulSet {
+    const CONTROLLER: &'static str = "statefulset";
+    fn pod_template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().map(|s| &s.template)
+    }
+}
+
+impl Workload for DaemonSet {
+    const CONTROLLER: &'static str = "daemonset";
+    fn pod_template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().map(|s| &s.template)
+    }
+}
+
+fn template_meta<K: Workload>(obj: &K) -> Option<&ObjectMeta> {
+    obj.pod_template().and_then(|t| t.metadata.as_ref())
+}
+
+/// The CorsPolicy the user asked for, if any.
+///
+/// The workload's own annotation wins. The pod template's annotation counts only when someone
+/// other than this controller declared it: the copy we put there ourselves must not keep the
+/// sidecar alive after the user removed the annotation from the workload.
+pub fn desired_policy<K: Workload>(obj: &K) -> Option<String> {
+    if let Some(policy) = non_empty(obj.annotations().get(POLICY_ANNOTATION)) {
+        return Some(policy);
+    }
+    let policy = non_empty(
+        template_meta(obj)?
+            .annotations
+            .as_ref()?
+            .get(POLICY_ANNOTATION),
+    )?;
+    declared_by_others(obj.meta()).then_some(policy)
+}
+
+fn non_empty(value: Option<&String>) -> Option<String> {
+    value
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+}
+
+/// Whether a field manager other than ours owns the pod template's policy annotation. Objects
+/// without managed fields (very old ones, or tests) give no answer: trust the annotation.
+fn declared_by_others(meta: &ObjectMeta) -> bool {
+    let Some(entries) = meta.managed_fields.as_ref().filter(|e| !e.is_empty()) else {
+        return true;
+    };
+    let key = format!("f:{POLICY_ANNOTATION}");
+    entries
+        .iter()
+        .filter(|e| e.manager.as_deref() != Some(WORKLOAD_MANAGER))
+        .filter_map(|e| e.fields_v1.as_ref())
+        .any(|fields| {
+            fields
+                .0
+                .pointer("/f:spec/f:template/f:metadata/f:annotations")
+                .and_then(|a| a.get(&key))
+                .is_some()
+        })
+}
+
+/// Whether our field manager owns anything in this object.
+fn managed_by_us(meta: &ObjectMeta) -> bool {
+    meta.managed_fields.iter().flatten().any(|e| {
+        e.manager.as_deref() == Some(WORKLOAD_MANAGER)
+            && e.operation.as_deref() == Some("Apply")
+            && e.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.as_object().is_some_and(|o| !o.is_empty()))
+    })
+}
+
+/// Whether the template already carries exactly what we would apply, under our manager.
+fn in_place<K: Workload>(obj: &K, policy: &str) -> bool {
+    let Some(meta) = template_meta(obj) else {
+        return false;
+    };
+    let label = meta.labels.as_ref().and_then(|l| l.get(INJECT_LABEL));
+    let annotation = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(POLICY_ANNOTATION));
+    label.map(String::as_str) == Some(INJECT_LABEL_VALUE)
+        && annotation.map(String::as_str) == Some(policy)
+        && managed_by_us(obj.meta())
+}
+
+/// The apply configuration: only the fields we own. `None` releases everything.
+pub fn apply_patch<K: Workload>(
+    name: &str,
+    namespace: &str,
+    policy: Option<&str>,
+) -> serde_json::Value {
+    let mut patch = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": { "name": name, "namespace": namespace },
+    });
+    if let (Some(policy), Some(map)) = (policy, patch.as_object_mut()) {
+        map.insert(
+            "spec".into(),
+            json!({
+                "template": {
+                    "metadata": {
+                        "labels": { INJECT_LABEL: INJECT_LABEL_VALUE },
+                        "annotations": { POLICY_ANNOTATION: policy },
+                    }
+                }
+            }),
+        );
+    }
+    patch
+}
+
+/// Reconciles one workload of kind `K`.
+pub async fn reconcile<K: Workload>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_started(K::CONTROLLER);
+    let namespace = obj.namespace().ok_or(Error::MissingField {
+        kind: "workload",
+        field: "metadata.namespace",
+    })?;
+    let name = obj.name_any();
+    let desired = desired_policy(obj.as_ref());
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+    let params = PatchParams::apply(WORKLOAD_MANAGER).force();
+
+    let mut action = Action::await_change();
+    match desired.as_deref() {
+        Some(policy) => {
+            if !in_place(obj.as_ref(), policy) {
+                let patch = apply_patch::<K>(&name, &namespace, Some(policy));
+                api.patch(&name, &params, &Patch::Apply(&patch))
+                    .await
+                    .map_err(Error::kube("apply pod template label"))?;
+                tracing::info!(kind = %K::kind(&()), %namespace, %name, policy, "opted in");
+            }
+            if !ctx.index.policy_exists(&namespace, policy) {
+                if ctx.index.policies_synced() {
+                    let note = format!(
+                        "CorsPolicy {policy:?} not found in namespace {namespace}: pods get the \
+                         proxy, which applies no CORS until the policy exists"
+                    );
+                    ctx.publish(
+                        obj.as_ref(),
+                        EventType::Warning,
+                        REASON_POLICY_NOT_FOUND,
+                        note,
+                    )
+                    .await;
+                } else {
+                    // The policy watch has not listed yet: ask again instead of a false alarm.
+                    action = Action::requeue(Duration::from_secs(2));
+                }
+            }
+        }
+        None if managed_by_us(obj.meta()) => {
+            let patch = apply_patch::<K>(&name, &namespace, None);
+            api.patch(&name, &params, &Patch::Apply(&patch))
+                .await
+                .map_err(Error::kube("release pod template label"))?;
+            tracing::info!(kind = %K::kind(&()), %namespace, %name, "opted out");
+        }
+        None => {}
+    }
+    succeeded(&ctx, obj.as_ref());
+    Ok(action)
+}
+
+/// Maps a workload to the CorsPolicy it names, so that the policy's workload count follows.
+pub fn policy_ref<K: Workload>(obj: K) -> Option<ObjectRef<CorsPolicy>> {
+    let namespace = obj.namespace()?;
+    desired_policy(&obj).map(|p| ObjectRef::new(&p).within(&namespace))
+}
