@@ -1,0 +1,231 @@
+//! Hot reload of the policy file: applied to open connections within 2 s, invalid policies
+//! refused, the Kubernetes `..data` symlink swap, and a policy file that appears later.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use corsair_proxy::{Proxy, ProxyError};
+use support::{Conn, admin, config, empty, harness, harness_with, manifest, metric, request, upstream, values};
+
+const APP: &str = "https://app.example.com";
+const NEW: &str = "https://new.example.com";
+const OLD_POLICY: &str = "allowOrigins: [\"https://app.example.com\"]";
+const NEW_POLICY: &str = "allowOrigins: [\"https://new.example.com\"]";
+
+/// The `Access-Control-Allow-Origin` the proxy answers `origin` with, on `conn`.
+async fn allowed_origin(conn: &mut Conn, origin: &str) -> Option<String> {
+    let req = request("GET", "/")
+        .header("origin", origin)
+        .body(empty())
+        .expect("valid request");
+    let response = conn.send(req).await;
+    values(response.headers(), "access-control-allow-origin")
+        .into_iter()
+        .next()
+}
+
+/// Polls on the same keep-alive connection until `origin` is allowed; returns how long it took.
+async fn wait_until_allowed(conn: &mut Conn, origin: &str, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        if allowed_origin(conn, origin).await.as_deref() == Some(origin) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "{origin} not allowed within {within:?} of the policy change"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Replaces `path` atomically, as an editor or `kubectl cp` would not but a careful tool does.
+fn replace(path: &Path, content: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).expect("write new policy");
+    std::fs::rename(&tmp, path).expect("rename into place");
+}
+
+#[tokio::test]
+async fn a_valid_policy_applies_to_an_open_connection_within_2s() {
+    // Polling far too slow to matter: the filesystem watcher must see the change.
+    let h = harness_with(OLD_POLICY, |c| c.reload_poll_interval = Duration::from_secs(60)).await;
+    let mut conn = Conn::open(h.proxy.listen_addr()).await;
+    assert_eq!(allowed_origin(&mut conn, NEW).await, None);
+    assert_eq!(allowed_origin(&mut conn, APP).await.as_deref(), Some(APP));
+
+    replace(&h.policy.path, &manifest(NEW_POLICY, 2));
+    let took = wait_until_allowed(&mut conn, NEW, Duration::from_secs(2)).await;
+    assert!(!conn.is_closed(), "the keep-alive connection was kept");
+    assert_eq!(allowed_origin(&mut conn, APP).await, None, "the old policy is gone");
+
+    assert_eq!(metric(&h.proxy, "corsair_proxy_policy_reloads_total{result=\"ok\"}").await, 1.0, "took {took:?}");
+    assert_eq!(metric(&h.proxy, "corsair_proxy_policy_generation").await, 2.0);
+    let (status, body) = admin(&h.proxy, "/policy").await;
+    assert_eq!(status, 200);
+    assert!(body.contains(NEW) && !body.contains(APP), "{body}");
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn an_in_place_write_is_seen() {
+    let h = harness(OLD_POLICY).await;
+    let mut conn = Conn::open(h.proxy.listen_addr()).await;
+    std::fs::write(&h.policy.path, manifest(NEW_POLICY, 2)).expect("overwrite policy");
+    wait_until_allowed(&mut conn, NEW, Duration::from_secs(2)).await;
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn an_invalid_policy_is_refused_and_the_last_good_one_stays() {
+    let h = harness(OLD_POLICY).await;
+    let mut conn = Conn::open(h.proxy.listen_addr()).await;
+    let failed = "corsair_proxy_policy_reloads_total{result=\"failed\"}";
+    assert_eq!(metric(&h.proxy, failed).await, 0.0);
+
+    // Valid YAML, invalid policy: an origin with a path.
+    replace(
+        &h.policy.path,
+        &manifest("allowOrigins: [\"https://new.example.com/app\"]", 2),
+    );
+    wait_for_metric(&h.proxy, failed, 1.0).await;
+    assert_eq!(allowed_origin(&mut conn, APP).await.as_deref(), Some(APP));
+    assert_eq!(allowed_origin(&mut conn, NEW).await, None);
+
+    // Not even YAML.
+    replace(&h.policy.path, "spec: [unclosed");
+    wait_for_metric(&h.proxy, failed, 2.0).await;
+    assert_eq!(allowed_origin(&mut conn, APP).await.as_deref(), Some(APP));
+
+    // The file vanishing keeps the last good policy too.
+    std::fs::remove_file(&h.policy.path).expect("remove policy");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(allowed_origin(&mut conn, APP).await.as_deref(), Some(APP));
+
+    assert_eq!(metric(&h.proxy, "corsair_proxy_policy_reloads_total{result=\"ok\"}").await, 0.0);
+    assert_eq!(metric(&h.proxy, "corsair_proxy_policy_generation").await, 1.0);
+    let (_, body) = admin(&h.proxy, "/policy").await;
+    assert!(body.contains(APP), "{body}");
+
+    // A valid policy afterwards is taken.
+    replace(&h.policy.path, &manifest(NEW_POLICY, 3));
+    wait_until_allowed(&mut conn, NEW, Duration::from_secs(2)).await;
+    assert_eq!(metric(&h.proxy, "corsair_proxy_policy_generation").await, 3.0);
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
+
+async fn wait_for_metric(proxy: &Proxy, series: &str, value: f64) {
+    let start = Instant::now();
+    while metric(proxy, series).await != value {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{series} did not reach {value} within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Lays out a directory the way the kubelet does for a ConfigMap volume: the real files in a
+/// timestamped directory, `..data` pointing at it, and `policy.yaml` pointing into `..data`.
+fn kubelet_write(dir: &Path, version: &str, content: &str) {
+    let real = dir.join(format!("..2026_11_25_{version}"));
+    std::fs::create_dir(&real).expect("create timestamped dir");
+    std::fs::write(real.join("policy.yaml"), content).expect("write policy");
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(real.file_name().expect("name"), &tmp).expect("symlink");
+    std::fs::rename(&tmp, dir.join("..data")).expect("atomic swap of ..data");
+    let link = dir.join("policy.yaml");
+    if std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink("..data/policy.yaml", &link).expect("policy symlink");
+    }
+}
+
+#[tokio::test]
+async fn a_kubernetes_configmap_symlink_swap_is_seen() {
+    let up = upstream().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    kubelet_write(dir.path(), "1", &manifest(OLD_POLICY, 1));
+    let path = dir.path().join("policy.yaml");
+    let mut cfg = config(&path, &up);
+    cfg.reload_poll_interval = Duration::from_secs(60);
+    let proxy = Proxy::start(cfg).await.expect("proxy starts");
+    let mut conn = Conn::open(proxy.listen_addr()).await;
+    assert_eq!(allowed_origin(&mut conn, APP).await.as_deref(), Some(APP));
+
+    kubelet_write(dir.path(), "2", &manifest(NEW_POLICY, 2));
+    std::fs::remove_dir_all(dir.path().join("..2026_11_25_1")).expect("old dir removed");
+    wait_until_allowed(&mut conn, NEW, Duration::from_secs(2)).await;
+    assert_eq!(allowed_origin(&mut conn, APP).await, None);
+    proxy.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_missing_policy_allows_no_origin_until_it_appears() {
+    let up = upstream().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The directory itself is missing too (an optional volume): only polling can notice it.
+    let path = dir.path().join("corsair").join("policy.json");
+    let mut cfg = config(&path, &up);
+    cfg.allow_missing_policy = true;
+    let proxy = Proxy::start(cfg).await.expect("starts without the policy file");
+    let (status, _) = admin(&proxy, "/readyz").await;
+    assert_eq!(status, 200, "ready without a policy");
+    let (status, body) = admin(&proxy, "/policy").await;
+    assert_eq!(status, 404, "{body}");
+
+    let mut conn = Conn::open(proxy.listen_addr()).await;
+    let preflight = request("OPTIONS", "/")
+        .header("origin", APP)
+        .header("access-control-request-method", "GET")
+        .body(empty())
+        .expect("valid request");
+    let response = conn.send(preflight).await;
+    assert_eq!(response.status(), 403);
+    let response = conn
+        .send(request("GET", "/cors-star").header("origin", APP).body(empty()).expect("valid"))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        support::cors_names(response.headers()).is_empty(),
+        "upstream CORS headers stripped: {:?}",
+        response.headers()
+    );
+    assert_eq!(up.seen().await.len(), 1, "the preflight did not reach the upstream");
+
+    std::fs::create_dir(dir.path().join("corsair")).expect("mkdir");
+    let json = r#"{"apiVersion":"corsair.dev/v1alpha1","kind":"CorsPolicy","metadata":{"name":"api","generation":7},"spec":{"allowOrigins":["https://app.example.com"]}}"#;
+    std::fs::write(&path, json).expect("write policy");
+    wait_until_allowed(&mut conn, APP, Duration::from_secs(2)).await;
+    assert_eq!(metric(&proxy, "corsair_proxy_policy_generation").await, 7.0);
+    proxy.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn without_the_flag_a_missing_policy_is_a_startup_error() {
+    let up = upstream().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("policy.json");
+    let err = Proxy::start(config(&path, &up))
+        .await
+        .err()
+        .expect("a missing policy is refused");
+    assert!(matches!(err, ProxyError::Policy(_)), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    assert!(message.contains("does not exist"), "{message}");
+}
+
+#[tokio::test]
+async fn an_invalid_policy_is_a_startup_error_naming_the_field() {
+    let up = upstream().await;
+    let policy = support::policy_file("allowOrigins: [\"https://ok.example.com\", \"https://app.example.com/x\"]");
+    let err = Proxy::start(config(&policy.path, &up))
+        .await
+        .err()
+        .expect("an invalid policy is refused");
+    let message = err.to_string();
+    assert!(message.contains("spec.allowOrigins[1]"), "{message}");
+    assert!(message.contains(&policy.path.display().to_string()), "{message}");
+}
