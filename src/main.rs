@@ -23,6 +23,8 @@ enum Command {
     Explain(cmd::explain::Args),
     /// Print the CorsPolicy CustomResourceDefinition generated from the Rust types.
     Crd(cmd::crd::Args),
+    /// Run an upstream, the proxy and a page on a second origin that shows allowed and blocked calls.
+    Demo(cmd::demo::Args),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
         Command::Check(args) => cmd::check::run(args),
         Command::Explain(args) => cmd::explain::run(args),
         Command::Crd(args) => cmd::crd::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
     };
     match result {
         Ok(code) => code,

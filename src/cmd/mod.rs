@@ -2,4 +2,5 @@
 
 pub mod check;
 pub mod crd;
+pub mod demo;
 pub mod explain;
