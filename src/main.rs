@@ -25,6 +25,8 @@ enum Command {
     Crd(cmd::crd::Args),
     /// Run an upstream, the proxy and a page on a second origin that shows allowed and blocked calls.
     Demo(cmd::demo::Args),
+    /// Serve the admission webhooks alone over HTTPS (POST /inject, POST /validate), no API server needed.
+    Webhook(cmd::webhook::Args),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => cmd::explain::run(args),
         Command::Crd(args) => cmd::crd::run(args),
         Command::Demo(args) => cmd::demo::run(args),
+        Command::Webhook(args) => cmd::webhook::run(args),
     };
     match result {
         Ok(code) => code,

@@ -4,3 +4,4 @@ pub mod check;
 pub mod crd;
 pub mod demo;
 pub mod explain;
+pub mod webhook;

@@ -1,0 +1,802 @@
+//! The admission webhooks over real HTTPS: the `corsair webhook` binary on a loopback port with
+//! a freshly generated CA, real AdmissionReview JSON (tests/fixtures/admission), and every
+//! patched pod checked by applying the patch, reading it back as a `k8s_openapi` Pod, sending it
+//! through the webhook again, and validating it with `kubernetes-validate` against the
+//! Kubernetes 1.33 schema.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/admission");
+
+/// A CA and a serving certificate for `localhost` and 127.0.0.1 signed by it.
+struct Pki {
+    ca_der: CertificateDer<'static>,
+    cert_pem: String,
+    key_pem: String,
+}
+
+fn pki() -> Pki {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "corsair test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA cert");
+    let key = rcgen::KeyPair::generate().expect("server key");
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("server params");
+    let cert = params.signed_by(&key, &ca).expect("server cert");
+    Pki {
+        ca_der: ca.der().clone(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
+}
+
+/// A running `corsair webhook`, killed on drop.
+struct Webhook {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    ca: CertificateDer<'static>,
+    tls: TlsConnector,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client_tls(ca: &CertificateDer<'static>, alpn: &[u8]) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).expect("CA is a valid root");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    TlsConnector::from(Arc::new(config))
+}
+
+fn start(extra: &[&str]) -> Webhook {
+    let pki = pki();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("tls.crt"), &pki.cert_pem).expect("write cert");
+    std::fs::write(dir.path().join("tls.key"), &pki.key_pem).expect("write key");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corsair"))
+        .arg("webhook")
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .arg("--tls-cert")
+        .arg(dir.path().join("tls.crt"))
+        .arg("--tls-key")
+        .arg(dir.path().join("tls.key"))
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("corsair binary starts");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut read_addr = |prefix: &str| -> SocketAddr {
+        let line = lines
+            .next()
+            .expect("corsair webhook exited before printing its address (see stderr)")
+            .expect("stdout is UTF-8");
+        line.strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
+            .parse()
+            .expect("printed address parses")
+    };
+    let admin = read_addr("admin listening on http://");
+    let addr = read_addr("webhook listening on https://");
+    Webhook {
+        child,
+        addr,
+        admin,
+        tls: client_tls(&pki.ca_der, b"http/1.1"),
+        ca: pki.ca_der,
+        dir,
+    }
+}
+
+impl Webhook {
+    async fn request(&self, method: Method, path: &str, body: Vec<u8>) -> (StatusCode, Bytes) {
+        send(&self.tls, self.addr, method, path, body).await
+    }
+
+    /// Posts a review; a 200 answer is returned as its `response` object.
+    async fn review(&self, path: &str, review: &Value) -> Value {
+        let body = serde_json::to_vec(review).expect("review serialises");
+        let (status, body) = self.request(Method::POST, path, body).await;
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        let answer: Value = serde_json::from_slice(&body).expect("answer is JSON");
+        assert_eq!(answer["apiVersion"], json!("admission.k8s.io/v1"));
+        assert_eq!(answer["kind"], json!("AdmissionReview"));
+        assert_eq!(
+            answer["response"]["uid"], review["request"]["uid"],
+            "uid is echoed"
+        );
+        answer["response"].clone()
+    }
+
+    async fn metrics(&self) -> String {
+        let tcp = TcpStream::connect(self.admin)
+            .await
+            .expect("admin connects");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .expect("admin handshake");
+        tokio::spawn(conn);
+        let req = Request::get("/metrics")
+            .header("host", "localhost")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let resp = sender.send_request(req).await.expect("admin answers");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        String::from_utf8(body.to_vec()).expect("metrics are UTF-8")
+    }
+}
+
+async fn send(
+    tls: &TlsConnector,
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Vec<u8>,
+) -> (StatusCode, Bytes) {
+    let tcp = TcpStream::connect(addr).await.expect("webhook accepts");
+    let name = ServerName::try_from("localhost").expect("server name");
+    let stream = tls
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with the test CA");
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("https://localhost:{}{path}", addr.port()))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("request");
+    let resp = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .expect("h2 handshake");
+        tokio::spawn(conn);
+        sender.send_request(req).await.expect("h2 answer")
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("http/1.1 handshake");
+        tokio::spawn(conn);
+        sender.send_request(req).await.expect("http/1.1 answer")
+    };
+    let status = resp.status();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, body)
+}
+
+fn fixture(name: &str) -> Value {
+    let path = Path::new(FIXTURES).join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The object of `review` with the base64 JSON patch of `response` applied.
+fn patched(review: &Value, response: &Value) -> Value {
+    assert_eq!(response["allowed"], json!(true), "{response}");
+    assert_eq!(response["patchType"], json!("JSONPatch"), "{response}");
+    let encoded = response["patch"]
+        .as_str()
+        .expect("patch is a base64 string");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .expect("patch is base64");
+    let patch: json_patch::Patch = serde_json::from_slice(&bytes).expect("patch is a JSON patch");
+    let mut object = review["request"]["object"].clone();
+    json_patch::patch(&mut object, &patch).expect("patch applies to the original pod");
+    object
+}
+
+/// `review` with its object replaced.
+fn with_object(review: &Value, object: Value) -> Value {
+    let mut review = review.clone();
+    review["request"]["object"] = object;
+    review
+}
+
+fn warnings(response: &Value) -> Vec<String> {
+    response["warnings"]
+        .as_array()
+        .map(|w| {
+            w.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What a pod fixture must look like after injection.
+struct Expect {
+    fixture: &'static str,
+    /// Name the proxy port takes (the app port's name, or `corsair-http`).
+    port_name: &'static str,
+    upstream: u16,
+    proxy_port: i32,
+    admin_port: i32,
+    /// A substring of the one warning, if one is expected.
+    warning: Option<&'static str>,
+}
+
+const INJECTED: &[Expect] = &[
+    Expect {
+        fixture: "pod-named-port",
+        port_name: "http",
+        upstream: 8080,
+        proxy_port: 15380,
+        admin_port: 15381,
+        warning: None,
+    },
+    Expect {
+        fixture: "pod-numeric-port",
+        port_name: "corsair-http",
+        upstream: 3000,
+        proxy_port: 15380,
+        admin_port: 15381,
+        warning: Some("port 3000 has no name"),
+    },
+    Expect {
+        fixture: "pod-port-annotation-name",
+        port_name: "web",
+        upstream: 9000,
+        proxy_port: 15380,
+        admin_port: 15381,
+        warning: None,
+    },
+    Expect {
+        fixture: "pod-init-containers",
+        port_name: "http",
+        upstream: 8000,
+        proxy_port: 15380,
+        admin_port: 15381,
+        warning: None,
+    },
+    Expect {
+        fixture: "pod-security-context",
+        port_name: "http",
+        upstream: 8443,
+        proxy_port: 15380,
+        admin_port: 15381,
+        warning: None,
+    },
+    Expect {
+        fixture: "pod-multi-container",
+        port_name: "http",
+        upstream: 8080,
+        proxy_port: 15380,
+        admin_port: 15381,
+        warning: None,
+    },
+    Expect {
+        fixture: "pod-first-tcp-port",
+        port_name: "dns-tcp",
+        upstream: 5353,
+        proxy_port: 15380,
+        admin_port: 15381,
+        warning: None,
+    },
+    Expect {
+        fixture: "pod-overrides",
+        port_name: "http",
+        upstream: 8080,
+        proxy_port: 18080,
+        admin_port: 18081,
+        warning: None,
+    },
+];
+
+fn named_ports(c: &Container) -> Vec<String> {
+    c.ports
+        .iter()
+        .flatten()
+        .filter_map(|p| p.name.clone())
+        .collect()
+}
+
+/// Structural checks that hold for every injected pod.
+fn check_injected(e: &Expect, original: &Pod, pod: &Pod, mode_native: bool) {
+    let what = e.fixture;
+    let spec = pod.spec.as_ref().expect("spec");
+    let orig_spec = original.spec.as_ref().expect("spec");
+    let init = spec.init_containers.clone().unwrap_or_default();
+    let all: Vec<&Container> = init.iter().chain(&spec.containers).collect();
+    let sidecars: Vec<&&Container> = all.iter().filter(|c| c.name == "corsair-proxy").collect();
+    assert_eq!(sidecars.len(), 1, "{what}: exactly one sidecar");
+    let sidecar = *sidecars[0];
+
+    let orig_init: Vec<&str> = orig_spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    if mode_native {
+        let names: Vec<&str> = init.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [orig_init, vec!["corsair-proxy"]].concat(),
+            "{what}: sidecar is the last init container"
+        );
+        assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"), "{what}");
+        assert_eq!(spec.containers.len(), orig_spec.containers.len(), "{what}");
+    } else {
+        assert_eq!(
+            spec.containers.last().map(|c| c.name.as_str()),
+            Some("corsair-proxy"),
+            "{what}"
+        );
+        assert_eq!(sidecar.restart_policy, None, "{what}");
+    }
+
+    let args = sidecar.args.clone().expect("args");
+    assert_eq!(
+        args,
+        [
+            "proxy".to_owned(),
+            "--policy".into(),
+            "/etc/corsair/policy.json".into(),
+            "--upstream".into(),
+            format!("http://127.0.0.1:{}", e.upstream),
+            "--listen".into(),
+            format!("0.0.0.0:{}", e.proxy_port),
+            "--admin".into(),
+            format!("0.0.0.0:{}", e.admin_port),
+            "--allow-missing-policy".into(),
+        ],
+        "{what}"
+    );
+    let ports = sidecar.ports.clone().expect("sidecar ports");
+    assert_eq!(ports[0].name.as_deref(), Some(e.port_name), "{what}");
+    assert_eq!(ports[0].container_port, e.proxy_port, "{what}");
+    assert_eq!(
+        (ports[1].name.as_deref(), ports[1].container_port),
+        (Some("corsair-admin"), e.admin_port),
+        "{what}"
+    );
+
+    // The Service's port name now resolves only to the sidecar; the app keeps the number.
+    for c in &spec.containers {
+        if c.name != "corsair-proxy" {
+            assert!(
+                !named_ports(c).contains(&e.port_name.to_owned()),
+                "{what}: {} still has the port name",
+                c.name
+            );
+        }
+    }
+    assert!(
+        spec.containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .any(|p| p.container_port == i32::from(e.upstream)),
+        "{what}: the app still declares port {}",
+        e.upstream
+    );
+    // Every named probe port of every app container still names one of its own ports.
+    for c in &spec.containers {
+        let own = named_ports(c);
+        for probe in [&c.liveness_probe, &c.readiness_probe, &c.startup_probe]
+            .into_iter()
+            .flatten()
+        {
+            let port = probe
+                .http_get
+                .as_ref()
+                .map(|h| &h.port)
+                .or(probe.tcp_socket.as_ref().map(|t| &t.port));
+            if let Some(IntOrString::String(name)) = port {
+                assert!(
+                    own.contains(name),
+                    "{what}: {} probe refers to missing port {name:?}",
+                    c.name
+                );
+            }
+        }
+    }
+
+    let sc = sidecar.security_context.clone().expect("securityContext");
+    assert_eq!(sc.run_as_non_root, Some(true), "{what}");
+    assert_eq!(sc.read_only_root_filesystem, Some(true), "{what}");
+    assert_eq!(sc.allow_privilege_escalation, Some(false), "{what}");
+    assert_eq!(
+        sc.capabilities.and_then(|c| c.drop),
+        Some(vec!["ALL".to_owned()]),
+        "{what}"
+    );
+    assert_eq!(
+        sc.seccomp_profile.map(|s| s.type_).as_deref(),
+        Some("RuntimeDefault"),
+        "{what}"
+    );
+    let resources = sidecar.resources.clone().expect("resources");
+    assert!(
+        resources.requests.is_some() && resources.limits.is_some(),
+        "{what}"
+    );
+    let readiness = sidecar
+        .readiness_probe
+        .clone()
+        .and_then(|p| p.http_get)
+        .expect("readiness probe");
+    assert_eq!(
+        (readiness.path.as_deref(), readiness.port),
+        (Some("/readyz"), IntOrString::Int(e.admin_port)),
+        "{what}"
+    );
+
+    let volumes = spec.volumes.clone().unwrap_or_default();
+    let policy = volumes
+        .iter()
+        .find(|v| v.name == "corsair-policy")
+        .expect("policy volume");
+    let cm = policy.config_map.clone().expect("configMap volume");
+    assert_eq!(
+        (cm.name.as_str(), cm.optional),
+        ("corsair-policy-api", Some(true)),
+        "{what}"
+    );
+    assert_eq!(
+        volumes.len(),
+        orig_spec.volumes.iter().flatten().count() + 1,
+        "{what}: other volumes kept"
+    );
+    let mount = sidecar.volume_mounts.clone().unwrap_or_default();
+    assert_eq!(
+        (mount[0].mount_path.as_str(), mount[0].read_only),
+        ("/etc/corsair", Some(true)),
+        "{what}"
+    );
+
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    for (k, v) in original.metadata.annotations.iter().flatten() {
+        assert_eq!(annotations.get(k), Some(v), "{what}: annotation {k} kept");
+    }
+    let record: Value =
+        serde_json::from_str(annotations.get("corsair.dev/injected").expect("record"))
+            .expect("record is JSON");
+    assert_eq!(record["upstreamPort"], json!(e.upstream), "{what}");
+    assert_eq!(
+        pod.spec.as_ref().and_then(|s| s.security_context.clone()),
+        orig_spec.security_context,
+        "{what}: pod securityContext untouched"
+    );
+}
+
+/// Runs kubernetes-validate on `files`; the tool comes from `make test` (.venv on PATH).
+fn kubernetes_validate(files: &[PathBuf]) {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/kubernetes-validate");
+    let tool = if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("kubernetes-validate")
+    };
+    let output = Command::new(&tool)
+        .args(["-k", "1.33.0", "--strict"])
+        .args(files)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "kubernetes-validate is not installed ({e}): run `make deps-python` (pip install kubernetes-validate into .venv)"
+            )
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "kubernetes-validate refused a patched pod:\n{text}"
+    );
+    assert!(
+        !text.contains("ERROR") && !text.contains("WARN"),
+        "kubernetes-validate:\n{text}"
+    );
+}
+
+async fn check_all_injected(webhook: &Webhook, native: bool) {
+    let mut files = Vec::new();
+    for e in INJECTED {
+        let review = fixture(e.fixture);
+        let response = webhook.review("/inject", &review).await;
+        match e.warning {
+            None => assert_eq!(warnings(&response), Vec::<String>::new(), "{}", e.fixture),
+            Some(w) => {
+                let got = warnings(&response);
+                assert!(
+                    got.len() == 1 && got[0].contains(w),
+                    "{}: {got:?}",
+                    e.fixture
+                );
+            }
+        }
+        let object = patched(&review, &response);
+        let original: Pod =
+            serde_json::from_value(review["request"]["object"].clone()).expect("fixture is a Pod");
+        let pod: Pod = serde_json::from_value(object.clone())
+            .unwrap_or_else(|err| panic!("{}: patched pod is not a Pod: {err}", e.fixture));
+        check_injected(e, &original, &pod, native);
+
+        // Admitting the patched pod again changes nothing.
+        let again = webhook
+            .review("/inject", &with_object(&review, object.clone()))
+            .await;
+        assert_eq!(again["allowed"], json!(true), "{}", e.fixture);
+        assert!(
+            again.get("patch").is_none(),
+            "{}: second pass patched again: {again}",
+            e.fixture
+        );
+
+        let mut pod_file = object;
+        // kubernetes-validate needs a name; the API server gives generateName pods one.
+        pod_file["metadata"]["name"] = json!(format!("{}-abcde", e.fixture));
+        let path = webhook.dir.path().join(format!("{}.json", e.fixture));
+        std::fs::write(&path, serde_json::to_vec_pretty(&pod_file).expect("json"))
+            .expect("write pod");
+        files.push(path);
+    }
+    kubernetes_validate(&files);
+}
+
+#[tokio::test]
+async fn pods_get_a_native_sidecar_that_kubernetes_accepts() {
+    let webhook = start(&[]);
+    check_all_injected(&webhook, true).await;
+    let metrics = webhook.metrics().await;
+    let injected = format!(
+        "corsair_webhook_injections_total{{result=\"injected\"}} {}",
+        INJECTED.len()
+    );
+    let again = format!(
+        "corsair_webhook_injections_total{{result=\"already_injected\"}} {}",
+        INJECTED.len()
+    );
+    assert!(
+        metrics.contains(&injected) && metrics.contains(&again),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn container_mode_adds_a_regular_container() {
+    let webhook = start(&["--sidecar-mode", "container"]);
+    check_all_injected(&webhook, false).await;
+}
+
+#[tokio::test]
+async fn skipped_pods_are_admitted_unchanged() {
+    let webhook = start(&[]);
+    for (name, warning) in [
+        ("pod-host-network", Some("spec.hostNetwork")),
+        ("pod-no-annotation", Some("corsair.dev/policy")),
+        ("pod-already-injected", None),
+    ] {
+        let response = webhook.review("/inject", &fixture(name)).await;
+        assert_eq!(response["allowed"], json!(true), "{name}");
+        assert!(response.get("patch").is_none(), "{name}: {response}");
+        let got = warnings(&response);
+        match warning {
+            Some(w) => assert!(got.len() == 1 && got[0].contains(w), "{name}: {got:?}"),
+            None => assert!(got.is_empty(), "{name}: {got:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn unfit_pods_are_refused_with_the_cause() {
+    let webhook = start(&[]);
+    for (name, cause) in [
+        ("pod-no-ports", "corsair.dev/port"),
+        ("pod-port-conflict", "spec.containers[0].ports[1]"),
+        ("pod-broken-containers", "request.object.spec.containers"),
+    ] {
+        let response = webhook.review("/inject", &fixture(name)).await;
+        assert_eq!(response["allowed"], json!(false), "{name}");
+        let message = response["status"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(cause), "{name}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn policies_are_validated_with_every_finding() {
+    let webhook = start(&[]);
+    let valid = webhook.review("/validate", &fixture("policy-valid")).await;
+    assert_eq!(valid["allowed"], json!(true), "{valid}");
+    assert!(warnings(&valid).is_empty(), "{valid}");
+
+    let invalid = webhook
+        .review("/validate", &fixture("policy-invalid"))
+        .await;
+    assert_eq!(invalid["allowed"], json!(false));
+    let message = invalid["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("spec.allowOrigins[2]") && message.contains("has a path"),
+        "{message}"
+    );
+    assert!(
+        message.contains("spec.allowOrigins[1]") && message.contains("allowCredentials"),
+        "{message}"
+    );
+
+    let typo = webhook
+        .review("/validate", &fixture("policy-unknown-field"))
+        .await;
+    assert_eq!(typo["allowed"], json!(false));
+    let message = typo["status"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("spec.routes[0].allowOrigns"), "{message}");
+
+    let linted = webhook
+        .review("/validate", &fixture("policy-warnings"))
+        .await;
+    assert_eq!(linted["allowed"], json!(true));
+    let got = warnings(&linted);
+    assert_eq!(got.len(), 3, "{got:?}");
+    for field in [
+        "spec.maxAge",
+        "spec.allowNullOrigin",
+        "spec.allowOrigins[1]",
+    ] {
+        assert!(got.iter().any(|w| w.starts_with(field)), "{field}: {got:?}");
+    }
+    let metrics = webhook.metrics().await;
+    assert!(
+        metrics.contains("corsair_webhook_validations_total{result=\"denied\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn garbage_gets_400_with_the_parse_error() {
+    let webhook = start(&[]);
+    let (status, body) = webhook
+        .request(Method::POST, "/inject", b"{not json".to_vec())
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.starts_with("invalid AdmissionReview:") && body.contains("line 1"),
+        "{body}"
+    );
+
+    let no_request = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"});
+    let (status, body) = webhook
+        .request(
+            Method::POST,
+            "/validate",
+            no_request.to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&body).contains("request field is missing"));
+
+    let mut bad_uid = fixture("pod-named-port");
+    bad_uid["request"]["uid"] = json!(42);
+    let (status, body) = webhook
+        .request(Method::POST, "/inject", bad_uid.to_string().into_bytes())
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        String::from_utf8_lossy(&body).contains("request.uid"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+
+    // A CorsPolicy sent to the Pod webhook is refused, not patched.
+    let response = webhook.review("/inject", &fixture("policy-valid")).await;
+    assert_eq!(response["allowed"], json!(false));
+    assert!(
+        response["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("request.kind")
+    );
+}
+
+#[tokio::test]
+async fn only_post_to_a_webhook_path_is_served() {
+    let webhook = start(&[]);
+    let body = fixture("pod-named-port").to_string().into_bytes();
+    for (method, path) in [
+        (Method::GET, "/inject"),
+        (Method::PUT, "/validate"),
+        (Method::POST, "/"),
+        (Method::POST, "/inject/extra"),
+        (Method::GET, "/healthz"),
+    ] {
+        let (status, _) = webhook.request(method.clone(), path, body.clone()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}");
+    }
+}
+
+#[tokio::test]
+async fn http2_is_negotiated_and_served() {
+    let webhook = start(&[]);
+    let h2 = client_tls(&webhook.ca, b"h2");
+    let tcp = TcpStream::connect(webhook.addr).await.expect("connect");
+    let stream = h2
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("handshake");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    drop(stream);
+    let review = fixture("pod-named-port");
+    let (status, body) = send(
+        &h2,
+        webhook.addr,
+        Method::POST,
+        "/inject",
+        review.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let answer: Value = serde_json::from_slice(&body).expect("json");
+    assert!(answer["response"]["patch"].is_string(), "{answer}");
+}
+
+#[tokio::test]
+async fn sigterm_finishes_and_exits_cleanly() {
+    let mut webhook = start(&[]);
+    let (status, _) = webhook
+        .request(
+            Method::POST,
+            "/inject",
+            fixture("pod-named-port").to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let pid = webhook.child.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = webhook.child.try_wait().expect("wait") {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "webhook did not exit within 10 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
