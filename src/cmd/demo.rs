@@ -337,8 +337,14 @@ async fn upstream_api(req: Request<Incoming>, state: Arc<UpstreamState>) -> Repl
         (&Method::OPTIONS, _) => {
             let mut response = reply(StatusCode::NO_CONTENT, "text/plain", Bytes::new());
             let headers = response.headers_mut();
-            headers.insert("access-control-allow-methods", HeaderValue::from_static("*"));
-            headers.insert("access-control-allow-headers", HeaderValue::from_static("*"));
+            headers.insert(
+                "access-control-allow-methods",
+                HeaderValue::from_static("*"),
+            );
+            headers.insert(
+                "access-control-allow-headers",
+                HeaderValue::from_static("*"),
+            );
             response
         }
         (_, path) if path.starts_with("/api/items") => {
@@ -386,7 +392,11 @@ async fn page_server(req: Request<Incoming>, state: Arc<PageState>) -> Reply {
     let (parts, body) = req.into_parts();
     match (&parts.method, parts.uri.path()) {
         (&Method::GET, "/") => {
-            let mut response = reply(StatusCode::OK, "text/html; charset=utf-8", state.html.clone());
+            let mut response = reply(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                state.html.clone(),
+            );
             let headers = response.headers_mut();
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             headers.insert(
