@@ -7,7 +7,8 @@ use support::{cors_names, harness, request, send, values};
 
 const APP: &str = "https://app.example.com";
 const EVIL: &str = "https://evil.example.net";
-const VARY_PREFLIGHT: &str = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers";
+const VARY_PREFLIGHT: &str =
+    "Origin, Access-Control-Request-Method, Access-Control-Request-Headers";
 
 const BASIC: &str = "\
 allowOrigins: [\"https://app.example.com\"]
@@ -319,7 +320,10 @@ fn cases() -> Vec<Case> {
             policy: "allowOrigins: [\"https://app.example.com\"]\nmode: Off",
             method: "OPTIONS",
             path: "/cors-star",
-            headers: &[("origin", EVIL), ("access-control-request-method", "DELETE")],
+            headers: &[
+                ("origin", EVIL),
+                ("access-control-request-method", "DELETE"),
+            ],
             status: 200,
             upstream_called: true,
             cors: &[
@@ -405,7 +409,11 @@ async fn every_rule_on_the_wire() {
             problems.push(format!(
                 "upstream called {} time(s), expected {}",
                 seen.len(),
-                if case.upstream_called { "once" } else { "never" }
+                if case.upstream_called {
+                    "once"
+                } else {
+                    "never"
+                }
             ));
         }
         let mut expected: Vec<String> = case.cors.iter().map(|(n, _)| n.to_string()).collect();
@@ -430,7 +438,12 @@ async fn every_rule_on_the_wire() {
         }
         h.proxy.shutdown().await.expect("clean shutdown");
     }
-    assert!(failures.is_empty(), "{} rule(s) failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} rule(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[tokio::test]

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use corsair_proxy::{Proxy, ProxyError};
-use support::{Conn, admin, config, empty, harness, harness_with, manifest, metric, request, upstream, values};
+use support::{
+    Conn, admin, config, empty, harness, harness_with, manifest, metric, request, upstream, values,
+};
 
 const APP: &str = "https://app.example.com";
 const NEW: &str = "https://new.example.com";
@@ -51,7 +53,10 @@ fn replace(path: &Path, content: &str) {
 #[tokio::test]
 async fn a_valid_policy_applies_to_an_open_connection_within_2s() {
     // Polling far too slow to matter: the filesystem watcher must see the change.
-    let h = harness_with(OLD_POLICY, |c| c.reload_poll_interval = Duration::from_secs(60)).await;
+    let h = harness_with(OLD_POLICY, |c| {
+        c.reload_poll_interval = Duration::from_secs(60)
+    })
+    .await;
     let mut conn = Conn::open(h.proxy.listen_addr()).await;
     assert_eq!(allowed_origin(&mut conn, NEW).await, None);
     assert_eq!(allowed_origin(&mut conn, APP).await.as_deref(), Some(APP));
@@ -59,10 +64,25 @@ async fn a_valid_policy_applies_to_an_open_connection_within_2s() {
     replace(&h.policy.path, &manifest(NEW_POLICY, 2));
     let took = wait_until_allowed(&mut conn, NEW, Duration::from_secs(2)).await;
     assert!(!conn.is_closed(), "the keep-alive connection was kept");
-    assert_eq!(allowed_origin(&mut conn, APP).await, None, "the old policy is gone");
+    assert_eq!(
+        allowed_origin(&mut conn, APP).await,
+        None,
+        "the old policy is gone"
+    );
 
-    assert_eq!(metric(&h.proxy, "corsair_proxy_policy_reloads_total{result=\"ok\"}").await, 1.0, "took {took:?}");
-    assert_eq!(metric(&h.proxy, "corsair_proxy_policy_generation").await, 2.0);
+    assert_eq!(
+        metric(
+            &h.proxy,
+            "corsair_proxy_policy_reloads_total{result=\"ok\"}"
+        )
+        .await,
+        1.0,
+        "took {took:?}"
+    );
+    assert_eq!(
+        metric(&h.proxy, "corsair_proxy_policy_generation").await,
+        2.0
+    );
     let (status, body) = admin(&h.proxy, "/policy").await;
     assert_eq!(status, 200);
     assert!(body.contains(NEW) && !body.contains(APP), "{body}");
@@ -104,15 +124,28 @@ async fn an_invalid_policy_is_refused_and_the_last_good_one_stays() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(allowed_origin(&mut conn, APP).await.as_deref(), Some(APP));
 
-    assert_eq!(metric(&h.proxy, "corsair_proxy_policy_reloads_total{result=\"ok\"}").await, 0.0);
-    assert_eq!(metric(&h.proxy, "corsair_proxy_policy_generation").await, 1.0);
+    assert_eq!(
+        metric(
+            &h.proxy,
+            "corsair_proxy_policy_reloads_total{result=\"ok\"}"
+        )
+        .await,
+        0.0
+    );
+    assert_eq!(
+        metric(&h.proxy, "corsair_proxy_policy_generation").await,
+        1.0
+    );
     let (_, body) = admin(&h.proxy, "/policy").await;
     assert!(body.contains(APP), "{body}");
 
     // A valid policy afterwards is taken.
     replace(&h.policy.path, &manifest(NEW_POLICY, 3));
     wait_until_allowed(&mut conn, NEW, Duration::from_secs(2)).await;
-    assert_eq!(metric(&h.proxy, "corsair_proxy_policy_generation").await, 3.0);
+    assert_eq!(
+        metric(&h.proxy, "corsair_proxy_policy_generation").await,
+        3.0
+    );
     h.proxy.shutdown().await.expect("clean shutdown");
 }
 
@@ -169,7 +202,9 @@ async fn a_missing_policy_allows_no_origin_until_it_appears() {
     let path = dir.path().join("corsair").join("policy.json");
     let mut cfg = config(&path, &up);
     cfg.allow_missing_policy = true;
-    let proxy = Proxy::start(cfg).await.expect("starts without the policy file");
+    let proxy = Proxy::start(cfg)
+        .await
+        .expect("starts without the policy file");
     let (status, _) = admin(&proxy, "/readyz").await;
     assert_eq!(status, 200, "ready without a policy");
     let (status, body) = admin(&proxy, "/policy").await;
@@ -184,7 +219,12 @@ async fn a_missing_policy_allows_no_origin_until_it_appears() {
     let response = conn.send(preflight).await;
     assert_eq!(response.status(), 403);
     let response = conn
-        .send(request("GET", "/cors-star").header("origin", APP).body(empty()).expect("valid"))
+        .send(
+            request("GET", "/cors-star")
+                .header("origin", APP)
+                .body(empty())
+                .expect("valid"),
+        )
         .await;
     assert_eq!(response.status(), 200);
     assert!(
@@ -192,7 +232,11 @@ async fn a_missing_policy_allows_no_origin_until_it_appears() {
         "upstream CORS headers stripped: {:?}",
         response.headers()
     );
-    assert_eq!(up.seen().await.len(), 1, "the preflight did not reach the upstream");
+    assert_eq!(
+        up.seen().await.len(),
+        1,
+        "the preflight did not reach the upstream"
+    );
 
     std::fs::create_dir(dir.path().join("corsair")).expect("mkdir");
     let json = r#"{"apiVersion":"corsair.dev/v1alpha1","kind":"CorsPolicy","metadata":{"name":"api","generation":7},"spec":{"allowOrigins":["https://app.example.com"]}}"#;
@@ -220,12 +264,17 @@ async fn without_the_flag_a_missing_policy_is_a_startup_error() {
 #[tokio::test]
 async fn an_invalid_policy_is_a_startup_error_naming_the_field() {
     let up = upstream().await;
-    let policy = support::policy_file("allowOrigins: [\"https://ok.example.com\", \"https://app.example.com/x\"]");
+    let policy = support::policy_file(
+        "allowOrigins: [\"https://ok.example.com\", \"https://app.example.com/x\"]",
+    );
     let err = Proxy::start(config(&policy.path, &up))
         .await
         .err()
         .expect("an invalid policy is refused");
     let message = err.to_string();
     assert!(message.contains("spec.allowOrigins[1]"), "{message}");
-    assert!(message.contains(&policy.path.display().to_string()), "{message}");
+    assert!(
+        message.contains(&policy.path.display().to_string()),
+        "{message}"
+    );
 }

@@ -38,9 +38,12 @@ async fn a_64_mib_upload_is_streamed_not_buffered() {
         .expect("first chunk accepted");
     // The rest is held back until the upstream has seen the first bytes: a proxy that buffered
     // the whole body would never get there.
-    timeout(Duration::from_secs(10), h.upstream.state.upload_started.notified())
-        .await
-        .expect("the upstream received the first bytes before the client finished sending");
+    timeout(
+        Duration::from_secs(10),
+        h.upstream.state.upload_started.notified(),
+    )
+    .await
+    .expect("the upstream received the first bytes before the client finished sending");
     for _ in 1..CHUNKS {
         tx.send(Ok(Frame::data(Bytes::from(vec![b'u'; CHUNK]))))
             .await
@@ -59,7 +62,9 @@ async fn a_64_mib_upload_is_streamed_not_buffered() {
 #[tokio::test]
 async fn a_64_mib_download_is_streamed_not_buffered() {
     let h = harness(POLICY).await;
-    let stream = TcpStream::connect(h.proxy.listen_addr()).await.expect("connect");
+    let stream = TcpStream::connect(h.proxy.listen_addr())
+        .await
+        .expect("connect");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("handshake");
@@ -99,7 +104,9 @@ async fn a_64_mib_download_is_streamed_not_buffered() {
 #[tokio::test]
 async fn h2c_prior_knowledge_is_served_and_forwarded_as_http_1_1() {
     let h = harness(POLICY).await;
-    let stream = TcpStream::connect(h.proxy.listen_addr()).await.expect("connect");
+    let stream = TcpStream::connect(h.proxy.listen_addr())
+        .await
+        .expect("connect");
     let (sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
@@ -118,7 +125,12 @@ async fn h2c_prior_knowledge_is_served_and_forwarded_as_http_1_1() {
             let response = sender.send_request(req).await.expect("h2 response");
             let version = response.version();
             let acao = values(response.headers(), "access-control-allow-origin");
-            let body = response.into_body().collect().await.expect("body").to_bytes();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
             (version, acao, body)
         }));
     }
@@ -141,7 +153,9 @@ async fn h2c_prior_knowledge_is_served_and_forwarded_as_http_1_1() {
 #[tokio::test]
 async fn a_websocket_upgrade_is_tunnelled_both_ways() {
     let h = harness(POLICY).await;
-    let mut stream = TcpStream::connect(h.proxy.listen_addr()).await.expect("connect");
+    let mut stream = TcpStream::connect(h.proxy.listen_addr())
+        .await
+        .expect("connect");
     stream
         .write_all(
             b"GET /ws HTTP/1.1\r\nHost: api.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
@@ -183,7 +197,10 @@ async fn read_head(stream: &mut TcpStream) -> String {
             .await
             .expect("response head in time")
             .expect("read");
-        assert_eq!(n, 1, "connection closed before the end of the head: {head:?}");
+        assert_eq!(
+            n, 1,
+            "connection closed before the end of the head: {head:?}"
+        );
         head.push(byte[0]);
     }
     String::from_utf8_lossy(&head).into_owned()
@@ -207,7 +224,10 @@ async fn hop_by_hop_headers_are_dropped_and_forwarded_headers_appended() {
     assert_eq!(response.status(), 200);
     let seen = h.upstream.last().await;
     for gone in ["x-hop", "keep-alive", "te", "proxy-authorization"] {
-        assert!(!seen.headers.contains_key(gone), "{gone} reached the upstream");
+        assert!(
+            !seen.headers.contains_key(gone),
+            "{gone} reached the upstream"
+        );
     }
     assert_eq!(values(&seen.headers, "x-end-to-end"), ["kept"]);
     assert_eq!(

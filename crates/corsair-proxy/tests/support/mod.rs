@@ -81,7 +81,9 @@ fn full(body: impl Into<Bytes>) -> UpBody {
 /// - `/ws`: switches protocols and echoes bytes;
 /// - anything else: 200 `hello` with `Vary: Accept-Encoding`.
 pub async fn upstream() -> Upstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
     let addr = listener.local_addr().expect("upstream address");
     let state = Arc::new(UpstreamState::default());
     let shared = state.clone();

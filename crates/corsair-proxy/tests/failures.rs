@@ -1,0 +1,433 @@
+//! Failure handling: a dead, slow or resetting upstream, oversized headers, garbage on the wire,
+//! idle and stalled clients, and draining on shutdown.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use corsair_proxy::Proxy;
+use support::{
+    Conn, admin, empty, harness, harness_with, metric, policy_file, request, send, values,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+
+const POLICY: &str = "allowOrigins: [\"https://app.example.com\"]";
+
+/// Reads whatever the proxy sends until it closes the connection (or 5 s pass).
+async fn read_to_close(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let read = timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    assert!(
+        read.is_ok(),
+        "the proxy did not close the connection: {out:?}"
+    );
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn upstream_down_is_a_502_naming_the_cause() {
+    let policy = policy_file(POLICY);
+    // A port that was just free: nothing listens on it.
+    let dead = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let dead_addr = dead.local_addr().expect("addr");
+    drop(dead);
+    let mut config = corsair_proxy::ProxyConfig::new(
+        policy.path.clone(),
+        format!("http://{dead_addr}").parse().expect("uri"),
+        "127.0.0.1:0".parse().expect("addr"),
+        "127.0.0.1:0".parse().expect("addr"),
+    );
+    config.drain_timeout = Duration::from_secs(2);
+    let proxy = Proxy::start(config)
+        .await
+        .expect("starts with the upstream down");
+    let response = send(
+        proxy.listen_addr(),
+        request("GET", "/").header("origin", "https://app.example.com"),
+    )
+    .await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(response.body(), "upstream refused the connection\n");
+    assert_eq!(
+        values(response.headers(), "content-type"),
+        ["text/plain; charset=utf-8"]
+    );
+    // An allowed page can read the error instead of seeing a CORS failure.
+    assert_eq!(
+        values(response.headers(), "access-control-allow-origin"),
+        ["https://app.example.com"]
+    );
+    assert_eq!(
+        metric(
+            &proxy,
+            "corsair_proxy_upstream_errors_total{cause=\"refused\"}"
+        )
+        .await,
+        1.0
+    );
+    proxy.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_slow_upstream_is_a_504() {
+    let h = harness_with(POLICY, |c| c.upstream_timeout = Duration::from_millis(300)).await;
+    let start = Instant::now();
+    let response = send(h.proxy.listen_addr(), request("GET", "/slow?ms=5000")).await;
+    assert_eq!(response.status(), 504);
+    assert_eq!(response.body(), "upstream did not respond in time\n");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        metric(
+            &h.proxy,
+            "corsair_proxy_upstream_errors_total{cause=\"timeout\"}"
+        )
+        .await,
+        1.0
+    );
+    // A request within the timeout still works.
+    let response = send(h.proxy.listen_addr(), request("GET", "/slow?ms=10")).await;
+    assert_eq!(response.status(), 200);
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn an_upstream_that_resets_is_a_502() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            // Close after reading the request, without a response.
+            drop(stream);
+        }
+    });
+    let policy = policy_file(POLICY);
+    let config = corsair_proxy::ProxyConfig::new(
+        policy.path.clone(),
+        format!("http://{addr}").parse().expect("uri"),
+        "127.0.0.1:0".parse().expect("addr"),
+        "127.0.0.1:0".parse().expect("addr"),
+    );
+    let proxy = Proxy::start(config).await.expect("starts");
+    let response = send(proxy.listen_addr(), request("GET", "/")).await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(response.body(), "upstream reset the connection\n");
+    proxy.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn headers_over_64_kib_are_a_431_and_under_it_pass() {
+    let h = harness(POLICY).await;
+    let under = "a".repeat(60 * 1024);
+    let response = send(
+        h.proxy.listen_addr(),
+        request("GET", "/").header("x-big", under.as_str()),
+    )
+    .await;
+    assert_eq!(response.status(), 200, "60 KiB of headers pass");
+
+    let mut stream = TcpStream::connect(h.proxy.listen_addr())
+        .await
+        .expect("connect");
+    let over = "a".repeat(70 * 1024);
+    let head = format!("GET / HTTP/1.1\r\nHost: api.test\r\nX-Big: {over}\r\n\r\n");
+    // The proxy may stop reading once the limit is hit; a write error is fine.
+    let _ = stream.write_all(head.as_bytes()).await;
+    let answer = read_to_close(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    assert_eq!(
+        h.upstream.seen().await.len(),
+        1,
+        "the oversized request was not forwarded"
+    );
+
+    // Over HTTP/2 the limit is the header list size.
+    let stream = TcpStream::connect(h.proxy.listen_addr())
+        .await
+        .expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri("http://api.test/")
+        .header("x-big", over.as_str())
+        .body(empty())
+        .expect("valid request");
+    match sender.send_request(req).await {
+        Ok(response) => assert_eq!(response.status(), 431),
+        Err(err) => panic!("expected a 431 over h2, got {err}"),
+    }
+    assert_eq!(h.upstream.seen().await.len(), 1);
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn garbage_on_the_wire_gets_a_400_or_a_close_and_the_proxy_keeps_serving() {
+    let h = harness(POLICY).await;
+    let http1: [&[u8]; 4] = [
+        b"\x00\x01\x02\xff\xfe garbage\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: api.test\r\nBad Header Name: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: api.test\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
+        b"GET /\x7f HTTP/1.1\r\nHost: api.test\r\n\r\n",
+    ];
+    for bytes in http1 {
+        let mut stream = TcpStream::connect(h.proxy.listen_addr())
+            .await
+            .expect("connect");
+        let _ = stream.write_all(bytes).await;
+        let answer = read_to_close(&mut stream).await;
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+            "{bytes:?} -> {answer:?}"
+        );
+        let response = send(h.proxy.listen_addr(), request("GET", "/")).await;
+        assert_eq!(
+            response.status(),
+            200,
+            "the proxy still serves after {bytes:?}"
+        );
+    }
+    assert_eq!(
+        h.upstream.seen().await.len(),
+        4,
+        "no garbage reached the upstream"
+    );
+
+    // The HTTP/2 preface followed by a frame of an unknown shape: a GOAWAY, then a close.
+    let mut stream = TcpStream::connect(h.proxy.listen_addr())
+        .await
+        .expect("connect");
+    let _ = stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x04\x09\x00\x00\x00\x00\x00junk")
+        .await;
+    let mut answer = Vec::new();
+    let read = timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the proxy did not close the h2 connection");
+    let goaway = answer.windows(4).any(|w| w == [0, 0, 8, 7]);
+    assert!(goaway, "no GOAWAY frame in {answer:?}");
+    let response = send(h.proxy.listen_addr(), request("GET", "/")).await;
+    assert_eq!(
+        response.status(),
+        200,
+        "the proxy still serves after bad h2"
+    );
+
+    // A chunked body that breaks after the head was forwarded: the upstream request fails,
+    // the client gets an error or a close, never a hang.
+    let mut stream = TcpStream::connect(h.proxy.listen_addr())
+        .await
+        .expect("connect");
+    let _ = stream
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\n",
+        )
+        .await;
+    let answer = read_to_close(&mut stream).await;
+    assert!(
+        answer.is_empty()
+            || answer.starts_with("HTTP/1.1 400")
+            || answer.starts_with("HTTP/1.1 502"),
+        "{answer:?}"
+    );
+    let response = send(h.proxy.listen_addr(), request("GET", "/")).await;
+    assert_eq!(
+        response.status(),
+        200,
+        "the proxy still serves after a broken body"
+    );
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_in_its_headers_is_cut_off() {
+    let h = harness_with(POLICY, |c| {
+        c.header_read_timeout = Duration::from_millis(300)
+    })
+    .await;
+    let mut stream = TcpStream::connect(h.proxy.listen_addr())
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: api.test\r\nX-Slow")
+        .await
+        .expect("write part of the head");
+    let start = Instant::now();
+    let answer = read_to_close(&mut stream).await;
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer:?}"
+    );
+    assert!(h.upstream.seen().await.is_empty());
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed() {
+    let h = harness_with(POLICY, |c| c.idle_timeout = Duration::from_millis(300)).await;
+    let mut conn = Conn::open(h.proxy.listen_addr()).await;
+    let response = conn
+        .send(request("GET", "/").body(empty()).expect("valid"))
+        .await;
+    assert_eq!(response.status(), 200);
+    let start = Instant::now();
+    while !conn.is_closed() {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "idle connection still open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        start.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        start.elapsed()
+    );
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn shutdown_drains_an_in_flight_request_and_reports_not_ready() {
+    let h = harness(POLICY).await;
+    let addr = h.proxy.listen_addr();
+    let in_flight = tokio::spawn(async move { send(addr, request("GET", "/slow?ms=1000")).await });
+    // Let the request reach the upstream before shutting down.
+    let start = Instant::now();
+    while h.upstream.seen().await.is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let admin_addr = h.proxy.admin_addr();
+    let proxy = h.proxy;
+    let shutdown = tokio::spawn(proxy.shutdown());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let readyz = send(admin_addr, request("GET", "/readyz")).await;
+    assert_eq!(readyz.status(), 503, "not ready while draining");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no new connections while draining"
+    );
+
+    let response = in_flight.await.expect("client task");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.body(), "slow");
+    timeout(Duration::from_secs(5), shutdown)
+        .await
+        .expect("shutdown finished")
+        .expect("shutdown task")
+        .expect("drained without hitting the drain timeout");
+    assert!(
+        TcpStream::connect(admin_addr).await.is_err(),
+        "admin port closed after the drain"
+    );
+}
+
+#[tokio::test]
+async fn the_drain_timeout_bounds_shutdown() {
+    let h = harness_with(POLICY, |c| c.drain_timeout = Duration::from_millis(300)).await;
+    let addr = h.proxy.listen_addr();
+    let in_flight = tokio::spawn(async move {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("handshake");
+        tokio::spawn(conn);
+        sender
+            .send_request(
+                request("GET", "/slow?ms=10000")
+                    .body(empty())
+                    .expect("valid"),
+            )
+            .await
+    });
+    let start = Instant::now();
+    while h.upstream.seen().await.is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let start = Instant::now();
+    let result = h.proxy.shutdown().await;
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        matches!(result, Err(corsair_proxy::ProxyError::DrainTimeout(1))),
+        "{result:?}"
+    );
+    let outcome = timeout(Duration::from_secs(2), in_flight)
+        .await
+        .expect("client saw the connection close")
+        .expect("client task");
+    assert!(
+        outcome.is_err(),
+        "the slow request was cut off: {outcome:?}"
+    );
+}
+
+#[tokio::test]
+async fn admin_endpoints() {
+    let h = harness(POLICY).await;
+    assert_eq!(
+        admin(&h.proxy, "/healthz").await,
+        (http::StatusCode::OK, "ok\n".to_owned())
+    );
+    assert_eq!(admin(&h.proxy, "/readyz").await.0, 200);
+    assert_eq!(admin(&h.proxy, "/nope").await.0, 404);
+
+    send(
+        h.proxy.listen_addr(),
+        request("GET", "/").header("origin", "https://app.example.com"),
+    )
+    .await;
+    send(
+        h.proxy.listen_addr(),
+        request("GET", "/").header("origin", "https://evil.example.net"),
+    )
+    .await;
+    send(
+        h.proxy.listen_addr(),
+        request("OPTIONS", "/")
+            .header("origin", "https://evil.example.net")
+            .header("access-control-request-method", "GET"),
+    )
+    .await;
+    let (status, body) = admin(&h.proxy, "/metrics").await;
+    assert_eq!(status, 200);
+    for series in [
+        "corsair_proxy_requests_total{kind=\"actual\",decision=\"allowed\",mode=\"enforce\",status=\"2xx\"} 1",
+        "corsair_proxy_requests_total{kind=\"actual\",decision=\"denied\",mode=\"enforce\",status=\"2xx\"} 1",
+        "corsair_proxy_requests_total{kind=\"preflight\",decision=\"denied\",mode=\"enforce\",status=\"4xx\"} 1",
+        "corsair_proxy_request_duration_seconds_count 3",
+        "corsair_proxy_policy_generation 1",
+        "corsair_proxy_policy_reloads_total{result=\"failed\"} 0",
+    ] {
+        assert!(
+            body.lines().any(|l| l == series),
+            "missing {series:?} in:\n{body}"
+        );
+    }
+    let (status, body) = admin(&h.proxy, "/policy").await;
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&body).expect("policy is JSON");
+    assert_eq!(json["kind"], "CorsPolicy");
+    assert_eq!(json["spec"]["allowOrigins"][0], "https://app.example.com");
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
