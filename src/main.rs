@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod logging;
 
 /// A CORS gateway for Kubernetes.
 #[derive(Parser)]
@@ -25,6 +26,8 @@ enum Command {
     Crd(cmd::crd::Args),
     /// Run an upstream, the proxy and a page on a second origin that shows allowed and blocked calls.
     Demo(cmd::demo::Args),
+    /// Run the sidecar: enforce a policy file in front of one upstream, reloading it on change.
+    Proxy(cmd::proxy::Args),
     /// Serve the admission webhooks alone over HTTPS (POST /inject, POST /validate), no API server needed.
     Webhook(cmd::webhook::Args),
 }
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => cmd::explain::run(args),
         Command::Crd(args) => cmd::crd::run(args),
         Command::Demo(args) => cmd::demo::run(args),
+        Command::Proxy(args) => cmd::proxy::run(args),
         Command::Webhook(args) => cmd::webhook::run(args),
     };
     match result {

@@ -4,4 +4,5 @@ pub mod check;
 pub mod crd;
 pub mod demo;
 pub mod explain;
+pub mod proxy;
 pub mod webhook;

@@ -1,0 +1,257 @@
+//! Black-box tests of `corsair proxy`: the real binary, a real upstream, real signals.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const POLICY: &str = "\
+apiVersion: corsair.dev/v1alpha1
+kind: CorsPolicy
+metadata:
+  name: api
+  generation: 3
+spec:
+  allowOrigins: [\"https://app.example.com\"]
+";
+
+/// A tiny HTTP/1.1 upstream on its own thread: `/slow` answers after 1.5 s, anything else at
+/// once. Each request path is sent on the returned channel as it arrives.
+fn upstream() -> (SocketAddr, mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+    let addr = listener.local_addr().expect("upstream address");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let tx = tx.clone();
+            thread::spawn(move || serve(stream, &tx));
+        }
+    });
+    (addr, rx)
+}
+
+fn serve(stream: TcpStream, tx: &mpsc::Sender<String>) {
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            if header == "\r\n" {
+                break;
+            }
+        }
+        let _ = tx.send(path.clone());
+        let body = if path == "/slow" {
+            thread::sleep(Duration::from_millis(1500));
+            "slow"
+        } else {
+            "hello"
+        };
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nAccess-Control-Allow-Origin: *\r\n\r\n{body}",
+            body.len()
+        );
+        if reader.get_mut().write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// A running `corsair proxy` and the addresses it logged.
+struct Running {
+    child: Child,
+    listen: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary on ports chosen by the OS and reads them from its JSON start-up log line.
+fn start(policy: &Path, upstream: SocketAddr) -> Running {
+    let child = Command::new(env!("CARGO_BIN_EXE_corsair"))
+        .arg("proxy")
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["--log-format", "json"])
+        // The policy and upstream come from the environment, as a Pod spec may set them.
+        .env("CORSAIR_POLICY", policy)
+        .env("CORSAIR_UPSTREAM", format!("http://{upstream}"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn corsair proxy");
+    // Owned by the guard at once, so that a failed assertion below still reaps the child.
+    let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+    let mut running = Running {
+        child,
+        listen: unknown,
+        admin: unknown,
+    };
+    let stderr = running.child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("a start-up log line within 20 s");
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
+            panic!("log line is not JSON: {line}");
+        };
+        if json["message"] == "proxy started" {
+            let addr = |field: &str| -> SocketAddr {
+                json[field]
+                    .as_str()
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or_else(|| panic!("{field} in {line}"))
+            };
+            running.listen = addr("listen");
+            running.admin = addr("admin");
+            // Keep draining stderr so the child never blocks on a full pipe.
+            thread::spawn(move || while rx.recv().is_ok() {});
+            return running;
+        }
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns the whole response.
+fn get(addr: SocketAddr, path: &str, headers: &str) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n{headers}\r\n"
+    )
+    .expect("write request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    response
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("the `kill` command (procps) is needed to send SIGTERM");
+    assert!(status.success(), "kill -TERM failed: {status}");
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "corsair proxy did not exit within {within:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn starts_with_a_valid_policy_and_enforces_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).expect("write policy");
+    let (upstream, _seen) = upstream();
+    let mut proxy = start(&policy, upstream);
+
+    let allowed = get(proxy.listen, "/", "Origin: https://app.example.com\r\n");
+    assert!(allowed.starts_with("HTTP/1.1 200"), "{allowed}");
+    assert!(
+        allowed
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin: https://app.example.com\r\n"),
+        "{allowed}"
+    );
+    let denied = get(proxy.listen, "/", "Origin: https://evil.example.net\r\n");
+    assert!(denied.starts_with("HTTP/1.1 200"), "{denied}");
+    assert!(
+        !denied
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin"),
+        "the upstream's own `*` was stripped: {denied}"
+    );
+    assert!(get(proxy.admin, "/readyz", "").starts_with("HTTP/1.1 200"));
+    let metrics = get(proxy.admin, "/metrics", "");
+    assert!(
+        metrics.contains("corsair_proxy_policy_generation 3"),
+        "{metrics}"
+    );
+
+    sigterm(&proxy.child);
+    let status = wait_exit(&mut proxy.child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{status}");
+}
+
+#[test]
+fn refuses_to_start_with_an_invalid_policy_naming_the_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        POLICY.replace("https://app.example.com", "https://app.example.com/path"),
+    )
+    .expect("write policy");
+    let output = Command::new(env!("CARGO_BIN_EXE_corsair"))
+        .args(["proxy", "--upstream", "http://127.0.0.1:1"])
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .arg("--policy")
+        .arg(&policy)
+        .output()
+        .expect("run corsair proxy");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("spec.allowOrigins[0]"), "{stderr}");
+    assert!(stderr.contains(&policy.display().to_string()), "{stderr}");
+}
+
+#[test]
+fn sigterm_lets_a_slow_request_finish_then_exits_0() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).expect("write policy");
+    let (upstream, seen) = upstream();
+    let mut proxy = start(&policy, upstream);
+
+    let listen = proxy.listen;
+    let slow = thread::spawn(move || get(listen, "/slow", ""));
+    let path = seen
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the slow request reached the upstream");
+    assert_eq!(path, "/slow");
+    sigterm(&proxy.child);
+
+    let response = slow.join().expect("client thread");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("slow"), "{response}");
+    let status = wait_exit(&mut proxy.child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(
+        TcpStream::connect(listen).is_err(),
+        "the listener is closed after exit"
+    );
+}
