@@ -2,11 +2,15 @@
 # Proxy throughput benchmark (not a test): the upstream alone, corsair in front of it, and nginx
 # answering the same CORS policy in front of the same upstream, measured with wrk in one run.
 #
-#   bash benches/proxy/run.sh               # 10 s per run, 64 and 256 connections
-#   DURATION=5s CONNECTIONS="256" bash benches/proxy/run.sh
+#   bash benches/proxy/run.sh               # 3 rounds of 10 s per server, 64 and 256 connections
+#   DURATION=5s ROUNDS=1 CONNECTIONS="256" bash benches/proxy/run.sh
+#
+# The three servers are measured in turn, round after round, and the median of each figure is
+# reported, so that a burst of other work on the machine does not land on one server only.
 #
 # Everything listens on 127.0.0.1 (ports 18080-18083). wrk and nginx are Debian packages; they are
-# installed with apt-get when missing. corsair is the release build of this checkout.
+# installed with apt-get when missing. corsair is the release build of this checkout, or the
+# binary named by CORSAIR_BIN.
 #
 # Pinning (2 cores): wrk runs alone on CPU $WRK_CPU (default 1); the upstream and the proxy under
 # test share CPU $SERVER_CPU (default 0). corsair then runs one tokio worker (tokio sizes its pool
@@ -17,6 +21,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
+ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-"64 256"}
 WRK_CPU=${WRK_CPU:-1}
 SERVER_CPU=${SERVER_CPU:-0}
@@ -69,9 +74,13 @@ for port in $UPSTREAM_PORT $CORSAIR_PORT $CORSAIR_ADMIN_PORT $NGINX_PORT; do
     port_free "$port" || die "port $port is in use"
 done
 
-log "building corsair (release)"
-(cd "$ROOT" && cargo build --release --locked --bin corsair >&2)
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/corsair
+if [[ -n ${CORSAIR_BIN:-} ]]; then
+    BIN=$CORSAIR_BIN
+else
+    log "building corsair (release)"
+    (cd "$ROOT" && cargo build --release --locked --bin corsair >&2)
+    BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/corsair
+fi
 [[ -x $BIN ]] || die "no binary at $BIN"
 
 WORK=$(mktemp -d /tmp/corsair-bench.XXXXXX)
@@ -158,24 +167,53 @@ stop_sampler() {
 }
 
 ms() { awk -v us="$1" 'BEGIN { printf "%.2f", us / 1000 }'; }
+# Median of column $2 of file $1 (one run per line).
+median() { cut -d' ' -f"$2" "$1" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : int((v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+verdict() { if awk "BEGIN { exit !($1) }"; then echo "met"; else echo "NOT met"; fi; }
 
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+declare -A PORT=([upstream]=$UPSTREAM_PORT [corsair]=$CORSAIR_PORT [nginx]=$NGINX_PORT)
+declare -A PEAK
+for conns in $CONNECTIONS; do
+    PEAK[$conns]=0
+    for round in $(seq "$ROUNDS"); do
+        for target in upstream corsair nginx; do
+            log "$conns connections, round $round/$ROUNDS: $target"
+            [[ $target == corsair ]] && start_sampler $CORSAIR_PID
+            measure "${PORT[$target]}" "$conns" >>"$WORK/runs.$conns.$target"
+            if [[ $target == corsair ]]; then
+                peak=$(stop_sampler)
+                ((peak > PEAK[$conns])) && PEAK[$conns]=$peak
+            fi
+        done
+    done
+done
+RSS_AFTER=$(rss_kib $CORSAIR_PID)
+NGINX_RSS=$(rss_kib "$NGINX_WORKER")
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+echo
+echo "Median of $ROUNDS runs of $DURATION each (after a $WARMUP warm-up), wrk -t1, mix: 3 GET : 1 preflight."
 echo
 echo "| connections | server | requests/s | p50 (ms) | p99 (ms) | errors | non-2xx |"
 echo "|---|---|---:|---:|---:|---:|---:|"
-SUMMARY=()
 for conns in $CONNECTIONS; do
-    read -r u_rps u_p50 u_p99 u_err u_bad < <(measure $UPSTREAM_PORT "$conns")
-    echo "| $conns | upstream alone | $u_rps | $(ms "$u_p50") | $(ms "$u_p99") | $u_err | $u_bad |"
-    start_sampler $CORSAIR_PID
-    read -r c_rps c_p50 c_p99 c_err c_bad < <(measure $CORSAIR_PORT "$conns")
-    peak=$(stop_sampler)
-    echo "| $conns | corsair | $c_rps | $(ms "$c_p50") | $(ms "$c_p99") | $c_err | $c_bad |"
-    read -r n_rps n_p50 n_p99 n_err n_bad < <(measure $NGINX_PORT "$conns")
-    echo "| $conns | nginx | $n_rps | $(ms "$n_p50") | $(ms "$n_p99") | $n_err | $n_bad |"
-    SUMMARY+=("$conns connections: corsair/nginx throughput $(awk -v a="$c_rps" -v b="$n_rps" 'BEGIN { printf "%.2f", a / b }')x, p99 $(ms "$c_p99") ms vs $(ms "$n_p99") ms; corsair peak RSS $(mib "$peak") MiB")
+    for target in upstream corsair nginx; do
+        f=$WORK/runs.$conns.$target
+        name=$target; [[ $target == upstream ]] && name="upstream alone"
+        echo "| $conns | $name | $(median "$f" 1) | $(ms "$(median "$f" 2)") | $(ms "$(median "$f" 3)") | $(awk '{ s += $4 } END { print s }' "$f") | $(awk '{ s += $5 } END { print s }' "$f") |"
+    done
 done
 echo
-for line in "${SUMMARY[@]}"; do echo "- $line"; done
-echo "- corsair RSS idle before load: $(mib "$RSS_IDLE") MiB; idle after load: $(mib "$(rss_kib $CORSAIR_PID)") MiB"
-echo "- nginx (CORS) worker RSS after load: $(mib "$(rss_kib "$NGINX_WORKER")") MiB"
-echo "- $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2), $(nginx -v 2>&1 | cut -d' ' -f3), duration $DURATION (after $WARMUP warm-up) per run"
+for conns in $CONNECTIONS; do
+    c_rps=$(median "$WORK/runs.$conns.corsair" 1); n_rps=$(median "$WORK/runs.$conns.nginx" 1)
+    c_p99=$(median "$WORK/runs.$conns.corsair" 3); n_p99=$(median "$WORK/runs.$conns.nginx" 3)
+    ratio=$(awk -v a="$c_rps" -v b="$n_rps" 'BEGIN { printf "%.2f", a / b }')
+    echo "- $conns connections: corsair/nginx throughput ${ratio}x (goal >= 1.2x: $(verdict "$ratio >= 1.2")); p99 $(ms "$c_p99") ms vs nginx $(ms "$n_p99") ms (goal: no worse: $(verdict "$c_p99 <= $n_p99")); corsair peak RSS $(mib "${PEAK[$conns]}") MiB"
+done
+echo "- corsair RSS idle before load: $(mib "$RSS_IDLE") MiB (goal < 10 MiB: $(verdict "$RSS_IDLE < 10240")); idle after load: $(mib "$RSS_AFTER") MiB"
+if [[ -n ${PEAK[256]:-} ]]; then
+    echo "- corsair peak RSS under 256 connections: $(mib "${PEAK[256]}") MiB (goal < 40 MiB: $(verdict "${PEAK[256]} < 40960"))"
+fi
+echo "- nginx (CORS) worker RSS after load: $(mib "$NGINX_RSS") MiB"
+echo "- $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'); load average before $LOAD_BEFORE, after $LOAD_AFTER; $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2); $(nginx -v 2>&1 | cut -d' ' -f3); wrk on CPU $WRK_CPU, upstream and proxy on CPU $SERVER_CPU"
