@@ -91,7 +91,7 @@ taskset -c "$SERVER_CPU" nginx -p "$WORK" -c "$HERE/nginx-upstream.conf" -g 'dae
 PIDS+=($!)
 wait_port $UPSTREAM_PORT "upstream nginx"
 
-RUST_LOG=${RUST_LOG:-warn} taskset -c "$SERVER_CPU" "$BIN" proxy \
+CORSAIR_LOG=${CORSAIR_LOG:-warn} taskset -c "$SERVER_CPU" "$BIN" proxy \
     --policy "$HERE/policy.yaml" --upstream "http://127.0.0.1:$UPSTREAM_PORT" \
     --listen "127.0.0.1:$CORSAIR_PORT" --admin "127.0.0.1:$CORSAIR_ADMIN_PORT" \
     >"$WORK/corsair.log" 2>&1 &

@@ -7,7 +7,6 @@
 //! browser allowed and blocked, next to the policy.
 
 use std::convert::Infallible;
-use std::io::IsTerminal as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -56,10 +55,12 @@ pub struct Args {
     /// Port of the proxy's admin endpoints (/healthz, /readyz, /metrics, /policy).
     #[arg(long, default_value_t = 8083, env = "CORSAIR_DEMO_ADMIN_PORT")]
     admin_port: u16,
+    #[command(flatten)]
+    log: crate::logging::LogArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    init_logging();
+    crate::logging::init(&args.log)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -67,18 +68,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     runtime.block_on(run_demo(args))?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Info-level logs on stderr (the proxy logs every refused request there), `RUST_LOG` to change.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Already initialised is fine: only the first subscriber matters.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
 }
 
 async fn run_demo(args: Args) -> anyhow::Result<()> {
