@@ -97,6 +97,53 @@ async fn a_slow_upstream_is_a_504() {
 }
 
 #[tokio::test]
+async fn an_upstream_that_cannot_be_connected_in_time_is_a_504() {
+    // A listener that never accepts, its tiny backlog filled: further SYNs are dropped and
+    // a connect hangs, as it would towards a blackholed address.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    let _listener = socket.listen(1).expect("listen");
+    let mut fillers = Vec::new();
+    loop {
+        match timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => fillers.push(stream),
+            _ => break,
+        }
+        assert!(fillers.len() < 64, "the backlog never filled up");
+    }
+    let policy = policy_file(POLICY);
+    let mut config = corsair_proxy::ProxyConfig::new(
+        policy.path.clone(),
+        format!("http://{addr}").parse().expect("uri"),
+        "127.0.0.1:0".parse().expect("addr"),
+        "127.0.0.1:0".parse().expect("addr"),
+    );
+    config.connect_timeout = Duration::from_millis(300);
+    let proxy = Proxy::start(config).await.expect("starts");
+    let start = Instant::now();
+    let response = send(proxy.listen_addr(), request("GET", "/")).await;
+    assert_eq!(response.status(), 504);
+    assert_eq!(response.body(), "upstream connect timed out\n");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        metric(
+            &proxy,
+            "corsair_proxy_upstream_errors_total{cause=\"connect_timeout\"}"
+        )
+        .await,
+        1.0
+    );
+    proxy.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
 async fn an_upstream_that_resets_is_a_502() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
