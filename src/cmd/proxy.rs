@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use corsair_proxy::{Proxy, ProxyConfig, ProxyError};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::logging::{self, LogArgs};
 
@@ -63,6 +64,11 @@ pub struct Args {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "CORSAIR_DRAIN_TIMEOUT", value_name = "SECONDS", default_value_t = 25.0, value_parser = seconds)]
     drain_timeout: f64,
+    /// Threads serving requests. Two, like other sidecars, keep the footprint small next to
+    /// the application; raise it for a busy pod with CPU to spare.
+    #[arg(long, env = "CORSAIR_WORKER_THREADS", value_name = "N", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: u16,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -91,12 +97,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.drain_timeout = Duration::from_secs_f64(args.drain_timeout);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(args.worker_threads))
+        .thread_name("corsair-proxy")
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        // Installed before the proxy announces itself, so an early SIGTERM still drains.
+        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
         let proxy = Proxy::start(config).await?;
-        wait_for_signal().await?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
         match proxy.shutdown().await {
             Ok(()) => {}
             // Requested shutdown completed; the forced closes were logged.
@@ -105,18 +119,4 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
-}
-
-/// Waits for SIGTERM (what the kubelet sends) or SIGINT (Ctrl-C).
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot listen for SIGTERM")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        result = tokio::signal::ctrl_c() => {
-            result.context("cannot listen for SIGINT")?;
-            tracing::info!("SIGINT received");
-        }
-    }
-    Ok(())
 }

@@ -118,12 +118,6 @@ pub enum ProxyError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    /// The filesystem watcher for hot reload could not be set up.
-    #[error("cannot watch {path} for changes: {source}")]
-    Watch {
-        path: PathBuf,
-        source: notify::Error,
-    },
     /// Connections were still open when the drain timeout expired; they were dropped.
     #[error("{0} connection(s) still open after the drain timeout were closed")]
     DrainTimeout(usize),
@@ -182,7 +176,7 @@ impl Proxy {
             metrics,
             config.reload_poll_interval,
             shutdown.clone(),
-        )?;
+        );
         tokio::spawn(watcher);
         tasks.spawn(server::accept_loop(
             listener,

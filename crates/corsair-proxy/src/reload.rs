@@ -16,7 +16,6 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::ProxyError;
 use crate::metrics::Metrics;
 use crate::policy::{ActivePolicy, PolicyStore};
 
@@ -29,37 +28,43 @@ pub struct Reloader {
 
 impl Reloader {
     /// Sets up the watcher and returns the task to spawn; it ends when `shutdown` fires.
+    /// A watcher that cannot be set up (no inotify instances left, the directory missing) is
+    /// logged and the task relies on polling alone.
     pub fn start(
         store: Arc<PolicyStore>,
         metrics: Arc<Metrics>,
         interval: Duration,
         shutdown: CancellationToken,
-    ) -> Result<impl Future<Output = ()> + Send + 'static, ProxyError> {
+    ) -> impl Future<Output = ()> + Send + 'static {
         let (tx, mut rx) = mpsc::channel::<()>(1);
         let dir = watch_dir(store.path());
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                // Any event in the directory may be the swap; a full channel means a check is
-                // already pending, which will see this change too.
-                if event.is_ok() {
-                    let _ = tx.try_send(());
-                }
-            })
-            .map_err(|source| ProxyError::Watch {
-                path: dir.clone(),
-                source,
-            })?;
-        if let Err(err) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-            // The directory may not exist yet (optional volume); polling still works.
-            tracing::warn!(dir = %dir.display(), error = %err, "cannot watch policy directory; relying on polling");
-        }
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            // Any event in the directory may be the swap; a full channel means a check is
+            // already pending, which will see this change too.
+            if event.is_ok() {
+                let _ = tx.try_send(());
+            }
+        })
+        .and_then(|mut watcher| {
+            watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+            Ok(watcher)
+        })
+        .inspect_err(|err| {
+            tracing::warn!(
+                dir = %dir.display(),
+                error = %err,
+                poll_interval = ?interval,
+                "cannot watch the policy directory; relying on polling"
+            );
+        })
+        .ok();
         let last_seen = store.current().raw.clone();
         let mut reloader = Reloader {
             store,
             metrics,
             last_seen,
         };
-        Ok(async move {
+        async move {
             // Keep the watcher alive as long as the task.
             let _watcher = watcher;
             let mut ticker = tokio::time::interval(interval);
@@ -72,7 +77,7 @@ impl Reloader {
                 }
                 reloader.check().await;
             }
-        })
+        }
     }
 
     /// Reads the file and applies it if it changed and is valid.
