@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -73,6 +73,8 @@ struct Running {
     child: Child,
     listen: SocketAddr,
     admin: SocketAddr,
+    /// Every stderr line after the start-up line.
+    logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl Drop for Running {
@@ -100,6 +102,7 @@ fn start(policy: &Path, upstream: SocketAddr) -> Running {
         child,
         listen: unknown,
         admin: unknown,
+        logs: Arc::default(),
     };
     let stderr = running.child.stderr.take().expect("piped stderr");
     let (tx, rx) = mpsc::channel();
@@ -127,7 +130,14 @@ fn start(policy: &Path, upstream: SocketAddr) -> Running {
             running.listen = addr("listen");
             running.admin = addr("admin");
             // Keep draining stderr so the child never blocks on a full pipe.
-            thread::spawn(move || while rx.recv().is_ok() {});
+            let logs = running.logs.clone();
+            thread::spawn(move || {
+                while let Ok(line) = rx.recv() {
+                    if let Ok(mut logs) = logs.lock() {
+                        logs.push(line);
+                    }
+                }
+            });
             return running;
         }
     }
@@ -205,6 +215,26 @@ fn starts_with_a_valid_policy_and_enforces_it() {
     sigterm(&proxy.child);
     let status = wait_exit(&mut proxy.child, Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "{status}");
+
+    // One info line for the denied request, none for the allowed one (that is debug).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (logs, info) = loop {
+        let logs = proxy.logs.lock().expect("logs").clone();
+        let info: Vec<serde_json::Value> = logs
+            .iter()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|json| json["level"] == "INFO" && json.get("origin").is_some())
+            .collect();
+        // The last line is the one about the drain: once it is read, everything before is too.
+        if logs.iter().any(|l| l.contains("proxy stopped")) || Instant::now() > deadline {
+            break (logs, info);
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(info.len(), 1, "{logs:#?}");
+    assert_eq!(info[0]["message"], "CORS request denied");
+    assert_eq!(info[0]["origin"], "https://evil.example.net");
+    assert_eq!(info[0]["reason"], "origin not allowed");
 }
 
 #[test]

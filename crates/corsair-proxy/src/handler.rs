@@ -26,6 +26,13 @@ static ACRH: header::HeaderName = header::ACCESS_CONTROL_REQUEST_HEADERS;
 static ACRPN: header::HeaderName =
     header::HeaderName::from_static("access-control-request-private-network");
 
+/// Why a request was denied, for its info log line.
+struct Denied {
+    reason: String,
+    /// What Enforce mode does (or, in DryRun, would do) with it.
+    enforced: &'static str,
+}
+
 /// The engine's decision, detached from the request so the request can be forwarded.
 struct Prepared {
     /// Answer here with this status instead of forwarding.
@@ -45,15 +52,20 @@ pub async fn handle(
     let started = Instant::now();
     let (prepared, deny_reason) = decide(&state, &req);
     let mut labels = prepared.labels.clone();
-    if let Some(reason) = &deny_reason {
+    if let Some(denied) = &deny_reason {
+        let message = if labels.mode == "dry_run" {
+            "CORS request would be denied (dry run: forwarded unchanged)"
+        } else {
+            "CORS request denied"
+        };
         tracing::info!(
             method = %req.method(),
             path = req.uri().path(),
             origin = origin_for_log(req.headers()),
             mode = labels.mode,
-            rejected = prepared.respond.is_some(),
-            reason = %reason,
-            "CORS request denied"
+            reason = %denied.reason,
+            enforced = denied.enforced,
+            "{message}"
         );
     } else {
         tracing::debug!(
@@ -61,6 +73,7 @@ pub async fn handle(
             path = req.uri().path(),
             kind = labels.kind,
             decision = labels.decision,
+            mode = labels.mode,
             "request"
         );
     }
@@ -97,7 +110,7 @@ pub async fn handle(
 /// Builds the engine's view of the request and turns its decision into owned headers.
 /// Returns the deny reason when the request is logged at info level: denied in Enforce mode
 /// (rejected, or forwarded without CORS headers), or would-be-denied in DryRun.
-fn decide(state: &State, req: &Request<Incoming>) -> (Prepared, Option<String>) {
+fn decide(state: &State, req: &Request<Incoming>) -> (Prepared, Option<Denied>) {
     let policy = state.store.current();
     let request_headers: Vec<&str> = req
         .headers()
@@ -120,7 +133,13 @@ fn decide(state: &State, req: &Request<Incoming>) -> (Prepared, Option<String>) 
     };
     let decision = policy.engine.decide(&info);
     let deny_reason = match decision.verdict {
-        Verdict::Denied(reason) if decision.mode != Mode::Off => Some(describe(reason)),
+        Verdict::Denied(reason) if decision.mode != Mode::Off => Some(Denied {
+            reason: describe(reason),
+            enforced: match decision.enforced {
+                Action::Respond { .. } => "rejected",
+                Action::Forward { .. } => "forwarded",
+            },
+        }),
         _ => None,
     };
     (prepare(&decision), deny_reason)
