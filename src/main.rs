@@ -22,6 +22,8 @@ enum Command {
     Check(cmd::check::Args),
     /// Show what the proxy would answer for a request, and why.
     Explain(cmd::explain::Args),
+    /// Run the operator in a cluster: reconcilers (leader-elected), admission webhooks, metrics.
+    Controller(cmd::controller::Args),
     /// Print the CorsPolicy CustomResourceDefinition generated from the Rust types.
     Crd(cmd::crd::Args),
     /// Run an upstream, the proxy and a page on a second origin that shows allowed and blocked calls.
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(args) => cmd::check::run(args),
         Command::Explain(args) => cmd::explain::run(args),
+        Command::Controller(args) => cmd::controller::run(args),
         Command::Crd(args) => cmd::crd::run(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::Proxy(args) => cmd::proxy::run(args),

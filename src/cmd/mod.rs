@@ -1,6 +1,7 @@
 //! One module per subcommand: each has `Args` (clap) and `run`.
 
 pub mod check;
+pub mod controller;
 pub mod crd;
 pub mod demo;
 pub mod explain;

@@ -1,0 +1,64 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease, with kube-lease-manager.
+//!
+//! Every replica serves the webhooks; only the holder of the Lease runs the reconcilers and
+//! maintains the webhook certificate. The holder renews the Lease before it expires; when it
+//! stops renewing (crash, partition) another replica takes over after `duration` seconds.
+
+use kube::Client;
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::{Error, Result};
+
+/// Parameters of the election.
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    /// Name of the Lease object.
+    pub name: String,
+    /// Namespace of the Lease (the controller's).
+    pub namespace: String,
+    /// This replica's identity, usually the pod name.
+    pub identity: String,
+    /// Seconds the Lease is valid without renewal.
+    pub duration_seconds: u64,
+    /// Seconds before expiry at which the holder renews.
+    pub grace_seconds: u64,
+}
+
+/// A running election: `is_leader` follows this replica's state.
+pub struct Leadership {
+    pub is_leader: watch::Receiver<bool>,
+    task: JoinHandle<kube_lease_manager::Result<LeaseManager>>,
+}
+
+impl Leadership {
+    /// Joins the election; creates the Lease if it does not exist.
+    pub async fn start(client: Client, config: &LeaseConfig) -> Result<Leadership> {
+        let manager = LeaseManagerBuilder::new(client, &config.name)
+            .with_namespace(&config.namespace)
+            .with_identity(&config.identity)
+            .with_duration(config.duration_seconds)
+            .with_grace(config.grace_seconds)
+            .with_field_manager("corsair-leader-election")
+            .build()
+            .await
+            .map_err(Error::Lease)?;
+        let (is_leader, task) = manager.watch().await;
+        Ok(Leadership { is_leader, task })
+    }
+
+    /// Leaves the election, releasing the Lease if held so that another replica takes over at
+    /// once instead of after `duration` seconds.
+    pub async fn release(self) -> Result<()> {
+        drop(self.is_leader);
+        match self.task.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(Error::Lease(err)),
+            Err(join) => {
+                tracing::warn!(%join, "the leader election task ended abnormally");
+                Ok(())
+            }
+        }
+    }
+}
