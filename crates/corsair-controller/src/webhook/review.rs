@@ -207,3 +207,156 @@ fn encode(mut response: AdmissionResponse) -> Result<Vec<u8>, ReviewError> {
     }
     Ok(serde_json::to_vec(&value)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::webhook::{InjectConfig, Metrics};
+
+    fn state() -> WebhookState {
+        WebhookState::new(InjectConfig::default(), Metrics::unregistered())
+    }
+
+    fn pod_review(operation: &str) -> Value {
+        json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u-1",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": "shop",
+                "operation": operation,
+                "userInfo": {"username": "admin"},
+                "object": {
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": "web", "annotations": {"corsair.dev/policy": "api"}},
+                    "spec": {"containers": [{"name": "app", "image": "nginx",
+                        "ports": [{"name": "http", "containerPort": 8080}]}]}
+                }
+            }
+        })
+    }
+
+    fn policy_review(operation: &str, object: Value) -> Value {
+        json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u-2",
+                "kind": {"group": "corsair.dev", "version": "v1alpha1", "kind": "CorsPolicy"},
+                "resource": {"group": "corsair.dev", "version": "v1alpha1", "resource": "corspolicies"},
+                "namespace": "shop",
+                "operation": operation,
+                "userInfo": {"username": "admin"},
+                "object": object
+            }
+        })
+    }
+
+    fn answer(state: &WebhookState, webhook: Webhook, review: &Value) -> Value {
+        let body = serde_json::to_vec(review).expect("json");
+        let out = super::review(state, webhook, &body).expect("answered");
+        serde_json::from_slice::<Value>(&out).expect("json")["response"].clone()
+    }
+
+    #[test]
+    fn patch_is_base64_json_patch() {
+        let state = state();
+        let response = answer(&state, Webhook::Inject, &pod_review("CREATE"));
+        assert_eq!(response["allowed"], json!(true));
+        assert_eq!(response["uid"], json!("u-1"));
+        assert_eq!(response["patchType"], json!("JSONPatch"));
+        let bytes = STANDARD
+            .decode(response["patch"].as_str().expect("base64 string"))
+            .expect("base64");
+        let patch: json_patch::Patch = serde_json::from_slice(&bytes).expect("JSON patch");
+        assert!(!patch.0.is_empty());
+        assert_eq!(state.metrics().injections("injected"), 1);
+    }
+
+    #[test]
+    fn only_pod_creation_is_mutated() {
+        let state = state();
+        let response = answer(&state, Webhook::Inject, &pod_review("UPDATE"));
+        assert_eq!(response["allowed"], json!(true));
+        assert!(response.get("patch").is_none(), "{response}");
+    }
+
+    #[test]
+    fn unparseable_reviews_name_the_problem() {
+        let state = state();
+        let err = super::review(&state, Webhook::Inject, b"[1, 2").expect_err("garbage");
+        assert!(
+            matches!(err, ReviewError::Parse(ref m) if m.contains("line 1")),
+            "{err}"
+        );
+        let err = super::review(&state, Webhook::Inject, b"{} {}").expect_err("trailing");
+        assert!(matches!(err, ReviewError::Parse(_)), "{err}");
+        let mut review = pod_review("CREATE");
+        review["request"]["operation"] = json!("EXPLODE");
+        let err = super::review(&state, Webhook::Inject, review.to_string().as_bytes())
+            .expect_err("bad operation");
+        assert!(err.to_string().contains("request.operation"), "{err}");
+        assert_eq!(state.metrics().injections("error"), 3);
+    }
+
+    #[test]
+    fn policy_without_spec_is_denied_and_deletion_is_allowed() {
+        let state = state();
+        let object = json!({"apiVersion": "corsair.dev/v1alpha1", "kind": "CorsPolicy", "metadata": {"name": "p"}});
+        let response = answer(&state, Webhook::Validate, &policy_review("CREATE", object));
+        assert_eq!(response["allowed"], json!(false));
+        assert_eq!(
+            response["status"]["message"],
+            json!("spec: required field is missing")
+        );
+
+        let deleted = answer(
+            &state,
+            Webhook::Validate,
+            &policy_review("DELETE", Value::Null),
+        );
+        assert_eq!(deleted["allowed"], json!(true));
+        assert_eq!(state.metrics().validations("denied"), 1);
+    }
+
+    #[test]
+    fn policy_type_errors_name_the_field() {
+        let object = json!({
+            "apiVersion": "corsair.dev/v1alpha1", "kind": "CorsPolicy", "metadata": {"name": "p"},
+            "spec": {"allowOrigins": ["https://a.example"], "maxAge": "forever"}
+        });
+        let response = answer(
+            &state(),
+            Webhook::Validate,
+            &policy_review("UPDATE", object),
+        );
+        assert_eq!(response["allowed"], json!(false));
+        let message = response["status"]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with("spec.maxAge: "), "{message}");
+    }
+
+    #[test]
+    fn long_policy_names_are_refused() {
+        let object = json!({
+            "apiVersion": "corsair.dev/v1alpha1", "kind": "CorsPolicy",
+            "metadata": {"name": "a".repeat(240)},
+            "spec": {"allowOrigins": ["https://a.example"]}
+        });
+        let response = answer(
+            &state(),
+            Webhook::Validate,
+            &policy_review("CREATE", object),
+        );
+        assert_eq!(response["allowed"], json!(false));
+        assert!(
+            response["status"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("metadata.name")
+        );
+    }
+}

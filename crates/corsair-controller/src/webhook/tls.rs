@@ -77,13 +77,12 @@ impl CertStore {
     /// Secret. A pair that does not load is logged and skipped; the old certificate stays.
     /// Runs until dropped.
     pub async fn watch_files(self: Arc<Self>, cert: PathBuf, key: PathBuf, interval: Duration) {
-        let mut seen = (
-            tokio::fs::read(&cert).await.ok(),
-            tokio::fs::read(&key).await.ok(),
-        );
+        // Nothing seen yet: the first tick loads the files again, so a change between the
+        // store's creation and this watcher's start is not missed.
+        let mut seen: (Option<Vec<u8>>, Option<Vec<u8>>) = (None, None);
+        let mut first = true;
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await;
         loop {
             ticker.tick().await;
             let now = (
@@ -95,6 +94,7 @@ impl CertStore {
             }
             if let (Some(c), Some(k)) = &now {
                 match self.set_pem(c, k) {
+                    Ok(()) if first => {}
                     Ok(()) => {
                         tracing::info!(cert = %cert.display(), "webhook certificate reloaded")
                     }
@@ -105,6 +105,7 @@ impl CertStore {
                     ),
                 }
             }
+            first = false;
             seen = now;
         }
     }
@@ -156,4 +157,86 @@ fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, CertEr
     let certified = CertifiedKey::new(chain, signer);
     certified.keys_match().map_err(CertError::Mismatch)?;
     Ok(certified)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate and its key, in PEM.
+    fn self_signed(name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn set_pem_swaps_the_served_certificate_and_keeps_it_on_error() {
+        let (cert_a, key_a) = self_signed("a.example");
+        let (cert_b, key_b) = self_signed("b.example");
+        let store = CertStore::from_pem(cert_a.as_bytes(), key_a.as_bytes()).expect("loads");
+        let first = store.current_leaf();
+        store
+            .set_pem(cert_b.as_bytes(), key_b.as_bytes())
+            .expect("swaps");
+        let second = store.current_leaf();
+        assert_ne!(first, second);
+
+        // A key that does not belong to the certificate is refused; B stays.
+        let err = store
+            .set_pem(cert_a.as_bytes(), key_b.as_bytes())
+            .expect_err("mismatch");
+        assert!(matches!(err, CertError::Mismatch(_)), "{err}");
+        assert_eq!(store.current_leaf(), second);
+    }
+
+    #[test]
+    fn malformed_pem_is_named() {
+        let (cert, key) = self_signed("a.example");
+        let no_cert = CertStore::from_pem(b"", key.as_bytes()).expect_err("no cert");
+        assert!(matches!(no_cert, CertError::NoCertificate), "{no_cert}");
+        let no_key = CertStore::from_pem(cert.as_bytes(), b"garbage").expect_err("no key");
+        assert!(matches!(no_key, CertError::KeyPem(_)), "{no_key}");
+        let missing = CertStore::from_pem_files("/nonexistent/tls.crt", "/nonexistent/tls.key")
+            .expect_err("missing file");
+        assert!(
+            missing.to_string().contains("/nonexistent/tls.crt"),
+            "{missing}"
+        );
+    }
+
+    #[tokio::test]
+    async fn watch_files_reloads_changed_files() {
+        let dir = std::env::temp_dir().join(format!("corsair-certstore-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (cert_a, key_a) = self_signed("a.example");
+        let (cert_b, key_b) = self_signed("b.example");
+        let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+        std::fs::write(&cert_path, &cert_a).expect("write");
+        std::fs::write(&key_path, &key_a).expect("write");
+        let store = Arc::new(CertStore::from_pem_files(&cert_path, &key_path).expect("loads"));
+        let before = store.current_leaf();
+        let watcher = tokio::spawn(store.clone().watch_files(
+            cert_path.clone(),
+            key_path.clone(),
+            Duration::from_millis(20),
+        ));
+        std::fs::write(&cert_path, &cert_b).expect("write");
+        std::fs::write(&key_path, &key_b).expect("write");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while store.current_leaf() == before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not reloaded within 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let expected = CertStore::from_pem(cert_b.as_bytes(), key_b.as_bytes()).expect("loads");
+        assert_eq!(store.current_leaf(), expected.current_leaf());
+        watcher.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
