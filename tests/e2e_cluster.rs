@@ -1,0 +1,244 @@
+//! End-to-end tests against a real cluster (kind or k3d) running Corsair.
+//!
+//! Setup: build and load the image, then
+//! `kubectl apply -f deploy/crd.yaml -f deploy/corsair.yaml` and wait for the controller.
+//! Run: `KUBECONFIG=... cargo test --test e2e_cluster -- --ignored --test-threads=1`.
+//! Each test works in its own namespace and deletes it at the end.
+
+use std::future::Future;
+use std::time::Duration;
+
+use corsair_controller::crd::CorsPolicy;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+async fn client() -> Client {
+    Client::try_default()
+        .await
+        .expect("a kubeconfig (KUBECONFIG) for the test cluster")
+}
+
+/// A fresh namespace, deleted when the test ends (even on failure, best effort).
+struct TestNamespace {
+    client: Client,
+    name: String,
+}
+
+impl TestNamespace {
+    async fn new(client: &Client, test: &str) -> Self {
+        let name = format!("corsair-e2e-{test}-{}", std::process::id());
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let ns: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": name}})).expect("namespace object");
+        namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("creating the test namespace");
+        TestNamespace {
+            client: client.clone(),
+            name,
+        }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let client = self.client.clone();
+        let name = self.name.clone();
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(runtime) = runtime {
+                runtime.block_on(async move {
+                    let namespaces: Api<Namespace> = Api::all(client);
+                    let _ = namespaces.delete(&name, &DeleteParams::default()).await;
+                });
+            }
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing after [`TIMEOUT`] with `what`.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {TIMEOUT:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn policy(name: &str, spec: serde_json::Value) -> CorsPolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "corsair.dev/v1alpha1", "kind": "CorsPolicy",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .expect("policy object")
+}
+
+fn ready_status(policy: &CorsPolicy) -> Option<String> {
+    policy
+        .status
+        .as_ref()
+        .and_then(|s| s.ready())
+        .map(|c| c.status.clone())
+}
+
+#[tokio::test]
+#[ignore = "needs cluster: set KUBECONFIG and run with --ignored"]
+async fn valid_policy_is_rendered_and_ready() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "valid").await;
+    let policies: Api<CorsPolicy> = Api::namespaced(client.clone(), &ns.name);
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    policies
+        .create(
+            &PostParams::default(),
+            &policy("api", json!({"allowOrigins": ["https://app.example.com"]})),
+        )
+        .await
+        .expect("creating the policy");
+    eventually("Ready=True", || async {
+        let p = policies.get("api").await.ok()?;
+        (ready_status(&p).as_deref() == Some("True")).then_some(())
+    })
+    .await;
+    let cm = eventually("the rendered ConfigMap", || async {
+        configmaps
+            .get_opt("corsair-policy-api")
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    let rendered = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get("policy.json"))
+        .expect("policy.json key");
+    let document = corsair_policy::load_document(rendered).expect("the proxy can load it");
+    assert_eq!(
+        document.spec.allow_origins,
+        Some(vec!["https://app.example.com".to_owned()])
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs cluster: set KUBECONFIG and run with --ignored"]
+async fn api_server_refuses_wildcard_with_credentials() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "cel").await;
+    let policies: Api<CorsPolicy> = Api::namespaced(client.clone(), &ns.name);
+    let err = policies
+        .create(
+            &PostParams::default(),
+            &policy(
+                "bad",
+                json!({"allowOrigins": ["*"], "allowCredentials": true}),
+            ),
+        )
+        .await
+        .expect_err("the CEL rule refuses * with credentials");
+    assert!(err.to_string().contains("allowCredentials"), "{err}");
+}
+
+#[tokio::test]
+#[ignore = "needs cluster: set KUBECONFIG and run with --ignored"]
+async fn annotated_deployment_gets_the_sidecar_and_loses_it() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "inject").await;
+    let policies: Api<CorsPolicy> = Api::namespaced(client.clone(), &ns.name);
+    policies
+        .create(
+            &PostParams::default(),
+            &policy("api", json!({"allowOrigins": ["https://app.example.com"]})),
+        )
+        .await
+        .expect("creating the policy");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web", "annotations": {"corsair.dev/policy": "api"}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{
+                    "name": "app", "image": "nginxinc/nginx-unprivileged:1.27-alpine",
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                }]},
+            },
+        },
+    }))
+    .expect("deployment object");
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("creating the deployment");
+
+    let label = |d: &Deployment| -> Option<String> {
+        d.spec
+            .as_ref()?
+            .template
+            .metadata
+            .as_ref()?
+            .labels
+            .as_ref()?
+            .get("corsair.dev/inject")
+            .cloned()
+    };
+    eventually("the inject label on the pod template", || async {
+        let d = deployments.get("web").await.ok()?;
+        (label(&d).as_deref() == Some("enabled")).then_some(())
+    })
+    .await;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    eventually("a pod with the corsair-proxy sidecar", || async {
+        let list = pods
+            .list(&ListParams::default().labels("app=web,corsair.dev/inject=enabled"))
+            .await
+            .ok()?;
+        list.items
+            .iter()
+            .any(|p| {
+                let spec = p.spec.as_ref();
+                let in_init = spec
+                    .and_then(|s| s.init_containers.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.name == "corsair-proxy"));
+                let in_main =
+                    spec.is_some_and(|s| s.containers.iter().any(|c| c.name == "corsair-proxy"));
+                in_init || in_main
+            })
+            .then_some(())
+    })
+    .await;
+
+    // Removing the annotation releases the label (the next rollout drops the sidecar).
+    let patch = json!({"metadata": {"annotations": {"corsair.dev/policy": null}}});
+    deployments
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("removing the annotation");
+    eventually("the inject label gone", || async {
+        let d = deployments.get("web").await.ok()?;
+        label(&d).is_none().then_some(())
+    })
+    .await;
+}
