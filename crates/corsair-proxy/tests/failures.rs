@@ -296,6 +296,63 @@ async fn garbage_on_the_wire_gets_a_400_or_a_close_and_the_proxy_keeps_serving()
     h.proxy.shutdown().await.expect("clean shutdown");
 }
 
+/// xorshift64*: a fixed seed gives the same payloads on every run.
+fn pseudo_random(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+#[tokio::test]
+async fn random_bytes_never_crash_or_stall_the_proxy() {
+    let h = harness_with(POLICY, |c| {
+        c.header_read_timeout = Duration::from_millis(500)
+    })
+    .await;
+    let addr = h.proxy.listen_addr();
+    let mut seed = 0x5eed_c0de_u64;
+    let prefixes: [&[u8]; 5] = [
+        b"",
+        b"GET / HTTP/1.1\r\n",
+        b"OPTIONS / HTTP/1.1\r\nHost: api.test\r\nOrigin: ",
+        b"POST /upload HTTP/1.1\r\nHost: api.test\r\nContent-Length: 10\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    ];
+    let mut clients = Vec::new();
+    for i in 0..200usize {
+        let mut payload = prefixes[i % prefixes.len()].to_vec();
+        let len = usize::try_from(pseudo_random(&mut seed) % 512).unwrap_or(0);
+        for _ in 0..len {
+            // Bias towards bytes that matter to HTTP parsers.
+            let byte = match pseudo_random(&mut seed) % 8 {
+                0 => b'\r',
+                1 => b'\n',
+                2 => b':',
+                3 => b' ',
+                _ => pseudo_random(&mut seed).to_le_bytes()[0],
+            };
+            payload.push(byte);
+        }
+        clients.push(tokio::spawn(async move {
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            let _ = stream.write_all(&payload).await;
+            // Half-close: the proxy must answer or close, not wait forever.
+            let _ = stream.shutdown().await;
+            let mut out = Vec::new();
+            let read = timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+            (read.is_ok(), payload)
+        }));
+    }
+    for client in clients {
+        let (closed, payload) = client.await.expect("client task");
+        assert!(closed, "the proxy stalled on {payload:?}");
+    }
+    let response = send(addr, request("GET", "/")).await;
+    assert_eq!(response.status(), 200, "the proxy still serves");
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
+
 #[tokio::test]
 async fn a_client_that_stalls_in_its_headers_is_cut_off() {
     let h = harness_with(POLICY, |c| {
