@@ -1,6 +1,8 @@
 //! Logging for every long-running subcommand: `tracing` to stderr, text or JSON, with a
 //! `RUST_LOG`-style filter.
 
+use std::io::IsTerminal as _;
+
 use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;
 
@@ -32,7 +34,9 @@ pub fn init(args: &LogArgs) -> anyhow::Result<()> {
         .map_err(|err| anyhow::anyhow!("--log-level {:?}: {err}", args.log_level))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, never into a log collector's file.
+        .with_ansi(std::io::stderr().is_terminal());
     let installed = match args.log_format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

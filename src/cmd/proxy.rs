@@ -64,11 +64,11 @@ pub struct Args {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "CORSAIR_DRAIN_TIMEOUT", value_name = "SECONDS", default_value_t = 25.0, value_parser = seconds)]
     drain_timeout: f64,
-    /// Threads serving requests. Two, like other sidecars, keep the footprint small next to
-    /// the application; raise it for a busy pod with CPU to spare.
-    #[arg(long, env = "CORSAIR_WORKER_THREADS", value_name = "N", default_value_t = 2,
+    /// Threads serving requests. Default: 2, like other sidecars, to keep the footprint small
+    /// next to the application, or fewer when the CPU affinity or quota allows fewer.
+    #[arg(long, env = "CORSAIR_WORKER_THREADS", value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
-    worker_threads: u16,
+    worker_threads: Option<u16>,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -96,8 +96,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.max_header_bytes = args.max_header_bytes;
     config.drain_timeout = Duration::from_secs_f64(args.drain_timeout);
 
+    let worker_threads = match args.worker_threads {
+        Some(n) => usize::from(n),
+        // Respects the CPU affinity and the cgroup CPU quota.
+        None => std::thread::available_parallelism().map_or(1, |n| n.get().min(2)),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(usize::from(args.worker_threads))
+        .worker_threads(worker_threads)
         .thread_name("corsair-proxy")
         .enable_all()
         .build()
