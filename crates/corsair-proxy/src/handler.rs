@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::headers;
 use crate::metrics::{RequestLabels, status_class};
-use crate::server::State;
+use crate::server::{Activity, State};
 use crate::upstream::Failure;
 
 /// The response body: the upstream's, streamed, or a small one made here.
@@ -47,6 +47,7 @@ struct Prepared {
 pub async fn handle(
     state: Arc<State>,
     peer: SocketAddr,
+    activity: Activity,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
@@ -91,7 +92,7 @@ pub async fn handle(
         headers::merge_vary(headers, prepared.vary);
         response
     } else {
-        let mut response = forward(&state, peer, req).await;
+        let mut response = forward(&state, peer, activity, req).await;
         let headers = response.headers_mut();
         if prepared.strip_upstream_cors {
             headers::strip_access_control(headers);
@@ -242,6 +243,7 @@ fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
 async fn forward(
     state: &State,
     peer: SocketAddr,
+    activity: Activity,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let upgrade = if req.version() <= Version::HTTP_11 {
@@ -289,7 +291,7 @@ async fn forward(
         };
         let protocol = response.headers().get(header::UPGRADE).cloned();
         let upstream_upgrade = hyper::upgrade::on(&mut response);
-        spawn_tunnel(state, client_upgrade, upstream_upgrade);
+        spawn_tunnel(state, activity, client_upgrade, upstream_upgrade);
         protocol
     } else {
         None
@@ -314,30 +316,38 @@ fn failure(
 }
 
 /// Copies bytes both ways between the client and the upstream once both sides switched
-/// protocols; stops when either side closes or the drain deadline passes.
+/// protocols; stops when either side closes, nothing moved for the idle timeout (the client's
+/// connection still records its bytes), or the drain deadline passes.
 fn spawn_tunnel(
     state: &State,
+    activity: Activity,
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
 ) {
     let abort = state.abort.clone();
+    let idle_timeout = state.config.idle_timeout;
     state.tasks.spawn(async move {
         let tunnel = async {
-            let (client, upstream) = tokio::try_join!(client, upstream)?;
+            let (client, upstream) = match tokio::try_join!(client, upstream) {
+                Ok(pair) => pair,
+                Err(err) => {
+                    tracing::debug!(error = %err, "upgrade failed");
+                    return;
+                }
+            };
             let mut client = TokioIo::new(client);
             let mut upstream = TokioIo::new(upstream);
-            tokio::io::copy_bidirectional(&mut client, &mut upstream)
-                .await
-                .map_err(|_| ())
-                .ok();
-            Ok::<(), hyper::Error>(())
+            tokio::select! {
+                result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                    if let Err(err) = result {
+                        tracing::debug!(error = %err, "tunnel closed with an error");
+                    }
+                }
+                () = activity.idle_for(idle_timeout) => tracing::debug!("closing idle tunnel"),
+            }
         };
         tokio::select! {
-            result = tunnel => {
-                if let Err(err) = result {
-                    tracing::debug!(error = %err, "upgrade failed");
-                }
-            }
+            () = tunnel => {}
             () = abort.cancelled() => {}
         }
     });

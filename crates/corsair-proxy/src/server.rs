@@ -125,7 +125,10 @@ async fn serve_connection(
         activity: activity.clone(),
     });
     let service_state = state.clone();
-    let service = service_fn(move |req| crate::handler::handle(service_state.clone(), peer, req));
+    let service_activity = activity.clone();
+    let service = service_fn(move |req| {
+        crate::handler::handle(service_state.clone(), peer, service_activity.clone(), req)
+    });
     let conn = state.builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let idle_timeout = state.config.idle_timeout;
@@ -154,7 +157,7 @@ async fn serve_connection(
 
 /// When a connection last moved a byte, in milliseconds since it was opened.
 #[derive(Clone)]
-struct Activity {
+pub struct Activity {
     opened: Instant,
     last_ms: Arc<AtomicU64>,
 }
@@ -173,7 +176,7 @@ impl Activity {
     }
 
     /// Completes once no byte has moved for `timeout`.
-    async fn idle_for(&self, timeout: Duration) {
+    pub async fn idle_for(&self, timeout: Duration) {
         loop {
             let last = self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
             let deadline = last + timeout;

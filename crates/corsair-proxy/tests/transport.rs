@@ -10,7 +10,7 @@ use http::{Request, Version};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{CHUNK, Conn, empty, harness, request, send, values};
+use support::{CHUNK, Conn, empty, harness, harness_with, request, send, values};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -185,6 +185,36 @@ async fn a_websocket_upgrade_is_tunnelled_both_ways() {
         ["dGhlIHNhbXBsZSBub25jZQ=="]
     );
     drop(stream);
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn an_idle_tunnel_is_closed() {
+    let h = harness_with(POLICY, |c| c.idle_timeout = Duration::from_millis(300)).await;
+    let mut stream = TcpStream::connect(h.proxy.listen_addr())
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: api.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .await
+        .expect("write upgrade request");
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream.write_all(b"x").await.expect("write");
+    let mut echoed = [0u8; 1];
+    stream.read_exact(&mut echoed).await.expect("echo");
+    let start = std::time::Instant::now();
+    let mut rest = Vec::new();
+    timeout(Duration::from_secs(3), stream.read_to_end(&mut rest))
+        .await
+        .expect("the idle tunnel was closed")
+        .expect("clean close");
+    assert!(
+        start.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(rest.is_empty());
     h.proxy.shutdown().await.expect("clean shutdown");
 }
 
