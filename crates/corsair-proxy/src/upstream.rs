@@ -139,3 +139,6 @@ impl Failure {
         Failure::Other
     }
 }
+
+#[cfg(test)]
+mod tests;
