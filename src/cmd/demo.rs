@@ -414,3 +414,53 @@ async fn page_server(req: Request<Incoming>, state: Arc<PageState>) -> Reply {
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_busy_port_falls_back_to_a_free_one() {
+        let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind");
+        let busy = taken.local_addr().expect("address").port();
+        let listener = bind(busy, "test").await.expect("fallback to a free port");
+        let port = listener.local_addr().expect("address").port();
+        assert_ne!(port, busy);
+        assert_ne!(port, 0);
+    }
+
+    #[test]
+    fn the_page_gets_the_urls_and_no_value_can_close_its_script() {
+        let html = render_page(
+            "http://127.0.0.1:1",
+            "http://127.0.0.1:2",
+            "http://127.0.0.1:3",
+            Path::new("/tmp/</script><b>.yaml"),
+        )
+        .expect("render");
+        assert!(!html.contains(PAGE_CONFIG_MARKER));
+        assert!(html.contains(r#""api":"http://127.0.0.1:1""#));
+        assert!(html.contains(r#""pageOrigin":"http://127.0.0.1:2""#));
+        assert!(html.contains(r#""otherOrigin":"http://127.0.0.1:3""#));
+        assert!(html.contains(r#""policyPath":"/tmp/\u003c/script>\u003cb>.yaml""#));
+        assert_eq!(
+            html.matches("</script>").count(),
+            PAGE.matches("</script>").count()
+        );
+    }
+
+    #[test]
+    fn the_embedded_policy_is_valid_and_follows_the_page_port() {
+        assert!(POLICY.contains(POLICY_PAGE_ORIGIN));
+        let policy = POLICY.replace(POLICY_PAGE_ORIGIN, "http://127.0.0.1:9999");
+        let document = corsair_policy::load_document(&policy).expect("the demo policy loads");
+        assert_eq!(
+            document.spec.allow_origins,
+            Some(vec!["http://127.0.0.1:9999".to_owned()])
+        );
+        let report = corsair_policy::validate(&document.spec);
+        assert!(report.findings.is_empty(), "{:?}", report.findings);
+    }
+}
