@@ -149,3 +149,28 @@ def test_chart_crd_is_the_generated_one(corsair_bin):
     chart_crd = (CHART / "crds" / "corspolicies.corsair.dev.yaml").read_text()
     assert yaml.safe_load(chart_crd) == yaml.safe_load(generated)
     assert yaml.safe_load((ROOT / "deploy" / "crd.yaml").read_text()) == yaml.safe_load(generated)
+
+
+def test_plain_manifests_match_the_chart():
+    """deploy/corsair.yaml and the chart's default render install the same operator."""
+    plain = [d for d in yaml.safe_load_all((ROOT / "deploy" / "corsair.yaml").read_text()) if d]
+    rendered = {(d["kind"], d["metadata"]["name"]): d for d in render()}
+    for doc in plain:
+        if doc["kind"] == "Namespace":
+            continue
+        key = (doc["kind"], doc["metadata"]["name"])
+        assert key in rendered, f"{key} is in deploy/corsair.yaml but not rendered by the chart"
+        chart_doc = rendered[key]
+        if doc["kind"] in ("ClusterRole", "Role"):
+            assert chart_doc["rules"] == doc["rules"], key
+        if doc["kind"] == "Deployment":
+            plain_c = doc["spec"]["template"]["spec"]["containers"][0]
+            chart_c = chart_doc["spec"]["template"]["spec"]["containers"][0]
+            assert sorted(chart_c["args"]) == sorted(
+                plain_c["args"]
+                + [a for a in chart_c["args"] if a.startswith(("--lease-name", "--sidecar-proxy-port", "--sidecar-admin-port", "--sidecar-log-level", "--sidecar-cpu", "--sidecar-memory"))]
+            ), (chart_c["args"], plain_c["args"])
+            assert chart_c["ports"] == plain_c["ports"]
+            assert chart_c["securityContext"] == plain_c["securityContext"]
+        if doc["kind"] in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+            assert chart_doc["webhooks"] == doc["webhooks"], key

@@ -33,6 +33,22 @@ app.kubernetes.io/component: controller
 {{- printf "%s-webhook" (include "corsair.fullname" .) -}}
 {{- end -}}
 
+{{- define "corsair.serviceAccount" -}}
+{{- printf "%s-controller" (include "corsair.fullname" .) -}}
+{{- end -}}
+
+{{- define "corsair.mutatingWebhook" -}}
+{{- printf "%s-inject" (include "corsair.fullname" .) -}}
+{{- end -}}
+
+{{- define "corsair.validatingWebhook" -}}
+{{- printf "%s-validate" (include "corsair.fullname" .) -}}
+{{- end -}}
+
+{{- define "corsair.lease" -}}
+{{- printf "%s-controller" (include "corsair.fullname" .) -}}
+{{- end -}}
+
 {{- define "corsair.certSecret" -}}
 {{- printf "%s-webhook-tls" (include "corsair.fullname" .) -}}
 {{- end -}}
