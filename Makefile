@@ -8,18 +8,19 @@ PY_DEPS := kubernetes-validate==1.37.0 helm-python-sdk==0.2.2 pytest==8.3.4 PyYA
 export PATH := $(VENV)/bin:$(PATH)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: test deps deps-apt deps-python lint rust-test fuzz-check chart-test demo bench
+.PHONY: test deps deps-apt deps-python lint rust-test fuzz-check chart-test demo bench generate
 
 test: deps lint rust-test fuzz-check chart-test
 	@echo "make test: all suites passed"
 
 deps: deps-apt deps-python
 
-# Debian packages the tests use: Chromium for the browser test.
+# Debian packages the tests use: Chromium for the browser test, procps for `kill`.
+APT_NEEDS := $(if $(wildcard /usr/bin/chromium),,chromium) $(if $(wildcard /bin/kill /usr/bin/kill),,procps)
 deps-apt:
-	@if ! command -v chromium >/dev/null; then \
-		echo "installing chromium (browser test)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	@if [ -n "$(strip $(APT_NEEDS))" ]; then \
+		echo "installing Debian packages: $(strip $(APT_NEEDS))"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_NEEDS) >/dev/null; \
 	fi
 
 # PyPI packages: the Kubernetes schema validator and Helm (Go library, no binary) for the chart.
@@ -44,6 +45,11 @@ fuzz-check:
 chart-test: deps-python
 	cargo build --locked --bin corsair
 	CORSAIR_BIN=$(CURDIR)/target/debug/corsair $(VENV)/bin/pytest -q charts/tests
+
+# Regenerates the committed CRD (deploy/ and the chart's copy) from the Rust types.
+generate:
+	cargo run -q --bin corsair -- crd > deploy/crd.yaml
+	cp deploy/crd.yaml charts/corsair/crds/corspolicies.corsair.dev.yaml
 
 demo:
 	cargo run --release -- demo
