@@ -89,9 +89,9 @@ struct TokenList {
 struct OriginMatcher {
     any: bool,
     allow_null: bool,
-    exact: HashSet<Box<str>>,
+    exact: HashSet<Box<str>, FastHash>,
     /// Keyed by the host suffix after `*.`, so a lookup costs one probe per label of the host.
-    wildcards: HashMap<Box<str>, Vec<WildcardEntry>>,
+    wildcards: HashMap<Box<str>, Vec<WildcardEntry>, FastHash>,
     regexes: Option<RegexMatcher>,
 }
 
@@ -139,7 +139,7 @@ impl Engine {
                 }
             }
         }
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Ok((
             Engine {
                 spec: spec.clone(),
@@ -342,8 +342,8 @@ impl Rules {
                 self.plain_forward(),
             );
         };
-        if let (Some(parts), Some(host)) = (origin::parse_request_origin(origin), req.host)
-            && origin::is_same_origin(&parts, host)
+        if let Some(host) = req.host
+            && origin::is_same_origin(origin, host)
         {
             return (
                 RequestKind::SameOrigin,
@@ -351,11 +351,12 @@ impl Rules {
                 self.plain_forward(),
             );
         }
+        let checked = self.origins.matches(origin);
         if req.method == "OPTIONS" && req.request_method.is_some() {
-            let (verdict, action) = self.preflight(origin, req);
+            let (verdict, action) = self.preflight(origin, checked, req);
             (RequestKind::Preflight, verdict, action)
         } else {
-            let (verdict, action) = self.actual(origin);
+            let (verdict, action) = self.actual(origin, checked);
             (RequestKind::Actual, verdict, action)
         }
     }
@@ -374,8 +375,12 @@ impl Rules {
         if self.wildcard_answer { "*" } else { origin }
     }
 
-    fn actual<'a>(&'a self, origin: &'a str) -> (Verdict<'a>, Action<'a>) {
-        match self.origins.matches(origin) {
+    fn actual<'a>(
+        &'a self,
+        origin: &'a str,
+        checked: Result<AllowReason<'a>, DenyReason<'a>>,
+    ) -> (Verdict<'a>, Action<'a>) {
+        match checked {
             Ok(reason) => (
                 Verdict::Allowed(reason),
                 Action::Forward {
@@ -408,9 +413,10 @@ impl Rules {
     fn preflight<'a>(
         &'a self,
         origin: &'a str,
+        checked: Result<AllowReason<'a>, DenyReason<'a>>,
         req: &RequestInfo<'a>,
     ) -> (Verdict<'a>, Action<'a>) {
-        match self.check_preflight(origin, req) {
+        match checked.and_then(|reason| self.check_preflight(req).map(|()| reason)) {
             Ok(reason) => (
                 Verdict::Allowed(reason),
                 self.allowed_preflight(origin, req),
@@ -435,14 +441,11 @@ impl Rules {
         }
     }
 
-    fn check_preflight<'a>(
-        &'a self,
-        origin: &'a str,
-        req: &RequestInfo<'a>,
-    ) -> Result<AllowReason<'a>, DenyReason<'a>> {
-        let reason = self.origins.matches(origin)?;
+    /// Everything but the origin, which the caller checked.
+    fn check_preflight<'a>(&'a self, req: &RequestInfo<'a>) -> Result<(), DenyReason<'a>> {
         let method = req.request_method.unwrap_or_default();
-        if !is_token(method) || !self.methods.allows_method(method) {
+        // Listed methods are tokens; only `*` needs the request's checked.
+        if !self.methods.allows_method(method) || (self.methods.any && !is_token(method)) {
             return Err(DenyReason::MethodNotAllowed(method));
         }
         for name in request_header_names(req.request_headers) {
@@ -451,7 +454,7 @@ impl Rules {
         if req.request_private_network && !self.private_network {
             return Err(DenyReason::PrivateNetworkNotAllowed);
         }
-        Ok(reason)
+        Ok(())
     }
 
     fn allowed_preflight<'a>(&'a self, origin: &'a str, req: &RequestInfo<'a>) -> Action<'a> {
@@ -463,9 +466,9 @@ impl Rules {
         } else {
             self.methods.rendered.as_deref().map(ListValue::Text)
         };
-        let requested_any_header = request_header_names(req.request_headers).next().is_some();
         let allow_headers = if self.headers.any && echo {
-            requested_any_header.then_some(ListValue::Lines(req.request_headers))
+            let requested_any = request_header_names(req.request_headers).next().is_some();
+            requested_any.then_some(ListValue::Lines(req.request_headers))
         } else {
             // With `*` and no credentials this is `*` (plus any names listed beside it, which
             // matters for `Authorization`).
@@ -518,11 +521,12 @@ impl TokenList {
     }
 
     fn check_header<'a>(&self, name: &'a str) -> Result<(), DenyReason<'a>> {
+        // Items are lowercase tokens, so a match is a token too.
+        if self.items.iter().any(|h| eq_lowercase(h, name)) {
+            return Ok(());
+        }
         if !is_token(name) {
             return Err(DenyReason::HeaderNotAllowed(name));
-        }
-        if self.items.iter().any(|h| h.eq_ignore_ascii_case(name)) {
-            return Ok(());
         }
         if self.any {
             if name.eq_ignore_ascii_case("authorization") {
@@ -534,6 +538,15 @@ impl TokenList {
     }
 }
 
+/// `lower` (already lowercase) equals `name` ignoring ASCII case.
+fn eq_lowercase(lower: &str, name: &str) -> bool {
+    lower.len() == name.len()
+        && lower
+            .bytes()
+            .zip(name.bytes())
+            .all(|(l, n)| l == n.to_ascii_lowercase())
+}
+
 impl OriginMatcher {
     fn matches<'a>(&'a self, origin: &str) -> Result<AllowReason<'a>, DenyReason<'a>> {
         if origin == "null" {
@@ -543,14 +556,15 @@ impl OriginMatcher {
                 Err(DenyReason::OriginNotAllowed)
             };
         }
+        // Entries were validated as origins, so a hit needs no parsing of the request's.
+        if let Some(entry) = self.exact.get(origin) {
+            return Ok(AllowReason::Exact(entry));
+        }
         let Some(parts) = origin::parse_request_origin(origin) else {
             return Err(DenyReason::MalformedOrigin);
         };
         if self.any {
             return Ok(AllowReason::AnyOrigin);
-        }
-        if let Some(entry) = self.exact.get(origin) {
-            return Ok(AllowReason::Exact(entry));
         }
         if !self.wildcards.is_empty() {
             // Every suffix of the host that starts after a dot: `a.b.example.com` probes
@@ -581,37 +595,135 @@ impl OriginMatcher {
 
 /// The names in `Access-Control-Request-Headers` field lines: comma-separated, optional
 /// whitespace around each, empty elements ignored.
-pub(crate) fn request_header_names<'a>(lines: &'a [&'a str]) -> impl Iterator<Item = &'a str> {
-    lines
-        .iter()
-        .flat_map(|line| line.split(','))
-        .map(|name| name.trim_matches([' ', '\t']))
-        .filter(|name| !name.is_empty())
+pub(crate) fn request_header_names<'a>(lines: &'a [&'a str]) -> HeaderNames<'a> {
+    HeaderNames { lines, rest: "" }
 }
+
+/// Iterator behind [`request_header_names`]; a byte scanner, as this runs on every preflight.
+#[derive(Debug, Clone)]
+pub(crate) struct HeaderNames<'a> {
+    lines: &'a [&'a str],
+    /// What is left of the line being read.
+    rest: &'a str,
+}
+
+impl<'a> Iterator for HeaderNames<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        loop {
+            let bytes = self.rest.as_bytes();
+            let start = bytes
+                .iter()
+                .position(|&b| !matches!(b, b' ' | b'\t' | b','));
+            let Some(start) = start else {
+                let (first, others) = self.lines.split_first()?;
+                self.rest = first;
+                self.lines = others;
+                continue;
+            };
+            let mut end = start;
+            let mut name_end = start;
+            while let Some(&b) = bytes.get(end) {
+                if b == b',' {
+                    break;
+                }
+                end += 1;
+                if !matches!(b, b' ' | b'\t') {
+                    name_end = end;
+                }
+            }
+            // `start`, `name_end` and `end` sit next to ASCII bytes, so all are char boundaries.
+            let name = &self.rest[start..name_end];
+            self.rest = &self.rest[end..];
+            return Some(name);
+        }
+    }
+}
+
+/// RFC 9110 `tchar`, indexed by byte.
+const TCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        i += 1;
+    }
+    table
+};
 
 /// An RFC 9110 token: what a method or a header name must be.
 pub(crate) fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'!' | b'#'
-                        | b'$'
-                        | b'%'
-                        | b'&'
-                        | b'\''
-                        | b'*'
-                        | b'+'
-                        | b'-'
-                        | b'.'
-                        | b'^'
-                        | b'_'
-                        | b'`'
-                        | b'|'
-                        | b'~'
-                )
-        })
+    !s.is_empty() && s.bytes().all(|b| TCHAR[usize::from(b)])
+}
+
+/// A fast non-cryptographic hash (the rustc "Fx" multiply-rotate scheme) for the origin tables.
+///
+/// SipHash's flooding resistance protects tables that attackers can insert into; these tables
+/// are built once from the policy and only probed with request data, so a crafted origin can at
+/// worst collide with entries the policy itself wrote.
+#[derive(Debug, Clone, Copy, Default)]
+struct FastHash;
+
+impl std::hash::BuildHasher for FastHash {
+    type Hasher = FxHasher;
+    fn build_hasher(&self) -> FxHasher {
+        FxHasher(0)
+    }
+}
+
+#[derive(Debug)]
+struct FxHasher(u64);
+
+impl FxHasher {
+    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
+    }
+}
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ struct TypeMeta {
 }
 
 fn parse<T: DeserializeOwned>(text: &str, json: bool) -> Result<T, LoadError> {
-    let result = if json {
+    if json {
         let mut de = serde_json::Deserializer::from_str(text);
         serde_path_to_error::deserialize(&mut de)
             .map_err(|e| syntax(e.path(), e.inner().to_string()))
@@ -59,8 +59,7 @@ fn parse<T: DeserializeOwned>(text: &str, json: bool) -> Result<T, LoadError> {
     } else {
         let de = serde_yaml::Deserializer::from_str(text);
         serde_path_to_error::deserialize(de).map_err(|e| syntax(e.path(), e.inner().to_string()))
-    };
-    result
+    }
 }
 
 /// `spec.routes[0].allowOrigin: unknown field ...`; no path prefix for errors at the root.

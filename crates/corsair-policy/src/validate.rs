@@ -364,10 +364,8 @@ fn has_unescaped_host_dot(src: &str) -> bool {
             b'\\' => i += 1,
             b'[' => in_class = true,
             b']' => in_class = false,
-            b'.' if !in_class => {
-                if bytes.get(i + 1).is_some_and(|b| b.is_ascii_alphanumeric()) {
-                    return true;
-                }
+            b'.' if !in_class && bytes.get(i + 1).is_some_and(|b| b.is_ascii_alphanumeric()) => {
+                return true;
             }
             _ => {}
         }

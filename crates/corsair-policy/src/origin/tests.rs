@@ -47,11 +47,19 @@ fn same_origin_ignores_case_and_default_ports() {
         ("https://a.test:8443", "a.test:8443", true),
         ("https://[::1]:8443", "[::1]:8443", true),
         ("https://a.test", "b.test", false),
+        ("https://a.test", "a.test.evil", false),
+        ("https://a.test.evil", "a.test", false),
+        ("https://a.test:8443", "a.test:844", false),
     ];
     for (origin, host, same) in table {
         let parts = parse_request_origin(origin).expect("test origin is well-formed");
         assert_eq!(
-            is_same_origin(&parts, host),
+            same_host_and_port(&parts, host),
+            same,
+            "{origin} vs Host {host}"
+        );
+        assert_eq!(
+            is_same_origin(origin, host),
             same,
             "{origin} vs Host {host}"
         );
