@@ -189,3 +189,91 @@ async fn leader_creates_the_secret_and_publishes_the_ca() {
     );
     server.expect_no_more_calls().await;
 }
+
+/// Handshakes with a client that trusts only `ca_pem`, asking for `server_name`.
+async fn handshake(bundle: &Bundle, ca_pem: &str, server_name: &str) -> Result<(), String> {
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+
+    let store = Arc::new(
+        crate::webhook::CertStore::from_pem(bundle.cert_pem.as_bytes(), bundle.key_pem.as_bytes())
+            .map_err(|e| format!("the webhook does not load the certificate: {e}"))?,
+    );
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(
+        store.server_config().map_err(|e| e.to_string())?,
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let server = tokio::spawn(async move {
+        if let Ok((tcp, _)) = listener.accept().await {
+            let _ = acceptor.accept(tcp).await;
+        }
+    });
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots
+            .add(cert.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(server_name.to_owned()).map_err(|e| e.to_string())?;
+    let result = connector
+        .connect(name, tcp)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    server.abort();
+    result
+}
+
+#[tokio::test]
+async fn api_server_trusts_the_served_certificate_over_real_tls() {
+    let bundle = generate(dns(), Timestamp::now(), None).expect("generates");
+    for name in dns() {
+        handshake(&bundle, &bundle.ca_pem, &name)
+            .await
+            .unwrap_or_else(|e| panic!("handshake as {name}: {e}"));
+    }
+    let err = handshake(&bundle, &bundle.ca_pem, "other.corsair-system.svc")
+        .await
+        .expect_err("a name the certificate does not cover");
+    assert!(
+        err.contains("NotValidForName") || err.contains("name"),
+        "{err}"
+    );
+
+    // A reissued certificate is trusted through the same caBundle.
+    let reissued = bundle.reissue(dns(), Timestamp::now()).expect("reissues");
+    handshake(&reissued, &bundle.ca_pem, &dns()[0])
+        .await
+        .expect("reissued certificate verifies against the published CA");
+
+    // After a CA rotation the bundle trusts both the new and the old serving certificate.
+    let rotated = generate(dns(), Timestamp::now(), Some(&bundle.ca_pem)).expect("rotates");
+    handshake(&rotated, &rotated.ca_pem, &dns()[0])
+        .await
+        .expect("new certificate verifies against the rotated bundle");
+    handshake(&bundle, &rotated.ca_pem, &dns()[0])
+        .await
+        .expect("old certificate still verifies during the rotation");
+    let stranger = generate(dns(), Timestamp::now(), None).expect("generates");
+    assert!(
+        handshake(&stranger, &bundle.ca_pem, &dns()[0])
+            .await
+            .is_err()
+    );
+}
