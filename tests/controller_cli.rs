@@ -1,0 +1,89 @@
+//! `corsair controller` outside a cluster: bad flags and a missing API server end the process
+//! at once with an error that says what is wrong, never a panic or a hang.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+fn controller(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_corsair"));
+    command
+        .arg("controller")
+        .args(args)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .env("HOME", "/nonexistent");
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    let child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting corsair controller");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("corsair controller exits on its own")
+        .expect("collecting its output")
+}
+
+#[test]
+fn no_kubeconfig_is_a_clear_error() {
+    let out = controller(
+        &[
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--webhook-listen",
+            "127.0.0.1:0",
+        ],
+        &[("KUBECONFIG", "/nonexistent/kubeconfig")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot configure the Kubernetes client"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn clashing_sidecar_ports_are_refused_before_anything_starts() {
+    let out = controller(
+        &[
+            "--sidecar-proxy-port",
+            "9000",
+            "--sidecar-admin-port",
+            "9000",
+        ],
+        &[("KUBECONFIG", "/nonexistent/kubeconfig")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--sidecar-proxy-port and --sidecar-admin-port are both 9000"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unknown_sidecar_mode_names_the_choices() {
+    let out = controller(&["--sidecar-mode", "sometimes"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("sometimes") && stderr.contains("auto, native, container"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn tls_cert_needs_tls_key() {
+    let out = controller(&["--tls-cert", "/tmp/x.crt"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--tls-key"), "{stderr}");
+}
