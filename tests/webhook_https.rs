@@ -730,6 +730,22 @@ async fn garbage_gets_400_with_the_parse_error() {
 }
 
 #[tokio::test]
+async fn oversized_reviews_are_refused() {
+    let webhook = start(&[]);
+    let mut review = fixture("pod-named-port");
+    review["request"]["object"]["metadata"]["annotations"]["padding"] = json!("x".repeat(4 << 20));
+    let (status, body) = webhook
+        .request(Method::POST, "/inject", review.to_string().into_bytes())
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
+#[tokio::test]
 async fn only_post_to_a_webhook_path_is_served() {
     let webhook = start(&[]);
     let body = fixture("pod-named-port").to_string().into_bytes();

@@ -1,12 +1,17 @@
 //! AdmissionReview in, AdmissionReview out: the HTTP-free core of both webhooks.
+//!
+//! The wire types are the few fields the webhooks read and write (`admission.k8s.io/v1`, also
+//! `v1beta1`, whose shape is the same). The object stays a `serde_json::Value` until the webhook
+//! that needs it deserialises it in place, which keeps a review to one parse.
 
 use std::time::Instant;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use k8s_openapi::api::core::v1::Pod;
-use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::GroupVersionKind;
+use kube::core::admission::Operation;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::validate::{ValidationOutcome, validate_policy};
@@ -41,6 +46,88 @@ pub enum ReviewError {
     Encode(#[from] serde_json::Error),
 }
 
+/// The parts of an incoming AdmissionReview the webhooks use; other fields are ignored.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IncomingReview {
+    #[serde(default)]
+    api_version: Option<String>,
+    #[serde(default)]
+    request: Option<IncomingRequest>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IncomingRequest {
+    uid: String,
+    kind: GroupVersionKind,
+    #[serde(default)]
+    namespace: Option<String>,
+    operation: Operation,
+    #[serde(default)]
+    object: Option<Value>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OutgoingReview<'a> {
+    api_version: &'a str,
+    kind: &'static str,
+    response: Outgoing,
+}
+
+/// An AdmissionResponse.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Outgoing {
+    uid: String,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<Status>,
+    /// Base64 of the JSON patch, as the API server encodes `[]byte`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
+}
+
+/// The `metav1.Status` of a refusal; kubectl prints `message`.
+#[derive(Serialize)]
+struct Status {
+    status: &'static str,
+    code: u16,
+    reason: &'static str,
+    message: String,
+}
+
+impl Outgoing {
+    fn allow(uid: &str) -> Self {
+        Self {
+            uid: uid.to_owned(),
+            allowed: true,
+            status: None,
+            patch: None,
+            patch_type: None,
+            warnings: Vec::new(),
+        }
+    }
+
+    fn deny(mut self, message: impl ToString) -> Self {
+        self.allowed = false;
+        self.patch = None;
+        self.patch_type = None;
+        self.status = Some(Status {
+            status: "Failure",
+            code: 403,
+            reason: "Forbidden",
+            message: message.to_string(),
+        });
+        self
+    }
+}
+
 /// Answers one AdmissionReview (`body`) for `webhook` with the serialised response review.
 ///
 /// A review that parses always gets an answer (refusals are `allowed: false` with a message);
@@ -63,24 +150,30 @@ fn review_inner(
     body: &[u8],
 ) -> Result<Vec<u8>, ReviewError> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let review: AdmissionReview<DynamicObject> = serde_path_to_error::deserialize(&mut de)
-        .map_err(|err| {
-            let path = err.path().to_string();
-            if path == "." {
-                ReviewError::Parse(err.inner().to_string())
-            } else {
-                ReviewError::Parse(format!("{path}: {}", err.inner()))
-            }
-        })?;
+    let review: IncomingReview = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        if path == "." {
+            ReviewError::Parse(err.inner().to_string())
+        } else {
+            ReviewError::Parse(format!("{path}: {}", err.inner()))
+        }
+    })?;
     de.end()
         .map_err(|err| ReviewError::Parse(err.to_string()))?;
-    let request: AdmissionRequest<DynamicObject> =
-        review.try_into().map_err(|_| ReviewError::NoRequest)?;
+    let request = review.request.ok_or(ReviewError::NoRequest)?;
     let response = match webhook {
         Webhook::Inject => inject_response(state, &request),
         Webhook::Validate => validate_response(state, &request),
     };
-    encode(response)
+    let out = OutgoingReview {
+        api_version: review
+            .api_version
+            .as_deref()
+            .unwrap_or("admission.k8s.io/v1"),
+        kind: "AdmissionReview",
+        response,
+    };
+    Ok(serde_json::to_vec(&out)?)
 }
 
 fn count(state: &WebhookState, webhook: Webhook, result: &'static str) {
@@ -90,11 +183,8 @@ fn count(state: &WebhookState, webhook: Webhook, result: &'static str) {
     }
 }
 
-fn inject_response(
-    state: &WebhookState,
-    req: &AdmissionRequest<DynamicObject>,
-) -> AdmissionResponse {
-    let response = AdmissionResponse::from(req);
+fn inject_response(state: &WebhookState, req: &IncomingRequest) -> Outgoing {
+    let response = Outgoing::allow(&req.uid);
     if req.kind.kind != "Pod" || !req.kind.group.is_empty() {
         state.metrics.injection("error");
         return response.deny(format!(
@@ -105,11 +195,20 @@ fn inject_response(
     if !matches!(req.operation, Operation::Create) {
         return response;
     }
-    let pod = match object_as::<Pod>(req) {
+    let Some(object) = &req.object else {
+        state.metrics.injection("error");
+        return response.deny("request.object: required for CREATE");
+    };
+    let pod: Pod = match serde_path_to_error::deserialize(object) {
         Ok(pod) => pod,
-        Err(message) => {
+        Err(err) => {
             state.metrics.injection("error");
-            return response.deny(message);
+            let path = err.path().to_string();
+            return response.deny(if path == "." {
+                format!("request.object: {}", err.inner())
+            } else {
+                format!("request.object.{path}: {}", err.inner())
+            });
         }
     };
     let lookup = state.policies.as_deref();
@@ -117,20 +216,20 @@ fn inject_response(
         Ok(injection) => {
             state.metrics.injection(injection.outcome.metric_label());
             let mut response = response;
-            if !injection.warnings.is_empty() {
-                response.warnings = Some(injection.warnings);
-            }
+            response.warnings = injection.warnings;
             if injection.outcome == InjectOutcome::Injected {
-                match response.clone().with_patch(injection.patch) {
-                    Ok(patched) => patched,
+                match serde_json::to_vec(&injection.patch) {
+                    Ok(patch) => {
+                        response.patch = Some(STANDARD.encode(patch));
+                        response.patch_type = Some("JSONPatch");
+                    }
                     Err(err) => {
                         state.metrics.injection("error");
-                        response.deny(format!("cannot encode the patch: {err}"))
+                        return response.deny(format!("cannot encode the patch: {err}"));
                     }
                 }
-            } else {
-                response
             }
+            response
         }
         Err(err) => {
             state.metrics.injection("denied");
@@ -139,11 +238,8 @@ fn inject_response(
     }
 }
 
-fn validate_response(
-    state: &WebhookState,
-    req: &AdmissionRequest<DynamicObject>,
-) -> AdmissionResponse {
-    let response = AdmissionResponse::from(req);
+fn validate_response(state: &WebhookState, req: &IncomingRequest) -> Outgoing {
+    let response = Outgoing::allow(&req.uid);
     if req.kind.kind != "CorsPolicy" || req.kind.group != crate::names::GROUP {
         state.metrics.validation("error");
         return response.deny(format!(
@@ -158,54 +254,15 @@ fn validate_response(
         state.metrics.validation("error");
         return response.deny("request.object: required for CREATE and UPDATE");
     };
-    let object = match serde_json::to_value(object) {
-        Ok(v) => v,
-        Err(err) => {
-            state.metrics.validation("error");
-            return response.deny(format!("request.object: {err}"));
-        }
-    };
-    let verdict = validate_policy(&object);
+    let verdict = validate_policy(object);
     state.metrics.validation(verdict.outcome.metric_label());
     let mut response = if verdict.outcome == ValidationOutcome::Denied {
         response.deny(verdict.message())
     } else {
         response
     };
-    if !verdict.warnings.is_empty() {
-        response.warnings = Some(verdict.warnings);
-    }
+    response.warnings = verdict.warnings;
     response
-}
-
-/// The request's object as `T`, or a message naming the field that does not fit.
-fn object_as<T: serde::de::DeserializeOwned>(
-    req: &AdmissionRequest<DynamicObject>,
-) -> Result<T, String> {
-    let object = req
-        .object
-        .as_ref()
-        .ok_or_else(|| "request.object: required for CREATE".to_owned())?;
-    let value = serde_json::to_value(object).map_err(|err| format!("request.object: {err}"))?;
-    serde_path_to_error::deserialize(value).map_err(|err| {
-        let path = err.path().to_string();
-        if path == "." {
-            format!("request.object: {}", err.inner())
-        } else {
-            format!("request.object.{path}: {}", err.inner())
-        }
-    })
-}
-
-/// Serialises the response review; the patch goes out base64-encoded, as the API server's
-/// own `[]byte` encoding is (kube-core writes it as an array of numbers).
-fn encode(mut response: AdmissionResponse) -> Result<Vec<u8>, ReviewError> {
-    let patch = response.patch.take();
-    let mut value = serde_json::to_value(response.into_review())?;
-    if let (Some(patch), Some(Value::Object(fields))) = (patch, value.get_mut("response")) {
-        fields.insert("patch".to_owned(), Value::String(STANDARD.encode(patch)));
-    }
-    Ok(serde_json::to_vec(&value)?)
 }
 
 #[cfg(test)]
