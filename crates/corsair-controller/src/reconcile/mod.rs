@@ -250,17 +250,17 @@ pub async fn run(
         .watches(
             Api::<Deployment>::all(client.clone()),
             wc.clone(),
-            workload::policy_ref,
+            workload::policy_refs,
         )
         .watches(
             Api::<StatefulSet>::all(client.clone()),
             wc.clone(),
-            workload::policy_ref,
+            workload::policy_refs,
         )
         .watches(
             Api::<DaemonSet>::all(client.clone()),
             wc.clone(),
-            workload::policy_ref,
+            workload::policy_refs,
         )
         .graceful_shutdown_on(stopped())
         .run(

@@ -510,3 +510,24 @@ fn transition_time_moves_only_on_a_flip() {
     assert_eq!(flipped.conditions[0].last_transition_time, Time(t1));
     assert_eq!(flipped.conditions[0].status, "False");
 }
+
+#[test]
+fn workload_maps_to_every_policy_it_mentions() {
+    // The user switched from "old" (still on the template, from us) to "new".
+    let mut workload = deployment(Some("new"), Some(labelled_template("old")));
+    workload.metadata.managed_fields = Some(vec![ours()]);
+    let refs: Vec<String> = workload::policy_refs(workload)
+        .into_iter()
+        .map(|r| format!("{}/{}", r.namespace.unwrap_or_default(), r.name))
+        .collect();
+    assert_eq!(refs, [format!("{NS}/new"), format!("{NS}/old")]);
+    assert!(workload::policy_refs(deployment(None, None)).is_empty());
+}
+
+#[test]
+fn truncate_keeps_char_boundaries() {
+    assert_eq!(super::truncate("short".into(), 10), "short");
+    let cut = super::truncate("ééééé".into(), 7);
+    assert!(cut.len() <= 7 && cut.ends_with("..."), "{cut}");
+    assert!(cut.starts_with("é"));
+}

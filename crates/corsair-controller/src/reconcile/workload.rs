@@ -223,8 +223,21 @@ pub async fn reconcile<K: Workload>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Ac
     Ok(action)
 }
 
-/// Maps a workload to the CorsPolicy it names, so that the policy's workload count follows.
-pub fn policy_ref<K: Workload>(obj: K) -> Option<ObjectRef<CorsPolicy>> {
-    let namespace = obj.namespace()?;
-    desired_policy(&obj).map(|p| ObjectRef::new(&p).within(&namespace))
+/// Maps a workload to every CorsPolicy it mentions (on its metadata or its pod template, ours
+/// or the user's), so that the policies' workload counts follow: when the user removes the
+/// annotation, the copy still on the template points at the policy whose count just dropped.
+pub fn policy_refs<K: Workload>(obj: K) -> Vec<ObjectRef<CorsPolicy>> {
+    let Some(namespace) = obj.namespace() else {
+        return Vec::new();
+    };
+    let on_meta = non_empty(obj.annotations().get(POLICY_ANNOTATION));
+    let on_template = template_meta(&obj)
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| non_empty(a.get(POLICY_ANNOTATION)));
+    let mut names: Vec<String> = on_meta.into_iter().chain(on_template).collect();
+    names.dedup();
+    names
+        .iter()
+        .map(|p| ObjectRef::new(p).within(&namespace))
+        .collect()
 }
