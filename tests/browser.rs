@@ -448,21 +448,51 @@ async fn demo_page_shows_allowed_and_blocked_calls() {
         .expect("start corsair demo");
     let stdout = demo.stdout.take().expect("demo stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let page_url = tokio::time::timeout(Duration::from_secs(15), async {
+    // The demo prints "  label:   URL   (comment)" lines, the policy file last.
+    let printed = tokio::time::timeout(Duration::from_secs(15), async {
+        let mut printed = std::collections::HashMap::new();
         while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(url) = line.trim().strip_prefix("page:") {
-                return url.trim().to_owned();
+            if let Some((label, rest)) = line.trim().split_once(':')
+                && let Some(value) = rest.split_whitespace().next()
+            {
+                printed.insert(label.to_owned(), value.to_owned());
+                if label == "policy" {
+                    return printed;
+                }
             }
         }
-        panic!("corsair demo ended without printing its page URL");
+        panic!("corsair demo ended before printing its URLs: {printed:?}");
     })
     .await
-    .expect("corsair demo printed no page URL within 15 s");
-    let page_addr: SocketAddr = page_url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap_or_else(|err| panic!("page URL {page_url:?} is not http://ADDR/: {err}"));
+    .expect("corsair demo printed no URLs within 15 s");
+    let addr_of = |label: &str| -> SocketAddr {
+        let url = printed
+            .get(label)
+            .unwrap_or_else(|| panic!("corsair demo printed no {label:?} line: {printed:?}"));
+        url.trim_start_matches("http://")
+            .split('/')
+            .next()
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("{label} URL {url:?} is not http://ADDR/..."))
+    };
+    let page_addr = addr_of("page");
+    let page_url = format!("http://{page_addr}/");
+    // The proxy in the demo is the real one, with its admin endpoints.
+    assert_eq!(
+        http_get(addr_of("admin"), "/readyz")
+            .await
+            .map(|(status, _)| status),
+        Some(200)
+    );
+    // The policy shown beside the calls allows the page's real origin, whatever port it got.
+    let (status, policy) = http_get(page_addr, "/policy.yaml")
+        .await
+        .expect("the demo page server answers /policy.yaml");
+    assert_eq!(status, 200);
+    assert!(
+        policy.contains(&format!("- http://{page_addr}\n")),
+        "the demo policy does not allow the page's origin http://{page_addr}:\n{policy}"
+    );
     // Keep reading so that the demo never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
