@@ -154,3 +154,16 @@ proptest! {
         prop_assert_eq!(parsed, names.iter().map(String::as_str).collect::<Vec<_>>());
     }
 }
+
+/// The proxy shares one compiled engine between its worker threads.
+#[test]
+fn engine_is_shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<Engine>();
+    let engine = std::sync::Arc::new(compile(origins(&["https://a.test"])));
+    let worker = {
+        let engine = std::sync::Arc::clone(&engine);
+        std::thread::spawn(move || allowed(&engine, "https://a.test"))
+    };
+    assert!(worker.join().expect("worker thread"));
+}
