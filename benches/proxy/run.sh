@@ -94,7 +94,8 @@ mkdir -p "$WORK/tmp"
 log "work directory (logs): $WORK"
 
 nice -n "$NICE" taskset -c "$SERVER_CPU" nginx -p "$WORK" -c "$HERE/nginx-upstream.conf" -g 'daemon off;' &
-PIDS+=($!)
+UPSTREAM_PID=$!
+PIDS+=($UPSTREAM_PID)
 wait_port $UPSTREAM_PORT "upstream nginx"
 
 CORSAIR_LOG=${CORSAIR_LOG:-warn} nice -n "$NICE" taskset -c "$SERVER_CPU" "$BIN" proxy \
@@ -137,19 +138,28 @@ check_proxy corsair $CORSAIR_PORT
 check_proxy nginx $NGINX_PORT
 
 NGINX_WORKER=$(pgrep -P "$NGINX_PID" | head -n1)
+UPSTREAM_WORKER=$(pgrep -P "$UPSTREAM_PID" | head -n1)
 RSS_IDLE=$(rss_kib $CORSAIR_PID)
 RSS_IDLE_SPLIT=$(rss_split $CORSAIR_PID)
 log "corsair idle RSS: $(mib "$RSS_IDLE") MiB; nginx worker: $(mib "$(rss_kib "$NGINX_WORKER")") MiB"
 
-# Prints "rps p50_us p99_us errors non2xx" for one wrk run against a port.
+CLK_TCK=$(getconf CLK_TCK)
+# User + system CPU time of a process (all its threads), in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# Prints "rps p50_us p99_us errors non2xx cpu_us_per_request" for one wrk run against a port;
+# the CPU time is that of process $3 (the server under test) during the measured run only.
 measure() {
-    local port=$1 conns=$2 out
+    local port=$1 conns=$2 pid=$3 out before after
     nice -n "$NICE" taskset -c "$WRK_CPU" wrk -t1 -c"$conns" -d"$WARMUP" --timeout 5s -s "$HERE/mix.lua" \
         "http://127.0.0.1:$port/" >/dev/null
+    before=$(cpu_ticks "$pid")
     out=$(nice -n "$NICE" taskset -c "$WRK_CPU" wrk -t1 -c"$conns" -d"$DURATION" --timeout 5s -s "$HERE/mix.lua" \
         "http://127.0.0.1:$port/")
+    after=$(cpu_ticks "$pid")
     echo "$out" >>"$WORK/wrk.log"
-    sed -n 's/^RESULT rps=\([0-9]*\) p50_us=\([0-9]*\) p99_us=\([0-9]*\) requests=[0-9]* errors=\([0-9]*\) non2xx=\([0-9]*\)$/\1 \2 \3 \4 \5/p' <<<"$out"
+    sed -n 's/^RESULT rps=\([0-9]*\) p50_us=\([0-9]*\) p99_us=\([0-9]*\) requests=\([0-9]*\) errors=\([0-9]*\) non2xx=\([0-9]*\)$/\1 \2 \3 \5 \6 \4/p' <<<"$out" \
+        | awk -v ticks=$((after - before)) -v hz="$CLK_TCK" '{ printf "%s %s %s %s %s %.1f\n", $1, $2, $3, $4, $5, ticks / hz * 1e6 / $6 }'
 }
 
 # Samples a process's VmRSS every 0.2 s in the background; stop_sampler prints the peak in KiB.
@@ -180,6 +190,7 @@ verdict() { if awk "BEGIN { exit !($1) }"; then echo "met"; else echo "NOT met";
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 declare -A PORT=([upstream]=$UPSTREAM_PORT [corsair]=$CORSAIR_PORT [nginx]=$NGINX_PORT)
+declare -A SERVER_PID=([upstream]=$UPSTREAM_WORKER [corsair]=$CORSAIR_PID [nginx]=$NGINX_WORKER)
 declare -A PEAK
 for conns in $CONNECTIONS; do
     PEAK[$conns]=0
@@ -187,7 +198,7 @@ for conns in $CONNECTIONS; do
         for target in upstream corsair nginx; do
             log "$conns connections, round $round/$ROUNDS: $target"
             [[ $target == corsair ]] && start_sampler $CORSAIR_PID
-            measure "${PORT[$target]}" "$conns" >>"$WORK/runs.$conns.$target"
+            measure "${PORT[$target]}" "$conns" "${SERVER_PID[$target]}" >>"$WORK/runs.$conns.$target"
             if [[ $target == corsair ]]; then
                 peak=$(stop_sampler)
                 ((peak > PEAK[$conns])) && PEAK[$conns]=$peak
@@ -203,13 +214,16 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 echo
 echo "Median of $ROUNDS runs of $DURATION each (after a $WARMUP warm-up), wrk -t1, mix: 3 GET : 1 preflight."
 echo
-echo "| connections | server | requests/s | p50 (ms) | p99 (ms) | errors | non-2xx |"
-echo "|---|---|---:|---:|---:|---:|---:|"
+echo "CPU/request: CPU time of the server process itself (the upstream's worker for \"upstream alone\";"
+echo "not the upstream's share when a proxy is measured) over requests served; less sensitive to other load than requests/s, but not immune to it."
+echo
+echo "| connections | server | requests/s | p50 (ms) | p99 (ms) | CPU/request (µs) | errors | non-2xx |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|"
 for conns in $CONNECTIONS; do
     for target in upstream corsair nginx; do
         f=$WORK/runs.$conns.$target
         name=$target; [[ $target == upstream ]] && name="upstream alone"
-        echo "| $conns | $name | $(median "$f" 1) | $(ms "$(median "$f" 2)") | $(ms "$(median "$f" 3)") | $(awk '{ s += $4 } END { print s }' "$f") | $(awk '{ s += $5 } END { print s }' "$f") |"
+        echo "| $conns | $name | $(median "$f" 1) | $(ms "$(median "$f" 2)") | $(ms "$(median "$f" 3)") | $(median "$f" 6) | $(awk '{ s += $4 } END { print s }' "$f") | $(awk '{ s += $5 } END { print s }' "$f") |"
     done
 done
 echo
@@ -217,7 +231,8 @@ for conns in $CONNECTIONS; do
     c_rps=$(median "$WORK/runs.$conns.corsair" 1); n_rps=$(median "$WORK/runs.$conns.nginx" 1)
     c_p99=$(median "$WORK/runs.$conns.corsair" 3); n_p99=$(median "$WORK/runs.$conns.nginx" 3)
     ratio=$(awk -v a="$c_rps" -v b="$n_rps" 'BEGIN { printf "%.2f", a / b }')
-    echo "- $conns connections: corsair/nginx throughput ${ratio}x (goal >= 1.2x: $(verdict "$ratio >= 1.2")); p99 $(ms "$c_p99") ms vs nginx $(ms "$n_p99") ms (goal: no worse: $(verdict "$c_p99 <= $n_p99")); corsair peak RSS $(mib "${PEAK[$conns]}") MiB"
+    c_cpu=$(median "$WORK/runs.$conns.corsair" 6); n_cpu=$(median "$WORK/runs.$conns.nginx" 6)
+    echo "- $conns connections: corsair/nginx throughput ${ratio}x (goal >= 1.2x: $(verdict "$ratio >= 1.2")); p99 $(ms "$c_p99") ms vs nginx $(ms "$n_p99") ms (goal: no worse: $(verdict "$c_p99 <= $n_p99")); CPU per request ${c_cpu} µs vs nginx ${n_cpu} µs (nginx/corsair $(awk -v a="$n_cpu" -v b="$c_cpu" 'BEGIN { printf "%.2f", a / b }')x); corsair peak RSS $(mib "${PEAK[$conns]}") MiB"
 done
 echo "- corsair RSS idle before load: $(mib "$RSS_IDLE") MiB (goal < 10 MiB: $(verdict "$RSS_IDLE < 10240")), $RSS_IDLE_SPLIT; idle after load: $(mib "$RSS_AFTER") MiB, $RSS_AFTER_SPLIT"
 if [[ -n ${PEAK[256]:-} ]]; then
