@@ -544,6 +544,105 @@ mod tests {
         assert!(!yaml.contains("nullable"));
     }
 
+    /// Evaluates the CRD's CEL rules on `spec` client-side (kube-cel), as the API server would;
+    /// returns the messages of the rules that fail.
+    fn cel(name: &str, spec: Value) -> Vec<String> {
+        let spec: CorsPolicySpec = serde_json::from_value(spec).expect("test spec parses");
+        let mut policy = CorsPolicy::new(name, spec);
+        policy.metadata.namespace = Some("shop".into());
+        match kube::core::cel::validate_cel(&policy) {
+            Ok(()) => Vec::new(),
+            Err(errors) => errors
+                .into_vec()
+                .into_iter()
+                .map(|e| e.to_string())
+                .collect(),
+        }
+    }
+
+    fn refused(errors: &[String], message_start: &str) -> bool {
+        errors.iter().any(|e| e.contains(message_start))
+    }
+
+    #[test]
+    fn cel_rules_accept_good_policies() {
+        let errors = cel(
+            "api",
+            json!({
+                "allowOrigins": ["https://app.example.com", "https://*.example.org", "null"],
+                "allowCredentials": true,
+                "preflightStatus": 204,
+                "routes": [
+                    {"pathPrefix": "/public", "allowOrigins": ["*"], "allowCredentials": false},
+                    {"pathPrefix": "/api", "preflightStatus": 200},
+                ],
+            }),
+        );
+        assert_eq!(errors, Vec::<String>::new());
+        assert_eq!(cel("minimal", json!({})), Vec::<String>::new());
+    }
+
+    #[test]
+    fn cel_rules_refuse_wildcard_with_credentials_everywhere() {
+        let top = cel(
+            "api",
+            json!({"allowOrigins": ["*"], "allowCredentials": true}),
+        );
+        assert!(refused(&top, "allowOrigins must not contain"), "{top:?}");
+        let inherited = cel(
+            "api",
+            json!({"allowCredentials": true, "routes": [{"pathPrefix": "/x", "allowOrigins": ["*"]}]}),
+        );
+        assert!(
+            refused(&inherited, "a route must not combine"),
+            "{inherited:?}"
+        );
+        let inherited_origins = cel(
+            "api",
+            json!({"allowOrigins": ["*"], "routes": [{"pathPrefix": "/x", "allowCredentials": true}]}),
+        );
+        assert!(
+            refused(&inherited_origins, "a route must not combine"),
+            "{inherited_origins:?}"
+        );
+    }
+
+    #[test]
+    fn cel_rules_refuse_bad_values_with_clear_messages() {
+        let status = cel("api", json!({"preflightStatus": 201}));
+        assert!(
+            refused(&status, "preflightStatus must be 200 or 204"),
+            "{status:?}"
+        );
+        let route_status = cel(
+            "api",
+            json!({"routes": [{"pathPrefix": "/x", "preflightStatus": 500}]}),
+        );
+        assert!(
+            refused(&route_status, "preflightStatus must be 200 or 204"),
+            "{route_status:?}"
+        );
+        for origin in [
+            "https://app.example.com/",
+            "https://user@app.example.com",
+            "app.example.com",
+        ] {
+            let errors = cel("api", json!({"allowOrigins": [origin]}));
+            assert!(
+                refused(&errors, "each allowOrigins entry"),
+                "{origin}: {errors:?}"
+            );
+        }
+        let prefix = cel("api", json!({"routes": [{"pathPrefix": "api"}]}));
+        assert!(refused(&prefix, "pathPrefix must start with"), "{prefix:?}");
+        let long = cel(&"a".repeat(64), json!({}));
+        assert!(
+            refused(&long, "metadata.name must be at most 63"),
+            "{long:?}"
+        );
+        assert_eq!(cel(&"a".repeat(63), json!({})), Vec::<String>::new());
+    }
+
     #[test]
     fn url_path_is_the_crd_path() {
         assert_eq!(
