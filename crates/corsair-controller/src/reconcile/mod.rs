@@ -313,18 +313,21 @@ fn workload_controller<K: Workload>(
     controller.watches(
         Api::<CorsPolicy>::all(client.clone()),
         wc.clone(),
-        move |policy| {
-            let namespace = policy.namespace();
-            let name = policy.name_any();
-            store
-                .state()
-                .into_iter()
-                .filter(|w| w.namespace() == namespace)
-                .filter(|w| workload::desired_policy(w.as_ref()).as_deref() == Some(&name))
-                .map(|w| ObjectRef::from_obj(w.as_ref()))
-                .collect::<Vec<_>>()
-        },
+        move |policy| workloads_naming(&store, &policy),
     )
+}
+
+/// The workloads in `store` that ask for `policy`.
+pub fn workloads_naming<K: Workload>(store: &Store<K>, policy: &CorsPolicy) -> Vec<ObjectRef<K>> {
+    let namespace = policy.namespace();
+    let name = policy.name_any();
+    store
+        .state()
+        .into_iter()
+        .filter(|w| w.namespace() == namespace)
+        .filter(|w| workload::desired_policy(w.as_ref()).as_deref() == Some(name.as_str()))
+        .map(|w| ObjectRef::from_obj(w.as_ref()))
+        .collect()
 }
 
 #[cfg(test)]

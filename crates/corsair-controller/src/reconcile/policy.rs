@@ -51,7 +51,7 @@ pub async fn reconcile(policy: Arc<CorsPolicy>, ctx: Arc<Context>) -> Result<Act
             // The last good ConfigMap stays: running proxies keep enforcing it.
             let errors: Vec<String> = report.errors().map(ToString::to_string).collect();
             let message = format!(
-                "refused, the last accepted version stays in force: {}",
+                "refused ({}); running proxies keep the last accepted version, if any",
                 errors.join("; ")
             );
             (false, REASON_INVALID, message, report)

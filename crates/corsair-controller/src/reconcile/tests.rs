@@ -531,3 +531,23 @@ fn truncate_keeps_char_boundaries() {
     assert!(cut.len() <= 7 && cut.ends_with("..."), "{cut}");
     assert!(cut.starts_with("é"));
 }
+
+#[test]
+fn creating_a_policy_wakes_the_workloads_that_name_it() {
+    use kube::runtime::reflector::store::Writer;
+    use kube::runtime::watcher;
+
+    let mut writer = Writer::<Deployment>::default();
+    let store = writer.as_reader();
+    let mut other_ns = deployment(Some("api"), None);
+    other_ns.metadata.namespace = Some("elsewhere".into());
+    let mut unrelated = deployment(Some("other"), None);
+    unrelated.metadata.name = Some("unrelated".into());
+    for d in [deployment(Some("api"), None), other_ns, unrelated] {
+        writer.apply_watcher_event(&watcher::Event::Apply(d));
+    }
+    let refs = super::workloads_naming(&store, &valid_policy());
+    let names: Vec<(Option<String>, String)> =
+        refs.into_iter().map(|r| (r.namespace, r.name)).collect();
+    assert_eq!(names, [(Some(NS.to_owned()), "web".to_owned())]);
+}
