@@ -25,6 +25,10 @@ type Body =
 #[derive(Default)]
 struct State {
     lease: Option<Value>,
+    /// Secrets by name (the webhook certificate).
+    secrets: BTreeMap<String, Value>,
+    /// CorsPolicies returned by the list.
+    policies: Vec<Value>,
     seen: Vec<String>,
 }
 
@@ -100,6 +104,41 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Bo
             _ => not_found(),
         };
     }
+    if path.contains("/secrets") {
+        let name = path.rsplit('/').next().unwrap_or_default().to_owned();
+        return match method {
+            Method::GET => match state.secrets.get(&name) {
+                Some(secret) => json_response(StatusCode::OK, secret),
+                None => not_found(),
+            },
+            Method::POST => {
+                let name = body["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                state.secrets.insert(name, body.clone());
+                json_response(StatusCode::CREATED, &body)
+            }
+            _ => not_found(),
+        };
+    }
+    if method == Method::GET && path.ends_with("/corspolicies") && !query.contains("watch=true") {
+        let items = state.policies.clone();
+        return json_response(
+            StatusCode::OK,
+            &json!({"apiVersion": "corsair.dev/v1alpha1", "kind": "CorsPolicyList",
+                    "metadata": {"resourceVersion": "1"}, "items": items}),
+        );
+    }
+    if method == Method::PATCH || method == Method::POST {
+        // Server-side applies and Events: answer with the object, as the API server does.
+        let mut object = body;
+        if object.get("kind") == Some(&json!("CorsPolicy")) {
+            object["spec"] = json!({});
+            object["metadata"]["name"] = json!("api");
+        }
+        return json_response(StatusCode::OK, &object);
+    }
     if method == Method::GET && query.contains("watch=true") {
         // A watch that stays open with no events.
         return Response::new(Either::Right(StreamBody::new(futures::stream::pending())));
@@ -164,11 +203,13 @@ impl Drop for Controller {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leads_serves_and_releases_the_lease_on_sigterm() {
-    let state = Arc::new(Mutex::new(State::default()));
+/// Starts the controller against the fake API server; `tls_files` selects cert-manager mode.
+async fn start(
+    state: &Arc<Mutex<State>>,
+    dir: &tempfile::TempDir,
+    tls_files: bool,
+) -> (Controller, SocketAddr) {
     let api = fake_api_server(state.clone()).await;
-    let dir = tempfile::tempdir().expect("temp dir");
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(
         &kubeconfig,
@@ -179,19 +220,10 @@ async fn leads_serves_and_releases_the_lease_on_sigterm() {
         ),
     )
     .expect("write kubeconfig");
-    let bundle = corsair_controller::certs::generate(
-        vec!["localhost".into()],
-        k8s_openapi::jiff::Timestamp::now(),
-        None,
-    )
-    .expect("certificate");
-    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&cert, &bundle.cert_pem).expect("write cert");
-    std::fs::write(&key, &bundle.key_pem).expect("write key");
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let webhook: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-
-    let child = Command::new(env!("CARGO_BIN_EXE_corsair"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_corsair"));
+    command
         .args([
             "controller",
             "--pod-name",
@@ -202,17 +234,115 @@ async fn leads_serves_and_releases_the_lease_on_sigterm() {
         .args(["--shutdown-delay", "0", "--sidecar-mode", "auto"])
         .arg(format!("--admin-listen={admin}"))
         .arg(format!("--webhook-listen={webhook}"))
-        .arg(format!("--tls-cert={}", cert.display()))
-        .arg(format!("--tls-key={}", key.display()))
         .env("KUBECONFIG", &kubeconfig)
         .env("HOME", dir.path())
         .env_remove("KUBERNETES_SERVICE_HOST")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start corsair controller");
-    let mut controller = Controller(child);
+        .stderr(Stdio::piped());
+    if tls_files {
+        let bundle = corsair_controller::certs::generate(
+            vec!["localhost".into()],
+            k8s_openapi::jiff::Timestamp::now(),
+            None,
+        )
+        .expect("certificate");
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert, &bundle.cert_pem).expect("write cert");
+        std::fs::write(&key, &bundle.key_pem).expect("write key");
+        command
+            .arg(format!("--tls-cert={}", cert.display()))
+            .arg(format!("--tls-key={}", key.display()));
+    }
+    let child = command.spawn().expect("start corsair controller");
+    (Controller(child), admin)
+}
+
+async fn wait_for(
+    what: &str,
+    state: &Arc<Mutex<State>>,
+    secs: u64,
+    mut check: impl AsyncFnMut() -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; API calls: {:?}",
+            state.lock().map(|s| s.seen.clone()).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_certificate_and_a_policy_reconciled_through_the_binary() {
+    let state = Arc::new(Mutex::new(State::default()));
+    if let Ok(mut s) = state.lock() {
+        s.policies.push(json!({
+            "apiVersion": "corsair.dev/v1alpha1", "kind": "CorsPolicy",
+            "metadata": {"name": "api", "namespace": "shop", "uid": "uid-api", "generation": 1, "resourceVersion": "1"},
+            "spec": {"allowOrigins": ["https://app.example.com"]},
+        }));
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_controller, admin) = start(&state, &dir, false).await;
+
+    // The leader creates the certificate Secret; every replica loads it and becomes ready.
+    wait_for("the webhook certificate Secret", &state, 20, async || {
+        state
+            .lock()
+            .is_ok_and(|s| s.secrets.contains_key("corsair-webhook-tls"))
+    })
+    .await;
+    let secret = state
+        .lock()
+        .ok()
+        .and_then(|s| s.secrets.get("corsair-webhook-tls").cloned());
+    let secret = secret.expect("secret stored");
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    for key in ["ca.crt", "ca.key", "tls.crt", "tls.key"] {
+        assert!(
+            secret["data"][key].as_str().is_some_and(|v| !v.is_empty()),
+            "{key}"
+        );
+    }
+    wait_for(
+        "/readyz 200 once the Secret is loaded",
+        &state,
+        15,
+        async || matches!(get(admin, "/readyz").await, Some((200, _))),
+    )
+    .await;
+
+    // The policy from the list is rendered into its ConfigMap by server-side apply.
+    wait_for(
+        "the ConfigMap apply and the status apply",
+        &state,
+        15,
+        async || {
+            let seen = state.lock().map(|s| s.seen.clone()).unwrap_or_default();
+            let configmap = seen.iter().any(|s| {
+                s.starts_with("PATCH /api/v1/namespaces/shop/configmaps/corsair-policy-api?")
+                    && s.contains("fieldManager=corsair-policy-controller")
+                    && s.contains("force=true")
+            });
+            let status = seen.iter().any(|s| {
+                s.starts_with(
+                    "PATCH /apis/corsair.dev/v1alpha1/namespaces/shop/corspolicies/api/status?",
+                )
+            });
+            configmap && status
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leads_serves_and_releases_the_lease_on_sigterm() {
+    let state = Arc::new(Mutex::new(State::default()));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut controller, admin) = start(&state, &dir, true).await;
 
     // Leader, and ready (the certificate comes from files).
     let deadline = Instant::now() + Duration::from_secs(30);
