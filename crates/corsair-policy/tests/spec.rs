@@ -559,3 +559,46 @@ allowMethods: [GET]
         assert_eq!(got, (kind, format!("{verdict:?}")), "{req:?}");
     }
 }
+
+/// The CORS `Vary` names merge into the upstream's `Vary`: one line, no duplicates (any case),
+/// `*` absorbing everything, and no change when nothing is new.
+#[test]
+fn vary_merges_into_a_single_line() {
+    use corsair_policy::{Vary, merge_vary};
+    let origin = Vary {
+        origin: true,
+        ..Vary::default()
+    };
+    let preflight = Vary {
+        origin: true,
+        request_method: true,
+        request_headers: true,
+        request_private_network: false,
+    };
+    let table: [(&[&str], Vary, Option<&str>); 9] = [
+        (&[], origin, Some("Origin")),
+        (
+            &["Accept-Encoding"],
+            origin,
+            Some("Accept-Encoding, Origin"),
+        ),
+        (&["accept-encoding, origin"], origin, None),
+        (&["Accept", "Origin"], origin, Some("Accept, Origin")),
+        (&["Accept,  ,Accept"], Vary::default(), Some("Accept")),
+        (&["*"], preflight, None),
+        (&["Accept, *"], origin, Some("*")),
+        (&[], Vary::default(), None),
+        (
+            &["Cookie"],
+            preflight,
+            Some("Cookie, Origin, Access-Control-Request-Method, Access-Control-Request-Headers"),
+        ),
+    ];
+    for (existing, add, want) in table {
+        assert_eq!(
+            merge_vary(existing.iter().copied(), add).as_deref(),
+            want,
+            "{existing:?} + {add:?}"
+        );
+    }
+}
