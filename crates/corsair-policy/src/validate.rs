@@ -334,7 +334,11 @@ fn lint_mixed_schemes(out: &mut Findings, base: &str, origins: &[String]) {
 fn check_regexes(out: &mut Findings, base: &str, regexes: &[String]) {
     for (i, src) in regexes.iter().enumerate() {
         let path = format!("{base}.allowOriginRegexes[{i}]");
-        if let Err(e) = regex::Regex::new(&format!("^(?:{src})$")) {
+        // Checked on its own first: only a regex that is whole by itself stays inside the
+        // `^(?:…)$` group that anchors it (`a)|(.*` would otherwise match everything).
+        let compiled =
+            regex::Regex::new(src).and_then(|_| regex::Regex::new(&format!("^(?:{src})$")));
+        if let Err(e) = compiled {
             out.error(
                 &path,
                 "invalid-regex",

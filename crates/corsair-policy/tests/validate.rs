@@ -124,6 +124,14 @@ fn rows() -> Vec<Row> {
             says: &["https://(a", "not a valid regex"],
         },
         Row {
+            rule: "a regex that would escape its anchors",
+            spec: "allowOriginRegexes: ['https://a\\.test)|(.*']",
+            severity: Error,
+            path: "spec.allowOriginRegexes[0]",
+            code: "invalid-regex",
+            says: &["not a valid regex"],
+        },
+        Row {
             rule: "no origin source at all",
             spec: "allowMethods: [GET]",
             severity: Error,
