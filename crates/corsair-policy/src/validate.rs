@@ -274,6 +274,18 @@ fn check_level(out: &mut Findings, level: &Level<'_>, top: Option<&Level<'_>>, h
         );
     }
 
+    let expose_any = eff
+        .expose_headers
+        .is_some_and(|e| e.iter().any(|h| h == "*"));
+    let wrote_expose = !is_route || own.expose_headers.is_some() || own.allow_credentials.is_some();
+    if expose_any && credentials && wrote_expose {
+        out.warn(
+            &format!("{base}.exposeHeaders"),
+            "expose-wildcard-with-credentials",
+            "\"*\" with allowCredentials: true exposes only a header literally named `*`: browsers do not treat it as a wildcard on credentialed responses; list the header names".to_owned(),
+        );
+    }
+
     let empty = |v: Option<&Vec<String>>| v.is_none_or(|v| v.is_empty());
     let no_origins = empty(eff.allow_origins)
         && empty(eff.allow_origin_regexes)
