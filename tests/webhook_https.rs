@@ -80,6 +80,8 @@ fn client_tls(ca: &CertificateDer<'static>, alpn: &[u8]) -> TlsConnector {
     .with_root_certificates(roots)
     .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
+    // Every connection does a full handshake, so each one sees the certificate served now.
+    config.resumption = rustls::client::Resumption::disabled();
     TlsConnector::from(Arc::new(config))
 }
 
@@ -815,4 +817,54 @@ async fn sigterm_finishes_and_exits_cleanly() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `webhook::serve` in process: a certificate swapped into the store is served on the next
+/// handshake without a restart, and shutdown stops the server cleanly.
+#[tokio::test]
+async fn swapped_certificate_is_served_without_restart() {
+    use corsair_controller::webhook::{self, CertStore, InjectConfig, Metrics, WebhookState};
+
+    let first = pki();
+    let second = pki();
+    let store = Arc::new(
+        CertStore::from_pem(first.cert_pem.as_bytes(), first.key_pem.as_bytes()).expect("loads"),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let state = WebhookState::new(InjectConfig::default(), Metrics::unregistered());
+    let server = tokio::spawn(webhook::serve(listener, store.clone(), state, async {
+        let _ = stopped.await;
+    }));
+    let body = || fixture("pod-named-port").to_string().into_bytes();
+
+    let trusts_first = client_tls(&first.ca_der, b"http/1.1");
+    let trusts_second = client_tls(&second.ca_der, b"http/1.1");
+    let (status, _) = send(&trusts_first, addr, Method::POST, "/inject", body()).await;
+    assert_eq!(status, StatusCode::OK);
+
+    store
+        .set_pem(second.cert_pem.as_bytes(), second.key_pem.as_bytes())
+        .expect("swaps");
+    let (status, _) = send(&trusts_second, addr, Method::POST, "/inject", body()).await;
+    assert_eq!(status, StatusCode::OK);
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let refused = trusts_first
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await;
+    assert!(
+        refused.is_err(),
+        "the old CA must no longer verify the served certificate"
+    );
+
+    stop.send(()).expect("server is running");
+    let result = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("serve returns after shutdown")
+        .expect("serve task");
+    assert!(result.is_ok(), "{result:?}");
+    assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
 }
