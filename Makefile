@@ -35,7 +35,7 @@ lint:
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
 rust-test:
-	cargo test --workspace --locked
+	cargo test --workspace --locked --no-fail-fast
 
 # The fuzz targets must build (CI does not run them).
 fuzz-check:
