@@ -237,7 +237,7 @@ async fn start(
         .env("KUBECONFIG", &kubeconfig)
         .env("HOME", dir.path())
         .env_remove("KUBERNETES_SERVICE_HOST")
-        .env("RUST_LOG", "info")
+        .env("CORSAIR_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     if tls_files {

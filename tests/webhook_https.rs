@@ -98,7 +98,7 @@ fn start(extra: &[&str]) -> Webhook {
         .arg("--tls-key")
         .arg(dir.path().join("tls.key"))
         .args(extra)
-        .env("RUST_LOG", "warn")
+        .env("CORSAIR_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

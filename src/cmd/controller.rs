@@ -16,11 +16,8 @@ use corsair_controller::certs::{self, Bundle, CertConfig};
 use corsair_controller::crd::{CONDITION_READY, CorsPolicy};
 use corsair_controller::lease::{Leadership, LeaseConfig};
 use corsair_controller::metrics::Metrics;
-use corsair_controller::names;
 use corsair_controller::reconcile;
-use corsair_controller::webhook::{
-    self, CertStore, InjectConfig, PolicyPresence, SidecarMode, SidecarResources, WebhookState,
-};
+use corsair_controller::webhook::{self, CertStore, PolicyPresence, SidecarMode, WebhookState};
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
@@ -30,6 +27,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+use crate::cmd::sidecar::SidecarArgs;
+use crate::logging::LogArgs;
 
 /// `corsair controller [--webhook-listen ADDR] [--admin-listen ADDR] [--tls-cert F --tls-key F]`
 #[derive(clap::Args)]
@@ -75,42 +75,10 @@ pub struct Args {
     /// sending admission requests before the server closes.
     #[arg(long, default_value_t = 5)]
     shutdown_delay: u64,
-    /// `auto` asks the API server: native sidecars (init container with `restartPolicy:
-    /// Always`) from Kubernetes 1.29, a regular container before.
-    #[arg(long, default_value = "auto", value_parser = parse_mode)]
-    sidecar_mode: SidecarMode,
-    /// Sidecar image [default: ghcr.io/corsair-dev/corsair:<this version>]; per pod: annotation corsair.dev/image.
-    #[arg(long)]
-    sidecar_image: Option<String>,
-    /// Proxy port of the sidecar; per pod: annotation corsair.dev/proxy-port.
-    #[arg(long, default_value_t = names::PROXY_PORT)]
-    sidecar_proxy_port: u16,
-    /// Admin port of the sidecar; per pod: annotation corsair.dev/admin-port.
-    #[arg(long, default_value_t = names::ADMIN_PORT)]
-    sidecar_admin_port: u16,
-    /// `RUST_LOG` of the sidecar; per pod: annotation corsair.dev/log-level.
-    #[arg(long, default_value = "info")]
-    sidecar_log_level: String,
-    /// CPU request of the sidecar.
-    #[arg(long, default_value = "50m")]
-    sidecar_cpu_request: String,
-    /// CPU limit of the sidecar.
-    #[arg(long, default_value = "500m")]
-    sidecar_cpu_limit: String,
-    /// Memory request of the sidecar.
-    #[arg(long, default_value = "32Mi")]
-    sidecar_memory_request: String,
-    /// Memory limit of the sidecar.
-    #[arg(long, default_value = "128Mi")]
-    sidecar_memory_limit: String,
-    /// Log format: `text` for people, `json` for log collectors. The filter is `RUST_LOG`.
-    #[arg(long, env = "CORSAIR_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
-}
-
-fn parse_mode(s: &str) -> Result<SidecarMode, String> {
-    s.parse()
-        .map_err(|e: webhook::ParseSidecarModeError| e.to_string())
+    #[command(flatten)]
+    sidecar: SidecarArgs,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 /// How often a replica re-reads the certificate Secret, and the leader checks for renewal.
@@ -118,16 +86,7 @@ const SECRET_POLL: Duration = Duration::from_secs(30);
 const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if args.log_format == "json" {
-        builder.json().flatten_event(true).try_init()
-    } else {
-        builder.try_init()
-    };
+    crate::logging::init(&args.log)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -137,15 +96,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn controller(args: Args) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.sidecar_proxy_port != args.sidecar_admin_port,
-        "--sidecar-proxy-port and --sidecar-admin-port are both {}",
-        args.sidecar_proxy_port
-    );
+    // Checked before anything else, so a bad flag is reported without an API server.
+    let mut inject = args.sidecar.inject_config(args.sidecar.sidecar_mode)?;
     let client = Client::try_default()
         .await
         .context("cannot configure the Kubernetes client (in-cluster or KUBECONFIG)")?;
-    let sidecar_mode = resolve_sidecar_mode(&client, args.sidecar_mode).await;
+    let sidecar_mode = resolve_sidecar_mode(&client, args.sidecar.sidecar_mode).await;
+    inject.sidecar_mode = sidecar_mode;
     let identity = match args.pod_name.clone() {
         Some(name) => name,
         None => hostname(),
@@ -235,22 +192,6 @@ async fn controller(args: Args) -> anyhow::Result<()> {
     );
     let lookup_store = policies.clone();
     let lookup = move |namespace: &str, name: &str| policy_presence(&lookup_store, namespace, name);
-    let inject = InjectConfig {
-        image: args
-            .sidecar_image
-            .clone()
-            .unwrap_or(InjectConfig::default().image),
-        proxy_port: args.sidecar_proxy_port,
-        admin_port: args.sidecar_admin_port,
-        resources: SidecarResources {
-            cpu_request: args.sidecar_cpu_request.clone(),
-            cpu_limit: args.sidecar_cpu_limit.clone(),
-            memory_request: args.sidecar_memory_request.clone(),
-            memory_limit: args.sidecar_memory_limit.clone(),
-        },
-        log_level: args.sidecar_log_level.clone(),
-        sidecar_mode,
-    };
     let state = WebhookState::new(inject, webhook_metrics).with_policy_lookup(Arc::new(lookup));
     let webhook_listener = TcpListener::bind(args.webhook_listen)
         .await

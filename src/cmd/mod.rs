@@ -6,4 +6,5 @@ pub mod crd;
 pub mod demo;
 pub mod explain;
 pub mod proxy;
+pub mod sidecar;
 pub mod webhook;

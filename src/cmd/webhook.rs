@@ -11,10 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use corsair_controller::names;
-use corsair_controller::webhook::{
-    self, CertStore, InjectConfig, Metrics, SidecarMode, SidecarResources, WebhookState,
-};
+use corsair_controller::webhook::{self, CertStore, Metrics, WebhookState};
 use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -23,6 +20,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+use crate::cmd::sidecar::SidecarArgs;
+use crate::logging::LogArgs;
 
 /// `corsair webhook --listen ADDR --tls-cert F --tls-key F`
 #[derive(clap::Args)]
@@ -43,48 +43,14 @@ pub struct Args {
     /// Plain-HTTP address for `/healthz`, `/readyz` and `/metrics`; none when left out.
     #[arg(long)]
     admin: Option<SocketAddr>,
-    /// `native`: an init container with `restartPolicy: Always` (Kubernetes 1.29+);
-    /// `container`: a regular container. With no API server to ask, `auto` means native.
-    #[arg(long, default_value = "auto", value_parser = parse_mode)]
-    sidecar_mode: SidecarMode,
-    /// Sidecar image [default: ghcr.io/corsair-dev/corsair:<this version>]; per pod: annotation corsair.dev/image.
-    #[arg(long)]
-    image: Option<String>,
-    /// Proxy port of the sidecar; per pod: annotation corsair.dev/proxy-port.
-    #[arg(long, default_value_t = names::PROXY_PORT)]
-    proxy_port: u16,
-    /// Admin port of the sidecar; per pod: annotation corsair.dev/admin-port.
-    #[arg(long, default_value_t = names::ADMIN_PORT)]
-    admin_port: u16,
-    /// `RUST_LOG` of the sidecar; per pod: annotation corsair.dev/log-level.
-    #[arg(long, default_value = "info")]
-    sidecar_log_level: String,
-    /// CPU request of the sidecar.
-    #[arg(long, default_value = "50m")]
-    sidecar_cpu_request: String,
-    /// CPU limit of the sidecar.
-    #[arg(long, default_value = "500m")]
-    sidecar_cpu_limit: String,
-    /// Memory request of the sidecar.
-    #[arg(long, default_value = "32Mi")]
-    sidecar_memory_request: String,
-    /// Memory limit of the sidecar.
-    #[arg(long, default_value = "128Mi")]
-    sidecar_memory_limit: String,
-}
-
-fn parse_mode(s: &str) -> Result<SidecarMode, String> {
-    s.parse()
-        .map_err(|e: webhook::ParseSidecarModeError| e.to_string())
+    #[command(flatten)]
+    sidecar: SidecarArgs,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::logging::init(&args.log)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -94,25 +60,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
-    let defaults = InjectConfig::default();
-    let config = InjectConfig {
-        image: args.image.unwrap_or(defaults.image),
-        proxy_port: args.proxy_port,
-        admin_port: args.admin_port,
-        resources: SidecarResources {
-            cpu_request: args.sidecar_cpu_request,
-            cpu_limit: args.sidecar_cpu_limit,
-            memory_request: args.sidecar_memory_request,
-            memory_limit: args.sidecar_memory_limit,
-        },
-        log_level: args.sidecar_log_level,
-        sidecar_mode: args.sidecar_mode.resolve(true),
-    };
-    anyhow::ensure!(
-        config.proxy_port != config.admin_port,
-        "--proxy-port and --admin-port are both {}",
-        config.proxy_port
-    );
+    // No API server to ask: `auto` means native sidecars.
+    let config = args
+        .sidecar
+        .inject_config(args.sidecar.sidecar_mode.resolve(true))?;
     let certs = Arc::new(
         CertStore::from_pem_files(&args.tls_cert, &args.tls_key).with_context(|| {
             format!(

@@ -125,7 +125,7 @@ pub struct InjectConfig {
     pub proxy_port: u16,
     pub admin_port: u16,
     pub resources: SidecarResources,
-    /// `RUST_LOG` of the sidecar.
+    /// Log filter of the sidecar (`RUST_LOG` syntax), passed as `CORSAIR_LOG`.
     pub log_level: String,
     pub sidecar_mode: SidecarMode,
 }
@@ -739,7 +739,7 @@ fn sidecar_container(config: &InjectConfig, record: &InjectedRecord, log_level: 
             .into(),
         ),
         env: Some(vec![EnvVar {
-            name: "RUST_LOG".to_owned(),
+            name: "CORSAIR_LOG".to_owned(),
             value: Some(log_level.to_owned()),
             ..Default::default()
         }]),

@@ -1,0 +1,71 @@
+//! The sidecar flags shared by `corsair controller` and `corsair webhook`, so that both inject
+//! the same proxy from the same flags.
+
+use corsair_controller::names;
+use corsair_controller::webhook::{self, InjectConfig, SidecarMode, SidecarResources};
+
+/// How the injected proxy is built. Each value can be overridden per pod by annotation.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SidecarArgs {
+    /// `native`: an init container with `restartPolicy: Always` (Kubernetes 1.29+);
+    /// `container`: a regular container; `auto`: native when the cluster supports it
+    /// (`corsair controller` asks the API server; `corsair webhook` has none and assumes it does).
+    #[arg(long, default_value = "auto", value_parser = parse_mode)]
+    pub sidecar_mode: SidecarMode,
+    /// Sidecar image [default: ghcr.io/corsair-dev/corsair:<this version>]; per pod: annotation corsair.dev/image.
+    #[arg(long)]
+    sidecar_image: Option<String>,
+    /// Proxy port of the sidecar; per pod: annotation corsair.dev/proxy-port.
+    #[arg(long, default_value_t = names::PROXY_PORT)]
+    sidecar_proxy_port: u16,
+    /// Admin port of the sidecar; per pod: annotation corsair.dev/admin-port.
+    #[arg(long, default_value_t = names::ADMIN_PORT)]
+    sidecar_admin_port: u16,
+    /// Log filter of the sidecar (`RUST_LOG` syntax); per pod: annotation corsair.dev/log-level.
+    #[arg(long, default_value = "info")]
+    sidecar_log_level: String,
+    /// CPU request of the sidecar.
+    #[arg(long, default_value = "50m")]
+    sidecar_cpu_request: String,
+    /// CPU limit of the sidecar.
+    #[arg(long, default_value = "500m")]
+    sidecar_cpu_limit: String,
+    /// Memory request of the sidecar.
+    #[arg(long, default_value = "32Mi")]
+    sidecar_memory_request: String,
+    /// Memory limit of the sidecar.
+    #[arg(long, default_value = "128Mi")]
+    sidecar_memory_limit: String,
+}
+
+fn parse_mode(s: &str) -> Result<SidecarMode, String> {
+    s.parse()
+        .map_err(|e: webhook::ParseSidecarModeError| e.to_string())
+}
+
+impl SidecarArgs {
+    /// The injection configuration, with `sidecar_mode` already resolved to native or container.
+    pub fn inject_config(&self, sidecar_mode: SidecarMode) -> anyhow::Result<InjectConfig> {
+        anyhow::ensure!(
+            self.sidecar_proxy_port != self.sidecar_admin_port,
+            "--sidecar-proxy-port and --sidecar-admin-port are both {}",
+            self.sidecar_proxy_port
+        );
+        Ok(InjectConfig {
+            image: self
+                .sidecar_image
+                .clone()
+                .unwrap_or_else(|| InjectConfig::default().image),
+            proxy_port: self.sidecar_proxy_port,
+            admin_port: self.sidecar_admin_port,
+            resources: SidecarResources {
+                cpu_request: self.sidecar_cpu_request.clone(),
+                cpu_limit: self.sidecar_cpu_limit.clone(),
+                memory_request: self.sidecar_memory_request.clone(),
+                memory_limit: self.sidecar_memory_limit.clone(),
+            },
+            log_level: self.sidecar_log_level.clone(),
+            sidecar_mode,
+        })
+    }
+}

@@ -1,0 +1,80 @@
+//! The seam between the webhook and the proxy: what the webhook injects into a pod must be a
+//! command line and environment that `corsair proxy` understands.
+
+use clap::{CommandFactory as _, Parser as _};
+use corsair_controller::names;
+use corsair_controller::webhook::{InjectConfig, SidecarMode, inject};
+use k8s_openapi::api::core::v1::{Container, Pod};
+use serde_json::json;
+
+use crate::{Cli, Command};
+
+/// The sidecar the webhook injects into a small annotated pod.
+fn injected_sidecar(mode: SidecarMode) -> Container {
+    let original = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "web",
+            "annotations": {"corsair.dev/policy": "api", "corsair.dev/log-level": "corsair_proxy=debug"}
+        },
+        "spec": {"containers": [{
+            "name": "app",
+            "image": "registry.local/app:1",
+            "ports": [{"name": "http", "containerPort": 8080}]
+        }]}
+    });
+    let pod: Pod = serde_json::from_value(original.clone()).expect("a valid pod");
+    let config = InjectConfig {
+        sidecar_mode: mode,
+        ..InjectConfig::default()
+    };
+    let injection = inject(&pod, Some("default"), &config, None).expect("the pod is injected");
+    let mut patched = original;
+    json_patch::patch(&mut patched, &injection.patch).expect("the patch applies");
+    let pod: Pod = serde_json::from_value(patched).expect("the patched pod is a Pod");
+    let spec = pod.spec.expect("spec");
+    spec.init_containers
+        .into_iter()
+        .flatten()
+        .chain(spec.containers)
+        .find(|c| c.name == names::SIDECAR_NAME)
+        .expect("the sidecar is injected")
+}
+
+#[test]
+fn the_injected_command_line_is_one_corsair_proxy_accepts() {
+    for mode in [SidecarMode::Native, SidecarMode::Container] {
+        let sidecar = injected_sidecar(mode);
+        assert_eq!(sidecar.command, None, "the image's entrypoint is `corsair`");
+        let args = sidecar.args.expect("args");
+        let cli = Cli::try_parse_from(std::iter::once("corsair".to_owned()).chain(args.clone()))
+            .unwrap_or_else(|e| panic!("`corsair {}` is refused: {e}", args.join(" ")));
+        assert!(matches!(cli.command, Command::Proxy(_)), "{args:?}");
+    }
+}
+
+#[test]
+fn every_injected_variable_is_read_by_corsair_proxy() {
+    let sidecar = injected_sidecar(SidecarMode::Native);
+    let cli = Cli::command();
+    let proxy = cli.find_subcommand("proxy").expect("a proxy subcommand");
+    let read: Vec<String> = proxy
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect();
+    let env = sidecar.env.expect("the sidecar gets its log filter");
+    for var in &env {
+        assert!(
+            read.contains(&var.name),
+            "{} is set on the sidecar but `corsair proxy` reads only {read:?}",
+            var.name
+        );
+    }
+    assert!(
+        env.iter()
+            .any(|v| v.value.as_deref() == Some("corsair_proxy=debug")),
+        "the log-level annotation reaches the sidecar: {env:?}"
+    );
+}
