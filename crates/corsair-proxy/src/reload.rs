@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -39,9 +40,9 @@ impl Reloader {
         let (tx, mut rx) = mpsc::channel::<()>(1);
         let dir = watch_dir(store.path());
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            // Any event in the directory may be the swap; a full channel means a check is
+            // Any change in the directory may be the swap; a full channel means a check is
             // already pending, which will see this change too.
-            if event.is_ok() {
+            if event.is_ok_and(|event| may_change_content(&event.kind)) {
                 let _ = tx.try_send(());
             }
         })
@@ -114,10 +115,63 @@ impl Reloader {
     }
 }
 
+/// Whether an event can mean new content. inotify also reports opens (notify watches
+/// `IN_OPEN`), and the check itself opens the file: reacting to those made each check trigger
+/// the next, re-reading the policy thousands of times a second. A reader closing the file
+/// changes nothing either; a writer closing it does.
+fn may_change_content(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Any
+        | EventKind::Create(_)
+        | EventKind::Modify(_)
+        | EventKind::Remove(_)
+        | EventKind::Other => true,
+    }
+}
+
 /// The directory to watch: the parent of the policy file, or `.` for a bare file name.
 fn watch_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
         _ => PathBuf::from("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind, RenameMode};
+
+    use super::may_change_content;
+
+    #[test]
+    fn reading_the_policy_does_not_trigger_a_check() {
+        let ignored = [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Access(AccessKind::Any),
+        ];
+        for kind in ignored {
+            assert!(!may_change_content(&kind), "{kind:?} should be ignored");
+        }
+    }
+
+    #[test]
+    fn writes_and_the_configmap_swap_trigger_a_check() {
+        let relevant = [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::Any),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Modify(ModifyKind::Data(notify::event::DataChange::Any)),
+            EventKind::Remove(RemoveKind::Any),
+            EventKind::Any,
+            EventKind::Other,
+        ];
+        for kind in relevant {
+            assert!(may_change_content(&kind), "{kind:?} should trigger a check");
+        }
     }
 }
