@@ -285,3 +285,31 @@ fn sigterm_lets_a_slow_request_finish_then_exits_0() {
         "the listener is closed after exit"
     );
 }
+
+/// Read system calls the process has made so far (`syscr` of `/proc/PID/io`).
+fn read_syscalls(child: &Child) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{}/io", child.id())).expect("/proc/PID/io");
+    io.lines()
+        .find_map(|l| l.strip_prefix("syscr: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no syscr in /proc/PID/io: {io}"))
+}
+
+/// The file watcher must not react to the proxy's own reads of the policy: that once made an
+/// idle proxy re-read its policy thousands of times a second. Idle, only the 1-second poll reads it.
+#[test]
+fn an_idle_proxy_does_not_keep_rereading_its_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).expect("write policy");
+    let (upstream, _requests) = upstream();
+    let proxy = start(&policy, upstream);
+    thread::sleep(Duration::from_millis(500));
+    let before = read_syscalls(&proxy.child);
+    thread::sleep(Duration::from_secs(3));
+    let reads = read_syscalls(&proxy.child) - before;
+    assert!(
+        reads < 100,
+        "an idle proxy made {reads} read system calls in 3 s: it keeps re-reading its policy"
+    );
+}
