@@ -43,7 +43,7 @@ fuzz-check:
 
 # Helm chart: lint, render and validate with real Helm (Go library via helm-python-sdk).
 chart-test: deps-python
-	cargo build --locked --bin corsair
+	cargo test --workspace --locked --no-run  # builds target/debug/corsair as rust-test does (same features)
 	CORSAIR_BIN=$(CURDIR)/target/debug/corsair $(VENV)/bin/pytest -q charts/tests
 
 # Regenerates the committed CRD (deploy/ and the chart's copy) from the Rust types.
