@@ -54,6 +54,10 @@ generate:
 demo:
 	cargo run --release -- demo
 
+# Benchmarks (not tests): numbers and how to read them are in docs/benchmarks.md.
 bench:
-	cargo bench -p corsair-policy
+	cargo bench -p corsair-policy --bench decide
 	bash benches/proxy/run.sh
+	cargo bench --bench webhook
+	WEBHOOK_BENCH_RATE=5000 cargo bench --bench webhook
+	bash benches/controller/run.sh
