@@ -18,6 +18,14 @@ pub const ADMIN_PORT_ANNOTATION: &str = "corsair.dev/admin-port";
 pub const IMAGE_ANNOTATION: &str = "corsair.dev/image";
 /// Per-pod override of the sidecar log level (`RUST_LOG` syntax).
 pub const LOG_LEVEL_ANNOTATION: &str = "corsair.dev/log-level";
+/// Per-pod override of the sidecar's CPU request.
+pub const CPU_REQUEST_ANNOTATION: &str = "corsair.dev/proxy-cpu-request";
+/// Per-pod override of the sidecar's CPU limit.
+pub const CPU_LIMIT_ANNOTATION: &str = "corsair.dev/proxy-cpu-limit";
+/// Per-pod override of the sidecar's memory request.
+pub const MEMORY_REQUEST_ANNOTATION: &str = "corsair.dev/proxy-memory-request";
+/// Per-pod override of the sidecar's memory limit.
+pub const MEMORY_LIMIT_ANNOTATION: &str = "corsair.dev/proxy-memory-limit";
 /// Written by the webhook: what it injected (JSON), so a second pass yields the same pod.
 pub const INJECTED_ANNOTATION: &str = "corsair.dev/injected";
 

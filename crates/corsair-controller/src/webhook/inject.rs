@@ -117,7 +117,7 @@ impl Default for SidecarResources {
 }
 
 /// What the injector adds to a pod, from the controller's configuration; annotations on a pod
-/// can override the image, ports and log level.
+/// can override the image, ports, resources and log level.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InjectConfig {
     /// Sidecar image; its entrypoint is `corsair`.
@@ -335,6 +335,22 @@ pub fn inject(
         Some(v) => v.to_owned(),
         None => config.log_level.clone(),
     };
+    let quantity = |key: &'static str, default: &String| match annotation(key) {
+        Some(v) if !is_quantity(v) => Err(InjectError::InvalidAnnotation {
+            key,
+            value: v.to_owned(),
+            reason: "is not a Kubernetes quantity such as `100m`, `0.5` or `64Mi`",
+        }),
+        Some(v) => Ok(v.to_owned()),
+        None => Ok(default.clone()),
+    };
+    let defaults = &config.resources;
+    let resources = SidecarResources {
+        cpu_request: quantity(names::CPU_REQUEST_ANNOTATION, &defaults.cpu_request)?,
+        cpu_limit: quantity(names::CPU_LIMIT_ANNOTATION, &defaults.cpu_limit)?,
+        memory_request: quantity(names::MEMORY_REQUEST_ANNOTATION, &defaults.memory_request)?,
+        memory_limit: quantity(names::MEMORY_LIMIT_ANNOTATION, &defaults.memory_limit)?,
+    };
     let proxy_port = port_annotation(
         annotation(names::PROXY_PORT_ANNOTATION),
         names::PROXY_PORT_ANNOTATION,
@@ -387,7 +403,7 @@ pub fn inject(
         upstream_port: target.number,
         port_name: target.name.clone(),
     };
-    let sidecar = sidecar_container(config, &record, &log_level);
+    let sidecar = sidecar_container(&resources, &record, &log_level, mode.is_native());
 
     let mut ops = Vec::new();
     // The app's port gives up its name (the Service resolves a named targetPort over regular
@@ -701,7 +717,27 @@ fn policy_volume(policy: &str) -> Volume {
 }
 
 /// The proxy container, restricted by the Pod Security Standard `restricted`.
-fn sidecar_container(config: &InjectConfig, record: &InjectedRecord, log_level: &str) -> Container {
+/// A Kubernetes resource quantity: a decimal number with an optional SI or binary suffix.
+fn is_quantity(v: &str) -> bool {
+    const SUFFIXES: [&str; 13] = [
+        "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "m", "k", "M", "G", "T", "P", "E",
+    ];
+    let number = SUFFIXES.iter().find_map(|s| v.strip_suffix(s)).unwrap_or(v);
+    let mut parts = number.splitn(2, '.');
+    let whole = parts.next().unwrap_or("");
+    let fraction = parts.next();
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    !(whole.is_empty() && fraction.is_none_or(str::is_empty))
+        && digits(whole)
+        && fraction.is_none_or(|f| !f.is_empty() && digits(f))
+}
+
+fn sidecar_container(
+    res: &SidecarResources,
+    record: &InjectedRecord,
+    log_level: &str,
+    native: bool,
+) -> Container {
     let admin_probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
@@ -715,7 +751,6 @@ fn sidecar_container(config: &InjectConfig, record: &InjectedRecord, log_level: 
         ..Default::default()
     };
     let quantity = |q: &str| Quantity(q.to_owned());
-    let res = &config.resources;
     Container {
         name: names::SIDECAR_NAME.to_owned(),
         image: Some(record.image.clone()),
@@ -762,7 +797,7 @@ fn sidecar_container(config: &InjectConfig, record: &InjectedRecord, log_level: 
                 ..Default::default()
             },
         ]),
-        restart_policy: config.sidecar_mode.is_native().then(|| "Always".to_owned()),
+        restart_policy: native.then(|| "Always".to_owned()),
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
                 ("cpu".to_owned(), quantity(&res.cpu_request)),

@@ -547,3 +547,40 @@ fn default_image_carries_the_crate_version() {
         format!("ghcr.io/corsair-dev/corsair:{}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[test]
+fn resource_annotations_override_the_configuration() {
+    let mut pod = web_pod();
+    let annotations = &mut pod["metadata"]["annotations"];
+    annotations["corsair.dev/proxy-cpu-request"] = json!("0.1");
+    annotations["corsair.dev/proxy-cpu-limit"] = json!("2");
+    annotations["corsair.dev/proxy-memory-request"] = json!("48Mi");
+    annotations["corsair.dev/proxy-memory-limit"] = json!("256Mi");
+    let out = apply(&pod, &run(&pod, &native()).expect("injects"));
+    let resources = sidecar_of(&out).resources.expect("resources");
+    let get = |m: Option<std::collections::BTreeMap<String, Quantity>>, k: &str| {
+        m.and_then(|m| m.get(k).map(|q| q.0.clone()))
+    };
+    assert_eq!(
+        get(resources.requests.clone(), "cpu").as_deref(),
+        Some("0.1")
+    );
+    assert_eq!(get(resources.requests, "memory").as_deref(), Some("48Mi"));
+    assert_eq!(get(resources.limits.clone(), "cpu").as_deref(), Some("2"));
+    assert_eq!(get(resources.limits, "memory").as_deref(), Some("256Mi"));
+}
+
+#[test]
+fn a_resource_annotation_that_is_not_a_quantity_is_refused_naming_it() {
+    for bad in ["", "lots", "1.", "64 Mi", "-1", "1.5.2"] {
+        let mut pod = web_pod();
+        pod["metadata"]["annotations"]["corsair.dev/proxy-memory-limit"] = json!(bad);
+        match run(&pod, &native()) {
+            Err(InjectError::InvalidAnnotation { key, value, .. }) => {
+                assert_eq!(key, "corsair.dev/proxy-memory-limit");
+                assert_eq!(value, bad);
+            }
+            other => panic!("{bad:?} was not refused: {other:?}"),
+        }
+    }
+}
