@@ -360,51 +360,65 @@ impl Manager {
     /// not exist (yet) is skipped: the next round patches it.
     async fn publish_ca_bundle(&self, ca_pem: &str) -> Result<()> {
         let encoded = ByteString(ca_pem.as_bytes().to_vec());
-        let mutating: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
-        let current = mutating
-            .get_opt(&self.config.mutating_webhook)
-            .await
-            .map_err(Error::kube("read MutatingWebhookConfiguration"))?
-            .map(|c| {
+        self.publish_to::<MutatingWebhookConfiguration>(
+            &self.config.mutating_webhook,
+            &encoded,
+            |c| {
                 c.webhooks
                     .into_iter()
                     .flatten()
                     .map(|w| (w.name, w.client_config.ca_bundle))
-                    .collect::<Vec<_>>()
-            });
-        if let Some(patch) = current.and_then(|c| ca_bundle_patch(&c, &encoded)) {
-            mutating
-                .patch(
-                    &self.config.mutating_webhook,
-                    &self.patch_params(),
-                    &Patch::Strategic(patch),
-                )
-                .await
-                .map_err(Error::kube("patch MutatingWebhookConfiguration caBundle"))?;
-            tracing::info!(name = %self.config.mutating_webhook, "published caBundle");
-        }
-        let validating: Api<ValidatingWebhookConfiguration> = Api::all(self.client.clone());
-        let current = validating
-            .get_opt(&self.config.validating_webhook)
-            .await
-            .map_err(Error::kube("read ValidatingWebhookConfiguration"))?
-            .map(|c| {
+                    .collect()
+            },
+            (
+                "read MutatingWebhookConfiguration",
+                "patch MutatingWebhookConfiguration caBundle",
+            ),
+        )
+        .await?;
+        self.publish_to::<ValidatingWebhookConfiguration>(
+            &self.config.validating_webhook,
+            &encoded,
+            |c| {
                 c.webhooks
                     .into_iter()
                     .flatten()
                     .map(|w| (w.name, w.client_config.ca_bundle))
-                    .collect::<Vec<_>>()
-            });
-        if let Some(patch) = current.and_then(|c| ca_bundle_patch(&c, &encoded)) {
-            validating
-                .patch(
-                    &self.config.validating_webhook,
-                    &self.patch_params(),
-                    &Patch::Strategic(patch),
-                )
+                    .collect()
+            },
+            (
+                "read ValidatingWebhookConfiguration",
+                "patch ValidatingWebhookConfiguration caBundle",
+            ),
+        )
+        .await
+    }
+
+    /// Patches `caBundle` into the webhooks of one configuration whose bundles differ.
+    async fn publish_to<K>(
+        &self,
+        name: &str,
+        encoded: &ByteString,
+        bundles: fn(K) -> Vec<(String, Option<ByteString>)>,
+        (read, patch): (&'static str, &'static str),
+    ) -> Result<()>
+    where
+        K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::all(self.client.clone());
+        let current = api
+            .get_opt(name)
+            .await
+            .map_err(Error::kube(read))?
+            .map(bundles);
+        if let Some(body) = current.and_then(|c| ca_bundle_patch(&c, encoded)) {
+            api.patch(name, &self.patch_params(), &Patch::Strategic(body))
                 .await
-                .map_err(Error::kube("patch ValidatingWebhookConfiguration caBundle"))?;
-            tracing::info!(name = %self.config.validating_webhook, "published caBundle");
+                .map_err(Error::kube(patch))?;
+            tracing::info!(name, "published caBundle");
         }
         Ok(())
     }
