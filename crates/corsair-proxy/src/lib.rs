@@ -2,7 +2,7 @@
 //!
 //! One port serves HTTP/1.1 and HTTP/2 (h2c prior knowledge); every request is classified by the
 //! [`corsair_policy::Engine`] and then either answered here (preflights, rejections) or streamed
-//! to the single upstream through a pooled keep-alive client. The policy file is hot-reloaded, and
+//! to the single upstream over keep-alive connections that each client connection keeps for itself. The policy file is hot-reloaded, and
 //! a second port serves health, readiness, Prometheus metrics and the active policy.
 //!
 //! ```no_run
@@ -63,8 +63,6 @@ pub struct ProxyConfig {
     pub upstream_timeout: Duration,
     /// A client connection that moves no bytes for this long is closed.
     pub idle_timeout: Duration,
-    /// Idle pooled upstream connections are closed after this long.
-    pub pool_idle_timeout: Duration,
     /// Limit on the total size of a request's headers (431 beyond it). At least 8 KiB.
     pub max_header_bytes: usize,
     /// On shutdown, how long in-flight requests may take before their connections are dropped.
@@ -91,7 +89,6 @@ impl ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             upstream_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(300),
-            pool_idle_timeout: Duration::from_secs(90),
             max_header_bytes: 64 * 1024,
             drain_timeout: Duration::from_secs(25),
             reload_poll_interval: Duration::from_secs(1),
