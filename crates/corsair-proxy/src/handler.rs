@@ -206,7 +206,7 @@ impl Plan {
     ///
     /// An allowed preflight is answered in the request's own header map, emptied: hyper reuses
     /// that map's storage from one message of a connection to the next, so nothing is allocated.
-    fn answer(self, status: StatusCode, req: Request<Incoming>) -> Response<ProxyBody> {
+    fn answer<B>(self, status: StatusCode, req: Request<B>) -> Response<ProxyBody> {
         let mut response = if status.is_success() {
             let (parts, _body) = req.into_parts();
             let mut headers = parts.headers;
@@ -485,3 +485,6 @@ fn spawn_tunnel(
         }
     });
 }
+
+#[cfg(test)]
+mod tests;

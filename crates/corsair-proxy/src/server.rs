@@ -176,7 +176,7 @@ pub struct Activity {
 }
 
 impl Activity {
-    fn new() -> Activity {
+    pub(crate) fn new() -> Activity {
         Activity {
             opened: Instant::now(),
             last_ms: Arc::new(AtomicU64::new(0)),
