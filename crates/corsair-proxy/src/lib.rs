@@ -151,7 +151,39 @@ impl Proxy {
         )?);
         metrics.set_generation(store.current().generation());
 
-        let listener = bind(config.listen, "proxy").await?;
+        // BENCHMARK ONLY, removed once measured: `CORSAIR_BENCH_CORES=N` serves the proxy port
+        // from N threads, each a current-thread runtime with its own SO_REUSEPORT listener.
+        let per_core: Option<usize> = std::env::var("CORSAIR_BENCH_CORES")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        let mut core_listeners = Vec::new();
+        if let Some(cores) = per_core {
+            let first = bind_reuseport(config.listen)?;
+            let addr = first.local_addr().map_err(|source| ProxyError::Bind {
+                role: "proxy",
+                addr: config.listen,
+                source,
+            })?;
+            core_listeners.push(first);
+            for _ in 1..cores {
+                core_listeners.push(bind_reuseport(addr)?);
+            }
+        }
+        let listener = match core_listeners.first() {
+            Some(first) => {
+                let clone = first.try_clone().map_err(|source| ProxyError::Bind {
+                    role: "proxy",
+                    addr: config.listen,
+                    source,
+                })?;
+                TcpListener::from_std(clone).map_err(|source| ProxyError::Bind {
+                    role: "proxy",
+                    addr: config.listen,
+                    source,
+                })?
+            }
+            None => bind(config.listen, "proxy").await?,
+        };
         let admin_listener = bind(config.admin, "admin").await?;
         let listen_addr = local_addr(&listener, config.listen, "proxy")?;
         let admin_addr = local_addr(&admin_listener, config.admin, "admin")?;
@@ -175,12 +207,34 @@ impl Proxy {
             shutdown.clone(),
         );
         tokio::spawn(watcher);
-        tasks.spawn(server::accept_loop(
-            listener,
-            state.clone(),
-            shutdown.clone(),
-            abort.clone(),
-        ));
+        if core_listeners.is_empty() {
+            tasks.spawn(server::accept_loop(
+                listener,
+                state.clone(),
+                shutdown.clone(),
+                abort.clone(),
+            ));
+        } else {
+            drop(listener);
+            for std_listener in core_listeners {
+                let (state, shutdown, abort) = (state.clone(), shutdown.clone(), abort.clone());
+                std::thread::spawn(move || {
+                    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    else {
+                        return;
+                    };
+                    runtime.block_on(async move {
+                        let Ok(listener) = TcpListener::from_std(std_listener) else {
+                            return;
+                        };
+                        server::accept_loop(listener, state.clone(), shutdown, abort).await;
+                        state.tasks.wait().await;
+                    });
+                });
+            }
+        }
         let admin_task = tokio::spawn(admin::serve(admin_listener, state.clone()));
         state.set_listening(true);
         tracing::info!(
@@ -236,6 +290,26 @@ impl Proxy {
         self.admin_task.abort();
         result
     }
+}
+
+fn bind_reuseport(addr: SocketAddr) -> Result<std::net::TcpListener, ProxyError> {
+    let bind_error = |source| ProxyError::Bind {
+        role: "proxy",
+        addr,
+        source,
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .map_err(bind_error)?;
+    socket.set_reuse_port(true).map_err(bind_error)?;
+    socket.set_reuse_address(true).map_err(bind_error)?;
+    socket.set_nonblocking(true).map_err(bind_error)?;
+    socket.bind(&addr.into()).map_err(bind_error)?;
+    socket.listen(1024).map_err(bind_error)?;
+    Ok(socket.into())
 }
 
 async fn bind(addr: SocketAddr, role: &'static str) -> Result<TcpListener, ProxyError> {
