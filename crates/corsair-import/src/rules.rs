@@ -162,6 +162,15 @@ pub(crate) fn lower(mut d: Draft, ctx: &mut Ctx) -> Option<RouteSpec> {
         }
     });
 
+    if let Some(field) = &d.any_origin
+        && !d.null_origin
+    {
+        ctx.warn(
+            "null-origin-not-covered",
+            field,
+            "allowed every origin, `Origin: null` included (sandboxed iframes, file: pages, some redirects); a Corsair \"*\" leaves null out. Add allowNullOrigin: true if such pages must keep reading these responses".to_owned(),
+        );
+    }
     let mut origins = d.origins;
     if d.any_origin.is_some() {
         origins = vec!["*".to_owned()];

@@ -140,6 +140,9 @@ fn ingress_nginx() {
     assert_eq!(dropped.severity, Severity::Warning);
     assert!(dropped.message.contains("list the origins"));
     assert_eq!(assets.document.spec.max_age, Some(7200)); // default 1728000, capped
+    // `*` also let `Origin: null` read; a Corsair `*` does not, and says so.
+    assert!(has(assets, "null-origin-not-covered"));
+    assert_eq!(assets.document.spec.allow_null_origin, None);
 }
 
 #[test]
