@@ -6,15 +6,19 @@ use std::process::ExitCode;
 use corsair_import::{finding_line, import, render};
 
 /// Convert the CORS configuration in Kubernetes manifests into CorsPolicies.
-///
-/// Reads ingress-nginx Ingresses (enable-cors and cors-* annotations), Gateway API HTTPRoutes (CORS
-/// filters), Istio VirtualServices (corsPolicy), Envoy Gateway SecurityPolicies (cors), Traefik
-/// Middlewares (headers.accessControl*) and Deployments, StatefulSets, DaemonSets or Pods running
-/// Cloud Endpoints ESP/ESPv2 with --cors_* flags. Prints one CorsPolicy per source object on
-/// standard output (YAML that kubectl apply -f - and corsair check accept) and every change of
-/// meaning on standard error. Exit status: 0 when at least one policy was produced, 1 on
-/// unreadable or malformed input, 2 when nothing convertible was found.
 #[derive(clap::Args)]
+#[command(after_long_help = "\
+Reads ingress-nginx Ingresses (enable-cors and cors-* annotations), Gateway API HTTPRoutes (CORS \
+filters), Istio VirtualServices (corsPolicy), Envoy Gateway SecurityPolicies (cors), Traefik \
+Middlewares (headers.accessControl*) and Deployments, StatefulSets, DaemonSets or Pods running \
+Cloud Endpoints ESP/ESPv2 with --cors_* flags; other documents are skipped with a note.
+
+Standard output: one CorsPolicy per source object, as YAML that kubectl apply -f - and corsair \
+check accept, each followed by a comment saying how to opt the workloads in. Standard error: \
+every finding, naming the file, the object and the annotation, flag or field.
+
+Exit status: 0 when at least one policy was produced, 1 on unreadable or malformed input, 2 when \
+nothing convertible was found.")]
 pub struct Args {
     /// Manifest files (multi-document YAML or JSON); `-` reads standard input.
     #[arg(required = true, value_name = "FILE")]
