@@ -251,7 +251,7 @@ fn finish(source: &SourceRef, draft: sources::PolicyDraft) -> Converted {
         findings.push(Finding {
             severity,
             code,
-            field: f.path.clone(),
+            field: format!("(policy) {}", f.path),
             message: format!("corsair check {what}: {}", f.message),
         });
     }
