@@ -302,3 +302,6 @@ fn dedupe_names(policies: &mut [Converted]) {
 pub(crate) fn empty_spec() -> CorsPolicySpec {
     CorsPolicySpec::default()
 }
+
+#[cfg(test)]
+mod tests;

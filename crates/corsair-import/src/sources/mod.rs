@@ -13,6 +13,9 @@ mod istio;
 mod nginx;
 mod traefik;
 
+#[cfg(test)]
+pub(crate) use traefik::is_anchored as traefik_is_anchored;
+
 /// A policy before it is wrapped into a manifest and checked.
 pub(crate) struct PolicyDraft {
     pub name: String,
