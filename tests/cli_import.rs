@@ -169,3 +169,18 @@ fn help_lists_import() {
     assert!(help.contains("Exit status"), "{help}");
     assert!(help.contains("`-` reads standard input"), "{help}");
 }
+
+#[test]
+fn names_stay_unique_across_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.yaml");
+    let b = dir.path().join("b.yaml");
+    std::fs::write(&a, "apiVersion: traefik.io/v1alpha1\nkind: Middleware\nmetadata: {name: web, namespace: shop}\nspec:\n  headers:\n    accessControlAllowOriginList: [https://a.example.com]\n").unwrap();
+    std::fs::write(&b, "apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: web, namespace: shop}\nspec:\n  cors:\n    allowOrigins: [https://b.example.com]\n").unwrap();
+    let out = corsair(&["import", a.to_str().unwrap(), b.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("  name: web\n"), "{stdout}");
+    assert!(stdout.contains("  name: web-securitypolicy\n"), "{stdout}");
+    assert!(text(&out.stderr).contains("SecurityPolicy shop/web: metadata.name: note[renamed]"));
+}

@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
-use corsair_import::{finding_line, import, render};
+use corsair_import::{dedupe_names, finding_line, import, render};
 
 /// Convert the CORS configuration in Kubernetes manifests into CorsPolicies.
 #[derive(clap::Args)]
@@ -28,7 +28,9 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr().lock();
-    let (mut produced, mut failed) = (0usize, false);
+    let mut failed = false;
+    // Every file first, so that names are made unique across files before anything is printed.
+    let mut converted: Vec<(String, corsair_import::Converted)> = Vec::new();
     for file in &args.files {
         let (name, bytes) = match read(file) {
             Ok(read) => read,
@@ -53,18 +55,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 finding_line(&name, skipped.source.as_ref(), &skipped.finding)
             )?;
         }
-        for policy in &result.policies {
-            for finding in &policy.findings {
-                writeln!(
-                    stderr,
-                    "{}",
-                    finding_line(&name, Some(&policy.source), finding)
-                )?;
-            }
-            write!(stdout, "{}", render(policy, &name)?)?;
-            produced += 1;
-        }
+        converted.extend(result.policies.into_iter().map(|p| (name.clone(), p)));
     }
+    let mut policies: Vec<corsair_import::Converted> =
+        converted.iter().map(|(_, p)| p.clone()).collect();
+    dedupe_names(&mut policies);
+    for ((name, _), policy) in converted.iter().zip(&policies) {
+        for finding in &policy.findings {
+            writeln!(
+                stderr,
+                "{}",
+                finding_line(name, Some(&policy.source), finding)
+            )?;
+        }
+        write!(stdout, "{}", render(policy, name)?)?;
+    }
+    let produced = policies.len();
     writeln!(stderr, "corsair import: {produced} policy(ies) written")?;
     Ok(if failed {
         ExitCode::from(1)

@@ -274,8 +274,9 @@ fn finish(source: &SourceRef, draft: sources::PolicyDraft) -> Converted {
 }
 
 /// Two sources of the same name in one namespace (an Ingress and an HTTPRoute `web`) would make
-/// two policies overwrite each other: the later ones get the source kind appended.
-fn dedupe_names(policies: &mut [Converted]) {
+/// two policies overwrite each other: the later ones get the source kind appended. [`import`]
+/// does this within a file; call it again over the policies of several files.
+pub fn dedupe_names(policies: &mut [Converted]) {
     let mut seen: Vec<(Option<String>, String)> = Vec::new();
     for p in policies.iter_mut() {
         let ns = p.document.metadata.namespace.clone();
