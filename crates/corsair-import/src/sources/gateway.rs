@@ -182,6 +182,10 @@ pub(crate) fn wildcard_origin(
         d.any_origin = Some(field.to_owned());
         return;
     }
+    if entry == "null" {
+        d.null_origin = true;
+        return;
+    }
     let mut origin = entry.to_owned();
     if default_port_matches {
         for (scheme, port) in [("https://", ":443"), ("http://", ":80")] {

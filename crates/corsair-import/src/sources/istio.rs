@@ -205,6 +205,9 @@ fn draft(cors: &Value, base: &str, ctx: &mut Ctx) -> Draft {
 pub(crate) fn exact_origin(entry: &str, field: &str, d: &mut Draft, ctx: &mut Ctx) {
     if entry == "*" {
         d.any_origin = Some(field.to_owned());
+    } else if entry == "null" {
+        // Sandboxed iframes and file: pages send `Origin: null`, which this entry equalled.
+        d.null_origin = true;
     } else if let Some(problem) = rules::origin_problem(entry) {
         ctx.note(
             "origin-never-matched",
