@@ -14,7 +14,7 @@ pub fn render(c: &Converted, file: &str) -> Result<String, ImportError> {
     ));
     if c.incomplete {
         out.push_str(
-            "# INCOMPLETE on purpose: corsair check and the API server refuse it until the empty\n",
+            "# INCOMPLETE on purpose: corsair check and the validating webhook refuse it until the empty\n",
         );
         out.push_str(
             "# allowOrigins lists the origins that may send credentials (see the findings).\n",
