@@ -41,7 +41,7 @@ fn committed_crd_matches_the_generated_one() {
 }
 
 fn parse_crd() -> CustomResourceDefinition {
-    serde_yaml::from_str(&committed_crd()).expect("deploy/crd.yaml is a CustomResourceDefinition")
+    serde_saphyr::from_str(&committed_crd()).expect("deploy/crd.yaml is a CustomResourceDefinition")
 }
 
 #[test]

@@ -6,19 +6,21 @@
 
 pub mod model;
 
+mod check;
 mod decision;
 mod engine;
 mod load;
 mod origin;
 mod validate;
 
+pub use check::{Checked, check_manifest, check_spec};
 pub use decision::{
     Action, AllowReason, Decision, DenyReason, ListValue, RequestKind, ResponseHeaders, Vary,
     Verdict, merge_vary,
 };
 pub use engine::{DEFAULT_ALLOW_METHODS, DEFAULT_PREFLIGHT_STATUS, Engine, RequestInfo};
-pub use load::{LoadError, load_document};
+pub use load::{LoadError, Manifest, load_document, parse_manifests};
 pub use model::{
     CorsPolicySpec, DisallowedRequests, Mode, PolicyDocument, RouteSpec, UnmatchedPreflights,
 };
-pub use validate::{Finding, MAX_AGE_BROWSER_CAP, Report, Severity, validate};
+pub use validate::{Finding, MAX_AGE_BROWSER_CAP, Report, SPECIAL_USE_DOMAINS, Severity, validate};

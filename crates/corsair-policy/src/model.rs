@@ -41,8 +41,9 @@ pub enum Mode {
     Enforce,
     /// Decide and record the decision, but forward everything unchanged.
     DryRun,
-    /// Pass everything through untouched.
-    Off,
+    /// Pass everything through untouched. (Not `Off`: kubectl reads YAML 1.1, where an unquoted
+    /// `Off` is the boolean false.)
+    Disabled,
 }
 
 /// Declares a struct carrying every CORS rule field, plus the given extra fields, so that the
@@ -96,7 +97,7 @@ macro_rules! with_cors_rules {
             /// What to do with a request from an origin that is not allowed. Default `Forward`.
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub disallowed_requests: Option<DisallowedRequests>,
-            /// `Enforce` (default), `DryRun` or `Off`.
+            /// `Enforce` (default), `DryRun` or `Disabled`.
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub mode: Option<Mode>,
         }

@@ -134,7 +134,7 @@ fn decide(state: &State, req: &Request<Incoming>) -> (Prepared, Option<Denied>) 
     };
     let decision = policy.engine.decide(&info);
     let deny_reason = match decision.verdict {
-        Verdict::Denied(reason) if decision.mode != Mode::Off => Some(Denied {
+        Verdict::Denied(reason) if decision.mode != Mode::Disabled => Some(Denied {
             reason: describe(reason),
             enforced: match decision.enforced {
                 Action::Respond { .. } => "rejected",
@@ -162,7 +162,7 @@ fn prepare(decision: &Decision<'_>) -> Prepared {
         mode: match decision.mode {
             Mode::Enforce => "enforce",
             Mode::DryRun => "dry_run",
-            Mode::Off => "off",
+            Mode::Disabled => "disabled",
         },
         status: "",
     };

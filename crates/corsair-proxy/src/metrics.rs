@@ -14,7 +14,7 @@ pub struct RequestLabels {
     pub kind: &'static str,
     /// `allowed`, `denied` or `not_applicable` (no CORS check needed).
     pub decision: &'static str,
-    /// `enforce`, `dry_run` or `off`.
+    /// `enforce`, `dry_run` or `disabled`.
     pub mode: &'static str,
     /// `1xx` … `5xx`.
     pub status: &'static str,
