@@ -46,10 +46,12 @@ chart-test: deps-python
 	cargo test --workspace --locked --no-run  # builds target/debug/corsair as rust-test does (same features)
 	CORSAIR_BIN=$(CURDIR)/target/debug/corsair $(VENV)/bin/pytest -q charts/tests
 
-# Regenerates the committed CRD (deploy/ and the chart's copy) from the Rust types.
+# Regenerates the committed CRD (deploy/ and the chart's copy) from the Rust types, and the
+# chart's copy of the Grafana dashboard (Helm reads files only inside the chart).
 generate:
 	cargo run -q --bin corsair -- crd > deploy/crd.yaml
 	cp deploy/crd.yaml charts/corsair/crds/corspolicies.corsair.dev.yaml
+	cp deploy/grafana/corsair.json charts/corsair/dashboards/corsair.json
 
 demo:
 	cargo run --release -- demo

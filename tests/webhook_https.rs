@@ -868,3 +868,60 @@ async fn swapped_certificate_is_served_without_restart() {
     assert!(result.is_ok(), "{result:?}");
     assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
 }
+
+fn pem(der: &CertificateDer<'static>) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+/// `corsair probe`, what the chart's `helm test` hook runs, against the real webhook over HTTPS:
+/// it passes with the right CA, and fails, saying why, with another CA or a wrong path.
+#[tokio::test]
+async fn corsair_probe_checks_the_validating_webhook() {
+    let webhook = start(&[]);
+    let ca = webhook.dir.path().join("ca.crt");
+    std::fs::write(&ca, pem(&webhook.ca)).expect("write CA");
+    let probe = |url: String, ca: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_corsair"))
+            .args(["probe", "--timeout", "5", "--url", &url, "--ca-file"])
+            .arg(ca)
+            .output()
+            .expect("corsair probe runs")
+    };
+    let url = format!("https://localhost:{}/validate", webhook.addr.port());
+    let out = probe(url.clone(), &ca);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("ok: a valid CorsPolicy is allowed"), "{text}");
+    assert!(
+        text.contains("ok: an invalid CorsPolicy is refused: spec.allowOrigins[0]"),
+        "{text}"
+    );
+    let metrics = webhook.metrics().await;
+    assert!(
+        metrics.contains("corsair_webhook_validations_total{result=\"accepted\"} 1")
+            && metrics.contains("corsair_webhook_validations_total{result=\"denied\"} 1"),
+        "the webhook saw both reviews:\n{metrics}"
+    );
+
+    let other = webhook.dir.path().join("other-ca.crt");
+    std::fs::write(&other, pem(&pki().ca_der)).expect("write other CA");
+    let out = probe(url, &other);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAILED: TLS handshake"), "{text}");
+
+    let out = probe(
+        format!("https://localhost:{}/inject", webhook.addr.port()),
+        &ca,
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAILED"), "{text}");
+}
