@@ -13,7 +13,7 @@ pub const API_VERSION: &str = "corsair.dev/v1alpha1";
 /// `kind` of a `CorsPolicy` manifest.
 pub const KIND: &str = "CorsPolicy";
 
-/// What to do with a preflight that the policy does not allow.
+/// What to do with a preflight that the policy does not allow: `Reject` (default) or `Forward`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 pub enum UnmatchedPreflights {
     /// Answer 403 without CORS headers; the upstream is not called.
@@ -23,7 +23,8 @@ pub enum UnmatchedPreflights {
     Forward,
 }
 
-/// What to do with a cross-origin, non-preflight request from an origin that is not allowed.
+/// What to do with a cross-origin, non-preflight request from an origin that is not allowed:
+/// `Forward` (default) or `Reject`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 pub enum DisallowedRequests {
     /// Forward it without CORS headers: the browser hides the response from the page.
@@ -33,7 +34,7 @@ pub enum DisallowedRequests {
     Reject,
 }
 
-/// Whether the policy is enforced.
+/// Whether the policy is enforced: `Enforce` (default), `DryRun` or `Disabled`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 pub enum Mode {
     /// Decide and act on the decision.
