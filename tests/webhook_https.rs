@@ -925,3 +925,49 @@ async fn corsair_probe_checks_the_validating_webhook() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("FAILED"), "{text}");
 }
+
+/// cert-manager's self-signed Issuer (the chart's default with `webhook.certManager.enabled`)
+/// puts the serving certificate itself in `ca.crt`: the probe trusts it as its own root.
+#[tokio::test]
+async fn corsair_probe_trusts_a_self_signed_serving_certificate() {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("self-signed cert");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("tls.crt"), cert.pem()).expect("write cert");
+    std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).expect("write key");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corsair"))
+        .args(["webhook", "--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(dir.path().join("tls.crt"))
+        .arg("--tls-key")
+        .arg(dir.path().join("tls.key"))
+        .env("CORSAIR_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("corsair webhook starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let line = BufReader::new(stdout)
+        .lines()
+        .next()
+        .expect("an address line")
+        .expect("UTF-8");
+    let addr: Option<SocketAddr> = line
+        .strip_prefix("webhook listening on https://")
+        .and_then(|a| a.parse().ok());
+    let out = addr.map(|addr| {
+        Command::new(env!("CARGO_BIN_EXE_corsair"))
+            .args(["probe", "--timeout", "5", "--url"])
+            .arg(format!("https://localhost:{}/validate", addr.port()))
+            .arg("--ca-file")
+            .arg(dir.path().join("tls.crt"))
+            .output()
+            .expect("corsair probe runs")
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let out = out.unwrap_or_else(|| panic!("no address in {line:?}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+}
