@@ -46,10 +46,16 @@ chart-test: deps-python
 	cargo test --workspace --locked --no-run  # builds target/debug/corsair as rust-test does (same features)
 	CORSAIR_BIN=$(CURDIR)/target/debug/corsair $(VENV)/bin/pytest -q charts/tests
 
-# Regenerates the committed CRD (deploy/ and the chart's copy) from the Rust types.
-generate:
-	cargo run -q --bin corsair -- crd > deploy/crd.yaml
+# Regenerates the committed CRD (deploy/ and the chart's copy) from the Rust types, and the
+# chart's copy of the Grafana dashboard (Helm reads files only inside the chart).
+# docs/reference.md is written from the CRD, names.rs, every subcommand's --help and the chart's
+# values (docs/reference.py); charts/tests/test_reference.py fails when it is stale.
+generate: deps-python
+	cargo build -q --bin corsair
+	target/debug/corsair crd > deploy/crd.yaml
 	cp deploy/crd.yaml charts/corsair/crds/corspolicies.corsair.dev.yaml
+	cp deploy/grafana/corsair.json charts/corsair/dashboards/corsair.json
+	$(VENV)/bin/python docs/reference.py --bin target/debug/corsair > docs/reference.md
 
 demo:
 	cargo run --release -- demo

@@ -32,6 +32,8 @@ enum Command {
     Demo(cmd::demo::Args),
     /// Run the sidecar: enforce a policy file in front of one upstream, reloading it on change.
     Proxy(cmd::proxy::Args),
+    /// Check that a running validating webhook accepts a valid CorsPolicy and refuses an invalid one.
+    Probe(cmd::probe::Args),
     /// Serve the admission webhooks alone over HTTPS (POST /inject, POST /validate), no API server needed.
     Webhook(cmd::webhook::Args),
 }
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         Command::Crd(args) => cmd::crd::run(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::Proxy(args) => cmd::proxy::run(args),
+        Command::Probe(args) => cmd::probe::run(args),
         Command::Webhook(args) => cmd::webhook::run(args),
     };
     match result {

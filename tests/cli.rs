@@ -138,6 +138,97 @@ fn warnings_fail_only_with_deny_warnings() {
     assert_eq!(out.status.code(), Some(1));
 }
 
+/// A multi-document file through standard input: the CorsPolicies are checked, each with every
+/// one of its problems, the other documents are skipped with a note.
+#[test]
+fn check_reads_every_document_from_stdin() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let text = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec: {replicas: 1}
+---
+apiVersion: corsair.dev/v1alpha1
+kind: CorsPolicy
+metadata: {name: typos}
+spec:
+  allowMethod: [GET]
+  allowOrigins: [\"https://a.example.com/\"]
+  mode: Off
+---
+apiVersion: corsair.dev/v1alpha1
+kind: CorsPolicy
+metadata: {name: local}
+spec:
+  allowOrigins: [\"http://*.localhost:4000\", \"https://*.test\"]
+";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corsair"))
+        .args(["check", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the corsair binary runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("corsair check exits");
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let line = |needle: &str| {
+        text.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?}:\n{text}"))
+            .to_owned()
+    };
+    assert!(
+        line("skipped").starts_with("<stdin>:1: note: skipped a Deployment"),
+        "{text}"
+    );
+    let typo = line("spec.allowMethod");
+    assert!(
+        typo.starts_with("<stdin>:5 (CorsPolicy typos): error[unknown-field]")
+            && typo.contains("did you mean \"allowMethods\""),
+        "{typo}"
+    );
+    assert!(
+        line("spec.allowOrigins[0]").contains("error[invalid-origin]"),
+        "{text}"
+    );
+    assert!(
+        line("spec.mode").contains("error[mode-is-boolean]")
+            && line("spec.mode").contains("mode: Disabled"),
+        "{text}"
+    );
+    // Special-use names are nobody's registrations: no public-suffix warning for them.
+    assert!(!text.contains("CorsPolicy local"), "{text}");
+    assert!(
+        text.contains("1 file(s) checked: 3 error(s), 0 warning(s) in 2 CorsPolicy document(s); 1 other document(s) skipped"),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_of_a_file_without_any_policy_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = write(
+        dir.path(),
+        "cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+    );
+    let out = corsair(&["check", &other]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("no CorsPolicy document found"),
+        "{}",
+        stdout(&out)
+    );
+}
+
 #[test]
 fn check_of_a_missing_file_is_an_error_naming_it() {
     let out = corsair(&["check", "/nonexistent/policy.yaml"]);

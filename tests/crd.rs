@@ -41,7 +41,7 @@ fn committed_crd_matches_the_generated_one() {
 }
 
 fn parse_crd() -> CustomResourceDefinition {
-    serde_yaml::from_str(&committed_crd()).expect("deploy/crd.yaml is a CustomResourceDefinition")
+    serde_saphyr::from_str(&committed_crd()).expect("deploy/crd.yaml is a CustomResourceDefinition")
 }
 
 #[test]
@@ -211,4 +211,71 @@ fn example_policies_compile() {
         policies += 1;
     }
     assert_eq!(policies, 1, "the example carries its CorsPolicy");
+}
+
+/// `kubectl apply -k deploy/`: the kustomization lists exactly the plain manifests of `deploy/`
+/// (no kustomize binary is available here, so this checks what kustomize would build from):
+/// every listed file exists, passes the Kubernetes schema, and no two objects share a kind,
+/// namespace and name (kustomize refuses that).
+#[test]
+fn kustomization_lists_exactly_the_plain_manifests() {
+    let deploy = root().join("deploy");
+    let text = std::fs::read_to_string(deploy.join("kustomization.yaml"))
+        .expect("deploy/kustomization.yaml exists");
+    let kustomization: serde_json::Value =
+        serde_saphyr::from_str(&text).expect("kustomization.yaml is YAML");
+    assert_eq!(
+        kustomization["apiVersion"],
+        "kustomize.config.k8s.io/v1beta1"
+    );
+    assert_eq!(kustomization["kind"], "Kustomization");
+    let mut keys: Vec<&str> = kustomization
+        .as_object()
+        .expect("a mapping")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["apiVersion", "kind", "resources"]);
+    let mut listed: Vec<String> = kustomization["resources"]
+        .as_array()
+        .expect("resources is a list")
+        .iter()
+        .map(|r| r.as_str().expect("a file name").to_owned())
+        .collect();
+    listed.sort();
+    let mut manifests: Vec<String> = std::fs::read_dir(&deploy)
+        .expect("deploy/ is readable")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_file())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .collect();
+    manifests.sort();
+    assert_eq!(listed, manifests);
+
+    let files: Vec<PathBuf> = listed.iter().map(|f| deploy.join(f)).collect();
+    kubernetes_validate(&files.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+    let mut ids = std::collections::BTreeSet::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("readable");
+        let docs: Vec<serde_json::Value> =
+            serde_saphyr::from_multiple(&text).expect("multi-document YAML");
+        for doc in docs.iter().filter(|d| !d.is_null()) {
+            let id = format!(
+                "{}/{}/{}",
+                doc["kind"].as_str().expect("kind"),
+                doc["metadata"]["namespace"].as_str().unwrap_or(""),
+                doc["metadata"]["name"].as_str().expect("name")
+            );
+            assert!(ids.insert(id.clone()), "{id} appears twice");
+        }
+    }
+    for id in [
+        "CustomResourceDefinition//corspolicies.corsair.dev",
+        "Deployment/corsair-system/corsair-controller",
+        "ValidatingWebhookConfiguration//corsair-validate",
+    ] {
+        assert!(ids.contains(id), "{id} missing from {ids:?}");
+    }
 }

@@ -868,3 +868,106 @@ async fn swapped_certificate_is_served_without_restart() {
     assert!(result.is_ok(), "{result:?}");
     assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
 }
+
+fn pem(der: &CertificateDer<'static>) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+/// `corsair probe`, what the chart's `helm test` hook runs, against the real webhook over HTTPS:
+/// it passes with the right CA, and fails, saying why, with another CA or a wrong path.
+#[tokio::test]
+async fn corsair_probe_checks_the_validating_webhook() {
+    let webhook = start(&[]);
+    let ca = webhook.dir.path().join("ca.crt");
+    std::fs::write(&ca, pem(&webhook.ca)).expect("write CA");
+    let probe = |url: String, ca: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_corsair"))
+            .args(["probe", "--timeout", "5", "--url", &url, "--ca-file"])
+            .arg(ca)
+            .output()
+            .expect("corsair probe runs")
+    };
+    let url = format!("https://localhost:{}/validate", webhook.addr.port());
+    let out = probe(url.clone(), &ca);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("ok: a valid CorsPolicy is allowed"), "{text}");
+    assert!(
+        text.contains("ok: an invalid CorsPolicy is refused: spec.allowOrigins[0]"),
+        "{text}"
+    );
+    let metrics = webhook.metrics().await;
+    assert!(
+        metrics.contains("corsair_webhook_validations_total{result=\"accepted\"} 1")
+            && metrics.contains("corsair_webhook_validations_total{result=\"denied\"} 1"),
+        "the webhook saw both reviews:\n{metrics}"
+    );
+
+    let other = webhook.dir.path().join("other-ca.crt");
+    std::fs::write(&other, pem(&pki().ca_der)).expect("write other CA");
+    let out = probe(url, &other);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAILED: TLS handshake"), "{text}");
+
+    let out = probe(
+        format!("https://localhost:{}/inject", webhook.addr.port()),
+        &ca,
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAILED"), "{text}");
+}
+
+/// cert-manager's self-signed Issuer (the chart's default with `webhook.certManager.enabled`)
+/// puts the serving certificate itself in `ca.crt`: the probe trusts it as its own root.
+#[tokio::test]
+async fn corsair_probe_trusts_a_self_signed_serving_certificate() {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("self-signed cert");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("tls.crt"), cert.pem()).expect("write cert");
+    std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).expect("write key");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corsair"))
+        .args(["webhook", "--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(dir.path().join("tls.crt"))
+        .arg("--tls-key")
+        .arg(dir.path().join("tls.key"))
+        .env("CORSAIR_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("corsair webhook starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let line = BufReader::new(stdout)
+        .lines()
+        .next()
+        .expect("an address line")
+        .expect("UTF-8");
+    let addr: Option<SocketAddr> = line
+        .strip_prefix("webhook listening on https://")
+        .and_then(|a| a.parse().ok());
+    let out = addr.map(|addr| {
+        Command::new(env!("CARGO_BIN_EXE_corsair"))
+            .args(["probe", "--timeout", "5", "--url"])
+            .arg(format!("https://localhost:{}/validate", addr.port()))
+            .arg("--ca-file")
+            .arg(dir.path().join("tls.crt"))
+            .output()
+            .expect("corsair probe runs")
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let out = out.unwrap_or_else(|| panic!("no address in {line:?}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+}

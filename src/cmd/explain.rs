@@ -126,10 +126,10 @@ fn render(req: &RequestInfo<'_>, headers: &[String], decision: &Decision<'_>) ->
             );
             render_action(&mut out, &decision.enforced);
         }
-        Mode::Off => {
+        Mode::Disabled => {
             let _ = writeln!(
                 out,
-                "action:   Off: forwarded to the upstream unchanged, response untouched"
+                "action:   Disabled: forwarded to the upstream unchanged, response untouched"
             );
         }
     }

@@ -6,6 +6,7 @@ pub mod crd;
 pub mod demo;
 pub mod explain;
 pub mod import;
+pub mod probe;
 pub mod proxy;
 pub mod sidecar;
 pub mod webhook;

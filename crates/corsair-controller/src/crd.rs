@@ -295,53 +295,11 @@ impl CustomResourceExt for CorsPolicy {
 }
 
 /// The CRD as YAML, exactly what `corsair crd` prints and `deploy/crd.yaml` holds.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    let yaml = serde_yaml::to_string(&CorsPolicy::crd())?;
-    Ok(quote_yaml11_booleans(&yaml))
-}
-
-/// serde_yaml writes YAML 1.2, where `Off` is a string; kubectl reads YAML 1.1, where it is the
-/// boolean false (so are `on`, `yes`, `no`, `y`, `n`). Quote such plain scalars.
-fn quote_yaml11_booleans(yaml: &str) -> String {
-    const WORDS: &[&str] = &[
-        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
-        "OFF",
-    ];
-    let mut out = String::with_capacity(yaml.len());
-    for line in yaml.lines() {
-        let body = line.trim_start();
-        let indent = &line[..line.len() - body.len()];
-        let (prefix, value) = if let Some(value) = body.strip_prefix("- ") {
-            ("- ", value)
-        } else if let Some((key, value)) = body.split_once(": ") {
-            out.push_str(indent);
-            out.push_str(key);
-            out.push_str(": ");
-            let quoted = WORDS.contains(&value);
-            if quoted {
-                out.push('\'');
-            }
-            out.push_str(value);
-            if quoted {
-                out.push('\'');
-            }
-            out.push('\n');
-            continue;
-        } else {
-            ("", body)
-        };
-        out.push_str(indent);
-        out.push_str(prefix);
-        if !prefix.is_empty() && WORDS.contains(&value) {
-            out.push('\'');
-            out.push_str(value);
-            out.push('\'');
-        } else {
-            out.push_str(value);
-        }
-        out.push('\n');
-    }
-    out
+///
+/// serde-saphyr quotes every string that YAML 1.1 (what kubectl reads) would take for a boolean
+/// (`on`, `off`, `yes`, `no`, `y`, `n`), so no value changes type on the way to the API server.
+pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {
+    serde_saphyr::to_string(&CorsPolicy::crd())
 }
 
 /// Generates the schema of `T` as kube-derive does: inlined, OpenAPI v3, structural.
@@ -488,7 +446,7 @@ mod tests {
         let schema = schema();
         let mode = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"]["mode"];
         assert_eq!(mode["type"], "string");
-        assert_eq!(mode["enum"], json!(["Enforce", "DryRun", "Off"]));
+        assert_eq!(mode["enum"], json!(["Enforce", "DryRun", "Disabled"]));
     }
 
     #[test]
@@ -535,13 +493,30 @@ mod tests {
     #[test]
     fn yaml_quotes_what_kubectl_would_read_as_a_boolean() {
         let yaml = crd_yaml().expect("CRD serialises");
-        assert!(yaml.contains("- 'Off'"), "mode enum must quote Off");
-        assert!(!yaml.lines().any(|l| l.trim_end().ends_with("- Off")));
-        assert_eq!(
-            quote_yaml11_booleans("a: on\n- no\n- fine\nb: 'x'\n"),
-            "a: 'on'\n- 'no'\n- fine\nb: 'x'\n"
+        // No plain scalar in the CRD is one that YAML 1.1 reads as a boolean.
+        const YAML11_BOOLEANS: &[&str] = &["y", "n", "yes", "no", "on", "off"];
+        for line in yaml.lines() {
+            let value = line.trim_start().trim_start_matches("- ");
+            let value = value.split_once(": ").map_or(value, |(_, v)| v);
+            assert!(
+                !YAML11_BOOLEANS.contains(&value.to_ascii_lowercase().as_str()),
+                "unquoted YAML 1.1 boolean: {line:?}"
+            );
+        }
+        // What the CRD relies on when a value like that appears.
+        let quoted = serde_saphyr::to_string(&vec!["Off", "yes", "fine"]).expect("serialises");
+        assert!(
+            !quoted
+                .lines()
+                .any(|l| l.trim() == "- Off" || l.trim() == "- yes"),
+            "{quoted}"
         );
         assert!(!yaml.contains("nullable"));
+        let back: Value = serde_saphyr::from_str(&yaml).expect("the CRD YAML reads back");
+        assert_eq!(
+            back,
+            serde_json::to_value(CorsPolicy::crd()).expect("CRD as JSON")
+        );
     }
 
     /// Evaluates the CRD's CEL rules on `spec` client-side (kube-cel), as the API server would;

@@ -163,7 +163,7 @@ fn gateway_api() {
     assert_eq!(routes[1].allow_origins, strs(&["*"]));
     assert_eq!(routes[1].max_age, None); // the default 5 s is what browsers assume
     // The rule without CORS under /api keeps getting no CORS.
-    assert_eq!(routes[2].mode, Some(Mode::Off));
+    assert_eq!(routes[2].mode, Some(Mode::Disabled));
     assert!(has(api, "no-cors-path-kept"));
 
     let legacy = policy(&out, "legacy");

@@ -194,11 +194,11 @@ pub struct Decision<'a> {
 }
 
 impl<'a> Decision<'a> {
-    /// What to do now, with the mode applied: `DryRun` and `Off` forward untouched.
+    /// What to do now, with the mode applied: `DryRun` and `Disabled` forward untouched.
     pub fn action(&self) -> Action<'a> {
         match self.mode {
             Mode::Enforce => self.enforced,
-            Mode::DryRun | Mode::Off => Action::Forward {
+            Mode::DryRun | Mode::Disabled => Action::Forward {
                 headers: ResponseHeaders::default(),
                 strip_upstream_cors: false,
             },

@@ -7,6 +7,7 @@
 
 pub mod model;
 
+mod check;
 mod decision;
 mod engine;
 #[cfg(feature = "http")]
@@ -15,13 +16,14 @@ mod load;
 mod origin;
 mod validate;
 
+pub use check::{Checked, check_manifest, check_spec};
 pub use decision::{
     Action, AllowOrigin, AllowReason, Decision, DenyReason, ListValue, Rendered, RequestKind,
     ResponseHeaders, Vary, Verdict, merge_vary, write_merged_vary,
 };
 pub use engine::{DEFAULT_ALLOW_METHODS, DEFAULT_PREFLIGHT_STATUS, Engine, RequestInfo};
-pub use load::{LoadError, load_document};
+pub use load::{LoadError, Manifest, load_document, parse_manifests};
 pub use model::{
     CorsPolicySpec, DisallowedRequests, Mode, PolicyDocument, RouteSpec, UnmatchedPreflights,
 };
-pub use validate::{Finding, MAX_AGE_BROWSER_CAP, Report, Severity, validate};
+pub use validate::{Finding, MAX_AGE_BROWSER_CAP, Report, SPECIAL_USE_DOMAINS, Severity, validate};

@@ -13,7 +13,7 @@ pub const API_VERSION: &str = "corsair.dev/v1alpha1";
 /// `kind` of a `CorsPolicy` manifest.
 pub const KIND: &str = "CorsPolicy";
 
-/// What to do with a preflight that the policy does not allow.
+/// What to do with a preflight that the policy does not allow: `Reject` (default) or `Forward`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 pub enum UnmatchedPreflights {
     /// Answer 403 without CORS headers; the upstream is not called.
@@ -23,7 +23,8 @@ pub enum UnmatchedPreflights {
     Forward,
 }
 
-/// What to do with a cross-origin, non-preflight request from an origin that is not allowed.
+/// What to do with a cross-origin, non-preflight request from an origin that is not allowed:
+/// `Forward` (default) or `Reject`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 pub enum DisallowedRequests {
     /// Forward it without CORS headers: the browser hides the response from the page.
@@ -33,7 +34,7 @@ pub enum DisallowedRequests {
     Reject,
 }
 
-/// Whether the policy is enforced.
+/// Whether the policy is enforced: `Enforce` (default), `DryRun` or `Disabled`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 pub enum Mode {
     /// Decide and act on the decision.
@@ -41,8 +42,9 @@ pub enum Mode {
     Enforce,
     /// Decide and record the decision, but forward everything unchanged.
     DryRun,
-    /// Pass everything through untouched.
-    Off,
+    /// Pass everything through untouched. (Not `Off`: kubectl reads YAML 1.1, where an unquoted
+    /// `Off` is the boolean false.)
+    Disabled,
 }
 
 /// Declares a struct carrying every CORS rule field, plus the given extra fields, so that the
@@ -96,7 +98,7 @@ macro_rules! with_cors_rules {
             /// What to do with a request from an origin that is not allowed. Default `Forward`.
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub disallowed_requests: Option<DisallowedRequests>,
-            /// `Enforce` (default), `DryRun` or `Off`.
+            /// `Enforce` (default), `DryRun` or `Disabled`.
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub mode: Option<Mode>,
         }

@@ -309,7 +309,7 @@ fn check_origins(out: &mut Findings, base: &str, origins: &[String]) {
         match parse_config_origin(entry) {
             Err(why) => out.error(&path, "invalid-origin", format!("{entry:?} {why}")),
             Ok(OriginPattern::Wildcard { suffix, .. }) => {
-                if psl::suffix_str(&suffix) == Some(suffix.as_str()) {
+                if psl::suffix_str(&suffix) == Some(suffix.as_str()) && !is_special_use(&suffix) {
                     out.warn(
                         &path,
                         "public-suffix-wildcard",
@@ -322,6 +322,31 @@ fn check_origins(out: &mut Findings, base: &str, origins: &[String]) {
     }
 }
 
+/// Special-use domain names that no one can register, so a wildcard over them covers only the
+/// user's own machine or network: `localhost`, `test`, `example` and `invalid` (RFC 6761),
+/// `local` (mDNS, RFC 6762), `home.arpa` (RFC 8375) and `internal` (reserved by ICANN for
+/// private use, 2024). Not `onion` (RFC 7686) nor `alt` (RFC 9476): names there are
+/// self-assigned by anyone, so a wildcard over them does cover other people's sites.
+pub const SPECIAL_USE_DOMAINS: &[&str] = &[
+    "localhost",
+    "test",
+    "example",
+    "invalid",
+    "local",
+    "home.arpa",
+    "internal",
+];
+
+/// `suffix` is one of [`SPECIAL_USE_DOMAINS`] or a name under one.
+fn is_special_use(suffix: &str) -> bool {
+    SPECIAL_USE_DOMAINS.iter().any(|name| {
+        suffix == *name
+            || suffix
+                .strip_suffix(name)
+                .is_some_and(|rest| rest.ends_with('.'))
+    })
+}
+
 fn lint_mixed_schemes(out: &mut Findings, base: &str, origins: &[String]) {
     let has_https = origins.iter().any(|o| o.starts_with("https://"));
     if !has_https {
@@ -329,9 +354,13 @@ fn lint_mixed_schemes(out: &mut Findings, base: &str, origins: &[String]) {
     }
     for (i, entry) in origins.iter().enumerate() {
         // Loopback origins are potentially trustworthy: no network path to inject into.
+        // Browsers resolve every name under `localhost` to loopback too (Secure Contexts).
         let loopback = entry.strip_prefix("http://").is_some_and(|rest| {
             let (host, _) = crate::origin::split_host_port(rest);
-            host == "localhost" || host == "[::1]" || host.starts_with("127.")
+            host == "localhost"
+                || host.ends_with(".localhost")
+                || host == "[::1]"
+                || host.starts_with("127.")
         });
         if entry.starts_with("http://") && !loopback {
             out.warn(

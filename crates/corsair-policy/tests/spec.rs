@@ -451,7 +451,7 @@ routes:
     assert_eq!(support::header(&out, "access-control-max-age"), Some("60"));
 }
 
-/// DryRun decides like Enforce but forwards untouched; Off passes through; a route inherits mode.
+/// DryRun decides like Enforce but forwards untouched; Disabled passes through; a route inherits mode.
 #[test]
 fn dry_run_and_off_forward_untouched_but_record_the_decision() {
     let engine = engine(
@@ -460,7 +460,7 @@ allowOrigins: [\"https://app.example.com\"]
 mode: DryRun
 routes:
 - pathPrefix: /off
-  mode: Off
+  mode: Disabled
 - pathPrefix: /enforced
   mode: Enforce
 - pathPrefix: /inherits

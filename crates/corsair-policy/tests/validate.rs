@@ -4,7 +4,7 @@
 use corsair_policy::{CorsPolicySpec, Engine, LoadError, Severity, load_document, validate};
 
 fn spec(yaml: &str) -> CorsPolicySpec {
-    match serde_yaml::from_str(yaml) {
+    match serde_saphyr::from_str(yaml) {
         Ok(spec) => spec,
         Err(e) => panic!("test spec does not parse: {e}\n{yaml}"),
     }
@@ -236,6 +236,14 @@ fn rows() -> Vec<Row> {
             says: &["\"https://*.co.uk\"", "public suffix", "co.uk"],
         },
         Row {
+            rule: "lint: wildcard over a TLD that anyone can register under",
+            spec: "allowOrigins: [\"https://*.onion\"]",
+            severity: Warning,
+            path: "spec.allowOrigins[0]",
+            code: "public-suffix-wildcard",
+            says: &["onion"],
+        },
+        Row {
             rule: "lint: unescaped dot in a regex host",
             spec: "allowOriginRegexes: ['https://app.example.com']",
             severity: Warning,
@@ -313,6 +321,9 @@ fn good_policies_have_no_findings() {
         "allowOrigins: [\"*\"]\nallowMethods: [\"*\"]\nallowHeaders: [\"*\", Authorization]\nmaxAge: 7200",
         "routes:\n- pathPrefix: /\n  allowOrigins: [https://a.test]\n- pathPrefix: /a\n  allowOrigins: [\"https://[::1]:8443\", \"http://127.0.0.1:8080\"]",
         "allowOrigins: [https://a.test]\npreflightStatus: 204\nallowCredentials: true",
+        // Special-use names (RFC 6761, 6762, 8375, ICANN's .internal) are nobody's registrations.
+        "allowOrigins: [\"http://*.localhost:4000\", \"https://*.test\", \"https://*.internal\", \"https://*.example\", \"https://*.home.arpa\", \"https://*.invalid\"]",
+        "allowOrigins: [\"http://*.local\", \"http://*.dev.internal:8080\"]",
     ];
     for yaml in good {
         let report = validate(&spec(yaml));
@@ -341,12 +352,14 @@ fn load_errors_name_the_field() {
     let cases: Vec<(String, &[&str])> = vec![
         (
             format!("{head}spec:\n  routes:\n  - pathPrefix: /a\n    allowOrigin: [https://a.test]\n"),
-            &["spec.routes[0].allowOrigin", "unknown field"],
+            &["spec.routes[0].allowOrigin", "unknown field", "line 6, column 5"],
         ),
-        (format!("{head}spec:\n  maxAge: soon\n"), &["spec.maxAge", "invalid type"]),
-        (format!("{head}spec:\n  mode: Enforcing\n"), &["spec.mode", "Enforcing"]),
-        (format!("{head}spec:\n  maxAge: -1\n"), &["spec.maxAge"]),
-        (format!("{head}metadata: {{}}\n"), &["spec"]),
+        (format!("{head}spec:\n  maxAge: soon\n"), &["spec.maxAge", "line 4, column 11"]),
+        (format!("{head}spec:\n  mode: Enforcing\n"), &["spec.mode", "Enforcing", "line 4"]),
+        (format!("{head}spec:\n  mode: Off\n"), &["spec.mode", "`mode: Disabled`"]),
+        (format!("{head}spec:\n  maxAge: -1\n"), &["spec.maxAge", "line 4"]),
+        (format!("{head}metadata: {{}}\n"), &["spec", "line 3"]),
+        (format!("{head}spec:\n  allowOrigins: [\"https://a.test\"\n"), &["spec.allowOrigins", "line 4, column 17"]),
         (
             r#"{"apiVersion":"corsair.dev/v1alpha1","kind":"CorsPolicy","spec":{"allowOrigins":["https://a.test"],"bogus":1}}"#.to_owned(),
             &["spec.bogus", "unknown field"],

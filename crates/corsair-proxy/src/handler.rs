@@ -277,7 +277,7 @@ fn mode_label(mode: Mode) -> &'static str {
     match mode {
         Mode::Enforce => "enforce",
         Mode::DryRun => "dry_run",
-        Mode::Off => "off",
+        Mode::Disabled => "disabled",
     }
 }
 
@@ -285,7 +285,7 @@ fn mode_label(mode: Mode) -> &'static str {
 /// else at debug, which the default filter skips without formatting anything.
 fn log<B>(decision: &Decision<'_>, req: &Request<B>) {
     match decision.verdict {
-        Verdict::Denied(reason) if decision.mode != Mode::Off => {
+        Verdict::Denied(reason) if decision.mode != Mode::Disabled => {
             let message = if decision.mode == Mode::DryRun {
                 "CORS request would be denied (dry run: forwarded unchanged)"
             } else {

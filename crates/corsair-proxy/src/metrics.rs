@@ -19,7 +19,7 @@ pub struct RequestLabels {
     pub kind: &'static str,
     /// `allowed`, `denied` or `not_applicable` (no CORS check needed).
     pub decision: &'static str,
-    /// `enforce`, `dry_run` or `off`.
+    /// `enforce`, `dry_run` or `disabled`.
     pub mode: &'static str,
     /// `1xx` … `5xx`.
     pub status: &'static str,
@@ -28,7 +28,7 @@ pub struct RequestLabels {
 impl RequestLabels {
     const KINDS: [&str; 4] = ["preflight", "actual", "same_origin", "no_origin"];
     const DECISIONS: [&str; 3] = ["allowed", "denied", "not_applicable"];
-    const MODES: [&str; 3] = ["enforce", "dry_run", "off"];
+    const MODES: [&str; 3] = ["enforce", "dry_run", "disabled"];
     const STATUSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
     const COMBINATIONS: usize = 4 * 3 * 3 * 5;
 

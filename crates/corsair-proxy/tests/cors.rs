@@ -316,8 +316,8 @@ fn cases() -> Vec<Case> {
             vary: Some("Accept-Encoding"),
         },
         Case {
-            rule: "Off: everything passes through untouched",
-            policy: "allowOrigins: [\"https://app.example.com\"]\nmode: Off",
+            rule: "Disabled: everything passes through untouched",
+            policy: "allowOrigins: [\"https://app.example.com\"]\nmode: Disabled",
             method: "OPTIONS",
             path: "/cors-star",
             headers: &[

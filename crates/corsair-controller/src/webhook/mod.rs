@@ -7,6 +7,7 @@
 
 mod inject;
 mod metrics;
+mod probe;
 mod review;
 mod server;
 mod tls;
@@ -19,6 +20,7 @@ pub use inject::{
     PolicyLookup, PolicyPresence, SidecarMode, SidecarResources, inject, native_sidecars_supported,
 };
 pub use metrics::Metrics;
+pub use probe::{ProbeError, ProbeTarget, probe};
 pub use review::{ReviewError, Webhook, review};
 pub use server::{WebhookError, serve};
 pub use tls::{CertError, CertStore};

@@ -397,6 +397,26 @@ mod tests {
     }
 
     #[test]
+    fn every_problem_is_in_one_answer_as_corsair_check_reports_it() {
+        let object = json!({
+            "apiVersion": "corsair.dev/v1alpha1", "kind": "CorsPolicy", "metadata": {"name": "p"},
+            "spec": {"allowMethod": ["GET"], "allowOrigins": ["https://a.example/"]}
+        });
+        let response = answer(
+            &state(),
+            Webhook::Validate,
+            &policy_review("CREATE", object),
+        );
+        assert_eq!(response["allowed"], json!(false));
+        let message = response["status"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("spec.allowMethod: ") && message.contains("\"allowMethods\""),
+            "{message}"
+        );
+        assert!(message.contains("spec.allowOrigins[0]: "), "{message}");
+    }
+
+    #[test]
     fn long_policy_names_are_refused() {
         let object = json!({
             "apiVersion": "corsair.dev/v1alpha1", "kind": "CorsPolicy",

@@ -1,6 +1,6 @@
 //! The validating webhook's logic: a CorsPolicy object in, the engine's findings out.
 
-use corsair_policy::{CorsPolicySpec, validate};
+use corsair_policy::check_spec;
 use serde_json::Value;
 
 use crate::names;
@@ -65,20 +65,9 @@ pub fn validate_policy(object: &Value) -> PolicyValidation {
         errors.push("spec: required field is missing".to_owned());
         return PolicyValidation::denied(errors);
     };
-    let spec: CorsPolicySpec = match serde_path_to_error::deserialize(spec) {
-        Ok(spec) => spec,
-        Err(err) => {
-            let path = err.path().to_string();
-            let field = if path == "." {
-                "spec".to_owned()
-            } else {
-                format!("spec.{path}")
-            };
-            errors.push(format!("{field}: {}", err.inner()));
-            return PolicyValidation::denied(errors);
-        }
-    };
-    let report = validate(&spec);
+    // The same field-by-field check as `corsair check`: every problem in one answer, unknown
+    // fields with a did-you-mean.
+    let (_, report) = check_spec(spec);
     errors.extend(report.errors().map(ToString::to_string));
     let warnings: Vec<String> = report.warnings().map(ToString::to_string).collect();
     let outcome = if !errors.is_empty() {

@@ -219,7 +219,7 @@ pub(crate) fn assemble_routes(
             );
             extra.push(corsair_policy::RouteSpec {
                 path_prefix: entry.prefix,
-                mode: Some(corsair_policy::Mode::Off),
+                mode: Some(corsair_policy::Mode::Disabled),
                 ..cover.clone()
             });
         }

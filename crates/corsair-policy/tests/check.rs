@@ -1,0 +1,203 @@
+//! `check_manifest` and `parse_manifests`: every problem of a document in one run, with codes and
+//! field paths, and multi-document files read document by document.
+
+use corsair_policy::{Checked, Severity, check_manifest, check_spec, parse_manifests};
+use serde_json::{Value, json};
+
+/// (code, path) of every finding, in order.
+fn findings(doc: &Value) -> Vec<(String, String)> {
+    match check_manifest(doc) {
+        Checked::Policy { report, .. } => report
+            .findings
+            .iter()
+            .map(|f| (f.code.to_owned(), f.path.clone()))
+            .collect(),
+        Checked::Skipped { kind, .. } => panic!("skipped a {kind:?}"),
+    }
+}
+
+fn policy(spec: Value) -> Value {
+    json!({"apiVersion": "corsair.dev/v1alpha1", "kind": "CorsPolicy", "metadata": {"name": "p"}, "spec": spec})
+}
+
+fn pair(code: &str, path: &str) -> (String, String) {
+    (code.to_owned(), path.to_owned())
+}
+
+#[test]
+fn an_unknown_field_does_not_hide_the_other_problems() {
+    let doc = policy(json!({
+        "allowMethod": ["GET"],
+        "allowOrigins": ["https://a.test/", "http://b.test"],
+        "maxAge": "soon",
+        "routes": [
+            {"pathPrefix": "api", "allowHeader": ["x"]},
+            {"allowCredentials": true},
+        ],
+    }));
+    let got = findings(&doc);
+    for want in [
+        pair("unknown-field", "spec.allowMethod"),
+        pair("invalid-type", "spec.maxAge"),
+        pair("invalid-origin", "spec.allowOrigins[0]"),
+        pair("unknown-field", "spec.routes[0].allowHeader"),
+        pair("invalid-path-prefix", "spec.routes[0].pathPrefix"),
+        pair("missing-field", "spec.routes[1].pathPrefix"),
+    ] {
+        assert!(got.contains(&want), "no {want:?} in {got:?}");
+    }
+    // The placeholder of the route without a prefix is not reported on.
+    assert!(
+        !got.iter()
+            .any(|(_, path)| path.starts_with("spec.routes[1]")
+                && path != "spec.routes[1].pathPrefix"),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn unknown_fields_get_a_did_you_mean() {
+    let Checked::Policy { report, .. } = check_manifest(&policy(
+        json!({"allowOrigins": ["https://a.test"], "allowMethod": ["GET"], "replicas": 3}),
+    )) else {
+        panic!("not checked")
+    };
+    let typo = &report.findings[0];
+    assert_eq!(
+        (typo.code, typo.path.as_str()),
+        ("unknown-field", "spec.allowMethod")
+    );
+    assert!(
+        typo.message.contains("did you mean \"allowMethods\""),
+        "{typo}"
+    );
+    let other = &report.findings[1];
+    assert_eq!(other.path, "spec.replicas");
+    assert!(!other.message.contains("did you mean"), "{other}");
+    assert!(
+        other.message.contains("allowOrigins"),
+        "lists the fields: {other}"
+    );
+}
+
+#[test]
+fn mode_off_read_as_a_boolean_says_what_to_write() {
+    // What kubectl (YAML 1.1) makes of an unquoted `mode: Off`.
+    let manifests = parse_manifests(
+        "apiVersion: corsair.dev/v1alpha1\nkind: CorsPolicy\nspec:\n  allowOrigins: [https://a.test]\n  mode: Off\n  routes:\n  - pathPrefix: /a\n    mode: \"Off\"\n",
+    );
+    let doc = manifests[0].value.as_ref().expect("parses");
+    assert_eq!(doc["spec"]["mode"], json!(false));
+    let Checked::Policy { report, .. } = check_manifest(doc) else {
+        panic!("not checked")
+    };
+    let codes: Vec<_> = report
+        .findings
+        .iter()
+        .map(|f| (f.code, f.path.as_str()))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            ("mode-is-boolean", "spec.mode"),
+            ("invalid-value", "spec.routes[0].mode")
+        ]
+    );
+    for f in &report.findings {
+        assert!(f.message.contains("mode: Disabled"), "{f}");
+    }
+}
+
+#[test]
+fn a_spec_without_problems_has_no_findings_and_is_returned() {
+    let (spec, report) = check_spec(&json!({
+        "allowOrigins": ["https://a.test"],
+        "mode": "Disabled",
+        "routes": [{"pathPrefix": "/x", "mode": "DryRun"}],
+    }));
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+    let spec = spec.expect("spec read");
+    assert_eq!(spec.mode, Some(corsair_policy::Mode::Disabled));
+    assert_eq!(spec.routes[0].path_prefix, "/x");
+}
+
+#[test]
+fn other_kinds_are_skipped_and_a_wrong_version_is_an_error() {
+    let deployment =
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": 1}});
+    assert!(matches!(
+        check_manifest(&deployment),
+        Checked::Skipped { kind: Some(k), .. } if k == "Deployment"
+    ));
+    let mut doc = policy(json!({"allowOrigins": ["https://a.test"]}));
+    doc["apiVersion"] = json!("corsair.dev/v1");
+    assert_eq!(findings(&doc), [pair("invalid-api-version", "apiVersion")]);
+    let no_spec = json!({"apiVersion": "corsair.dev/v1alpha1", "kind": "CorsPolicy"});
+    assert_eq!(findings(&no_spec), [pair("missing-field", "spec")]);
+}
+
+#[test]
+fn every_finding_is_an_error_or_a_lint_as_validate_says() {
+    let doc = policy(json!({"allowOrigins": ["https://a.test", "http://b.test"], "bogus": 1}));
+    let Checked::Policy { report, .. } = check_manifest(&doc) else {
+        panic!("not checked")
+    };
+    let severities: Vec<_> = report
+        .findings
+        .iter()
+        .map(|f| (f.code, f.severity))
+        .collect();
+    assert_eq!(
+        severities,
+        [
+            ("unknown-field", Severity::Error),
+            ("mixed-scheme", Severity::Warning)
+        ]
+    );
+}
+
+#[test]
+fn multi_document_files_are_read_document_by_document() {
+    let text = "\
+apiVersion: corsair.dev/v1alpha1
+kind: CorsPolicy
+metadata: {name: a}
+spec: {allowOrigins: [https://a.test]}
+---
+# comments only: an empty document
+---
+kind: CorsPolicy
+spec: {allowOrigins: [https://a.test
+---
+apiVersion: v1
+kind: ConfigMap
+";
+    let docs = parse_manifests(text);
+    let lines: Vec<usize> = docs.iter().map(|d| d.line).collect();
+    assert_eq!(lines, [1, 7, 10]);
+    assert_eq!(
+        docs[0].value.as_ref().expect("first parses")["metadata"]["name"],
+        "a"
+    );
+    let err = docs[1]
+        .value
+        .as_ref()
+        .expect_err("second is malformed")
+        .to_string();
+    // The position is the file's, not the document's.
+    assert!(err.contains("line 9"), "{err}");
+    assert_eq!(
+        docs[2].value.as_ref().expect("third parses")["kind"],
+        "ConfigMap"
+    );
+}
+
+#[test]
+fn a_json_file_is_one_document() {
+    let docs = parse_manifests(r#" {"kind": "CorsPolicy", "spec": {}}"#);
+    assert_eq!(docs.len(), 1);
+    assert_eq!(
+        docs[0].value.as_ref().expect("parses")["kind"],
+        "CorsPolicy"
+    );
+}
