@@ -24,6 +24,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+pub mod load;
+
 pub const ALLOWED: &str = "https://app.example.com";
 
 // ---------------------------------------------------------------------------------------------
