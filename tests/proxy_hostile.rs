@@ -620,12 +620,10 @@ async fn slowloris_over_200_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_up_to_the_fd_limit() {
     let _serial = SERIAL.lock().await;
-    // A limit of 128 keeps the test fast; the behaviour at 1,048,576 is the same.
-    let s = setup(
-        &["--idle-timeout", "3", "--header-read-timeout", "2"],
-        Some(128),
-    )
-    .await;
+    // A limit of 128 keeps the test fast; the behaviour at 1,048,576 is the same. The idle
+    // timeout keeps its default (300 s): connections that send nothing are closed by the header
+    // read timeout.
+    let s = setup(&["--header-read-timeout", "2"], Some(128)).await;
     let probe = Probe::start(s.proxy.listen).await;
     let baseline = s.proxy.open_fds();
     let start = Instant::now();
@@ -673,6 +671,25 @@ async fn idle_connections_up_to_the_fd_limit() {
         "fds leaked: {baseline} before, {after} after"
     );
     stats.assert_healthy("fd flood", PROBE_LIMIT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_nothing_is_closed_at_the_header_read_timeout() {
+    let _serial = SERIAL.lock().await;
+    let s = setup(
+        &["--header-read-timeout", "1", "--idle-timeout", "30"],
+        None,
+    )
+    .await;
+    let start = Instant::now();
+    let silent = exchange(s.proxy.listen, b"", Duration::from_secs(10)).await;
+    let took = start.elapsed();
+    assert!(silent.closed, "a silent connection was kept open");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "closed after {took:?}, not at the 1 s header read timeout"
+    );
+    assert!(silent.answer.is_empty(), "{}", silent.text());
 }
 
 /// Opens an h2c connection by hand: preface and empty SETTINGS.
