@@ -134,13 +134,12 @@ pub fn merge_vary(headers: &mut HeaderMap, add: Vary) {
     if add == Vary::default() {
         return;
     }
-    let merged = corsair_policy::merge_vary(
-        headers
-            .get_all(header::VARY)
-            .iter()
-            .filter_map(|v| v.to_str().ok()),
-        add,
-    );
+    let lines: Vec<&str> = headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let merged = corsair_policy::merge_vary(lines.iter().copied(), add);
     if let Some(merged) = merged
         && let Ok(value) = HeaderValue::from_str(&merged)
     {
