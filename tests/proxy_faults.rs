@@ -258,5 +258,15 @@ async fn faults_under_load_lose_nothing_and_keep_the_last_good_policy() {
         .map(|(_, _, n)| n)
         .sum();
     eprintln!("lost at SIGTERM (written as the connection closed): {lost}");
+    // The invalid policy was refused, the two valid ones loaded.
+    assert!(
+        proxy.log_count("new policy refused") >= 1,
+        "the invalid policy was not refused"
+    );
+    assert_eq!(
+        proxy.log_count("policy reloaded"),
+        2,
+        "policies 2 and 3 were loaded"
+    );
     drop(proxy);
 }
