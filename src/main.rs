@@ -22,6 +22,8 @@ enum Command {
     Check(cmd::check::Args),
     /// Show what the proxy would answer for a request, and why.
     Explain(cmd::explain::Args),
+    /// Convert ingress-nginx, Gateway API, Istio, Envoy Gateway, Traefik and ESP CORS configuration into CorsPolicies.
+    Import(cmd::import::Args),
     /// Run the operator in a cluster: reconcilers (leader-elected), admission webhooks, metrics.
     Controller(cmd::controller::Args),
     /// Print the CorsPolicy CustomResourceDefinition generated from the Rust types.
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(args) => cmd::check::run(args),
         Command::Explain(args) => cmd::explain::run(args),
+        Command::Import(args) => cmd::import::run(args),
         Command::Controller(args) => cmd::controller::run(args),
         Command::Crd(args) => cmd::crd::run(args),
         Command::Demo(args) => cmd::demo::run(args),

@@ -1,5 +1,6 @@
--- The request mix of every benchmark run: three allowed simple GETs for each allowed preflight,
--- all from an origin the policy lists. `done` prints one machine-readable line for run.sh.
+-- The requests of a wrk run, all from an origin the policy lists. MIX (environment) chooses:
+-- "mix" (default): three allowed simple GETs for each allowed preflight; "get": allowed simple
+-- GETs only; "preflight": allowed preflights only. `done` prints one line for run.sh.
 local requests = {}
 local counter = 0
 
@@ -11,7 +12,14 @@ function init(args)
     ["Access-Control-Request-Method"] = "PUT",
     ["Access-Control-Request-Headers"] = "content-type,x-requested-with",
   })
-  requests = { get, get, get, preflight }
+  local mix = os.getenv("MIX") or "mix"
+  if mix == "get" then
+    requests = { get }
+  elseif mix == "preflight" then
+    requests = { preflight }
+  else
+    requests = { get, get, get, preflight }
+  end
 end
 
 function request()

@@ -1,37 +1,63 @@
 #!/usr/bin/env bash
-# Proxy throughput benchmark (not a test): the upstream alone, corsair in front of it, and nginx
-# answering the same CORS policy in front of the same upstream, measured with wrk in one run.
+# Proxy benchmark (not a test): corsair and nginx answering the same CORS policy in front of the
+# same upstream, side by side in one run, for every row of the proxy goals in docs/benchmarks.md.
 #
-#   bash benches/proxy/run.sh               # 3 rounds of 10 s per server, 64 and 256 connections
-#   DURATION=5s ROUNDS=1 CONNECTIONS="256" bash benches/proxy/run.sh
+#   bash benches/proxy/run.sh                       # everything (about 15 minutes)
+#   SETUPS=pinned WORKLOADS=mix CONNECTIONS=64 ROUNDS=1 DURATION=3s bash benches/proxy/run.sh
+#   VARIANTS="worker shared percore" WORKLOADS=mix bash benches/proxy/run.sh   # design comparison
 #
-# The three servers are measured in turn, round after round, and the median of each figure is
-# reported, so that a burst of other work on the machine does not land on one server only.
+# Setups (SETUPS, default "pinned unpinned"):
+#   pinned    the upstream and the proxy under test share CPU $SERVER_CPU (default 0), the load
+#             generator runs alone on CPU $LOAD_CPU (default 1); corsair runs 1 worker thread and
+#             nginx 1 worker process, so both proxies get the same single core.
+#   unpinned  nothing pinned; corsair runs 2 worker threads, nginx 2 worker processes (the
+#             upstream too), and the load generator shares the 2 cores with them.
+# Workloads (WORKLOADS, default "get preflight mix"), with wrk -c $CONNECTIONS (default "64 256"):
+#   get        allowed simple GETs, proxied to the upstream;
+#   preflight  allowed preflights, answered by the proxy;
+#   mix        3 GETs : 1 preflight; the upstream alone is measured too, as a ceiling.
+# HTTP/2 (H2=1, default): allowed GETs over h2c with h2load against both proxies' h2c ports.
+# Each figure is the median of $ROUNDS rounds (default 3) of $DURATION (default 5s) after a
+# $WARMUP warm-up (default 1s); the servers are measured in turn within every round, so a burst
+# of other work does not land on one server only.
 #
-# Everything listens on 127.0.0.1 (ports 18080-18083). wrk and nginx are Debian packages; they are
-# installed with apt-get when missing. corsair is the release build of this checkout, or the
-# binary named by CORSAIR_BIN.
+# Memory: corsair's VmRSS after the answer checks (a few requests, then idle), and its peak
+# during each run, sampled every 0.2 s.
+# CPU/request: the user + system CPU time of the server's own processes during the measured run,
+# divided by the requests it served.
 #
-# Pinning (2 cores): wrk runs alone on CPU $WRK_CPU (default 1); the upstream and the proxy under
-# test share CPU $SERVER_CPU (default 0). corsair then runs one tokio worker (tokio sizes its pool
-# from the CPU affinity) and nginx one worker process, so both proxies get the same single core.
-# On a machine busy with other work, NICE=-10 (as root) gives every benchmark process a larger
-# share of its core; the report prints the load average either way.
+# VARIANTS adds corsair processes started with the temporary benchmark switches of the proxy
+# crate, measured beside the default ("connection": each client connection's own upstream
+# connections, multi-thread runtime): "worker" (a per-worker-thread upstream pool), "shared"
+# (hyper-util's shared pool, the design before), "percore" (one current-thread runtime per
+# worker on SO_REUSEPORT listeners).
+#
+# Everything listens on 127.0.0.1 (ports 18080-18099). wrk, h2load (nghttp2-client) and nginx
+# (nginx-light) are Debian packages, installed with apt-get when missing. PROXY_BIN is the
+# sidecar binary to run (`corsair-proxy`, or `corsair` whose `proxy` subcommand is used); by
+# default the release build of this checkout.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-DURATION=${DURATION:-10s}
-WARMUP=${WARMUP:-2s}
-ROUNDS=${ROUNDS:-3}
+SETUPS=${SETUPS:-"pinned unpinned"}
+WORKLOADS=${WORKLOADS:-"get preflight mix"}
 CONNECTIONS=${CONNECTIONS:-"64 256"}
-WRK_CPU=${WRK_CPU:-1}
+DURATION=${DURATION:-5s}
+WARMUP=${WARMUP:-1s}
+ROUNDS=${ROUNDS:-3}
+H2=${H2:-1}
+H2_CONNECTIONS=${H2_CONNECTIONS:-64}
+H2_STREAMS=${H2_STREAMS:-10}
+VARIANTS=${VARIANTS:-}
+LOAD_CPU=${LOAD_CPU:-1}
 SERVER_CPU=${SERVER_CPU:-0}
 NICE=${NICE:-0}
 UPSTREAM_PORT=18080
 CORSAIR_PORT=18081
 CORSAIR_ADMIN_PORT=18082
 NGINX_PORT=18083
+NGINX_H2_PORT=18084
 ORIGIN=https://app.example.com
 
 log() { echo "== $*" >&2; }
@@ -40,7 +66,8 @@ die() { echo "run.sh: $*" >&2; exit 1; }
 install_missing() {
     local missing=()
     command -v wrk >/dev/null || missing+=(wrk)
-    command -v nginx >/dev/null || missing+=(nginx)
+    command -v h2load >/dev/null || missing+=(nghttp2-client)
+    command -v nginx >/dev/null || missing+=(nginx-light)
     command -v taskset >/dev/null || missing+=(util-linux)
     command -v curl >/dev/null || missing+=(curl)
     if ((${#missing[@]})); then
@@ -62,10 +89,13 @@ wait_port() {
 }
 
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
-# "anonymous X MiB + file-backed Y MiB": the file-backed part is the mapped binary, shared and
-# reclaimable; the anonymous part is what the process allocated.
 rss_split() { awk '/^RssAnon:/ { a = $2 } /^RssFile:/ { f = $2 } END { printf "anonymous %.1f MiB + file-backed %.1f MiB", a / 1024, f / 1024 }' "/proc/$1/status"; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+ms() { awk -v us="$1" 'BEGIN { printf "%.2f", us / 1000 }'; }
+# Median of column $2 of file $1 (one run per line).
+median() { cut -d' ' -f"$2" "$1" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+verdict() { if awk "BEGIN { exit !($1) }"; then echo "met"; else echo "**not met**"; fi; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 PIDS=()
 cleanup() {
@@ -75,41 +105,116 @@ cleanup() {
 trap cleanup EXIT
 
 install_missing
-(( $(nproc) > WRK_CPU && $(nproc) > SERVER_CPU )) || die "needs CPUs $WRK_CPU and $SERVER_CPU"
-for port in $UPSTREAM_PORT $CORSAIR_PORT $CORSAIR_ADMIN_PORT $NGINX_PORT; do
+(( $(nproc) > LOAD_CPU && $(nproc) > SERVER_CPU )) || die "needs CPUs $LOAD_CPU and $SERVER_CPU"
+for port in $(seq 18080 18099); do
     port_free "$port" || die "port $port is in use"
 done
 
-if [[ -n ${CORSAIR_BIN:-} ]]; then
-    BIN=$CORSAIR_BIN
-else
-    log "building corsair (release)"
-    (cd "$ROOT" && cargo build --release --locked --bin corsair >&2)
-    BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/corsair
+if [[ -z ${PROXY_BIN:-} ]]; then
+    target=corsair
+    grep -q '^name = "corsair-proxy"' "$ROOT"/crates/*/Cargo.toml "$ROOT/Cargo.toml" 2>/dev/null \
+        && target=corsair-proxy
+    log "building $target (release)"
+    (cd "$ROOT" && cargo build --release --locked --bin "$target" >&2)
+    PROXY_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/$target
 fi
-[[ -x $BIN ]] || die "no binary at $BIN"
+[[ -x $PROXY_BIN ]] || die "no binary at $PROXY_BIN"
+PROXY_CMD=("$PROXY_BIN")
+[[ $(basename "$PROXY_BIN") == corsair ]] && PROXY_CMD+=(proxy)
 
 WORK=$(mktemp -d /tmp/corsair-bench.XXXXXX)
 mkdir -p "$WORK/tmp"
 log "work directory (logs): $WORK"
+CLK_TCK=$(getconf CLK_TCK)
 
-nice -n "$NICE" taskset -c "$SERVER_CPU" nginx -p "$WORK" -c "$HERE/nginx-upstream.conf" -g 'daemon off;' &
-UPSTREAM_PID=$!
-PIDS+=($UPSTREAM_PID)
-wait_port $UPSTREAM_PORT "upstream nginx"
+# User + system CPU time of processes (all their threads), in clock ticks.
+cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat"))); done; echo $t; }
 
-CORSAIR_LOG=${CORSAIR_LOG:-warn} nice -n "$NICE" taskset -c "$SERVER_CPU" "$BIN" proxy \
-    --policy "$HERE/policy.yaml" --upstream "http://127.0.0.1:$UPSTREAM_PORT" \
-    --listen "127.0.0.1:$CORSAIR_PORT" --admin "127.0.0.1:$CORSAIR_ADMIN_PORT" \
-    >"$WORK/corsair.log" 2>&1 &
-CORSAIR_PID=$!
-PIDS+=($CORSAIR_PID)
-wait_port $CORSAIR_PORT corsair
+# --- servers -------------------------------------------------------------------------------
+declare -A PORT H2PORT SERVER_PIDS MAIN_PID
+SERVERS=()
 
-nice -n "$NICE" taskset -c "$SERVER_CPU" nginx -p "$WORK" -c "$HERE/nginx-cors.conf" -g 'daemon off;' &
-NGINX_PID=$!
-PIDS+=($NGINX_PID)
-wait_port $NGINX_PORT "nginx (CORS)"
+run_pinned() { # run_pinned CPU-or-empty CMD... (in the foreground)
+    local cpu=$1; shift
+    if [[ -n $cpu ]]; then nice -n "$NICE" taskset -c "$cpu" "$@"; else nice -n "$NICE" "$@"; fi
+}
+
+start_nginx() { # start_nginx NAME CONF WORKERS CPU
+    local name=$1 conf=$2 workers=$3 cpu=$4
+    sed "s/^worker_processes .*/worker_processes $workers;/" "$HERE/$conf" >"$WORK/$name.conf"
+    local cmd=(nice -n "$NICE")
+    [[ -n $cpu ]] && cmd+=(taskset -c "$cpu")
+    "${cmd[@]}" nginx -p "$WORK" -c "$WORK/$name.conf" -g 'daemon off;' &
+    MAIN_PID[$name]=$!
+    PIDS+=($!)
+}
+
+# The worker processes of an nginx master, once it has started them.
+nginx_workers() {
+    local master=$1 workers
+    for _ in $(seq 50); do
+        workers=$(pgrep -d' ' -P "$master" || true)
+        [[ -n $workers ]] && { echo "$workers"; return; }
+        sleep 0.1
+    done
+    die "nginx $master started no worker"
+}
+
+start_corsair() { # start_corsair NAME PORT ADMIN THREADS CPU [ENV=VALUE...]
+    local name=$1 port=$2 admin=$3 threads=$4 cpu=$5; shift 5
+    # nice, taskset and env each exec the next, so $! is the proxy itself.
+    local cmd=(nice -n "$NICE")
+    [[ -n $cpu ]] && cmd+=(taskset -c "$cpu")
+    cmd+=(env CORSAIR_LOG=warn "$@" "${PROXY_CMD[@]}" --policy "$HERE/policy.yaml"
+        --upstream "http://127.0.0.1:$UPSTREAM_PORT" --listen "127.0.0.1:$port"
+        --admin "127.0.0.1:$admin" --worker-threads "$threads")
+    "${cmd[@]}" >"$WORK/$name.log" 2>&1 &
+    MAIN_PID[$name]=$!
+    PIDS+=($!)
+    wait_port "$port" "$name"
+    SERVER_PIDS[$name]=${MAIN_PID[$name]}
+    PORT[$name]=$port
+    H2PORT[$name]=$port
+    SERVERS+=("$name")
+}
+
+start_setup() {
+    local setup=$1 cpu workers
+    if [[ $setup == pinned ]]; then cpu=$SERVER_CPU; workers=1; else cpu=""; workers=2; fi
+    SERVERS=()
+    start_nginx upstream nginx-upstream.conf "$workers" "$cpu"
+    wait_port $UPSTREAM_PORT upstream
+    SERVER_PIDS[upstream]=$(nginx_workers "${MAIN_PID[upstream]}")
+    PORT[upstream]=$UPSTREAM_PORT
+
+    start_corsair corsair $CORSAIR_PORT $CORSAIR_ADMIN_PORT "$workers" "$cpu"
+    local port=18090 variant
+    for variant in $VARIANTS; do
+        case $variant in
+            worker) start_corsair "corsair-worker" $port $((port + 1)) "$workers" "$cpu" CORSAIR_BENCH_UPSTREAM=worker ;;
+            shared) start_corsair "corsair-shared" $port $((port + 1)) "$workers" "$cpu" CORSAIR_BENCH_UPSTREAM=shared ;;
+            percore) start_corsair "corsair-percore" $port $((port + 1)) "$workers" "$cpu" CORSAIR_BENCH_CORES="$workers" ;;
+            *) die "unknown variant $variant" ;;
+        esac
+        port=$((port + 2))
+    done
+
+    start_nginx nginx nginx-cors.conf "$workers" "$cpu"
+    wait_port $NGINX_PORT nginx
+    SERVER_PIDS[nginx]=$(nginx_workers "${MAIN_PID[nginx]}")
+    PORT[nginx]=$NGINX_PORT
+    H2PORT[nginx]=$NGINX_H2_PORT
+    SERVERS+=(nginx)
+    LOAD_PIN=$([[ $setup == pinned ]] && echo "$LOAD_CPU" || echo "")
+    WRK_THREADS=$([[ $setup == pinned ]] && echo 1 || echo 2)
+}
+
+stop_setup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    PIDS=()
+    sleep 1
+}
 
 # Both proxies must give the same answers before their speed means anything.
 check_proxy() {
@@ -133,35 +238,16 @@ check_proxy() {
     headers=$(curl -s -D - -o /dev/null -X OPTIONS -H 'Origin: https://evil.example.com' \
         -H 'Access-Control-Request-Method: PUT' "http://127.0.0.1:$port/api/items" | tr -d '\r')
     grep -q '^HTTP/1.1 403' <<<"$headers" || die "$name: disallowed preflight is not 403"
-}
-check_proxy corsair $CORSAIR_PORT
-check_proxy nginx $NGINX_PORT
-
-NGINX_WORKER=$(pgrep -P "$NGINX_PID" | head -n1)
-UPSTREAM_WORKER=$(pgrep -P "$UPSTREAM_PID" | head -n1)
-RSS_IDLE=$(rss_kib $CORSAIR_PID)
-RSS_IDLE_SPLIT=$(rss_split $CORSAIR_PID)
-log "corsair idle RSS: $(mib "$RSS_IDLE") MiB; nginx worker: $(mib "$(rss_kib "$NGINX_WORKER")") MiB"
-
-CLK_TCK=$(getconf CLK_TCK)
-# User + system CPU time of a process (all its threads), in clock ticks.
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-
-# Prints "rps p50_us p99_us errors non2xx cpu_us_per_request" for one wrk run against a port;
-# the CPU time is that of process $3 (the server under test) during the measured run only.
-measure() {
-    local port=$1 conns=$2 pid=$3 out before after
-    nice -n "$NICE" taskset -c "$WRK_CPU" wrk -t1 -c"$conns" -d"$WARMUP" --timeout 5s -s "$HERE/mix.lua" \
-        "http://127.0.0.1:$port/" >/dev/null
-    before=$(cpu_ticks "$pid")
-    out=$(nice -n "$NICE" taskset -c "$WRK_CPU" wrk -t1 -c"$conns" -d"$DURATION" --timeout 5s -s "$HERE/mix.lua" \
-        "http://127.0.0.1:$port/")
-    after=$(cpu_ticks "$pid")
-    echo "$out" >>"$WORK/wrk.log"
-    sed -n 's/^RESULT rps=\([0-9]*\) p50_us=\([0-9]*\) p99_us=\([0-9]*\) requests=\([0-9]*\) errors=\([0-9]*\) non2xx=\([0-9]*\)$/\1 \2 \3 \5 \6 \4/p' <<<"$out" \
-        | awk -v ticks=$((after - before)) -v hz="$CLK_TCK" '{ printf "%s %s %s %s %s %.1f\n", $1, $2, $3, $4, $5, ticks / hz * 1e6 / $6 }'
+    if [[ $H2 == 1 ]]; then
+        headers=$(curl -s --http2-prior-knowledge -D - -o /dev/null -H "Origin: $ORIGIN" \
+            "http://127.0.0.1:${H2PORT[$name]}/api/items" | tr -d '\r')
+        grep -q '^HTTP/2 200' <<<"$headers" || die "$name: h2c GET failed:"$'\n'"$headers"
+        grep -qi "^access-control-allow-origin: $ORIGIN\$" <<<"$headers" \
+            || die "$name: h2c GET lacks Access-Control-Allow-Origin"
+    fi
 }
 
+# --- measuring -----------------------------------------------------------------------------
 # Samples a process's VmRSS every 0.2 s in the background; stop_sampler prints the peak in KiB.
 start_sampler() {
     local pid=$1
@@ -183,61 +269,137 @@ stop_sampler() {
     cat "$PEAK_FILE"
 }
 
-ms() { awk -v us="$1" 'BEGIN { printf "%.2f", us / 1000 }'; }
-# Median of column $2 of file $1 (one run per line).
-median() { cut -d' ' -f"$2" "$1" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : int((v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
-verdict() { if awk "BEGIN { exit !($1) }"; then echo "met"; else echo "NOT met"; fi; }
+# Appends "rps p50_us p99_us errors non2xx cpu_us_per_request peak_kib" for one wrk run.
+measure_wrk() {
+    local out_file=$1 name=$2 conns=$3 mix=$4 out before after peak=0
+    local url="http://127.0.0.1:${PORT[$name]}/"
+    MIX=$mix run_pinned "$LOAD_PIN" wrk -t"$WRK_THREADS" -c"$conns" -d"$WARMUP" --timeout 5s -s "$HERE/mix.lua" "$url" >/dev/null
+    [[ $name == corsair* ]] && start_sampler "${MAIN_PID[$name]}"
+    # shellcheck disable=SC2086
+    before=$(cpu_ticks ${SERVER_PIDS[$name]})
+    out=$(MIX=$mix run_pinned "$LOAD_PIN" wrk -t"$WRK_THREADS" -c"$conns" -d"$DURATION" --timeout 5s -s "$HERE/mix.lua" "$url")
+    # shellcheck disable=SC2086
+    after=$(cpu_ticks ${SERVER_PIDS[$name]})
+    [[ $name == corsair* ]] && peak=$(stop_sampler)
+    echo "$out" >>"$WORK/wrk.log"
+    sed -n 's/^RESULT rps=\([0-9]*\) p50_us=\([0-9]*\) p99_us=\([0-9]*\) requests=\([0-9]*\) errors=\([0-9]*\) non2xx=\([0-9]*\)$/\1 \2 \3 \5 \6 \4/p' <<<"$out" \
+        | awk -v ticks=$((after - before)) -v hz="$CLK_TCK" -v peak="$peak" \
+            '{ printf "%s %s %s %s %s %.1f %s\n", $1, $2, $3, $4, $5, ticks / hz * 1e6 / $6, peak }' >>"$out_file"
+}
 
+# Appends "rps p50_us p99_us errors non2xx cpu_us_per_request peak_kib" for one h2load run.
+measure_h2() {
+    local out_file=$1 name=$2 out before after peak=0 secs warm
+    local url="http://127.0.0.1:${H2PORT[$name]}/api/items"
+    secs=${DURATION%s}; warm=${WARMUP%s}
+    [[ $name == corsair* ]] && start_sampler "${MAIN_PID[$name]}"
+    # shellcheck disable=SC2086
+    before=$(cpu_ticks ${SERVER_PIDS[$name]})
+    out=$(run_pinned "$LOAD_PIN" h2load -c "$H2_CONNECTIONS" -m "$H2_STREAMS" -t "$WRK_THREADS" \
+        -D "$secs" --warm-up-time "$warm" -H "origin: $ORIGIN" "$url" 2>&1)
+    # shellcheck disable=SC2086
+    after=$(cpu_ticks ${SERVER_PIDS[$name]})
+    [[ $name == corsair* ]] && peak=$(stop_sampler)
+    echo "$out" >>"$WORK/h2load.log"
+    awk -v ticks=$((after - before)) -v hz="$CLK_TCK" -v peak="$peak" -v secs="$secs" '
+        /^finished in/ { gsub(",", "", $4); rps = $4 }
+        /^requests:/ { failed = $10; errored = $12 }
+        /^status codes:/ { gsub(",", ""); bad = $5 + $7 + $9 }
+        /^time for request:/ { mean = $6; unit = mean; sub(/[0-9.]+/, "", unit); sub(/[a-z]+$/, "", mean);
+            p50 = (unit == "ms") ? mean * 1000 : (unit == "s") ? mean * 1e6 : mean }
+        END { printf "%.0f %d %d %d %d %.1f %s\n", rps, p50, 0, failed + errored, bad,
+              ticks / hz * 1e6 / (rps * secs), peak }' <<<"$out" >>"$out_file"
+}
+
+# --- the run -------------------------------------------------------------------------------
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-declare -A PORT=([upstream]=$UPSTREAM_PORT [corsair]=$CORSAIR_PORT [nginx]=$NGINX_PORT)
-declare -A SERVER_PID=([upstream]=$UPSTREAM_WORKER [corsair]=$CORSAIR_PID [nginx]=$NGINX_WORKER)
-declare -A PEAK
-for conns in $CONNECTIONS; do
-    PEAK[$conns]=0
-    for round in $(seq "$ROUNDS"); do
-        for target in upstream corsair nginx; do
-            log "$conns connections, round $round/$ROUNDS: $target"
-            [[ $target == corsair ]] && start_sampler $CORSAIR_PID
-            measure "${PORT[$target]}" "$conns" "${SERVER_PID[$target]}" >>"$WORK/runs.$conns.$target"
-            if [[ $target == corsair ]]; then
-                peak=$(stop_sampler)
-                ((peak > PEAK[$conns])) && PEAK[$conns]=$peak
-            fi
+STARTED=$(date -u '+%Y-%m-%d %H:%M UTC')
+declare -A IDLE_RSS IDLE_SPLIT
+for setup in $SETUPS; do
+    log "setup $setup: starting servers"
+    start_setup "$setup"
+    for name in "${SERVERS[@]}"; do check_proxy "$name" "${PORT[$name]}"; done
+    sleep 1
+    IDLE_RSS[$setup]=$(rss_kib "${MAIN_PID[corsair]}")
+    IDLE_SPLIT[$setup]=$(rss_split "${MAIN_PID[corsair]}")
+    for workload in $WORKLOADS; do
+        targets=("${SERVERS[@]}")
+        [[ $workload == mix ]] && targets=(upstream "${SERVERS[@]}")
+        for conns in $CONNECTIONS; do
+            for round in $(seq "$ROUNDS"); do
+                for name in "${targets[@]}"; do
+                    log "$setup $workload c$conns round $round/$ROUNDS: $name"
+                    measure_wrk "$WORK/runs.$setup.$workload.$conns.$name" "$name" "$conns" "$workload"
+                done
+            done
+        done
+    done
+    if [[ $H2 == 1 ]]; then
+        for round in $(seq "$ROUNDS"); do
+            for name in "${SERVERS[@]}"; do
+                [[ $name == corsair || $name == nginx ]] || continue
+                log "$setup h2c round $round/$ROUNDS: $name"
+                measure_h2 "$WORK/runs.$setup.h2.$H2_CONNECTIONS.$name" "$name"
+            done
+        done
+    fi
+    stop_setup
+done
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# --- the report ----------------------------------------------------------------------------
+echo
+echo "Proxy benchmark, $STARTED: median of $ROUNDS runs of $DURATION each after a $WARMUP warm-up."
+echo "Binary: $PROXY_BIN ($(du -h "$PROXY_BIN" | cut -f1)). $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'); load average before $LOAD_BEFORE, after $LOAD_AFTER."
+echo "$(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2), $(h2load --version 2>&1 | head -n1), $(nginx -v 2>&1 | cut -d' ' -f3)."
+echo
+echo "| setup | workload | connections | server | requests/s | p50 (ms) | p99 (ms) | CPU/request (µs) | peak RSS (MiB) | errors | non-2xx |"
+echo "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+rows=()
+for setup in $SETUPS; do
+    for workload in $WORKLOADS h2; do
+        [[ $workload == h2 && $H2 != 1 ]] && continue
+        conns_list=$CONNECTIONS; [[ $workload == h2 ]] && conns_list=$H2_CONNECTIONS
+        for conns in $conns_list; do
+            for f in "$WORK"/runs."$setup.$workload.$conns".*; do
+                [[ -e $f ]] || continue
+                name=$(basename "$f"); name=${name#runs."$setup.$workload.$conns".}
+                p99=$(ms "$(median "$f" 3)"); [[ $workload == h2 ]] && p99="–"
+                peak=$(median "$f" 7); peak=$([[ $peak == 0 ]] && echo "–" || mib "$peak")
+                label=$workload; [[ $workload == h2 ]] && label="h2c GET (h2load -m $H2_STREAMS; p50 column: mean)"
+                echo "| $setup | $label | $conns | $name | $(median "$f" 1) | $(ms "$(median "$f" 2)") | $p99 | $(median "$f" 6) | $peak | $(awk '{ s += $4 } END { print s }' "$f") | $(awk '{ s += $5 } END { print s }' "$f") |"
+            done
         done
     done
 done
-RSS_AFTER=$(rss_kib $CORSAIR_PID)
-RSS_AFTER_SPLIT=$(rss_split $CORSAIR_PID)
-NGINX_RSS=$(rss_kib "$NGINX_WORKER")
-LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
-
 echo
-echo "Median of $ROUNDS runs of $DURATION each (after a $WARMUP warm-up), wrk -t1, mix: 3 GET : 1 preflight."
+echo "Goals (corsair against nginx in the same setup and run):"
 echo
-echo "CPU/request: CPU time of the server process itself (the upstream's worker for \"upstream alone\";"
-echo "not the upstream's share when a proxy is measured) over requests served; less sensitive to other load than requests/s, but not immune to it."
-echo
-echo "| connections | server | requests/s | p50 (ms) | p99 (ms) | CPU/request (µs) | errors | non-2xx |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|"
-for conns in $CONNECTIONS; do
-    for target in upstream corsair nginx; do
-        f=$WORK/runs.$conns.$target
-        name=$target; [[ $target == upstream ]] && name="upstream alone"
-        echo "| $conns | $name | $(median "$f" 1) | $(ms "$(median "$f" 2)") | $(ms "$(median "$f" 3)") | $(median "$f" 6) | $(awk '{ s += $4 } END { print s }' "$f") | $(awk '{ s += $5 } END { print s }' "$f") |"
+echo "| setup | goal | measured | verdict |"
+echo "|---|---|---|---|"
+for setup in $SETUPS; do
+    for workload in $WORKLOADS; do
+        for conns in $CONNECTIONS; do
+            c=$WORK/runs.$setup.$workload.$conns.corsair; n=$WORK/runs.$setup.$workload.$conns.nginx
+            [[ -e $c && -e $n ]] || continue
+            r=$(ratio "$(median "$c" 1)" "$(median "$n" 1)")
+            echo "| $setup | $workload, $conns connections: ≥ 1.2× nginx requests/s | ${r}× ($(median "$c" 1) vs $(median "$n" 1)) | $(verdict "$r >= 1.2") |"
+            if [[ $workload != mix ]]; then
+                echo "| $setup | $workload, $conns connections: p99 ≤ nginx | $(ms "$(median "$c" 3)") vs $(ms "$(median "$n" 3)") ms | $(verdict "$(median "$c" 3) <= $(median "$n" 3)") |"
+            else
+                cr=$(ratio "$(median "$c" 6)" "$(median "$n" 6)")
+                echo "| $setup | mix, $conns connections: CPU/request ≤ 0.8× nginx | ${cr}× ($(median "$c" 6) vs $(median "$n" 6) µs) | $(verdict "$cr <= 0.8") |"
+            fi
+            if [[ $conns == 256 ]]; then
+                peak=$(cut -d' ' -f7 "$c" | sort -n | tail -n1)
+                echo "| $setup | RSS during 256 connections ($workload) ≤ 24 MiB | peak $(mib "$peak") MiB | $(verdict "$peak <= 24576") |"
+            fi
+        done
     done
+    c=$WORK/runs.$setup.h2.$H2_CONNECTIONS.corsair; n=$WORK/runs.$setup.h2.$H2_CONNECTIONS.nginx
+    if [[ -e $c && -e $n ]]; then
+        r=$(ratio "$(median "$c" 1)" "$(median "$n" 1)")
+        echo "| $setup | h2c GETs ($H2_CONNECTIONS connections × $H2_STREAMS streams): ≥ 1.2× nginx | ${r}× ($(median "$c" 1) vs $(median "$n" 1)) | $(verdict "$r >= 1.2") |"
+    fi
+    echo "| $setup | idle RSS after a few requests ≤ 8 MiB | $(mib "${IDLE_RSS[$setup]}") MiB (${IDLE_SPLIT[$setup]}) | $(verdict "${IDLE_RSS[$setup]} <= 8192") |"
 done
-echo
-for conns in $CONNECTIONS; do
-    c_rps=$(median "$WORK/runs.$conns.corsair" 1); n_rps=$(median "$WORK/runs.$conns.nginx" 1)
-    c_p99=$(median "$WORK/runs.$conns.corsair" 3); n_p99=$(median "$WORK/runs.$conns.nginx" 3)
-    ratio=$(awk -v a="$c_rps" -v b="$n_rps" 'BEGIN { printf "%.2f", a / b }')
-    c_cpu=$(median "$WORK/runs.$conns.corsair" 6); n_cpu=$(median "$WORK/runs.$conns.nginx" 6)
-    echo "- $conns connections: corsair/nginx throughput ${ratio}x (goal >= 1.2x: $(verdict "$ratio >= 1.2")); p99 $(ms "$c_p99") ms vs nginx $(ms "$n_p99") ms (goal: no worse: $(verdict "$c_p99 <= $n_p99")); CPU per request ${c_cpu} µs vs nginx ${n_cpu} µs (nginx/corsair $(awk -v a="$n_cpu" -v b="$c_cpu" 'BEGIN { printf "%.2f", a / b }')x); corsair peak RSS $(mib "${PEAK[$conns]}") MiB"
-done
-echo "- corsair RSS idle before load: $(mib "$RSS_IDLE") MiB (goal < 10 MiB: $(verdict "$RSS_IDLE < 10240")), $RSS_IDLE_SPLIT; idle after load: $(mib "$RSS_AFTER") MiB, $RSS_AFTER_SPLIT"
-if [[ -n ${PEAK[256]:-} ]]; then
-    echo "- corsair peak RSS under 256 connections: $(mib "${PEAK[256]}") MiB (goal < 40 MiB: $(verdict "${PEAK[256]} < 40960"))"
-fi
-echo "- corsair binary: $(du -h "$BIN" | cut -f1) ($BIN)"
-echo "- nginx (CORS) worker RSS after load: $(mib "$NGINX_RSS") MiB"
-echo "- $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'); load average before $LOAD_BEFORE, after $LOAD_AFTER; $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2); $(nginx -v 2>&1 | cut -d' ' -f3); wrk on CPU $WRK_CPU, upstream and proxy on CPU $SERVER_CPU, nice $NICE"

@@ -5,6 +5,7 @@ pub mod controller;
 pub mod crd;
 pub mod demo;
 pub mod explain;
+pub mod import;
 pub mod proxy;
 pub mod sidecar;
 pub mod webhook;

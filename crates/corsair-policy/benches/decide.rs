@@ -1,12 +1,14 @@
 //! corsair's decision against tower-http's `CorsLayer` (over a no-op `service_fn`) with the
 //! equivalent configuration, measured in the same run.
 //!
-//! Both sides start from the same prebuilt `http::Request`: corsair's timing includes reading the
-//! CORS headers out of it into a `RequestInfo` (what the proxy does per request) and rendering the
-//! decided headers; tower-http's includes its whole service call. Request construction is outside
-//! the timed part for both (`iter_batched`).
+//! Both sides start from the same prebuilt `http::Request` and end with the response headers in
+//! an `http::HeaderMap`: corsair's timing includes reading the CORS headers out of the request
+//! into a `RequestInfo`, the decision, and inserting the decided `HeaderValue`s (feature `http`)
+//! into a header map that is reused from one call to the next, as hyper reuses a connection's
+//! maps; tower-http's includes its whole service call. Request construction is outside the timed
+//! part for both (`iter_batched`).
 //!
-//! Run: `cargo bench -p corsair-policy --bench decide -- --warm-up-time 1 --measurement-time 3`
+//! Run: `cargo bench -p corsair-policy --features http --bench decide -- --warm-up-time 1 --measurement-time 3`
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,9 +16,10 @@ use std::hint::black_box;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
-use corsair_policy::{Action, CorsPolicySpec, Engine, RequestInfo};
+use corsair_policy::http::Echo;
+use corsair_policy::{Action, CorsPolicySpec, Engine, ListValue, RequestInfo};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use http::{HeaderValue, Method, Request, Response, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
 use tower::{Layer, Service};
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
@@ -85,45 +88,73 @@ fn preflight(origin: &str) -> Request<()> {
         .expect("request")
 }
 
+/// The request's header values a decision may echo.
+#[derive(Default, Clone, Copy)]
+struct Raw<'r> {
+    origin: Option<&'r HeaderValue>,
+    method: Option<&'r HeaderValue>,
+    headers: Option<&'r HeaderValue>,
+}
+
 /// Reads the CORS headers in one pass over the header map, as the proxy does, and calls `f`.
-fn with_info<R>(req: &Request<()>, f: impl FnOnce(&RequestInfo<'_>) -> R) -> R {
+fn with_info<R>(req: &Request<()>, f: impl FnOnce(&RequestInfo<'_>, Raw<'_>) -> R) -> R {
     let mut info = RequestInfo {
         method: req.method().as_str(),
         path: req.uri().path(),
         ..RequestInfo::default()
     };
+    let mut raw = Raw::default();
     let mut lines: [&str; 4] = [""; 4];
     let mut n = 0;
     for (name, value) in req.headers() {
         let Ok(text) = value.to_str() else { continue };
         if name == header::ORIGIN {
             info.origin = Some(text);
+            raw.origin = Some(value);
         } else if name == header::HOST {
             info.host = Some(text);
         } else if name == header::ACCESS_CONTROL_REQUEST_METHOD {
             info.request_method = Some(text);
+            raw.method = Some(value);
         } else if name == header::ACCESS_CONTROL_REQUEST_HEADERS && n < lines.len() {
             lines[n] = text;
+            raw.headers = Some(value);
             n += 1;
         }
     }
     info.request_headers = &lines[..n];
-    f(&info)
+    f(&info, raw)
 }
 
-/// What the proxy does per request: read the CORS headers, decide, walk the headers to set.
-fn corsair_handle(engine: &Engine, req: &Request<()>) -> usize {
-    with_info(req, |info| {
+/// What the proxy does per request: read the CORS headers, decide, insert the response headers.
+fn corsair_handle(engine: &Engine, req: &Request<()>, out: &mut HeaderMap) -> usize {
+    out.clear();
+    with_info(req, |info, raw| {
         let decision = engine.decide(info);
         let headers = match decision.action() {
             Action::Respond { headers, .. } | Action::Forward { headers, .. } => headers,
         };
-        let mut count = 0;
-        headers.for_each(|name, value| {
-            black_box((name, value));
-            count += 1;
-        });
-        count
+        let echo = Echo {
+            origin: match headers.allow_origin {
+                Some(corsair_policy::AllowOrigin::Echo(_)) => raw.origin.cloned(),
+                _ => None,
+            },
+            request_method: match headers.allow_methods {
+                Some(ListValue::Echo(_)) => raw.method.cloned(),
+                _ => None,
+            },
+            request_headers: match headers.allow_headers {
+                Some(ListValue::Lines(_)) => raw.headers.cloned(),
+                _ => None,
+            },
+        };
+        let values = headers.to_values(&echo);
+        let vary = values.vary();
+        values.insert_into(out);
+        if let Some(vary) = vary.header_value() {
+            out.insert(header::VARY, vary.clone());
+        }
+        out.len()
     })
 }
 
@@ -165,22 +196,26 @@ fn bench_pair(
         expect_allowed,
         "tower-http on {name}"
     );
-    assert!(corsair_handle(engine, &make()) > 1, "corsair on {name}");
+    let mut out = HeaderMap::with_capacity(16);
+    assert!(
+        corsair_handle(engine, &make(), &mut out) > 1,
+        "corsair on {name}"
+    );
 
     let mut group = c.benchmark_group(name);
     group.bench_function("corsair", |b| {
         b.iter_batched_ref(
             make,
-            |req| corsair_handle(engine, req),
+            |req| corsair_handle(engine, req, &mut out),
             BatchSize::SmallInput,
         )
     });
     // The same call on a request that stays in cache, without criterion's batching.
     let hot = make();
     group.bench_function("corsair (hot request)", |b| {
-        b.iter(|| corsair_handle(engine, black_box(&hot)))
+        b.iter(|| corsair_handle(engine, black_box(&hot), &mut out))
     });
-    with_info(&hot, |info| {
+    with_info(&hot, |info, _| {
         group.bench_function("corsair decide only", |b| {
             b.iter(|| engine.decide(black_box(info)).kind)
         })
@@ -267,8 +302,8 @@ fn benches(c: &mut Criterion) {
         let origins = exact_origins(n);
         let req = simple_get(&origins[n - 1]);
         let engine = corsair(origins);
-        assert!(corsair_handle(&engine, &req) > 1);
-        with_info(&req, |info| {
+        assert!(corsair_handle(&engine, &req, &mut HeaderMap::new()) > 1);
+        with_info(&req, |info, _| {
             group.bench_function(format!("{n}"), |b| {
                 b.iter(|| engine.decide(black_box(info)).kind)
             })

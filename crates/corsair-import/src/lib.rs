@@ -1,0 +1,308 @@
+//! `corsair import`: converts the CORS configuration of other tools into `CorsPolicy` documents.
+//!
+//! Reads Kubernetes manifests (multi-document YAML or JSON, `List`s expanded) and converts every
+//! CORS configuration it knows: ingress-nginx `Ingress` annotations, Gateway API `HTTPRoute` CORS
+//! filters, Istio `VirtualService` `corsPolicy`, Envoy Gateway `SecurityPolicy` `cors`, Traefik
+//! `Middleware` `headers.accessControl*`, and Cloud Endpoints ESP/ESPv2 `--cors_*` flags.
+//!
+//! The conversion keeps what browsers saw, not the source's words, and is never more open than
+//! the source. Every change of meaning, and every value browsers ignored, is a [`Finding`] naming
+//! the annotation, flag or field. Pure: the caller hands in bytes and a file name.
+#![forbid(unsafe_code)]
+
+use corsair_policy::model::{API_VERSION, DocumentMeta, KIND};
+use corsair_policy::{CorsPolicySpec, Engine, PolicyDocument, Severity as CheckSeverity};
+use serde_json::Value;
+
+mod example;
+mod render;
+mod rules;
+mod sources;
+
+pub use render::{finding_line, render};
+
+/// How much a finding matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// The policy says it differently, but browsers see no difference.
+    Note,
+    /// Browsers see a difference (always towards less open), or part of the source was not converted.
+    Warning,
+    /// The policy is left incomplete on purpose; `corsair check` refuses it until it is completed.
+    Incomplete,
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Severity::Note => "note",
+            Severity::Warning => "warning",
+            Severity::Incomplete => "incomplete",
+        })
+    }
+}
+
+/// One thing the user should know about a conversion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub severity: Severity,
+    /// A stable identifier (`wildcard-credentials-dropped`, `origin-anchored`, …); tests key on it.
+    pub code: &'static str,
+    /// The annotation, flag or field of the source it is about
+    /// (`nginx.ingress.kubernetes.io/cors-allow-origin`, `--cors_max_age`, `spec.rules[0]…`).
+    pub field: String,
+    pub message: String,
+}
+
+/// The object a policy or finding comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceRef {
+    pub kind: String,
+    pub name: String,
+    pub namespace: Option<String>,
+    /// 0-based position of the document in the file (after `List`s are expanded).
+    pub document: usize,
+}
+
+impl std::fmt::Display for SourceRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{} {ns}/{}", self.kind, self.name),
+            None => write!(f, "{} {}", self.kind, self.name),
+        }
+    }
+}
+
+/// How to make the workloads behind the source use the policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OptIn {
+    /// The source names the workload: the exact `kubectl annotate` command.
+    Command(String),
+    /// The source names only something in front of the workloads (a Service, a route): how to find them.
+    Note(Vec<String>),
+}
+
+/// One converted source object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Converted {
+    pub source: SourceRef,
+    pub document: PolicyDocument,
+    pub findings: Vec<Finding>,
+    pub opt_in: OptIn,
+    /// Left incomplete on purpose (see the `Incomplete` findings); `corsair check` refuses it.
+    pub incomplete: bool,
+}
+
+/// A finding about a document that produced no policy (skipped, or nothing convertible).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// `None` when the document has no kind or name to show.
+    pub source: Option<SourceRef>,
+    pub finding: Finding,
+}
+
+/// Everything one file produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Import {
+    pub policies: Vec<Converted>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// The file could not be read as Kubernetes manifests.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("not UTF-8 text: {0}")]
+    NotText(#[from] std::str::Utf8Error),
+    #[error("not YAML or JSON: {0}")]
+    Syntax(String),
+    #[error("document {}: {message}", document + 1)]
+    NotAnObject { document: usize, message: String },
+    #[error("cannot write the policy as YAML: {0}")]
+    Render(String),
+}
+
+/// Converts every CORS configuration in one file's bytes.
+pub fn import(bytes: &[u8]) -> Result<Import, ImportError> {
+    let text = std::str::from_utf8(bytes)?;
+    let docs = parse_documents(text)?;
+    let mut out = Import::default();
+    for (index, doc) in docs.iter().enumerate() {
+        convert_document(index, doc, &mut out)?;
+    }
+    dedupe_names(&mut out.policies);
+    Ok(out)
+}
+
+/// Multi-document YAML (JSON is YAML); `kind: List` (and `*List`) documents are expanded.
+fn parse_documents(text: &str) -> Result<Vec<Value>, ImportError> {
+    let trimmed = text.trim_start();
+    let raw: Vec<Value> = if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        // JSON: its own parser gives its own error positions; a stream of objects is allowed.
+        let mut values = Vec::new();
+        for value in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
+            match value.map_err(|e| ImportError::Syntax(e.to_string()))? {
+                Value::Array(items) => values.extend(items),
+                other => values.push(other),
+            }
+        }
+        values
+    } else {
+        serde_saphyr::from_multiple::<Value>(text)
+            .map_err(|e| ImportError::Syntax(e.to_string()))?
+    };
+    let mut docs = Vec::new();
+    for value in raw {
+        let is_list = value
+            .get("kind")
+            .and_then(Value::as_str)
+            .is_some_and(|k| k == "List" || k.ends_with("List"));
+        match value.get("items").and_then(Value::as_array) {
+            Some(items) if is_list => docs.extend(items.iter().cloned()),
+            _ => docs.push(value),
+        }
+    }
+    Ok(docs)
+}
+
+fn convert_document(index: usize, doc: &Value, out: &mut Import) -> Result<(), ImportError> {
+    if doc.is_null() {
+        return Ok(());
+    }
+    if !doc.is_object() {
+        return Err(ImportError::NotAnObject {
+            document: index,
+            message: "is not a mapping with apiVersion, kind and metadata".to_owned(),
+        });
+    }
+    let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let api_version = doc
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let meta = doc.get("metadata");
+    let source = SourceRef {
+        kind: kind.to_owned(),
+        name: meta
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        namespace: meta
+            .and_then(|m| m.get("namespace"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        document: index,
+    };
+    let result = sources::convert(api_version, doc, &source);
+    match result {
+        sources::Outcome::NotASource => out.skipped.push(Skipped {
+            source: (!kind.is_empty()).then(|| source.clone()),
+            finding: Finding {
+                severity: Severity::Note,
+                code: "skipped",
+                field: "kind".to_owned(),
+                message: if kind.is_empty() {
+                    "no kind: not a Kubernetes object, skipped".to_owned()
+                } else {
+                    format!("{api_version} {kind} carries no CORS configuration this tool converts, skipped")
+                },
+            },
+        }),
+        sources::Outcome::Nothing(findings) => {
+            for finding in findings {
+                out.skipped.push(Skipped {
+                    source: Some(source.clone()),
+                    finding,
+                });
+            }
+        }
+        sources::Outcome::Policies(list) => {
+            for draft in list {
+                out.policies.push(finish(&source, draft));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Wraps a converted spec into a manifest and checks it with the policy engine, so that a policy
+/// that `corsair check` would refuse never leaves without a finding that says why.
+fn finish(source: &SourceRef, draft: sources::PolicyDraft) -> Converted {
+    let sources::PolicyDraft {
+        name,
+        spec,
+        mut findings,
+        opt_in,
+        incomplete,
+    } = draft;
+    let report = match Engine::compile(&spec) {
+        Ok((_, report)) | Err(report) => report,
+    };
+    for f in &report.findings {
+        let (severity, code, what) = match f.severity {
+            CheckSeverity::Warning => (Severity::Note, "check-warning", "warns"),
+            CheckSeverity::Error if incomplete => (
+                Severity::Incomplete,
+                "check-refuses",
+                "refuses it until it is completed",
+            ),
+            CheckSeverity::Error => (Severity::Warning, "check-error", "refuses it"),
+        };
+        findings.push(Finding {
+            severity,
+            code,
+            field: format!("(policy) {}", f.path),
+            message: format!("corsair check {what}: {}", f.message),
+        });
+    }
+    Converted {
+        source: source.clone(),
+        document: PolicyDocument {
+            api_version: API_VERSION.to_owned(),
+            kind: KIND.to_owned(),
+            metadata: DocumentMeta {
+                name: Some(name),
+                namespace: source.namespace.clone(),
+                generation: None,
+            },
+            spec,
+        },
+        findings,
+        opt_in,
+        incomplete,
+    }
+}
+
+/// Two sources of the same name in one namespace (an Ingress and an HTTPRoute `web`) would make
+/// two policies overwrite each other: the later ones get the source kind appended. [`import`]
+/// does this within a file; call it again over the policies of several files.
+pub fn dedupe_names(policies: &mut [Converted]) {
+    let mut seen: Vec<(Option<String>, String)> = Vec::new();
+    for p in policies.iter_mut() {
+        let ns = p.document.metadata.namespace.clone();
+        let name = p.document.metadata.name.clone().unwrap_or_default();
+        if seen.iter().any(|(n, m)| *n == ns && *m == name) {
+            let renamed = format!("{name}-{}", p.source.kind.to_ascii_lowercase());
+            p.findings.push(Finding {
+                severity: Severity::Note,
+                code: "renamed",
+                field: "metadata.name".to_owned(),
+                message: format!(
+                    "another policy in this output is already named {name:?}: this one is {renamed:?}"
+                ),
+            });
+            p.document.metadata.name = Some(renamed.clone());
+            seen.push((ns, renamed));
+        } else {
+            seen.push((ns, name));
+        }
+    }
+}
+
+/// An empty spec, for sources whose rules all live in routes.
+pub(crate) fn empty_spec() -> CorsPolicySpec {
+    CorsPolicySpec::default()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,297 @@
+//! What every source converts into: one level of CORS rules, lowered to a `RouteSpec` with the
+//! conversion rules that hold for every source.
+
+use corsair_policy::{CorsPolicySpec, MAX_AGE_BROWSER_CAP, RouteSpec, UnmatchedPreflights};
+
+use crate::{Finding, Severity};
+
+/// The methods browsers allow after any successful preflight, whatever the server lists.
+pub(crate) const SAFELISTED_METHODS: [&str; 3] = ["GET", "HEAD", "POST"];
+
+/// Origins anyone can register: a regex that matches one of them allows every site.
+const PROBES: [&str; 3] = [
+    "https://attacker.example",
+    "https://attacker.com",
+    "http://attacker.com",
+];
+
+/// Findings and the "left incomplete" mark of one converted object.
+#[derive(Default)]
+pub(crate) struct Ctx {
+    pub findings: Vec<Finding>,
+    pub incomplete: bool,
+}
+
+impl Ctx {
+    pub fn push(&mut self, severity: Severity, code: &'static str, field: &str, message: String) {
+        self.findings.push(Finding {
+            severity,
+            code,
+            field: field.to_owned(),
+            message,
+        });
+    }
+    pub fn note(&mut self, code: &'static str, field: &str, message: String) {
+        self.push(Severity::Note, code, field, message);
+    }
+    pub fn warn(&mut self, code: &'static str, field: &str, message: String) {
+        self.push(Severity::Warning, code, field, message);
+    }
+}
+
+/// The source fields a level's findings point at.
+#[derive(Default, Clone)]
+pub(crate) struct Fields {
+    pub origins: String,
+    pub credentials: String,
+    pub methods: String,
+    pub headers: String,
+    pub max_age: String,
+}
+
+/// One level of rules, in terms of what the source made browsers see.
+#[derive(Default)]
+pub(crate) struct Draft {
+    /// The source allowed every origin (the field that says so).
+    pub any_origin: Option<String>,
+    /// Origins in the form browsers send, or `https://*.example.com` wildcards.
+    pub origins: Vec<String>,
+    /// Regexes matched against the whole origin.
+    pub regexes: Vec<String>,
+    pub null_origin: bool,
+    /// `None`: the source sent no `Access-Control-Allow-Methods` (only safelisted methods pass).
+    pub methods: Option<Vec<String>>,
+    pub headers: Option<Vec<String>>,
+    pub expose: Option<Vec<String>>,
+    pub credentials: bool,
+    pub max_age: Option<u64>,
+    pub unmatched: Option<UnmatchedPreflights>,
+    /// The source answered `*` in allowed headers by echoing the requested ones, `Authorization` included.
+    pub star_headers_echoed: bool,
+    pub fields: Fields,
+}
+
+/// Lowers a draft; `None` when the source never allowed an origin a browser sends.
+pub(crate) fn lower(mut d: Draft, ctx: &mut Ctx) -> Option<RouteSpec> {
+    let f = d.fields.clone();
+    let open_regex = d.regexes.iter().find_map(|re| {
+        PROBES
+            .iter()
+            .find(|p| full_match(re, p))
+            .map(|p| (re.clone(), *p))
+    });
+    if d.credentials && (d.any_origin.is_some() || open_regex.is_some()) {
+        let what = match (&d.any_origin, &open_regex) {
+            (Some(field), _) => format!("{field} allows every origin"),
+            (None, Some((re, probe))) => {
+                format!("the origin regex {re:?} matches any site, such as {probe}")
+            }
+            (None, None) => String::new(),
+        };
+        ctx.push(
+            Severity::Incomplete,
+            "wildcard-credentials-refused",
+            &f.origins,
+            format!(
+                "{what} and {} is true: the source echoed each origin with credentials, so any web site could read this API's responses with the user's cookies. Corsair never converts that. The policy is left with an empty allowOrigins, which corsair check refuses: list the origins that may send credentials there, or, if no page needs cookies, set allowOrigins: [\"*\"] and allowCredentials: false",
+                f.credentials
+            ),
+        );
+        ctx.incomplete = true;
+        d.any_origin = None;
+        d.origins.clear();
+        d.regexes.clear();
+        d.null_origin = false;
+    } else if d.any_origin.is_none()
+        && d.origins.is_empty()
+        && d.regexes.is_empty()
+        && !d.null_origin
+    {
+        return None;
+    }
+
+    let methods = d.methods.filter(|m| !m.is_empty()).map(|mut list| {
+        if !list.iter().any(|m| m == "*") {
+            let added: Vec<&str> = SAFELISTED_METHODS
+                .iter()
+                .copied()
+                .filter(|s| !list.iter().any(|m| m == s))
+                .collect();
+            if !added.is_empty() {
+                ctx.note(
+                    "safelisted-methods-added",
+                    &f.methods,
+                    format!(
+                        "{} added: browsers allow them after any successful preflight whatever the list says, and Corsair answers 403 to a preflight for a method it does not list",
+                        added.join(", ")
+                    ),
+                );
+                list.extend(added.iter().map(|m| (*m).to_owned()));
+            }
+        }
+        list
+    });
+
+    let headers = d.headers.filter(|h| !h.is_empty()).map(|mut list| {
+        let star = list.iter().any(|h| h == "*");
+        let has_auth = list.iter().any(|h| h.eq_ignore_ascii_case("authorization"));
+        if star && d.star_headers_echoed && !has_auth {
+            ctx.note(
+                "authorization-added",
+                &f.headers,
+                "Authorization added beside \"*\": the source answered \"*\" by echoing the requested headers, Authorization included, while a Corsair \"*\" never covers Authorization".to_owned(),
+            );
+            list.push("Authorization".to_owned());
+        }
+        list
+    });
+
+    let max_age = d.max_age.map(|age| {
+        if age > u64::from(MAX_AGE_BROWSER_CAP) {
+            let firefox = age.min(86_400);
+            ctx.warn(
+                "max-age-capped",
+                &f.max_age,
+                format!(
+                    "{age} seconds is more than Chromium honours (it caps preflight caching at {MAX_AGE_BROWSER_CAP} seconds, Firefox at 86400): kept {MAX_AGE_BROWSER_CAP}, so Chromium sees no change and Firefox asks again after {MAX_AGE_BROWSER_CAP} seconds instead of {firefox}"
+                ),
+            );
+            MAX_AGE_BROWSER_CAP
+        } else {
+            u32::try_from(age).unwrap_or(MAX_AGE_BROWSER_CAP)
+        }
+    });
+
+    if let Some(field) = &d.any_origin
+        && !d.null_origin
+    {
+        ctx.warn(
+            "null-origin-not-covered",
+            field,
+            "allowed every origin, `Origin: null` included (sandboxed iframes, file: pages, some redirects); a Corsair \"*\" leaves null out. Add allowNullOrigin: true if such pages must keep reading these responses".to_owned(),
+        );
+    }
+    let mut origins = d.origins;
+    if d.any_origin.is_some() {
+        origins = vec!["*".to_owned()];
+    }
+    dedup(&mut origins);
+    dedup(&mut d.regexes);
+    Some(RouteSpec {
+        path_prefix: String::new(),
+        allow_origins: (ctx.incomplete || !origins.is_empty()).then_some(origins),
+        allow_origin_regexes: (!d.regexes.is_empty()).then_some(d.regexes),
+        allow_null_origin: d.null_origin.then_some(true),
+        allow_methods: methods,
+        allow_headers: headers,
+        expose_headers: d.expose.filter(|e| !e.is_empty()),
+        allow_credentials: d.credentials.then_some(true),
+        max_age,
+        // Reject is the default: written only when the source forwarded.
+        unmatched_preflights: d.unmatched.filter(|u| *u == UnmatchedPreflights::Forward),
+        ..RouteSpec::default()
+    })
+}
+
+fn dedup(list: &mut Vec<String>) {
+    let mut seen: Vec<String> = Vec::new();
+    list.retain(|item| {
+        if seen.contains(item) {
+            false
+        } else {
+            seen.push(item.clone());
+            true
+        }
+    });
+}
+
+/// The top-level spec with the rules of `r` (its `pathPrefix` ignored).
+pub(crate) fn top_level(r: RouteSpec) -> CorsPolicySpec {
+    CorsPolicySpec {
+        routes: Vec::new(),
+        allow_origins: r.allow_origins,
+        allow_origin_regexes: r.allow_origin_regexes,
+        allow_null_origin: r.allow_null_origin,
+        allow_methods: r.allow_methods,
+        allow_headers: r.allow_headers,
+        expose_headers: r.expose_headers,
+        allow_credentials: r.allow_credentials,
+        max_age: r.max_age,
+        allow_private_network: r.allow_private_network,
+        preflight_status: r.preflight_status,
+        unmatched_preflights: r.unmatched_preflights,
+        disallowed_requests: r.disallowed_requests,
+        mode: r.mode,
+    }
+}
+
+/// Whether `re` matches the whole of `text` (what Corsair and Envoy do).
+pub(crate) fn full_match(re: &str, text: &str) -> bool {
+    regex::Regex::new(&format!("^(?:{re})$")).is_ok_and(|r| r.is_match(text))
+}
+
+/// Why `entry` can never equal an `Origin` header a browser sends, as the policy crate sees it.
+pub(crate) fn origin_problem(entry: &str) -> Option<String> {
+    let spec = CorsPolicySpec {
+        allow_origins: Some(vec![entry.to_owned()]),
+        ..CorsPolicySpec::default()
+    };
+    corsair_policy::validate(&spec)
+        .errors()
+        .find(|f| f.code == "invalid-origin")
+        .map(|f| f.message.clone())
+}
+
+/// Whether a regex compiles in Rust's syntax, as the policy crate will compile it.
+pub(crate) fn regex_problem(re: &str) -> Option<String> {
+    match regex::Regex::new(re).and_then(|_| regex::Regex::new(&format!("^(?:{re})$"))) {
+        Ok(_) => None,
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+/// Splits a comma-separated header or method list, dropping empty items.
+pub(crate) fn split_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Parses a Go / Gateway API / protobuf duration (`90s`, `1h30m`, `1.5h`, `500ms`) into whole
+/// seconds, rounded down; a bare number is seconds.
+pub(crate) fn parse_duration(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(secs);
+    }
+    let mut total = 0f64;
+    let mut rest = text;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..num_end].parse().ok()?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let factor = match &rest[..unit_end] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            "us" | "µs" => 0.000_001,
+            "ns" => 0.000_000_001,
+            _ => return None,
+        };
+        total += number * factor;
+        rest = &rest[unit_end..];
+    }
+    (total.is_finite() && total >= 0.0).then_some(total as u64)
+}

@@ -1,0 +1,232 @@
+//! Gateway API: `HTTPRoute` rules with a `CORS` filter (`HTTPCORSFilter`, GEP-1767).
+//!
+//! What the filter does (its API documentation): `*` alone allows every origin and, with
+//! `allowCredentials: true`, the gateway answers with the request's origin, i.e. every site may
+//! read credentialed responses; `*` in a host is a greedy match to the left over any number of
+//! labels; with credentials, `*` in `allowMethods`/`allowHeaders` echoes what was requested
+//! (`Authorization` included); safelisted methods are always allowed; `maxAge` defaults to 5
+//! seconds, what browsers assume without the header. Each rule's path match becomes a route.
+
+use serde_json::Value;
+
+use super::{
+    Outcome, PathEntry, PolicyDraft, assemble_routes, at, push_unique, services_note, strings,
+};
+use crate::rules::{self, Ctx, Draft, Fields};
+use crate::{Severity, SourceRef};
+
+pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
+    let mut ctx = Ctx::default();
+    let mut entries = Vec::new();
+    let mut services = Vec::new();
+    let mut any_cors = false;
+    let rules_list = at(doc, &["spec", "rules"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for (i, rule) in rules_list.iter().enumerate() {
+        let filters = at(rule, &["filters"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let cors = filters
+            .iter()
+            .enumerate()
+            .find(|(_, f)| at(f, &["type"]).as_str() == Some("CORS"))
+            .map(|(k, f)| (k, at(f, &["cors"]).clone()));
+        let mut level = None;
+        if let Some((k, cors)) = cors {
+            any_cors = true;
+            for b in at(rule, &["backendRefs"]).as_array().into_iter().flatten() {
+                if at(b, &["kind"]).as_str().unwrap_or("Service") == "Service" {
+                    let name = at(b, &["name"]).as_str().unwrap_or_default().to_owned();
+                    push_unique(&mut services, name);
+                }
+            }
+            if filters
+                .iter()
+                .any(|f| at(f, &["type"]).as_str() == Some("URLRewrite"))
+            {
+                ctx.warn(
+                    "path-rewritten",
+                    &format!("spec.rules[{i}].filters"),
+                    "this rule rewrites the path before the backend sees it, and Corsair matches routes on the path the backend receives: check the route's pathPrefix against the rewritten path".to_owned(),
+                );
+            }
+            let base = format!("spec.rules[{i}].filters[{k}].cors");
+            level = rules::lower(draft(&cors, &base, &mut ctx), &mut ctx);
+            if level.is_none() {
+                ctx.findings.push(super::no_origin_left());
+                continue;
+            }
+        }
+        let matches = at(rule, &["matches"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if matches.is_empty() {
+            entries.push(PathEntry {
+                prefix: "/".to_owned(),
+                field: format!("spec.rules[{i}]"),
+                rules: level.clone(),
+            });
+        }
+        for (j, m) in matches.iter().enumerate() {
+            let f = format!("spec.rules[{i}].matches[{j}]");
+            let others: Vec<&str> = ["headers", "queryParams", "method"]
+                .into_iter()
+                .filter(|k| !at(m, &[k]).is_null())
+                .collect();
+            if !others.is_empty() && level.is_some() {
+                ctx.warn(
+                    "match-conditions-ignored",
+                    &f,
+                    format!("the rule also matches on {}: Corsair routes match on the path only, so these CORS rules apply to every request under the path", others.join(", ")),
+                );
+            }
+            let kind = at(m, &["path", "type"]).as_str().unwrap_or("PathPrefix");
+            let value = at(m, &["path", "value"]).as_str().unwrap_or("/").to_owned();
+            let f = format!("{f}.path");
+            match kind {
+                "PathPrefix" => {}
+                "Exact" if level.is_some() => ctx.warn(
+                    "exact-path-as-prefix",
+                    &f,
+                    format!("Exact {value:?} becomes pathPrefix {value:?}: requests to paths under {value}/ that reach the same backend get these CORS rules too"),
+                ),
+                "Exact" => {}
+                _ => {
+                    if level.is_some() {
+                        ctx.warn(
+                            "path-not-converted",
+                            &f,
+                            format!("{kind} {value:?} cannot be written as a path prefix: this match is not converted, so requests it matched get no CORS headers"),
+                        );
+                    }
+                    continue;
+                }
+            }
+            entries.push(PathEntry {
+                prefix: value,
+                field: f,
+                rules: level.clone(),
+            });
+        }
+    }
+    if !any_cors {
+        return Outcome::NotASource;
+    }
+    let routes = assemble_routes(entries, false, &mut ctx);
+    if !routes.iter().any(|r| r.mode.is_none()) {
+        let mut findings = ctx.findings;
+        if !findings.iter().any(|f| f.code == "no-origin-left") {
+            findings.push(super::no_origin_left());
+        }
+        return Outcome::Nothing(findings);
+    }
+    let opt_in = services_note(source, &source.name, &services);
+    Outcome::Policies(vec![PolicyDraft {
+        name: source.name.clone(),
+        spec: corsair_policy::CorsPolicySpec {
+            routes,
+            ..crate::empty_spec()
+        },
+        findings: ctx.findings,
+        opt_in,
+        incomplete: ctx.incomplete,
+    }])
+}
+
+fn draft(cors: &Value, base: &str, ctx: &mut Ctx) -> Draft {
+    let fields = Fields {
+        origins: format!("{base}.allowOrigins"),
+        credentials: format!("{base}.allowCredentials"),
+        methods: format!("{base}.allowMethods"),
+        headers: format!("{base}.allowHeaders"),
+        max_age: format!("{base}.maxAge"),
+    };
+    let credentials = at(cors, &["allowCredentials"]).as_bool() == Some(true);
+    let mut d = Draft {
+        credentials,
+        star_headers_echoed: credentials,
+        fields: fields.clone(),
+        ..Draft::default()
+    };
+    for entry in strings(at(cors, &["allowOrigins"])) {
+        wildcard_origin(&entry, &fields.origins, true, &mut d, ctx);
+    }
+    let methods = strings(at(cors, &["allowMethods"]));
+    d.methods = (!methods.is_empty()).then_some(methods);
+    let headers = strings(at(cors, &["allowHeaders"]));
+    d.headers = (!headers.is_empty()).then_some(headers);
+    d.expose = Some(strings(at(cors, &["exposeHeaders"])));
+    d.max_age = match at(cors, &["maxAge"]).as_u64() {
+        // 5 is the default and what browsers assume without the header.
+        None | Some(5) => None,
+        Some(n) => Some(n),
+    };
+    d
+}
+
+/// An origin where `*` in the host matches any characters (Gateway API, Envoy Gateway).
+/// `default_port_matches`: whether `https://host:443` also matched `https://host`.
+pub(crate) fn wildcard_origin(
+    entry: &str,
+    field: &str,
+    default_port_matches: bool,
+    d: &mut Draft,
+    ctx: &mut Ctx,
+) {
+    let entry = entry.trim();
+    if entry == "*" {
+        d.any_origin = Some(field.to_owned());
+        return;
+    }
+    if entry == "null" {
+        d.null_origin = true;
+        return;
+    }
+    let mut origin = entry.to_owned();
+    if default_port_matches {
+        for (scheme, port) in [("https://", ":443"), ("http://", ":80")] {
+            if origin.starts_with(scheme) && origin.ends_with(port) {
+                origin.truncate(origin.len() - port.len());
+                ctx.note(
+                    "default-port-dropped",
+                    field,
+                    format!(
+                        "{entry:?} written as {origin:?}: browsers never send the default port"
+                    ),
+                );
+            }
+        }
+    }
+    if origin.contains('*') {
+        if rules::origin_problem(&origin).is_none() {
+            d.origins.push(origin);
+            return;
+        }
+        // `*` elsewhere (`https://*`, `https://app-*.example.com`): the same match as a regex.
+        let re = origin
+            .split('*')
+            .map(regex::escape)
+            .collect::<Vec<_>>()
+            .join(".*");
+        ctx.note(
+            "wildcard-as-regex",
+            field,
+            format!("{entry:?} has a `*` that Corsair's allowOrigins cannot express; it becomes the regex {re:?}, which matches the same origins"),
+        );
+        d.regexes.push(re);
+        return;
+    }
+    match rules::origin_problem(&origin) {
+        Some(problem) => ctx.push(
+            Severity::Note,
+            "origin-never-matched",
+            field,
+            format!("{entry:?} could never match an origin a browser sends ({problem}): left out"),
+        ),
+        None => d.origins.push(origin),
+    }
+}

@@ -1,0 +1,229 @@
+//! One module per source; each turns one manifest into policy drafts with findings.
+
+use corsair_policy::CorsPolicySpec;
+use serde_json::Value;
+
+use crate::rules::Ctx;
+use crate::{Finding, OptIn, SourceRef};
+
+mod envoy_gateway;
+mod esp;
+mod gateway;
+mod istio;
+mod nginx;
+mod traefik;
+
+#[cfg(test)]
+pub(crate) use traefik::is_anchored as traefik_is_anchored;
+
+/// A policy before it is wrapped into a manifest and checked.
+pub(crate) struct PolicyDraft {
+    pub name: String,
+    pub spec: CorsPolicySpec,
+    pub findings: Vec<Finding>,
+    pub opt_in: OptIn,
+    pub incomplete: bool,
+}
+
+pub(crate) enum Outcome {
+    /// Not a kind this tool reads, or one without CORS configuration.
+    NotASource,
+    /// A source whose CORS configuration converts to nothing; the findings say why.
+    Nothing(Vec<Finding>),
+    Policies(Vec<PolicyDraft>),
+}
+
+pub(crate) fn convert(api_version: &str, doc: &Value, source: &SourceRef) -> Outcome {
+    let group = api_version.split('/').next().unwrap_or_default();
+    match (group, source.kind.as_str()) {
+        ("networking.k8s.io" | "extensions", "Ingress") => nginx::convert(doc, source),
+        ("gateway.networking.k8s.io", "HTTPRoute") => gateway::convert(doc, source),
+        ("networking.istio.io", "VirtualService") => istio::convert(doc, source),
+        ("gateway.envoyproxy.io", "SecurityPolicy") => envoy_gateway::convert(doc, source),
+        ("traefik.io" | "traefik.containo.us", "Middleware") => {
+            traefik::convert(doc, source, group == "traefik.containo.us")
+        }
+        ("apps", "Deployment" | "StatefulSet" | "DaemonSet") | ("v1", "Pod") => {
+            esp::convert(doc, source)
+        }
+        _ => Outcome::NotASource,
+    }
+}
+
+/// A one-policy outcome, or `Nothing` with the findings when no origin was left.
+pub(crate) fn single(
+    source: &SourceRef,
+    spec: Option<CorsPolicySpec>,
+    ctx: Ctx,
+    opt_in: OptIn,
+) -> Outcome {
+    let Some(spec) = spec else {
+        let mut findings = ctx.findings;
+        findings.push(no_origin_left());
+        return Outcome::Nothing(findings);
+    };
+    Outcome::Policies(vec![PolicyDraft {
+        name: source.name.clone(),
+        spec,
+        findings: ctx.findings,
+        opt_in,
+        incomplete: ctx.incomplete,
+    }])
+}
+
+pub(crate) fn no_origin_left() -> Finding {
+    Finding {
+        severity: crate::Severity::Warning,
+        code: "no-origin-left",
+        field: "(origins)".to_owned(),
+        message: "no origin a browser sends was ever allowed by this configuration: no policy is produced for it".to_owned(),
+    }
+}
+
+/// `.a.b` of a JSON value, or `Null`.
+pub(crate) fn at<'v>(value: &'v Value, path: &[&str]) -> &'v Value {
+    let mut v = value;
+    for key in path {
+        v = v.get(key).unwrap_or(&Value::Null);
+    }
+    v
+}
+
+/// A list of strings, or of anything else rendered as text (a YAML `true` is `"true"`).
+pub(crate) fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|items| items.iter().filter_map(text).collect())
+        .unwrap_or_default()
+}
+
+/// A scalar as text; `None` for null, arrays and objects.
+pub(crate) fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// `-n NS` for commands, empty without a namespace.
+pub(crate) fn ns_flag(source: &SourceRef) -> String {
+    source
+        .namespace
+        .as_ref()
+        .map(|ns| format!(" -n {ns}"))
+        .unwrap_or_default()
+}
+
+/// The note for sources that name Services: how to find the workloads behind them.
+pub(crate) fn services_note(source: &SourceRef, policy: &str, services: &[String]) -> OptIn {
+    let ns = ns_flag(source);
+    let mut lines = Vec::new();
+    if services.is_empty() {
+        lines.push(format!(
+            "{source} names no backend Service: annotate the workloads it sends traffic to:"
+        ));
+    } else {
+        lines.push(format!(
+            "{source} sends traffic to the Service(s) {}; find the workloads behind each with",
+            services.join(", ")
+        ));
+        for s in services {
+            lines.push(format!(
+                "  kubectl get service {s}{ns} -o jsonpath='{{.spec.selector}}'"
+            ));
+        }
+        lines.push("then annotate each Deployment, StatefulSet or DaemonSet whose pods carry those labels:".to_owned());
+    }
+    lines.push(format!(
+        "  kubectl annotate deployment NAME{ns} corsair.dev/policy={policy}"
+    ));
+    OptIn::Note(lines)
+}
+
+/// Service names in `backendRefs` lists (Gateway API) or `destination.host` (Istio), in order, once each.
+pub(crate) fn push_unique(list: &mut Vec<String>, item: String) {
+    if !item.is_empty() && !list.contains(&item) {
+        list.push(item);
+    }
+}
+
+/// One path match of a routing rule, with the CORS rules it had (`None`: the rule had no CORS).
+pub(crate) struct PathEntry {
+    pub prefix: String,
+    pub field: String,
+    pub rules: Option<corsair_policy::RouteSpec>,
+}
+
+fn under(path: &str, prefix: &str) -> bool {
+    let p = prefix.trim_end_matches('/');
+    let path = path.trim_end_matches('/');
+    p.is_empty()
+        || path == p
+        || path
+            .strip_prefix(p)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Turns path matches into routes. `first_match_wins`: rules are tried in order (Istio), so a
+/// later match under an earlier one's prefix is never reached; otherwise the longest prefix wins
+/// (Gateway API), as in Corsair. A path without CORS under a CORS route's prefix becomes a route
+/// with `mode` off (pass-through), so the policy does not add CORS where the source did not.
+pub(crate) fn assemble_routes(
+    entries: Vec<PathEntry>,
+    first_match_wins: bool,
+    ctx: &mut Ctx,
+) -> Vec<corsair_policy::RouteSpec> {
+    let mut taken: Vec<String> = Vec::new();
+    let mut routes: Vec<corsair_policy::RouteSpec> = Vec::new();
+    let mut without: Vec<PathEntry> = Vec::new();
+    for entry in entries {
+        let shadowed = if first_match_wins {
+            taken.iter().any(|t| under(&entry.prefix, t))
+        } else {
+            taken
+                .iter()
+                .any(|t| t.trim_end_matches('/') == entry.prefix.trim_end_matches('/'))
+        };
+        if shadowed {
+            if entry.rules.is_some() {
+                ctx.warn(
+                    "shadowed-route",
+                    &entry.field,
+                    format!("{:?} is never reached: an earlier match already takes these paths, so this CORS configuration is not converted", entry.prefix),
+                );
+            }
+            continue;
+        }
+        taken.push(entry.prefix.clone());
+        match entry.rules {
+            Some(rules) => routes.push(corsair_policy::RouteSpec {
+                path_prefix: entry.prefix,
+                ..rules
+            }),
+            None => without.push(entry),
+        }
+    }
+    let mut extra = Vec::new();
+    for entry in without {
+        let covering = routes
+            .iter()
+            .filter(|r| under(&entry.prefix, &r.path_prefix))
+            .max_by_key(|r| r.path_prefix.trim_end_matches('/').len());
+        if let Some(cover) = covering {
+            ctx.note(
+                "no-cors-path-kept",
+                &entry.field,
+                format!("{:?} had no CORS configuration but lies under the route {:?}: it becomes a route with mode off, so the policy adds no CORS there either", entry.prefix, cover.path_prefix),
+            );
+            extra.push(corsair_policy::RouteSpec {
+                path_prefix: entry.prefix,
+                mode: Some(corsair_policy::Mode::Off),
+                ..cover.clone()
+            });
+        }
+    }
+    routes.extend(extra);
+    routes
+}

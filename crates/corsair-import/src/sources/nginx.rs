@@ -1,0 +1,269 @@
+//! ingress-nginx: `Ingress` with `nginx.ingress.kubernetes.io/enable-cors` and the `cors-*` annotations.
+//!
+//! What ingress-nginx does (its cors annotation parser and template):
+//! - absent or invalid annotations take its defaults: origin `*`, methods
+//!   `GET, PUT, POST, DELETE, PATCH, OPTIONS`, a fixed header list, no exposed headers,
+//!   credentials `true`, max age 1728000;
+//! - origin `*` (anywhere in the list) sends `Access-Control-Allow-Origin: *` literally, beside
+//!   `Access-Control-Allow-Credentials: true` by default, which browsers refuse for credentialed
+//!   requests;
+//! - other origins become one case-insensitive regex `(o1)|(o2)$` whose `*.` matches exactly one
+//!   label (`[A-Za-z0-9-]+`); a match echoes the origin, anything else gets no CORS headers and
+//!   preflights go on to the backend;
+//! - the preflight answer lists the configured methods and headers without checking the request:
+//!   the browser does the checking.
+
+use corsair_policy::UnmatchedPreflights;
+use serde_json::Value;
+
+use super::{Outcome, at, services_note, single, text};
+use crate::SourceRef;
+use crate::rules::{self, Ctx, Draft, Fields};
+
+const PREFIX: &str = "nginx.ingress.kubernetes.io/";
+const DEFAULT_METHODS: &str = "GET, PUT, POST, DELETE, PATCH, OPTIONS";
+const DEFAULT_HEADERS: &str = "DNT,Keep-Alive,User-Agent,X-Requested-With,If-Modified-Since,Cache-Control,Content-Type,Range,Authorization";
+const DEFAULT_MAX_AGE: u64 = 1_728_000;
+
+pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
+    let annotations = at(doc, &["metadata", "annotations"]);
+    let get = |name: &str| text(at(annotations, &[&format!("{PREFIX}{name}")]));
+    let field = |name: &str| format!("metadata.annotations[{PREFIX}{name}]");
+    let mut ctx = Ctx::default();
+
+    let has_cors = annotations.as_object().is_some_and(|m| {
+        m.keys().any(|k| {
+            k.starts_with(&format!("{PREFIX}cors-")) || k == &format!("{PREFIX}enable-cors")
+        })
+    });
+    if !has_cors {
+        return Outcome::NotASource;
+    }
+    match get("enable-cors").as_deref().map(go_bool) {
+        Some(Some(true)) => {}
+        other => {
+            let why = match other {
+                None => "is not set".to_owned(),
+                Some(None) => "is not a boolean (ingress-nginx reads it as false)".to_owned(),
+                Some(Some(_)) => "is false".to_owned(),
+            };
+            ctx.note(
+                "cors-disabled",
+                &field("enable-cors"),
+                format!("{why}: ingress-nginx adds no CORS headers for this Ingress, so there is nothing to convert"),
+            );
+            return Outcome::Nothing(ctx.findings);
+        }
+    }
+
+    let fields = Fields {
+        origins: field("cors-allow-origin"),
+        credentials: field("cors-allow-credentials"),
+        methods: field("cors-allow-methods"),
+        headers: field("cors-allow-headers"),
+        max_age: field("cors-max-age"),
+    };
+    let mut d = Draft {
+        fields: fields.clone(),
+        // Preflights from other origins went on to the backend.
+        unmatched: Some(UnmatchedPreflights::Forward),
+        ..Draft::default()
+    };
+
+    d.credentials = match get("cors-allow-credentials") {
+        None => true,
+        Some(v) => go_bool(&v).unwrap_or_else(|| {
+            ctx.note(
+                "invalid-value",
+                &fields.credentials,
+                format!("{v:?} is not a boolean: ingress-nginx used its default, true"),
+            );
+            true
+        }),
+    };
+
+    origins(get("cors-allow-origin"), &fields.origins, &mut d, &mut ctx);
+    if d.any_origin.is_some() && d.credentials {
+        ctx.warn(
+            "wildcard-credentials-dropped",
+            &fields.credentials,
+            format!(
+                "{} is true (ingress-nginx's default) with origin \"*\": ingress-nginx sent `Access-Control-Allow-Origin: *` with `Access-Control-Allow-Credentials: true`, which browsers refuse for requests with cookies, so pages only ever read responses without credentials. The policy allows \"*\" without credentials, which is what browsers saw. To allow credentials properly, list the origins that need them in allowOrigins and set allowCredentials: true",
+                fields.credentials
+            ),
+        );
+        d.credentials = false;
+    }
+
+    d.methods = Some(validated(
+        get("cors-allow-methods"),
+        r"^([A-Za-z]+,?\s?)+$",
+        DEFAULT_METHODS,
+        &fields.methods,
+        &mut ctx,
+    ));
+    d.headers = Some(validated(
+        get("cors-allow-headers"),
+        r"^([A-Za-z0-9\-_]+,?\s?)+$",
+        DEFAULT_HEADERS,
+        &fields.headers,
+        &mut ctx,
+    ));
+    d.expose = Some(validated(
+        get("cors-expose-headers"),
+        r"^(([A-Za-z0-9\-_]+|\*),?\s?)+$",
+        "",
+        &field("cors-expose-headers"),
+        &mut ctx,
+    ));
+    d.max_age = match get("cors-max-age") {
+        None => Some(DEFAULT_MAX_AGE),
+        Some(v) => {
+            match v.trim().parse::<i64>() {
+                Ok(n) if n >= 0 => Some(n.unsigned_abs()),
+                Ok(_) => None,
+                Err(_) => {
+                    ctx.note("invalid-value", &fields.max_age, format!("{v:?} is not an integer: ingress-nginx used its default, {DEFAULT_MAX_AGE}"));
+                    Some(DEFAULT_MAX_AGE)
+                }
+            }
+        }
+    };
+
+    let spec = rules::lower(d, &mut ctx).map(rules::top_level);
+    let opt_in = services_note(source, &source.name, &backend_services(doc));
+    single(source, spec, ctx, opt_in)
+}
+
+/// `cors-allow-origin` as ingress-nginx reads it.
+fn origins(value: Option<String>, field: &str, d: &mut Draft, ctx: &mut Ctx) {
+    let Some(value) = value else {
+        ctx.note(
+            "default-origin",
+            field,
+            "not set: ingress-nginx's default is \"*\"".to_owned(),
+        );
+        d.any_origin = Some(field.to_owned());
+        return;
+    };
+    let valid = regex::Regex::new(r"^([a-z]+://(\*\.)?[A-Za-z0-9\-.]*(:\d+)?|\*|null)?$")
+        .expect("constant regex");
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        if entry == "*" {
+            d.any_origin = Some(field.to_owned());
+            d.origins.clear();
+            d.regexes.clear();
+            d.null_origin = false;
+            return;
+        }
+        if !valid.is_match(entry) {
+            ctx.warn(
+                "origin-ignored",
+                field,
+                format!("{entry:?} is not an origin ingress-nginx accepts (scheme://host[:port], *.host, null or *): older ingress-nginx skipped it, newer ones refuse the whole annotation and fall back to \"*\"; the policy leaves it out"),
+            );
+            continue;
+        }
+        if entry == "null" {
+            d.null_origin = true;
+            ctx.warn(
+                "origin-anchored",
+                field,
+                "\"null\": ingress-nginx's origin regex is not anchored at the start, so it also allowed any origin ending in \"null\", such as http://webnull; the policy allows only `Origin: null` (allowNullOrigin: true)".to_owned(),
+            );
+            continue;
+        }
+        let lower = entry.to_ascii_lowercase();
+        if let Some((scheme, host)) = lower.split_once("://*.") {
+            let re = format!(
+                "{}://[a-z0-9-]+\\.{}",
+                regex::escape(scheme),
+                regex::escape(host)
+            );
+            ctx.note(
+                "one-label-wildcard",
+                field,
+                format!("{entry:?} matched exactly one DNS label in ingress-nginx; a Corsair wildcard matches one or more, so it becomes the regex {re:?}, which keeps deeper subdomains out as before"),
+            );
+            d.regexes.push(re);
+            continue;
+        }
+        if let Some(problem) = rules::origin_problem(&lower) {
+            ctx.note(
+                "origin-never-matched",
+                field,
+                format!(
+                    "{entry:?} could never match an origin a browser sends ({problem}): left out"
+                ),
+            );
+            continue;
+        }
+        if lower != entry {
+            ctx.note(
+                "origin-lowercased",
+                field,
+                format!("{entry:?} written as {lower:?}: ingress-nginx compared origins case-insensitively and browsers send them in lowercase"),
+            );
+        }
+        d.origins.push(lower);
+    }
+}
+
+/// An annotation list that ingress-nginx replaces by its default when it fails its pattern.
+fn validated(
+    value: Option<String>,
+    pattern: &str,
+    default: &str,
+    field: &str,
+    ctx: &mut Ctx,
+) -> Vec<String> {
+    let Some(value) = value else {
+        return rules::split_list(default);
+    };
+    let ok = regex::Regex::new(pattern).is_ok_and(|re| re.is_match(&value));
+    if ok {
+        rules::split_list(&value)
+    } else {
+        let shown = if default.is_empty() { "none" } else { default };
+        ctx.note(
+            "invalid-value",
+            field,
+            format!("{value:?} does not pass ingress-nginx's validation, so it used its default ({shown}); the policy does the same"),
+        );
+        rules::split_list(default)
+    }
+}
+
+/// Go's `strconv.ParseBool`.
+fn go_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+fn backend_services(doc: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let spec = at(doc, &["spec"]);
+    let mut push = |backend: &Value| {
+        let name = at(backend, &["service", "name"])
+            .as_str()
+            .or_else(|| at(backend, &["serviceName"]).as_str());
+        if let Some(name) = name {
+            super::push_unique(&mut out, name.to_owned());
+        }
+    };
+    push(at(spec, &["defaultBackend"]));
+    push(at(spec, &["backend"]));
+    for rule in at(spec, &["rules"]).as_array().into_iter().flatten() {
+        for path in at(rule, &["http", "paths"])
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            push(at(path, &["backend"]));
+        }
+    }
+    out
+}

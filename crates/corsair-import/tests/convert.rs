@@ -1,0 +1,409 @@
+//! Table-driven conversions: real-looking manifests of each source, the policy they become and
+//! the findings that explain every change.
+
+use corsair_import::{Converted, Import, Severity, import, render};
+use corsair_policy::{Engine, Mode, UnmatchedPreflights, load_document};
+
+fn fixture(name: &str) -> Import {
+    let path = format!(
+        "{}/../../tests/fixtures/import/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    import(&bytes).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn inline(yaml: &str) -> Import {
+    import(yaml.as_bytes()).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+}
+
+fn policy<'a>(out: &'a Import, name: &str) -> &'a Converted {
+    out.policies
+        .iter()
+        .find(|p| p.document.metadata.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("no policy {name}: {:#?}", out))
+}
+
+fn codes(c: &Converted) -> Vec<&'static str> {
+    c.findings.iter().map(|f| f.code).collect()
+}
+
+fn has(c: &Converted, code: &str) -> bool {
+    c.findings.iter().any(|f| f.code == code)
+}
+
+fn strs(v: &[&str]) -> Option<Vec<String>> {
+    Some(v.iter().map(|s| (*s).to_owned()).collect())
+}
+
+/// Every policy that is not incomplete compiles, and its rendered YAML loads back as the same
+/// document; incomplete ones are refused and say so.
+fn assert_usable(out: &Import) {
+    for c in &out.policies {
+        let compiled = Engine::compile(&c.document.spec);
+        if c.incomplete {
+            let report = compiled.expect_err("an incomplete policy must be refused");
+            assert!(
+                report.errors().any(|f| f.code == "no-origins"),
+                "{report:?}"
+            );
+            assert!(
+                c.findings.iter().any(|f| f.severity == Severity::Incomplete
+                    && f.code == "wildcard-credentials-refused"),
+                "{:?}",
+                codes(c)
+            );
+        } else {
+            let report = compiled.unwrap_or_else(|r| panic!("{}: {r:?}", c.source)).1;
+            assert!(!report.has_errors());
+            assert!(!codes(c).contains(&"check-error"), "{:?}", codes(c));
+        }
+        let text = render(c, "test.yaml").expect("renders");
+        assert!(text.starts_with("---\n"));
+        let loaded = load_document(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(loaded, c.document, "{text}");
+    }
+}
+
+#[test]
+fn ingress_nginx() {
+    let out = fixture("ingress-nginx.yaml");
+    assert_usable(&out);
+    assert_eq!(out.policies.len(), 2);
+    assert!(
+        out.skipped.iter().any(|s| s.finding.code == "skipped"
+            && s.source.as_ref().is_some_and(|r| r.kind == "Service"))
+    );
+
+    let web = policy(&out, "web");
+    let spec = &web.document.spec;
+    assert_eq!(web.document.metadata.namespace.as_deref(), Some("shop"));
+    assert_eq!(
+        spec.allow_origins,
+        strs(&["https://shop.example.com", "https://admin.example.com"])
+    );
+    // One label exactly, as ingress-nginx's `[A-Za-z0-9\-]+`.
+    assert_eq!(
+        spec.allow_origin_regexes,
+        strs(&[r"https://[a-z0-9-]+\.preview\.example\.com"])
+    );
+    assert_eq!(spec.allow_credentials, Some(true)); // ingress-nginx's default
+    assert_eq!(
+        spec.allow_methods,
+        strs(&["PUT", "DELETE", "PATCH", "GET", "HEAD", "POST"])
+    );
+    assert_eq!(spec.expose_headers, strs(&["X-Request-Id"]));
+    assert_eq!(spec.max_age, Some(7200));
+    assert_eq!(
+        spec.unmatched_preflights,
+        Some(UnmatchedPreflights::Forward)
+    );
+    for code in [
+        "one-label-wildcard",
+        "origin-lowercased",
+        "safelisted-methods-added",
+        "max-age-capped",
+    ] {
+        assert!(has(web, code), "{code} missing: {:?}", codes(web));
+    }
+    let capped = web
+        .findings
+        .iter()
+        .find(|f| f.code == "max-age-capped")
+        .unwrap();
+    assert_eq!(
+        capped.field,
+        "metadata.annotations[nginx.ingress.kubernetes.io/cors-max-age]"
+    );
+    assert!(capped.message.contains("kept 7200"), "{}", capped.message);
+    match &web.opt_in {
+        corsair_import::OptIn::Note(lines) => {
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.contains("kubectl get service web -n shop"))
+            );
+            assert!(lines.iter().any(|l| l.contains("corsair.dev/policy=web")));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Defaults: `*` with credentials, which browsers refused: `*` without credentials.
+    let assets = policy(&out, "assets");
+    assert_eq!(assets.document.spec.allow_origins, strs(&["*"]));
+    assert_eq!(assets.document.spec.allow_credentials, None);
+    let dropped = assets
+        .findings
+        .iter()
+        .find(|f| f.code == "wildcard-credentials-dropped")
+        .expect("finding");
+    assert_eq!(dropped.severity, Severity::Warning);
+    assert!(dropped.message.contains("list the origins"));
+    assert_eq!(assets.document.spec.max_age, Some(7200)); // default 1728000, capped
+    // `*` also let `Origin: null` read; a Corsair `*` does not, and says so.
+    assert!(has(assets, "null-origin-not-covered"));
+    assert_eq!(assets.document.spec.allow_null_origin, None);
+}
+
+#[test]
+fn gateway_api() {
+    let out = fixture("gateway-api.yaml");
+    assert_usable(&out);
+    let api = policy(&out, "api");
+    let routes = &api.document.spec.routes;
+    assert_eq!(api.document.spec.allow_origins, None);
+    let prefixes: Vec<&str> = routes.iter().map(|r| r.path_prefix.as_str()).collect();
+    assert_eq!(prefixes, ["/api", "/public", "/api/internal"]);
+    assert_eq!(
+        routes[0].allow_origins,
+        strs(&["https://app.example.com", "https://*.example.org"])
+    );
+    assert_eq!(routes[0].allow_credentials, Some(true));
+    assert_eq!(routes[0].max_age, Some(600));
+    assert_eq!(routes[1].allow_origins, strs(&["*"]));
+    assert_eq!(routes[1].max_age, None); // the default 5 s is what browsers assume
+    // The rule without CORS under /api keeps getting no CORS.
+    assert_eq!(routes[2].mode, Some(Mode::Off));
+    assert!(has(api, "no-cors-path-kept"));
+
+    let legacy = policy(&out, "legacy");
+    assert!(legacy.incomplete);
+    assert_eq!(legacy.document.spec.routes[0].allow_origins, Some(vec![]));
+    assert_eq!(legacy.document.spec.routes[0].allow_credentials, Some(true));
+    let refused = legacy
+        .findings
+        .iter()
+        .find(|f| f.code == "wildcard-credentials-refused")
+        .expect("finding");
+    assert_eq!(refused.field, "spec.rules[0].filters[0].cors.allowOrigins");
+    assert!(refused.message.contains("any web site could read"));
+    // With credentials, `*` in allowHeaders echoed Authorization too.
+    assert_eq!(
+        legacy.document.spec.routes[0].allow_headers,
+        strs(&["*", "Authorization"])
+    );
+}
+
+#[test]
+fn istio() {
+    let out = fixture("istio.yaml");
+    assert_usable(&out);
+    let reviews = policy(&out, "reviews");
+    let route = &reviews.document.spec.routes[0];
+    assert_eq!(route.path_prefix, "/v1");
+    assert_eq!(route.allow_origins, strs(&["https://app.example.com"]));
+    assert_eq!(
+        route.allow_origin_regexes,
+        strs(&[
+            r"https://partner\.example\.net(:[0-9]+)?",
+            r"https://[a-z]+\.example\.org"
+        ])
+    );
+    assert_eq!(route.allow_headers, strs(&["*", "Authorization"]));
+    assert_eq!(route.max_age, Some(7200));
+    assert_eq!(
+        route.unmatched_preflights,
+        Some(UnmatchedPreflights::Forward)
+    );
+    let anchored = reviews
+        .findings
+        .iter()
+        .find(|f| f.code == "origin-anchored")
+        .unwrap();
+    assert_eq!(anchored.field, "spec.http[0].corsPolicy.allowOrigins[1]");
+    assert!(
+        anchored
+            .message
+            .contains("https://partner.example.net.attacker.example")
+    );
+}
+
+#[test]
+fn envoy_gateway() {
+    let out = fixture("envoy-gateway.yaml");
+    assert_usable(&out);
+    let p = policy(&out, "cors-example");
+    assert_eq!(
+        p.document.spec.allow_origins,
+        strs(&[
+            "http://*.foo.com",
+            "http://*.foo.com:8080",
+            "https://www.example.com"
+        ])
+    );
+    assert_eq!(p.document.spec.max_age, Some(3600));
+    assert_eq!(p.document.spec.allow_credentials, None);
+}
+
+#[test]
+fn traefik() {
+    let out = fixture("traefik.yaml");
+    assert_usable(&out);
+    let p = policy(&out, "cors-headers");
+    assert_eq!(
+        p.document.spec.allow_origins,
+        strs(&["https://foo.bar.org"])
+    );
+    assert_eq!(
+        p.document.spec.allow_origin_regexes,
+        strs(&[r"https://.*\.example\.com"])
+    );
+    assert_eq!(p.document.spec.max_age, Some(100));
+    assert!(has(p, "origin-never-matched"));
+    let anchored = p
+        .findings
+        .iter()
+        .find(|f| f.code == "origin-anchored")
+        .unwrap();
+    assert!(
+        anchored.message.contains(".attacker.example"),
+        "{}",
+        anchored.message
+    );
+}
+
+#[test]
+fn esp() {
+    let out = fixture("esp.yaml");
+    assert_usable(&out);
+    let v2 = policy(&out, "echo");
+    assert_eq!(
+        v2.document.spec.allow_origin_regexes,
+        strs(&[r"^https://([a-z0-9-]+\.)?example\.com$"])
+    );
+    assert_eq!(v2.document.spec.allow_credentials, Some(true));
+    assert_eq!(
+        v2.document.spec.expose_headers,
+        strs(&["Content-Length", "Content-Range"])
+    );
+    assert_eq!(v2.document.spec.max_age, Some(7200)); // 480h, capped
+    assert!(!has(v2, "origin-anchored")); // ESPv2 matches the whole origin
+    assert_eq!(
+        v2.opt_in,
+        corsair_import::OptIn::Command(
+            "kubectl annotate deployment echo -n endpoints corsair.dev/policy=echo\n# then remove the --cors_* flags from container esp, so that Corsair alone answers CORS".to_owned()
+        )
+    );
+    let v1 = policy(&out, "legacy-echo");
+    assert_eq!(
+        v1.document.spec.allow_origin_regexes,
+        strs(&[r"(?i)https://(www|app)\.example\.com"])
+    );
+    assert_eq!(
+        v1.document.spec.unmatched_preflights,
+        Some(UnmatchedPreflights::Forward)
+    );
+    let anchored = v1
+        .findings
+        .iter()
+        .find(|f| f.code == "origin-anchored")
+        .unwrap();
+    assert!(
+        anchored
+            .message
+            .contains("https://www.example.com.attacker.example")
+    );
+    assert_eq!(
+        anchored.field,
+        "spec.template.spec.containers[0].args[--cors_allow_origin_regex]"
+    );
+}
+
+/// One row: manifest, policy name (None: no policy), finding codes that must appear, whether the
+/// policy is left incomplete, expected top-level allowOrigins (None: not checked).
+type Row<'a> = (
+    String,
+    Option<&'a str>,
+    &'a [&'a str],
+    bool,
+    Option<&'a [&'a str]>,
+);
+
+/// Small cases, one rule each.
+#[test]
+fn rules_table() {
+    let nginx = |annotations: &str| {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: i\n  annotations:\n{annotations}\nspec: {{}}\n"
+        )
+    };
+    let rows: Vec<Row> = vec![
+        // ingress-nginx
+        (nginx("    nginx.ingress.kubernetes.io/enable-cors: \"false\"\n    nginx.ingress.kubernetes.io/cors-allow-origin: https://a.example.com"), None, &["cors-disabled"], false, None),
+        (nginx("    nginx.ingress.kubernetes.io/enable-cors: \"true\"\n    nginx.ingress.kubernetes.io/cors-allow-origin: \"https://a.example.com, null\"\n    nginx.ingress.kubernetes.io/cors-allow-credentials: \"false\""), Some("i"), &["origin-anchored"], false, Some(&["https://a.example.com"])),
+        (nginx("    nginx.ingress.kubernetes.io/enable-cors: \"true\"\n    nginx.ingress.kubernetes.io/cors-allow-origin: \"https://a.example.com/, https://b.example.com, *\""), Some("i"), &["origin-ignored", "wildcard-credentials-dropped"], false, Some(&["*"])),
+        (nginx("    nginx.ingress.kubernetes.io/enable-cors: \"true\"\n    nginx.ingress.kubernetes.io/cors-allow-origin: \"https://a.example.com:443\""), None, &["origin-never-matched", "no-origin-left"], false, None),
+        (nginx("    nginx.ingress.kubernetes.io/enable-cors: \"true\"\n    nginx.ingress.kubernetes.io/cors-allow-origin: \"https://a.example.com\"\n    nginx.ingress.kubernetes.io/cors-allow-headers: \"X-A, *\"\n    nginx.ingress.kubernetes.io/cors-max-age: \"soon\""), Some("i"), &["invalid-value"], false, Some(&["https://a.example.com"])),
+        // Istio: anything that matches "*" allows every origin.
+        ("apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {name: v}\nspec:\n  http:\n  - corsPolicy:\n      allowOrigins: [{exact: \"*\"}]\n      allowCredentials: true\n".to_owned(), Some("v"), &["wildcard-credentials-refused"], true, None),
+        ("apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {name: v}\nspec:\n  http:\n  - corsPolicy:\n      allowOrigins: [{regex: \"https://.*\"}]\n      allowCredentials: true\n".to_owned(), Some("v"), &["wildcard-credentials-refused"], true, None),
+        ("apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {name: v}\nspec:\n  http:\n  - match: [{uri: {regex: \"/a.*\"}}]\n    corsPolicy:\n      allowOrigins: [{exact: \"https://a.example.com\"}]\n".to_owned(), None, &["path-not-converted", "no-origin-left"], false, None),
+        ("apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {name: v}\nspec:\n  http:\n  - match: [{uri: {prefix: /}}]\n  - match: [{uri: {prefix: /api}}]\n    corsPolicy:\n      allowOrigins: [{exact: \"https://a.example.com\"}]\n".to_owned(), None, &["shadowed-route", "no-origin-left"], false, None),
+        // Envoy Gateway
+        ("apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: s}\nspec:\n  cors:\n    allowOrigins: [\"*\"]\n    allowCredentials: true\n".to_owned(), Some("s"), &["wildcard-credentials-refused"], true, Some(&[])),
+        ("apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: s}\nspec:\n  cors:\n    allowOrigins: [\"https://app-*.example.com\"]\n".to_owned(), Some("s"), &["wildcard-as-regex"], false, None),
+        // Traefik v2 sent `*` literally; v3 echoes it with credentials.
+        ("apiVersion: traefik.containo.us/v1alpha1\nkind: Middleware\nmetadata: {name: m}\nspec:\n  headers:\n    accessControlAllowOriginList: [\"*\"]\n    accessControlAllowCredentials: true\n".to_owned(), Some("m"), &["wildcard-credentials-dropped"], false, Some(&["*"])),
+        ("apiVersion: traefik.io/v1alpha1\nkind: Middleware\nmetadata: {name: m}\nspec:\n  headers:\n    accessControlAllowOriginList: [\"*\"]\n    accessControlAllowCredentials: true\n".to_owned(), Some("m"), &["wildcard-credentials-refused"], true, Some(&[])),
+        ("apiVersion: traefik.io/v1alpha1\nkind: Middleware\nmetadata: {name: m}\nspec:\n  headers:\n    accessControlAllowOriginListRegex: [\"https://.*\"]\n    accessControlAllowCredentials: true\n".to_owned(), Some("m"), &["wildcard-credentials-refused"], true, None),
+        ("apiVersion: traefik.io/v1alpha1\nkind: Middleware\nmetadata: {name: m}\nspec:\n  headers:\n    accessControlAllowOriginList: [\"null\", https://a.example.com]\n".to_owned(), Some("m"), &["check-warning"], false, Some(&["https://a.example.com"])),
+        ("apiVersion: traefik.io/v1alpha1\nkind: Middleware\nmetadata: {name: m}\nspec:\n  headers:\n    customResponseHeaders: {X-A: b}\n".to_owned(), None, &["skipped"], false, None),
+        // ESPv2: the default origin `*` echoed, with credentials: refused.
+        ("apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: e}\nspec:\n  template:\n    spec:\n      containers:\n      - name: esp\n        image: gcr.io/endpoints-release/endpoints-runtime:2\n        args: [--cors_preset=basic, --cors_allow_credentials]\n".to_owned(), Some("e"), &["wildcard-credentials-refused"], true, Some(&[])),
+        ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: esp\n    image: gcr.io/endpoints-release/endpoints-runtime:1.58\n    args: [--cors_preset=basic, --cors_allow_origin=https://a.example.com, \"--cors_max_age=1h\"]\n".to_owned(), Some("p"), &["max-age-capped"], false, Some(&["https://a.example.com"])),
+        ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  template:\n    spec:\n      containers:\n      - name: esp\n        image: gcr.io/endpoints-release/endpoints-runtime:2\n        args: [--cors_allow_origin=https://a.example.com]\n".to_owned(), None, &["cors-disabled"], false, None),
+        // Gateway API
+        ("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  rules:\n  - matches: [{path: {type: Exact, value: /login}, headers: [{name: x, value: y}]}]\n    filters: [{type: CORS, cors: {allowOrigins: [\"https://a.example.com:443\", \"https://*\"]}}]\n".to_owned(), Some("r"), &["exact-path-as-prefix", "match-conditions-ignored", "default-port-dropped", "wildcard-as-regex"], false, None),
+    ];
+    for (yaml, name, want, incomplete, origins) in rows {
+        let out = inline(&yaml);
+        assert_usable(&out);
+        let all: Vec<&str> = out
+            .policies
+            .iter()
+            .flat_map(|p| p.findings.iter().map(|f| f.code))
+            .chain(out.skipped.iter().map(|s| s.finding.code))
+            .collect();
+        for code in want {
+            assert!(all.contains(code), "{code} missing from {all:?}\n{yaml}");
+        }
+        match name {
+            None => assert!(out.policies.is_empty(), "{yaml}\n{:#?}", out.policies),
+            Some(name) => {
+                let p = policy(&out, name);
+                assert_eq!(p.incomplete, incomplete, "{yaml}");
+                if let Some(o) = origins {
+                    assert_eq!(p.document.spec.allow_origins, strs(o), "{yaml}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn json_lists_and_renamed_duplicates() {
+    let json = r#"{"apiVersion": "v1", "kind": "List", "items": [
+      {"apiVersion": "traefik.io/v1alpha1", "kind": "Middleware", "metadata": {"name": "web", "namespace": "a"},
+       "spec": {"headers": {"accessControlAllowOriginList": ["https://a.example.com"]}}},
+      {"apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "SecurityPolicy", "metadata": {"name": "web", "namespace": "a"},
+       "spec": {"cors": {"allowOrigins": ["https://b.example.com"]}}}
+    ]}"#;
+    let out = inline(json);
+    assert_usable(&out);
+    let names: Vec<_> = out
+        .policies
+        .iter()
+        .map(|p| p.document.metadata.name.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(names, ["web", "web-securitypolicy"]);
+    assert!(has(&out.policies[1], "renamed"));
+}
+
+#[test]
+fn malformed_input_says_where() {
+    let err = import(b"apiVersion: v1\nkind: [Ingress\nmetadata: {}\n").unwrap_err();
+    assert!(err.to_string().contains("line"), "{err}");
+    let err = import(b"- just\n- a list\n").unwrap_err();
+    assert!(err.to_string().contains("document 1"), "{err}");
+    assert!(import(b"\xff\xfe").is_err());
+}
