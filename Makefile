@@ -8,7 +8,7 @@ PY_DEPS := kubernetes-validate==1.37.0 helm-python-sdk==0.2.2 pytest==8.3.4 PyYA
 export PATH := $(VENV)/bin:$(PATH)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: test deps deps-apt deps-python lint rust-test fuzz-check chart-test demo bench generate
+.PHONY: test deps deps-apt deps-python lint rust-test fuzz-check chart-test demo bench generate soak
 
 test: deps lint rust-test fuzz-check chart-test
 	@echo "make test: all suites passed"
@@ -67,3 +67,10 @@ bench:
 	cargo bench --bench webhook
 	WEBHOOK_BENCH_RATE=5000 cargo bench --bench webhook
 	bash benches/controller/run.sh
+
+# The soak (not run by make test or CI): 10 minutes of mixed load against `corsair proxy` with a
+# policy swap every 30 s; RSS and open fds sampled every 10 s must stay flat after a 2-minute
+# warm-up. SOAK_SECONDS, SOAK_RELOAD_SECONDS, SOAK_SAMPLE_SECONDS, SOAK_WARMUP_SECONDS override.
+# Series in target/soak/; criterion and the last run in docs/reliability.md.
+soak:
+	cargo test --locked --test proxy_soak -- --ignored --nocapture

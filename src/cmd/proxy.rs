@@ -41,7 +41,8 @@ pub struct Args {
     /// Start even if the policy file does not exist yet; until it appears no origin is allowed.
     #[arg(long, env = "CORSAIR_ALLOW_MISSING_POLICY")]
     allow_missing_policy: bool,
-    /// Seconds a client has to send a request's headers (also the keep-alive wait).
+    /// Seconds a client has to send a request's headers (also the wait for a new connection's
+    /// first bytes, and the keep-alive wait).
     #[arg(long, env = "CORSAIR_HEADER_READ_TIMEOUT", value_name = "SECONDS", default_value_t = 10.0, value_parser = seconds)]
     header_read_timeout: f64,
     /// Seconds to connect to the upstream before answering 504.

@@ -54,8 +54,8 @@ pub struct ProxyConfig {
     /// Start even when the policy file does not exist yet (the operator mounts an optional
     /// ConfigMap volume); until it appears, no origin is allowed.
     pub allow_missing_policy: bool,
-    /// Time a client has to send a request's headers, including the wait for the next request
-    /// on an idle HTTP/1.1 keep-alive connection.
+    /// Time a client has to send a request's headers, including the wait for the first bytes on
+    /// a new connection and for the next request on an idle HTTP/1.1 keep-alive connection.
     pub header_read_timeout: Duration,
     /// Time to establish a TCP connection to the upstream (504 when exceeded).
     pub connect_timeout: Duration,

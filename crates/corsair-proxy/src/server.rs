@@ -128,6 +128,19 @@ async fn serve_connection(
     shutdown: CancellationToken,
     abort: CancellationToken,
 ) {
+    // Until a client sends its first byte, hyper does not know the protocol and runs no header
+    // timer, so a connection that sends nothing would hold its file descriptor for the whole
+    // idle timeout: give it the header read timeout instead.
+    let mut first = [0u8; 1];
+    tokio::select! {
+        peeked = tokio::time::timeout(state.config.header_read_timeout, stream.peek(&mut first)) => {
+            if !matches!(peeked, Ok(Ok(n)) if n > 0) {
+                tracing::debug!(%peer, "closing a connection that sent nothing");
+                return;
+            }
+        }
+        () = shutdown.cancelled() => return,
+    }
     let activity = Activity::new();
     let io = TokioIo::new(IdleIo {
         inner: stream,

@@ -1,0 +1,783 @@
+//! Shared by the hostile-traffic, fault and soak tests of `corsair proxy`: a real upstream that
+//! can die, come back and stall; the proxy binary as a child process (optionally with a lowered
+//! file-descriptor limit); a prober that measures well-formed requests while something else is
+//! going on; and HTTP/2 frames written by hand for the attacks a well-behaved client cannot send.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+pub mod load;
+
+pub const ALLOWED: &str = "https://app.example.com";
+
+// ---------------------------------------------------------------------------------------------
+// The upstream
+
+/// What the upstream shares with the test.
+pub struct UpstreamState {
+    /// Path and query of every request whose head arrived, in order.
+    pub paths: Mutex<Vec<String>>,
+    /// Requests whose head arrived.
+    pub requests: AtomicU64,
+    /// While `true`, every request waits until it turns `false`.
+    pub stalled: watch::Sender<bool>,
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub state: Arc<UpstreamState>,
+    /// `true` stops the listener and drops every connection at once (the upstream "dies").
+    stop: watch::Sender<bool>,
+}
+
+type UpBody = BoxBody<Bytes, Infallible>;
+
+impl Upstream {
+    /// Starts on a port of the OS's choice.
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let state = Arc::new(UpstreamState {
+            paths: Mutex::default(),
+            requests: AtomicU64::new(0),
+            stalled: watch::Sender::new(false),
+        });
+        Self::serve(listener, state)
+    }
+
+    /// Starts again on the address of a stopped upstream, keeping its state.
+    pub async fn restart(&self) -> Upstream {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(listener) => break listener,
+                Err(err) if Instant::now() < deadline => {
+                    let _ = err;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(err) => panic!("rebind upstream on {}: {err}", self.addr),
+            }
+        };
+        Self::serve(listener, self.state.clone())
+    }
+
+    fn serve(listener: TcpListener, state: Arc<UpstreamState>) -> Upstream {
+        let addr = listener.local_addr().expect("upstream address");
+        let (stop, stopped) = watch::channel(false);
+        let shared = state.clone();
+        tokio::spawn(async move {
+            let mut stop_accept = stopped.clone();
+            loop {
+                let accepted = tokio::select! {
+                    _ = stop_accept.wait_for(|s| *s) => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let Ok((stream, _)) = accepted else { continue };
+                let state = shared.clone();
+                let mut stop_conn = stopped.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| route(state.clone(), req));
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stop_conn.wait_for(|s| *s) => {}
+                    }
+                });
+            }
+        });
+        Upstream { addr, state, stop }
+    }
+
+    pub fn uri(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Closes the listener and every connection, mid-request or not.
+    pub fn kill(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    pub fn stall(&self, stalled: bool) {
+        self.state.stalled.send_replace(stalled);
+    }
+
+    pub fn paths(&self) -> Vec<String> {
+        self.state.paths.lock().expect("paths").clone()
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::Relaxed)
+    }
+}
+
+fn full(body: impl Into<Bytes>) -> UpBody {
+    Full::new(body.into()).boxed()
+}
+
+/// `/upload`: the body's length; `/stream?chunks=N`: N chunks of 4 KiB, 2 ms apart; `/ws`:
+/// switches protocols and echoes; `/slow?ms=N`: waits; anything else: 200 `hello`, 5 bytes.
+async fn route(
+    state: Arc<UpstreamState>,
+    mut req: Request<Incoming>,
+) -> Result<Response<UpBody>, Infallible> {
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), ToString::to_string);
+    state.paths.lock().expect("paths").push(target);
+    state.requests.fetch_add(1, Ordering::Relaxed);
+    let mut stalled = state.stalled.subscribe();
+    let _ = stalled.wait_for(|s| !*s).await;
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let number = |key: &str| -> u64 {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let response = match req.uri().path() {
+        "/upload" => {
+            let mut body = req.into_body();
+            let mut total = 0usize;
+            let mut broken = false;
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(frame) => total += frame.data_ref().map_or(0, Bytes::len),
+                    Err(_) => {
+                        broken = true;
+                        break;
+                    }
+                }
+            }
+            if broken {
+                Response::builder().status(400).body(full("broken body"))
+            } else {
+                Response::builder().body(full(total.to_string()))
+            }
+        }
+        "/slow" => {
+            tokio::time::sleep(Duration::from_millis(number("ms"))).await;
+            Response::builder().body(full("slow"))
+        }
+        "/stream" => {
+            let chunks = number("chunks");
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+            tokio::spawn(async move {
+                for _ in 0..chunks {
+                    if tx
+                        .send(Ok(Frame::data(Bytes::from(vec![b's'; 4096]))))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            });
+            let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+            Response::builder().body(StreamBody::new(stream).boxed())
+        }
+        p if p.starts_with("/ws") => {
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(upgraded) = on_upgrade.await {
+                    let mut io = TokioIo::new(upgraded);
+                    let (mut r, mut w) = tokio::io::split(&mut io);
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+            Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .body(full(Bytes::new()))
+        }
+        _ => Response::builder()
+            .header("x-upstream", "yes")
+            .body(full("hello")),
+    };
+    Ok(response.expect("valid response"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The proxy binary
+
+/// A running `corsair proxy`, killed when dropped.
+pub struct ProxyProcess {
+    pub child: Child,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    /// Every stderr line after the start-up line.
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ProxyProcess {
+    /// Starts the binary on ports of the OS's choice; `nofile` lowers its file-descriptor
+    /// limit (soft and hard) with `prlimit` before it runs.
+    pub fn start(
+        policy: &Path,
+        upstream: &str,
+        extra: &[&str],
+        nofile: Option<u64>,
+    ) -> ProxyProcess {
+        let bin = env!("CARGO_BIN_EXE_corsair");
+        let mut command = match nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = command
+            .arg("proxy")
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(["--log-format", "json"])
+            .arg("--policy")
+            .arg(policy)
+            .args(["--upstream", upstream])
+            .args(extra)
+            .env("CORSAIR_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn corsair proxy (and prlimit from util-linux)");
+        let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+        let mut running = ProxyProcess {
+            child,
+            listen: unknown,
+            admin: unknown,
+            logs: Arc::default(),
+        };
+        let stderr = running.child.stderr.take().expect("piped stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("a start-up log line within 30 s");
+            let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if json["message"] == "proxy started" {
+                let addr = |field: &str| -> SocketAddr {
+                    json[field]
+                        .as_str()
+                        .and_then(|a| a.parse().ok())
+                        .unwrap_or_else(|| panic!("{field} in {line}"))
+                };
+                running.listen = addr("listen");
+                running.admin = addr("admin");
+                let logs = running.logs.clone();
+                std::thread::spawn(move || {
+                    while let Ok(line) = rx.recv() {
+                        if let Ok(mut logs) = logs.lock() {
+                            logs.push(line);
+                        }
+                    }
+                });
+                return running;
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory in KiB (`VmRSS` of /proc/PID/status).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("/proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in {status}"))
+    }
+
+    /// Open file descriptors (entries of /proc/PID/fd).
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(Iterator::count)
+            .expect("/proc/PID/fd")
+    }
+
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("the `kill` command (procps)");
+        assert!(status.success(), "kill -TERM failed: {status}");
+    }
+
+    /// Waits for the process to exit; `None` if it is still running after `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.logs
+            .lock()
+            .expect("logs")
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+}
+
+/// A policy manifest with `allowOrigins: [origin]`, `exposeHeaders: [tag]` and the given extra
+/// spec lines (indented as top-level spec keys).
+pub fn policy(origin: &str, tag: &str, extra: &str) -> String {
+    let mut out = format!(
+        "apiVersion: corsair.dev/v1alpha1\nkind: CorsPolicy\nmetadata:\n  name: hostile\n  generation: 1\nspec:\n  allowOrigins: [\"{origin}\"]\n  exposeHeaders: [\"{tag}\"]\n"
+    );
+    for line in extra.lines() {
+        out.push_str("  ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Well-formed clients
+
+pub type ReqBody = BoxBody<Bytes, Infallible>;
+
+pub fn empty() -> ReqBody {
+    Empty::new().boxed()
+}
+
+/// A keep-alive HTTP/1.1 client connection.
+pub struct H1 {
+    sender: hyper::client::conn::http1::SendRequest<ReqBody>,
+}
+
+impl H1 {
+    pub async fn open(addr: SocketAddr) -> std::io::Result<H1> {
+        let stream = TcpStream::connect(addr).await?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(conn.with_upgrades());
+        Ok(H1 { sender })
+    }
+
+    /// Sends and reads the whole response.
+    pub async fn send(&mut self, req: Request<ReqBody>) -> Result<Response<Bytes>, String> {
+        self.sender.ready().await.map_err(|e| e.to_string())?;
+        let response = self
+            .sender
+            .send_request(req)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Response::from_parts(parts, body))
+    }
+
+    pub async fn send_raw(&mut self, req: Request<ReqBody>) -> Result<Response<Incoming>, String> {
+        self.sender.ready().await.map_err(|e| e.to_string())?;
+        self.sender
+            .send_request(req)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+}
+
+/// A GET with `Host: api.test` and the allowed origin.
+pub fn get(path: &str) -> Request<ReqBody> {
+    Request::builder()
+        .uri(path)
+        .header("host", "api.test")
+        .header("origin", ALLOWED)
+        .body(empty())
+        .expect("valid request")
+}
+
+pub fn header<'a>(response: &'a Response<Bytes>, name: &str) -> Option<&'a str> {
+    response.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Latencies of the well-formed requests a [`Probe`] sent, and what went wrong.
+#[derive(Debug, Default, Clone)]
+pub struct ProbeStats {
+    pub latencies: Vec<Duration>,
+    /// One line per request that did not get a 200 with the allowed origin echoed.
+    pub failures: Vec<String>,
+}
+
+impl ProbeStats {
+    pub fn quantile(&self, q: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        if sorted.is_empty() {
+            return Duration::ZERO;
+        }
+        let index = ((sorted.len() - 1) as f64 * q).round() as usize;
+        sorted[index.min(sorted.len() - 1)]
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "{} ok, {} failed, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            self.latencies.len(),
+            self.failures.len(),
+            ms(self.quantile(0.5)),
+            ms(self.quantile(0.99)),
+            ms(self.quantile(1.0)),
+        )
+    }
+
+    /// Every probe succeeded, there were some, and none took longer than `max`.
+    pub fn assert_healthy(&self, case: &str, max: Duration) {
+        assert!(
+            self.failures.is_empty(),
+            "{case}: well-formed requests failed during the attack: {:?}",
+            self.failures
+        );
+        assert!(
+            self.latencies.len() >= 3,
+            "{case}: too few probes ({})",
+            self.latencies.len()
+        );
+        assert!(
+            self.quantile(1.0) < max,
+            "{case}: a well-formed request took {:?} (limit {max:?}): {}",
+            self.quantile(1.0),
+            self.summary()
+        );
+    }
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Well-formed requests, one every 20 ms, on a keep-alive connection opened before the attack
+/// (reopened after a failure), each with a 5 s limit.
+pub struct Probe {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<ProbeStats>,
+}
+
+impl Probe {
+    pub async fn start(addr: SocketAddr) -> Probe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut conn = H1::open(addr).await.expect("probe connects");
+        // Warm the connection (and the proxy's upstream pool) before measuring.
+        conn.send(get("/probe")).await.expect("first probe");
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut stats = ProbeStats::default();
+            let mut conn = Some(conn);
+            while !flag.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let outcome = async {
+                    if conn.as_ref().is_none_or(H1::is_closed) {
+                        conn = Some(H1::open(addr).await.map_err(|e| e.to_string())?);
+                    }
+                    let c = conn.as_mut().ok_or("no connection")?;
+                    c.send(get("/probe")).await
+                };
+                match tokio::time::timeout(Duration::from_secs(5), outcome).await {
+                    Ok(Ok(response))
+                        if response.status() == 200
+                            && header(&response, "access-control-allow-origin")
+                                == Some(ALLOWED) =>
+                    {
+                        stats.latencies.push(started.elapsed());
+                    }
+                    Ok(Ok(response)) => {
+                        stats.failures.push(format!("status {}", response.status()));
+                    }
+                    Ok(Err(err)) => {
+                        stats.failures.push(err);
+                        conn = None;
+                    }
+                    Err(_) => {
+                        stats.failures.push("no answer within 5 s".to_owned());
+                        conn = None;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            stats
+        });
+        Probe { stop, task }
+    }
+
+    pub async fn finish(self) -> ProbeStats {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("probe task")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw bytes
+
+/// What came back on a raw connection.
+#[derive(Debug)]
+pub struct Exchange {
+    pub answer: Vec<u8>,
+    /// From the end of the write to the first byte of the answer (or the close).
+    pub first_byte: Duration,
+    /// The proxy closed the connection within the wait.
+    pub closed: bool,
+}
+
+impl Exchange {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.answer).into_owned()
+    }
+
+    /// Status codes of every HTTP/1.1 response in the answer.
+    pub fn statuses(&self) -> Vec<u16> {
+        self.text()
+            .match_indices("HTTP/1.1 ")
+            .filter_map(|(i, _)| self.text().get(i + 9..i + 12)?.parse().ok())
+            .collect()
+    }
+}
+
+/// Writes `bytes` (a write error is fine: the proxy may stop reading), then reads until the
+/// proxy closes or `wait` passes.
+pub async fn exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> Exchange {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let _ = stream.write_all(bytes).await;
+    read_answer(&mut stream, wait).await
+}
+
+pub async fn read_answer(stream: &mut TcpStream, wait: Duration) -> Exchange {
+    let written = Instant::now();
+    let deadline = written + wait;
+    let mut answer = Vec::new();
+    let mut first_byte = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    let closed = loop {
+        match tokio::time::timeout_at(deadline.into(), stream.read(&mut buf)).await {
+            Err(_) => break false,
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => {
+                first_byte.get_or_insert_with(|| written.elapsed());
+                answer.extend_from_slice(&buf[..n]);
+            }
+        }
+    };
+    Exchange {
+        answer,
+        first_byte: first_byte.unwrap_or_else(|| written.elapsed()),
+        closed,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/2 by hand (RFC 9113, RFC 7541)
+
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub const DATA: u8 = 0;
+pub const HEADERS: u8 = 1;
+pub const RST_STREAM: u8 = 3;
+pub const SETTINGS: u8 = 4;
+pub const PING: u8 = 6;
+pub const GOAWAY: u8 = 7;
+pub const CONTINUATION: u8 = 9;
+pub const END_STREAM: u8 = 0x1;
+pub const END_HEADERS: u8 = 0x4;
+pub const ACK: u8 = 0x1;
+
+pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("frame fits");
+    let mut out = Vec::with_capacity(9 + payload.len());
+    out.extend_from_slice(&len.to_be_bytes()[1..]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+pub fn settings(pairs: &[(u16, u32)]) -> Vec<u8> {
+    let mut payload = Vec::new();
+    for (id, value) in pairs {
+        payload.extend_from_slice(&id.to_be_bytes());
+        payload.extend_from_slice(&value.to_be_bytes());
+    }
+    frame(SETTINGS, 0, 0, &payload)
+}
+
+/// An HPACK integer with an N-bit prefix; `flags` fills the bits above the prefix.
+pub fn hpack_int(prefix_bits: u8, flags: u8, value: usize) -> Vec<u8> {
+    let max = (1usize << prefix_bits) - 1;
+    if value < max {
+        return vec![flags | u8::try_from(value).expect("below the prefix")];
+    }
+    let mut out = vec![flags | u8::try_from(max).expect("prefix")];
+    let mut rest = value - max;
+    while rest >= 128 {
+        out.push(u8::try_from(rest % 128).expect("7 bits") | 0x80);
+        rest /= 128;
+    }
+    out.push(u8::try_from(rest).expect("7 bits"));
+    out
+}
+
+fn hpack_string(bytes: &[u8]) -> Vec<u8> {
+    let mut out = hpack_int(7, 0, bytes.len());
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// A literal header field without indexing, new name, no Huffman coding.
+pub fn hpack_literal(name: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x00];
+    out.extend(hpack_string(name));
+    out.extend(hpack_string(value));
+    out
+}
+
+/// A header block for `GET path` (`:scheme http`, `:authority api.test`) plus `extra` fields.
+pub fn request_block(method: &str, path: &str, extra: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    match method {
+        "GET" => out.push(0x82),
+        "POST" => out.push(0x83),
+        other => {
+            // Literal without indexing, indexed name 2 (:method).
+            out.push(0x02);
+            out.extend(hpack_string(other.as_bytes()));
+        }
+    }
+    out.push(0x86); // :scheme http
+    out.push(0x04); // :path, literal value
+    out.extend(hpack_string(path.as_bytes()));
+    out.push(0x01); // :authority, literal value
+    out.extend(hpack_string(b"api.test"));
+    for (name, value) in extra {
+        out.extend(hpack_literal(name, value));
+    }
+    out
+}
+
+/// One received frame.
+#[derive(Debug, Clone)]
+pub struct H2Frame {
+    pub kind: u8,
+    pub flags: u8,
+    pub stream: u32,
+    pub payload: Vec<u8>,
+}
+
+/// Splits bytes the server sent into frames (a truncated last frame is dropped).
+pub fn parse_frames(bytes: &[u8]) -> Vec<H2Frame> {
+    let mut frames = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 9 {
+        let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        if rest.len() < 9 + len {
+            break;
+        }
+        frames.push(H2Frame {
+            kind: rest[3],
+            flags: rest[4],
+            stream: u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]) & 0x7fff_ffff,
+            payload: rest[9..9 + len].to_vec(),
+        });
+        rest = &rest[9 + len..];
+    }
+    frames
+}
+
+/// The error code of the first GOAWAY, if any.
+pub fn goaway_code(frames: &[H2Frame]) -> Option<u32> {
+    frames
+        .iter()
+        .find(|f| f.kind == GOAWAY && f.payload.len() >= 8)
+        .map(|f| u32::from_be_bytes([f.payload[4], f.payload[5], f.payload[6], f.payload[7]]))
+}
+
+/// Error codes of RST_STREAM frames.
+pub fn reset_codes(frames: &[H2Frame]) -> Vec<u32> {
+    frames
+        .iter()
+        .filter(|f| f.kind == RST_STREAM && f.payload.len() == 4)
+        .map(|f| u32::from_be_bytes([f.payload[0], f.payload[1], f.payload[2], f.payload[3]]))
+        .collect()
+}
+
+/// Names of the HTTP/2 error codes that appear in these tests.
+pub fn h2_error(code: u32) -> &'static str {
+    match code {
+        0x0 => "NO_ERROR",
+        0x1 => "PROTOCOL_ERROR",
+        0x2 => "INTERNAL_ERROR",
+        0x3 => "FLOW_CONTROL_ERROR",
+        0x6 => "FRAME_SIZE_ERROR",
+        0x7 => "REFUSED_STREAM",
+        0x8 => "CANCEL",
+        0x9 => "COMPRESSION_ERROR",
+        0xb => "ENHANCE_YOUR_CALM",
+        _ => "other",
+    }
+}
+
+/// A well-formed h2c (prior knowledge) client connection.
+pub async fn h2_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<ReqBody> {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    sender
+}
