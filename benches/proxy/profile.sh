@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Instructions per request (callgrind), corsair and nginx doing the same CORS job: allowed GETs
+# (proxied) and allowed preflights (answered by the proxy). Instruction counts do not depend on
+# what else the machine is doing, so this can run on a busy machine, unlike run.sh.
+#
+#   bash benches/proxy/profile.sh            # PROXY_BIN=... to profile a given binary
+#
+# Each server runs under valgrind --tool=callgrind with one worker; wrk sends $SECONDS seconds
+# (default 5) of one kind of request over 4 keep-alive connections after a warm-up; the counters
+# are zeroed after the warm-up (callgrind_control -z) and dumped after the load (-d), and the
+# instructions of the dump are divided by the requests wrk completed in between.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+SECONDS_LOAD=${SECONDS:-5}
+ORIGIN=https://app.example.com
+UPSTREAM_PORT=18080
+PROXY_PORT=18081
+ADMIN_PORT=18082
+NGINX_PORT=18083
+
+die() { echo "profile.sh: $*" >&2; exit 1; }
+for tool in valgrind callgrind_control wrk nginx curl; do
+    command -v $tool >/dev/null || die "$tool is missing (valgrind, wrk, nginx-light, curl)"
+done
+
+if [[ -z ${PROXY_BIN:-} ]]; then
+    target=corsair
+    grep -q '^name = "corsair-proxy"' "$ROOT"/crates/*/Cargo.toml "$ROOT/Cargo.toml" 2>/dev/null \
+        && target=corsair-proxy
+    (cd "$ROOT" && CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build --release --locked --bin "$target" >&2)
+    PROXY_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/$target
+fi
+PROXY_CMD=("$PROXY_BIN")
+[[ $(basename "$PROXY_BIN") == corsair ]] && PROXY_CMD+=(proxy)
+
+WORK=$(mktemp -d /tmp/corsair-profile.XXXXXX)
+mkdir -p "$WORK/tmp"
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+wait_port() {
+    for _ in $(seq 600); do
+        curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
+        sleep 0.1
+    done
+    die "nothing listens on $1 (logs in $WORK)"
+}
+
+nginx -p "$WORK" -c "$HERE/nginx-upstream.conf" -g 'daemon off;' &
+PIDS+=($!)
+wait_port $UPSTREAM_PORT
+
+# Prints the instructions per request of the process $1 (under callgrind) for workload $2 on $3.
+per_request() {
+    local pid=$1 mix=$2 port=$3 out requests
+    MIX=$mix wrk -t1 -c4 -d2s -s "$HERE/mix.lua" "http://127.0.0.1:$port/" >/dev/null
+    callgrind_control -z "$pid" >/dev/null
+    out=$(MIX=$mix wrk -t1 -c4 -d"${SECONDS_LOAD}s" -s "$HERE/mix.lua" "http://127.0.0.1:$port/")
+    requests=$(sed -n 's/^RESULT .* requests=\([0-9]*\) .*/\1/p' <<<"$out")
+    rm -f "$WORK"/callgrind.out.*
+    callgrind_control -d "$pid" >/dev/null
+    sleep 1
+    local ir
+    ir=$(cat "$WORK"/callgrind.out.* 2>/dev/null | awk '/^summary:/ { s += $2 } END { print s + 0 }')
+    awk -v ir="$ir" -v n="$requests" 'BEGIN { printf "%.1f", ir / n / 1000 }'
+}
+
+(cd "$WORK" && CORSAIR_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out.%p" \
+    "${PROXY_CMD[@]}" --policy "$HERE/policy.yaml" --upstream "http://127.0.0.1:$UPSTREAM_PORT" \
+    --listen "127.0.0.1:$PROXY_PORT" --admin "127.0.0.1:$ADMIN_PORT" --worker-threads 1 \
+    >"$WORK/corsair.log" 2>&1) &
+PIDS+=($!)
+wait_port $PROXY_PORT
+CORSAIR_PID=$(pgrep -f "callgrind.*--listen 127.0.0.1:$PROXY_PORT" | head -n1)
+C_GET=$(per_request "$CORSAIR_PID" get $PROXY_PORT)
+C_PRE=$(per_request "$CORSAIR_PID" preflight $PROXY_PORT)
+
+sed 's/^worker_processes .*/worker_processes 1;/' "$HERE/nginx-cors.conf" >"$WORK/nginx.conf"
+(cd "$WORK" && valgrind --tool=callgrind --trace-children=yes --callgrind-out-file="$WORK/callgrind.out.%p" \
+    nginx -p "$WORK" -c "$WORK/nginx.conf" -g 'daemon off; master_process off;' >"$WORK/nginx.log" 2>&1) &
+PIDS+=($!)
+wait_port $NGINX_PORT
+NGINX_PID=$(pgrep -f "callgrind.*nginx.conf" | head -n1)
+N_GET=$(per_request "$NGINX_PID" get $NGINX_PORT)
+N_PRE=$(per_request "$NGINX_PID" preflight $NGINX_PORT)
+
+echo "| request | corsair (k instructions) | nginx (k instructions) | corsair ÷ nginx |"
+echo "|---|---:|---:|---:|"
+echo "| allowed GET (proxied) | $C_GET | $N_GET | $(awk -v a="$C_GET" -v b="$N_GET" 'BEGIN { printf "%.2f", a / b }') |"
+echo "| allowed preflight | $C_PRE | $N_PRE | $(awk -v a="$C_PRE" -v b="$N_PRE" 'BEGIN { printf "%.2f", a / b }') |"
+echo "($PROXY_BIN, $(date -u '+%Y-%m-%d %H:%M UTC'), $(valgrind --version))"
