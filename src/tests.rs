@@ -78,3 +78,42 @@ fn every_injected_variable_is_read_by_corsair_proxy() {
         "the log-level annotation reaches the sidecar: {env:?}"
     );
 }
+
+/// Flags and variables of an argument list, with what a user sees of each.
+fn flags(command: &clap::Command) -> Vec<(String, Option<String>, String, Vec<String>)> {
+    let mut flags: Vec<_> = command
+        .get_arguments()
+        .map(|a| {
+            (
+                a.get_long().unwrap_or_default().to_owned(),
+                a.get_env().map(|e| e.to_string_lossy().into_owned()),
+                a.get_help().map(ToString::to_string).unwrap_or_default(),
+                a.get_default_values()
+                    .iter()
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .collect(),
+            )
+        })
+        .collect();
+    flags.sort();
+    flags
+}
+
+/// One definition: `corsair proxy` and `corsair-proxy` take the same flags, variables, help
+/// and defaults (the binaries' `--help` is compared in tests/proxy_cli.rs).
+#[test]
+fn corsair_proxy_and_the_slim_binary_share_their_flags() {
+    let mut cli = Cli::command();
+    cli.build();
+    let proxy = cli.find_subcommand("proxy").expect("a proxy subcommand");
+    let mut slim = corsair_proxy::cli::Cli::command();
+    slim.build();
+    let (ours, theirs) = (flags(proxy), flags(&slim));
+    assert!(
+        ours.iter()
+            .any(|f| f.0 == "policy" && f.1.as_deref() == Some("CORSAIR_POLICY")),
+        "{ours:?}"
+    );
+    assert!(ours.iter().any(|f| f.0 == "log-format"), "{ours:?}");
+    assert_eq!(ours, theirs);
+}
