@@ -366,12 +366,30 @@ fn check_injected(e: &Expect, original: &Pod, pod: &Pod, mode_native: bool) {
         assert_eq!(sidecar.restart_policy, None, "{what}");
     }
 
+    // The slim image by default; the corsair.dev/image annotation overrides it. Either way the
+    // container runs `corsair-proxy`.
+    let image = original
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("corsair.dev/image").cloned())
+        .unwrap_or_else(|| {
+            format!(
+                "ghcr.io/corsair-dev/corsair-proxy:{}",
+                env!("CARGO_PKG_VERSION")
+            )
+        });
+    assert_eq!(sidecar.image.as_ref(), Some(&image), "{what}");
+    assert_eq!(
+        sidecar.command.as_deref(),
+        Some(&["corsair-proxy".to_owned()][..]),
+        "{what}"
+    );
     let args = sidecar.args.clone().expect("args");
     assert_eq!(
         args,
         [
-            "proxy".to_owned(),
-            "--policy".into(),
+            "--policy".to_owned(),
             "/etc/corsair/policy.json".into(),
             "--upstream".into(),
             format!("http://127.0.0.1:{}", e.upstream),
