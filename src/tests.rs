@@ -46,10 +46,23 @@ fn injected_sidecar(mode: SidecarMode) -> Container {
 fn the_injected_command_line_is_one_corsair_proxy_accepts() {
     for mode in [SidecarMode::Native, SidecarMode::Container] {
         let sidecar = injected_sidecar(mode);
-        assert_eq!(sidecar.command, None, "the image's entrypoint is `corsair`");
+        let command = sidecar.command.expect("the sidecar names its command");
+        assert_eq!(
+            command,
+            ["corsair-proxy"],
+            "the slim binary, whatever the image"
+        );
         let args = sidecar.args.expect("args");
-        let cli = Cli::try_parse_from(std::iter::once("corsair".to_owned()).chain(args.clone()))
-            .unwrap_or_else(|e| panic!("`corsair {}` is refused: {e}", args.join(" ")));
+        corsair_proxy::cli::Cli::try_parse_from(command.iter().chain(&args))
+            .unwrap_or_else(|e| panic!("`corsair-proxy {}` is refused: {e}", args.join(" ")));
+        // The same flags work as `corsair proxy`, for an image that wraps the full binary.
+        let cli = Cli::try_parse_from(
+            ["corsair", "proxy"]
+                .into_iter()
+                .map(str::to_owned)
+                .chain(args.clone()),
+        )
+        .unwrap_or_else(|e| panic!("`corsair proxy {}` is refused: {e}", args.join(" ")));
         assert!(matches!(cli.command, Command::Proxy(_)), "{args:?}");
     }
 }
@@ -57,9 +70,8 @@ fn the_injected_command_line_is_one_corsair_proxy_accepts() {
 #[test]
 fn every_injected_variable_is_read_by_corsair_proxy() {
     let sidecar = injected_sidecar(SidecarMode::Native);
-    let cli = Cli::command();
-    let proxy = cli.find_subcommand("proxy").expect("a proxy subcommand");
-    let read: Vec<String> = proxy
+    let slim = corsair_proxy::cli::Cli::command();
+    let read: Vec<String> = slim
         .get_arguments()
         .filter_map(|a| a.get_env())
         .map(|e| e.to_string_lossy().into_owned())
@@ -68,7 +80,7 @@ fn every_injected_variable_is_read_by_corsair_proxy() {
     for var in &env {
         assert!(
             read.contains(&var.name),
-            "{} is set on the sidecar but `corsair proxy` reads only {read:?}",
+            "{} is set on the sidecar but `corsair-proxy` reads only {read:?}",
             var.name
         );
     }
@@ -77,4 +89,43 @@ fn every_injected_variable_is_read_by_corsair_proxy() {
             .any(|v| v.value.as_deref() == Some("corsair_proxy=debug")),
         "the log-level annotation reaches the sidecar: {env:?}"
     );
+}
+
+/// Flags and variables of an argument list, with what a user sees of each.
+fn flags(command: &clap::Command) -> Vec<(String, Option<String>, String, Vec<String>)> {
+    let mut flags: Vec<_> = command
+        .get_arguments()
+        .map(|a| {
+            (
+                a.get_long().unwrap_or_default().to_owned(),
+                a.get_env().map(|e| e.to_string_lossy().into_owned()),
+                a.get_help().map(ToString::to_string).unwrap_or_default(),
+                a.get_default_values()
+                    .iter()
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .collect(),
+            )
+        })
+        .collect();
+    flags.sort();
+    flags
+}
+
+/// One definition: `corsair proxy` and `corsair-proxy` take the same flags, variables, help
+/// and defaults (the binaries' `--help` is compared in tests/proxy_cli.rs).
+#[test]
+fn corsair_proxy_and_the_slim_binary_share_their_flags() {
+    let mut cli = Cli::command();
+    cli.build();
+    let proxy = cli.find_subcommand("proxy").expect("a proxy subcommand");
+    let mut slim = corsair_proxy::cli::Cli::command();
+    slim.build();
+    let (ours, theirs) = (flags(proxy), flags(&slim));
+    assert!(
+        ours.iter()
+            .any(|f| f.0 == "policy" && f.1.as_deref() == Some("CORSAIR_POLICY")),
+        "{ours:?}"
+    );
+    assert!(ours.iter().any(|f| f.0 == "log-format"), "{ours:?}");
+    assert_eq!(ours, theirs);
 }

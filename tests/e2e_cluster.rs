@@ -1,6 +1,6 @@
 //! End-to-end tests against a real cluster (kind or k3d) running Corsair.
 //!
-//! Setup: build and load the image, then
+//! Setup: build and load both images (the controller and the sidecar, see the README), then
 //! `kubectl apply -f deploy/crd.yaml -f deploy/corsair.yaml` and wait for the controller.
 //! Run: `KUBECONFIG=... cargo test --test e2e_cluster -- --ignored --test-threads=1`.
 //! Each test works in its own namespace and deletes it at the end.

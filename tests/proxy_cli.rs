@@ -313,3 +313,44 @@ fn an_idle_proxy_does_not_keep_rereading_its_policy() {
         "an idle proxy made {reads} read system calls in 3 s: it keeps re-reading its policy"
     );
 }
+
+/// The options section of a `--help` page (what follows `Options:`).
+fn options(help: &str) -> &str {
+    help.split_once("Options:\n")
+        .map(|(_, options)| options)
+        .unwrap_or_else(|| panic!("no Options: section in {help}"))
+}
+
+/// `corsair-proxy`, the slim binary, and `corsair proxy` share one definition of their flags:
+/// their `--help` pages list the same options, with the same help, variables and defaults.
+#[test]
+fn the_slim_binary_lists_the_same_flags_as_corsair_proxy() {
+    let corsair = Path::new(env!("CARGO_BIN_EXE_corsair"));
+    let slim = corsair.with_file_name(format!("corsair-proxy{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        slim.exists(),
+        "{} is missing: it is built by `cargo test --workspace` (make test), or by \
+         `cargo build -p corsair-proxy`",
+        slim.display()
+    );
+    let help = |command: &mut Command| {
+        let output = command.arg("--help").output().expect("runs");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).expect("UTF-8 help")
+    };
+    let full = help(Command::new(corsair).arg("proxy"));
+    let slim = help(&mut Command::new(&slim));
+    assert!(
+        slim.contains("Usage: corsair-proxy [OPTIONS] --policy <FILE> --upstream <URL>"),
+        "{slim}"
+    );
+    for flag in [
+        "--policy <FILE>",
+        "[env: CORSAIR_UPSTREAM=]",
+        "--log-format",
+        "--version",
+    ] {
+        assert!(options(&full).contains(flag), "{flag} in {full}");
+    }
+    assert_eq!(options(&full), options(&slim));
+}

@@ -366,12 +366,30 @@ fn check_injected(e: &Expect, original: &Pod, pod: &Pod, mode_native: bool) {
         assert_eq!(sidecar.restart_policy, None, "{what}");
     }
 
+    // The slim image by default; the corsair.dev/image annotation overrides it. Either way the
+    // container runs `corsair-proxy`.
+    let image = original
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("corsair.dev/image").cloned())
+        .unwrap_or_else(|| {
+            format!(
+                "ghcr.io/corsair-dev/corsair-proxy:{}",
+                env!("CARGO_PKG_VERSION")
+            )
+        });
+    assert_eq!(sidecar.image.as_ref(), Some(&image), "{what}");
+    assert_eq!(
+        sidecar.command.as_deref(),
+        Some(&["corsair-proxy".to_owned()][..]),
+        "{what}"
+    );
     let args = sidecar.args.clone().expect("args");
     assert_eq!(
         args,
         [
-            "proxy".to_owned(),
-            "--policy".into(),
+            "--policy".to_owned(),
             "/etc/corsair/policy.json".into(),
             "--upstream".into(),
             format!("http://127.0.0.1:{}", e.upstream),
@@ -867,6 +885,106 @@ async fn swapped_certificate_is_served_without_restart() {
         .expect("serve task");
     assert!(result.is_ok(), "{result:?}");
     assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
+}
+
+/// A plain HTTP/1.1 GET on the admin port: status and body.
+async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = TcpStream::connect(admin).await.expect("admin connects");
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("admin request");
+    let mut response = String::new();
+    tcp.read_to_string(&mut response)
+        .await
+        .expect("admin response");
+    let status = response
+        .get(9..12)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// `/readyz` means ready: 200 once the listener is bound and the certificate loaded, 503 from
+/// SIGTERM on, while a request still in flight is finished.
+#[tokio::test]
+async fn readyz_is_200_while_serving_and_503_while_draining() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let mut webhook = start(&[]);
+    assert_eq!(
+        admin_get(webhook.admin, "/readyz").await,
+        (200, "ready\n".to_owned())
+    );
+
+    // A request in flight: its headers and the start of its body.
+    let body = fixture("pod-named-port").to_string().into_bytes();
+    let tcp = TcpStream::connect(webhook.addr).await.expect("connect");
+    let mut tls = webhook
+        .tls
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("handshake");
+    let head = format!(
+        "POST /inject HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await.expect("send headers");
+    tls.write_all(&body[..16])
+        .await
+        .expect("send part of the body");
+    tls.flush().await.expect("flush");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &webhook.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, text) = admin_get(webhook.admin, "/readyz").await;
+        if status == 503 {
+            assert_eq!(text, "not ready: shutting down\n");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz still {status} 10 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(admin_get(webhook.admin, "/healthz").await.0, 200);
+
+    // The request in flight is still answered, then the process exits 0.
+    tls.write_all(&body[16..]).await.expect("send the rest");
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut response))
+        .await
+        .expect("answered within 10 s")
+        .expect("read the answer");
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"patch\""), "{response}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = webhook.child.try_wait().expect("wait") {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "webhook did not exit within 10 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn pem(der: &CertificateDer<'static>) -> String {

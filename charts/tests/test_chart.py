@@ -115,6 +115,27 @@ def test_values_are_passed_through():
     assert "--sidecar-image=registry.local/proxy:v9" in container["args"]
 
 
+def test_the_slim_sidecar_image_is_injected_by_default(corsair_bin):
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    (deploy,) = by_kind(render(), "Deployment")
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"--sidecar-image=ghcr.io/corsair-dev/corsair-proxy:{app_version}" in args
+    # The binary's own default (checked in tests/webhook_https.rs) is this image at the binary's
+    # version: the chart's appVersion.
+    version = subprocess.run(
+        [corsair_bin, "--version"], capture_output=True, text=True, check=True
+    ).stdout.split()[-1]
+    assert version == app_version
+    # It follows the controller image's tag, and the repository can point at a mirror.
+    values = {
+        "image": {"repository": "registry.local/corsair", "tag": "v9"},
+        "sidecar": {"repository": "registry.local/corsair-proxy"},
+    }
+    (deploy,) = by_kind(render(values), "Deployment")
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--sidecar-image=registry.local/corsair-proxy:v9" in args
+
+
 def test_cert_manager_mode_mounts_the_issued_secret():
     docs = render({"webhook": {"certManager": {"enabled": True}}})
     (cert,) = by_kind(docs, "Certificate")

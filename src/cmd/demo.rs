@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
+use corsair_runtime::{ShutdownSignals, response as reply, text};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -71,6 +72,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_demo(args: Args) -> anyhow::Result<()> {
+    // Installed first: Ctrl-C during start-up stops the demo cleanly instead of killing it.
+    let signals = ShutdownSignals::install()?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let upstream_listener = bind(0, "upstream").await?;
@@ -126,7 +129,7 @@ async fn run_demo(args: Args) -> anyhow::Result<()> {
         policy_path.display()
     );
 
-    wait_for_signal().await?;
+    signals.recv().await;
     eprintln!("stopping");
     let _ = stop_tx.send(true);
     let proxy_result = proxy.shutdown().await;
@@ -178,15 +181,6 @@ async fn bind(port: u16, role: &str) -> anyhow::Result<TcpListener> {
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot listen for SIGTERM")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("cannot listen for Ctrl-C"),
-        _ = term.recv() => Ok(()),
-    }
-}
-
 type Reply = Response<Full<Bytes>>;
 
 /// Serves HTTP/1.1 until `stop` turns true, then lets open connections finish (up to 5 s).
@@ -231,21 +225,8 @@ where
     let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
 }
 
-fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
-    let mut response = Response::new(Full::new(body.into()));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-}
-
 fn json(status: StatusCode, value: &serde_json::Value) -> Reply {
     reply(status, "application/json", value.to_string())
-}
-
-fn text(status: StatusCode, body: &'static str) -> Reply {
-    reply(status, "text/plain; charset=utf-8", body)
 }
 
 /// Reads a small request body, or says why not.

@@ -12,7 +12,9 @@ pub struct SidecarArgs {
     /// (`corsair controller` asks the API server; `corsair webhook` has none and assumes it does).
     #[arg(long, default_value = "auto", value_parser = parse_mode)]
     pub sidecar_mode: SidecarMode,
-    /// Sidecar image [default: ghcr.io/corsair-dev/corsair:<this version>]; per pod: annotation corsair.dev/image.
+    /// Sidecar image [default: ghcr.io/corsair-dev/corsair-proxy:<this version>, the slim image];
+    /// per pod: annotation corsair.dev/image. The sidecar runs the command `corsair-proxy`,
+    /// which the image must have on its PATH.
     #[arg(long)]
     sidecar_image: Option<String>,
     /// Proxy port of the sidecar; per pod: annotation corsair.dev/proxy-port.

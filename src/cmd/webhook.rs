@@ -2,7 +2,6 @@
 //!
 //! What tests and debugging use; in a cluster `corsair controller` serves the same webhooks.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,16 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use bytes::Bytes;
 use corsair_controller::webhook::{self, CertStore, Metrics, WebhookState};
-use http::{Request, Response, StatusCode, header};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use corsair_runtime::{Admin, ReadyFlag, ShutdownSignals};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::cmd::sidecar::SidecarArgs;
 use crate::logging::LogArgs;
@@ -40,7 +34,8 @@ pub struct Args {
     /// How often the certificate files are checked for changes, in seconds.
     #[arg(long, default_value_t = 10)]
     tls_reload_interval: u64,
-    /// Plain-HTTP address for `/healthz`, `/readyz` and `/metrics`; none when left out.
+    /// Plain-HTTP address for `/healthz`, `/readyz` (200 once the listener is bound and a
+    /// certificate is loaded, 503 while draining) and `/metrics`; none when left out.
     #[arg(long)]
     admin: Option<SocketAddr>,
     #[command(flatten)]
@@ -60,10 +55,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
+    // Installed first, so a SIGTERM during start-up still stops cleanly.
+    let signals = ShutdownSignals::install()?;
     // No API server to ask: `auto` means native sidecars.
     let config = args
         .sidecar
         .inject_config(args.sidecar.sidecar_mode.resolve(true))?;
+    let mut registry = Registry::default();
+    let state = WebhookState::new(config, Metrics::new(&mut registry));
+
+    // Ready once the listener is bound and a certificate is loaded; not ready while draining.
+    let ready = ReadyFlag::new("starting");
+    let admin_stop = CancellationToken::new();
+    let mut admin_task = None;
+    if let Some(addr) = args.admin {
+        let admin = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on --admin {addr}"))?;
+        let admin_addr = admin
+            .local_addr()
+            .context("cannot read the admin address")?;
+        println!("admin listening on http://{admin_addr}");
+        let server = Admin::new(ready.clone()).metrics(Arc::new(registry));
+        admin_task = Some(tokio::spawn(server.serve(admin, admin_stop.clone())));
+    }
+
     let certs = Arc::new(
         CertStore::from_pem_files(&args.tls_cert, &args.tls_key).with_context(|| {
             format!(
@@ -73,149 +89,36 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             )
         })?,
     );
-    let mut registry = Registry::default();
-    let state = WebhookState::new(config, Metrics::new(&mut registry));
-    let registry = Arc::new(registry);
-
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on --listen {}", args.listen))?;
     let local = listener
         .local_addr()
         .context("cannot read the listening address")?;
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    if let Some(addr) = args.admin {
-        let admin = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on --admin {addr}"))?;
-        let admin_addr = admin
-            .local_addr()
-            .context("cannot read the admin address")?;
-        println!("admin listening on http://{admin_addr}");
-        tokio::spawn(serve_admin(admin, registry.clone(), stop_rx.clone()));
-    }
     let reload = tokio::spawn(certs.clone().watch_files(
         args.tls_cert,
         args.tls_key,
         Duration::from_secs(args.tls_reload_interval.max(1)),
     ));
+    // Bound and holding a certificate: connections queue until the accept loop takes them.
+    ready.set_ready();
     println!("webhook listening on https://{local}");
     tracing::info!(%local, mode = %state.config().sidecar_mode, "corsair webhook serving /inject and /validate");
 
-    let mut shutdown_rx = stop_rx;
-    let shutdown = async move {
-        let _ = shutdown_rx.wait_for(|stop| *stop).await;
+    let shutdown = {
+        let ready = ready.clone();
+        async move {
+            signals.recv().await;
+            ready.set_not_ready("shutting down");
+            tracing::info!("shutting down: finishing requests in flight");
+        }
     };
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down: finishing requests in flight");
-        let _ = stop_tx.send(true);
-    });
-    webhook::serve(listener, certs, state, shutdown).await?;
+    let served = webhook::serve(listener, certs, state, shutdown).await;
     reload.abort();
-    Ok(())
-}
-
-/// SIGTERM (what the kubelet sends) or Ctrl-C.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot watch SIGTERM; only Ctrl-C stops the webhook");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+    admin_stop.cancel();
+    if let Some(task) = admin_task {
+        // It returns at once; a panic in it changes nothing now.
+        let _ = task.await;
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-/// `/healthz`, `/readyz` (ready while serving) and `/metrics`, plain HTTP/1.1.
-async fn serve_admin(
-    listener: TcpListener,
-    registry: Arc<Registry>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    tracing::warn!(error = %err, "accepting an admin connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
-        };
-        let registry = registry.clone();
-        let stopping = stop.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                let response = admin_response(&req, &registry, *stopping.borrow());
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(err) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(error = %err, "admin connection ended with an error");
-            }
-        });
-    }
-}
-
-fn admin_response(
-    req: &Request<Incoming>,
-    registry: &Registry,
-    stopping: bool,
-) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match req.uri().path() {
-        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        "/readyz" if stopping => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "shutting down\n".to_owned(),
-        ),
-        "/readyz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        "/metrics" => {
-            let mut text = String::new();
-            match prometheus_client::encoding::text::encode(&mut text, registry) {
-                Ok(()) => (
-                    StatusCode::OK,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    text,
-                ),
-                Err(err) => (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "text/plain",
-                    format!("{err}\n"),
-                ),
-            }
-        }
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found\n".to_owned(),
-        ),
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
-    response
+    Ok(served?)
 }

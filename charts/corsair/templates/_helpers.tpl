@@ -26,7 +26,8 @@ app.kubernetes.io/component: controller
 {{- end -}}
 
 {{- define "corsair.sidecarImage" -}}
-{{- default (include "corsair.image" .) .Values.sidecar.image -}}
+{{- $slim := printf "%s:%s" .Values.sidecar.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- default $slim .Values.sidecar.image -}}
 {{- end -}}
 
 {{- define "corsair.webhookService" -}}

@@ -21,6 +21,8 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod handler;
 mod headers;
 mod metrics;
@@ -134,6 +136,8 @@ pub struct Proxy {
     state: Arc<server::State>,
     /// Serves during the drain (so `/readyz` reports it) and is stopped after it.
     admin_task: tokio::task::JoinHandle<()>,
+    /// Stops the admin server.
+    admin_stop: CancellationToken,
 }
 
 impl Proxy {
@@ -235,7 +239,9 @@ impl Proxy {
                 });
             }
         }
-        let admin_task = tokio::spawn(admin::serve(admin_listener, state.clone()));
+        let admin_stop = CancellationToken::new();
+        let admin_task =
+            tokio::spawn(admin::admin(state.clone()).serve(admin_listener, admin_stop.clone()));
         state.set_listening(true);
         tracing::info!(
             listen = %listen_addr,
@@ -253,6 +259,7 @@ impl Proxy {
             tasks,
             state,
             admin_task,
+            admin_stop,
         })
     }
 
@@ -287,7 +294,9 @@ impl Proxy {
             tracing::warn!(open, "drain timeout expired; closed remaining connections");
             Err(ProxyError::DrainTimeout(open))
         };
-        self.admin_task.abort();
+        self.admin_stop.cancel();
+        // It returns at once, closing its connections; a panic in it changes nothing here.
+        let _ = self.admin_task.await;
         result
     }
 }

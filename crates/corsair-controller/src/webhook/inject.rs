@@ -116,11 +116,17 @@ impl Default for SidecarResources {
     }
 }
 
+/// The slim sidecar image, holding only the `corsair-proxy` binary; tagged with the version.
+pub const SIDECAR_IMAGE_REPOSITORY: &str = "ghcr.io/corsair-dev/corsair-proxy";
+/// The command the injected container runs, looked up on the image's `PATH`.
+pub const SIDECAR_COMMAND: &str = "corsair-proxy";
+
 /// What the injector adds to a pod, from the controller's configuration; annotations on a pod
 /// can override the image, ports, resources and log level.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InjectConfig {
-    /// Sidecar image; its entrypoint is `corsair`.
+    /// Sidecar image; it must have `corsair-proxy` on its `PATH`, which the injected container
+    /// runs (its entrypoint is ignored).
     pub image: String,
     pub proxy_port: u16,
     pub admin_port: u16,
@@ -133,7 +139,7 @@ pub struct InjectConfig {
 impl Default for InjectConfig {
     fn default() -> Self {
         Self {
-            image: format!("ghcr.io/corsair-dev/corsair:{}", env!("CARGO_PKG_VERSION")),
+            image: format!("{SIDECAR_IMAGE_REPOSITORY}:{}", env!("CARGO_PKG_VERSION")),
             proxy_port: names::PROXY_PORT,
             admin_port: names::ADMIN_PORT,
             resources: SidecarResources::default(),
@@ -754,9 +760,9 @@ fn sidecar_container(
     Container {
         name: names::SIDECAR_NAME.to_owned(),
         image: Some(record.image.clone()),
+        command: Some(vec![SIDECAR_COMMAND.to_owned()]),
         args: Some(
             [
-                "proxy".to_owned(),
                 "--policy".to_owned(),
                 format!(
                     "{}/{}",

@@ -86,9 +86,12 @@ fn takes_over_the_http_port_and_rewrites_probes() {
     assert_eq!(ports[1].name.as_deref(), Some("corsair-admin"));
     assert_eq!(ports[1].container_port, 15381);
     assert_eq!(
+        sidecar.command.as_deref(),
+        Some(&["corsair-proxy".to_owned()][..])
+    );
+    assert_eq!(
         sidecar.args.expect("args"),
         [
-            "proxy",
             "--policy",
             "/etc/corsair/policy.json",
             "--upstream",
@@ -433,6 +436,11 @@ fn annotations_override_the_configuration() {
     let out = apply(&pod, &run(&pod, &native()).expect("injects"));
     let sidecar = sidecar_of(&out);
     assert_eq!(sidecar.image.as_deref(), Some("registry.local/corsair:dev"));
+    // Whatever the image, the container runs the slim binary, not the image's entrypoint.
+    assert_eq!(
+        sidecar.command.as_deref(),
+        Some(&["corsair-proxy".to_owned()][..])
+    );
     let args = sidecar.args.expect("args");
     assert!(
         args.contains(&"0.0.0.0:18080".to_owned()) && args.contains(&"0.0.0.0:18081".to_owned())
@@ -541,10 +549,13 @@ fn sidecar_modes() {
 }
 
 #[test]
-fn default_image_carries_the_crate_version() {
+fn default_image_is_the_slim_sidecar_at_the_crate_version() {
     assert_eq!(
         InjectConfig::default().image,
-        format!("ghcr.io/corsair-dev/corsair:{}", env!("CARGO_PKG_VERSION"))
+        format!(
+            "ghcr.io/corsair-dev/corsair-proxy:{}",
+            env!("CARGO_PKG_VERSION")
+        )
     );
 }
 

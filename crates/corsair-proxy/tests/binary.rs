@@ -1,0 +1,189 @@
+//! The slim `corsair-proxy` binary: what it links, and that it runs as the sidecar.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Crates the sidecar must never link: the Kubernetes client and API types, certificate
+/// generation, and the operator.
+const FORBIDDEN: &[&str] = &["k8s-openapi", "rcgen", "corsair-controller"];
+
+/// The packages `corsair-proxy` (with its default features, as the image builds it) depends on
+/// to build and run, as `cargo tree` resolves them for this machine.
+fn dependencies() -> BTreeSet<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let output = Command::new(cargo)
+        .args(["tree", "--locked", "--package", "corsair-proxy"])
+        .args([
+            "--edges",
+            "normal,build",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ])
+        .arg("--manifest-path")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+        .output()
+        .expect("cargo runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn links_neither_kube_nor_certificates_nor_the_controller() {
+    let deps = dependencies();
+    // The graph is the real one: it holds what the proxy is made of.
+    for expected in [
+        "corsair-proxy",
+        "corsair-policy",
+        "corsair-runtime",
+        "hyper",
+        "clap",
+    ] {
+        assert!(deps.contains(expected), "{expected} missing from {deps:?}");
+    }
+    let linked: Vec<&String> = deps
+        .iter()
+        .filter(|name| name.starts_with("kube") || FORBIDDEN.contains(&name.as_str()))
+        .collect();
+    assert!(linked.is_empty(), "corsair-proxy depends on {linked:?}");
+}
+
+const POLICY: &str = "\
+apiVersion: corsair.dev/v1alpha1
+kind: CorsPolicy
+metadata:
+  name: api
+spec:
+  allowOrigins: [\"https://app.example.com\"]
+";
+
+/// An upstream that answers every request with `hello` and its own permissive CORS header.
+fn upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+    let addr = listener.local_addr().expect("upstream address");
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            thread::spawn(move || {
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    if line == "\r\n" {
+                        let _ = reader.get_mut().write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\
+                              Access-Control-Allow-Origin: *\r\n\r\nhello",
+                        );
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    addr
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn enforces_a_policy_and_drains_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).expect("write policy");
+    let upstream = upstream();
+    let mut child = Killed(
+        Command::new(env!("CARGO_BIN_EXE_corsair-proxy"))
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(["--log-format", "json"])
+            .env("CORSAIR_POLICY", &policy)
+            .env("CORSAIR_UPSTREAM", format!("http://{upstream}"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn corsair-proxy"),
+    );
+    let stderr = child.0.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let started = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a start-up log line within 20 s");
+        let json: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+        if json["message"] == "proxy started" {
+            break json;
+        }
+    };
+    let addr = |field: &str| -> SocketAddr {
+        started[field]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("{field} in {started}"))
+    };
+
+    let response = get(addr("listen"), "/", "Origin: https://evil.example.net\r\n");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        !response
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin"),
+        "the upstream's `*` is stripped for an origin the policy does not allow: {response}"
+    );
+    let ready = get(addr("admin"), "/readyz", "");
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .expect("the `kill` command (procps)");
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no exit within 10 s of SIGTERM");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "{status}");
+}
+
+/// One HTTP/1.1 request with `Connection: close`; the whole response.
+fn get(addr: SocketAddr, path: &str, headers: &str) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n{headers}\r\n"
+    )
+    .expect("write request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    response
+}

@@ -1,0 +1,20 @@
+//! What every long-running Corsair process shares, so that `corsair proxy`, `corsair-proxy`,
+//! `corsair webhook`, `corsair demo` and `corsair controller` behave alike:
+//!
+//! - [`admin`]: the one admin HTTP server (`/healthz`, `/readyz` from a readiness flag the
+//!   caller sets, `/metrics` from a prometheus-client registry, extra routes such as `/policy`);
+//! - [`shutdown`]: SIGTERM/SIGINT as a future or a `CancellationToken`;
+//! - [`logging`]: `tracing` to stderr as text or JSON, with a `RUST_LOG`-style filter;
+//! - [`response`]: small plain responses.
+//!
+//! No kube here: the slim sidecar binary links this crate.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod logging;
+pub mod response;
+pub mod shutdown;
+
+pub use admin::{Admin, MetricsSource, Readiness, ReadyFlag};
+pub use response::{response, text};
+pub use shutdown::{ShutdownSignals, Signal, SignalError};
