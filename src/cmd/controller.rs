@@ -18,12 +18,10 @@ use corsair_controller::lease::{Leadership, LeaseConfig};
 use corsair_controller::metrics::Metrics;
 use corsair_controller::reconcile;
 use corsair_controller::webhook::{self, CertStore, PolicyPresence, SidecarMode, WebhookState};
-use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -173,24 +171,10 @@ async fn controller(args: Args) -> anyhow::Result<()> {
     };
     let managed_certs = args.tls_cert.is_none();
 
-    // Every replica answers admission reviews, with a view of the CorsPolicies for warnings.
-    let (policies, policy_writer) = reflector::store::<CorsPolicy>();
-    let policy_watch = tokio::spawn(
-        reflector::reflector(
-            policy_writer,
-            watcher(
-                kube::Api::<CorsPolicy>::all(client.clone()),
-                watcher::Config::default().any_semantic(),
-            ),
-        )
-        .default_backoff()
-        .for_each(|event| async move {
-            if let Err(err) = event {
-                tracing::warn!(%err, "CorsPolicy watch (webhook view) failed; retrying");
-            }
-        }),
-    );
-    let lookup_store = policies.clone();
+    // One watch per kind for the whole process: the webhooks' view of the CorsPolicies (every
+    // replica answers admission reviews, with warnings) and the reconcilers' caches.
+    let (caches, watches) = reconcile::Caches::start(&client);
+    let lookup_store = caches.policies.store();
     let lookup = move |namespace: &str, name: &str| policy_presence(&lookup_store, namespace, name);
     let state = WebhookState::new(inject, webhook_metrics).with_policy_lookup(Arc::new(lookup));
     let webhook_listener = TcpListener::bind(args.webhook_listen)
@@ -223,6 +207,7 @@ async fn controller(args: Args) -> anyhow::Result<()> {
         instance: Some(identity),
     };
     let leader = tokio::spawn(lead(
+        caches,
         client.clone(),
         lease,
         reporter,
@@ -248,7 +233,7 @@ async fn controller(args: Args) -> anyhow::Result<()> {
         Ok(Ok(())) => {}
     }
     cert_task.abort();
-    policy_watch.abort();
+    drop(watches);
     let _ = admin.await;
     tracing::info!("corsair controller stopped");
     Ok(())
@@ -256,6 +241,7 @@ async fn controller(args: Args) -> anyhow::Result<()> {
 
 /// Joins the election; runs the reconcilers (and certificate upkeep) while leading.
 async fn lead(
+    caches: Arc<reconcile::Caches>,
     client: Client,
     lease: LeaseConfig,
     reporter: Reporter,
@@ -290,6 +276,7 @@ async fn lead(
         metrics.leader.set(1);
         let (stop_tx, stop_rx) = watch::channel(false);
         let reconcilers = tokio::spawn(reconcile::run(
+            caches.clone(),
             client.clone(),
             reporter.clone(),
             metrics.clone(),
