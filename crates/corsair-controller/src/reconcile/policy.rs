@@ -32,7 +32,7 @@ const MAX_MESSAGE: usize = 4096;
 
 /// Reconciles one CorsPolicy. Writes only what differs from what is stored: an unchanged
 /// policy costs no API call, and an Event is published only when `Ready` flips or a new
-/// generation is accepted or refused.
+/// generation is refused.
 #[tracing::instrument(
     name = "reconcile",
     skip_all,
@@ -107,8 +107,10 @@ pub async fn reconcile(policy: Arc<CorsPolicy>, ctx: Arc<Context>) -> Result<Act
         .and_then(CorsPolicyStatus::ready)
         .map(|c| c.status.as_str())
         != Some(if ready { "True" } else { "False" });
-    let new_generation = previous.and_then(|s| s.observed_generation) != generation;
-    if flipped || new_generation {
+    // A refused new generation is news even when the policy was already refused; an accepted
+    // one is not (the status says so), so a spec edit costs the ConfigMap and the status only.
+    let newly_refused = !ready && previous.and_then(|s| s.observed_generation) != generation;
+    if flipped || newly_refused {
         let type_ = if ready {
             EventType::Normal
         } else {
