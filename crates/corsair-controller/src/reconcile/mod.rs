@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::Error;
-use crate::crd::CorsPolicy;
+use crate::crd::{CorsPolicy, CorsPolicyStatus};
 use crate::metrics::Metrics;
 pub use pruned::WorkloadMeta;
 pub use shared::Shared;
@@ -174,6 +174,9 @@ pub struct Context {
     pub metrics: Metrics,
     pub index: Arc<dyn Index>,
     backoff: Backoff,
+    /// The status last written per CorsPolicy uid in this leadership term: a reconcile that
+    /// runs before the watch brought that write back compares with it, not with the stale cache.
+    written: Mutex<HashMap<String, CorsPolicyStatus>>,
 }
 
 impl Context {
@@ -189,7 +192,20 @@ impl Context {
             metrics,
             index,
             backoff: Backoff::default(),
+            written: Mutex::default(),
         }
+    }
+
+    /// The status this term last wrote for the policy with `uid`, if any.
+    pub(crate) fn written_status(&self, uid: &str) -> Option<CorsPolicyStatus> {
+        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        written.get(uid).cloned()
+    }
+
+    /// Remembers the status just written for the policy with `uid`.
+    pub(crate) fn wrote_status(&self, uid: &str, status: CorsPolicyStatus) {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        written.insert(uid.to_owned(), status);
     }
 
     /// Publishes an Event about `obj`. A failed Event is logged, never fails the reconcile:
@@ -378,6 +394,10 @@ pub async fn run(
     Ok(())
 }
 
+/// Reconciles of one controller in flight at once: bounds the connections to the API server
+/// (and their buffers) when thousands of objects are reconciled at the start.
+const CONCURRENCY: u16 = 16;
+
 /// A controller over a shared cache: every cached object once at the start, then only what
 /// `triggers` asks for.
 fn controller<K>(
@@ -397,6 +417,7 @@ where
         futures::stream::pending::<Result<K, watcher::Error>>(),
         shared.store(),
     )
+    .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
     .reconcile_on(triggers)
     .reconcile_all_on(futures::stream::once(ready(())))
 }

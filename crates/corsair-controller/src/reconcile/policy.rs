@@ -76,7 +76,10 @@ pub async fn reconcile(policy: Arc<CorsPolicy>, ctx: Arc<Context>) -> Result<Act
         }
     };
 
-    let previous = policy.status.as_ref();
+    // Our last write wins over the cache, which may not have seen it yet.
+    let uid = policy.metadata.uid.clone().unwrap_or_default();
+    let written = ctx.written_status(&uid);
+    let previous = written.as_ref().or(policy.status.as_ref());
     let status = next_status(
         previous,
         ready,
@@ -101,6 +104,7 @@ pub async fn reconcile(policy: Arc<CorsPolicy>, ctx: Arc<Context>) -> Result<Act
         )
         .await
         .map_err(Error::kube("apply CorsPolicy status"))?;
+        ctx.wrote_status(&uid, status.clone());
     }
 
     let flipped = previous

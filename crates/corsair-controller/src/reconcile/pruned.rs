@@ -8,6 +8,7 @@
 //! same two fields from the other kinds before they are stored.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -42,24 +43,48 @@ pub struct WorkloadMeta<K> {
 impl<K: Workload> WorkloadMeta<K> {
     /// Keeps what the controller reads of `obj`.
     pub fn from_object(obj: &K) -> Self {
-        let template = obj.pod_template().and_then(|t| t.metadata.clone());
-        Self::new(obj.meta().clone(), template)
-    }
-
-    fn new(mut metadata: ObjectMeta, template: Option<ObjectMeta>) -> Self {
-        let managed = metadata.managed_fields.take().unwrap_or_default();
-        prune_meta(&mut metadata);
+        let meta = obj.meta();
+        let managed = meta.managed_fields.as_deref().unwrap_or_default();
+        let template = obj.pod_template().and_then(|t| t.metadata.as_ref());
         WorkloadMeta {
-            metadata,
-            template: template.map(|mut t| {
-                prune_meta(&mut t);
-                t
+            metadata: kept(
+                ObjectMeta {
+                    name: meta.name.clone(),
+                    namespace: meta.namespace.clone(),
+                    uid: meta.uid.clone(),
+                    resource_version: meta.resource_version.clone(),
+                    generation: meta.generation,
+                    ..ObjectMeta::default()
+                },
+                meta.labels.clone(),
+                meta.annotations.clone(),
+            ),
+            template: template.map(|t| {
+                kept(
+                    ObjectMeta::default(),
+                    t.labels.clone(),
+                    t.annotations.clone(),
+                )
             }),
-            template_policy_by_others: template_policy_by_others(&managed),
-            managed_by_us: managed_by_us(&managed),
+            template_policy_by_others: template_policy_by_others(managed),
+            managed_by_us: managed_by_us(managed),
             kind: PhantomData,
         }
     }
+}
+
+/// `meta` with the labels and the annotations (but `last-applied-configuration`).
+fn kept(
+    mut meta: ObjectMeta,
+    labels: Option<BTreeMap<String, String>>,
+    mut annotations: Option<BTreeMap<String, String>>,
+) -> ObjectMeta {
+    if let Some(a) = annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+    }
+    meta.labels = labels.filter(|l| !l.is_empty());
+    meta.annotations = annotations.filter(|a| !a.is_empty());
+    meta
 }
 
 /// Drops `managedFields` and `last-applied-configuration` from `meta`.
@@ -113,27 +138,217 @@ fn managed_by_us(entries: &[ManagedFieldsEntry]) -> bool {
 
 impl<'de, K: Workload> Deserialize<'de> for WorkloadMeta<K> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // Unknown fields (the pod spec, the status, ...) are skipped, not built.
-        #[derive(Deserialize)]
-        struct Wire {
-            #[serde(default)]
-            metadata: ObjectMeta,
-            #[serde(default)]
-            spec: Option<Spec>,
+        let wire = wire::Workload::deserialize(deserializer)?;
+        let meta = wire.metadata;
+        let managed = meta.managed_fields.unwrap_or_default();
+        let by_others = managed.is_empty()
+            || managed.iter().any(|e| {
+                e.manager.as_deref() != Some(WORKLOAD_MANAGER) && e.fields.template_policy
+            });
+        let ours = managed.iter().any(|e| {
+            e.manager.as_deref() == Some(WORKLOAD_MANAGER)
+                && e.operation.as_deref() == Some("Apply")
+                && e.fields.non_empty
+        });
+        let template = wire
+            .spec
+            .and_then(|s| s.template)
+            .and_then(|t| t.metadata)
+            .map(|t| ObjectMeta {
+                labels: t.labels.filter(|l| !l.is_empty()),
+                annotations: t.annotations.0.filter(|a| !a.is_empty()),
+                ..ObjectMeta::default()
+            });
+        Ok(WorkloadMeta {
+            metadata: ObjectMeta {
+                name: meta.name,
+                namespace: meta.namespace,
+                uid: meta.uid,
+                resource_version: meta.resource_version,
+                generation: meta.generation,
+                labels: meta.labels.filter(|l| !l.is_empty()),
+                annotations: meta.annotations.0.filter(|a| !a.is_empty()),
+                ..ObjectMeta::default()
+            },
+            template,
+            template_policy_by_others: by_others,
+            managed_by_us: ours,
+            kind: PhantomData,
+        })
+    }
+}
+
+/// The shape of a workload on the wire, limited to what is kept. Everything else (the pod
+/// spec, the status, `last-applied-configuration`, the bulk of `managedFields`) is skipped by
+/// serde without being built, so listing 10,000 Deployments allocates little more than what
+/// is kept.
+mod wire {
+    use std::collections::BTreeMap;
+    use std::fmt;
+
+    use serde::de::{IgnoredAny, MapAccess, Visitor};
+    use serde::{Deserialize, Deserializer};
+
+    use super::LAST_APPLIED;
+
+    #[derive(Deserialize)]
+    pub struct Workload {
+        #[serde(default)]
+        pub metadata: Meta,
+        #[serde(default)]
+        pub spec: Option<Spec>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Spec {
+        #[serde(default)]
+        pub template: Option<Template>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Template {
+        #[serde(default)]
+        pub metadata: Option<Meta>,
+    }
+
+    #[derive(Default, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Meta {
+        #[serde(default)]
+        pub name: Option<String>,
+        #[serde(default)]
+        pub namespace: Option<String>,
+        #[serde(default)]
+        pub uid: Option<String>,
+        #[serde(default)]
+        pub resource_version: Option<String>,
+        #[serde(default)]
+        pub generation: Option<i64>,
+        #[serde(default)]
+        pub labels: Option<BTreeMap<String, String>>,
+        #[serde(default)]
+        pub annotations: Annotations,
+        #[serde(default)]
+        pub managed_fields: Option<Vec<Managed>>,
+    }
+
+    /// Annotations without `last-applied-configuration`, which is skipped unread.
+    #[derive(Default)]
+    pub struct Annotations(pub Option<BTreeMap<String, String>>);
+
+    impl<'de> Deserialize<'de> for Annotations {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Annotations;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a map of annotations")
+                }
+                fn visit_unit<E>(self) -> Result<Annotations, E> {
+                    Ok(Annotations(None))
+                }
+                fn visit_none<E>(self) -> Result<Annotations, E> {
+                    Ok(Annotations(None))
+                }
+                fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Annotations, D::Error> {
+                    d.deserialize_map(V)
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Annotations, A::Error> {
+                    let mut out = BTreeMap::new();
+                    while let Some(key) = map.next_key::<String>()? {
+                        if key == LAST_APPLIED {
+                            map.next_value::<IgnoredAny>()?;
+                        } else {
+                            out.insert(key, map.next_value::<String>()?);
+                        }
+                    }
+                    Ok(Annotations(Some(out)))
+                }
+            }
+            deserializer.deserialize_option(V)
         }
-        #[derive(Deserialize)]
-        struct Spec {
-            #[serde(default)]
-            template: Option<Template>,
+    }
+
+    /// One `managedFields` entry, reduced to what the workload reconciler asks of it.
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Managed {
+        #[serde(default)]
+        pub manager: Option<String>,
+        #[serde(default)]
+        pub operation: Option<String>,
+        #[serde(default, rename = "fieldsV1")]
+        pub fields: Fields,
+    }
+
+    /// Whether a `fieldsV1` set is non-empty, and whether it holds the pod template's policy
+    /// annotation (`f:spec` / `f:template` / `f:metadata` / `f:annotations` /
+    /// `f:corsair.dev/policy`).
+    #[derive(Default)]
+    pub struct Fields {
+        pub non_empty: bool,
+        pub template_policy: bool,
+    }
+
+    #[derive(Deserialize)]
+    struct SpecFields {
+        #[serde(default, rename = "f:template")]
+        template: Option<TemplateFields>,
+    }
+    #[derive(Deserialize)]
+    struct TemplateFields {
+        #[serde(default, rename = "f:metadata")]
+        metadata: Option<MetaFields>,
+    }
+    #[derive(Deserialize)]
+    struct MetaFields {
+        #[serde(default, rename = "f:annotations")]
+        annotations: Option<AnnotationFields>,
+    }
+    #[derive(Deserialize)]
+    struct AnnotationFields {
+        /// `f:` + [`crate::names::POLICY_ANNOTATION`] (a test holds them equal).
+        #[serde(default, rename = "f:corsair.dev/policy")]
+        policy: Option<IgnoredAny>,
+    }
+
+    impl<'de> Deserialize<'de> for Fields {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Fields;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a fieldsV1 map")
+                }
+                fn visit_unit<E>(self) -> Result<Fields, E> {
+                    Ok(Fields::default())
+                }
+                fn visit_none<E>(self) -> Result<Fields, E> {
+                    Ok(Fields::default())
+                }
+                fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Fields, D::Error> {
+                    d.deserialize_map(V)
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+                    let mut fields = Fields::default();
+                    while let Some(key) = map.next_key::<String>()? {
+                        fields.non_empty = true;
+                        if key == "f:spec" {
+                            let spec = map.next_value::<SpecFields>()?;
+                            fields.template_policy = spec
+                                .template
+                                .and_then(|t| t.metadata)
+                                .and_then(|m| m.annotations)
+                                .is_some_and(|a| a.policy.is_some());
+                        } else {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                    Ok(fields)
+                }
+            }
+            deserializer.deserialize_option(V)
         }
-        #[derive(Deserialize)]
-        struct Template {
-            #[serde(default)]
-            metadata: Option<ObjectMeta>,
-        }
-        let wire = Wire::deserialize(deserializer)?;
-        let template = wire.spec.and_then(|s| s.template).and_then(|t| t.metadata);
-        Ok(Self::new(wire.metadata, template))
     }
 }
 

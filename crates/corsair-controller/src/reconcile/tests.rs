@@ -859,3 +859,52 @@ async fn a_new_generation_writes_the_configmap_and_the_status_only() {
         std::panic::resume_unwind(err.into_panic());
     }
 }
+
+#[tokio::test]
+async fn a_reconcile_before_the_watch_brought_our_status_back_writes_nothing() {
+    let (synced, index) = in_sync(&valid_policy(), 2);
+    let mut index = index;
+    index.workloads.insert((NS.into(), "api".into()), 3);
+    let (ctx, mut verifier) = context(index);
+    // The cache still holds the old status (count 2) when the policy is woken twice.
+    let stale = Arc::new(synced.clone());
+    let first = policy::reconcile(stale.clone(), ctx.clone());
+    let server = tokio::spawn(async move {
+        let status = verifier.status_apply(&synced).await;
+        assert_eq!(status["workloads"], 3);
+        verifier
+    });
+    assert!(first.await.is_ok());
+    let verifier = match server.await {
+        Ok(verifier) => verifier,
+        Err(err) => std::panic::resume_unwind(err.into_panic()),
+    };
+    assert!(policy::reconcile(stale, ctx).await.is_ok());
+    verifier.expect_no_more_calls().await;
+}
+
+#[test]
+fn the_managed_fields_path_names_the_policy_annotation() {
+    // The user wrote the template annotation with kubectl (not the controller): it counts.
+    let mut d = deployment(None, Some(labelled_template("api")));
+    let key = format!("f:{}", crate::names::POLICY_ANNOTATION);
+    d.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+        manager: Some("kubectl-client-side-apply".into()),
+        operation: Some("Update".into()),
+        fields_v1: Some(FieldsV1(json!({
+            "f:spec": {"f:template": {"f:metadata": {"f:annotations": {key: {}}}}}
+        }))),
+        ..ManagedFieldsEntry::default()
+    }]);
+    let cached = pruned(&d);
+    assert!(cached.template_policy_by_others);
+    assert!(!cached.managed_by_us);
+    assert_eq!(workload::desired_policy(&cached).as_deref(), Some("api"));
+    // Only our own copy on the template: the user removed the workload's annotation.
+    d.metadata.managed_fields = Some(vec![ours()]);
+    let cached = pruned(&d);
+    assert!(!cached.template_policy_by_others);
+    assert!(cached.managed_by_us);
+    assert_eq!(workload::desired_policy(&cached), None);
+    assert_eq!(cached, WorkloadMeta::from_object(&d));
+}

@@ -309,7 +309,7 @@ pub fn inject(
         return Err(InjectError::InvalidAnnotation {
             key: names::POLICY_ANNOTATION,
             value: policy.to_owned(),
-            reason: "is not a CorsPolicy name (a lowercase DNS subdomain of at most 238 characters)",
+            reason: "is not a CorsPolicy name (a lowercase DNS subdomain of at most 63 characters)",
         });
     }
 
@@ -687,11 +687,10 @@ fn port_annotation(
     }
 }
 
-/// A CorsPolicy name whose ConfigMap name (`corsair-policy-NAME`) is a valid DNS subdomain.
-fn is_policy_name(name: &str) -> bool {
-    let max = 253 - names::policy_configmap_name("").len();
+/// A CorsPolicy name: a DNS subdomain of at most [`names::MAX_POLICY_NAME_LEN`] characters.
+pub(crate) fn is_policy_name(name: &str) -> bool {
     !name.is_empty()
-        && name.len() <= max
+        && name.len() <= names::MAX_POLICY_NAME_LEN
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
