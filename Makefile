@@ -61,3 +61,4 @@ bench:
 	cargo bench --bench webhook
 	WEBHOOK_BENCH_RATE=5000 cargo bench --bench webhook
 	bash benches/controller/run.sh
+	bash benches/controller/scale.sh

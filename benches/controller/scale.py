@@ -180,7 +180,7 @@ def rss_kib(pid):
     out = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith(("VmRSS", "VmHWM")):
+            if line.startswith(("VmRSS", "VmHWM", "RssAnon", "RssFile")):
                 key, value = line.split(":")
                 out[key] = int(value.split()[0])
     return out

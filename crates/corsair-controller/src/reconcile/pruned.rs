@@ -26,7 +26,9 @@ use crate::names::{POLICY_ANNOTATION, WORKLOAD_MANAGER};
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// A workload of kind `K` (Deployment, StatefulSet, DaemonSet) as the controller caches it:
-/// its metadata and its pod template's metadata, nothing else.
+/// its identity, and the `corsair.dev/` labels and annotations of its metadata and its pod
+/// template's metadata, nothing else. Other labels and annotations are never read, and kept
+/// they would cost more than the rest of the cache (a label map is a 500-byte B-tree node).
 pub struct WorkloadMeta<K> {
     /// The workload's metadata, without `managedFields` and `last-applied-configuration`.
     pub metadata: ObjectMeta,
@@ -73,19 +75,28 @@ impl<K: Workload> WorkloadMeta<K> {
     }
 }
 
-/// `meta` with the labels and the annotations (but `last-applied-configuration`).
+/// `meta` with the `corsair.dev/` labels and annotations.
 fn kept(
     mut meta: ObjectMeta,
     labels: Option<BTreeMap<String, String>>,
-    mut annotations: Option<BTreeMap<String, String>>,
+    annotations: Option<BTreeMap<String, String>>,
 ) -> ObjectMeta {
-    if let Some(a) = annotations.as_mut() {
-        a.remove(LAST_APPLIED);
-    }
-    meta.labels = labels.filter(|l| !l.is_empty());
-    meta.annotations = annotations.filter(|a| !a.is_empty());
+    meta.labels = ours(labels);
+    meta.annotations = ours(annotations);
     meta
 }
+
+/// The entries of `map` under the `corsair.dev/` prefix, or `None` when there are none.
+fn ours(map: Option<BTreeMap<String, String>>) -> Option<BTreeMap<String, String>> {
+    let map: BTreeMap<String, String> = map?
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(OUR_PREFIX))
+        .collect();
+    (!map.is_empty()).then_some(map)
+}
+
+/// Prefix of the labels and annotations the workload reconciler reads.
+const OUR_PREFIX: &str = "corsair.dev/";
 
 /// Drops `managedFields` and `last-applied-configuration` from `meta`.
 pub fn prune_meta(meta: &mut ObjectMeta) {
@@ -155,8 +166,8 @@ impl<'de, K: Workload> Deserialize<'de> for WorkloadMeta<K> {
             .and_then(|s| s.template)
             .and_then(|t| t.metadata)
             .map(|t| ObjectMeta {
-                labels: t.labels.filter(|l| !l.is_empty()),
-                annotations: t.annotations.0.filter(|a| !a.is_empty()),
+                labels: t.labels.0,
+                annotations: t.annotations.0,
                 ..ObjectMeta::default()
             });
         Ok(WorkloadMeta {
@@ -166,8 +177,8 @@ impl<'de, K: Workload> Deserialize<'de> for WorkloadMeta<K> {
                 uid: meta.uid,
                 resource_version: meta.resource_version,
                 generation: meta.generation,
-                labels: meta.labels.filter(|l| !l.is_empty()),
-                annotations: meta.annotations.0.filter(|a| !a.is_empty()),
+                labels: meta.labels.0,
+                annotations: meta.annotations.0,
                 ..ObjectMeta::default()
             },
             template,
@@ -189,7 +200,7 @@ mod wire {
     use serde::de::{IgnoredAny, MapAccess, Visitor};
     use serde::{Deserialize, Deserializer};
 
-    use super::LAST_APPLIED;
+    use super::OUR_PREFIX;
 
     #[derive(Deserialize)]
     pub struct Workload {
@@ -225,44 +236,45 @@ mod wire {
         #[serde(default)]
         pub generation: Option<i64>,
         #[serde(default)]
-        pub labels: Option<BTreeMap<String, String>>,
+        pub labels: Ours,
         #[serde(default)]
-        pub annotations: Annotations,
+        pub annotations: Ours,
         #[serde(default)]
         pub managed_fields: Option<Vec<Managed>>,
     }
 
-    /// Annotations without `last-applied-configuration`, which is skipped unread.
+    /// The `corsair.dev/` entries of a label or annotation map; the others (among them
+    /// `last-applied-configuration`) are skipped unread.
     #[derive(Default)]
-    pub struct Annotations(pub Option<BTreeMap<String, String>>);
+    pub struct Ours(pub Option<BTreeMap<String, String>>);
 
-    impl<'de> Deserialize<'de> for Annotations {
+    impl<'de> Deserialize<'de> for Ours {
         fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
             struct V;
             impl<'de> Visitor<'de> for V {
-                type Value = Annotations;
+                type Value = Ours;
                 fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("a map of annotations")
+                    f.write_str("a map of strings")
                 }
-                fn visit_unit<E>(self) -> Result<Annotations, E> {
-                    Ok(Annotations(None))
+                fn visit_unit<E>(self) -> Result<Ours, E> {
+                    Ok(Ours(None))
                 }
-                fn visit_none<E>(self) -> Result<Annotations, E> {
-                    Ok(Annotations(None))
+                fn visit_none<E>(self) -> Result<Ours, E> {
+                    Ok(Ours(None))
                 }
-                fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Annotations, D::Error> {
+                fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Ours, D::Error> {
                     d.deserialize_map(V)
                 }
-                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Annotations, A::Error> {
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Ours, A::Error> {
                     let mut out = BTreeMap::new();
                     while let Some(key) = map.next_key::<String>()? {
-                        if key == LAST_APPLIED {
-                            map.next_value::<IgnoredAny>()?;
-                        } else {
+                        if key.starts_with(OUR_PREFIX) {
                             out.insert(key, map.next_value::<String>()?);
+                        } else {
+                            map.next_value::<IgnoredAny>()?;
                         }
                     }
-                    Ok(Annotations(Some(out)))
+                    Ok(Ours((!out.is_empty()).then_some(out)))
                 }
             }
             deserializer.deserialize_option(V)

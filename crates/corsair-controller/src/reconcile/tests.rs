@@ -595,6 +595,7 @@ fn full_deployment(image: &str, replicas: i32) -> Deployment {
         "kind": "Deployment",
         "metadata": {
             "name": "web", "namespace": NS, "uid": "uid-web", "generation": 7,
+            "labels": {"app": "web"},
             "annotations": {
                 "corsair.dev/policy": "api",
                 "kubectl.kubernetes.io/last-applied-configuration": "{\"big\": true}",
@@ -641,15 +642,19 @@ fn workloads_are_cached_without_spec_status_managed_fields_or_last_applied() {
         ["corsair.dev/policy"],
         "last-applied-configuration is dropped"
     );
+    // Only the corsair.dev/ labels and annotations are kept: nothing else is read.
+    assert_eq!(cached.metadata.labels, None);
     let template = cached.template.clone().unwrap_or_default();
     assert_eq!(
-        template
-            .labels
-            .unwrap_or_default()
-            .get("app")
-            .map(String::as_str),
-        Some("web")
+        template.labels,
+        Some(BTreeMap::from([(
+            "corsair.dev/inject".into(),
+            "enabled".into()
+        )]))
     );
+    assert_eq!(cached.metadata.name.as_deref(), Some("web"));
+    assert_eq!(cached.metadata.uid.as_deref(), Some("uid-web"));
+    assert_eq!(cached.metadata.generation, Some(7));
     // What the reconciler read from managedFields survives as two facts.
     assert!(cached.managed_by_us);
     assert!(!cached.template_policy_by_others);
