@@ -559,6 +559,12 @@ fn creating_a_policy_wakes_the_workloads_that_name_it() {
     next.metadata.generation = Some(4);
     let updated = updated(valid_policy(), next);
     assert!(triggers::policy_presence_changed::<Deployment>(&updated, &users).is_empty());
+    // Deleted while the workload still names it: the workload is woken to report it missing.
+    let refs = triggers::policy_presence_changed::<Deployment>(&deleted(valid_policy()), &users);
+    assert_eq!(
+        refs.into_iter().map(|r| r.name).collect::<Vec<_>>(),
+        ["web"]
+    );
     // No StatefulSet names it.
     assert!(
         triggers::policy_presence_changed::<StatefulSet>(&created(valid_policy()), &users)
@@ -912,4 +918,42 @@ fn the_managed_fields_path_names_the_policy_annotation() {
     assert!(cached.managed_by_us);
     assert_eq!(workload::desired_policy(&cached), None);
     assert_eq!(cached, WorkloadMeta::from_object(&d));
+}
+
+#[tokio::test]
+async fn a_refused_status_write_is_tried_again_on_the_next_reconcile() {
+    let (synced, mut index) = in_sync(&valid_policy(), 2);
+    index.workloads.insert((NS.into(), "api".into()), 3);
+    let (ctx, mut verifier) = context(index);
+    let policy = Arc::new(synced.clone());
+    let first = policy::reconcile(policy.clone(), ctx.clone());
+    let server = tokio::spawn(async move {
+        let call = verifier.next_call().await;
+        call.expect(
+            Method::PATCH,
+            &format!("/apis/corsair.dev/v1alpha1/namespaces/{NS}/corspolicies/api/status"),
+        );
+        call.respond(
+            StatusCode::CONFLICT,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "reason": "Conflict", "code": 409, "message": "conflict"}),
+        );
+        verifier
+    });
+    assert!(first.await.is_err(), "a refused write fails the reconcile");
+    let mut verifier = match server.await {
+        Ok(verifier) => verifier,
+        Err(err) => std::panic::resume_unwind(err.into_panic()),
+    };
+    // Nothing was remembered as written: the retry writes the status again.
+    let second = policy::reconcile(policy, ctx);
+    let server = tokio::spawn(async move {
+        let status = verifier.status_apply(&synced).await;
+        assert_eq!(status["workloads"], 3);
+        verifier.expect_no_more_calls().await;
+    });
+    assert!(second.await.is_ok());
+    if let Err(err) = server.await {
+        std::panic::resume_unwind(err.into_panic());
+    }
 }
