@@ -89,12 +89,11 @@ const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
 
 /// Runs the controller until SIGTERM (or Ctrl-C), then shuts down gracefully.
 pub async fn run(config: Config) -> Result<(), RuntimeError> {
-    let args = config;
-    let mut inject = args.inject.clone();
+    let mut inject = config.inject.clone();
     let client = Client::try_default().await.map_err(RuntimeError::Client)?;
     let sidecar_mode = resolve_sidecar_mode(&client, inject.sidecar_mode).await;
     inject.sidecar_mode = sidecar_mode;
-    let identity = match args.pod_name.clone() {
+    let identity = match config.pod_name.clone() {
         Some(name) => name,
         None => hostname(),
     };
@@ -113,11 +112,11 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     };
 
     // Admin first, so that probes answer while the rest starts.
-    let admin_listener = TcpListener::bind(args.admin_listen)
+    let admin_listener = TcpListener::bind(config.admin_listen)
         .await
         .map_err(|source| RuntimeError::Listen {
             flag: "--admin-listen",
-            addr: args.admin_listen,
+            addr: config.admin_listen,
             source,
         })?;
     let admin = tokio::spawn(admin::serve(
@@ -129,13 +128,13 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
 
     // The webhook certificate: mounted files, or the Secret the leader maintains.
     let cert_config = CertConfig {
-        namespace: args.namespace.clone(),
-        secret_name: args.cert_secret.clone(),
-        service_name: args.webhook_service.clone(),
-        mutating_webhook: args.mutating_webhook.clone(),
-        validating_webhook: args.validating_webhook.clone(),
+        namespace: config.namespace.clone(),
+        secret_name: config.cert_secret.clone(),
+        service_name: config.webhook_service.clone(),
+        mutating_webhook: config.mutating_webhook.clone(),
+        validating_webhook: config.validating_webhook.clone(),
     };
-    let (cert_store, cert_task) = match &args.tls_files {
+    let (cert_store, cert_task) = match &config.tls_files {
         Some((cert, key)) => {
             let store = Arc::new(CertStore::from_pem_files(cert, key).map_err(|source| {
                 RuntimeError::TlsFiles {
@@ -166,7 +165,7 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
             (store, task)
         }
     };
-    let managed_certs = args.tls_files.is_none();
+    let managed_certs = config.tls_files.is_none();
 
     // One watch per kind for the whole process: the webhooks' view of the CorsPolicies (every
     // replica answers admission reviews, with warnings) and the reconcilers' caches.
@@ -174,11 +173,11 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     let lookup_store = caches.policies.store();
     let lookup = move |namespace: &str, name: &str| policy_presence(&lookup_store, namespace, name);
     let state = WebhookState::new(inject, webhook_metrics).with_policy_lookup(Arc::new(lookup));
-    let webhook_listener = TcpListener::bind(args.webhook_listen)
+    let webhook_listener = TcpListener::bind(config.webhook_listen)
         .await
         .map_err(|source| RuntimeError::Listen {
             flag: "--webhook-listen",
-            addr: args.webhook_listen,
+            addr: config.webhook_listen,
             source,
         })?;
     let webhook = tokio::spawn(webhook::serve(
@@ -188,8 +187,8 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
         stopped(),
     ));
     tracing::info!(
-        webhook = %args.webhook_listen,
-        admin = %args.admin_listen,
+        webhook = %config.webhook_listen,
+        admin = %config.admin_listen,
         %sidecar_mode,
         identity,
         "corsair controller serving; joining the leader election"
@@ -197,11 +196,11 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
 
     // The reconcilers (and certificate upkeep) run only on the leader.
     let lease = LeaseConfig {
-        name: args.lease_name.clone(),
-        namespace: args.namespace.clone(),
+        name: config.lease_name.clone(),
+        namespace: config.namespace.clone(),
         identity: identity.clone(),
-        duration_seconds: args.lease_duration.max(2),
-        grace_seconds: (args.lease_duration / 3).max(1),
+        duration_seconds: config.lease_duration.max(2),
+        grace_seconds: (config.lease_duration / 3).max(1),
     };
     let reporter = Reporter {
         controller: reconcile::REPORTER.into(),
@@ -220,7 +219,7 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     shutdown_signal().await;
     tracing::info!("SIGTERM: reporting not ready, then finishing requests in flight");
     health.set_stopping();
-    tokio::time::sleep(args.shutdown_delay).await;
+    tokio::time::sleep(config.shutdown_delay).await;
     let _ = stop_tx.send(true);
 
     match leader.await {
