@@ -67,6 +67,7 @@ bench:
 	cargo bench --bench webhook
 	WEBHOOK_BENCH_RATE=5000 cargo bench --bench webhook
 	bash benches/controller/run.sh
+	bash benches/controller/scale.sh
 	bash benches/binaries.sh
 
 # The soak (not run by make test or CI): 10 minutes of mixed load against `corsair proxy` with a

@@ -29,7 +29,7 @@ if [[ -z ${PROXY_BIN:-} ]]; then
     target=corsair
     grep -q '^name = "corsair-proxy"' "$ROOT"/crates/*/Cargo.toml "$ROOT/Cargo.toml" 2>/dev/null \
         && target=corsair-proxy
-    (cd "$ROOT" && CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build --release --locked --bin "$target" >&2)
+    (cd "$ROOT" && CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build --release --locked --bin "$target" $([[ $target == corsair-proxy ]] && echo "-p corsair-proxy --features cli") >&2)
     PROXY_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/$target
 fi
 PROXY_CMD=("$PROXY_BIN")

@@ -115,7 +115,7 @@ if [[ -z ${PROXY_BIN:-} ]]; then
     grep -q '^name = "corsair-proxy"' "$ROOT"/crates/*/Cargo.toml "$ROOT/Cargo.toml" 2>/dev/null \
         && target=corsair-proxy
     log "building $target (release)"
-    (cd "$ROOT" && cargo build --release --locked --bin "$target" >&2)
+    (cd "$ROOT" && cargo build --release --locked --bin "$target" $([[ $target == corsair-proxy ]] && echo "-p corsair-proxy --features cli") >&2)
     PROXY_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/$target
 fi
 [[ -x $PROXY_BIN ]] || die "no binary at $PROXY_BIN"

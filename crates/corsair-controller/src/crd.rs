@@ -39,8 +39,8 @@ pub const CONDITION_READY: &str = "Ready";
 pub const REASON_ACCEPTED: &str = "Accepted";
 /// Reason of `Ready=False`.
 pub const REASON_INVALID: &str = "Invalid";
-/// Longest CorsPolicy name; keeps the rendered ConfigMap name (and label values) within limits.
-pub const MAX_NAME_LEN: usize = 63;
+/// Longest CorsPolicy name: [`crate::names::MAX_POLICY_NAME_LEN`].
+pub const MAX_NAME_LEN: usize = crate::names::MAX_POLICY_NAME_LEN;
 
 /// Upper bounds on list sizes in the CRD schema. The API server estimates the cost of every CEL
 /// rule from these bounds and refuses a CRD whose rules could cost too much on unbounded lists.

@@ -5,9 +5,11 @@
 //! does not come within the timeout, or an extra call, fails the test.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
@@ -199,6 +201,8 @@ pub struct StaticIndex {
     pub policies: HashSet<(String, String)>,
     /// Workload count per `(namespace, policy)`.
     pub workloads: HashMap<(String, String), usize>,
+    /// The rendered ConfigMaps in the cache, per `(namespace, name)`.
+    pub configmaps: HashMap<(String, String), Arc<ConfigMap>>,
 }
 
 impl StaticIndex {
@@ -210,6 +214,7 @@ impl StaticIndex {
                 .map(|n| (ns.to_owned(), (*n).to_owned()))
                 .collect(),
             workloads: HashMap::new(),
+            configmaps: HashMap::new(),
         }
     }
 }
@@ -227,5 +232,10 @@ impl Index for StaticIndex {
     }
     fn policies_synced(&self) -> bool {
         true
+    }
+    fn configmap(&self, namespace: &str, name: &str) -> Option<Arc<ConfigMap>> {
+        self.configmaps
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
     }
 }

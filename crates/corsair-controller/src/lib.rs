@@ -9,6 +9,7 @@ pub mod lease;
 pub mod metrics;
 pub mod names;
 pub mod reconcile;
+pub mod runtime;
 pub mod webhook;
 
 pub use error::{Error, Result};

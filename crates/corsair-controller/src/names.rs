@@ -49,6 +49,11 @@ pub const POLICY_MANAGER: &str = "corsair-policy-controller";
 /// Field manager of the workload reconciler (pod template label and annotation).
 pub const WORKLOAD_MANAGER: &str = "corsair-workload-controller";
 
+/// Longest CorsPolicy name, held by the CRD's CEL rule, both admission webhooks and the
+/// rendered ConfigMap: the name is also the value of that ConfigMap's `corsair.dev/policy`
+/// label, and label values hold at most 63 characters.
+pub const MAX_POLICY_NAME_LEN: usize = 63;
+
 /// Name of the ConfigMap that holds the rendered policy `policy`.
 pub fn policy_configmap_name(policy: &str) -> String {
     format!("corsair-policy-{policy}")

@@ -1,28 +1,39 @@
 //! The reconcilers: CorsPolicy → ConfigMap + status, and workloads → pod template label.
 //!
-//! [`run`] starts one kube-runtime `Controller` per kind and stops them all when told to, which
-//! is how leader election hands the reconcilers from one replica to another.
+//! [`Caches`] holds one pruned, shared watch per kind for the whole process. [`run`] starts one
+//! kube-runtime `Controller` per reconciler over those caches, woken only by the changes that
+//! matter to it ([`triggers`]), and stops them all when told to, which is how leader election
+//! hands the reconcilers from one replica to another.
 
 pub mod policy;
+pub mod pruned;
+pub mod shared;
+pub mod triggers;
 pub mod workload;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use std::future::ready;
+
+use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, Resource};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::Error;
-use crate::crd::CorsPolicy;
+use crate::crd::{CorsPolicy, CorsPolicyStatus};
 use crate::metrics::Metrics;
+pub use pruned::WorkloadMeta;
+pub use shared::Shared;
+pub use triggers::PolicyUsers;
 pub use workload::Workload;
 
 /// Label on every object the controller renders, so its watches can select only those.
@@ -41,43 +52,118 @@ pub trait Index: Send + Sync {
     fn workloads_using(&self, namespace: &str, name: &str) -> usize;
     /// Whether the CorsPolicy list has been read once: before that, "not found" means nothing.
     fn policies_synced(&self) -> bool;
+    /// The cached ConfigMap `namespace/name` rendered by the controller, if any.
+    fn configmap(&self, namespace: &str, name: &str) -> Option<Arc<ConfigMap>>;
 }
 
-/// [`Index`] over the reflector stores of the running controllers.
-#[derive(Clone)]
-pub struct StoreIndex {
-    pub policies: Store<CorsPolicy>,
-    pub deployments: Store<Deployment>,
-    pub statefulsets: Store<StatefulSet>,
-    pub daemonsets: Store<DaemonSet>,
+/// The process-wide caches: one pruned watch per kind, shared by the reconcilers, the
+/// indexes and the admission webhooks' view of the policies.
+pub struct Caches {
+    pub policies: Shared<CorsPolicy>,
+    pub configmaps: Shared<ConfigMap>,
+    pub deployments: Shared<WorkloadMeta<Deployment>>,
+    pub statefulsets: Shared<WorkloadMeta<StatefulSet>>,
+    pub daemonsets: Shared<WorkloadMeta<DaemonSet>>,
+    pub users: Arc<PolicyUsers>,
 }
 
-impl StoreIndex {
-    fn count<K: Workload>(store: &Store<K>, namespace: &str, name: &str) -> usize {
-        store
-            .state()
-            .iter()
-            .filter(|w| w.namespace().as_deref() == Some(namespace))
-            .filter(|w| workload::desired_policy(w.as_ref()).as_deref() == Some(name))
-            .count()
+impl Caches {
+    /// Starts the watches; they run until the returned task set is dropped.
+    pub fn start(client: &Client) -> (Arc<Caches>, JoinSet<()>) {
+        let mut tasks = JoinSet::new();
+        let wc = watcher::Config::default().any_semantic();
+        let users = Arc::new(PolicyUsers::default());
+        let (policies, task) = shared::watch(
+            Api::<CorsPolicy>::all(client.clone()),
+            wc.clone(),
+            pruned::prune_policy,
+            |_| {},
+        );
+        tasks.spawn(task);
+        let owned = watcher::Config::default()
+            .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"))
+            .any_semantic();
+        let (configmaps, task) = shared::watch(
+            Api::<ConfigMap>::all(client.clone()),
+            owned,
+            pruned::prune_configmap,
+            |_| {},
+        );
+        tasks.spawn(task);
+        let (deployments, task) = workload_watch::<Deployment>(client, &wc, &users);
+        tasks.spawn(task);
+        let (statefulsets, task) = workload_watch::<StatefulSet>(client, &wc, &users);
+        tasks.spawn(task);
+        let (daemonsets, task) = workload_watch::<DaemonSet>(client, &wc, &users);
+        tasks.spawn(task);
+        let caches = Caches {
+            policies,
+            configmaps,
+            deployments,
+            statefulsets,
+            daemonsets,
+            users,
+        };
+        (Arc::new(caches), tasks)
+    }
+
+    /// Resolves once every cache has listed its kind.
+    pub async fn ready(&self) {
+        let (policies, configmaps) = (self.policies.store(), self.configmaps.store());
+        let (deployments, statefulsets) = (self.deployments.store(), self.statefulsets.store());
+        let daemonsets = self.daemonsets.store();
+        let _ = futures::join!(
+            policies.wait_until_ready(),
+            configmaps.wait_until_ready(),
+            deployments.wait_until_ready(),
+            statefulsets.wait_until_ready(),
+            daemonsets.wait_until_ready(),
+        );
     }
 }
 
-impl Index for StoreIndex {
+fn workload_watch<K: Workload>(
+    client: &Client,
+    wc: &watcher::Config,
+    users: &Arc<PolicyUsers>,
+) -> (
+    Shared<WorkloadMeta<K>>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let users = users.clone();
+    shared::watch(
+        Api::<WorkloadMeta<K>>::all(client.clone()),
+        wc.clone(),
+        // Pruned while deserialised: see [`WorkloadMeta`].
+        |_| {},
+        move |change| users.observe(change),
+    )
+}
+
+impl Index for Caches {
     fn policy_exists(&self, namespace: &str, name: &str) -> bool {
         self.policies
+            .store()
             .get(&ObjectRef::new(name).within(namespace))
             .is_some()
     }
 
     fn workloads_using(&self, namespace: &str, name: &str) -> usize {
-        Self::count(&self.deployments, namespace, name)
-            + Self::count(&self.statefulsets, namespace, name)
-            + Self::count(&self.daemonsets, namespace, name)
+        self.users.count(namespace, name)
     }
 
     fn policies_synced(&self) -> bool {
-        self.policies.wait_until_ready().now_or_never().is_some()
+        self.policies
+            .store()
+            .wait_until_ready()
+            .now_or_never()
+            .is_some()
+    }
+
+    fn configmap(&self, namespace: &str, name: &str) -> Option<Arc<ConfigMap>> {
+        self.configmaps
+            .store()
+            .get(&ObjectRef::new(name).within(namespace))
     }
 }
 
@@ -88,6 +174,9 @@ pub struct Context {
     pub metrics: Metrics,
     pub index: Arc<dyn Index>,
     backoff: Backoff,
+    /// The status last written per CorsPolicy uid in this leadership term: a reconcile that
+    /// runs before the watch brought that write back compares with it, not with the stale cache.
+    written: Mutex<HashMap<String, CorsPolicyStatus>>,
 }
 
 impl Context {
@@ -103,7 +192,20 @@ impl Context {
             metrics,
             index,
             backoff: Backoff::default(),
+            written: Mutex::default(),
         }
+    }
+
+    /// The status this term last wrote for the policy with `uid`, if any.
+    pub(crate) fn written_status(&self, uid: &str) -> Option<CorsPolicyStatus> {
+        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        written.get(uid).cloned()
+    }
+
+    /// Remembers the status just written for the policy with `uid`.
+    pub(crate) fn wrote_status(&self, uid: &str, status: CorsPolicyStatus) {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        written.insert(uid.to_owned(), status);
     }
 
     /// Publishes an Event about `obj`. A failed Event is logged, never fails the reconcile:
@@ -209,8 +311,11 @@ where
     Action::requeue(delay)
 }
 
-/// Runs every reconciler until `stop` becomes true (leadership lost, or shutdown).
+/// Runs every reconciler over `caches` until `stop` becomes true (leadership lost, or
+/// shutdown). Nothing is reconciled before every cache has listed, so that nothing is written
+/// for want of knowing it is already there.
 pub async fn run(
+    caches: Arc<Caches>,
     client: Client,
     reporter: Reporter,
     metrics: Metrics,
@@ -223,45 +328,34 @@ pub async fn run(
             let _ = stop.wait_for(|s| *s).await;
         }
     };
-    let wc = watcher::Config::default().any_semantic();
+    let ctx = Arc::new(Context::new(client, reporter, metrics, caches.clone()));
 
-    let policies = Controller::new(Api::<CorsPolicy>::all(client.clone()), wc.clone());
-    let deployments = Controller::new(Api::<Deployment>::all(client.clone()), wc.clone());
-    let statefulsets = Controller::new(Api::<StatefulSet>::all(client.clone()), wc.clone());
-    let daemonsets = Controller::new(Api::<DaemonSet>::all(client.clone()), wc.clone());
-    let index = StoreIndex {
-        policies: policies.store(),
-        deployments: deployments.store(),
-        statefulsets: statefulsets.store(),
-        daemonsets: daemonsets.store(),
-    };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        reporter,
-        metrics,
-        Arc::new(index.clone()),
-    ));
+    // Subscribed before waiting, so that nothing between the list and the start is missed.
+    let policy_triggers = futures::stream::select_all([
+        caches
+            .policies
+            .subscribe()
+            .filter_map(|c| ready(triggers::policy_changed(&c)))
+            .boxed(),
+        caches
+            .configmaps
+            .subscribe()
+            .filter_map(|c| ready(triggers::configmap_changed(&c)))
+            .boxed(),
+        names_changed(&caches.deployments),
+        names_changed(&caches.statefulsets),
+        names_changed(&caches.daemonsets),
+    ]);
+    let deployments = workload_triggers(&caches, &caches.deployments);
+    let statefulsets = workload_triggers(&caches, &caches.statefulsets);
+    let daemonsets = workload_triggers(&caches, &caches.daemonsets);
 
-    let configmaps = watcher::Config::default()
-        .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"))
-        .any_semantic();
-    let policies = policies
-        .owns(Api::<ConfigMap>::all(client.clone()), configmaps)
-        .watches(
-            Api::<Deployment>::all(client.clone()),
-            wc.clone(),
-            workload::policy_refs,
-        )
-        .watches(
-            Api::<StatefulSet>::all(client.clone()),
-            wc.clone(),
-            workload::policy_refs,
-        )
-        .watches(
-            Api::<DaemonSet>::all(client.clone()),
-            wc.clone(),
-            workload::policy_refs,
-        )
+    tokio::select! {
+        () = caches.ready() => {}
+        () = stopped() => return Ok(()),
+    }
+
+    let policies = controller(&caches.policies, policy_triggers)
         .graceful_shutdown_on(stopped())
         .run(
             policy::reconcile,
@@ -269,8 +363,7 @@ pub async fn run(
             ctx.clone(),
         )
         .for_each(|_| async {});
-
-    let deployments = workload_controller(deployments, &index.deployments, &client, &wc)
+    let deployments = controller(&caches.deployments, deployments)
         .graceful_shutdown_on(stopped())
         .run(
             workload::reconcile::<Deployment>,
@@ -278,7 +371,7 @@ pub async fn run(
             ctx.clone(),
         )
         .for_each(|_| async {});
-    let statefulsets = workload_controller(statefulsets, &index.statefulsets, &client, &wc)
+    let statefulsets = controller(&caches.statefulsets, statefulsets)
         .graceful_shutdown_on(stopped())
         .run(
             workload::reconcile::<StatefulSet>,
@@ -286,7 +379,7 @@ pub async fn run(
             ctx.clone(),
         )
         .for_each(|_| async {});
-    let daemonsets = workload_controller(daemonsets, &index.daemonsets, &client, &wc)
+    let daemonsets = controller(&caches.daemonsets, daemonsets)
         .graceful_shutdown_on(stopped())
         .run(
             workload::reconcile::<DaemonSet>,
@@ -301,33 +394,58 @@ pub async fn run(
     Ok(())
 }
 
-/// Adds to a workload controller the watch that re-reconciles the workloads naming a
-/// CorsPolicy when that policy appears, changes or goes away.
-fn workload_controller<K: Workload>(
-    controller: Controller<K>,
-    store: &Store<K>,
-    client: &Client,
-    wc: &watcher::Config,
-) -> Controller<K> {
-    let store = store.clone();
-    controller.watches(
-        Api::<CorsPolicy>::all(client.clone()),
-        wc.clone(),
-        move |policy| workloads_naming(&store, &policy),
+/// Reconciles of one controller in flight at once: bounds the connections to the API server
+/// (and their buffers) when thousands of objects are reconciled at the start.
+const CONCURRENCY: u16 = 16;
+
+/// A controller over a shared cache: every cached object once at the start, then only what
+/// `triggers` asks for.
+fn controller<K>(
+    shared: &Shared<K>,
+    triggers: impl Stream<Item = ObjectRef<K>> + Send + 'static,
+) -> Controller<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    Controller::for_stream(
+        futures::stream::pending::<Result<K, watcher::Error>>(),
+        shared.store(),
     )
+    .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
+    .reconcile_on(triggers)
+    .reconcile_all_on(futures::stream::once(ready(())))
 }
 
-/// The workloads in `store` that ask for `policy`.
-pub fn workloads_naming<K: Workload>(store: &Store<K>, policy: &CorsPolicy) -> Vec<ObjectRef<K>> {
-    let namespace = policy.namespace();
-    let name = policy.name_any();
-    store
-        .state()
-        .into_iter()
-        .filter(|w| w.namespace() == namespace)
-        .filter(|w| workload::desired_policy(w.as_ref()).as_deref() == Some(name.as_str()))
-        .map(|w| ObjectRef::from_obj(w.as_ref()))
-        .collect()
+/// The policies to reconcile because a workload of kind `K` changed what it names.
+fn names_changed<K: Workload>(
+    shared: &Shared<WorkloadMeta<K>>,
+) -> futures::stream::BoxStream<'static, ObjectRef<CorsPolicy>> {
+    shared
+        .subscribe()
+        .flat_map(|c| futures::stream::iter(triggers::workload_names_changed(&c)))
+        .boxed()
+}
+
+/// The workloads of kind `K` to reconcile: their own relevant changes, and a policy they name
+/// appearing or going away.
+fn workload_triggers<K: Workload>(
+    caches: &Caches,
+    shared: &Shared<WorkloadMeta<K>>,
+) -> impl Stream<Item = ObjectRef<WorkloadMeta<K>>> + Send + 'static {
+    let own = shared
+        .subscribe()
+        .filter_map(|c| ready(triggers::workload_changed(&c)));
+    let users = caches.users.clone();
+    let policies = caches.policies.subscribe().flat_map(move |c| {
+        futures::stream::iter(triggers::policy_presence_changed::<K>(&c, &users))
+    });
+    futures::stream::select(own, policies)
 }
 
 #[cfg(test)]

@@ -1,12 +1,14 @@
 //! CorsPolicy reconciler: compile with the engine, render the ConfigMap the proxies load, and
 //! report the outcome in the status and in Events.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use corsair_policy::model::{API_VERSION, DocumentMeta, KIND};
 use corsair_policy::{Engine, PolicyDocument, Report};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -28,7 +30,14 @@ pub const RESYNC: Duration = Duration::from_secs(300);
 /// Longest condition message; the API server allows 32 KiB, `kubectl describe` wants less.
 const MAX_MESSAGE: usize = 4096;
 
-/// Reconciles one CorsPolicy.
+/// Reconciles one CorsPolicy. Writes only what differs from what is stored: an unchanged
+/// policy costs no API call, and an Event is published only when `Ready` flips or a new
+/// generation is refused.
+#[tracing::instrument(
+    name = "reconcile",
+    skip_all,
+    fields(kind = KIND, namespace = policy.metadata.namespace.as_deref().unwrap_or_default(), name = policy.metadata.name.as_deref().unwrap_or_default())
+)]
 pub async fn reconcile(policy: Arc<CorsPolicy>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started(CONTROLLER);
     let namespace = policy.namespace().ok_or(Error::MissingField {
@@ -40,7 +49,16 @@ pub async fn reconcile(policy: Arc<CorsPolicy>, ctx: Arc<Context>) -> Result<Act
 
     let (ready, reason, message, report) = match Engine::compile(&policy.spec) {
         Ok((_engine, report)) => {
-            apply_configmap(&policy, &namespace, &ctx).await?;
+            let desired = desired_configmap(&policy, &namespace)?;
+            let stored = ctx
+                .index
+                .configmap(&namespace, &policy_configmap_name(&name));
+            if stored
+                .as_deref()
+                .is_none_or(|cm| !configmap_matches(cm, &desired))
+            {
+                apply_configmap(&desired, &namespace, &ctx).await?;
+            }
             let message = format!(
                 "compiled and rendered into ConfigMap {}",
                 policy_configmap_name(&name)
@@ -58,7 +76,10 @@ pub async fn reconcile(policy: Arc<CorsPolicy>, ctx: Arc<Context>) -> Result<Act
         }
     };
 
-    let previous = policy.status.as_ref();
+    // Our last write wins over the cache, which may not have seen it yet.
+    let uid = policy.metadata.uid.clone().unwrap_or_default();
+    let written = ctx.written_status(&uid);
+    let previous = written.as_ref().or(policy.status.as_ref());
     let status = next_status(
         previous,
         ready,
@@ -69,26 +90,31 @@ pub async fn reconcile(policy: Arc<CorsPolicy>, ctx: Arc<Context>) -> Result<Act
         ctx.index.workloads_using(&namespace, &name),
         Timestamp::now(),
     );
-    let api: Api<CorsPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
-    let patch = json!({
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "status": status,
-    });
-    api.patch_status(
-        &name,
-        &PatchParams::apply(POLICY_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::kube("apply CorsPolicy status"))?;
+    if previous != Some(&status) {
+        let api: Api<CorsPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
+        let patch = json!({
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "status": status,
+        });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(POLICY_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::kube("apply CorsPolicy status"))?;
+        ctx.wrote_status(&uid, status.clone());
+    }
 
     let flipped = previous
         .and_then(CorsPolicyStatus::ready)
         .map(|c| c.status.as_str())
         != Some(if ready { "True" } else { "False" });
-    let new_generation = previous.and_then(|s| s.observed_generation) != generation;
-    if flipped || new_generation {
+    // A refused new generation is news even when the policy was already refused; an accepted
+    // one is not (the status says so), so a spec edit costs the ConfigMap and the status only.
+    let newly_refused = !ready && previous.and_then(|s| s.observed_generation) != generation;
+    if flipped || newly_refused {
         let type_ = if ready {
             EventType::Normal
         } else {
@@ -115,34 +141,70 @@ pub fn render(policy: &CorsPolicy) -> Result<String> {
     serde_json::to_string_pretty(&document).map_err(Error::Render)
 }
 
-/// Server-side applies the ConfigMap `corsair-policy-NAME`, owned by the policy so that
-/// deleting the policy deletes it.
-async fn apply_configmap(policy: &CorsPolicy, namespace: &str, ctx: &Context) -> Result<()> {
+/// The ConfigMap `corsair-policy-NAME` as it should be: the rendered policy, owned by the
+/// policy so that deleting the policy deletes it.
+pub fn desired_configmap(policy: &CorsPolicy, namespace: &str) -> Result<ConfigMap> {
     let owner = policy
         .controller_owner_ref(&())
         .ok_or(Error::MissingField {
             kind: "CorsPolicy",
             field: "metadata.uid",
         })?;
-    let name = policy_configmap_name(&policy.name_any());
-    let patch = json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {
-                MANAGED_BY_LABEL: MANAGED_BY_VALUE,
-                POLICY_ANNOTATION: policy.name_any(),
-            },
-            "ownerReferences": [owner],
+    Ok(ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(policy_configmap_name(&policy.name_any())),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned()),
+                (POLICY_ANNOTATION.to_owned(), policy.name_any()),
+            ])),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
         },
-        "data": { POLICY_CONFIGMAP_KEY: render(policy)? },
-    });
-    let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
-        Api::namespaced(ctx.client.clone(), namespace);
+        data: Some(BTreeMap::from([(
+            POLICY_CONFIGMAP_KEY.to_owned(),
+            render(policy)?,
+        )])),
+        ..ConfigMap::default()
+    })
+}
+
+/// Whether the stored ConfigMap already carries everything `desired` declares: the data, our
+/// labels and the owner reference. Fields others added (labels, annotations) do not count.
+pub fn configmap_matches(stored: &ConfigMap, desired: &ConfigMap) -> bool {
+    let contains = |have: Option<&BTreeMap<String, String>>,
+                    want: Option<&BTreeMap<String, String>>| {
+        want.into_iter()
+            .flatten()
+            .all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
+    };
+    stored.data == desired.data
+        && stored.binary_data.is_none()
+        && contains(
+            stored.metadata.labels.as_ref(),
+            desired.metadata.labels.as_ref(),
+        )
+        && desired.metadata.owner_references.iter().flatten().all(|o| {
+            stored
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|s| s == o)
+        })
+}
+
+/// Server-side applies the desired ConfigMap.
+async fn apply_configmap(desired: &ConfigMap, namespace: &str, ctx: &Context) -> Result<()> {
+    let name = desired.metadata.name.as_deref().unwrap_or_default();
+    let mut patch = serde_json::to_value(desired).map_err(Error::Render)?;
+    if let Some(map) = patch.as_object_mut() {
+        map.insert("apiVersion".into(), json!("v1"));
+        map.insert("kind".into(), json!("ConfigMap"));
+    }
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
     api.patch(
-        &name,
+        name,
         &PatchParams::apply(POLICY_MANAGER).force(),
         &Patch::Apply(&patch),
     )

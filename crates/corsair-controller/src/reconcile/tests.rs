@@ -15,7 +15,8 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use serde_json::{Value, json};
 
-use super::{Context, policy, workload};
+use super::shared::Change;
+use super::{Context, PolicyUsers, WorkloadMeta, policy, triggers, workload};
 use crate::crd::{CorsPolicy, CorsPolicyStatus};
 use crate::fixtures::{ApiServerVerifier, StaticIndex, event_response, mock_client};
 use crate::metrics::Metrics;
@@ -390,7 +391,7 @@ async fn annotated_deployment_gets_label_and_annotation() {
     let (ctx, verifier) = context(StaticIndex::with_policies(NS, &["api"]));
     let workload = deployment(Some("api"), None);
     let action = run(
-        workload::reconcile(Arc::new(workload), ctx),
+        workload::reconcile(Arc::new(WorkloadMeta::from_object(&workload)), ctx),
         verifier,
         Scenario::WorkloadOptIn { policy: "api" },
     )
@@ -407,7 +408,7 @@ async fn annotated_pod_template_counts_when_the_user_wrote_it() {
     }
     let workload = deployment(None, Some(template));
     run(
-        workload::reconcile(Arc::new(workload), ctx),
+        workload::reconcile(Arc::new(WorkloadMeta::from_object(&workload)), ctx),
         verifier,
         Scenario::WorkloadOptIn { policy: "api" },
     )
@@ -419,7 +420,7 @@ async fn missing_policy_gets_a_warning_event() {
     let (ctx, verifier) = context(StaticIndex::default());
     let workload = deployment(Some("nope"), None);
     run(
-        workload::reconcile(Arc::new(workload), ctx),
+        workload::reconcile(Arc::new(WorkloadMeta::from_object(&workload)), ctx),
         verifier,
         Scenario::WorkloadPolicyMissing { policy: "nope" },
     )
@@ -433,7 +434,7 @@ async fn removed_annotation_releases_the_fields() {
     let mut workload = deployment(None, Some(labelled_template("api")));
     workload.metadata.managed_fields = Some(vec![ours()]);
     run(
-        workload::reconcile(Arc::new(workload), ctx),
+        workload::reconcile(Arc::new(WorkloadMeta::from_object(&workload)), ctx),
         verifier,
         Scenario::WorkloadOptOut,
     )
@@ -445,7 +446,7 @@ async fn workload_already_in_place_makes_no_call() {
     let (ctx, verifier) = context(StaticIndex::with_policies(NS, &["api"]));
     let mut workload = deployment(Some("api"), Some(labelled_template("api")));
     workload.metadata.managed_fields = Some(vec![ours()]);
-    let action = workload::reconcile(Arc::new(workload), ctx).await;
+    let action = workload::reconcile(Arc::new(WorkloadMeta::from_object(&workload)), ctx).await;
     assert!(matches!(action, Ok(a) if a == Action::await_change()));
     verifier.expect_no_more_calls().await;
 }
@@ -454,7 +455,11 @@ async fn workload_already_in_place_makes_no_call() {
 async fn unrelated_workload_makes_no_call() {
     let (ctx, verifier) = context(StaticIndex::default());
     let workload = deployment(None, None);
-    assert!(workload::reconcile(Arc::new(workload), ctx).await.is_ok());
+    assert!(
+        workload::reconcile(Arc::new(WorkloadMeta::from_object(&workload)), ctx)
+            .await
+            .is_ok()
+    );
     verifier.expect_no_more_calls().await;
 }
 
@@ -473,7 +478,10 @@ fn same_code_path_serves_statefulsets() {
         spec: Some(StatefulSetSpec::default()),
         status: None,
     };
-    assert_eq!(workload::desired_policy(&set).as_deref(), Some("api"));
+    assert_eq!(
+        workload::desired_policy(&WorkloadMeta::from_object(&set)).as_deref(),
+        Some("api")
+    );
     let patch = workload::apply_patch::<StatefulSet>("db", NS, Some("api"));
     assert_eq!(patch["kind"], "StatefulSet");
     assert_eq!(patch["apiVersion"], "apps/v1");
@@ -516,12 +524,12 @@ fn workload_maps_to_every_policy_it_mentions() {
     // The user switched from "old" (still on the template, from us) to "new".
     let mut workload = deployment(Some("new"), Some(labelled_template("old")));
     workload.metadata.managed_fields = Some(vec![ours()]);
-    let refs: Vec<String> = workload::policy_refs(workload)
+    let refs: Vec<String> = workload::policy_refs(&WorkloadMeta::from_object(&workload))
         .into_iter()
         .map(|r| format!("{}/{}", r.namespace.unwrap_or_default(), r.name))
         .collect();
     assert_eq!(refs, [format!("{NS}/new"), format!("{NS}/old")]);
-    assert!(workload::policy_refs(deployment(None, None)).is_empty());
+    assert!(workload::policy_refs(&WorkloadMeta::from_object(&deployment(None, None))).is_empty());
 }
 
 #[test]
@@ -534,20 +542,418 @@ fn truncate_keeps_char_boundaries() {
 
 #[test]
 fn creating_a_policy_wakes_the_workloads_that_name_it() {
-    use kube::runtime::reflector::store::Writer;
-    use kube::runtime::watcher;
-
-    let mut writer = Writer::<Deployment>::default();
-    let store = writer.as_reader();
+    let users = PolicyUsers::default();
     let mut other_ns = deployment(Some("api"), None);
     other_ns.metadata.namespace = Some("elsewhere".into());
     let mut unrelated = deployment(Some("other"), None);
     unrelated.metadata.name = Some("unrelated".into());
     for d in [deployment(Some("api"), None), other_ns, unrelated] {
-        writer.apply_watcher_event(&watcher::Event::Apply(d));
+        users.observe(&created(WorkloadMeta::from_object(&d)));
     }
-    let refs = super::workloads_naming(&store, &valid_policy());
+    let refs = triggers::policy_presence_changed::<Deployment>(&created(valid_policy()), &users);
     let names: Vec<(Option<String>, String)> =
         refs.into_iter().map(|r| (r.namespace, r.name)).collect();
     assert_eq!(names, [(Some(NS.to_owned()), "web".to_owned())]);
+    // A new generation of a policy that already existed wakes no workload.
+    let mut next = valid_policy();
+    next.metadata.generation = Some(4);
+    let updated = updated(valid_policy(), next);
+    assert!(triggers::policy_presence_changed::<Deployment>(&updated, &users).is_empty());
+    // Deleted while the workload still names it: the workload is woken to report it missing.
+    let refs = triggers::policy_presence_changed::<Deployment>(&deleted(valid_policy()), &users);
+    assert_eq!(
+        refs.into_iter().map(|r| r.name).collect::<Vec<_>>(),
+        ["web"]
+    );
+    // No StatefulSet names it.
+    assert!(
+        triggers::policy_presence_changed::<StatefulSet>(&created(valid_policy()), &users)
+            .is_empty()
+    );
+}
+
+fn created<K>(obj: K) -> Change<K> {
+    Change {
+        old: None,
+        new: Some(Arc::new(obj)),
+    }
+}
+
+fn updated<K>(old: K, new: K) -> Change<K> {
+    Change {
+        old: Some(Arc::new(old)),
+        new: Some(Arc::new(new)),
+    }
+}
+
+fn deleted<K>(obj: K) -> Change<K> {
+    Change {
+        old: Some(Arc::new(obj)),
+        new: None,
+    }
+}
+
+/// A Deployment as the API server returns it, with a pod spec, a status, managed fields and
+/// the annotation of `kubectl apply`.
+fn full_deployment(image: &str, replicas: i32) -> Deployment {
+    let value = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": "web", "namespace": NS, "uid": "uid-web", "generation": 7,
+            "labels": {"app": "web"},
+            "annotations": {
+                "corsair.dev/policy": "api",
+                "kubectl.kubernetes.io/last-applied-configuration": "{\"big\": true}",
+            },
+            "managedFields": [
+                {"manager": "kubectl-client-side-apply", "operation": "Update",
+                 "fieldsV1": {"f:metadata": {"f:annotations": {"f:corsair.dev/policy": {}}}}},
+                ours(),
+            ],
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {
+                    "labels": {"app": "web", "corsair.dev/inject": "enabled"},
+                    "annotations": {"corsair.dev/policy": "api"},
+                },
+                "spec": {"containers": [{"name": "web", "image": image}]},
+            },
+        },
+        "status": {"replicas": replicas, "readyReplicas": replicas},
+    });
+    match serde_json::from_value(value) {
+        Ok(d) => d,
+        Err(err) => panic!("test deployment does not parse: {err}"),
+    }
+}
+
+fn pruned(d: &Deployment) -> WorkloadMeta<Deployment> {
+    match serde_json::to_value(d).and_then(serde_json::from_value) {
+        Ok(w) => w,
+        Err(err) => panic!("a Deployment must deserialise as WorkloadMeta: {err}"),
+    }
+}
+
+#[test]
+fn workloads_are_cached_without_spec_status_managed_fields_or_last_applied() {
+    let cached = pruned(&full_deployment("web:1", 3));
+    assert_eq!(cached.metadata.managed_fields, None);
+    let annotations = cached.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        annotations.keys().collect::<Vec<_>>(),
+        ["corsair.dev/policy"],
+        "last-applied-configuration is dropped"
+    );
+    // Only the corsair.dev/ labels and annotations are kept: nothing else is read.
+    assert_eq!(cached.metadata.labels, None);
+    let template = cached.template.clone().unwrap_or_default();
+    assert_eq!(
+        template.labels,
+        Some(BTreeMap::from([(
+            "corsair.dev/inject".into(),
+            "enabled".into()
+        )]))
+    );
+    assert_eq!(cached.metadata.name.as_deref(), Some("web"));
+    assert_eq!(cached.metadata.uid.as_deref(), Some("uid-web"));
+    assert_eq!(cached.metadata.generation, Some(7));
+    // What the reconciler read from managedFields survives as two facts.
+    assert!(cached.managed_by_us);
+    assert!(!cached.template_policy_by_others);
+    assert_eq!(
+        cached,
+        WorkloadMeta::from_object(&full_deployment("web:1", 3))
+    );
+    assert_eq!(workload::desired_policy(&cached).as_deref(), Some("api"));
+}
+
+#[test]
+fn an_image_or_replica_change_wakes_no_reconciler() {
+    let change = updated(
+        pruned(&full_deployment("web:1", 3)),
+        pruned(&full_deployment("web:2", 5)),
+    );
+    assert_eq!(triggers::workload_changed(&change), None);
+    assert!(triggers::workload_names_changed(&change).is_empty());
+}
+
+#[test]
+fn an_annotation_change_wakes_the_workload_and_both_policies() {
+    let before = full_deployment("web:1", 3);
+    let mut after = before.clone();
+    after
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert("corsair.dev/policy".into(), "other".into());
+    let change = updated(pruned(&before), pruned(&after));
+    assert!(triggers::workload_changed(&change).is_some());
+    let names: Vec<String> = triggers::workload_names_changed(&change)
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["api", "other"]);
+    // A template label removed by someone else wakes the workload, to put it back.
+    let mut unlabelled = before.clone();
+    if let Some(labels) = unlabelled
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.metadata.as_mut())
+        .and_then(|m| m.labels.as_mut())
+    {
+        labels.remove("corsair.dev/inject");
+    }
+    let change = updated(pruned(&before), pruned(&unlabelled));
+    assert!(triggers::workload_changed(&change).is_some());
+    assert!(triggers::workload_names_changed(&change).is_empty());
+}
+
+#[test]
+fn only_a_new_generation_wakes_the_policy_reconciler() {
+    let mut with_status = valid_policy();
+    with_status.status = Some(CorsPolicyStatus {
+        workloads: Some(4),
+        ..CorsPolicyStatus::default()
+    });
+    assert_eq!(
+        triggers::policy_changed(&updated(valid_policy(), with_status)),
+        None,
+        "our own status write wakes nothing"
+    );
+    let mut next = valid_policy();
+    next.metadata.generation = Some(4);
+    assert!(triggers::policy_changed(&updated(valid_policy(), next)).is_some());
+    assert!(triggers::policy_changed(&created(valid_policy())).is_some());
+    assert_eq!(triggers::policy_changed(&deleted(valid_policy())), None);
+}
+
+#[test]
+fn a_deleted_or_edited_configmap_wakes_its_policy() {
+    let cm = match policy::desired_configmap(&valid_policy(), NS) {
+        Ok(cm) => cm,
+        Err(err) => panic!("{err}"),
+    };
+    let mut annotated = cm.clone();
+    annotated.metadata.annotations = Some(BTreeMap::from([("note".into(), "x".into())]));
+    assert_eq!(
+        triggers::configmap_changed(&updated(cm.clone(), annotated)),
+        None
+    );
+    let mut edited = cm.clone();
+    edited.data = Some(BTreeMap::from([("policy.json".into(), "{}".into())]));
+    let woken = triggers::configmap_changed(&updated(cm.clone(), edited));
+    assert_eq!(
+        woken.map(|r| (r.namespace, r.name)),
+        Some((Some(NS.into()), "api".into()))
+    );
+    assert!(triggers::configmap_changed(&deleted(cm)).is_some());
+}
+
+#[test]
+fn workload_counts_follow_the_annotation() {
+    let users = PolicyUsers::default();
+    let before = full_deployment("web:1", 3);
+    users.observe(&created(pruned(&before)));
+    assert_eq!(users.count(NS, "api"), 1);
+    // The same workload seen again (a re-list) is counted once.
+    users.observe(&updated(pruned(&before), pruned(&before)));
+    assert_eq!(users.count(NS, "api"), 1);
+    let mut after = before.clone();
+    after
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert("corsair.dev/policy".into(), "other".into());
+    users.observe(&updated(pruned(&before), pruned(&after)));
+    assert_eq!((users.count(NS, "api"), users.count(NS, "other")), (0, 1));
+    users.observe(&deleted(pruned(&after)));
+    assert_eq!(users.count(NS, "other"), 0);
+}
+
+/// The status and ConfigMap a policy has after a successful reconcile, as the caches hold them.
+fn in_sync(policy: &CorsPolicy, workloads: usize) -> (CorsPolicy, StaticIndex) {
+    let mut index = StaticIndex::with_policies(NS, &["api"]);
+    index.workloads.insert((NS.into(), "api".into()), workloads);
+    let cm = match policy::desired_configmap(policy, NS) {
+        Ok(cm) => cm,
+        Err(err) => panic!("{err}"),
+    };
+    let mut stored = cm.clone();
+    // The API server adds fields of its own; they do not make a difference.
+    stored.metadata.resource_version = Some("12".into());
+    stored
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("team".into(), "shop".into());
+    index
+        .configmaps
+        .insert((NS.into(), "corsair-policy-api".into()), Arc::new(stored));
+    let report = match corsair_policy::Engine::compile(&policy.spec) {
+        Ok((_, report)) => report,
+        Err(_) => panic!("the test policy is valid"),
+    };
+    let since = Timestamp::from_second(1_700_000_000).unwrap_or(Timestamp::UNIX_EPOCH);
+    let mut synced = policy.clone();
+    synced.status = Some(policy::next_status(
+        None,
+        true,
+        "Accepted",
+        "compiled and rendered into ConfigMap corsair-policy-api".into(),
+        policy.metadata.generation,
+        &report,
+        workloads,
+        since,
+    ));
+    (synced, index)
+}
+
+#[tokio::test]
+async fn a_policy_in_sync_makes_no_call() {
+    let (synced, index) = in_sync(&valid_policy(), 2);
+    let (ctx, verifier) = context(index);
+    let action = policy::reconcile(Arc::new(synced), ctx).await;
+    assert!(matches!(action, Ok(a) if a == Action::requeue(policy::RESYNC)));
+    verifier.expect_no_more_calls().await;
+}
+
+#[tokio::test]
+async fn a_new_workload_count_writes_the_status_only() {
+    let (synced, mut index) = in_sync(&valid_policy(), 2);
+    index.workloads.insert((NS.into(), "api".into()), 3);
+    let (ctx, mut verifier) = context(index);
+    let reconcile = policy::reconcile(Arc::new(synced.clone()), ctx);
+    let server = tokio::spawn(async move {
+        let status = verifier.status_apply(&synced).await;
+        assert_eq!(status["workloads"], 3);
+        verifier.expect_no_more_calls().await;
+    });
+    assert!(reconcile.await.is_ok());
+    if let Err(err) = server.await {
+        std::panic::resume_unwind(err.into_panic());
+    }
+}
+
+#[tokio::test]
+async fn a_new_generation_writes_the_configmap_and_the_status_only() {
+    let (mut changed, index) = in_sync(&valid_policy(), 2);
+    changed.metadata.generation = Some(4);
+    changed.spec.max_age = Some(600);
+    let (ctx, mut verifier) = context(index);
+    let reconcile = policy::reconcile(Arc::new(changed.clone()), ctx);
+    let server = tokio::spawn(async move {
+        let mut expected = changed.clone();
+        expected.metadata.generation = Some(3);
+        let call = verifier.next_call().await;
+        call.expect(
+            Method::PATCH,
+            &format!("/api/v1/namespaces/{NS}/configmaps/corsair-policy-api"),
+        )
+        .expect_apply(POLICY_MANAGER);
+        let rendered = call.body["data"]["policy.json"]
+            .as_str()
+            .unwrap_or_default();
+        let document = corsair_policy::load_document(rendered)
+            .unwrap_or_else(|err| panic!("the proxy cannot load the rendered policy: {err}"));
+        assert_eq!(document.metadata.generation, Some(4));
+        call.echo();
+        let status = verifier.status_apply(&changed).await;
+        assert_eq!(status["observedGeneration"], 4);
+        verifier.expect_no_more_calls().await;
+    });
+    assert!(reconcile.await.is_ok());
+    if let Err(err) = server.await {
+        std::panic::resume_unwind(err.into_panic());
+    }
+}
+
+#[tokio::test]
+async fn a_reconcile_before_the_watch_brought_our_status_back_writes_nothing() {
+    let (synced, index) = in_sync(&valid_policy(), 2);
+    let mut index = index;
+    index.workloads.insert((NS.into(), "api".into()), 3);
+    let (ctx, mut verifier) = context(index);
+    // The cache still holds the old status (count 2) when the policy is woken twice.
+    let stale = Arc::new(synced.clone());
+    let first = policy::reconcile(stale.clone(), ctx.clone());
+    let server = tokio::spawn(async move {
+        let status = verifier.status_apply(&synced).await;
+        assert_eq!(status["workloads"], 3);
+        verifier
+    });
+    assert!(first.await.is_ok());
+    let verifier = match server.await {
+        Ok(verifier) => verifier,
+        Err(err) => std::panic::resume_unwind(err.into_panic()),
+    };
+    assert!(policy::reconcile(stale, ctx).await.is_ok());
+    verifier.expect_no_more_calls().await;
+}
+
+#[test]
+fn the_managed_fields_path_names_the_policy_annotation() {
+    // The user wrote the template annotation with kubectl (not the controller): it counts.
+    let mut d = deployment(None, Some(labelled_template("api")));
+    let key = format!("f:{}", crate::names::POLICY_ANNOTATION);
+    d.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+        manager: Some("kubectl-client-side-apply".into()),
+        operation: Some("Update".into()),
+        fields_v1: Some(FieldsV1(json!({
+            "f:spec": {"f:template": {"f:metadata": {"f:annotations": {key: {}}}}}
+        }))),
+        ..ManagedFieldsEntry::default()
+    }]);
+    let cached = pruned(&d);
+    assert!(cached.template_policy_by_others);
+    assert!(!cached.managed_by_us);
+    assert_eq!(workload::desired_policy(&cached).as_deref(), Some("api"));
+    // Only our own copy on the template: the user removed the workload's annotation.
+    d.metadata.managed_fields = Some(vec![ours()]);
+    let cached = pruned(&d);
+    assert!(!cached.template_policy_by_others);
+    assert!(cached.managed_by_us);
+    assert_eq!(workload::desired_policy(&cached), None);
+    assert_eq!(cached, WorkloadMeta::from_object(&d));
+}
+
+#[tokio::test]
+async fn a_refused_status_write_is_tried_again_on_the_next_reconcile() {
+    let (synced, mut index) = in_sync(&valid_policy(), 2);
+    index.workloads.insert((NS.into(), "api".into()), 3);
+    let (ctx, mut verifier) = context(index);
+    let policy = Arc::new(synced.clone());
+    let first = policy::reconcile(policy.clone(), ctx.clone());
+    let server = tokio::spawn(async move {
+        let call = verifier.next_call().await;
+        call.expect(
+            Method::PATCH,
+            &format!("/apis/corsair.dev/v1alpha1/namespaces/{NS}/corspolicies/api/status"),
+        );
+        call.respond(
+            StatusCode::CONFLICT,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "reason": "Conflict", "code": 409, "message": "conflict"}),
+        );
+        verifier
+    });
+    assert!(first.await.is_err(), "a refused write fails the reconcile");
+    let mut verifier = match server.await {
+        Ok(verifier) => verifier,
+        Err(err) => std::panic::resume_unwind(err.into_panic()),
+    };
+    // Nothing was remembered as written: the retry writes the status again.
+    let second = policy::reconcile(policy, ctx);
+    let server = tokio::spawn(async move {
+        let status = verifier.status_apply(&synced).await;
+        assert_eq!(status["workloads"], 3);
+        verifier.expect_no_more_calls().await;
+    });
+    assert!(second.await.is_ok());
+    if let Err(err) = server.await {
+        std::panic::resume_unwind(err.into_panic());
+    }
 }

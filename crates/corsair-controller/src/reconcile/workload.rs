@@ -13,7 +13,6 @@ use std::time::Duration;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -22,6 +21,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use super::pruned::WorkloadMeta;
 use super::{Context, succeeded};
 use crate::crd::CorsPolicy;
 use crate::names::{INJECT_LABEL, INJECT_LABEL_VALUE, POLICY_ANNOTATION, WORKLOAD_MANAGER};
@@ -67,26 +67,23 @@ impl Workload for DaemonSet {
     }
 }
 
-fn template_meta<K: Workload>(obj: &K) -> Option<&ObjectMeta> {
-    obj.pod_template().and_then(|t| t.metadata.as_ref())
-}
-
 /// The CorsPolicy the user asked for, if any.
 ///
 /// The workload's own annotation wins. The pod template's annotation counts only when someone
 /// other than this controller declared it: the copy we put there ourselves must not keep the
 /// sidecar alive after the user removed the annotation from the workload.
-pub fn desired_policy<K: Workload>(obj: &K) -> Option<String> {
+pub fn desired_policy<K: Workload>(obj: &WorkloadMeta<K>) -> Option<String> {
     if let Some(policy) = non_empty(obj.annotations().get(POLICY_ANNOTATION)) {
         return Some(policy);
     }
     let policy = non_empty(
-        template_meta(obj)?
+        obj.template
+            .as_ref()?
             .annotations
             .as_ref()?
             .get(POLICY_ANNOTATION),
     )?;
-    declared_by_others(obj.meta()).then_some(policy)
+    obj.template_policy_by_others.then_some(policy)
 }
 
 fn non_empty(value: Option<&String>) -> Option<String> {
@@ -96,50 +93,41 @@ fn non_empty(value: Option<&String>) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Whether a field manager other than ours owns the pod template's policy annotation. Objects
-/// without managed fields (very old ones, or tests) give no answer: trust the annotation.
-fn declared_by_others(meta: &ObjectMeta) -> bool {
-    let Some(entries) = meta.managed_fields.as_ref().filter(|e| !e.is_empty()) else {
-        return true;
-    };
-    let key = format!("f:{POLICY_ANNOTATION}");
-    entries
-        .iter()
-        .filter(|e| e.manager.as_deref() != Some(WORKLOAD_MANAGER))
-        .filter_map(|e| e.fields_v1.as_ref())
-        .any(|fields| {
-            fields
-                .0
-                .pointer("/f:spec/f:template/f:metadata/f:annotations")
-                .and_then(|a| a.get(&key))
-                .is_some()
-        })
+/// What the workload reconciler decides from: two cached versions of a workload that agree on
+/// this need no reconcile.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Facts {
+    desired: Option<String>,
+    label: Option<String>,
+    annotation: Option<String>,
+    managed_by_us: bool,
 }
 
-/// Whether our field manager owns anything in this object.
-fn managed_by_us(meta: &ObjectMeta) -> bool {
-    meta.managed_fields.iter().flatten().any(|e| {
-        e.manager.as_deref() == Some(WORKLOAD_MANAGER)
-            && e.operation.as_deref() == Some("Apply")
-            && e.fields_v1
-                .as_ref()
-                .is_some_and(|f| f.0.as_object().is_some_and(|o| !o.is_empty()))
-    })
-}
+impl Facts {
+    /// The facts of `obj`.
+    pub fn of<K: Workload>(obj: &WorkloadMeta<K>) -> Self {
+        let template = obj.template.as_ref();
+        Facts {
+            desired: desired_policy(obj),
+            label: template
+                .and_then(|t| t.labels.as_ref())
+                .and_then(|l| l.get(INJECT_LABEL))
+                .cloned(),
+            annotation: template
+                .and_then(|t| t.annotations.as_ref())
+                .and_then(|a| a.get(POLICY_ANNOTATION))
+                .cloned(),
+            managed_by_us: obj.managed_by_us,
+        }
+    }
 
-/// Whether the template already carries exactly what we would apply, under our manager.
-fn in_place<K: Workload>(obj: &K, policy: &str) -> bool {
-    let Some(meta) = template_meta(obj) else {
-        return false;
-    };
-    let label = meta.labels.as_ref().and_then(|l| l.get(INJECT_LABEL));
-    let annotation = meta
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(POLICY_ANNOTATION));
-    label.map(String::as_str) == Some(INJECT_LABEL_VALUE)
-        && annotation.map(String::as_str) == Some(policy)
-        && managed_by_us(obj.meta())
+    /// Whether the template already carries exactly what we would apply for `policy`, under
+    /// our manager.
+    fn in_place(&self, policy: &str) -> bool {
+        self.label.as_deref() == Some(INJECT_LABEL_VALUE)
+            && self.annotation.as_deref() == Some(policy)
+            && self.managed_by_us
+    }
 }
 
 /// The apply configuration: only the fields we own. `None` releases everything.
@@ -170,26 +158,34 @@ pub fn apply_patch<K: Workload>(
 }
 
 /// Reconciles one workload of kind `K`.
-pub async fn reconcile<K: Workload>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
+#[tracing::instrument(
+    name = "reconcile",
+    skip_all,
+    fields(kind = %K::kind(&()), namespace = obj.metadata.namespace.as_deref().unwrap_or_default(), name = obj.metadata.name.as_deref().unwrap_or_default())
+)]
+pub async fn reconcile<K: Workload>(
+    obj: Arc<WorkloadMeta<K>>,
+    ctx: Arc<Context>,
+) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started(K::CONTROLLER);
     let namespace = obj.namespace().ok_or(Error::MissingField {
         kind: "workload",
         field: "metadata.namespace",
     })?;
     let name = obj.name_any();
-    let desired = desired_policy(obj.as_ref());
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+    let facts = Facts::of(obj.as_ref());
+    let api: Api<WorkloadMeta<K>> = Api::namespaced(ctx.client.clone(), &namespace);
     let params = PatchParams::apply(WORKLOAD_MANAGER).force();
 
     let mut action = Action::await_change();
-    match desired.as_deref() {
+    match facts.desired.as_deref() {
         Some(policy) => {
-            if !in_place(obj.as_ref(), policy) {
+            if !facts.in_place(policy) {
                 let patch = apply_patch::<K>(&name, &namespace, Some(policy));
                 api.patch(&name, &params, &Patch::Apply(&patch))
                     .await
                     .map_err(Error::kube("apply pod template label"))?;
-                tracing::info!(kind = %K::kind(&()), %namespace, %name, policy, "opted in");
+                tracing::info!(policy, "opted in");
             }
             if !ctx.index.policy_exists(&namespace, policy) {
                 if ctx.index.policies_synced() {
@@ -210,12 +206,12 @@ pub async fn reconcile<K: Workload>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Ac
                 }
             }
         }
-        None if managed_by_us(obj.meta()) => {
+        None if facts.managed_by_us => {
             let patch = apply_patch::<K>(&name, &namespace, None);
             api.patch(&name, &params, &Patch::Apply(&patch))
                 .await
                 .map_err(Error::kube("release pod template label"))?;
-            tracing::info!(kind = %K::kind(&()), %namespace, %name, "opted out");
+            tracing::info!("opted out");
         }
         None => {}
     }
@@ -223,15 +219,17 @@ pub async fn reconcile<K: Workload>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Ac
     Ok(action)
 }
 
-/// Maps a workload to every CorsPolicy it mentions (on its metadata or its pod template, ours
-/// or the user's), so that the policies' workload counts follow: when the user removes the
-/// annotation, the copy still on the template points at the policy whose count just dropped.
-pub fn policy_refs<K: Workload>(obj: K) -> Vec<ObjectRef<CorsPolicy>> {
+/// Every CorsPolicy `obj` mentions (on its metadata or its pod template, ours or the user's),
+/// so that the policies' workload counts follow: when the user removes the annotation, the
+/// copy still on the template points at the policy whose count just dropped.
+pub fn policy_refs<K: Workload>(obj: &WorkloadMeta<K>) -> Vec<ObjectRef<CorsPolicy>> {
     let Some(namespace) = obj.namespace() else {
         return Vec::new();
     };
     let on_meta = non_empty(obj.annotations().get(POLICY_ANNOTATION));
-    let on_template = template_meta(&obj)
+    let on_template = obj
+        .template
+        .as_ref()
         .and_then(|m| m.annotations.as_ref())
         .and_then(|a| non_empty(a.get(POLICY_ANNOTATION)));
     let mut names: Vec<String> = on_meta.into_iter().chain(on_template).collect();

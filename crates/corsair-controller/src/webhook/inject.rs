@@ -264,7 +264,11 @@ const FALLBACK_PROXY_PORT_NAME: &str = "corsair-http";
 
 /// Decides what to do with `pod` (being created in `namespace`) and builds the patch.
 ///
-/// `Ok` always admits the pod, patched or not; `Err` means it must be refused.
+/// `Ok` always admits the pod, patched or not; `Err` means it must be refused. The steps, in
+/// the order their errors are reported: is the pod ours to inject ([`skip`]), what its
+/// annotations override ([`Overrides::read`]), which port the proxy takes over
+/// ([`find_target`], [`check_port_conflicts`]), what to warn about ([`warnings`]), and the
+/// patch ([`port_takeover`], [`sidecar_op`], [`volume_op`]).
 pub fn inject(
     pod: &Pod,
     namespace: Option<&str>,
@@ -277,7 +281,61 @@ pub fn inject(
     }
     let annotations = pod.metadata.annotations.as_ref();
     let annotation = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
+    let policy = match skip(spec, annotation(names::POLICY_ANNOTATION))? {
+        Ok(policy) => policy,
+        Err(skipped) => return Ok(skipped),
+    };
+    let overrides = Overrides::read(&annotation, config)?;
+    let (proxy_port, admin_port) = (overrides.proxy_port, overrides.admin_port);
+    let target = find_target(spec, annotation(names::PORT_ANNOTATION))?;
+    check_port_conflicts(spec, &target, proxy_port, admin_port)?;
+    let namespace = namespace.or(pod.metadata.namespace.as_deref());
+    let warnings = warnings(lookup, namespace, policy, &target, proxy_port);
 
+    let mode = config.sidecar_mode;
+    let record = InjectedRecord {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        mode: if mode.is_native() {
+            "native"
+        } else {
+            "container"
+        }
+        .to_owned(),
+        image: overrides.image,
+        policy: policy.to_owned(),
+        proxy_port,
+        admin_port,
+        upstream_port: target.number,
+        port_name: target.name.clone(),
+    };
+    let sidecar = sidecar_container(
+        &overrides.resources,
+        &record,
+        &overrides.log_level,
+        mode.is_native(),
+    );
+
+    let mut ops = port_takeover(spec, &target);
+    ops.push(sidecar_op(spec, value_of(&sidecar), mode.is_native()));
+    ops.extend(volume_op(spec, policy)?);
+    // The policy annotation was found above, so the annotations map exists.
+    ops.push(add(
+        ptr(["metadata", "annotations", names::INJECTED_ANNOTATION]),
+        Value::String(value_of(&record).to_string()),
+    ));
+    Ok(Injection {
+        outcome: InjectOutcome::Injected,
+        patch: Patch(ops),
+        warnings,
+    })
+}
+
+/// The policy the pod names, or why the pod is admitted unchanged (`Ok(Err(..))`): it already
+/// has the proxy, it uses the host network, or it names no policy. A malformed name refuses it.
+fn skip<'a>(
+    spec: &PodSpec,
+    policy: Option<&'a str>,
+) -> Result<Result<&'a str, Injection>, InjectError> {
     let has_sidecar = spec
         .containers
         .iter()
@@ -288,94 +346,126 @@ pub fn inject(
             .flatten()
             .any(|c| c.name == names::SIDECAR_NAME);
     if has_sidecar {
-        return Ok(Injection::unpatched(
+        return Ok(Err(Injection::unpatched(
             InjectOutcome::AlreadyInjected,
             Vec::new(),
-        ));
+        )));
     }
     if spec.host_network == Some(true) {
-        return Ok(Injection::unpatched(
+        return Ok(Err(Injection::unpatched(
             InjectOutcome::SkippedHostNetwork,
             vec![
                 "spec.hostNetwork is true: the corsair proxy was not injected, because its ports would be taken on the node"
                     .to_owned(),
             ],
-        ));
+        )));
     }
-    let Some(policy) = annotation(names::POLICY_ANNOTATION) else {
-        return Ok(Injection::unpatched(
+    let Some(policy) = policy else {
+        return Ok(Err(Injection::unpatched(
             InjectOutcome::SkippedNoPolicy,
             vec![format!(
                 "metadata.annotations[{}] is not set: the corsair proxy was not injected",
                 names::POLICY_ANNOTATION
             )],
-        ));
+        )));
     };
     if !is_policy_name(policy) {
         return Err(InjectError::InvalidAnnotation {
             key: names::POLICY_ANNOTATION,
             value: policy.to_owned(),
-            reason: "is not a CorsPolicy name (a lowercase DNS subdomain of at most 238 characters)",
+            reason: "is not a CorsPolicy name (a lowercase DNS subdomain of at most 63 characters)",
         });
     }
+    Ok(Ok(policy))
+}
 
-    let image = match annotation(names::IMAGE_ANNOTATION) {
-        Some(v) if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()) => {
-            return Err(InjectError::InvalidAnnotation {
-                key: names::IMAGE_ANNOTATION,
+/// What the pod's annotations set for its sidecar, defaults filled in from the configuration.
+struct Overrides {
+    image: String,
+    log_level: String,
+    resources: SidecarResources,
+    proxy_port: u16,
+    admin_port: u16,
+}
+
+impl Overrides {
+    /// Reads and checks the override annotations, in a fixed order, so that the first bad one
+    /// is the one reported.
+    fn read<'a>(
+        annotation: &impl Fn(&str) -> Option<&'a str>,
+        config: &InjectConfig,
+    ) -> Result<Self, InjectError> {
+        let image = match annotation(names::IMAGE_ANNOTATION) {
+            Some(v) if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                return Err(InjectError::InvalidAnnotation {
+                    key: names::IMAGE_ANNOTATION,
+                    value: v.to_owned(),
+                    reason: "is not an image reference",
+                });
+            }
+            Some(v) => v.to_owned(),
+            None => config.image.clone(),
+        };
+        let log_level = match annotation(names::LOG_LEVEL_ANNOTATION) {
+            Some(v) if v.trim().is_empty() || v.chars().any(char::is_control) => {
+                return Err(InjectError::InvalidAnnotation {
+                    key: names::LOG_LEVEL_ANNOTATION,
+                    value: v.to_owned(),
+                    reason: "is not a log filter such as `info` or `corsair=debug`",
+                });
+            }
+            Some(v) => v.to_owned(),
+            None => config.log_level.clone(),
+        };
+        let quantity = |key: &'static str, default: &String| match annotation(key) {
+            Some(v) if !is_quantity(v) => Err(InjectError::InvalidAnnotation {
+                key,
                 value: v.to_owned(),
-                reason: "is not an image reference",
-            });
+                reason: "is not a Kubernetes quantity such as `100m`, `0.5` or `64Mi`",
+            }),
+            Some(v) => Ok(v.to_owned()),
+            None => Ok(default.clone()),
+        };
+        let defaults = &config.resources;
+        let resources = SidecarResources {
+            cpu_request: quantity(names::CPU_REQUEST_ANNOTATION, &defaults.cpu_request)?,
+            cpu_limit: quantity(names::CPU_LIMIT_ANNOTATION, &defaults.cpu_limit)?,
+            memory_request: quantity(names::MEMORY_REQUEST_ANNOTATION, &defaults.memory_request)?,
+            memory_limit: quantity(names::MEMORY_LIMIT_ANNOTATION, &defaults.memory_limit)?,
+        };
+        let proxy_port = port_annotation(
+            annotation(names::PROXY_PORT_ANNOTATION),
+            names::PROXY_PORT_ANNOTATION,
+            config.proxy_port,
+        )?;
+        let admin_port = port_annotation(
+            annotation(names::ADMIN_PORT_ANNOTATION),
+            names::ADMIN_PORT_ANNOTATION,
+            config.admin_port,
+        )?;
+        if proxy_port == admin_port {
+            return Err(InjectError::SamePorts(proxy_port));
         }
-        Some(v) => v.to_owned(),
-        None => config.image.clone(),
-    };
-    let log_level = match annotation(names::LOG_LEVEL_ANNOTATION) {
-        Some(v) if v.trim().is_empty() || v.chars().any(char::is_control) => {
-            return Err(InjectError::InvalidAnnotation {
-                key: names::LOG_LEVEL_ANNOTATION,
-                value: v.to_owned(),
-                reason: "is not a log filter such as `info` or `corsair=debug`",
-            });
-        }
-        Some(v) => v.to_owned(),
-        None => config.log_level.clone(),
-    };
-    let quantity = |key: &'static str, default: &String| match annotation(key) {
-        Some(v) if !is_quantity(v) => Err(InjectError::InvalidAnnotation {
-            key,
-            value: v.to_owned(),
-            reason: "is not a Kubernetes quantity such as `100m`, `0.5` or `64Mi`",
-        }),
-        Some(v) => Ok(v.to_owned()),
-        None => Ok(default.clone()),
-    };
-    let defaults = &config.resources;
-    let resources = SidecarResources {
-        cpu_request: quantity(names::CPU_REQUEST_ANNOTATION, &defaults.cpu_request)?,
-        cpu_limit: quantity(names::CPU_LIMIT_ANNOTATION, &defaults.cpu_limit)?,
-        memory_request: quantity(names::MEMORY_REQUEST_ANNOTATION, &defaults.memory_request)?,
-        memory_limit: quantity(names::MEMORY_LIMIT_ANNOTATION, &defaults.memory_limit)?,
-    };
-    let proxy_port = port_annotation(
-        annotation(names::PROXY_PORT_ANNOTATION),
-        names::PROXY_PORT_ANNOTATION,
-        config.proxy_port,
-    )?;
-    let admin_port = port_annotation(
-        annotation(names::ADMIN_PORT_ANNOTATION),
-        names::ADMIN_PORT_ANNOTATION,
-        config.admin_port,
-    )?;
-    if proxy_port == admin_port {
-        return Err(InjectError::SamePorts(proxy_port));
+        Ok(Overrides {
+            image,
+            log_level,
+            resources,
+            proxy_port,
+            admin_port,
+        })
     }
+}
 
-    let target = find_target(spec, annotation(names::PORT_ANNOTATION))?;
-    check_port_conflicts(spec, &target, proxy_port, admin_port)?;
-
+/// What the admission answer warns about: a missing or invalid policy, an unnamed app port.
+fn warnings(
+    lookup: Option<&dyn PolicyLookup>,
+    namespace: Option<&str>,
+    policy: &str,
+    target: &Target,
+    proxy_port: u16,
+) -> Vec<String> {
     let mut warnings = Vec::new();
-    if let (Some(lookup), Some(ns)) = (lookup, namespace.or(pod.metadata.namespace.as_deref())) {
+    if let (Some(lookup), Some(ns)) = (lookup, namespace) {
         match lookup.lookup(ns, policy) {
             PolicyPresence::Ready => {}
             PolicyPresence::Missing => warnings.push(format!(
@@ -392,28 +482,13 @@ pub fn inject(
             target.number
         ));
     }
+    warnings
+}
 
-    let mode = config.sidecar_mode;
-    let record = InjectedRecord {
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        mode: if mode.is_native() {
-            "native"
-        } else {
-            "container"
-        }
-        .to_owned(),
-        image: image.clone(),
-        policy: policy.to_owned(),
-        proxy_port,
-        admin_port,
-        upstream_port: target.number,
-        port_name: target.name.clone(),
-    };
-    let sidecar = sidecar_container(&resources, &record, &log_level, mode.is_native());
-
+/// The app's port gives up its name (the Service resolves a named targetPort over regular
+/// containers first), and the app's own probes that used the name get the number.
+fn port_takeover(spec: &PodSpec, target: &Target) -> Vec<PatchOperation> {
     let mut ops = Vec::new();
-    // The app's port gives up its name (the Service resolves a named targetPort over regular
-    // containers first), and the app's own probes that used the name get the number.
     if let (Some(name), Some(port_index)) = (&target.name, target.port_index) {
         let c = target.container;
         ops.push(remove(ptr([
@@ -430,54 +505,44 @@ pub fn inject(
             ops.push(replace(ptr(&path), Value::from(target.number)));
         }
     }
+    ops
+}
 
-    let sidecar_json = value_of(&sidecar);
-    if mode.is_native() {
+/// Adds the sidecar where it belongs.
+fn sidecar_op(spec: &PodSpec, sidecar: Value, native: bool) -> PatchOperation {
+    if native {
         // Last among the init containers: it starts after every other init container and
         // native sidecar (none of which needs inbound traffic), right before the app, and it
         // stops first, before any mesh sidecar it may sit behind.
         match &spec.init_containers {
-            None => ops.push(add(
-                ptr(["spec", "initContainers"]),
-                Value::Array(vec![sidecar_json]),
-            )),
-            Some(_) => ops.push(add(ptr(["spec", "initContainers", "-"]), sidecar_json)),
+            None => add(ptr(["spec", "initContainers"]), Value::Array(vec![sidecar])),
+            Some(_) => add(ptr(["spec", "initContainers", "-"]), sidecar),
         }
     } else {
         // Last, so the app stays the pod's default container for `kubectl logs` and `exec`.
-        ops.push(add(ptr(["spec", "containers", "-"]), sidecar_json));
+        add(ptr(["spec", "containers", "-"]), sidecar)
     }
+}
 
+/// Adds the policy volume, unless an earlier injection left the same one; a different volume
+/// of that name refuses the pod.
+fn volume_op(spec: &PodSpec, policy: &str) -> Result<Option<PatchOperation>, InjectError> {
     let volume = policy_volume(policy);
     match &spec.volumes {
-        None => ops.push(add(
+        None => Ok(Some(add(
             ptr(["spec", "volumes"]),
             Value::Array(vec![value_of(&volume)]),
-        )),
+        ))),
         Some(volumes) => match volumes.iter().position(|v| v.name == names::POLICY_VOLUME) {
-            None => ops.push(add(ptr(["spec", "volumes", "-"]), value_of(&volume))),
+            None => Ok(Some(add(ptr(["spec", "volumes", "-"]), value_of(&volume)))),
             // Left by an earlier injection of this pod whose sidecar was since removed.
-            Some(_) if volumes.contains(&volume) => {}
-            Some(i) => {
-                return Err(InjectError::VolumeConflict {
-                    field: format!("spec.volumes[{i}]"),
-                    name: names::POLICY_VOLUME,
-                });
-            }
+            Some(_) if volumes.contains(&volume) => Ok(None),
+            Some(i) => Err(InjectError::VolumeConflict {
+                field: format!("spec.volumes[{i}]"),
+                name: names::POLICY_VOLUME,
+            }),
         },
     }
-
-    // The policy annotation was found above, so the annotations map exists.
-    ops.push(add(
-        ptr(["metadata", "annotations", names::INJECTED_ANNOTATION]),
-        Value::String(value_of(&record).to_string()),
-    ));
-
-    Ok(Injection {
-        outcome: InjectOutcome::Injected,
-        patch: Patch(ops),
-        warnings,
-    })
 }
 
 impl Injection {
@@ -693,11 +758,10 @@ fn port_annotation(
     }
 }
 
-/// A CorsPolicy name whose ConfigMap name (`corsair-policy-NAME`) is a valid DNS subdomain.
-fn is_policy_name(name: &str) -> bool {
-    let max = 253 - names::policy_configmap_name("").len();
+/// A CorsPolicy name: a DNS subdomain of at most [`names::MAX_POLICY_NAME_LEN`] characters.
+pub(crate) fn is_policy_name(name: &str) -> bool {
     !name.is_empty()
-        && name.len() <= max
+        && name.len() <= names::MAX_POLICY_NAME_LEN
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63

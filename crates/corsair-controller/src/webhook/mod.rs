@@ -5,7 +5,7 @@
 //! them behind HTTPS (rustls, HTTP/1.1 and HTTP/2) with a certificate that can be swapped at
 //! runtime ([`CertStore`]).
 
-mod inject;
+pub(crate) mod inject;
 mod metrics;
 mod probe;
 mod review;

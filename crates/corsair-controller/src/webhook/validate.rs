@@ -55,10 +55,10 @@ impl PolicyValidation {
 pub fn validate_policy(object: &Value) -> PolicyValidation {
     let mut errors = Vec::new();
     let name = object.pointer("/metadata/name").and_then(Value::as_str);
-    let max = 253 - names::policy_configmap_name("").len();
+    let max = names::MAX_POLICY_NAME_LEN;
     if let Some(name) = name.filter(|n| n.len() > max) {
         errors.push(format!(
-            "metadata.name: {name:?} is longer than {max} characters, so its ConfigMap name would be too long"
+            "metadata.name: {name:?} is longer than {max} characters, the longest value of the label that marks its ConfigMap"
         ));
     }
     let Some(spec) = object.get("spec") else {
@@ -81,5 +81,42 @@ pub fn validate_policy(object: &Value) -> PolicyValidation {
         outcome,
         errors,
         warnings,
+    }
+}
+
+#[cfg(test)]
+mod name_limit {
+    use kube::CustomResourceExt;
+    use serde_json::json;
+
+    use super::validate_policy;
+    use crate::crd::CorsPolicy;
+    use crate::names::{MAX_POLICY_NAME_LEN, policy_configmap_name};
+    use crate::webhook::inject::is_policy_name;
+
+    /// The CRD, both webhooks and the ConfigMap agree on one longest policy name.
+    #[test]
+    fn one_name_limit_everywhere() {
+        let max = MAX_POLICY_NAME_LEN;
+        // The name is the value of the ConfigMap's policy label: at most 63 characters.
+        assert!(max <= 63);
+        assert!(policy_configmap_name(&"a".repeat(max)).len() <= 253);
+        let crd = serde_json::to_string(&CorsPolicy::crd()).unwrap_or_default();
+        assert!(
+            crd.contains(&format!("self.metadata.name.size() <= {max}")),
+            "the CRD's CEL rule holds the same limit"
+        );
+        let policy = |name: String| json!({"metadata": {"name": name}, "spec": {"allowOrigins": ["https://a.example.com"]}});
+        assert!(validate_policy(&policy("a".repeat(max))).errors.is_empty());
+        let refused = validate_policy(&policy("a".repeat(max + 1)));
+        assert!(
+            refused
+                .message()
+                .contains(&format!("longer than {max} characters")),
+            "{}",
+            refused.message()
+        );
+        assert!(is_policy_name(&"a".repeat(max)));
+        assert!(!is_policy_name(&"a".repeat(max + 1)));
     }
 }

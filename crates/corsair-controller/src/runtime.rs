@@ -1,0 +1,428 @@
+//! The controller's runtime: what `corsair controller` runs, behind one entry point, [`run`].
+//!
+//! Every replica serves the admission webhooks and the admin port. The replica holding the
+//! leader Lease also runs the reconcilers and maintains the webhook certificate; when it loses
+//! the Lease it stops them, and another replica starts them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::runtime::events::Reporter;
+use kube::runtime::reflector::{ObjectRef, Store};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::{self, Health};
+use crate::certs::{self, Bundle, CertConfig};
+use crate::crd::{CONDITION_READY, CorsPolicy};
+use crate::lease::{Leadership, LeaseConfig};
+use crate::metrics::Metrics;
+use crate::reconcile;
+use crate::webhook::{
+    self, CertError, CertStore, InjectConfig, PolicyPresence, SidecarMode, WebhookState,
+};
+
+/// Everything `corsair controller` is told on its command line.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// HTTPS address of the admission webhooks.
+    pub webhook_listen: SocketAddr,
+    /// Plain-HTTP address of `/healthz`, `/readyz` and `/metrics`.
+    pub admin_listen: SocketAddr,
+    /// Namespace the controller runs in: its Lease, certificate Secret and webhook Service.
+    pub namespace: String,
+    /// This replica's identity in the leader election; `None`: the host name.
+    pub pod_name: Option<String>,
+    /// Name of the leader-election Lease.
+    pub lease_name: String,
+    /// Seconds the leader's Lease is valid without renewal.
+    pub lease_duration: u64,
+    /// Certificate and key files to serve instead of managing a certificate.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// Secret holding the self-managed webhook CA and certificate.
+    pub cert_secret: String,
+    /// Service in front of the webhooks.
+    pub webhook_service: String,
+    /// MutatingWebhookConfiguration whose caBundle the leader keeps current.
+    pub mutating_webhook: String,
+    /// ValidatingWebhookConfiguration whose caBundle the leader keeps current.
+    pub validating_webhook: String,
+    /// How long to keep serving after SIGTERM while reporting not ready.
+    pub shutdown_delay: Duration,
+    /// What the mutating webhook injects; `sidecar_mode` may still be `auto`.
+    pub inject: InjectConfig,
+}
+
+/// Why the controller could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot configure the Kubernetes client (in-cluster or KUBECONFIG)")]
+    Client(#[source] kube::Error),
+    #[error("cannot listen on {flag} {addr}")]
+    Listen {
+        flag: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot load --tls-cert {} / --tls-key {}", .cert.display(), .key.display())]
+    TlsFiles {
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        source: CertError,
+    },
+    #[error("cannot generate a temporary webhook certificate")]
+    TemporaryCert(#[source] crate::Error),
+    #[error("cannot load the temporary webhook certificate")]
+    TemporaryCertLoad(#[source] CertError),
+}
+
+/// How often a replica re-reads the certificate Secret, and the leader checks for renewal.
+const SECRET_POLL: Duration = Duration::from_secs(30);
+const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
+
+/// Runs the controller until SIGTERM (or Ctrl-C), then shuts down gracefully.
+pub async fn run(config: Config) -> Result<(), RuntimeError> {
+    let mut inject = config.inject.clone();
+    let client = Client::try_default().await.map_err(RuntimeError::Client)?;
+    let sidecar_mode = resolve_sidecar_mode(&client, inject.sidecar_mode).await;
+    inject.sidecar_mode = sidecar_mode;
+    let identity = match config.pod_name.clone() {
+        Some(name) => name,
+        None => hostname(),
+    };
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let webhook_metrics = webhook::Metrics::new(&mut registry);
+    let registry = Arc::new(registry);
+    let health = Arc::new(Health::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    // Admin first, so that probes answer while the rest starts.
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|source| RuntimeError::Listen {
+            flag: "--admin-listen",
+            addr: config.admin_listen,
+            source,
+        })?;
+    let admin = tokio::spawn(admin::serve(
+        admin_listener,
+        registry.clone(),
+        health.clone(),
+        stopped(),
+    ));
+
+    // The webhook certificate: mounted files, or the Secret the leader maintains.
+    let cert_config = CertConfig {
+        namespace: config.namespace.clone(),
+        secret_name: config.cert_secret.clone(),
+        service_name: config.webhook_service.clone(),
+        mutating_webhook: config.mutating_webhook.clone(),
+        validating_webhook: config.validating_webhook.clone(),
+    };
+    let (cert_store, cert_task) = match &config.tls_files {
+        Some((cert, key)) => {
+            let store = Arc::new(CertStore::from_pem_files(cert, key).map_err(|source| {
+                RuntimeError::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    source,
+                }
+            })?);
+            health.set_cert_loaded();
+            let task = tokio::spawn(store.clone().watch_files(
+                cert.clone(),
+                key.clone(),
+                Duration::from_secs(10),
+            ));
+            (store, task)
+        }
+        None => {
+            // Until the Secret is read, serve a throwaway certificate; /readyz stays false.
+            let dns = certs::service_dns_names(&cert_config.service_name, &cert_config.namespace);
+            let temporary = certs::generate(dns, Timestamp::now(), None)
+                .map_err(RuntimeError::TemporaryCert)?;
+            let store = Arc::new(
+                CertStore::from_pem(temporary.cert_pem.as_bytes(), temporary.key_pem.as_bytes())
+                    .map_err(RuntimeError::TemporaryCertLoad)?,
+            );
+            let manager = certs::Manager::new(client.clone(), cert_config.clone());
+            let task = tokio::spawn(follow_secret(manager, store.clone(), health.clone()));
+            (store, task)
+        }
+    };
+    let managed_certs = config.tls_files.is_none();
+
+    // One watch per kind for the whole process: the webhooks' view of the CorsPolicies (every
+    // replica answers admission reviews, with warnings) and the reconcilers' caches.
+    let (caches, watches) = reconcile::Caches::start(&client);
+    let lookup_store = caches.policies.store();
+    let lookup = move |namespace: &str, name: &str| policy_presence(&lookup_store, namespace, name);
+    let state = WebhookState::new(inject, webhook_metrics).with_policy_lookup(Arc::new(lookup));
+    let webhook_listener = TcpListener::bind(config.webhook_listen)
+        .await
+        .map_err(|source| RuntimeError::Listen {
+            flag: "--webhook-listen",
+            addr: config.webhook_listen,
+            source,
+        })?;
+    let webhook = tokio::spawn(webhook::serve(
+        webhook_listener,
+        cert_store,
+        state,
+        stopped(),
+    ));
+    tracing::info!(
+        webhook = %config.webhook_listen,
+        admin = %config.admin_listen,
+        %sidecar_mode,
+        identity,
+        "corsair controller serving; joining the leader election"
+    );
+
+    // The reconcilers (and certificate upkeep) run only on the leader.
+    let lease = LeaseConfig {
+        name: config.lease_name.clone(),
+        namespace: config.namespace.clone(),
+        identity: identity.clone(),
+        duration_seconds: config.lease_duration.max(2),
+        grace_seconds: (config.lease_duration / 3).max(1),
+    };
+    let reporter = Reporter {
+        controller: reconcile::REPORTER.into(),
+        instance: Some(identity),
+    };
+    let leader = tokio::spawn(lead(
+        caches,
+        client.clone(),
+        lease,
+        reporter,
+        metrics,
+        managed_certs.then(|| certs::Manager::new(client.clone(), cert_config)),
+        stopped(),
+    ));
+
+    shutdown_signal().await;
+    tracing::info!("SIGTERM: reporting not ready, then finishing requests in flight");
+    health.set_stopping();
+    tokio::time::sleep(config.shutdown_delay).await;
+    let _ = stop_tx.send(true);
+
+    match leader.await {
+        Ok(Err(err)) => tracing::warn!(%err, "leader election ended with an error"),
+        Err(err) => tracing::warn!(%err, "leader task failed"),
+        Ok(Ok(())) => {}
+    }
+    match webhook.await {
+        Ok(Err(err)) => tracing::warn!(%err, "webhook server ended with an error"),
+        Err(err) => tracing::warn!(%err, "webhook task failed"),
+        Ok(Ok(())) => {}
+    }
+    cert_task.abort();
+    drop(watches);
+    let _ = admin.await;
+    tracing::info!("corsair controller stopped");
+    Ok(())
+}
+
+/// Joins the election; runs the reconcilers (and certificate upkeep) while leading.
+async fn lead(
+    caches: Arc<reconcile::Caches>,
+    client: Client,
+    lease: LeaseConfig,
+    reporter: Reporter,
+    metrics: Metrics,
+    certs: Option<certs::Manager>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> crate::Result<()> {
+    let mut leadership = loop {
+        match Leadership::start(client.clone(), &lease).await {
+            Ok(leadership) => break leadership,
+            Err(err) => {
+                tracing::warn!(%err, "cannot join the leader election; retrying in 5 s");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    };
+    tokio::pin!(shutdown);
+    loop {
+        // Wait to become the leader, or for shutdown.
+        tokio::select! {
+            () = &mut shutdown => break,
+            changed = leadership.is_leader.wait_for(|l| *l) => {
+                if changed.is_err() {
+                    tracing::warn!("the leader election stopped");
+                    return Ok(());
+                }
+            }
+        }
+        tracing::info!(
+            identity = lease.identity,
+            "became the leader: starting the reconcilers"
+        );
+        metrics.leader.set(1);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let reconcilers = tokio::spawn(reconcile::run(
+            caches.clone(),
+            client.clone(),
+            reporter.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        ));
+        let upkeep = certs
+            .clone()
+            .map(|manager| tokio::spawn(keep_certificate(manager, stop_rx)));
+        let shutting_down = tokio::select! {
+            () = &mut shutdown => true,
+            lost = leadership.is_leader.wait_for(|l| !*l) => {
+                if lost.is_ok() {
+                    tracing::warn!("lost the leader Lease: stopping the reconcilers");
+                }
+                lost.is_err()
+            }
+        };
+        let _ = stop_tx.send(true);
+        if let Err(err) = reconcilers.await {
+            tracing::warn!(%err, "reconciler task failed");
+        }
+        if let Some(upkeep) = upkeep {
+            let _ = upkeep.await;
+        }
+        metrics.leader.set(0);
+        if shutting_down {
+            break;
+        }
+    }
+    // Hand the Lease over at once instead of letting it expire.
+    leadership.release().await?;
+    Ok(())
+}
+
+/// Leader: create, renew and publish the webhook certificate, hourly and at once on start.
+async fn keep_certificate(manager: certs::Manager, mut stop: watch::Receiver<bool>) {
+    loop {
+        let delay = match manager.reconcile(Timestamp::now()).await {
+            Ok(_) => RENEWAL_CHECK,
+            Err(err) => {
+                tracing::warn!(%err, "webhook certificate upkeep failed; retrying in 10 s");
+                Duration::from_secs(10)
+            }
+        };
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Every replica: load the certificate from the Secret whenever it changes.
+async fn follow_secret(manager: certs::Manager, store: Arc<CertStore>, health: Arc<Health>) {
+    let mut current: Option<Bundle> = None;
+    loop {
+        match manager.load().await {
+            Ok(Some(bundle)) if current.as_ref() != Some(&bundle) => {
+                match store.set_pem(bundle.cert_pem.as_bytes(), bundle.key_pem.as_bytes()) {
+                    Ok(()) => {
+                        tracing::info!("webhook certificate loaded from the Secret");
+                        health.set_cert_loaded();
+                        current = Some(bundle);
+                    }
+                    Err(err) => tracing::warn!(%err, "certificate in the Secret does not load"),
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => tracing::info!("waiting for the leader to create the certificate Secret"),
+            Err(err) => tracing::warn!(%err, "cannot read the certificate Secret"),
+        }
+        let delay = if current.is_some() {
+            SECRET_POLL
+        } else {
+            Duration::from_secs(3)
+        };
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// What the webhook tells a user about the policy a pod names.
+fn policy_presence(store: &Store<CorsPolicy>, namespace: &str, name: &str) -> PolicyPresence {
+    if futures::FutureExt::now_or_never(store.wait_until_ready()).is_some() {
+        match store.get(&ObjectRef::new(name).within(namespace)) {
+            None => PolicyPresence::Missing,
+            Some(policy) => {
+                let ready = policy
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.iter().find(|c| c.type_ == CONDITION_READY));
+                match ready {
+                    Some(c) if c.status == "False" => PolicyPresence::Invalid(c.message.clone()),
+                    _ => PolicyPresence::Ready,
+                }
+            }
+        }
+    } else {
+        // Not listed yet: no warning rather than a false one.
+        PolicyPresence::Ready
+    }
+}
+
+/// Resolves `auto` from the API server version; a failure falls back to a regular container,
+/// which works on every version.
+async fn resolve_sidecar_mode(client: &Client, mode: SidecarMode) -> SidecarMode {
+    if mode != SidecarMode::Auto {
+        return mode;
+    }
+    match client.apiserver_version().await {
+        Ok(info) => {
+            let native = webhook::native_sidecars_supported(&info.major, &info.minor);
+            tracing::info!(
+                version = %info.git_version,
+                native,
+                "sidecar mode auto resolved from the API server version"
+            );
+            mode.resolve(native)
+        }
+        Err(err) => {
+            tracing::warn!(%err, "cannot read the API server version; injecting plain containers");
+            SidecarMode::Container
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("corsair-{}", std::process::id()))
+}
+
+/// SIGTERM (what the kubelet sends) or Ctrl-C.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(err) => {
+            tracing::warn!(%err, "cannot watch SIGTERM; only Ctrl-C stops the controller");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
