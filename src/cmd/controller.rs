@@ -59,9 +59,12 @@ pub struct Args {
     /// Private key (PEM) of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Secret holding the self-managed webhook CA and certificate.
+    /// Secret holding the self-managed webhook serving certificate (every replica reads it).
     #[arg(long, default_value = "corsair-webhook-tls")]
     cert_secret: String,
+    /// Secret holding the self-managed webhook CA and its private key (only the leader reads it).
+    #[arg(long, default_value = "corsair-webhook-ca")]
+    ca_secret: String,
     /// Service in front of the webhooks; the managed certificate is issued for its DNS names.
     #[arg(long, default_value = "corsair-webhook")]
     webhook_service: String,
@@ -136,6 +139,7 @@ async fn controller(args: Args) -> anyhow::Result<()> {
     let cert_config = CertConfig {
         namespace: args.namespace.clone(),
         secret_name: args.cert_secret.clone(),
+        ca_secret_name: args.ca_secret.clone(),
         service_name: args.webhook_service.clone(),
         mutating_webhook: args.mutating_webhook.clone(),
         validating_webhook: args.validating_webhook.clone(),
@@ -160,7 +164,7 @@ async fn controller(args: Args) -> anyhow::Result<()> {
         _ => {
             // Until the Secret is read, serve a throwaway certificate; /readyz stays false.
             let dns = certs::service_dns_names(&cert_config.service_name, &cert_config.namespace);
-            let temporary = certs::generate(dns, Timestamp::now(), None)
+            let temporary = certs::placeholder(dns, Timestamp::now())
                 .context("cannot generate a temporary webhook certificate")?;
             let store = Arc::new(
                 CertStore::from_pem(temporary.cert_pem.as_bytes(), temporary.key_pem.as_bytes())
