@@ -79,6 +79,8 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     shutdown_delay: u64,
     #[command(flatten)]
+    limits: crate::cmd::webhook::LimitArgs,
+    #[command(flatten)]
     sidecar: SidecarArgs,
     #[command(flatten)]
     log: LogArgs,
@@ -196,7 +198,9 @@ async fn controller(args: Args) -> anyhow::Result<()> {
     );
     let lookup_store = policies.clone();
     let lookup = move |namespace: &str, name: &str| policy_presence(&lookup_store, namespace, name);
-    let state = WebhookState::new(inject, webhook_metrics).with_policy_lookup(Arc::new(lookup));
+    let state = WebhookState::new(inject, webhook_metrics)
+        .with_policy_lookup(Arc::new(lookup))
+        .with_limits(args.limits.limits());
     let webhook_listener = TcpListener::bind(args.webhook_listen)
         .await
         .with_context(|| format!("cannot listen on --webhook-listen {}", args.webhook_listen))?;
