@@ -57,11 +57,86 @@ pub enum Verdict<'a> {
     Denied(DenyReason<'a>),
 }
 
-/// A header value that is either precomputed from the policy or echoes the request.
+/// A response header value rendered once, when the policy is compiled, so that answering a
+/// request never formats it. With the `http` feature it also holds the ready `HeaderValue`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    text: Box<str>,
+    #[cfg(feature = "http")]
+    value: http::HeaderValue,
+}
+
+impl Rendered {
+    /// Renders `text`; gives it back when no header could carry it.
+    pub(crate) fn new(text: String) -> Result<Rendered, String> {
+        #[cfg(feature = "http")]
+        {
+            let Ok(value) = http::HeaderValue::from_str(&text) else {
+                return Err(text);
+            };
+            // The first clone of a `Bytes` made from a `Vec` allocates its shared header; do it
+            // now, so that cloning the value per request is only a reference count.
+            drop(value.clone());
+            Ok(Rendered {
+                text: text.into_boxed_str(),
+                value,
+            })
+        }
+        #[cfg(not(feature = "http"))]
+        {
+            if text.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                return Err(text);
+            }
+            Ok(Rendered {
+                text: text.into_boxed_str(),
+            })
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The value as a header value, built when the policy was compiled.
+    #[cfg(feature = "http")]
+    pub fn header_value(&self) -> &http::HeaderValue {
+        &self.value
+    }
+}
+
+impl std::fmt::Display for Rendered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// `Access-Control-Allow-Origin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllowOrigin<'a> {
+    /// `*`: the rules allow every origin without credentials.
+    Any,
+    /// The request's own `Origin`, echoed (`null` included).
+    Echo(&'a str),
+}
+
+impl std::fmt::Display for AllowOrigin<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AllowOrigin::Any => f.write_str("*"),
+            AllowOrigin::Echo(origin) => f.write_str(origin),
+        }
+    }
+}
+
+/// `Access-Control-Allow-Methods` or `-Headers`: from the policy, or echoing the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListValue<'a> {
-    /// Precomputed at compile time (`GET, POST`, `*`, …) or a single echoed token.
-    Text(&'a str),
+    /// The list the policy configures, rendered at compile time (`GET, POST`, `*, X-Id`).
+    Policy(&'a Rendered),
+    /// `*` alone (`allowMethods: ["*"]` without credentials).
+    Any,
+    /// The requested method, echoed (`*` listed, credentials on).
+    Echo(&'a str),
     /// The `Access-Control-Request-Headers` field lines, echoed (credentials on, `*` listed).
     /// Rendered by joining the lines with `", "`.
     Lines(&'a [&'a str]),
@@ -79,12 +154,12 @@ pub struct Vary {
 /// The CORS response headers to set. Header names are lowercase, as HTTP/2 writes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ResponseHeaders<'a> {
-    pub allow_origin: Option<&'a str>,
+    pub allow_origin: Option<AllowOrigin<'a>>,
     pub allow_credentials: bool,
     pub allow_methods: Option<ListValue<'a>>,
     pub allow_headers: Option<ListValue<'a>>,
-    pub expose_headers: Option<&'a str>,
-    pub max_age: Option<&'a str>,
+    pub expose_headers: Option<&'a Rendered>,
+    pub max_age: Option<&'a Rendered>,
     pub allow_private_network: bool,
     pub vary: Vary,
 }
@@ -139,8 +214,8 @@ impl ResponseHeaders<'_> {
     /// On a forwarded response the upstream may have its own `Vary`: merge with [`merge_vary`]
     /// instead of setting the `vary` given here, so that the response never has two `Vary` lines.
     pub fn for_each(&self, mut f: impl FnMut(&'static str, &dyn std::fmt::Display)) {
-        if let Some(origin) = self.allow_origin {
-            f("access-control-allow-origin", &origin);
+        if let Some(origin) = &self.allow_origin {
+            f("access-control-allow-origin", origin);
         }
         if self.allow_credentials {
             f("access-control-allow-credentials", &"true");
@@ -152,10 +227,10 @@ impl ResponseHeaders<'_> {
             f("access-control-allow-headers", headers);
         }
         if let Some(expose) = self.expose_headers {
-            f("access-control-expose-headers", &expose);
+            f("access-control-expose-headers", expose);
         }
         if let Some(max_age) = self.max_age {
-            f("access-control-max-age", &max_age);
+            f("access-control-max-age", max_age);
         }
         if self.allow_private_network {
             f("access-control-allow-private-network", &"true");
@@ -169,7 +244,9 @@ impl ResponseHeaders<'_> {
 impl std::fmt::Display for ListValue<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ListValue::Text(text) => f.write_str(text),
+            ListValue::Policy(rendered) => f.write_str(rendered.as_str()),
+            ListValue::Any => f.write_str("*"),
+            ListValue::Echo(text) => f.write_str(text),
             ListValue::Lines(lines) => {
                 for (i, line) in lines.iter().enumerate() {
                     if i > 0 {
@@ -222,37 +299,72 @@ impl std::fmt::Display for Vary {
 /// (case-insensitive). Returns `None` when nothing has to change. `*` absorbs everything.
 ///
 /// A `Some` result is the single value that replaces every existing `Vary` line.
-pub fn merge_vary<'v>(existing: impl Iterator<Item = &'v str>, add: Vary) -> Option<String> {
-    let lines: Vec<&str> = existing.collect();
+pub fn merge_vary<'v>(
+    existing: impl Iterator<Item = &'v str> + Clone,
+    add: Vary,
+) -> Option<String> {
+    let mut merged = String::new();
+    match write_merged_vary(existing, add, &mut merged) {
+        Ok(true) => Some(merged),
+        Ok(false) | Err(_) => None,
+    }
+}
+
+/// [`merge_vary`] writing into `out` instead of a new `String`, so that a caller with a buffer
+/// of its own allocates nothing. Returns whether the lines must be replaced by what was written
+/// (`false`: nothing was written and nothing has to change).
+pub fn write_merged_vary<'v>(
+    existing: impl Iterator<Item = &'v str> + Clone,
+    add: Vary,
+    out: &mut impl std::fmt::Write,
+) -> Result<bool, std::fmt::Error> {
     let elements = || {
-        lines
-            .iter()
+        existing
+            .clone()
             .flat_map(|line| line.split(','))
             .map(|name| name.trim_matches([' ', '\t']))
             .filter(|name| !name.is_empty())
     };
+    let lines = existing.clone().count();
     if elements().any(|name| name == "*") {
         // `Vary: *` already says the response varies on everything.
-        let only_star = lines.len() == 1 && lines[0].trim_matches([' ', '\t']) == "*";
-        return (!only_star).then(|| "*".to_owned());
+        let only_star = lines == 1
+            && existing
+                .clone()
+                .all(|line| line.trim_matches([' ', '\t']) == "*");
+        if only_star {
+            return Ok(false);
+        }
+        out.write_str("*")?;
+        return Ok(true);
     }
-    let mut names: Vec<&str> = Vec::new();
-    let mut duplicates = false;
-    for name in elements() {
-        if names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
-            duplicates = true;
-        } else {
-            names.push(name);
+    // An element is a repeat when an earlier one equals it; lists are a handful of names.
+    let is_repeat = |index: usize, name: &str| {
+        elements()
+            .take(index)
+            .any(|earlier| earlier.eq_ignore_ascii_case(name))
+    };
+    let duplicates = elements().enumerate().any(|(i, name)| is_repeat(i, name));
+    let missing = |name: &str| !elements().any(|e| e.eq_ignore_ascii_case(name));
+    let adds = add.names().any(missing);
+    if !adds && lines <= 1 && !duplicates {
+        return Ok(false);
+    }
+    let mut first = true;
+    let mut push = |name: &str, out: &mut dyn std::fmt::Write| -> std::fmt::Result {
+        if !first {
+            out.write_str(", ")?;
+        }
+        first = false;
+        out.write_str(name)
+    };
+    for (i, name) in elements().enumerate() {
+        if !is_repeat(i, name) {
+            push(name, out)?;
         }
     }
-    let before = names.len();
-    for name in add.names() {
-        if !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
-            names.push(name);
-        }
+    for name in add.names().filter(|n| missing(n)) {
+        push(name, out)?;
     }
-    if names.len() == before && lines.len() <= 1 && !duplicates {
-        return None;
-    }
-    Some(names.join(", "))
+    Ok(true)
 }

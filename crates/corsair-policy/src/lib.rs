@@ -1,6 +1,7 @@
 //! The CorsPolicy model, the CORS decision engine and the policy lints.
 //!
-//! Pure: no I/O, no async, no HTTP library. The proxy turns a request into a [`RequestInfo`],
+//! Pure: no I/O, no async, no HTTP library (the optional `http` feature adds typed header
+//! values from the `http` crate, for servers that answer with them). The proxy turns a request into a [`RequestInfo`],
 //! asks a compiled [`Engine`] for a [`Decision`], and applies it; `corsair explain` prints it.
 #![forbid(unsafe_code)]
 
@@ -8,13 +9,15 @@ pub mod model;
 
 mod decision;
 mod engine;
+#[cfg(feature = "http")]
+pub mod http;
 mod load;
 mod origin;
 mod validate;
 
 pub use decision::{
-    Action, AllowReason, Decision, DenyReason, ListValue, RequestKind, ResponseHeaders, Vary,
-    Verdict, merge_vary,
+    Action, AllowOrigin, AllowReason, Decision, DenyReason, ListValue, Rendered, RequestKind,
+    ResponseHeaders, Vary, Verdict, merge_vary, write_merged_vary,
 };
 pub use engine::{DEFAULT_ALLOW_METHODS, DEFAULT_PREFLIGHT_STATUS, Engine, RequestInfo};
 pub use load::{LoadError, load_document};

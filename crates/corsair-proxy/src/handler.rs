@@ -1,104 +1,60 @@
 //! One request: ask the engine, then answer here or stream it to the upstream and back.
+//!
+//! The path of an allowed request allocates nothing of its own (`tests/alloc.rs` counts): the
+//! decision borrows the request, its headers are values the policy rendered when it loaded or
+//! the request's own values cloned, a preflight is answered in the request's own header map,
+//! and the metrics series are resolved once.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use corsair_policy::{Action, Decision, DenyReason, Mode, RequestInfo, RequestKind, Vary, Verdict};
-use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use corsair_policy::http::{Echo, HeaderValues};
+use corsair_policy::{
+    Action, AllowOrigin, Decision, DenyReason, Engine, ListValue, Mode, RequestInfo, RequestKind,
+    Verdict,
+};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::headers;
 use crate::metrics::{RequestLabels, status_class};
-use crate::server::{Activity, State};
-use crate::upstream::Failure;
+use crate::server::{Activity, Conn, State};
+use crate::upstream::Failed;
 
 /// The response body: the upstream's, streamed, or a small one made here.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
-static ACRM: header::HeaderName = header::ACCESS_CONTROL_REQUEST_METHOD;
-static ACRH: header::HeaderName = header::ACCESS_CONTROL_REQUEST_HEADERS;
-static ACRPN: header::HeaderName =
-    header::HeaderName::from_static("access-control-request-private-network");
+static ACRM: HeaderName = header::ACCESS_CONTROL_REQUEST_METHOD;
+static ACRH: HeaderName = header::ACCESS_CONTROL_REQUEST_HEADERS;
+static ACRPN: HeaderName = HeaderName::from_static("access-control-request-private-network");
+static TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 
-/// Why a request was denied, for its info log line.
-struct Denied {
-    reason: String,
-    /// What Enforce mode does (or, in DryRun, would do) with it.
-    enforced: &'static str,
-}
-
-/// The engine's decision, detached from the request so the request can be forwarded.
-struct Prepared {
-    /// Answer here with this status instead of forwarding.
-    respond: Option<StatusCode>,
-    /// CORS headers to set on the response.
-    set: HeaderMap,
-    vary: Vary,
-    strip_upstream_cors: bool,
-    labels: RequestLabels,
-}
+/// `Access-Control-Request-Headers` lines read without allocating; more spill into a `Vec`.
+const INLINE_ACRH: usize = 4;
 
 pub async fn handle(
     state: Arc<State>,
-    peer: SocketAddr,
-    activity: Activity,
+    conn: Arc<Conn>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
-    let (prepared, deny_reason) = decide(&state, &req);
-    let mut labels = prepared.labels.clone();
-    if let Some(denied) = &deny_reason {
-        let message = if labels.mode == "dry_run" {
-            "CORS request would be denied (dry run: forwarded unchanged)"
-        } else {
-            "CORS request denied"
-        };
-        tracing::info!(
-            method = %req.method(),
-            path = req.uri().path(),
-            origin = origin_for_log(req.headers()),
-            mode = labels.mode,
-            reason = %denied.reason,
-            enforced = denied.enforced,
-            "{message}"
-        );
-    } else {
-        tracing::debug!(
-            method = %req.method(),
-            path = req.uri().path(),
-            kind = labels.kind,
-            decision = labels.decision,
-            mode = labels.mode,
-            "request"
-        );
-    }
+    let plan = {
+        let policy = state.store.current();
+        Plan::new(&policy.engine, &req)
+    };
+    let mut labels = plan.labels.clone();
     let response = if req.method() == Method::CONNECT {
         text(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n")
-    } else if let Some(status) = prepared.respond {
-        let mut response = if status.is_success() {
-            Response::new(Either::Right(Full::new(Bytes::new())))
-        } else {
-            text(status, "request rejected by the CORS policy\n")
-        };
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
-        headers.extend(prepared.set);
-        headers::merge_vary(headers, prepared.vary);
-        response
+    } else if let Some(status) = plan.respond {
+        plan.answer(status, req)
     } else {
-        let mut response = forward(&state, peer, activity, req).await;
-        let headers = response.headers_mut();
-        if prepared.strip_upstream_cors {
-            headers::strip_access_control(headers);
-        }
-        headers.extend(prepared.set);
-        headers::merge_vary(headers, prepared.vary);
+        let mut response = forward(&state, &conn, req).await;
+        plan.finish(response.headers_mut());
         response
     };
     labels.status = status_class(response.status());
@@ -108,46 +64,199 @@ pub async fn handle(
     Ok(response)
 }
 
-/// Builds the engine's view of the request and turns its decision into owned headers.
-/// Returns the deny reason when the request is logged at info level: denied in Enforce mode
-/// (rejected, or forwarded without CORS headers), or would-be-denied in DryRun.
-fn decide(state: &State, req: &Request<Incoming>) -> (Prepared, Option<Denied>) {
-    let policy = state.store.current();
-    let request_headers: Vec<&str> = req
-        .headers()
-        .get_all(&ACRH)
-        .iter()
-        // A name that is not UTF-8 is passed on as a name no policy lists, so it is refused.
-        .map(|v| v.to_str().unwrap_or("\u{fffd}"))
-        .collect();
-    let info = RequestInfo {
-        method: req.method().as_str(),
-        path: req.uri().path(),
-        host: host(req),
-        origin: single_value(req.headers(), &header::ORIGIN),
-        request_method: single_value(req.headers(), &ACRM),
-        request_headers: &request_headers,
-        request_private_network: req
-            .headers()
-            .get(&ACRPN)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true")),
-    };
-    let decision = policy.engine.decide(&info);
-    let deny_reason = match decision.verdict {
-        Verdict::Denied(reason) if decision.mode != Mode::Off => Some(Denied {
-            reason: describe(reason),
-            enforced: match decision.enforced {
-                Action::Respond { .. } => "rejected",
-                Action::Forward { .. } => "forwarded",
-            },
-        }),
-        _ => None,
-    };
-    (prepare(&decision), deny_reason)
+/// The engine's decision, turned into owned values so that the request can be taken apart.
+pub(crate) struct Plan {
+    /// Answer here with this status instead of forwarding.
+    respond: Option<StatusCode>,
+    values: HeaderValues,
+    strip_upstream_cors: bool,
+    labels: RequestLabels,
 }
 
-fn prepare(decision: &Decision<'_>) -> Prepared {
-    let labels = RequestLabels {
+/// The request headers CORS reads, found in one pass over the map.
+#[derive(Default)]
+struct Seen<'r> {
+    host: Option<&'r HeaderValue>,
+    /// Every `Origin` line; a second one makes the origin malformed.
+    origin: Option<&'r HeaderValue>,
+    origin_repeated: bool,
+    method: Option<&'r HeaderValue>,
+    method_repeated: bool,
+    headers: [Option<&'r HeaderValue>; INLINE_ACRH],
+    headers_spilled: Vec<&'r HeaderValue>,
+    private_network: bool,
+}
+
+impl<'r> Seen<'r> {
+    fn read(map: &'r HeaderMap) -> Seen<'r> {
+        let mut seen = Seen::default();
+        let mut acrh = 0;
+        for (name, value) in map {
+            if name == header::ORIGIN {
+                seen.origin_repeated = seen.origin.is_some();
+                seen.origin = Some(value);
+            } else if name == header::HOST {
+                seen.host = Some(value);
+            } else if name == ACRM {
+                seen.method_repeated = seen.method.is_some();
+                seen.method = Some(value);
+            } else if name == ACRH {
+                match seen.headers.get_mut(acrh) {
+                    Some(slot) => *slot = Some(value),
+                    None => seen.headers_spilled.push(value),
+                }
+                acrh += 1;
+            } else if name == ACRPN {
+                seen.private_network |= value.as_bytes().eq_ignore_ascii_case(b"true");
+            }
+        }
+        seen
+    }
+
+    /// The value of a header that must appear at most once: a repeated or non-UTF-8 value is
+    /// `Some("")`, which the engine never allows.
+    fn single(value: Option<&'r HeaderValue>, repeated: bool) -> Option<&'r str> {
+        let value = value?;
+        if repeated {
+            return Some("");
+        }
+        Some(value.to_str().unwrap_or(""))
+    }
+
+    fn acrh_values(&self) -> impl Iterator<Item = &'r HeaderValue> + '_ {
+        self.headers
+            .iter()
+            .flatten()
+            .copied()
+            .chain(self.headers_spilled.iter().copied())
+    }
+}
+
+impl Plan {
+    /// Decides `req` against `engine`.
+    pub(crate) fn new<B>(engine: &Engine, req: &Request<B>) -> Plan {
+        let seen = Seen::read(req.headers());
+        let mut inline: [&str; INLINE_ACRH] = [""; INLINE_ACRH];
+        let mut spilled: Vec<&str> = Vec::new();
+        // A name that is not UTF-8 is passed on as a name no policy lists, so it is refused.
+        for (i, value) in seen.acrh_values().enumerate() {
+            let text = value.to_str().unwrap_or("\u{fffd}");
+            match inline.get_mut(i) {
+                Some(slot) => *slot = text,
+                None => spilled.push(text),
+            }
+        }
+        let lines = seen.acrh_values().count();
+        if lines > INLINE_ACRH {
+            spilled.splice(0..0, inline);
+        }
+        let request_headers: &[&str] = if lines > INLINE_ACRH {
+            &spilled
+        } else {
+            &inline[..lines]
+        };
+        let info = RequestInfo {
+            method: req.method().as_str(),
+            path: req.uri().path(),
+            host: match seen.host {
+                Some(host) => host.to_str().ok(),
+                None => req.uri().authority().map(|a| a.as_str()),
+            },
+            origin: Seen::single(seen.origin, seen.origin_repeated),
+            request_method: Seen::single(seen.method, seen.method_repeated),
+            request_headers,
+            request_private_network: seen.private_network,
+        };
+        let decision = engine.decide(&info);
+        log(&decision, req);
+        let (respond, cors, strip_upstream_cors) = match decision.action() {
+            Action::Respond { status, headers } => (
+                Some(StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN)),
+                headers,
+                false,
+            ),
+            Action::Forward {
+                headers,
+                strip_upstream_cors,
+            } => (None, headers, strip_upstream_cors),
+        };
+        let echo = Echo {
+            origin: match cors.allow_origin {
+                Some(AllowOrigin::Echo(_)) => seen.origin.cloned(),
+                _ => None,
+            },
+            request_method: match cors.allow_methods {
+                Some(ListValue::Echo(_)) => seen.method.cloned(),
+                _ => None,
+            },
+            request_headers: match cors.allow_headers {
+                Some(ListValue::Lines(_)) => echo_lines(&seen),
+                _ => None,
+            },
+        };
+        Plan {
+            respond,
+            values: cors.to_values(&echo),
+            strip_upstream_cors,
+            labels: labels(&decision),
+        }
+    }
+
+    /// The answer made here: an allowed preflight (empty body) or a rejection (403).
+    ///
+    /// An allowed preflight is answered in the request's own header map, emptied: hyper reuses
+    /// that map's storage from one message of a connection to the next, so nothing is allocated.
+    fn answer<B>(self, status: StatusCode, req: Request<B>) -> Response<ProxyBody> {
+        let mut response = if status.is_success() {
+            let (parts, _body) = req.into_parts();
+            let mut headers = parts.headers;
+            headers.clear();
+            let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
+            *response.headers_mut() = headers;
+            response
+        } else {
+            text(status, "request rejected by the CORS policy\n")
+        };
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        let vary = self.values.vary();
+        self.values.insert_into(headers);
+        headers::merge_vary(headers, vary);
+        response
+    }
+
+    /// Applies the decision to the upstream's response headers.
+    pub(crate) fn finish(self, headers: &mut HeaderMap) {
+        if self.strip_upstream_cors {
+            headers::strip_access_control(headers);
+        }
+        let vary = self.values.vary();
+        self.values.insert_into(headers);
+        headers::merge_vary(headers, vary);
+    }
+}
+
+/// `Access-Control-Request-Headers` as one value: the request's own when it sent one line,
+/// joined (in the per-thread scratch buffer) when it sent several.
+fn echo_lines(seen: &Seen<'_>) -> Option<HeaderValue> {
+    let mut values = seen.acrh_values();
+    let first = values.next()?;
+    if seen.acrh_values().nth(1).is_none() {
+        return Some(first.clone());
+    }
+    headers::build_value(|out| {
+        for (i, value) in seen.acrh_values().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(value.as_bytes());
+        }
+        Ok(())
+    })
+}
+
+fn labels(decision: &Decision<'_>) -> RequestLabels {
+    RequestLabels {
         kind: match decision.kind {
             RequestKind::NotCors => "no_origin",
             RequestKind::SameOrigin => "same_origin",
@@ -159,32 +268,53 @@ fn prepare(decision: &Decision<'_>) -> Prepared {
             Verdict::Allowed(_) => "allowed",
             Verdict::Denied(_) => "denied",
         },
-        mode: match decision.mode {
-            Mode::Enforce => "enforce",
-            Mode::DryRun => "dry_run",
-            Mode::Off => "off",
-        },
+        mode: mode_label(decision.mode),
         status: "",
-    };
-    let (respond, cors, strip_upstream_cors) = match decision.action() {
-        Action::Respond { status, headers } => (
-            Some(StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN)),
-            headers,
-            false,
+    }
+}
+
+fn mode_label(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Enforce => "enforce",
+        Mode::DryRun => "dry_run",
+        Mode::Off => "off",
+    }
+}
+
+/// Denials are logged at info (what Enforce does, or in DryRun would do, with them); everything
+/// else at debug, which the default filter skips without formatting anything.
+fn log<B>(decision: &Decision<'_>, req: &Request<B>) {
+    match decision.verdict {
+        Verdict::Denied(reason) if decision.mode != Mode::Off => {
+            let message = if decision.mode == Mode::DryRun {
+                "CORS request would be denied (dry run: forwarded unchanged)"
+            } else {
+                "CORS request denied"
+            };
+            tracing::info!(
+                method = %req.method(),
+                path = req.uri().path(),
+                origin = req
+                    .headers()
+                    .get(header::ORIGIN)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-"),
+                mode = mode_label(decision.mode),
+                reason = %describe(reason),
+                enforced = match decision.enforced {
+                    Action::Respond { .. } => "rejected",
+                    Action::Forward { .. } => "forwarded",
+                },
+                "{message}"
+            );
+        }
+        _ => tracing::debug!(
+            method = %req.method(),
+            path = req.uri().path(),
+            kind = ?decision.kind,
+            mode = mode_label(decision.mode),
+            "request"
         ),
-        Action::Forward {
-            headers,
-            strip_upstream_cors,
-        } => (None, headers, strip_upstream_cors),
-    };
-    let mut set = HeaderMap::new();
-    headers::set_cors(&mut set, &cors);
-    Prepared {
-        respond,
-        set,
-        vary: cors.vary,
-        strip_upstream_cors,
-        labels,
     }
 }
 
@@ -201,97 +331,103 @@ fn describe(reason: DenyReason<'_>) -> String {
     }
 }
 
-/// The value of a header that must appear at most once: a repeated or non-UTF-8 value is
-/// `Some("")`, which the engine never allows.
-fn single_value<'a>(headers: &'a HeaderMap, name: &header::HeaderName) -> Option<&'a str> {
-    let mut values = headers.get_all(name).iter();
-    let first = values.next()?;
-    if values.next().is_some() {
-        return Some("");
-    }
-    Some(first.to_str().unwrap_or(""))
-}
-
-/// `Host`, or the `:authority` of an HTTP/2 request.
-fn host(req: &Request<Incoming>) -> Option<&str> {
-    match req.headers().get(header::HOST) {
-        Some(host) => host.to_str().ok(),
-        None => req.uri().authority().map(|a| a.as_str()),
-    }
-}
-
-fn origin_for_log(headers: &HeaderMap) -> &str {
-    headers
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-}
-
 fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
         body.as_bytes(),
     ))));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, TEXT_PLAIN.clone());
     response
 }
 
+/// Rewrites a client request into the upstream request, in place: hop-by-hop headers out,
+/// `X-Forwarded-*` in, origin-form target, HTTP/1.1. `None` when the target cannot be rewritten.
+pub(crate) fn to_upstream<B>(
+    req: Request<B>,
+    conn: &Conn,
+    upgrade: Option<&HeaderValue>,
+) -> Option<Request<B>> {
+    let (mut parts, body) = req.into_parts();
+    // HTTP/2 carries the host in `:authority`; HTTP/1.1 in `Host`.
+    let host = match parts.headers.get(header::HOST) {
+        Some(host) => Some(host.clone()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    // hyper already answered `Expect: 100-continue` towards the client.
+    parts.headers.remove(header::EXPECT);
+    headers::add_forwarded(&mut parts.headers, &conn.forwarded_for, host.as_ref());
+    if let Some(host) = host {
+        parts.headers.entry(header::HOST).or_insert(host);
+    }
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        // The upstream gets the origin form whatever the client sent (absolute form, h2).
+        parts.uri = match parts.uri.path_and_query() {
+            Some(pq) if pq.as_str().starts_with('/') => Uri::from(pq.clone()),
+            Some(_) => return None,
+            None => Uri::from_static("/"),
+        };
+    }
+    parts.version = Version::HTTP_11;
+    Some(Request::from_parts(parts, body))
+}
+
 /// Sends the request to the upstream and returns its response, or a 502/504 naming the cause.
-async fn forward(
-    state: &State,
-    peer: SocketAddr,
-    activity: Activity,
-    mut req: Request<Incoming>,
-) -> Response<ProxyBody> {
+async fn forward(state: &State, conn: &Conn, mut req: Request<Incoming>) -> Response<ProxyBody> {
     let upgrade = if req.version() <= Version::HTTP_11 {
         headers::upgrade_protocol(req.headers())
     } else {
         None
     };
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
-    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-    headers::strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
-    // hyper already answered `Expect: 100-continue` towards the client.
-    parts.headers.remove(header::EXPECT);
-    headers::add_forwarded(&mut parts.headers, peer.ip(), host.as_ref());
-    if let Some(host) = host {
-        parts.headers.entry(header::HOST).or_insert(host);
-    }
-    parts.uri = match state.upstream.uri_for(parts.uri.path_and_query()) {
-        Ok(uri) => uri,
-        Err(_) => return text(StatusCode::BAD_REQUEST, "invalid request target\n"),
+    // An HTTP/1 client sends its requests one after the other; HTTP/2 streams run concurrently.
+    let sequential = req.version() <= Version::HTTP_11;
+    let Some(request) = to_upstream(req, conn, upgrade.as_ref()) else {
+        return text(StatusCode::BAD_REQUEST, "invalid request target\n");
     };
-    parts.version = Version::HTTP_11;
-    let request = Request::from_parts(parts, body);
-
     let sent = tokio::time::timeout(
         state.config.upstream_timeout,
-        state.upstream.client.request(request),
+        state.upstream.send(&conn.lane, request, sequential),
     )
     .await;
     let mut response = match sent {
         Ok(Ok(response)) => response,
-        Ok(Err(err)) => return failure(state, Failure::classify(&err), Some(&err)),
-        Err(_) => return failure(state, Failure::Timeout, None),
+        Ok(Err(failed)) => return failure(state, failed),
+        Err(_) => {
+            return failure(
+                state,
+                Failed {
+                    failure: crate::upstream::Failure::Timeout,
+                    error: None,
+                },
+            );
+        }
     };
 
     let response_upgrade = if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
             tracing::warn!("upstream switched protocols without being asked to");
-            return failure(state, Failure::Other, None);
+            return failure(
+                state,
+                Failed {
+                    failure: crate::upstream::Failure::Other,
+                    error: None,
+                },
+            );
         };
         let protocol = response.headers().get(header::UPGRADE).cloned();
         let upstream_upgrade = hyper::upgrade::on(&mut response);
-        spawn_tunnel(state, activity, client_upgrade, upstream_upgrade);
+        spawn_tunnel(
+            state,
+            conn.activity.clone(),
+            client_upgrade,
+            upstream_upgrade,
+        );
         protocol
     } else {
         None
@@ -300,15 +436,12 @@ async fn forward(
     response.map(Either::Left)
 }
 
-fn failure(
-    state: &State,
-    failure: Failure,
-    err: Option<&hyper_util::client::legacy::Error>,
-) -> Response<ProxyBody> {
+fn failure(state: &State, failed: Failed) -> Response<ProxyBody> {
+    let failure = failed.failure;
     state.metrics.upstream_error(failure.metric_label());
-    match err {
+    match &failed.error {
         Some(err) => {
-            tracing::warn!(cause = failure.metric_label(), error = ?err, "upstream request failed")
+            tracing::warn!(cause = failure.metric_label(), error = %err, "upstream request failed")
         }
         None => tracing::warn!(cause = failure.metric_label(), "upstream request failed"),
     }
@@ -352,3 +485,6 @@ fn spawn_tunnel(
         }
     });
 }
+
+#[cfg(test)]
+mod tests;

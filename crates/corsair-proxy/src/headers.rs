@@ -1,10 +1,17 @@
-//! Header rewriting: hop-by-hop removal (RFC 9110 §7.6.1), `X-Forwarded-*`, and applying the
-//! engine's CORS headers to a response.
+//! Header rewriting on the request path: hop-by-hop removal (RFC 9110 §7.6.1),
+//! `X-Forwarded-*`, stripping the upstream's `Access-Control-*`, and merging `Vary`.
+//!
+//! Everything here runs on every request and allocates nothing in the common cases: names are
+//! constants, values are the request's own or were built once (per connection or per policy),
+//! and the few values that must be assembled per request (an `X-Forwarded-For` chain, a merged
+//! `Vary`) are carved out of a reused per-thread buffer ([`build_value`]).
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use corsair_policy::{ResponseHeaders, Vary};
+use bytes::BytesMut;
+use corsair_policy::Vary;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, not the message: never forwarded. `Proxy-*` are
@@ -21,13 +28,34 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::PROXY_AUTHENTICATE,
 ];
 
+/// The `Access-Control-*` response headers of the Fetch standard and Private Network Access.
+const ACCESS_CONTROL: [HeaderName; 7] = [
+    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+    header::ACCESS_CONTROL_ALLOW_METHODS,
+    header::ACCESS_CONTROL_ALLOW_HEADERS,
+    header::ACCESS_CONTROL_EXPOSE_HEADERS,
+    header::ACCESS_CONTROL_MAX_AGE,
+    HeaderName::from_static("access-control-allow-private-network"),
+];
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static HTTP: HeaderValue = HeaderValue::from_static("http");
+static UPGRADE: HeaderValue = HeaderValue::from_static("upgrade");
+
+/// Field lines of one header read without allocating: up to this many are handled on the
+/// stack, more (only hostile or broken peers send them) fall back to a `Vec`.
+const INLINE_LINES: usize = 4;
 
 /// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` plus `Upgrade`).
 pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
-    let wants_upgrade = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
+    let wants_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(tokens)
+        .any(|t| t.eq_ignore_ascii_case("upgrade"));
     if wants_upgrade {
         headers.get(header::UPGRADE).cloned()
     } else {
@@ -39,53 +67,81 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 /// set, the request or 101 response is an upgrade: `Upgrade` and `Connection: upgrade` are
 /// put back, since the tunnel only works if both hops agree on it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
+    let lines = headers.get_all(header::CONNECTION).iter().count();
+    if lines > 0 {
+        // The lines are cloned (a reference count each) so the map can be changed meanwhile.
+        let mut inline: [Option<HeaderValue>; INLINE_LINES] = Default::default();
+        let mut spilled = Vec::new();
+        for (i, value) in headers.get_all(header::CONNECTION).iter().enumerate() {
+            match inline.get_mut(i) {
+                Some(slot) => *slot = Some(value.clone()),
+                None => spilled.push(value.clone()),
+            }
+        }
+        for value in inline.iter().flatten().chain(&spilled) {
+            for token in tokens(value) {
+                // A `&str` key is looked up without building a `HeaderName`.
+                headers.remove(token);
+            }
+        }
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     if let Some(protocol) = upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::CONNECTION, UPGRADE.clone());
         headers.insert(header::UPGRADE, protocol.clone());
     }
 }
 
-/// The comma-separated tokens of every `Connection` field line.
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
+/// The comma-separated, non-empty tokens of one `Connection` field line.
+fn tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
+    value
+        .to_str()
+        .unwrap_or("")
+        .split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
+}
+
+/// The `X-Forwarded-For` value of a client connection: its address, built once per connection.
+pub fn forwarded_for(client: IpAddr) -> HeaderValue {
+    let mut text = String::new();
+    let _ = write!(text, "{}", client.to_canonical());
+    // An IP address is always a valid header value.
+    let value = HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""));
+    // The first clone of a `Bytes` made from a `Vec` allocates its shared header; do it now,
+    // so that cloning the value per request is only a reference count.
+    drop(value.clone());
+    value
 }
 
 /// Appends the client address to `X-Forwarded-For`, and adds `X-Forwarded-Proto` and
 /// `X-Forwarded-Host` when absent. Values already present (set by an ingress in front of the
 /// pod) are kept: they describe the original request better than this last hop does.
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>) {
-    let client = client.to_canonical().to_string();
-    let mut chain = String::new();
-    for value in headers.get_all(&X_FORWARDED_FOR) {
-        if let Ok(value) = value.to_str() {
-            let value = value.trim();
-            if !value.is_empty() {
-                chain.push_str(value);
-                chain.push_str(", ");
+pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, host: Option<&HeaderValue>) {
+    let chain = if headers.contains_key(&X_FORWARDED_FOR) {
+        build_value(|out| {
+            for value in headers.get_all(&X_FORWARDED_FOR) {
+                let value = value.to_str().unwrap_or("").trim();
+                if !value.is_empty() {
+                    out.write_str(value)?;
+                    out.write_str(", ")?;
+                }
             }
-        }
-    }
-    chain.push_str(&client);
-    if let Ok(value) = HeaderValue::from_str(&chain) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+            out.write_str(client.to_str().unwrap_or(""))
+        })
+    } else {
+        Some(client.clone())
+    };
+    if let Some(chain) = chain {
+        headers.insert(X_FORWARDED_FOR.clone(), chain);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO.clone(), HTTP.clone());
     }
     if let Some(host) = host
         && !headers.contains_key(&X_FORWARDED_HOST)
@@ -96,56 +152,81 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&Head
 
 /// Removes every `Access-Control-*` header (the proxy owns CORS in Enforce mode).
 pub fn strip_access_control(headers: &mut HeaderMap) {
-    let names: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with("access-control-"))
-        .cloned()
-        .collect();
-    for name in names {
+    let is_cors = |name: &HeaderName| name.as_str().starts_with("access-control-");
+    if !headers.keys().any(is_cors) {
+        return;
+    }
+    for name in &ACCESS_CONTROL {
         headers.remove(name);
     }
-}
-
-/// Sets the engine's CORS headers, except `Vary`, which is merged separately ([`merge_vary`]).
-pub fn set_cors(headers: &mut HeaderMap, cors: &ResponseHeaders<'_>) {
-    let mut buf = String::new();
-    cors.for_each(|name, value| {
-        if name.eq_ignore_ascii_case("vary") {
-            return;
+    // Names no standard defines (`access-control-foo`) are rare enough to collect.
+    if headers.keys().any(is_cors) {
+        let names: Vec<HeaderName> = headers.keys().filter(|n| is_cors(n)).cloned().collect();
+        for name in names {
+            headers.remove(name);
         }
-        buf.clear();
-        if write!(buf, "{value}").is_err() {
-            return;
-        }
-        match (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(buf.as_bytes()),
-        ) {
-            (Ok(name), Ok(value)) => {
-                headers.insert(name, value);
-            }
-            _ => tracing::warn!(header = name, value = %buf, "engine produced an invalid header; skipped"),
-        }
-    });
+    }
 }
 
 /// Merges `add` into the `Vary` field lines, leaving a single line when anything changes.
 pub fn merge_vary(headers: &mut HeaderMap, add: Vary) {
-    if add == Vary::default() {
+    let Some(fresh) = add.header_value() else {
+        return;
+    };
+    let lines = headers.get_all(header::VARY).iter().count();
+    if lines == 0 {
+        headers.insert(header::VARY, fresh.clone());
         return;
     }
-    let merged = corsair_policy::merge_vary(
-        headers
-            .get_all(header::VARY)
-            .iter()
-            .filter_map(|v| v.to_str().ok()),
-        add,
-    );
-    if let Some(merged) = merged
-        && let Ok(value) = HeaderValue::from_str(&merged)
-    {
-        headers.insert(header::VARY, value);
+    let merged = {
+        let mut inline: [&str; INLINE_LINES] = [""; INLINE_LINES];
+        let mut spilled: Vec<&str> = Vec::new();
+        for (i, value) in headers.get_all(header::VARY).iter().enumerate() {
+            // A line that is not text cannot be merged; it is replaced.
+            let text = value.to_str().unwrap_or("");
+            match inline.get_mut(i) {
+                Some(slot) => *slot = text,
+                None => spilled.push(text),
+            }
+        }
+        let existing = inline[..lines.min(INLINE_LINES)].iter().chain(&spilled);
+        let mut changed = false;
+        let value = build_value(|out| {
+            changed = corsair_policy::write_merged_vary(existing.copied(), add, out)?;
+            Ok(())
+        });
+        value.filter(|_| changed)
+    };
+    if let Some(merged) = merged {
+        headers.insert(header::VARY, merged);
     }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// Room reserved in the scratch buffer at a time.
+const SCRATCH_CHUNK: usize = 16 * 1024;
+/// Values are built only when at least this much room is left.
+const SCRATCH_MIN: usize = 1024;
+
+/// Builds a header value in this thread's scratch buffer.
+///
+/// Each value is a view into one shared allocation. When the buffer runs low it asks for a new
+/// chunk, and `BytesMut` hands back the old allocation itself once every value carved out of it
+/// has been dropped (the requests that carried them are done), so in steady state nothing is
+/// allocated. `None` when `write` fails or produces text that is not a valid header value.
+pub fn build_value(write: impl FnOnce(&mut BytesMut) -> std::fmt::Result) -> Option<HeaderValue> {
+    SCRATCH.with_borrow_mut(|buf| {
+        if buf.capacity() - buf.len() < SCRATCH_MIN {
+            buf.reserve(SCRATCH_CHUNK);
+        }
+        let written = write(buf);
+        let bytes = buf.split().freeze();
+        written.ok()?;
+        HeaderValue::from_maybe_shared(bytes).ok()
+    })
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //!
 //! One port serves HTTP/1.1 and HTTP/2 (h2c prior knowledge); every request is classified by the
 //! [`corsair_policy::Engine`] and then either answered here (preflights, rejections) or streamed
-//! to the single upstream through a pooled keep-alive client. The policy file is hot-reloaded, and
+//! to the single upstream over keep-alive connections that each client connection keeps for itself. The policy file is hot-reloaded, and
 //! a second port serves health, readiness, Prometheus metrics and the active policy.
 //!
 //! ```no_run
@@ -63,8 +63,6 @@ pub struct ProxyConfig {
     pub upstream_timeout: Duration,
     /// A client connection that moves no bytes for this long is closed.
     pub idle_timeout: Duration,
-    /// Idle pooled upstream connections are closed after this long.
-    pub pool_idle_timeout: Duration,
     /// Limit on the total size of a request's headers (431 beyond it). At least 8 KiB.
     pub max_header_bytes: usize,
     /// On shutdown, how long in-flight requests may take before their connections are dropped.
@@ -91,7 +89,6 @@ impl ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             upstream_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(300),
-            pool_idle_timeout: Duration::from_secs(90),
             max_header_bytes: 64 * 1024,
             drain_timeout: Duration::from_secs(25),
             reload_poll_interval: Duration::from_secs(1),
@@ -154,7 +151,39 @@ impl Proxy {
         )?);
         metrics.set_generation(store.current().generation());
 
-        let listener = bind(config.listen, "proxy").await?;
+        // BENCHMARK ONLY, removed once measured: `CORSAIR_BENCH_CORES=N` serves the proxy port
+        // from N threads, each a current-thread runtime with its own SO_REUSEPORT listener.
+        let per_core: Option<usize> = std::env::var("CORSAIR_BENCH_CORES")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        let mut core_listeners = Vec::new();
+        if let Some(cores) = per_core {
+            let first = bind_reuseport(config.listen)?;
+            let addr = first.local_addr().map_err(|source| ProxyError::Bind {
+                role: "proxy",
+                addr: config.listen,
+                source,
+            })?;
+            core_listeners.push(first);
+            for _ in 1..cores {
+                core_listeners.push(bind_reuseport(addr)?);
+            }
+        }
+        let listener = match core_listeners.first() {
+            Some(first) => {
+                let clone = first.try_clone().map_err(|source| ProxyError::Bind {
+                    role: "proxy",
+                    addr: config.listen,
+                    source,
+                })?;
+                TcpListener::from_std(clone).map_err(|source| ProxyError::Bind {
+                    role: "proxy",
+                    addr: config.listen,
+                    source,
+                })?
+            }
+            None => bind(config.listen, "proxy").await?,
+        };
         let admin_listener = bind(config.admin, "admin").await?;
         let listen_addr = local_addr(&listener, config.listen, "proxy")?;
         let admin_addr = local_addr(&admin_listener, config.admin, "admin")?;
@@ -178,12 +207,34 @@ impl Proxy {
             shutdown.clone(),
         );
         tokio::spawn(watcher);
-        tasks.spawn(server::accept_loop(
-            listener,
-            state.clone(),
-            shutdown.clone(),
-            abort.clone(),
-        ));
+        if core_listeners.is_empty() {
+            tasks.spawn(server::accept_loop(
+                listener,
+                state.clone(),
+                shutdown.clone(),
+                abort.clone(),
+            ));
+        } else {
+            drop(listener);
+            for std_listener in core_listeners {
+                let (state, shutdown, abort) = (state.clone(), shutdown.clone(), abort.clone());
+                std::thread::spawn(move || {
+                    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    else {
+                        return;
+                    };
+                    runtime.block_on(async move {
+                        let Ok(listener) = TcpListener::from_std(std_listener) else {
+                            return;
+                        };
+                        server::accept_loop(listener, state.clone(), shutdown, abort).await;
+                        state.tasks.wait().await;
+                    });
+                });
+            }
+        }
         let admin_task = tokio::spawn(admin::serve(admin_listener, state.clone()));
         state.set_listening(true);
         tracing::info!(
@@ -239,6 +290,26 @@ impl Proxy {
         self.admin_task.abort();
         result
     }
+}
+
+fn bind_reuseport(addr: SocketAddr) -> Result<std::net::TcpListener, ProxyError> {
+    let bind_error = |source| ProxyError::Bind {
+        role: "proxy",
+        addr,
+        source,
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .map_err(bind_error)?;
+    socket.set_reuse_port(true).map_err(bind_error)?;
+    socket.set_reuse_address(true).map_err(bind_error)?;
+    socket.set_nonblocking(true).map_err(bind_error)?;
+    socket.bind(&addr.into()).map_err(bind_error)?;
+    socket.listen(1024).map_err(bind_error)?;
+    Ok(socket.into())
 }
 
 async fn bind(addr: SocketAddr, role: &'static str) -> Result<TcpListener, ProxyError> {

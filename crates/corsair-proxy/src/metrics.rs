@@ -1,4 +1,9 @@
 //! Prometheus metrics of the proxy, served on the admin port.
+//!
+//! The request counter's label sets are few (kind × decision × mode × status class), so each
+//! is resolved once, on first use, and a request then costs one atomic add: no lock, no hash.
+
+use std::sync::OnceLock;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -20,6 +25,25 @@ pub struct RequestLabels {
     pub status: &'static str,
 }
 
+impl RequestLabels {
+    const KINDS: [&str; 4] = ["preflight", "actual", "same_origin", "no_origin"];
+    const DECISIONS: [&str; 3] = ["allowed", "denied", "not_applicable"];
+    const MODES: [&str; 3] = ["enforce", "dry_run", "off"];
+    const STATUSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+    const COMBINATIONS: usize = 4 * 3 * 3 * 5;
+
+    /// The position of this label set among all combinations; `None` for a value outside the
+    /// known ones, which is then counted the slow way.
+    fn index(&self) -> Option<usize> {
+        let at = |values: &[&str], value: &str| values.iter().position(|v| *v == value);
+        let kind = at(&Self::KINDS, self.kind)?;
+        let decision = at(&Self::DECISIONS, self.decision)?;
+        let mode = at(&Self::MODES, self.mode)?;
+        let status = at(&Self::STATUSES, self.status)?;
+        Some(((kind * 3 + decision) * 3 + mode) * 5 + status)
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CauseLabels {
     cause: &'static str,
@@ -33,6 +57,8 @@ struct ResultLabels {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    /// `requests`' series, indexed by [`RequestLabels::index`].
+    resolved: Box<[OnceLock<Counter>]>,
     duration: Histogram,
     upstream_errors: Family<CauseLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
@@ -79,6 +105,9 @@ impl Metrics {
         Metrics {
             registry,
             requests,
+            resolved: (0..RequestLabels::COMBINATIONS)
+                .map(|_| OnceLock::new())
+                .collect(),
             duration,
             upstream_errors,
             reloads,
@@ -87,7 +116,12 @@ impl Metrics {
     }
 
     pub fn request(&self, labels: &RequestLabels, seconds: f64) {
-        self.requests.get_or_create(labels).inc();
+        match labels.index().and_then(|i| self.resolved.get(i)) {
+            Some(slot) => slot
+                .get_or_init(|| self.requests.get_or_create(labels).clone())
+                .inc(),
+            None => self.requests.get_or_create(labels).inc(),
+        };
         self.duration.observe(seconds);
     }
 
@@ -130,5 +164,52 @@ pub fn status_class(status: http::StatusCode) -> &'static str {
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_label_combination_has_its_own_slot() {
+        let mut seen = std::collections::HashSet::new();
+        for kind in RequestLabels::KINDS {
+            for decision in RequestLabels::DECISIONS {
+                for mode in RequestLabels::MODES {
+                    for status in RequestLabels::STATUSES {
+                        let labels = RequestLabels {
+                            kind,
+                            decision,
+                            mode,
+                            status,
+                        };
+                        let index = labels.index().expect("known labels");
+                        assert!(index < RequestLabels::COMBINATIONS);
+                        assert!(seen.insert(index), "{labels:?} shares slot {index}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn resolved_counters_are_the_exported_series() {
+        let metrics = Metrics::new();
+        let labels = RequestLabels {
+            kind: "preflight",
+            decision: "allowed",
+            mode: "enforce",
+            status: "2xx",
+        };
+        metrics.request(&labels, 0.001);
+        metrics.request(&labels, 0.001);
+        let text = metrics.encode().expect("encode");
+        assert!(
+            text.contains(
+                "corsair_proxy_requests_total{kind=\"preflight\",decision=\"allowed\",mode=\"enforce\",status=\"2xx\"} 2"
+            ),
+            "{text}"
+        );
     }
 }

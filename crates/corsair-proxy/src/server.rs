@@ -21,7 +21,16 @@ use tokio_util::task::TaskTracker;
 use crate::ProxyConfig;
 use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
-use crate::upstream::Upstream;
+use crate::upstream::{Lane, Upstream};
+
+/// What the requests of one client connection share.
+pub struct Conn {
+    /// The client's `X-Forwarded-For` entry, built once.
+    pub forwarded_for: http::HeaderValue,
+    pub activity: Activity,
+    /// This connection's own connections to the upstream.
+    pub lane: Lane,
+}
 
 /// What every connection and request shares.
 pub struct State {
@@ -125,9 +134,13 @@ async fn serve_connection(
         activity: activity.clone(),
     });
     let service_state = state.clone();
-    let service_activity = activity.clone();
+    let conn_state = Arc::new(Conn {
+        forwarded_for: crate::headers::forwarded_for(peer.ip()),
+        activity: activity.clone(),
+        lane: Lane::default(),
+    });
     let service = service_fn(move |req| {
-        crate::handler::handle(service_state.clone(), peer, service_activity.clone(), req)
+        crate::handler::handle(service_state.clone(), conn_state.clone(), req)
     });
     let conn = state.builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
@@ -163,7 +176,7 @@ pub struct Activity {
 }
 
 impl Activity {
-    fn new() -> Activity {
+    pub(crate) fn new() -> Activity {
         Activity {
             opened: Instant::now(),
             last_ms: Arc::new(AtomicU64::new(0)),

@@ -1,25 +1,84 @@
-//! The pooled client to the one upstream, and what its failures mean for the client.
+//! The one upstream: the connections to it, and what their failures mean for the client.
+//!
+//! The sidecar talks to exactly one application on loopback, so a general pool (keyed by host,
+//! shared by every worker behind a lock) buys nothing. Each client connection keeps its own
+//! upstream HTTP/1 connections in a [`Lane`]: an HTTP/1 client sends one request at a time, so
+//! its lane holds one connection that is reused with no lock contention and no checkout; an h2c
+//! client's concurrent streams take whichever of its connections is idle and open another when
+//! none is. Upstream reads re-arm `TCP_QUICKACK` (see [`QuickAck`]).
 
 use std::error::Error as StdError;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{StatusCode, Uri};
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 use crate::{ProxyConfig, ProxyError};
 
-/// The upstream and a keep-alive connection pool to it.
-#[derive(Clone)]
+/// Where requests go, and how to connect there.
+#[derive(Debug)]
 pub struct Upstream {
-    pub client: Client<HttpConnector, Incoming>,
+    /// `host:port`, the port defaulted to 80.
+    address: String,
+    connect_timeout: Duration,
+    design: Design,
     authority: Authority,
+    shared: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Incoming,
+    >,
+}
+
+/// BENCHMARK ONLY, removed once measured (`CORSAIR_BENCH_UPSTREAM`): which upstream connection
+/// design serves requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Design {
+    /// Each client connection keeps its own upstream connections (the [`Lane`]).
+    Connection,
+    /// One list of idle connections per worker thread.
+    Worker,
+    /// hyper-util's legacy client: one pool shared by every worker, behind a lock.
+    Shared,
+}
+
+thread_local! {
+    static WORKER_POOL: std::cell::RefCell<Vec<SendRequest<Incoming>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The upstream connections of one client connection. Dropping it closes them.
+#[derive(Debug, Default)]
+pub struct Lane {
+    idle: Mutex<Vec<SendRequest<Incoming>>>,
+}
+
+/// Why the upstream could not produce a response, with the error behind it for the log.
+#[derive(Debug)]
+pub struct Failed {
+    pub failure: Failure,
+    pub error: Option<Box<dyn StdError + Send + Sync>>,
+}
+
+impl Failed {
+    fn new(error: impl StdError + Send + Sync + 'static) -> Failed {
+        Failed {
+            failure: Failure::classify(&error),
+            error: Some(Box::new(error)),
+        }
+    }
 }
 
 impl Upstream {
-    /// Checks that `config.upstream` is `http://host[:port]` and builds the pool.
+    /// Checks that `config.upstream` is `http://host[:port]` and nothing else.
     pub fn new(config: &ProxyConfig) -> Result<Upstream, ProxyError> {
         let uri = &config.upstream;
         let bad = |reason| ProxyError::Upstream {
@@ -31,41 +90,215 @@ impl Upstream {
                 "the scheme must be http:// (the upstream is a local plain-HTTP port)",
             ));
         }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| bad("it has no host"))?;
+        let authority: &Authority = uri.authority().ok_or_else(|| bad("it has no host"))?;
         if authority.as_str().contains('@') {
             return Err(bad("it must not contain userinfo"));
         }
         if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
             return Err(bad("it must not have a path or query"));
         }
-        let mut connector = HttpConnector::new();
+        let design = match std::env::var("CORSAIR_BENCH_UPSTREAM").as_deref() {
+            Ok("worker") => Design::Worker,
+            Ok("shared") => Design::Shared,
+            _ => Design::Connection,
+        };
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            // Adds `Host` only when the request has none: the application keeps seeing the
-            // host the client asked for.
-            .set_host(true)
-            .build(connector);
-        Ok(Upstream { client, authority })
+        let shared =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_timer(hyper_util::rt::TokioTimer::new())
+                .timer(hyper_util::rt::TokioTimer::new())
+                .set_host(true)
+                .build(connector);
+        Ok(Upstream {
+            address: format!(
+                "{}:{}",
+                authority.host(),
+                authority.port_u16().unwrap_or(80)
+            ),
+            connect_timeout: config.connect_timeout,
+            design,
+            authority: authority.clone(),
+            shared,
+        })
     }
 
-    /// The absolute URI the client connects to: always the upstream, whatever the request said.
-    pub fn uri_for(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
-        Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(self.authority.clone())
-            .path_and_query(
-                path_and_query
-                    .cloned()
-                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
-            )
-            .build()
+    /// Sends `req` on an idle connection of `lane`, or a new one. `sequential` says the client
+    /// sends one request at a time (HTTP/1), so the lane's one connection is awaited rather
+    /// than a second one opened while the previous response finishes.
+    ///
+    /// A request the upstream never saw, because a kept-alive connection had just closed, is
+    /// sent again once on a new connection.
+    pub async fn send(
+        &self,
+        lane: &Lane,
+        mut req: Request<Incoming>,
+        sequential: bool,
+    ) -> Result<Response<Incoming>, Failed> {
+        if self.design == Design::Shared {
+            let (mut parts, body) = req.into_parts();
+            parts.uri = http::Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(self.authority.clone())
+                .path_and_query(
+                    parts
+                        .uri
+                        .path_and_query()
+                        .cloned()
+                        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+                )
+                .build()
+                .map_err(Failed::new)?;
+            return self
+                .shared
+                .request(Request::from_parts(parts, body))
+                .await
+                .map_err(Failed::new);
+        }
+        let mut retried = false;
+        loop {
+            let mut sender = match self.checkout(lane, sequential).await {
+                Some(sender) => sender,
+                None => self.connect().await?,
+            };
+            match sender.try_send_request(req).await {
+                Ok(response) => {
+                    // After a protocol switch the connection belongs to the tunnel.
+                    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                        if self.design == Design::Worker {
+                            WORKER_POOL.with_borrow_mut(|pool| pool.push(sender));
+                        } else {
+                            lane.give_back(sender);
+                        }
+                    }
+                    return Ok(response);
+                }
+                Err(mut err) => match err.take_message() {
+                    Some(unsent) if !retried => {
+                        retried = true;
+                        req = unsent;
+                    }
+                    _ => return Err(Failed::new(err.into_error())),
+                },
+            }
+        }
+    }
+
+    /// An idle connection of the lane that is ready for a request, if any.
+    async fn checkout(&self, lane: &Lane, sequential: bool) -> Option<SendRequest<Incoming>> {
+        if self.design == Design::Worker {
+            return WORKER_POOL.with_borrow_mut(|pool| {
+                pool.retain(|sender| !sender.is_closed());
+                let ready = pool.iter().position(SendRequest::is_ready)?;
+                Some(pool.swap_remove(ready))
+            });
+        }
+        loop {
+            let candidate = {
+                let mut idle = lane.idle.lock().unwrap_or_else(PoisonError::into_inner);
+                idle.retain(|sender| !sender.is_closed());
+                if sequential {
+                    idle.pop()
+                } else {
+                    let ready = idle.iter().position(SendRequest::is_ready)?;
+                    Some(idle.swap_remove(ready))
+                }
+            };
+            let mut sender = candidate?;
+            // Waits for the end of the previous response's body on this connection.
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Incoming>, Failed> {
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.address))
+                .await
+            {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(err)) => return Err(Failed::new(err)),
+                Err(_) => {
+                    return Err(Failed {
+                        failure: Failure::ConnectTimeout,
+                        error: None,
+                    });
+                }
+            };
+        // Requests are written whole; no reason to wait for more.
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(QuickAck(stream)))
+            .await
+            .map_err(Failed::new)?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.with_upgrades().await {
+                tracing::debug!(error = %err, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+impl Lane {
+    fn give_back(&self, sender: SendRequest<Incoming>) {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(sender);
+    }
+}
+
+/// An upstream socket that re-arms `TCP_QUICKACK` before every read.
+///
+/// An application that writes a response's head and body in two sends without `TCP_NODELAY`
+/// has its second send held by Nagle's algorithm until the first is acknowledged, and Linux
+/// delays that acknowledgement (up to 40 ms) on a connection it considers interactive, which a
+/// kept-alive connection becomes. Quick-ack mode is not sticky, so it is set again before each
+/// read: one `setsockopt` per read, measured in `docs/benchmarks.md`.
+struct QuickAck(TcpStream);
+
+impl AsyncRead for QuickAck {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        // Best effort: a socket that refuses it still works, only slower behind Nagle.
+        let _ = socket2::SockRef::from(&self.0).set_tcp_quickack(true);
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for QuickAck {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
@@ -114,12 +347,12 @@ impl Failure {
         }
     }
 
-    /// Classifies a client error by walking its causes for an I/O error kind or hyper's own.
-    pub fn classify(err: &hyper_util::client::legacy::Error) -> Failure {
-        let mut source: Option<&(dyn StdError + 'static)> = err.source();
+    /// Classifies an error by walking it and its causes for an I/O error kind or hyper's own.
+    pub fn classify(err: &(dyn StdError + 'static)) -> Failure {
+        let mut source: Option<&(dyn StdError + 'static)> = Some(err);
         while let Some(cause) = source {
-            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-                use std::io::ErrorKind::*;
+            if let Some(io) = cause.downcast_ref::<io::Error>() {
+                use io::ErrorKind::*;
                 match io.kind() {
                     ConnectionRefused => return Failure::Refused,
                     TimedOut => return Failure::ConnectTimeout,
@@ -130,7 +363,9 @@ impl Failure {
                 }
             }
             if let Some(hyper_err) = cause.downcast_ref::<hyper::Error>()
-                && (hyper_err.is_incomplete_message() || hyper_err.is_closed())
+                && (hyper_err.is_incomplete_message()
+                    || hyper_err.is_closed()
+                    || hyper_err.is_canceled())
             {
                 return Failure::Reset;
             }

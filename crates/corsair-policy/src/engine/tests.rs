@@ -1,6 +1,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::decision::Verdict;
 use crate::model::CorsPolicySpec;
 
 fn compile(spec: CorsPolicySpec) -> Engine {

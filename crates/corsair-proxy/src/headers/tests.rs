@@ -75,7 +75,7 @@ fn forwarded_for_is_appended_to_every_existing_line() {
     ]);
     add_forwarded(
         &mut headers,
-        "10.1.2.3".parse().expect("literal IP"),
+        &forwarded_for("10.1.2.3".parse().expect("literal IP")),
         Some(&HeaderValue::from_static("api.example.com")),
     );
     assert_eq!(
@@ -94,7 +94,7 @@ fn forwarded_proto_and_host_from_an_ingress_are_kept() {
     ]);
     add_forwarded(
         &mut headers,
-        "::ffff:192.0.2.9".parse().expect("literal IP"),
+        &forwarded_for("::ffff:192.0.2.9".parse().expect("literal IP")),
         Some(&HeaderValue::from_static("internal:8080")),
     );
     assert_eq!(values(&headers, "x-forwarded-for"), ["192.0.2.9"]);

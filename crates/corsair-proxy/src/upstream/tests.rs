@@ -28,17 +28,17 @@ async fn only_a_plain_http_authority_is_an_upstream() {
     assert!(reason("http://app:8080/?x=1").is_some_and(|r| r.contains("query")));
 }
 
-#[tokio::test]
-async fn every_request_goes_to_the_upstream_authority() {
-    let upstream = Upstream::new(&config("http://127.0.0.1:8080")).expect("valid upstream");
-    let pq = PathAndQuery::from_static("/a/b?c=d");
+#[test]
+fn the_one_upstream_address_has_a_port() {
+    let address = |uri: &str| Upstream::new(&config(uri)).map(|u| u.address);
     assert_eq!(
-        upstream.uri_for(Some(&pq)).expect("uri").to_string(),
-        "http://127.0.0.1:8080/a/b?c=d"
+        address("http://127.0.0.1:8080").ok().as_deref(),
+        Some("127.0.0.1:8080")
     );
+    assert_eq!(address("http://app/").ok().as_deref(), Some("app:80"));
     assert_eq!(
-        upstream.uri_for(None).expect("uri").to_string(),
-        "http://127.0.0.1:8080/"
+        address("http://[::1]:9000").ok().as_deref(),
+        Some("[::1]:9000")
     );
 }
 
