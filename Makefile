@@ -52,9 +52,11 @@ rust-test:
 # test fixtures and the examples (fuzz/seed.sh). A crash stops make; the input that caused it is
 # in <fuzz dir>/artifacts/<target>/. `make test` runs each target for 20 seconds.
 FUZZ_SECONDS ?= 60
+# Both fuzz workspaces share one target directory, so the crates they share build once.
 FUZZ_TARGET_DIR := $(CURDIR)/target/fuzz
 FUZZ_CORPUS := $(CURDIR)/target/fuzz-corpus
-FUZZ_TARGETS := fuzz:policy fuzz:request_headers fuzz:origin fuzz:decide
+FUZZ_TARGETS := fuzz:policy fuzz:request_headers fuzz:origin fuzz:decide \
+	crates/corsair-controller/fuzz:admission_review
 fuzz-tools:
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 
