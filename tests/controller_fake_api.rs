@@ -241,10 +241,9 @@ async fn start(
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     if tls_files {
-        let bundle = corsair_controller::certs::generate(
+        let bundle = corsair_controller::certs::placeholder(
             vec!["localhost".into()],
             k8s_openapi::jiff::Timestamp::now(),
-            None,
         )
         .expect("certificate");
         let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
@@ -301,12 +300,23 @@ async fn managed_certificate_and_a_policy_reconciled_through_the_binary() {
         .and_then(|s| s.secrets.get("corsair-webhook-tls").cloned());
     let secret = secret.expect("secret stored");
     assert_eq!(secret["type"], "kubernetes.io/tls");
-    for key in ["ca.crt", "ca.key", "tls.crt", "tls.key"] {
+    for key in ["ca.crt", "tls.crt", "tls.key"] {
         assert!(
             secret["data"][key].as_str().is_some_and(|v| !v.is_empty()),
             "{key}"
         );
     }
+    // The CA's private key is in a Secret of its own, never in the one every replica reads.
+    assert!(secret["data"].get("ca.key").is_none(), "{secret}");
+    let ca = state
+        .lock()
+        .ok()
+        .and_then(|s| s.secrets.get("corsair-webhook-ca").cloned())
+        .expect("CA secret stored");
+    assert_eq!(ca["type"], "Opaque");
+    assert!(ca["data"]["ca.key"].as_str().is_some_and(|v| !v.is_empty()));
+    assert!(ca["data"].get("tls.key").is_none(), "{ca}");
+    assert_eq!(ca["data"]["ca.crt"], secret["data"]["ca.crt"]);
     wait_for(
         "/readyz 200 once the Secret is loaded",
         &state,

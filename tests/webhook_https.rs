@@ -1089,3 +1089,210 @@ async fn corsair_probe_trusts_a_self_signed_serving_certificate() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
 }
+
+/// `fut`'s output, or a panic naming `what` when it takes more than 10 s.
+async fn timed<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within 10 s"))
+}
+
+/// Hostile AdmissionReviews: each gets a clear denial or a 4xx naming the cause, promptly.
+#[tokio::test]
+async fn hostile_reviews_get_a_denial_or_a_4xx() {
+    let webhook = start(&[]);
+
+    // A 3 MiB pod: more than the API server itself would send (--max-request-bytes, 3 MiB).
+    let mut big = fixture("pod-named-port");
+    big["request"]["object"]["metadata"]["annotations"]["padding"] = json!("x".repeat(3 << 20));
+    let (status, body) = timed(
+        "3 MiB pod",
+        webhook.request(Method::POST, "/inject", big.to_string().into_bytes()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(String::from_utf8_lossy(&body).contains("--max-request-bytes"));
+
+    // JSON nested 10,000 deep: refused by the parser's depth limit, not by the stack.
+    let nested = format!(
+        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u","kind":{{"group":"","version":"v1","kind":"Pod"}},"operation":"CREATE","object":{}{}}}}}"#,
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    for path in ["/inject", "/validate"] {
+        let (status, body) = timed(
+            "deep JSON",
+            webhook.request(Method::POST, path, nested.clone().into_bytes()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+        assert!(
+            String::from_utf8_lossy(&body).contains("recursion limit"),
+            "{path}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+
+    // Wrong kinds: each webhook admits only its own.
+    let mut deployment = fixture("pod-named-port");
+    deployment["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
+    let response = timed("Deployment", webhook.review("/inject", &deployment)).await;
+    assert_eq!(response["allowed"], json!(false));
+    assert!(
+        response["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not Deployment")
+    );
+    let response = timed(
+        "Pod to /validate",
+        webhook.review("/validate", &fixture("pod-named-port")),
+    )
+    .await;
+    assert_eq!(response["allowed"], json!(false));
+    assert!(
+        response["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("request.kind")
+    );
+
+    // Missing fields: no uid or kind is a 400 naming it; no object on CREATE is a denial.
+    for field in ["uid", "kind", "operation"] {
+        let mut review = fixture("pod-named-port");
+        if let Some(request) = review["request"].as_object_mut() {
+            request.remove(field);
+        }
+        let (status, body) = timed(
+            "missing field",
+            webhook.request(Method::POST, "/inject", review.to_string().into_bytes()),
+        )
+        .await;
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{field}: {body}");
+        assert!(body.contains(field), "{field}: {body}");
+    }
+    let mut no_object = fixture("pod-named-port");
+    if let Some(request) = no_object["request"].as_object_mut() {
+        request.remove("object");
+    }
+    let response = timed("no object", webhook.review("/inject", &no_object)).await;
+    assert_eq!(response["allowed"], json!(false));
+    assert!(
+        response["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("request.object")
+    );
+    let mut no_spec = fixture("policy-valid");
+    if let Some(object) = no_spec["request"]["object"].as_object_mut() {
+        object.remove("spec");
+    }
+    let response = timed("policy without spec", webhook.review("/validate", &no_spec)).await;
+    assert_eq!(response["allowed"], json!(false));
+    assert!(
+        response["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("spec")
+    );
+}
+
+/// A pod with 1,000 containers is injected like any other: one proxy added, the 1,000 kept.
+#[tokio::test]
+async fn a_pod_with_a_thousand_containers_is_injected() {
+    let webhook = start(&[]);
+    let mut review = fixture("pod-named-port");
+    let first = review["request"]["object"]["spec"]["containers"][0].clone();
+    let mut containers = vec![first];
+    for i in 1..1000 {
+        containers.push(json!({"name": format!("worker-{i}"), "image": "busybox"}));
+    }
+    review["request"]["object"]["spec"]["containers"] = json!(containers);
+    let response =
+        tokio::time::timeout(Duration::from_secs(10), webhook.review("/inject", &review))
+            .await
+            .expect("answered within 10 s");
+    let pod: Pod = serde_json::from_value(patched(&review, &response)).expect("a Pod");
+    let spec = pod.spec.expect("spec");
+    assert_eq!(spec.containers.len(), 1000);
+    let proxies = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| c.name.contains("corsair"))
+        .count();
+    assert_eq!(proxies, 1, "one native sidecar");
+}
+
+/// A body that never arrives is answered 408 after --request-timeout; a body over
+/// --max-request-bytes is refused with 413 once that many bytes have been read.
+#[tokio::test]
+async fn slow_and_oversized_bodies_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let webhook = start(&["--request-timeout", "1", "--max-request-bytes", "1000"]);
+    let raw = |head: String| {
+        let tls = webhook.tls.clone();
+        let addr = webhook.addr;
+        async move {
+            let tcp = TcpStream::connect(addr).await.expect("connect");
+            let name = ServerName::try_from("localhost").expect("name");
+            let mut stream = tls.connect(name, tcp).await.expect("TLS");
+            stream.write_all(head.as_bytes()).await.expect("write head");
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer).await;
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+    };
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        raw("POST /inject HTTP/1.1\r\nhost: localhost\r\ncontent-length: 500\r\nconnection: close\r\n\r\n{".into()),
+    )
+    .await
+    .expect("answered, not hung");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        raw(format!(
+            "POST /inject HTTP/1.1\r\nhost: localhost\r\ncontent-length: 2000\r\nconnection: close\r\n\r\n{}",
+            "x".repeat(2000)
+        )),
+    )
+    .await
+    .expect("answered at once");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("larger than 1000 bytes"), "{answer}");
+}
+
+/// With --max-connections 2, a third connection is not served while two are open, and is
+/// served as soon as one closes.
+#[tokio::test]
+async fn connections_beyond_the_cap_wait() {
+    let webhook = start(&["--max-connections", "2"]);
+    let hold = || async {
+        let tcp = TcpStream::connect(webhook.addr).await.expect("connect");
+        let name = ServerName::try_from("localhost").expect("name");
+        webhook.tls.connect(name, tcp).await.expect("TLS")
+    };
+    let first = hold().await;
+    let second = hold().await;
+    let body = fixture("pod-named-port").to_string().into_bytes();
+    let (tls, addr) = (webhook.tls.clone(), webhook.addr);
+    let third = tokio::spawn(async move { send(&tls, addr, Method::POST, "/inject", body).await });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection was served beside two open ones"
+    );
+    drop(first);
+    let (status, _) = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("served once a connection closed")
+        .expect("task");
+    assert_eq!(status, StatusCode::OK);
+    drop(second);
+}

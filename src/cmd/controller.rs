@@ -40,9 +40,12 @@ pub struct Args {
     /// Private key (PEM) of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Secret holding the self-managed webhook CA and certificate.
+    /// Secret holding the self-managed webhook serving certificate (every replica reads it).
     #[arg(long, default_value = "corsair-webhook-tls")]
     cert_secret: String,
+    /// Secret holding the self-managed webhook CA and its private key (only the leader reads it).
+    #[arg(long, default_value = "corsair-webhook-ca")]
+    ca_secret: String,
     /// Service in front of the webhooks; the managed certificate is issued for its DNS names.
     #[arg(long, default_value = "corsair-webhook")]
     webhook_service: String,
@@ -56,6 +59,8 @@ pub struct Args {
     /// sending admission requests before the server closes.
     #[arg(long, default_value_t = 5)]
     shutdown_delay: u64,
+    #[command(flatten)]
+    limits: crate::cmd::webhook::LimitArgs,
     #[command(flatten)]
     sidecar: SidecarArgs,
     #[command(flatten)]
@@ -75,6 +80,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         lease_duration: args.lease_duration,
         tls_files: args.tls_cert.zip(args.tls_key),
         cert_secret: args.cert_secret,
+        ca_secret: args.ca_secret,
+        limits: args.limits.limits(),
         webhook_service: args.webhook_service,
         mutating_webhook: args.mutating_webhook,
         validating_webhook: args.validating_webhook,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use corsair_controller::webhook::{self, CertStore, Metrics, WebhookState};
+use corsair_controller::webhook::{self, CertStore, Limits, Metrics, WebhookState};
 use corsair_runtime::{Admin, ReadyFlag, ShutdownSignals};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -39,9 +39,37 @@ pub struct Args {
     #[arg(long)]
     admin: Option<SocketAddr>,
     #[command(flatten)]
+    limits: LimitArgs,
+    #[command(flatten)]
     sidecar: SidecarArgs,
     #[command(flatten)]
     log: LogArgs,
+}
+
+/// Bounds of the webhook server; `corsair webhook` and `corsair controller` share them.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LimitArgs {
+    /// Connections the webhook server serves at once; more wait in the listen backlog.
+    #[arg(long, default_value_t = Limits::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Largest AdmissionReview body accepted, in bytes; a larger one gets 413. The API server
+    /// itself refuses request bodies over 3 MiB.
+    #[arg(long, default_value_t = Limits::DEFAULT_MAX_BODY_BYTES)]
+    max_request_bytes: usize,
+    /// Seconds a request body may take to arrive after its head; a slower one gets 408.
+    #[arg(long, default_value_t = Limits::DEFAULT_BODY_TIMEOUT.as_secs())]
+    request_timeout: u64,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections.max(1),
+            max_body_bytes: self.max_request_bytes,
+            body_timeout: Duration::from_secs(self.request_timeout.max(1)),
+            ..Limits::default()
+        }
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -62,7 +90,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .sidecar
         .inject_config(args.sidecar.sidecar_mode.resolve(true))?;
     let mut registry = Registry::default();
-    let state = WebhookState::new(config, Metrics::new(&mut registry));
+    let state =
+        WebhookState::new(config, Metrics::new(&mut registry)).with_limits(args.limits.limits());
 
     // Ready once the listener is bound and a certificate is loaded; not ready while draining.
     let ready = ReadyFlag::new("starting");

@@ -53,3 +53,8 @@ app.kubernetes.io/component: controller
 {{- define "corsair.certSecret" -}}
 {{- printf "%s-webhook-tls" (include "corsair.fullname" .) -}}
 {{- end -}}
+
+{{/* The webhook CA and its private key: read and written by the leader only. */}}
+{{- define "corsair.caSecret" -}}
+{{- printf "%s-webhook-ca" (include "corsair.fullname" .) -}}
+{{- end -}}

@@ -44,8 +44,12 @@ pub struct Config {
     pub lease_duration: u64,
     /// Certificate and key files to serve instead of managing a certificate.
     pub tls_files: Option<(PathBuf, PathBuf)>,
-    /// Secret holding the self-managed webhook CA and certificate.
+    /// Secret holding the self-managed webhook serving certificate (every replica reads it).
     pub cert_secret: String,
+    /// Secret holding the self-managed webhook CA and its private key (only the leader reads it).
+    pub ca_secret: String,
+    /// Bounds of the webhook server.
+    pub limits: crate::webhook::Limits,
     /// Service in front of the webhooks.
     pub webhook_service: String,
     /// MutatingWebhookConfiguration whose caBundle the leader keeps current.
@@ -130,6 +134,7 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     let cert_config = CertConfig {
         namespace: config.namespace.clone(),
         secret_name: config.cert_secret.clone(),
+        ca_secret_name: config.ca_secret.clone(),
         service_name: config.webhook_service.clone(),
         mutating_webhook: config.mutating_webhook.clone(),
         validating_webhook: config.validating_webhook.clone(),
@@ -154,8 +159,8 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
         None => {
             // Until the Secret is read, serve a throwaway certificate; /readyz stays false.
             let dns = certs::service_dns_names(&cert_config.service_name, &cert_config.namespace);
-            let temporary = certs::generate(dns, Timestamp::now(), None)
-                .map_err(RuntimeError::TemporaryCert)?;
+            let temporary =
+                certs::placeholder(dns, Timestamp::now()).map_err(RuntimeError::TemporaryCert)?;
             let store = Arc::new(
                 CertStore::from_pem(temporary.cert_pem.as_bytes(), temporary.key_pem.as_bytes())
                     .map_err(RuntimeError::TemporaryCertLoad)?,
@@ -172,7 +177,9 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     let (caches, watches) = reconcile::Caches::start(&client);
     let lookup_store = caches.policies.store();
     let lookup = move |namespace: &str, name: &str| policy_presence(&lookup_store, namespace, name);
-    let state = WebhookState::new(inject, webhook_metrics).with_policy_lookup(Arc::new(lookup));
+    let state = WebhookState::new(inject, webhook_metrics)
+        .with_policy_lookup(Arc::new(lookup))
+        .with_limits(config.limits.clone());
     let webhook_listener = TcpListener::bind(config.webhook_listen)
         .await
         .map_err(|source| RuntimeError::Listen {

@@ -79,13 +79,18 @@ fn is_host(host: &str) -> bool {
     prev != b'.'
 }
 
-/// Splits `host[:port]` (an authority without userinfo), handling `[IPv6]:port`.
+/// Splits `host[:port]` (an authority without userinfo), handling `[IPv6]:port`. Anything but
+/// `:port` after `]` leaves the whole authority as the host, which no host check accepts.
 pub(crate) fn split_host_port(authority: &str) -> (&str, Option<&str>) {
     if authority.starts_with('[') {
         return match authority.find(']') {
             Some(end) => {
                 let (host, rest) = authority.split_at(end + 1);
-                (host, rest.strip_prefix(':'))
+                match rest.strip_prefix(':') {
+                    Some(port) => (host, Some(port)),
+                    None if rest.is_empty() => (host, None),
+                    None => (authority, None),
+                }
             }
             None => (authority, None),
         };

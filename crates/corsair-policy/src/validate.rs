@@ -315,6 +315,12 @@ fn check_origins(out: &mut Findings, base: &str, origins: &[String]) {
                         "public-suffix-wildcard",
                         format!("{entry:?} covers every site registered under the public suffix {suffix:?}, which belong to anyone"),
                     );
+                } else if let Some(domain) = hosting_domain_under(&suffix) {
+                    out.warn(
+                        &path,
+                        "third-party-hosting",
+                        format!("{entry:?} covers {domain}, where anyone can publish a site: list your own hosts"),
+                    );
                 }
             }
             Ok(_) => {}
@@ -387,6 +393,25 @@ fn check_regexes(out: &mut Findings, base: &str, regexes: &[String]) {
             );
             continue;
         }
+        let anchored = regex::Regex::new(&format!("^(?:{src})$"));
+        if let Some(domain) = anchored.ok().and_then(|re| {
+            THIRD_PARTY_HOSTING
+                .iter()
+                .find(|d| re.is_match(&format!("https://probe.{d}")))
+        }) {
+            out.warn(
+                &path,
+                "third-party-hosting",
+                format!("{src:?} matches sites on {domain}, where anyone can publish a site: match your own hosts"),
+            );
+        }
+        if has_open_end(src) {
+            out.warn(
+                &path,
+                "regex-open-end",
+                format!("{src:?} ends in a pattern that matches anything: it also matches hosts that merely start with yours (`app.example.com.evil.test`, `app.example.com_.evil.test`); end it with the host or `(:[0-9]+)?`"),
+            );
+        }
         if has_unescaped_host_dot(src) {
             out.warn(
                 &path,
@@ -395,6 +420,57 @@ fn check_regexes(out: &mut Findings, base: &str, regexes: &[String]) {
             );
         }
     }
+}
+
+/// Hosting services where anyone can publish a site under a subdomain of these names. Several
+/// are on the Public Suffix List (caught as `public-suffix-wildcard`); this list also catches a
+/// wildcard over a parent domain (`*.amazonaws.com`) and regexes.
+const THIRD_PARTY_HOSTING: &[&str] = &[
+    "github.io",
+    "githubusercontent.com",
+    "gitlab.io",
+    "bitbucket.io",
+    "pages.dev",
+    "workers.dev",
+    "vercel.app",
+    "netlify.app",
+    "herokuapp.com",
+    "onrender.com",
+    "fly.dev",
+    "web.app",
+    "firebaseapp.com",
+    "appspot.com",
+    "azurewebsites.net",
+    "azurestaticapps.net",
+    "cloudfront.net",
+    "s3.amazonaws.com",
+    "amazonaws.com",
+    "blob.core.windows.net",
+    "ngrok.io",
+    "ngrok-free.app",
+    "glitch.me",
+    "surge.sh",
+    "codepen.io",
+    "jsfiddle.net",
+];
+
+/// The hosting domain that a wildcard over `suffix` covers: `suffix` is one, or a parent of one.
+fn hosting_domain_under(suffix: &str) -> Option<&'static str> {
+    THIRD_PARTY_HOSTING.iter().copied().find(|d| {
+        *d == suffix
+            || d.strip_suffix(suffix)
+                .is_some_and(|rest| rest.ends_with('.'))
+    })
+}
+
+/// The regex ends (before an optional `$`) in an unescaped `.*` or `.+`.
+fn has_open_end(src: &str) -> bool {
+    let src = src.strip_suffix('$').unwrap_or(src);
+    let Some(rest) = src.strip_suffix(".*").or_else(|| src.strip_suffix(".+")) else {
+        return false;
+    };
+    // An odd number of backslashes before the dot escapes it.
+    rest.bytes().rev().take_while(|&b| b == b'\\').count() % 2 == 0
 }
 
 /// A `.` outside a character class, not escaped, and followed by a host character: the author

@@ -1,10 +1,17 @@
-//! Webhook TLS without cert-manager: a CA and a serving certificate generated with rcgen, kept in
-//! a Secret, the CA published as `caBundle` in the webhook configurations.
+//! Webhook TLS without cert-manager: a CA and a serving certificate generated with rcgen, the CA
+//! published as `caBundle` in the webhook configurations.
 //!
-//! Only the leader writes ([`Manager::reconcile`]): it creates the Secret, renews the serving
-//! certificate when a third of its life is left (and the CA when a year is left, keeping the old
-//! CA in the bundle so both stay trusted during the switch), and patches `caBundle`. Every
-//! replica reads the Secret ([`Manager::load`]) and swaps the certificate it serves in place.
+//! Two Secrets keep the CA's private key away from the serving path. The CA Secret
+//! ([`CertConfig::ca_secret_name`]: `ca.crt`, `ca.key`) is read and written only by the leader
+//! ([`Manager::reconcile`]); the serving Secret ([`CertConfig::secret_name`], `kubernetes.io/tls`:
+//! `tls.crt`, `tls.key`, and the public `ca.crt`) is all that every replica reads
+//! ([`Manager::load`]). Whoever reads the serving Secret can impersonate the webhook until the
+//! certificate expires, but cannot mint certificates the API server would trust.
+//!
+//! The leader creates both Secrets, renews the serving certificate when a third of its life is
+//! left (and the CA when a year is left, keeping the old CA in the bundle so both stay trusted
+//! during the switch), and patches `caBundle`. A serving Secret of the older single-Secret layout
+//! (with `ca.key`) is split: its CA moves to the CA Secret, and the key leaves the serving one.
 
 use std::collections::BTreeMap;
 
@@ -45,38 +52,48 @@ pub const CA_RENEW_BEFORE: SignedDuration = SignedDuration::from_secs(365 * DAY)
 pub const CERT_VALIDITY: SignedDuration = SignedDuration::from_secs(365 * DAY);
 pub const CERT_RENEW_BEFORE: SignedDuration = SignedDuration::from_secs(122 * DAY);
 
-/// Where the certificate lives and whom it serves.
+/// Where the certificates live and whom they serve.
 #[derive(Debug, Clone)]
 pub struct CertConfig {
-    /// Namespace of the controller, its Service and the Secret.
+    /// Namespace of the controller, its Service and the Secrets.
     pub namespace: String,
+    /// The serving Secret: certificate and key of the webhook, read by every replica.
     pub secret_name: String,
+    /// The CA Secret: the CA's certificate and private key, read and written by the leader only.
+    pub ca_secret_name: String,
     /// The webhook Service; the certificate covers its in-cluster DNS names.
     pub service_name: String,
     pub mutating_webhook: String,
     pub validating_webhook: String,
 }
 
-/// The PEM material in the Secret.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Bundle {
+/// The CA (leader only): its certificate(s) and private key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Authority {
     /// The current CA first, then possibly the previous one (during a CA rotation).
     pub ca_pem: String,
     pub ca_key_pem: String,
+    pub ca_not_after: Timestamp,
+}
+
+/// What a serving replica gets: the serving certificate and its key, and the public CA bundle.
+/// No CA key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bundle {
+    /// The CA certificates the API server trusts (`caBundle`).
+    pub ca_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
-    pub ca_not_after: Timestamp,
     pub cert_not_after: Timestamp,
 }
 
-/// What a bundle needs at `now`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Renewal {
-    Fresh,
-    /// The serving certificate is near its end: issue a new one with the same CA.
-    Cert,
-    /// The CA is near its end: new CA (the old one stays in the bundle) and a new certificate.
-    Ca,
+/// Keeps the CA key out of logs and panic messages.
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority")
+            .field("ca_not_after", &self.ca_not_after)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Sets the validity of `params`, at day granularity (UTC midnight), which is plenty here.
@@ -115,62 +132,89 @@ pub fn service_dns_names(service: &str, namespace: &str) -> Vec<String> {
     ]
 }
 
-/// Issues a serving certificate for `dns_names`, signed by the CA key.
-fn issue_cert(
-    ca_key_pem: &str,
-    dns_names: Vec<String>,
-    now: Timestamp,
-) -> Result<(String, String)> {
-    let ca_key = KeyPair::from_pem(ca_key_pem).map_err(Error::Cert)?;
-    // The issuer needs only the CA's name and key: the name is fixed, so no parser is needed.
-    let issuer = Issuer::new(ca_params(now, now)?, ca_key);
-    let mut params = CertificateParams::new(dns_names.clone()).map_err(Error::Cert)?;
-    params.distinguished_name.push(
-        DnType::CommonName,
-        dns_names.first().cloned().unwrap_or_default(),
-    );
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.use_authority_key_identifier_extension = true;
-    set_validity(
-        &mut params,
-        now - SignedDuration::from_secs(DAY),
-        now + CERT_VALIDITY,
-    );
-    let key = KeyPair::generate().map_err(Error::Cert)?;
-    let cert = params.signed_by(&key, &issuer).map_err(Error::Cert)?;
-    Ok((cert.pem(), key.serialize_pem()))
+/// A serving certificate from a CA whose key is dropped at once: what a replica serves until
+/// it has read the serving Secret (the API server trusts it not, so `/readyz` stays false).
+pub fn placeholder(dns_names: Vec<String>, now: Timestamp) -> Result<Bundle> {
+    Authority::generate(now, None)?.issue(dns_names, now)
 }
 
-/// A new CA and serving certificate. `previous_ca` stays in the bundle (CA rotation).
-pub fn generate(
-    dns_names: Vec<String>,
-    now: Timestamp,
-    previous_ca: Option<&str>,
-) -> Result<Bundle> {
-    let ca_key = KeyPair::generate().map_err(Error::Cert)?;
-    let ca_not_after = now + CA_VALIDITY;
-    let ca = ca_params(now - SignedDuration::from_secs(DAY), ca_not_after)?
-        .self_signed(&ca_key)
-        .map_err(Error::Cert)?;
-    let ca_key_pem = ca_key.serialize_pem();
-    let (cert_pem, key_pem) = issue_cert(&ca_key_pem, dns_names, now)?;
-    let mut ca_pem = ca.pem();
-    if let Some(previous) = previous_ca.and_then(first_pem_block) {
-        ca_pem.push_str(&previous);
+impl Authority {
+    /// A new CA. `previous_ca` (its first certificate) stays in the bundle: CA rotation.
+    pub fn generate(now: Timestamp, previous_ca: Option<&str>) -> Result<Authority> {
+        let ca_key = KeyPair::generate().map_err(Error::Cert)?;
+        let ca_not_after = now + CA_VALIDITY;
+        let ca = ca_params(now - SignedDuration::from_secs(DAY), ca_not_after)?
+            .self_signed(&ca_key)
+            .map_err(Error::Cert)?;
+        let mut ca_pem = ca.pem();
+        if let Some(previous) = previous_ca.and_then(first_pem_block) {
+            ca_pem.push_str(&previous);
+        }
+        Ok(Authority {
+            ca_pem,
+            ca_key_pem: ca_key.serialize_pem(),
+            ca_not_after,
+        })
     }
-    Ok(Bundle {
-        ca_pem,
-        ca_key_pem,
-        cert_pem,
-        key_pem,
-        ca_not_after,
-        cert_not_after: now + CERT_VALIDITY,
-    })
+
+    /// Whether the CA is near its end and must be replaced (see [`CA_RENEW_BEFORE`]).
+    pub fn needs_rotation(&self, now: Timestamp) -> bool {
+        self.ca_not_after - CA_RENEW_BEFORE <= now
+    }
+
+    /// Issues a serving certificate for `dns_names`, signed by this CA.
+    pub fn issue(&self, dns_names: Vec<String>, now: Timestamp) -> Result<Bundle> {
+        let ca_key = KeyPair::from_pem(&self.ca_key_pem).map_err(Error::Cert)?;
+        // The issuer needs only the CA's name and key: the name is fixed, so no parser is needed.
+        let issuer = Issuer::new(ca_params(now, now)?, ca_key);
+        let mut params = CertificateParams::new(dns_names.clone()).map_err(Error::Cert)?;
+        params.distinguished_name.push(
+            DnType::CommonName,
+            dns_names.first().cloned().unwrap_or_default(),
+        );
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        set_validity(
+            &mut params,
+            now - SignedDuration::from_secs(DAY),
+            now + CERT_VALIDITY,
+        );
+        let key = KeyPair::generate().map_err(Error::Cert)?;
+        let cert = params.signed_by(&key, &issuer).map_err(Error::Cert)?;
+        Ok(Bundle {
+            ca_pem: self.ca_pem.clone(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert_not_after: now + CERT_VALIDITY,
+        })
+    }
+
+    /// Reads the CA Secret; both keys and the annotation must be present and valid.
+    pub fn from_secret(secret: &Secret) -> Result<Authority> {
+        let fields = SecretFields::new(secret)?;
+        Ok(Authority {
+            ca_pem: fields.text(CA_CERT_KEY)?,
+            ca_key_pem: fields.text(CA_KEY_KEY)?,
+            ca_not_after: fields.time(CA_NOT_AFTER)?,
+        })
+    }
+
+    /// The CA Secret (`Opaque`: it is not a serving certificate, nothing should mount it).
+    pub fn to_secret(&self, config: &CertConfig, resource_version: Option<String>) -> Secret {
+        secret(
+            &config.ca_secret_name,
+            config,
+            resource_version,
+            "Opaque",
+            (CA_NOT_AFTER, self.ca_not_after),
+            [(CA_CERT_KEY, &self.ca_pem), (CA_KEY_KEY, &self.ca_key_pem)],
+        )
+    }
 }
 
 /// The first `-----BEGIN CERTIFICATE-----` block of a PEM bundle.
@@ -182,97 +226,125 @@ fn first_pem_block(pem: &str) -> Option<String> {
 }
 
 impl Bundle {
-    /// What this bundle needs at `now`.
-    pub fn renewal(&self, now: Timestamp) -> Renewal {
-        if self.ca_not_after - CA_RENEW_BEFORE <= now {
-            Renewal::Ca
-        } else if self.cert_not_after - CERT_RENEW_BEFORE <= now {
-            Renewal::Cert
-        } else {
-            Renewal::Fresh
-        }
+    /// Whether the serving certificate is near its end (see [`CERT_RENEW_BEFORE`]).
+    pub fn needs_renewal(&self, now: Timestamp) -> bool {
+        self.cert_not_after - CERT_RENEW_BEFORE <= now
     }
 
-    /// A new serving certificate from the same CA.
-    pub fn reissue(&self, dns_names: Vec<String>, now: Timestamp) -> Result<Bundle> {
-        let (cert_pem, key_pem) = issue_cert(&self.ca_key_pem, dns_names, now)?;
-        Ok(Bundle {
-            cert_pem,
-            key_pem,
-            cert_not_after: now + CERT_VALIDITY,
-            ..self.clone()
-        })
-    }
-
-    /// Reads a bundle from the Secret; every key and annotation must be present and valid.
+    /// Reads the serving Secret; `ca.crt`, `tls.crt`, `tls.key` and the annotation must be
+    /// present and valid. A `ca.key` in it (older layout) is not read.
     pub fn from_secret(secret: &Secret) -> Result<Bundle> {
-        let name = secret.metadata.name.clone().unwrap_or_default();
-        let bad = |reason: String| Error::BadSecret {
-            secret: name.clone(),
-            reason,
-        };
-        let data = secret
-            .data
-            .as_ref()
-            .ok_or_else(|| bad("has no data".into()))?;
-        let text = |key: &str| -> Result<String> {
-            let bytes = data
-                .get(key)
-                .ok_or_else(|| bad(format!("has no key {key}")))?;
-            String::from_utf8(bytes.0.clone()).map_err(|_| bad(format!("{key} is not UTF-8 PEM")))
-        };
-        let annotations = secret.metadata.annotations.clone().unwrap_or_default();
-        let time = |key: &str| -> Result<Timestamp> {
-            let value = annotations
-                .get(key)
-                .ok_or_else(|| bad(format!("has no annotation {key}")))?;
-            value.parse().map_err(|e| {
-                bad(format!(
-                    "annotation {key}: {value:?} is not a timestamp: {e}"
-                ))
-            })
-        };
+        let fields = SecretFields::new(secret)?;
         Ok(Bundle {
-            ca_pem: text(CA_CERT_KEY)?,
-            ca_key_pem: text(CA_KEY_KEY)?,
-            cert_pem: text(CERT_KEY)?,
-            key_pem: text(KEY_KEY)?,
-            ca_not_after: time(CA_NOT_AFTER)?,
-            cert_not_after: time(CERT_NOT_AFTER)?,
+            ca_pem: fields.text(CA_CERT_KEY)?,
+            cert_pem: fields.text(CERT_KEY)?,
+            key_pem: fields.text(KEY_KEY)?,
+            cert_not_after: fields.time(CERT_NOT_AFTER)?,
         })
     }
 
-    /// The Secret holding this bundle.
+    /// The serving Secret (`kubernetes.io/tls`, so cert-manager-style mounts work too).
     pub fn to_secret(&self, config: &CertConfig, resource_version: Option<String>) -> Secret {
-        let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
-        Secret {
-            metadata: ObjectMeta {
-                name: Some(config.secret_name.clone()),
-                namespace: Some(config.namespace.clone()),
-                resource_version,
-                labels: Some(BTreeMap::from([(
-                    crate::reconcile::MANAGED_BY_LABEL.to_owned(),
-                    crate::reconcile::MANAGED_BY_VALUE.to_owned(),
-                )])),
-                annotations: Some(BTreeMap::from([
-                    (CA_NOT_AFTER.to_owned(), self.ca_not_after.to_string()),
-                    (CERT_NOT_AFTER.to_owned(), self.cert_not_after.to_string()),
-                ])),
-                ..ObjectMeta::default()
-            },
-            type_: Some("kubernetes.io/tls".into()),
-            data: Some(BTreeMap::from([
-                (CA_CERT_KEY.to_owned(), bytes(&self.ca_pem)),
-                (CA_KEY_KEY.to_owned(), bytes(&self.ca_key_pem)),
-                (CERT_KEY.to_owned(), bytes(&self.cert_pem)),
-                (KEY_KEY.to_owned(), bytes(&self.key_pem)),
-            ])),
-            ..Secret::default()
-        }
+        secret(
+            &config.secret_name,
+            config,
+            resource_version,
+            "kubernetes.io/tls",
+            (CERT_NOT_AFTER, self.cert_not_after),
+            [
+                (CA_CERT_KEY, &self.ca_pem),
+                (CERT_KEY, &self.cert_pem),
+                (KEY_KEY, &self.key_pem),
+            ],
+        )
     }
 }
 
-/// Reads and (on the leader) maintains the certificate Secret.
+fn secret<const N: usize>(
+    name: &str,
+    config: &CertConfig,
+    resource_version: Option<String>,
+    type_: &str,
+    (annotation, not_after): (&str, Timestamp),
+    data: [(&str, &String); N],
+) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(config.namespace.clone()),
+            resource_version,
+            labels: Some(BTreeMap::from([(
+                crate::reconcile::MANAGED_BY_LABEL.to_owned(),
+                crate::reconcile::MANAGED_BY_VALUE.to_owned(),
+            )])),
+            annotations: Some(BTreeMap::from([(
+                annotation.to_owned(),
+                not_after.to_string(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        type_: Some(type_.to_owned()),
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k.to_owned(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
+/// Typed access to a Secret's data and annotations, with errors naming the Secret and the key.
+struct SecretFields<'s> {
+    name: String,
+    data: &'s BTreeMap<String, ByteString>,
+    annotations: Option<&'s BTreeMap<String, String>>,
+}
+
+impl<'s> SecretFields<'s> {
+    fn new(secret: &'s Secret) -> Result<Self> {
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        match &secret.data {
+            Some(data) => Ok(SecretFields {
+                name,
+                data,
+                annotations: secret.metadata.annotations.as_ref(),
+            }),
+            None => Err(Error::BadSecret {
+                secret: name,
+                reason: "has no data".into(),
+            }),
+        }
+    }
+
+    fn bad(&self, reason: String) -> Error {
+        Error::BadSecret {
+            secret: self.name.clone(),
+            reason,
+        }
+    }
+
+    fn text(&self, key: &str) -> Result<String> {
+        let bytes = self
+            .data
+            .get(key)
+            .ok_or_else(|| self.bad(format!("has no key {key}")))?;
+        String::from_utf8(bytes.0.clone()).map_err(|_| self.bad(format!("{key} is not UTF-8 PEM")))
+    }
+
+    fn time(&self, key: &str) -> Result<Timestamp> {
+        let value = self
+            .annotations
+            .and_then(|a| a.get(key))
+            .ok_or_else(|| self.bad(format!("has no annotation {key}")))?;
+        value.parse().map_err(|e| {
+            self.bad(format!(
+                "annotation {key}: {value:?} is not a timestamp: {e}"
+            ))
+        })
+    }
+}
+
+/// Reads and (on the leader) maintains the certificate Secrets.
 #[derive(Clone)]
 pub struct Manager {
     client: Client,
@@ -288,7 +360,7 @@ impl Manager {
         Api::namespaced(self.client.clone(), &self.config.namespace)
     }
 
-    /// The bundle in the Secret, if the Secret exists (every replica).
+    /// The serving bundle, if its Secret exists (every replica). Never reads the CA Secret.
     pub async fn load(&self) -> Result<Option<Bundle>> {
         let secret = self
             .secrets()
@@ -298,62 +370,83 @@ impl Manager {
         secret.as_ref().map(Bundle::from_secret).transpose()
     }
 
-    /// Leader only: makes the Secret hold a fresh bundle and publishes its CA in the webhook
-    /// configurations. Returns the bundle in force. A Secret another replica wrote in between
-    /// makes the write fail with a conflict; the next round reads it.
+    /// Leader only: makes the CA Secret hold a CA that is not near its end, the serving Secret a
+    /// fresh certificate from that CA, and publishes the CA in the webhook configurations.
+    /// Returns the serving bundle in force. A Secret another replica wrote in between makes the
+    /// write fail with a conflict; the next round reads it.
     pub async fn reconcile(&self, now: Timestamp) -> Result<Bundle> {
         let dns = service_dns_names(&self.config.service_name, &self.config.namespace);
         let secrets = self.secrets();
-        let existing = secrets
+        let ca_secret = secrets
+            .get_opt(&self.config.ca_secret_name)
+            .await
+            .map_err(Error::kube("read webhook CA Secret"))?;
+        let serving_secret = secrets
             .get_opt(&self.config.secret_name)
             .await
             .map_err(Error::kube("read webhook certificate Secret"))?;
-        let bundle = match existing {
-            None => {
-                let bundle = generate(dns, now, None)?;
-                secrets
-                    .create(
-                        &PostParams::default(),
-                        &bundle.to_secret(&self.config, None),
-                    )
-                    .await
-                    .map_err(Error::kube("create webhook certificate Secret"))?;
-                tracing::info!(secret = %self.config.secret_name, "created the webhook CA and certificate");
-                bundle
-            }
-            Some(secret) => {
-                let version = secret.metadata.resource_version.clone();
-                let (bundle, renewal) = match Bundle::from_secret(&secret) {
-                    Ok(bundle) => {
-                        let renewal = bundle.renewal(now);
-                        let next = match renewal {
-                            Renewal::Fresh => bundle,
-                            Renewal::Cert => bundle.reissue(dns, now)?,
-                            Renewal::Ca => generate(dns, now, Some(&bundle.ca_pem))?,
-                        };
-                        (next, renewal)
-                    }
-                    Err(err) => {
-                        tracing::warn!(%err, "webhook certificate Secret unusable; replacing it");
-                        (generate(dns, now, None)?, Renewal::Ca)
-                    }
-                };
-                if renewal != Renewal::Fresh {
-                    secrets
-                        .replace(
-                            &self.config.secret_name,
-                            &PostParams::default(),
-                            &bundle.to_secret(&self.config, version),
-                        )
-                        .await
-                        .map_err(Error::kube("renew webhook certificate Secret"))?;
-                    tracing::info!(?renewal, "renewed the webhook certificate");
-                }
-                bundle
-            }
+
+        // The CA: the CA Secret's, else the one an older serving Secret carries, else a new one.
+        let in_ca_secret = ca_secret.as_ref().and_then(|secret| {
+            Authority::from_secret(secret)
+                .inspect_err(|err| tracing::warn!(%err, "webhook CA Secret unusable; replacing it"))
+                .ok()
+        });
+        let legacy = serving_secret
+            .as_ref()
+            .filter(|s| s.data.as_ref().is_some_and(|d| d.contains_key(CA_KEY_KEY)));
+        let stored = match (&in_ca_secret, legacy) {
+            (Some(ca), _) => Some(ca.clone()),
+            (None, Some(old)) if ca_secret.is_none() => Authority::from_secret(old).ok(),
+            (None, _) => None,
         };
+        let authority = match stored {
+            Some(ca) if !ca.needs_rotation(now) => ca,
+            Some(old) => Authority::generate(now, Some(&old.ca_pem))?,
+            None => Authority::generate(now, None)?,
+        };
+        if in_ca_secret.as_ref() != Some(&authority) {
+            let version = ca_secret.and_then(|s| s.metadata.resource_version);
+            self.write(&secrets, authority.to_secret(&self.config, version), "CA")
+                .await?;
+        }
+
+        // The serving certificate: reissued when missing, near its end, or from another CA.
+        let stored_bundle = serving_secret
+            .as_ref()
+            .and_then(|secret| Bundle::from_secret(secret).ok());
+        let bundle = match &stored_bundle {
+            Some(b) if b.ca_pem == authority.ca_pem && !b.needs_renewal(now) => b.clone(),
+            _ => authority.issue(dns, now)?,
+        };
+        if stored_bundle.as_ref() != Some(&bundle) || legacy.is_some() {
+            let version = serving_secret
+                .as_ref()
+                .and_then(|s| s.metadata.resource_version.clone());
+            self.write(&secrets, bundle.to_secret(&self.config, version), "serving")
+                .await?;
+        }
         self.publish_ca_bundle(&bundle.ca_pem).await?;
         Ok(bundle)
+    }
+
+    /// Creates `secret`, or replaces it when it carries the resourceVersion it was read at.
+    async fn write(&self, secrets: &Api<Secret>, secret: Secret, which: &str) -> Result<()> {
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        if secret.metadata.resource_version.is_none() {
+            secrets
+                .create(&PostParams::default(), &secret)
+                .await
+                .map_err(Error::kube("create webhook certificate Secret"))?;
+            tracing::info!(secret = %name, "created the webhook {which} Secret");
+        } else {
+            secrets
+                .replace(&name, &PostParams::default(), &secret)
+                .await
+                .map_err(Error::kube("replace webhook certificate Secret"))?;
+            tracing::info!(secret = %name, "updated the webhook {which} Secret");
+        }
+        Ok(())
     }
 
     /// Writes `caBundle` into every webhook of both configurations. A configuration that does

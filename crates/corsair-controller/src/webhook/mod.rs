@@ -31,12 +31,45 @@ pub const INJECT_PATH: &str = "/inject";
 /// Path of the validating webhook (CorsPolicies).
 pub const VALIDATE_PATH: &str = "/validate";
 
+/// Bounds on what one client can make the webhook server hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// Largest request body (AdmissionReview) read; a larger one gets 413.
+    pub max_body_bytes: usize,
+    /// Time for a request body to arrive once its head has; a slower one gets 408.
+    pub body_timeout: std::time::Duration,
+    /// HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Limits {
+    /// The API server refuses request bodies over 3 MiB and stores objects of at most 1.5 MiB,
+    /// so an AdmissionReview of a real object fits in 3 MiB.
+    pub const DEFAULT_MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+    pub const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES,
+            body_timeout: Self::DEFAULT_BODY_TIMEOUT,
+            max_concurrent_streams: 32,
+        }
+    }
+}
+
 /// Everything a webhook request needs; cheap to clone (one per connection).
 #[derive(Clone)]
 pub struct WebhookState {
     config: Arc<InjectConfig>,
     metrics: Metrics,
     policies: Option<Arc<dyn PolicyLookup>>,
+    limits: Limits,
 }
 
 impl WebhookState {
@@ -47,7 +80,18 @@ impl WebhookState {
             config: Arc::new(config),
             metrics,
             policies: None,
+            limits: Limits::default(),
         }
+    }
+
+    /// Replaces the default [`Limits`] of the server.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Lets the webhook warn when a pod names a CorsPolicy that does not exist.
@@ -70,6 +114,7 @@ impl std::fmt::Debug for WebhookState {
         f.debug_struct("WebhookState")
             .field("config", &self.config)
             .field("policy_lookup", &self.policies.is_some())
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }

@@ -360,6 +360,23 @@ mod tests {
         assert_eq!(state.metrics().injections("error"), 3);
     }
 
+    /// From the `admission_review` fuzz target: a lone surrogate escape in a field the webhook
+    /// ignores is skipped unread, so the review is still answered, with its uid.
+    #[test]
+    fn invalid_escapes_in_ignored_fields_do_not_stop_the_answer() {
+        let state = state();
+        let mut review = pod_review("CREATE").to_string();
+        review = review.replacen("\"userInfo\"", "\"ignored\":\"\\ud800\",\"userInfo\"", 1);
+        assert!(
+            serde_json::from_str::<Value>(&review).is_err(),
+            "not a JSON value"
+        );
+        let out = super::review(&state, Webhook::Inject, review.as_bytes()).expect("answered");
+        let answer: Value = serde_json::from_slice(&out).expect("the answer is JSON");
+        assert_eq!(answer["response"]["uid"], json!("u-1"));
+        assert_eq!(answer["response"]["allowed"], json!(true));
+    }
+
     #[test]
     fn policy_without_spec_is_denied_and_deletion_is_allowed() {
         let state = state();

@@ -13,7 +13,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -21,9 +21,6 @@ use super::review::{Webhook, review};
 use super::tls::{CertError, CertStore};
 use super::{INJECT_PATH, VALIDATE_PATH, WebhookState};
 
-/// Largest AdmissionReview accepted. The API server caps objects near 1.5 MiB, and a review
-/// can carry an object and its old version.
-const MAX_BODY: usize = 4 * 1024 * 1024;
 /// A client that does not finish its TLS handshake or request head in this time is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -43,15 +40,29 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WebhookError> {
     let acceptor = TlsAcceptor::from(Arc::new(certs.server_config()?));
+    let limits = *state.limits();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HANDSHAKE_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams);
+    // A permit per connection: at the cap, new connections wait in the listen backlog.
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let (stop, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -62,6 +73,7 @@ pub async fn serve(
                     let state = state.clone();
                     let mut stopping = stopping.clone();
                     connections.spawn(async move {
+                        let _permit = permit;
                         let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                             Ok(Ok(tls)) => tls,
                             Ok(Err(err)) => {
@@ -116,15 +128,22 @@ async fn handle(state: &WebhookState, req: Request<Incoming>) -> Response<Full<B
     if req.method() != Method::POST {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+    let limits = state.limits();
+    let max = limits.max_body_bytes;
+    let read = Limited::new(req.into_body(), max).collect();
+    let body = match tokio::time::timeout(limits.body_timeout, read).await {
+        Err(_) => {
             return text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("AdmissionReview larger than {MAX_BODY} bytes\n"),
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the AdmissionReview did not arrive within {} s\n",
+                    limits.body_timeout.as_secs()
+                ),
             );
         }
-        Err(err) => {
+        Ok(Ok(body)) => body.to_bytes(),
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => return too_large(max),
+        Ok(Err(err)) => {
             return text(
                 StatusCode::BAD_REQUEST,
                 format!("cannot read the body: {err}\n"),
@@ -146,6 +165,13 @@ async fn handle(state: &WebhookState, req: Request<Incoming>) -> Response<Full<B
             text(StatusCode::BAD_REQUEST, format!("{err}\n"))
         }
     }
+}
+
+fn too_large(max: usize) -> Response<Full<Bytes>> {
+    text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("AdmissionReview larger than {max} bytes (--max-request-bytes)\n"),
+    )
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

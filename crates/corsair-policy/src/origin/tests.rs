@@ -26,12 +26,32 @@ fn request_origins_split_into_scheme_host_port() {
         ("https://u@a.test", None),
         ("https://a test", None),
         ("https://[::1", None),
+        // Found by the `origin` fuzz target: text after `]` that is not a port was ignored.
+        ("https://[::1]evil", None),
+        ("https://[::1]x:80", None),
         ("", None),
     ];
     for (text, want) in table {
         let got = parse_request_origin(text).map(|p| (p.scheme, p.host, p.port));
         assert_eq!(got, want, "{text:?}");
     }
+}
+
+/// Found by the `origin` fuzz target: `https://[::1]…` with anything but a port after `]` was
+/// accepted as an exact `allowOrigins` entry.
+#[test]
+fn config_origins_with_text_after_an_ipv6_host_are_refused() {
+    for entry in [
+        "https://[::1]evil",
+        "https://[::1]y*",
+        "https://[::1]:8443x",
+    ] {
+        assert!(parse_config_origin(entry).is_err(), "{entry:?}");
+    }
+    assert_eq!(
+        parse_config_origin("https://[::1]:8443"),
+        Ok(OriginPattern::Exact)
+    );
 }
 
 #[test]
