@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
-mod logging;
 
 /// A CORS gateway for Kubernetes.
 #[derive(Parser)]

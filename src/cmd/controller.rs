@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use corsair_controller::runtime::Config;
 
 use crate::cmd::sidecar::SidecarArgs;
-use crate::logging::LogArgs;
+use corsair_runtime::logging::LogArgs;
 
 /// `corsair controller [--webhook-listen ADDR] [--admin-listen ADDR] [--tls-cert F --tls-key F]`
 #[derive(clap::Args)]
@@ -68,7 +68,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    crate::logging::init(&args.log)?;
+    corsair_runtime::logging::init(&args.log)?;
     // Checked before anything else, so a bad flag is reported without an API server.
     let inject = args.sidecar.inject_config(args.sidecar.sidecar_mode)?;
     let config = Config {

@@ -57,11 +57,11 @@ pub struct Args {
     #[arg(long, default_value_t = 8083, env = "CORSAIR_DEMO_ADMIN_PORT")]
     admin_port: u16,
     #[command(flatten)]
-    log: crate::logging::LogArgs,
+    log: corsair_runtime::logging::LogArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    crate::logging::init(&args.log)?;
+    corsair_runtime::logging::init(&args.log)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::cmd::sidecar::SidecarArgs;
-use crate::logging::LogArgs;
+use corsair_runtime::logging::LogArgs;
 
 /// `corsair webhook --listen ADDR --tls-cert F --tls-key F`
 #[derive(clap::Args)]
@@ -73,7 +73,7 @@ impl LimitArgs {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    crate::logging::init(&args.log)?;
+    corsair_runtime::logging::init(&args.log)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -81,6 +81,8 @@ pub enum RuntimeError {
         #[source]
         source: CertError,
     },
+    #[error("cannot listen for SIGTERM")]
+    Signals(#[source] corsair_runtime::shutdown::SignalError),
     #[error("cannot generate a temporary webhook certificate")]
     TemporaryCert(#[source] crate::Error),
     #[error("cannot load the temporary webhook certificate")]
@@ -93,6 +95,8 @@ const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
 
 /// Runs the controller until SIGTERM (or Ctrl-C), then shuts down gracefully.
 pub async fn run(config: Config) -> Result<(), RuntimeError> {
+    // Installed first, so that a SIGTERM during start still shuts down gracefully.
+    let signals = corsair_runtime::ShutdownSignals::install().map_err(RuntimeError::Signals)?;
     let mut inject = config.inject.clone();
     let client = Client::try_default().await.map_err(RuntimeError::Client)?;
     let sidecar_mode = resolve_sidecar_mode(&client, inject.sidecar_mode).await;
@@ -123,12 +127,10 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
             addr: config.admin_listen,
             source,
         })?;
-    let admin = tokio::spawn(admin::serve(
-        admin_listener,
-        registry.clone(),
-        health.clone(),
-        stopped(),
-    ));
+    let admin_stop = tokio_util::sync::CancellationToken::new();
+    let admin = tokio::spawn(
+        admin::admin(registry.clone(), health.clone()).serve(admin_listener, admin_stop.clone()),
+    );
 
     // The webhook certificate: mounted files, or the Secret the leader maintains.
     let cert_config = CertConfig {
@@ -223,7 +225,8 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
         stopped(),
     ));
 
-    shutdown_signal().await;
+    let signal = signals.recv().await;
+    tracing::info!(?signal, "shutdown requested");
     tracing::info!("SIGTERM: reporting not ready, then finishing requests in flight");
     health.set_stopping();
     tokio::time::sleep(config.shutdown_delay).await;
@@ -241,6 +244,7 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     }
     cert_task.abort();
     drop(watches);
+    admin_stop.cancel();
     let _ = admin.await;
     tracing::info!("corsair controller stopped");
     Ok(())
@@ -415,21 +419,4 @@ fn hostname() -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| format!("corsair-{}", std::process::id()))
-}
-
-/// SIGTERM (what the kubelet sends) or Ctrl-C.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(err) => {
-            tracing::warn!(%err, "cannot watch SIGTERM; only Ctrl-C stops the controller");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
