@@ -68,7 +68,7 @@ per_request() {
     awk -v ir="$ir" -v n="$requests" 'BEGIN { printf "%.1f", ir / n / 1000 }'
 }
 
-(cd "$WORK" && CORSAIR_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out.%p" \
+(cd "$WORK" && CORSAIR_LOG=warn exec valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out.%p" \
     "${PROXY_CMD[@]}" --policy "$HERE/policy.yaml" --upstream "http://127.0.0.1:$UPSTREAM_PORT" \
     --listen "127.0.0.1:$PROXY_PORT" --admin "127.0.0.1:$ADMIN_PORT" --worker-threads 1 \
     >"$WORK/corsair.log" 2>&1) &
@@ -79,7 +79,7 @@ C_GET=$(per_request "$CORSAIR_PID" get $PROXY_PORT)
 C_PRE=$(per_request "$CORSAIR_PID" preflight $PROXY_PORT)
 
 sed 's/^worker_processes .*/worker_processes 1;/' "$HERE/nginx-cors.conf" >"$WORK/nginx.conf"
-(cd "$WORK" && valgrind --tool=callgrind --trace-children=yes --callgrind-out-file="$WORK/callgrind.out.%p" \
+(cd "$WORK" && exec valgrind --tool=callgrind --trace-children=yes --callgrind-out-file="$WORK/callgrind.out.%p" \
     nginx -p "$WORK" -c "$WORK/nginx.conf" -g 'daemon off; master_process off;' >"$WORK/nginx.log" 2>&1) &
 PIDS+=($!)
 wait_port $NGINX_PORT

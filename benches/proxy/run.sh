@@ -4,7 +4,6 @@
 #
 #   bash benches/proxy/run.sh                       # everything (about 15 minutes)
 #   SETUPS=pinned WORKLOADS=mix CONNECTIONS=64 ROUNDS=1 DURATION=3s bash benches/proxy/run.sh
-#   VARIANTS="worker shared percore" WORKLOADS=mix bash benches/proxy/run.sh   # design comparison
 #
 # Setups (SETUPS, default "pinned unpinned"):
 #   pinned    the upstream and the proxy under test share CPU $SERVER_CPU (default 0), the load
@@ -26,12 +25,6 @@
 # CPU/request: the user + system CPU time of the server's own processes during the measured run,
 # divided by the requests it served.
 #
-# VARIANTS adds corsair processes started with the temporary benchmark switches of the proxy
-# crate, measured beside the default ("connection": each client connection's own upstream
-# connections, multi-thread runtime): "worker" (a per-worker-thread upstream pool), "shared"
-# (hyper-util's shared pool, the design before), "percore" (one current-thread runtime per
-# worker on SO_REUSEPORT listeners).
-#
 # Everything listens on 127.0.0.1 (ports 18080-18099). wrk, h2load (nghttp2-client) and nginx
 # (nginx-light) are Debian packages, installed with apt-get when missing. PROXY_BIN is the
 # sidecar binary to run (`corsair-proxy`, or `corsair` whose `proxy` subcommand is used); by
@@ -49,7 +42,6 @@ ROUNDS=${ROUNDS:-3}
 H2=${H2:-1}
 H2_CONNECTIONS=${H2_CONNECTIONS:-64}
 H2_STREAMS=${H2_STREAMS:-10}
-VARIANTS=${VARIANTS:-}
 LOAD_CPU=${LOAD_CPU:-1}
 SERVER_CPU=${SERVER_CPU:-0}
 NICE=${NICE:-0}
@@ -188,16 +180,6 @@ start_setup() {
     PORT[upstream]=$UPSTREAM_PORT
 
     start_corsair corsair $CORSAIR_PORT $CORSAIR_ADMIN_PORT "$workers" "$cpu"
-    local port=18090 variant
-    for variant in $VARIANTS; do
-        case $variant in
-            worker) start_corsair "corsair-worker" $port $((port + 1)) "$workers" "$cpu" CORSAIR_BENCH_UPSTREAM=worker ;;
-            shared) start_corsair "corsair-shared" $port $((port + 1)) "$workers" "$cpu" CORSAIR_BENCH_UPSTREAM=shared ;;
-            percore) start_corsair "corsair-percore" $port $((port + 1)) "$workers" "$cpu" CORSAIR_BENCH_CORES="$workers" ;;
-            *) die "unknown variant $variant" ;;
-        esac
-        port=$((port + 2))
-    done
 
     start_nginx nginx nginx-cors.conf "$workers" "$cpu"
     wait_port $NGINX_PORT nginx

@@ -181,7 +181,7 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     let lookup = move |namespace: &str, name: &str| policy_presence(&lookup_store, namespace, name);
     let state = WebhookState::new(inject, webhook_metrics)
         .with_policy_lookup(Arc::new(lookup))
-        .with_limits(config.limits.clone());
+        .with_limits(config.limits);
     let webhook_listener = TcpListener::bind(config.webhook_listen)
         .await
         .map_err(|source| RuntimeError::Listen {

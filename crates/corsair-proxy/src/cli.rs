@@ -65,7 +65,8 @@ pub struct Args {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "CORSAIR_DRAIN_TIMEOUT", value_name = "SECONDS", default_value_t = 25.0, value_parser = seconds)]
     drain_timeout: f64,
-    /// Threads serving requests. Default: 2, like other sidecars, to keep the footprint small
+    /// Threads serving requests, each a single-threaded runtime with its own listener on the
+    /// proxy port (SO_REUSEPORT). Default: 2, like other sidecars, to keep the footprint small
     /// next to the application, or fewer when the CPU affinity or quota allows fewer.
     #[arg(long, env = "CORSAIR_WORKER_THREADS", value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -128,6 +129,11 @@ impl Args {
         config.idle_timeout = Duration::from_secs_f64(self.idle_timeout);
         config.max_header_bytes = self.max_header_bytes;
         config.drain_timeout = Duration::from_secs_f64(self.drain_timeout);
+        config.worker_threads = match self.worker_threads {
+            Some(n) => usize::from(n),
+            // Respects the CPU affinity and the cgroup CPU quota.
+            None => std::thread::available_parallelism().map_or(1, |n| n.get().min(2)),
+        };
         config
     }
 }
@@ -137,13 +143,9 @@ impl Args {
 pub fn run(args: Args) -> Result<(), CliError> {
     logging::init(&args.log)?;
     let config = args.config();
-    let worker_threads = match args.worker_threads {
-        Some(n) => usize::from(n),
-        // Respects the CPU affinity and the cgroup CPU quota.
-        None => std::thread::available_parallelism().map_or(1, |n| n.get().min(2)),
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(worker_threads)
+    // Requests are served by the proxy's own worker threads; this runtime runs the admin port,
+    // the policy reloader and the shutdown.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .thread_name("corsair-proxy")
         .enable_all()
         .build()

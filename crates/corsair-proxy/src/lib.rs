@@ -69,6 +69,8 @@ pub struct ProxyConfig {
     pub max_header_bytes: usize,
     /// On shutdown, how long in-flight requests may take before their connections are dropped.
     pub drain_timeout: Duration,
+    /// Threads serving the proxy port, each a single-threaded runtime with its own listener.
+    pub worker_threads: usize,
     /// How often the policy file is polled, in addition to filesystem notifications.
     pub reload_poll_interval: Duration,
 }
@@ -93,6 +95,7 @@ impl ProxyConfig {
             idle_timeout: Duration::from_secs(300),
             max_header_bytes: 64 * 1024,
             drain_timeout: Duration::from_secs(25),
+            worker_threads: 1,
             reload_poll_interval: Duration::from_secs(1),
         }
     }
@@ -155,41 +158,20 @@ impl Proxy {
         )?);
         metrics.set_generation(store.current().generation());
 
-        // BENCHMARK ONLY, removed once measured: `CORSAIR_BENCH_CORES=N` serves the proxy port
-        // from N threads, each a current-thread runtime with its own SO_REUSEPORT listener.
-        let per_core: Option<usize> = std::env::var("CORSAIR_BENCH_CORES")
-            .ok()
-            .and_then(|v| v.parse().ok());
-        let mut core_listeners = Vec::new();
-        if let Some(cores) = per_core {
-            let first = bind_reuseport(config.listen)?;
-            let addr = first.local_addr().map_err(|source| ProxyError::Bind {
-                role: "proxy",
-                addr: config.listen,
-                source,
-            })?;
-            core_listeners.push(first);
-            for _ in 1..cores {
-                core_listeners.push(bind_reuseport(addr)?);
-            }
+        // Thread per core: each worker thread runs a single-threaded runtime that accepts on its
+        // own SO_REUSEPORT listener and serves its connections to the end, with no work
+        // stealing or cross-thread wake-ups (measured in docs/benchmarks.md).
+        let first = bind_reuseport(config.listen)?;
+        let listen_addr = first.local_addr().map_err(|source| ProxyError::Bind {
+            role: "proxy",
+            addr: config.listen,
+            source,
+        })?;
+        let mut core_listeners = vec![first];
+        for _ in 1..config.worker_threads.max(1) {
+            core_listeners.push(bind_reuseport(listen_addr)?);
         }
-        let listener = match core_listeners.first() {
-            Some(first) => {
-                let clone = first.try_clone().map_err(|source| ProxyError::Bind {
-                    role: "proxy",
-                    addr: config.listen,
-                    source,
-                })?;
-                TcpListener::from_std(clone).map_err(|source| ProxyError::Bind {
-                    role: "proxy",
-                    addr: config.listen,
-                    source,
-                })?
-            }
-            None => bind(config.listen, "proxy").await?,
-        };
         let admin_listener = bind(config.admin, "admin").await?;
-        let listen_addr = local_addr(&listener, config.listen, "proxy")?;
         let admin_addr = local_addr(&admin_listener, config.admin, "admin")?;
 
         let shutdown = CancellationToken::new();
@@ -211,33 +193,38 @@ impl Proxy {
             shutdown.clone(),
         );
         tokio::spawn(watcher);
-        if core_listeners.is_empty() {
-            tasks.spawn(server::accept_loop(
-                listener,
-                state.clone(),
-                shutdown.clone(),
-                abort.clone(),
-            ));
-        } else {
-            drop(listener);
-            for std_listener in core_listeners {
-                let (state, shutdown, abort) = (state.clone(), shutdown.clone(), abort.clone());
-                std::thread::spawn(move || {
-                    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    else {
+        for (i, std_listener) in core_listeners.into_iter().enumerate() {
+            let (state, shutdown, abort) = (state.clone(), shutdown.clone(), abort.clone());
+            let worker = move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(err) => {
+                        tracing::error!(error = %err, "cannot start a worker runtime");
                         return;
-                    };
-                    runtime.block_on(async move {
-                        let Ok(listener) = TcpListener::from_std(std_listener) else {
-                            return;
-                        };
-                        server::accept_loop(listener, state.clone(), shutdown, abort).await;
-                        state.tasks.wait().await;
-                    });
+                    }
+                };
+                runtime.block_on(async move {
+                    match TcpListener::from_std(std_listener) {
+                        Ok(listener) => {
+                            server::accept_loop(listener, state.clone(), shutdown, abort).await;
+                        }
+                        Err(err) => tracing::error!(error = %err, "cannot serve a worker listener"),
+                    }
+                    // Serve this thread's connections until they are drained.
+                    state.tasks.wait().await;
                 });
-            }
+            };
+            std::thread::Builder::new()
+                .name(format!("corsair-proxy-{i}"))
+                .spawn(worker)
+                .map_err(|source| ProxyError::Bind {
+                    role: "proxy worker",
+                    addr: listen_addr,
+                    source,
+                })?;
         }
         let admin_stop = CancellationToken::new();
         let admin_task =

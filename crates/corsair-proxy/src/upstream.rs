@@ -30,29 +30,6 @@ pub struct Upstream {
     /// `host:port`, the port defaulted to 80.
     address: String,
     connect_timeout: Duration,
-    design: Design,
-    authority: Authority,
-    shared: hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        Incoming,
-    >,
-}
-
-/// BENCHMARK ONLY, removed once measured (`CORSAIR_BENCH_UPSTREAM`): which upstream connection
-/// design serves requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Design {
-    /// Each client connection keeps its own upstream connections (the [`Lane`]).
-    Connection,
-    /// One list of idle connections per worker thread.
-    Worker,
-    /// hyper-util's legacy client: one pool shared by every worker, behind a lock.
-    Shared,
-}
-
-thread_local! {
-    static WORKER_POOL: std::cell::RefCell<Vec<SendRequest<Incoming>>> =
-        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The upstream connections of one client connection. Dropping it closes them.
@@ -97,20 +74,6 @@ impl Upstream {
         if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
             return Err(bad("it must not have a path or query"));
         }
-        let design = match std::env::var("CORSAIR_BENCH_UPSTREAM").as_deref() {
-            Ok("worker") => Design::Worker,
-            Ok("shared") => Design::Shared,
-            _ => Design::Connection,
-        };
-        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        let shared =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .pool_timer(hyper_util::rt::TokioTimer::new())
-                .timer(hyper_util::rt::TokioTimer::new())
-                .set_host(true)
-                .build(connector);
         Ok(Upstream {
             address: format!(
                 "{}:{}",
@@ -118,9 +81,6 @@ impl Upstream {
                 authority.port_u16().unwrap_or(80)
             ),
             connect_timeout: config.connect_timeout,
-            design,
-            authority: authority.clone(),
-            shared,
         })
     }
 
@@ -136,26 +96,6 @@ impl Upstream {
         mut req: Request<Incoming>,
         sequential: bool,
     ) -> Result<Response<Incoming>, Failed> {
-        if self.design == Design::Shared {
-            let (mut parts, body) = req.into_parts();
-            parts.uri = http::Uri::builder()
-                .scheme(Scheme::HTTP)
-                .authority(self.authority.clone())
-                .path_and_query(
-                    parts
-                        .uri
-                        .path_and_query()
-                        .cloned()
-                        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-                )
-                .build()
-                .map_err(Failed::new)?;
-            return self
-                .shared
-                .request(Request::from_parts(parts, body))
-                .await
-                .map_err(Failed::new);
-        }
         let mut retried = false;
         loop {
             let mut sender = match self.checkout(lane, sequential).await {
@@ -166,11 +106,7 @@ impl Upstream {
                 Ok(response) => {
                     // After a protocol switch the connection belongs to the tunnel.
                     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-                        if self.design == Design::Worker {
-                            WORKER_POOL.with_borrow_mut(|pool| pool.push(sender));
-                        } else {
-                            lane.give_back(sender);
-                        }
+                        lane.give_back(sender);
                     }
                     return Ok(response);
                 }
@@ -187,13 +123,6 @@ impl Upstream {
 
     /// An idle connection of the lane that is ready for a request, if any.
     async fn checkout(&self, lane: &Lane, sequential: bool) -> Option<SendRequest<Incoming>> {
-        if self.design == Design::Worker {
-            return WORKER_POOL.with_borrow_mut(|pool| {
-                pool.retain(|sender| !sender.is_closed());
-                let ready = pool.iter().position(SendRequest::is_ready)?;
-                Some(pool.swap_remove(ready))
-            });
-        }
         loop {
             let candidate = {
                 let mut idle = lane.idle.lock().unwrap_or_else(PoisonError::into_inner);
