@@ -171,7 +171,7 @@ macro_rules! fill {
         $target.mode = r.mode.map(|m| match m % 3 {
             0 => Mode::Enforce,
             1 => Mode::DryRun,
-            _ => Mode::Off,
+            _ => Mode::Disabled,
         });
     }};
 }
