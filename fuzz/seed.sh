@@ -39,3 +39,15 @@ for f in "$repo"/tests/fixtures/admission/*.json; do
   { printf '\x00'; cat "$f"; } > "$root/admission_review/inject-$name"
   { printf '\x01'; cat "$f"; } > "$root/admission_review/validate-$name"
 done
+
+# Every input a fuzzer once failed on is kept under <fuzz dir>/regressions/<target>/ and replayed
+# by every run: a fixed bug that comes back fails at once, not when the fuzzer finds it again.
+for dir in "$repo"/fuzz/regressions "$repo"/crates/corsair-controller/fuzz/regressions; do
+  [ -d "$dir" ] || continue
+  for target_dir in "$dir"/*/; do
+    target=$(basename "$target_dir")
+    for f in "$target_dir"*; do
+      cp "$f" "$root/$target/regression-$(basename "$f")"
+    done
+  done
+done

@@ -53,6 +53,18 @@ fn prefixes_match_whole_segments() {
     assert_eq!(normalize_prefix("//"), "/");
 }
 
+/// Found by `fuzz/origin` (its oracle, not the engine, was wrong): a wildcard's suffix can also
+/// end an unrelated-looking name, which is then a genuine subdomain.
+#[test]
+fn wildcard_suffix_covers_every_name_ending_in_it() {
+    let engine = compile(origins(&["ts://*.test"]));
+    assert!(allowed(&engine, "ts://sub.test.evil.test"));
+    assert!(allowed(&engine, "ts://a.b.test"));
+    assert!(!allowed(&engine, "ts://test"));
+    assert!(!allowed(&engine, "ts://sub.test.evil.tes"));
+    assert!(!allowed(&engine, "ts://eviltest"));
+}
+
 fn label() -> impl Strategy<Value = String> {
     "[a-z0-9]([a-z0-9-]{0,4}[a-z0-9])?"
 }
