@@ -36,6 +36,24 @@ impl Error {
         move |source| Error::Kube { action, source }
     }
 
+    /// How long the API server asked us to wait (`details.retryAfterSeconds` of its Status,
+    /// sent with 429 and some 5xx answers), if it did. The client already waits that long
+    /// and retries 429/503/504 itself; this is for the answer it finally gave up on.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::Kube {
+                source: kube::Error::Api(status),
+                ..
+            } => status
+                .details
+                .as_ref()
+                .map(|d| d.retry_after_seconds)
+                .filter(|s| *s > 0)
+                .map(|s| std::time::Duration::from_secs(u64::from(s))),
+            _ => None,
+        }
+    }
+
     /// A short, bounded label for the `corsair_controller_reconcile_errors_total` metric.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -43,7 +61,9 @@ impl Error {
                 kube::Error::Api(status) if status.is_not_found() => "api_not_found",
                 kube::Error::Api(status) if status.code == 409 => "api_conflict",
                 kube::Error::Api(status) if status.code == 403 => "api_forbidden",
+                kube::Error::Api(status) if status.code == 429 => "api_throttled",
                 kube::Error::Api(_) => "api_error",
+                kube::Error::Service(err) if err.is::<crate::lease::NotLeader>() => "not_leader",
                 _ => "api_unreachable",
             },
             Error::MissingField { .. } => "missing_field",

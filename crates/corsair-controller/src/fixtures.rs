@@ -109,17 +109,7 @@ impl ApiServerVerifier {
                 Err(err) => panic!("request body is not JSON ({err}): {bytes:?}"),
             }
         };
-        let query = parts
-            .uri
-            .query()
-            .unwrap_or_default()
-            .split('&')
-            .filter(|kv| !kv.is_empty())
-            .map(|kv| {
-                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                (k.to_owned(), v.to_owned())
-            })
-            .collect();
+        let query = parse_query(parts.uri.query().unwrap_or_default());
         Call {
             method: parts.method,
             path: parts.uri.path().to_owned(),
@@ -151,26 +141,14 @@ impl ApiServerVerifier {
         while let Some((request, respond)) = self.0.next_request().await {
             let (parts, body) = request.into_parts();
             let bytes = body.collect_bytes().await.unwrap_or_default();
-            let mut body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            if let Some(map) = body.as_object_mut() {
-                let name = parts
-                    .uri
-                    .path()
-                    .trim_end_matches("/status")
-                    .rsplit('/')
-                    .next();
-                let meta = map.entry("metadata").or_insert_with(|| json!({}));
-                if let (Some(meta), Some(name)) = (meta.as_object_mut(), name) {
-                    meta.entry("name").or_insert_with(|| json!(name));
-                }
-                if map.get("kind") == Some(&json!("CorsPolicy")) {
-                    map.entry("spec").or_insert_with(|| json!({}));
-                }
-            }
-            let status = if parts.method == Method::POST {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
+            let call = ApiCall {
+                method: parts.method,
+                path: parts.uri.path().to_owned(),
+                query: HashMap::new(),
+                body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            };
+            let Reply::Json { status, body, .. } = Reply::echo(&call) else {
+                continue;
             };
             let response = Response::builder()
                 .status(status)
@@ -238,4 +216,243 @@ impl Index for StaticIndex {
             .get(&(namespace.to_owned(), name.to_owned()))
             .cloned()
     }
+}
+
+/// One request as [`FakeApi`] saw it.
+#[derive(Debug, Clone)]
+pub struct ApiCall {
+    pub method: Method,
+    pub path: String,
+    pub query: HashMap<String, String>,
+    pub body: Value,
+}
+
+impl ApiCall {
+    /// A GET with `watch=true`.
+    pub fn is_watch(&self) -> bool {
+        self.method == Method::GET && self.query.get("watch").map(String::as_str) == Some("true")
+    }
+
+    /// A GET without `watch=true`: a list or a get.
+    pub fn is_read(&self) -> bool {
+        self.method == Method::GET && !self.is_watch()
+    }
+}
+
+/// What [`FakeApi`] answers to one call.
+pub enum Reply {
+    /// A status, extra headers and a JSON body.
+    Json {
+        status: StatusCode,
+        headers: Vec<(&'static str, String)>,
+        body: Value,
+    },
+    /// A watch: these events, one JSON object per line; then the stream ends, or stays open.
+    Events { events: Vec<Value>, open: bool },
+    /// Waits until `gate` is open (true), then answers.
+    Held(tokio::sync::watch::Receiver<bool>, Box<Reply>),
+}
+
+impl Reply {
+    /// `200 OK` with `body`.
+    pub fn ok(body: Value) -> Reply {
+        Reply::status(StatusCode::OK, body)
+    }
+
+    /// `status` with `body`.
+    pub fn status(status: StatusCode, body: Value) -> Reply {
+        Reply::Json {
+            status,
+            headers: Vec::new(),
+            body,
+        }
+    }
+
+    /// A list of `items` at `resource_version`.
+    pub fn list(resource_version: &str, items: Vec<Value>) -> Reply {
+        Reply::ok(json!({
+            "apiVersion": "v1", "kind": "List",
+            "metadata": {"resourceVersion": resource_version},
+            "items": items,
+        }))
+    }
+
+    /// A watch that sends nothing and never ends.
+    pub fn quiet_watch() -> Reply {
+        Reply::Events {
+            events: Vec::new(),
+            open: true,
+        }
+    }
+
+    /// How a permissive API server answers a write: the body back, completed so that it
+    /// deserialises (`201` for a create).
+    pub fn echo(call: &ApiCall) -> Reply {
+        let mut body = call.body.clone();
+        if let Some(map) = body.as_object_mut() {
+            let name = call.path.trim_end_matches("/status").rsplit('/').next();
+            let meta = map.entry("metadata").or_insert_with(|| json!({}));
+            if let (Some(meta), Some(name)) = (meta.as_object_mut(), name) {
+                meta.entry("name").or_insert_with(|| json!(name));
+                meta.insert("resourceVersion".into(), json!("1"));
+            }
+            if map.get("kind") == Some(&json!("CorsPolicy")) {
+                map.entry("spec").or_insert_with(|| json!({}));
+            }
+        }
+        let status = if call.method == Method::POST {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        Reply::status(status, body)
+    }
+}
+
+type Route = dyn Fn(&ApiCall) -> Reply + Send + Sync;
+type ReplyBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, std::convert::Infallible>;
+
+/// A mock API server for scenarios where many calls run at once (the watches of every kind,
+/// several reconcilers): `route` answers each call as it comes, and every call is logged.
+/// Reachable in memory ([`FakeApi::client`]) or over real HTTP ([`FakeApi::serve_http`]), the
+/// latter to go through the production client stack (`kube::Config`), retries included.
+pub struct FakeApi {
+    route: Box<Route>,
+    log: std::sync::Mutex<Vec<ApiCall>>,
+}
+
+impl FakeApi {
+    pub fn new(route: impl Fn(&ApiCall) -> Reply + Send + Sync + 'static) -> Arc<FakeApi> {
+        Arc::new(FakeApi {
+            route: Box::new(route),
+            log: std::sync::Mutex::default(),
+        })
+    }
+
+    /// Every call so far, in order of arrival.
+    pub fn calls(&self) -> Vec<ApiCall> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The calls so far that were not reads or watches.
+    pub fn writes(&self) -> Vec<ApiCall> {
+        let mut calls = self.calls();
+        calls.retain(|c| c.method != Method::GET);
+        calls
+    }
+
+    /// A client whose requests this fake answers in memory.
+    pub fn client(self: &Arc<Self>) -> Client {
+        let api = self.clone();
+        let service = tower::service_fn(move |request: Request<Body>| {
+            let api = api.clone();
+            async move { Ok::<_, std::convert::Infallible>(api.answer(request).await) }
+        });
+        Client::new(service, "default")
+    }
+
+    /// Serves this fake over HTTP on a loopback port until the runtime ends.
+    pub async fn serve_http(self: &Arc<Self>) -> std::io::Result<std::net::SocketAddr> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let api = self.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let api = api.clone();
+                let service = hyper::service::service_fn(move |request| {
+                    let api = api.clone();
+                    async move { Ok::<_, std::convert::Infallible>(api.answer(request).await) }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        Ok(addr)
+    }
+
+    async fn answer<B>(&self, request: Request<B>) -> Response<ReplyBody>
+    where
+        B: http_body::Body,
+        B::Error: std::fmt::Debug,
+    {
+        use http_body_util::BodyExt;
+        let (parts, body) = request.into_parts();
+        let bytes = match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(err) => panic!("reading the request body: {err:?}"),
+        };
+        let call = ApiCall {
+            method: parts.method,
+            path: parts.uri.path().to_owned(),
+            query: parse_query(parts.uri.query().unwrap_or_default()),
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        };
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(call.clone());
+        let mut reply = (self.route)(&call);
+        while let Reply::Held(mut gate, then) = reply {
+            // A closed gate (sender dropped) opens it too: nothing may hang forever.
+            let _ = gate.wait_for(|open| *open).await;
+            reply = *then;
+        }
+        respond(reply)
+    }
+}
+
+fn parse_query(query: &str) -> HashMap<String, String> {
+    query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+fn respond(reply: Reply) -> Response<ReplyBody> {
+    use futures::StreamExt;
+    use http_body_util::{BodyExt, Full, StreamBody};
+    let (status, headers, body) = match reply {
+        Reply::Json {
+            status,
+            headers,
+            body,
+        } => {
+            let bytes = serde_json::to_vec(&body).unwrap_or_default();
+            (status, headers, Full::new(bytes.into()).boxed_unsync())
+        }
+        Reply::Events { events, open } => {
+            let lines = events.into_iter().map(|event| {
+                let mut line = serde_json::to_vec(&event).unwrap_or_default();
+                line.push(b'\n');
+                Ok(hyper::body::Frame::data(bytes::Bytes::from(line)))
+            });
+            let lines = futures::stream::iter(lines);
+            let body = if open {
+                StreamBody::new(lines.chain(futures::stream::pending())).boxed_unsync()
+            } else {
+                StreamBody::new(lines).boxed_unsync()
+            };
+            (StatusCode::OK, Vec::new(), body)
+        }
+        Reply::Held(..) => unreachable!("held replies are waited for in answer()"),
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let map = response.headers_mut();
+    map.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    for (name, value) in headers {
+        if let Ok(value) = http::HeaderValue::from_str(&value) {
+            map.insert(name, value);
+        }
+    }
+    response
 }

@@ -4,10 +4,13 @@
 //! maintains the webhook certificate. The holder renews the Lease before it expires; when it
 //! stops renewing (crash, partition) another replica takes over after `duration` seconds.
 
+use http::{Method, Request};
 use kube::Client;
+use kube::client::Body;
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tower::BoxError;
 
 use crate::{Error, Result};
 
@@ -61,4 +64,34 @@ impl Leadership {
             }
         }
     }
+}
+
+/// A write refused by [`fenced`]: this replica is no longer the leader.
+#[derive(Debug, thiserror::Error)]
+#[error("{method} {path} refused: this replica is no longer the leader")]
+pub struct NotLeader {
+    method: Method,
+    path: String,
+}
+
+/// `client`, but its writes go through only while `leading` is true. The election can take a
+/// Lease away in the middle of a reconcile; from that moment every write of this replica fails
+/// here, before it reaches the API server, instead of racing the new leader's. Reads (lists,
+/// gets, watches) always pass.
+pub fn fenced(client: Client, leading: watch::Receiver<bool>) -> Client {
+    let namespace = client.default_namespace().to_owned();
+    let service = tower::service_fn(move |request: Request<Body>| {
+        let client = client.clone();
+        let allowed = request.method() == Method::GET || *leading.borrow();
+        async move {
+            if !allowed {
+                return Err(BoxError::from(NotLeader {
+                    method: request.method().clone(),
+                    path: request.uri().path().to_owned(),
+                }));
+            }
+            client.send(request).await.map_err(BoxError::from)
+        }
+    });
+    Client::new(service, namespace)
 }

@@ -3,6 +3,8 @@ pub mod admin;
 pub mod certs;
 pub mod crd;
 pub mod error;
+#[cfg(test)]
+mod faults;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod lease;

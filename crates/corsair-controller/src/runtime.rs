@@ -221,7 +221,7 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
         lease,
         reporter,
         metrics,
-        managed_certs.then(|| certs::Manager::new(client.clone(), cert_config)),
+        managed_certs.then_some(cert_config),
         stopped(),
     ));
 
@@ -257,10 +257,10 @@ async fn lead(
     lease: LeaseConfig,
     reporter: Reporter,
     metrics: Metrics,
-    certs: Option<certs::Manager>,
+    certs: Option<CertConfig>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> crate::Result<()> {
-    let mut leadership = loop {
+    let leadership = loop {
         match Leadership::start(client.clone(), &lease).await {
             Ok(leadership) => break leadership,
             Err(err) => {
@@ -269,58 +269,88 @@ async fn lead(
             }
         }
     };
-    tokio::pin!(shutdown);
-    loop {
-        // Wait to become the leader, or for shutdown.
-        tokio::select! {
-            () = &mut shutdown => break,
-            changed = leadership.is_leader.wait_for(|l| *l) => {
-                if changed.is_err() {
-                    tracing::warn!("the leader election stopped");
-                    return Ok(());
-                }
-            }
-        }
-        tracing::info!(
-            identity = lease.identity,
-            "became the leader: starting the reconcilers"
-        );
-        metrics.leader.set(1);
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let reconcilers = tokio::spawn(reconcile::run(
-            caches.clone(),
-            client.clone(),
-            reporter.clone(),
-            metrics.clone(),
-            stop_rx.clone(),
-        ));
-        let upkeep = certs
-            .clone()
-            .map(|manager| tokio::spawn(keep_certificate(manager, stop_rx)));
-        let shutting_down = tokio::select! {
-            () = &mut shutdown => true,
-            lost = leadership.is_leader.wait_for(|l| !*l) => {
-                if lost.is_ok() {
-                    tracing::warn!("lost the leader Lease: stopping the reconcilers");
-                }
-                lost.is_err()
-            }
-        };
-        let _ = stop_tx.send(true);
-        if let Err(err) = reconcilers.await {
-            tracing::warn!(%err, "reconciler task failed");
-        }
-        if let Some(upkeep) = upkeep {
-            let _ = upkeep.await;
-        }
-        metrics.leader.set(0);
-        if shutting_down {
-            break;
-        }
-    }
+    let leader = Leader {
+        caches,
+        client,
+        reporter,
+        metrics,
+        certs,
+    };
+    leader.follow(leadership.is_leader.clone(), shutdown).await;
     // Hand the Lease over at once instead of letting it expire.
     leadership.release().await?;
     Ok(())
+}
+
+/// What the leader runs, and with what.
+pub(crate) struct Leader {
+    pub caches: Arc<reconcile::Caches>,
+    pub client: Client,
+    pub reporter: Reporter,
+    pub metrics: Metrics,
+    /// Where the self-managed webhook certificate lives; `None` with mounted files.
+    pub certs: Option<CertConfig>,
+}
+
+impl Leader {
+    /// Runs the reconcilers and the certificate upkeep whenever `is_leader` says so, until
+    /// `shutdown` or the end of the election. Everything they write goes through a client
+    /// [`fenced`](crate::lease::fenced) by `is_leader`: a reconcile in flight when the Lease
+    /// is lost cannot write anything after that moment.
+    pub(crate) async fn follow(
+        &self,
+        mut is_leader: watch::Receiver<bool>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let client = crate::lease::fenced(self.client.clone(), is_leader.clone());
+        tokio::pin!(shutdown);
+        loop {
+            // Wait to become the leader, or for shutdown.
+            tokio::select! {
+                () = &mut shutdown => return,
+                changed = is_leader.wait_for(|l| *l) => {
+                    if changed.is_err() {
+                        tracing::warn!("the leader election stopped");
+                        return;
+                    }
+                }
+            }
+            tracing::info!("became the leader: starting the reconcilers");
+            self.metrics.leader.set(1);
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let reconcilers = tokio::spawn(reconcile::run(
+                self.caches.clone(),
+                client.clone(),
+                self.reporter.clone(),
+                self.metrics.clone(),
+                stop_rx.clone(),
+            ));
+            let upkeep = self.certs.clone().map(|config| {
+                let manager = certs::Manager::new(client.clone(), config);
+                tokio::spawn(keep_certificate(manager, stop_rx))
+            });
+            let shutting_down = tokio::select! {
+                () = &mut shutdown => true,
+                lost = is_leader.wait_for(|l| !*l) => {
+                    if lost.is_ok() {
+                        tracing::warn!("lost the leader Lease: stopping the reconcilers");
+                    }
+                    lost.is_err()
+                }
+            };
+            let _ = stop_tx.send(true);
+            if let Err(err) = reconcilers.await {
+                tracing::warn!(%err, "reconciler task failed");
+            }
+            if let Some(upkeep) = upkeep {
+                let _ = upkeep.await;
+            }
+            self.metrics.leader.set(0);
+            if shutting_down {
+                return;
+            }
+        }
+    }
 }
 
 /// Leader: create, renew and publish the webhook certificate, hourly and at once on start.

@@ -122,7 +122,7 @@ impl Caches {
     }
 }
 
-fn workload_watch<K: Workload>(
+pub(crate) fn workload_watch<K: Workload>(
     client: &Client,
     wc: &watcher::Config,
     users: &Arc<PolicyUsers>,
@@ -288,7 +288,8 @@ where
     ctx.backoff.reset(&object_key(obj));
 }
 
-/// The `error_policy` of every controller: log, count, and retry with per-object backoff.
+/// The `error_policy` of every controller: log, count, and retry with per-object backoff, never
+/// sooner than the API server asked.
 pub fn error_policy<K: Resource>(
     controller: &'static str,
     obj: &K,
@@ -298,7 +299,12 @@ pub fn error_policy<K: Resource>(
 where
     K::DynamicType: Default,
 {
-    let delay = ctx.backoff.next(object_key(obj));
+    // The server's Retry-After, when it gave one, is a floor: retrying sooner only adds load
+    // to an API server that is shedding it.
+    let backoff = ctx.backoff.next(object_key(obj));
+    let delay = error
+        .retry_after()
+        .map_or(backoff, |server| server.max(backoff));
     tracing::warn!(
         controller,
         name = obj.meta().name.as_deref().unwrap_or_default(),

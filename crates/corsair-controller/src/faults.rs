@@ -1,0 +1,449 @@
+//! The controller under API faults: a mock API server that fails, throttles, expires watches
+//! and takes the leadership away mid-run. Each test states what must hold, and counts the
+//! calls that reached the API server to prove it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use http::{Method, StatusCode};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Client;
+use kube::runtime::controller::Action;
+use kube::runtime::events::Reporter;
+use kube::runtime::reflector::ObjectRef;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::crd::CorsPolicy;
+use crate::fixtures::{ApiCall, FakeApi, Reply, StaticIndex};
+use crate::metrics::{ErrorLabels, Metrics};
+use crate::reconcile::{self, Context, PolicyUsers, policy};
+use crate::runtime::Leader;
+
+const NS: &str = "shop";
+const POLICIES: &str = "/apis/corsair.dev/v1alpha1/corspolicies";
+const DEPLOYMENTS: &str = "/apis/apps/v1/deployments";
+
+fn reporter() -> Reporter {
+    Reporter {
+        controller: reconcile::REPORTER.into(),
+        instance: Some("test".into()),
+    }
+}
+
+fn context(client: Client) -> Arc<Context> {
+    let index = StaticIndex::with_policies(NS, &["api"]);
+    Arc::new(Context::new(
+        client,
+        reporter(),
+        Metrics::default(),
+        Arc::new(index),
+    ))
+}
+
+fn policy_json() -> Value {
+    json!({
+        "apiVersion": "corsair.dev/v1alpha1", "kind": "CorsPolicy",
+        "metadata": {"name": "api", "namespace": NS, "uid": "uid-api", "generation": 1,
+                     "resourceVersion": "1"},
+        "spec": {"allowOrigins": ["https://app.example.com"], "allowMethods": ["GET"]},
+    })
+}
+
+fn valid_policy() -> Arc<CorsPolicy> {
+    match serde_json::from_value(policy_json()) {
+        Ok(policy) => Arc::new(policy),
+        Err(err) => panic!("test policy does not parse: {err}"),
+    }
+}
+
+/// A Deployment `name` whose metadata asks for `policy`.
+fn deployment(name: &str, policy: &str, resource_version: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}"),
+                     "resourceVersion": resource_version,
+                     "annotations": {"corsair.dev/policy": policy}},
+        "spec": {"selector": {}, "template": {}},
+    })
+}
+
+/// A Status as the API server sends it with a failure.
+fn failure(code: u16, reason: &str, retry_after: Option<u32>) -> Value {
+    let mut status = json!({
+        "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+        "message": format!("{reason} (from the mock API server)"), "reason": reason, "code": code,
+    });
+    if let Some(seconds) = retry_after {
+        status["details"] = json!({"retryAfterSeconds": seconds});
+    }
+    status
+}
+
+fn is_configmap_apply(call: &ApiCall) -> bool {
+    call.method == Method::PATCH && call.path.contains("/configmaps/")
+}
+
+/// Polls `done` every 10 ms, failing the test after `limit`.
+async fn eventually(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn requeue(seconds: u64) -> Action {
+    Action::requeue(Duration::from_secs(seconds))
+}
+
+#[tokio::test]
+async fn a_500_fails_the_reconcile_with_backoff_until_the_api_server_recovers() {
+    let failing = Arc::new(AtomicBool::new(true));
+    let api = FakeApi::new({
+        let failing = failing.clone();
+        move |call| {
+            if is_configmap_apply(call) && failing.load(Ordering::SeqCst) {
+                Reply::status(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    failure(500, "InternalError", None),
+                )
+            } else {
+                Reply::echo(call)
+            }
+        }
+    });
+    let ctx = context(api.client());
+    let policy = valid_policy();
+
+    let Err(err) = policy::reconcile(policy.clone(), ctx.clone()).await else {
+        panic!("a 500 on the ConfigMap must fail the reconcile");
+    };
+    assert_eq!(err.metric_label(), "api_error");
+    assert!(err.to_string().contains("ConfigMap"), "{err}");
+    // Nothing after the failed write: no status saying Ready, no Event.
+    let writes = api.writes();
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!(
+        reconcile::error_policy(policy::CONTROLLER, policy.as_ref(), &err, &ctx),
+        requeue(1)
+    );
+    assert_eq!(
+        reconcile::error_policy(policy::CONTROLLER, policy.as_ref(), &err, &ctx),
+        requeue(2)
+    );
+
+    failing.store(false, Ordering::SeqCst);
+    let retried = policy::reconcile(policy.clone(), ctx.clone()).await;
+    assert!(retried.is_ok(), "{retried:?}");
+    let writes: Vec<Method> = api.writes().into_iter().map(|c| c.method).collect();
+    // ConfigMap (failed), ConfigMap, status, Event.
+    assert_eq!(
+        writes,
+        [Method::PATCH, Method::PATCH, Method::PATCH, Method::POST]
+    );
+    // The success reset the backoff.
+    assert_eq!(
+        reconcile::error_policy(policy::CONTROLLER, policy.as_ref(), &err, &ctx),
+        requeue(1)
+    );
+}
+
+/// Through the production client stack (`kube::Config`, over HTTP): kube retries a 429 itself,
+/// after the server's `Retry-After`, and the reconcile succeeds.
+#[tokio::test]
+async fn a_429_is_retried_after_the_servers_retry_after() {
+    let arrivals: Arc<Mutex<Vec<(Instant, Value)>>> = Arc::default();
+    let api = FakeApi::new({
+        let arrivals = arrivals.clone();
+        move |call| {
+            if !is_configmap_apply(call) {
+                return Reply::echo(call);
+            }
+            let mut arrivals = arrivals.lock().unwrap_or_else(|p| p.into_inner());
+            arrivals.push((Instant::now(), call.body.clone()));
+            if arrivals.len() == 1 {
+                Reply::Json {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    headers: vec![("retry-after", "1".into())],
+                    body: failure(429, "TooManyRequests", Some(1)),
+                }
+            } else {
+                Reply::echo(call)
+            }
+        }
+    });
+    let addr = match api.serve_http().await {
+        Ok(addr) => addr,
+        Err(err) => panic!("cannot serve the mock API: {err}"),
+    };
+    let uri = match format!("http://{addr}").parse() {
+        Ok(uri) => uri,
+        Err(err) => panic!("{err}"),
+    };
+    let client = match Client::try_from(kube::Config::new(uri)) {
+        Ok(client) => client,
+        Err(err) => panic!("client: {err}"),
+    };
+    let result = policy::reconcile(valid_policy(), context(client)).await;
+    assert!(result.is_ok(), "{result:?}");
+    let arrivals = arrivals.lock().unwrap_or_else(|p| p.into_inner());
+    assert_eq!(arrivals.len(), 2, "one 429, one retry");
+    let waited = arrivals[1].0.duration_since(arrivals[0].0);
+    assert!(
+        waited >= Duration::from_secs(1),
+        "retried after {waited:?}, before Retry-After"
+    );
+    assert_eq!(
+        arrivals[0].1, arrivals[1].1,
+        "the retry sends the same apply"
+    );
+}
+
+/// When the throttling outlasts the client's retries, the reconcile fails and is tried again
+/// no sooner than the server asked, whatever the backoff says.
+#[tokio::test]
+async fn throttling_that_outlasts_the_client_requeues_after_retry_after() {
+    let api = FakeApi::new(|call| {
+        if is_configmap_apply(call) {
+            Reply::status(
+                StatusCode::TOO_MANY_REQUESTS,
+                failure(429, "TooManyRequests", Some(30)),
+            )
+        } else {
+            Reply::echo(call)
+        }
+    });
+    // The in-memory client has no retry layer: the 429 is the client's final answer.
+    let ctx = context(api.client());
+    let policy = valid_policy();
+    let Err(err) = policy::reconcile(policy.clone(), ctx.clone()).await else {
+        panic!("a 429 must fail the reconcile");
+    };
+    assert_eq!(err.metric_label(), "api_throttled");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(30)));
+    assert_eq!(
+        reconcile::error_policy(policy::CONTROLLER, policy.as_ref(), &err, &ctx),
+        requeue(30)
+    );
+    assert_eq!(api.writes().len(), 1, "nothing written after the refusal");
+}
+
+/// A watch that ends resumes from the last resourceVersion; one that expires (`410 Gone`)
+/// re-lists, and the re-list's differences (a Deployment deleted while nobody watched, another
+/// added) reach the cache, the policy index and the subscribers.
+#[tokio::test]
+async fn a_watch_that_ends_resumes_and_a_gone_watch_relists() {
+    let lists = Arc::new(Mutex::new(0u32));
+    let watches = Arc::new(Mutex::new(0u32));
+    let api = FakeApi::new({
+        let (lists, watches) = (lists.clone(), watches.clone());
+        move |call| {
+            if call.path != DEPLOYMENTS {
+                return Reply::status(StatusCode::NOT_FOUND, failure(404, "NotFound", None));
+            }
+            if call.is_read() {
+                let mut n = lists.lock().unwrap_or_else(|p| p.into_inner());
+                *n += 1;
+                return if *n == 1 {
+                    Reply::list(
+                        "10",
+                        vec![deployment("a", "p", "5"), deployment("b", "p", "6")],
+                    )
+                } else {
+                    // b was deleted and c, d created while the watch was down.
+                    Reply::list(
+                        "20",
+                        vec![
+                            deployment("a", "p", "5"),
+                            deployment("c", "p", "11"),
+                            deployment("d", "q", "19"),
+                        ],
+                    )
+                };
+            }
+            let mut n = watches.lock().unwrap_or_else(|p| p.into_inner());
+            *n += 1;
+            match *n {
+                // c is created, then the server ends the watch (its timeout, a restart).
+                1 => Reply::Events {
+                    events: vec![json!({"type": "ADDED", "object": deployment("c", "p", "11")})],
+                    open: false,
+                },
+                // The resumed watch is too old: the events it needs were compacted.
+                2 => Reply::Events {
+                    events: vec![json!({"type": "ERROR", "object": failure(410, "Expired", None)})],
+                    open: false,
+                },
+                _ => Reply::quiet_watch(),
+            }
+        }
+    });
+    let client = api.client();
+    let users = Arc::new(PolicyUsers::default());
+    let (shared, driver) = reconcile::workload_watch::<Deployment>(
+        &client,
+        &kube::runtime::watcher::Config::default().any_semantic(),
+        &users,
+    );
+    let mut changes = Box::pin(shared.subscribe());
+    let driver = tokio::spawn(driver);
+    eventually(
+        "the watch after the re-list",
+        Duration::from_secs(10),
+        || *watches.lock().unwrap_or_else(|p| p.into_inner()) >= 3,
+    )
+    .await;
+
+    let watch_versions: Vec<Option<String>> = api
+        .calls()
+        .iter()
+        .filter(|c| c.is_watch())
+        .map(|c| c.query.get("resourceVersion").cloned())
+        .collect();
+    assert_eq!(
+        watch_versions[..3],
+        [Some("10".into()), Some("11".into()), Some("20".into())],
+        "a clean end resumes from the last event; 410 re-lists"
+    );
+    assert_eq!(*lists.lock().unwrap_or_else(|p| p.into_inner()), 2);
+
+    let store = shared.store();
+    let mut cached: Vec<String> = store.state().iter().map(|d| name(d.as_ref())).collect();
+    cached.sort();
+    assert_eq!(cached, ["a", "c", "d"]);
+    assert!(store.get(&ObjectRef::new("b").within(NS)).is_none());
+    assert_eq!(users.count(NS, "p"), 2, "a and c ask for p; b is gone");
+    assert_eq!(users.count(NS, "q"), 1);
+
+    // What the subscribers were told, in order: the first list (a, b), c added, then the
+    // re-list: b deleted and d added (a and c unchanged, reported with old == new).
+    let mut seen = Vec::new();
+    while let Some(Some(change)) = futures::FutureExt::now_or_never(changes.next()) {
+        seen.push((
+            change.old.as_deref().map(name),
+            change.new.as_deref().map(name),
+        ));
+    }
+    assert!(seen.contains(&(Some("b".into()), None)), "{seen:?}");
+    assert!(seen.contains(&(None, Some("d".into()))), "{seen:?}");
+    assert!(seen.contains(&(None, Some("c".into()))), "{seen:?}");
+    driver.abort();
+}
+
+fn name<K: kube::Resource>(obj: &K) -> String {
+    obj.meta().name.clone().unwrap_or_default()
+}
+
+/// Losing the Lease mid-run: the reconciles in flight at that moment get their answers, and
+/// every write after it is refused before it reaches the API server; the reconcilers stop,
+/// and start again (writing again) when the Lease comes back.
+#[tokio::test]
+async fn losing_the_lease_stops_every_write_at_once() {
+    let (leader_tx, leader_rx) = watch::channel(false);
+    let (open_tx, open_rx) = watch::channel(false);
+    // For each write that reached the API server: whether this replica led when it arrived.
+    let arrived: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+    let api = FakeApi::new({
+        let leading = leader_rx.clone();
+        let arrived = arrived.clone();
+        move |call| {
+            if call.is_watch() {
+                return Reply::quiet_watch();
+            }
+            if call.is_read() {
+                return match call.path.as_str() {
+                    POLICIES => Reply::list("1", vec![policy_json()]),
+                    DEPLOYMENTS => Reply::list("1", vec![deployment("web", "api", "1")]),
+                    _ => Reply::list("1", Vec::new()),
+                };
+            }
+            arrived
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((format!("{} {}", call.method, call.path), *leading.borrow()));
+            // Held until the test opens the gate, so that the Lease is lost mid-reconcile.
+            Reply::Held(open_rx.clone(), Box::new(Reply::echo(call)))
+        }
+    });
+    let client = api.client();
+    let (caches, watches) = reconcile::Caches::start(&client);
+    let metrics = Metrics::default();
+    let leader = Leader {
+        caches,
+        client,
+        reporter: reporter(),
+        metrics: metrics.clone(),
+        certs: None,
+    };
+    let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let follow = tokio::spawn(async move {
+        leader
+            .follow(leader_rx, async {
+                let _ = shutdown_rx.await;
+            })
+            .await;
+    });
+    let writes = || arrived.lock().unwrap_or_else(|p| p.into_inner()).clone();
+
+    // Not the leader: the caches fill, nothing is written.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(writes().is_empty(), "{:?}", writes());
+
+    // Leader: the policy's ConfigMap and the Deployment's label are applied (and held).
+    leader_tx.send_replace(true);
+    eventually("the first writes", Duration::from_secs(5), || {
+        writes().len() >= 2
+    })
+    .await;
+    assert_eq!(metrics.leader.get(), 1);
+
+    // The Lease is lost while both reconciles wait for their answers.
+    leader_tx.send_replace(false);
+    let before = writes().len();
+    open_tx.send_replace(true);
+    eventually("the reconcilers to stop", Duration::from_secs(5), || {
+        metrics.leader.get() == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = writes();
+    assert_eq!(
+        after.len(),
+        before,
+        "written after losing the Lease: {after:?}"
+    );
+    assert!(after.iter().all(|(_, leading)| *leading), "{after:?}");
+    // The policy reconcile went on to its status write, which the fence refused.
+    let refused = metrics
+        .errors
+        .get_or_create(&ErrorLabels {
+            controller: policy::CONTROLLER,
+            error: "not_leader",
+        })
+        .get();
+    assert!(refused >= 1, "the refused status write was not counted");
+
+    // The Lease comes back: the reconcilers start again and write again.
+    leader_tx.send_replace(true);
+    eventually("writes as the leader again", Duration::from_secs(5), || {
+        writes().len() > before
+    })
+    .await;
+    assert!(
+        writes().iter().all(|(_, leading)| *leading),
+        "{:?}",
+        writes()
+    );
+
+    let _ = shutdown_tx.send(());
+    match tokio::time::timeout(Duration::from_secs(5), follow).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => std::panic::resume_unwind(err.into_panic()),
+        Err(_) => panic!("the leader did not stop on shutdown"),
+    }
+    assert_eq!(metrics.leader.get(), 0);
+    drop(watches);
+}
