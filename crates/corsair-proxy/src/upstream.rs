@@ -180,13 +180,15 @@ impl Lane {
     }
 }
 
-/// An upstream socket that re-arms `TCP_QUICKACK` before every read.
+/// An upstream socket that re-arms `TCP_QUICKACK` after every read that brought data.
 ///
 /// An application that writes a response's head and body in two sends without `TCP_NODELAY`
 /// has its second send held by Nagle's algorithm until the first is acknowledged, and Linux
 /// delays that acknowledgement (up to 40 ms) on a connection it considers interactive, which a
-/// kept-alive connection becomes. Quick-ack mode is not sticky, so it is set again before each
-/// read: one `setsockopt` per read, measured in `docs/benchmarks.md`.
+/// kept-alive connection becomes. Setting `TCP_QUICKACK` leaves that mode and sends an
+/// acknowledgement that is waiting at once; the mode is not sticky, so it is set again after
+/// each read that received something (the moment an acknowledgement is owed), not on polls
+/// that find nothing: one `setsockopt` per read with data, measured in `docs/benchmarks.md`.
 struct QuickAck(TcpStream);
 
 impl AsyncRead for QuickAck {
@@ -195,9 +197,13 @@ impl AsyncRead for QuickAck {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        // Best effort: a socket that refuses it still works, only slower behind Nagle.
-        let _ = socket2::SockRef::from(&self.0).set_tcp_quickack(true);
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.0).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            // Best effort: a socket that refuses it still works, only slower behind Nagle.
+            let _ = socket2::SockRef::from(&self.0).set_tcp_quickack(true);
+        }
+        polled
     }
 }
 
