@@ -60,6 +60,8 @@ per_request() {
     callgrind_control -z "$pid" >/dev/null
     out=$(MIX=$mix wrk -t1 -c4 -d"${SECONDS_LOAD}s" -s "$HERE/mix.lua" "http://127.0.0.1:$port/")
     requests=$(sed -n 's/^RESULT .* requests=\([0-9]*\) .*/\1/p' <<<"$out")
+    [[ ${requests:-0} != 0 ]] || die "wrk completed no request on port $port: $out"
+    [[ -n $requests && $requests != 0 ]] || die "wrk completed no request on port $port:"$'\n'"$out"
     rm -f "$WORK"/callgrind.out.*
     callgrind_control -d "$pid" >/dev/null
     sleep 1

@@ -351,19 +351,22 @@ pub(crate) fn to_upstream<B>(
 ) -> Option<Request<B>> {
     let (mut parts, body) = req.into_parts();
     // HTTP/2 carries the host in `:authority`; HTTP/1.1 in `Host`.
-    let host = match parts.headers.get(header::HOST) {
-        Some(host) => Some(host.clone()),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    let (host, host_from_authority) = match parts.headers.get(header::HOST) {
+        Some(host) => (Some(host.clone()), false),
+        None => (
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+            true,
+        ),
     };
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     // hyper already answered `Expect: 100-continue` towards the client.
     parts.headers.remove(header::EXPECT);
     headers::add_forwarded(&mut parts.headers, &conn.forwarded_for, host.as_ref());
-    if let Some(host) = host {
-        parts.headers.entry(header::HOST).or_insert(host);
+    if let Some(host) = host.filter(|_| host_from_authority) {
+        parts.headers.insert(header::HOST, host);
     }
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         // The upstream gets the origin form whatever the client sent (absolute form, h2).

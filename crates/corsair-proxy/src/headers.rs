@@ -67,12 +67,15 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 /// set, the request or 101 response is an upgrade: `Upgrade` and `Connection: upgrade` are
 /// put back, since the tunnel only works if both hops agree on it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    // One pass over the names finds which are present; only those are looked up to be removed
+    // (a kept-alive upstream's response carries `Connection` and nothing else of the list).
+    let present = present_of(headers, &HOP_BY_HOP);
+    if present == 0 {
         return;
     }
-    let lines = headers.get_all(header::CONNECTION).iter().count();
-    if lines > 0 {
-        // The lines are cloned (a reference count each) so the map can be changed meanwhile.
+    if present & 1 != 0 {
+        // `Connection` (HOP_BY_HOP[0]) names more headers to remove. Its lines are cloned (a
+        // reference count each) so the map can be changed meanwhile.
         let mut inline: [Option<HeaderValue>; INLINE_LINES] = Default::default();
         let mut spilled = Vec::new();
         for (i, value) in headers.get_all(header::CONNECTION).iter().enumerate() {
@@ -88,12 +91,31 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) 
             }
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
+    remove_present(headers, &HOP_BY_HOP, present);
     if let Some(protocol) = upgrade {
         headers.insert(header::CONNECTION, UPGRADE.clone());
         headers.insert(header::UPGRADE, protocol.clone());
+    }
+}
+
+/// Bit `i` is set when `names[i]` is in `headers`: one pass over the map's names, comparisons
+/// only (a standard name compares as an enum), no hashing.
+fn present_of(headers: &HeaderMap, names: &[HeaderName]) -> u32 {
+    let mut present = 0;
+    for name in headers.keys() {
+        if let Some(i) = names.iter().position(|n| n == name) {
+            present |= 1 << i;
+        }
+    }
+    present
+}
+
+/// Removes the `names` whose bit is set in `present` (they may be gone already: harmless).
+fn remove_present(headers: &mut HeaderMap, names: &[HeaderName], present: u32) {
+    for (i, name) in names.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -153,12 +175,8 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, host: Option
 /// Removes every `Access-Control-*` header (the proxy owns CORS in Enforce mode).
 pub fn strip_access_control(headers: &mut HeaderMap) {
     let is_cors = |name: &HeaderName| name.as_str().starts_with("access-control-");
-    if !headers.keys().any(is_cors) {
-        return;
-    }
-    for name in &ACCESS_CONTROL {
-        headers.remove(name);
-    }
+    let present = present_of(headers, &ACCESS_CONTROL);
+    remove_present(headers, &ACCESS_CONTROL, present);
     // Names no standard defines (`access-control-foo`) are rare enough to collect.
     if headers.keys().any(is_cors) {
         let names: Vec<HeaderName> = headers.keys().filter(|n| is_cors(n)).cloned().collect();
