@@ -25,6 +25,9 @@
 # CPU/request: the user + system CPU time of the server's own processes during the measured run,
 # divided by the requests it served.
 #
+# ALSO="NAME=BINARY ..." runs more proxy builds beside corsair in the same setups and rounds
+# (reported as corsair-NAME; ports from 18085), to compare builds side by side.
+#
 # Everything listens on 127.0.0.1 (ports 18080-18099). wrk, h2load (nghttp2-client) and nginx
 # (nginx-light) are Debian packages, installed with apt-get when missing. PROXY_BIN is the
 # sidecar binary to run (`corsair-proxy`, or `corsair` whose `proxy` subcommand is used); by
@@ -180,6 +183,13 @@ start_setup() {
     PORT[upstream]=$UPSTREAM_PORT
 
     start_corsair corsair $CORSAIR_PORT $CORSAIR_ADMIN_PORT "$workers" "$cpu"
+    local port=18085 extra main_cmd=("${PROXY_CMD[@]}")
+    for extra in ${ALSO:-}; do
+        PROXY_CMD=("${extra#*=}")
+        start_corsair "corsair-${extra%%=*}" "$port" $((port + 1)) "$workers" "$cpu"
+        port=$((port + 2))
+    done
+    PROXY_CMD=("${main_cmd[@]}")
 
     start_nginx nginx nginx-cors.conf "$workers" "$cpu"
     wait_port $NGINX_PORT nginx

@@ -17,7 +17,7 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use corsair_policy::http::Echo;
-use corsair_policy::{Action, CorsPolicySpec, Engine, ListValue, RequestInfo};
+use corsair_policy::{Action, CorsPolicySpec, Engine, RequestInfo};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
 use tower::{Layer, Service};
@@ -135,20 +135,11 @@ fn corsair_handle(engine: &Engine, req: &Request<()>, out: &mut HeaderMap) -> us
             Action::Respond { headers, .. } | Action::Forward { headers, .. } => headers,
         };
         let echo = Echo {
-            origin: match headers.allow_origin {
-                Some(corsair_policy::AllowOrigin::Echo(_)) => raw.origin.cloned(),
-                _ => None,
-            },
-            request_method: match headers.allow_methods {
-                Some(ListValue::Echo(_)) => raw.method.cloned(),
-                _ => None,
-            },
-            request_headers: match headers.allow_headers {
-                Some(ListValue::Lines(_)) => raw.headers.cloned(),
-                _ => None,
-            },
+            origin: raw.origin,
+            request_method: raw.method,
+            request_headers: &|| raw.headers.cloned(),
         };
-        let values = headers.to_values(&echo);
+        let values = headers.to_values(echo);
         let vary = values.vary();
         values.insert_into(out);
         if let Some(vary) = vary.header_value() {

@@ -68,16 +68,26 @@ impl Vary {
     }
 }
 
-/// The request's own values that an answer may echo, taken from its header map before the map
-/// is reused or consumed. Each is a clone of the request's `HeaderValue`.
-#[derive(Debug, Clone, Default)]
-pub struct Echo {
+/// The request's own values that an answer may echo, borrowed from its header map. Only those
+/// the decision echoes are cloned (a reference count each).
+#[derive(Clone, Copy)]
+pub struct Echo<'a> {
     /// `Origin`.
-    pub origin: Option<HeaderValue>,
+    pub origin: Option<&'a HeaderValue>,
     /// `Access-Control-Request-Method`.
-    pub request_method: Option<HeaderValue>,
-    /// `Access-Control-Request-Headers`, as one value (several field lines joined by `", "`).
-    pub request_headers: Option<HeaderValue>,
+    pub request_method: Option<&'a HeaderValue>,
+    /// `Access-Control-Request-Headers` as one value (several field lines joined by `", "`).
+    /// Called only when the answer echoes it, since joining lines costs.
+    pub request_headers: &'a dyn Fn() -> Option<HeaderValue>,
+}
+
+impl std::fmt::Debug for Echo<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Echo")
+            .field("origin", &self.origin)
+            .field("request_method", &self.request_method)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The CORS headers of one answer as owned values, detached from the policy and the request so
@@ -98,22 +108,23 @@ impl ResponseHeaders<'_> {
     /// The values to set, with echoed ones taken from `echo`. An echo the decision needs but
     /// `echo` lacks leaves that header out; the caller fills `echo` from the same request the
     /// engine decided on, so that does not happen.
-    pub fn to_values(&self, echo: &Echo) -> HeaderValues {
-        let list = |value: &Option<ListValue<'_>>, echoed: &Option<HeaderValue>| match value {
-            None => None,
-            Some(ListValue::Policy(rendered)) => Some(rendered.header_value().clone()),
-            Some(ListValue::Any) => Some(STAR.clone()),
-            Some(ListValue::Echo(_) | ListValue::Lines(_)) => echoed.clone(),
-        };
+    pub fn to_values(&self, echo: Echo<'_>) -> HeaderValues {
+        let list =
+            |value: &Option<ListValue<'_>>, echoed: &dyn Fn() -> Option<HeaderValue>| match value {
+                None => None,
+                Some(ListValue::Policy(rendered)) => Some(rendered.header_value().clone()),
+                Some(ListValue::Any) => Some(STAR.clone()),
+                Some(ListValue::Echo(_) | ListValue::Lines(_)) => echoed(),
+            };
         HeaderValues {
             allow_origin: match self.allow_origin {
                 None => None,
                 Some(AllowOrigin::Any) => Some(STAR.clone()),
-                Some(AllowOrigin::Echo(_)) => echo.origin.clone(),
+                Some(AllowOrigin::Echo(_)) => echo.origin.cloned(),
             },
             allow_credentials: self.allow_credentials,
-            allow_methods: list(&self.allow_methods, &echo.request_method),
-            allow_headers: list(&self.allow_headers, &echo.request_headers),
+            allow_methods: list(&self.allow_methods, &|| echo.request_method.cloned()),
+            allow_headers: list(&self.allow_headers, echo.request_headers),
             expose_headers: self.expose_headers.map(|r| r.header_value().clone()),
             max_age: self.max_age.map(|r| r.header_value().clone()),
             allow_private_network: self.allow_private_network,

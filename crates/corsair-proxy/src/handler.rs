@@ -12,8 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use corsair_policy::http::{Echo, HeaderValues};
 use corsair_policy::{
-    Action, AllowOrigin, Decision, DenyReason, Engine, ListValue, Mode, RequestInfo, RequestKind,
-    Verdict,
+    Action, Decision, DenyReason, Engine, Mode, RequestInfo, RequestKind, Verdict,
 };
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -181,22 +180,13 @@ impl Plan {
             } => (None, headers, strip_upstream_cors),
         };
         let echo = Echo {
-            origin: match cors.allow_origin {
-                Some(AllowOrigin::Echo(_)) => seen.origin.cloned(),
-                _ => None,
-            },
-            request_method: match cors.allow_methods {
-                Some(ListValue::Echo(_)) => seen.method.cloned(),
-                _ => None,
-            },
-            request_headers: match cors.allow_headers {
-                Some(ListValue::Lines(_)) => echo_lines(&seen),
-                _ => None,
-            },
+            origin: seen.origin,
+            request_method: seen.method,
+            request_headers: &|| echo_lines(&seen),
         };
         Plan {
             respond,
-            values: cors.to_values(&echo),
+            values: cors.to_values(echo),
             strip_upstream_cors,
             labels: labels(&decision),
         }

@@ -199,7 +199,12 @@ impl AsyncRead for QuickAck {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.0).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+        // `--cfg corsair_no_quickack` leaves the re-arm out, only so that
+        // `benches/proxy/quickack.sh` can measure what it costs.
+        if cfg!(not(corsair_no_quickack))
+            && matches!(polled, Poll::Ready(Ok(())))
+            && buf.filled().len() > before
+        {
             // Best effort: a socket that refuses it still works, only slower behind Nagle.
             let _ = socket2::SockRef::from(&self.0).set_tcp_quickack(true);
         }
