@@ -5,7 +5,7 @@
 #
 #   bash benches/proxy/profile.sh            # PROXY_BIN=... to profile a given binary
 #
-# Each server runs under valgrind --tool=callgrind with one worker; wrk sends $SECONDS seconds
+# Each server runs under valgrind --tool=callgrind with one worker; wrk sends $LOAD_SECONDS seconds
 # (default 5) of one kind of request over 4 keep-alive connections after a warm-up; the counters
 # are zeroed after the warm-up (callgrind_control -z) and dumped after the load (-d), and the
 # instructions of the dump are divided by the requests wrk completed in between.
@@ -13,7 +13,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-SECONDS_LOAD=${SECONDS:-5}
+SECONDS_LOAD=${LOAD_SECONDS:-5}
 ORIGIN=https://app.example.com
 UPSTREAM_PORT=18080
 PROXY_PORT=18081

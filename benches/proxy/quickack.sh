@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# What re-arming TCP_QUICKACK on upstream reads costs per request: the sidecar built with it
-# (the release build) and without it (`--cfg corsair_no_quickack`, target/no-quickack), side by
-# side: system calls per request (syscalls.sh), then requests/s and CPU per request on allowed
-# GETs (run.sh with ALSO; WORKLOADS, SETUPS, CONNECTIONS and ROUNDS pass through). The upstream
-# is nginx, which does not Nagle: this is the price paid where the fix is not needed.
+# What acknowledging the upstream at once (TCP_QUICKACK, see upstream.rs `QuickAck`) costs per
+# request: the sidecar built with it (the release build) and without it (`--cfg
+# corsair_no_quickack`, target/no-quickack), side by side: system calls per request
+# (syscalls.sh), then requests/s and CPU per request on allowed GETs (run.sh with ALSO;
+# WORKLOADS, SETUPS, CONNECTIONS and ROUNDS pass through). The upstream is nginx, which does not
+# Nagle: this is the price paid where the fix is not needed.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)

@@ -11,7 +11,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-SECONDS_LOAD=${SECONDS:-3}
+SECONDS_LOAD=${LOAD_SECONDS:-3}
 die() { echo "syscalls.sh: $*" >&2; exit 1; }
 for tool in perf wrk nginx curl taskset; do
     command -v $tool >/dev/null || die "$tool is missing (linux-perf, wrk, nginx-light, curl)"

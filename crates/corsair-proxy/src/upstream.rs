@@ -5,12 +5,15 @@
 //! upstream HTTP/1 connections in a [`Lane`]: an HTTP/1 client sends one request at a time, so
 //! its lane holds one connection that is reused with no lock contention and no checkout; an h2c
 //! client's concurrent streams take whichever of its connections is idle and open another when
-//! none is. Upstream reads re-arm `TCP_QUICKACK` (see [`QuickAck`]).
+//! none is. An upstream that waits for acknowledgements (Nagle's algorithm) gets them at once
+//! (see [`QuickAck`]).
 
 use std::error::Error as StdError;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,6 +33,8 @@ pub struct Upstream {
     /// `host:port`, the port defaulted to 80.
     address: String,
     connect_timeout: Duration,
+    /// Learned: the upstream holds back part of a response until it is acknowledged.
+    nagles: Arc<AtomicBool>,
 }
 
 /// The upstream connections of one client connection. Dropping it closes them.
@@ -81,6 +86,7 @@ impl Upstream {
                 authority.port_u16().unwrap_or(80)
             ),
             connect_timeout: config.connect_timeout,
+            nagles: Arc::default(),
         })
     }
 
@@ -159,7 +165,7 @@ impl Upstream {
         // Requests are written whole; no reason to wait for more.
         let _ = stream.set_nodelay(true);
         let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(QuickAck(stream)))
+            .handshake(TokioIo::new(QuickAck::new(stream, self.nagles.clone())))
             .await
             .map_err(Failed::new)?;
         tokio::spawn(async move {
@@ -180,16 +186,63 @@ impl Lane {
     }
 }
 
-/// An upstream socket that re-arms `TCP_QUICKACK` after every read that brought data.
+/// How long an acknowledgement the kernel owes the upstream may wait for our next write to
+/// carry it, before it is sent on its own. The timer's granularity is a millisecond.
+const ACK_GRACE: Duration = Duration::from_millis(1);
+
+/// An upstream socket that acknowledges at once when the upstream is waiting for it.
 ///
 /// An application that writes a response's head and body in two sends without `TCP_NODELAY`
 /// has its second send held by Nagle's algorithm until the first is acknowledged, and Linux
-/// delays that acknowledgement (up to 40 ms) on a connection it considers interactive, which a
-/// kept-alive connection becomes. Setting `TCP_QUICKACK` leaves that mode and sends an
-/// acknowledgement that is waiting at once; the mode is not sticky, so it is set again after
-/// each read that received something (the moment an acknowledgement is owed), not on polls
-/// that find nothing: one `setsockopt` per read with data, measured in `docs/benchmarks.md`.
-struct QuickAck(TcpStream);
+/// delays that acknowledgement (40 ms) on a connection it considers interactive, which a
+/// kept-alive connection becomes. Setting `TCP_QUICKACK` sends an owed acknowledgement at once.
+///
+/// Doing that after every read costs every request a system call and an extra packet (measured
+/// in `docs/benchmarks.md`), though most upstreams send a response whole and the next request
+/// carries the acknowledgement for free. So: when a read leaves an acknowledgement owed and no
+/// more data comes, it is sent alone only if our next write has not carried it within
+/// [`ACK_GRACE`]. If data then arrives before our next write, the upstream was waiting for it:
+/// from then on ([`Upstream::nagles`], for every connection) each read is acknowledged at once.
+struct QuickAck {
+    stream: TcpStream,
+    /// Data came since our last write: the kernel owes the upstream an acknowledgement.
+    owed: bool,
+    /// `grace` runs for the acknowledgement owed now.
+    armed: bool,
+    grace: Pin<Box<tokio::time::Sleep>>,
+    /// An acknowledgement was sent alone since our last write.
+    kicked: bool,
+    nagles: Arc<AtomicBool>,
+}
+
+impl QuickAck {
+    fn new(stream: TcpStream, nagles: Arc<AtomicBool>) -> QuickAck {
+        QuickAck {
+            stream,
+            owed: false,
+            armed: false,
+            grace: Box::pin(tokio::time::sleep(ACK_GRACE)),
+            kicked: false,
+            nagles,
+        }
+    }
+
+    /// Sends the owed acknowledgement now. Best effort: a socket that refuses it still works,
+    /// only slower behind Nagle.
+    fn acknowledge(&self) {
+        if cfg!(not(corsair_no_quickack)) {
+            let _ = socket2::SockRef::from(&self.stream).set_tcp_quickack(true);
+        }
+    }
+
+    /// Our write carries any owed acknowledgement.
+    fn wrote(&mut self, polled: &Poll<io::Result<usize>>) {
+        if matches!(polled, Poll::Ready(Ok(n)) if *n > 0) {
+            self.owed = false;
+            self.kicked = false;
+        }
+    }
+}
 
 impl AsyncRead for QuickAck {
     fn poll_read(
@@ -197,16 +250,38 @@ impl AsyncRead for QuickAck {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
         let before = buf.filled().len();
-        let polled = Pin::new(&mut self.0).poll_read(cx, buf);
-        // `--cfg corsair_no_quickack` leaves the re-arm out, only so that
-        // `benches/proxy/quickack.sh` can measure what it costs.
-        if cfg!(not(corsair_no_quickack))
-            && matches!(polled, Poll::Ready(Ok(())))
-            && buf.filled().len() > before
-        {
-            // Best effort: a socket that refuses it still works, only slower behind Nagle.
-            let _ = socket2::SockRef::from(&self.0).set_tcp_quickack(true);
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        match polled {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                if std::mem::take(&mut this.kicked) && !this.nagles.swap(true, Ordering::Relaxed) {
+                    tracing::info!(
+                        "the upstream holds part of its responses until acknowledged \
+                         (Nagle's algorithm): acknowledging every read at once from now on"
+                    );
+                }
+                if this.nagles.load(Ordering::Relaxed) {
+                    this.acknowledge();
+                } else if !this.owed {
+                    this.owed = true;
+                    this.armed = false;
+                }
+            }
+            Poll::Pending if this.owed => {
+                if !this.armed {
+                    let deadline = tokio::time::Instant::now() + ACK_GRACE;
+                    this.grace.as_mut().reset(deadline);
+                    this.armed = true;
+                }
+                if this.grace.as_mut().poll(cx).is_ready() {
+                    this.acknowledge();
+                    this.owed = false;
+                    this.armed = false;
+                    this.kicked = true;
+                }
+            }
+            _ => {}
         }
         polled
     }
@@ -218,7 +293,9 @@ impl AsyncWrite for QuickAck {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.wrote(&polled);
+        polled
     }
 
     fn poll_write_vectored(
@@ -226,19 +303,21 @@ impl AsyncWrite for QuickAck {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.wrote(&polled);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.stream.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 

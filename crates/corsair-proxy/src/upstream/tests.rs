@@ -62,3 +62,88 @@ fn failures_map_to_502_or_504_with_a_cause() {
     .collect();
     assert_eq!(labels.len(), 5, "each cause has its own label");
 }
+
+/// A loopback upstream that answers each 4-byte request with a 68-byte response, in one send
+/// with `TCP_NODELAY`, or (`nagle`) in two sends without it, as Python's `http.server` does.
+fn echo_upstream(nagle: bool) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let Ok((mut stream, _)) = listener.accept() else {
+            return;
+        };
+        let _ = stream.set_nodelay(!nagle);
+        let mut request = [0u8; 4];
+        while stream.read_exact(&mut request).is_ok() {
+            let head = [b'h'; 60];
+            let sent = if nagle {
+                stream
+                    .write_all(&head)
+                    .and_then(|()| stream.write_all(b"bodybody"))
+            } else {
+                stream.write_all(&[&head[..], b"bodybody"].concat())
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+    });
+    addr
+}
+
+/// `rounds` exchanges through a [`QuickAck`] socket, `pause` between them; the slowest one.
+async fn exchanges(socket: &mut QuickAck, rounds: usize, pause: Duration) -> std::time::Duration {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut slowest = Duration::ZERO;
+    for _ in 0..rounds {
+        let started = std::time::Instant::now();
+        socket.write_all(b"ping").await.expect("write");
+        let mut response = [0u8; 68];
+        socket.read_exact(&mut response).await.expect("read");
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(pause).await;
+    }
+    slowest
+}
+
+async fn quick_ack(addr: std::net::SocketAddr) -> (QuickAck, Arc<AtomicBool>) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let nagles = Arc::new(AtomicBool::new(false));
+    (QuickAck::new(stream, nagles.clone()), nagles)
+}
+
+#[tokio::test]
+async fn an_upstream_that_waits_for_acknowledgements_is_learned_and_not_left_waiting() {
+    let (mut socket, nagles) = quick_ack(echo_upstream(true)).await;
+    // A fresh connection is acknowledged at once by the kernel anyway; once it is kept alive
+    // the kernel delays acknowledgements, and the first body held back waits ACK_GRACE (a tick
+    // of the timer) instead of a delayed acknowledgement's 40 ms. From then on it waits for
+    // nothing.
+    let slowest = exchanges(&mut socket, 20, Duration::ZERO).await;
+    assert!(
+        slowest < Duration::from_millis(20),
+        "an exchange took {slowest:?}"
+    );
+    assert!(
+        nagles.load(Ordering::Relaxed),
+        "the waiting upstream was not noticed"
+    );
+    let slowest = exchanges(&mut socket, 20, Duration::ZERO).await;
+    assert!(
+        slowest < Duration::from_millis(5),
+        "an exchange took {slowest:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_that_sends_whole_responses_is_never_taken_for_one_that_waits() {
+    let (mut socket, nagles) = quick_ack(echo_upstream(false)).await;
+    // Back to back: every acknowledgement rides on the next request.
+    exchanges(&mut socket, 50, Duration::ZERO).await;
+    // With pauses longer than ACK_GRACE: each acknowledgement is sent alone, then our next
+    // request comes before any data, which is how a whole response looks.
+    exchanges(&mut socket, 5, Duration::from_millis(5)).await;
+    assert!(!nagles.load(Ordering::Relaxed));
+}
