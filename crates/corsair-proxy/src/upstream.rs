@@ -9,7 +9,6 @@
 //! (see [`QuickAck`]).
 
 use std::error::Error as StdError;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -186,32 +185,30 @@ impl Lane {
     }
 }
 
-/// How long an acknowledgement the kernel owes the upstream may wait for our next write to
-/// carry it, before it is sent on its own. The timer's granularity is a millisecond.
-const ACK_GRACE: Duration = Duration::from_millis(1);
+/// A wait this long between a read that left an acknowledgement owed and the next data, with no
+/// write of ours in between, is taken for an upstream waiting for that acknowledgement: Linux
+/// delays one by at least 40 ms.
+const ACK_WAIT: Duration = Duration::from_millis(30);
 
-/// An upstream socket that acknowledges at once when the upstream is waiting for it.
+/// An upstream socket that acknowledges at once when the upstream waits for it.
 ///
 /// An application that writes a response's head and body in two sends without `TCP_NODELAY`
 /// has its second send held by Nagle's algorithm until the first is acknowledged, and Linux
 /// delays that acknowledgement (40 ms) on a connection it considers interactive, which a
-/// kept-alive connection becomes. Setting `TCP_QUICKACK` sends an owed acknowledgement at once.
+/// kept-alive connection becomes. Setting `TCP_QUICKACK` after each read sends it at once.
 ///
-/// Doing that after every read costs every request a system call and an extra packet (measured
-/// in `docs/benchmarks.md`), though most upstreams send a response whole and the next request
-/// carries the acknowledgement for free. So: when a read leaves an acknowledgement owed and no
-/// more data comes, it is sent alone only if our next write has not carried it within
-/// [`ACK_GRACE`]. If data then arrives before our next write, the upstream was waiting for it:
-/// from then on ([`Upstream::nagles`], for every connection) each read is acknowledged at once.
+/// That costs every request a system call and an extra packet (measured in
+/// `docs/benchmarks.md`), though most upstreams send a response whole and the next request
+/// carries the acknowledgement for free. So it is done only once the upstream has been seen
+/// waiting: data that arrives [`ACK_WAIT`] or more after a read left an acknowledgement owed,
+/// with no write of ours in between. From then on ([`Upstream::nagles`], every connection) each
+/// read is acknowledged at once; the response that taught it waited one delayed ACK.
 struct QuickAck {
     stream: TcpStream,
     /// Data came since our last write: the kernel owes the upstream an acknowledgement.
     owed: bool,
-    /// `grace` runs for the acknowledgement owed now.
-    armed: bool,
-    grace: Pin<Box<tokio::time::Sleep>>,
-    /// An acknowledgement was sent alone since our last write.
-    kicked: bool,
+    /// When a read first found nothing while an acknowledgement was owed.
+    idle_since: Option<std::time::Instant>,
     nagles: Arc<AtomicBool>,
 }
 
@@ -220,9 +217,7 @@ impl QuickAck {
         QuickAck {
             stream,
             owed: false,
-            armed: false,
-            grace: Box::pin(tokio::time::sleep(ACK_GRACE)),
-            kicked: false,
+            idle_since: None,
             nagles,
         }
     }
@@ -239,7 +234,7 @@ impl QuickAck {
     fn wrote(&mut self, polled: &Poll<io::Result<usize>>) {
         if matches!(polled, Poll::Ready(Ok(n)) if *n > 0) {
             self.owed = false;
-            self.kicked = false;
+            self.idle_since = None;
         }
     }
 }
@@ -255,7 +250,11 @@ impl AsyncRead for QuickAck {
         let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
         match polled {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                if std::mem::take(&mut this.kicked) && !this.nagles.swap(true, Ordering::Relaxed) {
+                let waited = this
+                    .idle_since
+                    .take()
+                    .is_some_and(|t| t.elapsed() >= ACK_WAIT);
+                if waited && this.owed && !this.nagles.swap(true, Ordering::Relaxed) {
                     tracing::info!(
                         "the upstream holds part of its responses until acknowledged \
                          (Nagle's algorithm): acknowledging every read at once from now on"
@@ -263,23 +262,11 @@ impl AsyncRead for QuickAck {
                 }
                 if this.nagles.load(Ordering::Relaxed) {
                     this.acknowledge();
-                } else if !this.owed {
-                    this.owed = true;
-                    this.armed = false;
                 }
+                this.owed = true;
             }
-            Poll::Pending if this.owed => {
-                if !this.armed {
-                    let deadline = tokio::time::Instant::now() + ACK_GRACE;
-                    this.grace.as_mut().reset(deadline);
-                    this.armed = true;
-                }
-                if this.grace.as_mut().poll(cx).is_ready() {
-                    this.acknowledge();
-                    this.owed = false;
-                    this.armed = false;
-                    this.kicked = true;
-                }
+            Poll::Pending if this.owed && this.idle_since.is_none() => {
+                this.idle_since = Some(std::time::Instant::now());
             }
             _ => {}
         }
