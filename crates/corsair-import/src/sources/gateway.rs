@@ -9,9 +9,7 @@
 
 use serde_json::Value;
 
-use super::{
-    Outcome, PathEntry, PolicyDraft, assemble_routes, at, push_unique, services_note, strings,
-};
+use super::{Outcome, PathEntry, at, push_unique, strings};
 use crate::rules::{self, Ctx, Draft, Fields};
 use crate::{Severity, SourceRef};
 
@@ -116,25 +114,7 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
     if !any_cors {
         return Outcome::NotASource;
     }
-    let routes = assemble_routes(entries, false, &mut ctx);
-    if !routes.iter().any(|r| r.mode.is_none()) {
-        let mut findings = ctx.findings;
-        if !findings.iter().any(|f| f.code == "no-origin-left") {
-            findings.push(super::no_origin_left());
-        }
-        return Outcome::Nothing(findings);
-    }
-    let opt_in = services_note(source, &source.name, &services);
-    Outcome::Policies(vec![PolicyDraft {
-        name: source.name.clone(),
-        spec: corsair_policy::CorsPolicySpec {
-            routes,
-            ..crate::empty_spec()
-        },
-        findings: ctx.findings,
-        opt_in,
-        incomplete: ctx.incomplete,
-    }])
+    super::routed_policy(source, entries, false, ctx, &services)
 }
 
 fn draft(cors: &Value, base: &str, ctx: &mut Ctx) -> Draft {

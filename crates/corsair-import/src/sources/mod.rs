@@ -166,6 +166,36 @@ fn under(path: &str, prefix: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('/'))
 }
 
+/// One policy with a route per path rule (Gateway API, Istio), or nothing when no rule leaves
+/// an origin to allow.
+pub(crate) fn routed_policy(
+    source: &SourceRef,
+    entries: Vec<PathEntry>,
+    first_match_wins: bool,
+    mut ctx: Ctx,
+    services: &[String],
+) -> Outcome {
+    let routes = assemble_routes(entries, first_match_wins, &mut ctx);
+    if !routes.iter().any(|r| r.mode.is_none()) {
+        let mut findings = ctx.findings;
+        if !findings.iter().any(|f| f.code == "no-origin-left") {
+            findings.push(no_origin_left());
+        }
+        return Outcome::Nothing(findings);
+    }
+    let opt_in = services_note(source, &source.name, services);
+    Outcome::Policies(vec![PolicyDraft {
+        name: source.name.clone(),
+        spec: corsair_policy::CorsPolicySpec {
+            routes,
+            ..crate::empty_spec()
+        },
+        findings: ctx.findings,
+        opt_in,
+        incomplete: ctx.incomplete,
+    }])
+}
+
 /// Turns path matches into routes. `first_match_wins`: rules are tried in order (Istio), so a
 /// later match under an earlier one's prefix is never reached; otherwise the longest prefix wins
 /// (Gateway API), as in Corsair. A path without CORS under a CORS route's prefix becomes a route
