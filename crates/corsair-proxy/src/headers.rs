@@ -174,12 +174,23 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, host: Option
 
 /// Removes every `Access-Control-*` header (the proxy owns CORS in Enforce mode).
 pub fn strip_access_control(headers: &mut HeaderMap) {
-    let is_cors = |name: &HeaderName| name.as_str().starts_with("access-control-");
-    let present = present_of(headers, &ACCESS_CONTROL);
+    // One pass finds the standard names present, and whether any other `access-control-*` is.
+    let mut present = 0;
+    let mut others = false;
+    for name in headers.keys() {
+        match ACCESS_CONTROL.iter().position(|n| n == name) {
+            Some(i) => present |= 1 << i,
+            None => others |= name.as_str().starts_with("access-control-"),
+        }
+    }
     remove_present(headers, &ACCESS_CONTROL, present);
     // Names no standard defines (`access-control-foo`) are rare enough to collect.
-    if headers.keys().any(is_cors) {
-        let names: Vec<HeaderName> = headers.keys().filter(|n| is_cors(n)).cloned().collect();
+    if others {
+        let names: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| n.as_str().starts_with("access-control-"))
+            .cloned()
+            .collect();
         for name in names {
             headers.remove(name);
         }
