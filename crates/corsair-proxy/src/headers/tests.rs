@@ -117,3 +117,15 @@ fn only_access_control_headers_are_stripped() {
     names.sort_unstable();
     assert_eq!(names, ["content-type", "x-access-control-note"]);
 }
+
+#[test]
+fn access_control_names_no_standard_defines_are_stripped_too() {
+    let mut headers = map(&[
+        ("access-control-allow-methods", "GET"),
+        ("access-control-foo", "1"),
+        ("vary", "accept"),
+    ]);
+    strip_access_control(&mut headers);
+    let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+    assert_eq!(names, ["vary"]);
+}
