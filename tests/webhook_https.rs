@@ -204,6 +204,16 @@ async fn send(
     (status, body)
 }
 
+/// The review was denied, and its message says `needle`.
+fn assert_denied(response: &Value, needle: &str) {
+    assert_eq!(response["allowed"], json!(false), "{response}");
+    let message = response["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(needle),
+        "denial {message:?} lacks {needle:?}"
+    );
+}
+
 fn fixture(name: &str) -> Value {
     let path = Path::new(FIXTURES).join(format!("{name}.json"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -648,9 +658,7 @@ async fn unfit_pods_are_refused_with_the_cause() {
         ("pod-broken-containers", "request.object.spec.containers"),
     ] {
         let response = webhook.review("/inject", &fixture(name)).await;
-        assert_eq!(response["allowed"], json!(false), "{name}");
-        let message = response["status"]["message"].as_str().unwrap_or_default();
-        assert!(message.contains(cause), "{name}: {message}");
+        assert_denied(&response, cause);
     }
 }
 
@@ -678,9 +686,7 @@ async fn policies_are_validated_with_every_finding() {
     let typo = webhook
         .review("/validate", &fixture("policy-unknown-field"))
         .await;
-    assert_eq!(typo["allowed"], json!(false));
-    let message = typo["status"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("spec.routes[0].allowOrigns"), "{message}");
+    assert_denied(&typo, "spec.routes[0].allowOrigns");
 
     let linted = webhook
         .review("/validate", &fixture("policy-warnings"))
@@ -740,13 +746,7 @@ async fn garbage_gets_400_with_the_parse_error() {
 
     // A CorsPolicy sent to the Pod webhook is refused, not patched.
     let response = webhook.review("/inject", &fixture("policy-valid")).await;
-    assert_eq!(response["allowed"], json!(false));
-    assert!(
-        response["status"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("request.kind")
-    );
+    assert_denied(&response, "request.kind");
 }
 
 #[tokio::test]
@@ -1137,25 +1137,13 @@ async fn hostile_reviews_get_a_denial_or_a_4xx() {
     let mut deployment = fixture("pod-named-port");
     deployment["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
     let response = timed("Deployment", webhook.review("/inject", &deployment)).await;
-    assert_eq!(response["allowed"], json!(false));
-    assert!(
-        response["status"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("not Deployment")
-    );
+    assert_denied(&response, "not Deployment");
     let response = timed(
         "Pod to /validate",
         webhook.review("/validate", &fixture("pod-named-port")),
     )
     .await;
-    assert_eq!(response["allowed"], json!(false));
-    assert!(
-        response["status"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("request.kind")
-    );
+    assert_denied(&response, "request.kind");
 
     // Missing fields: no uid or kind is a 400 naming it; no object on CREATE is a denial.
     for field in ["uid", "kind", "operation"] {
@@ -1177,25 +1165,13 @@ async fn hostile_reviews_get_a_denial_or_a_4xx() {
         request.remove("object");
     }
     let response = timed("no object", webhook.review("/inject", &no_object)).await;
-    assert_eq!(response["allowed"], json!(false));
-    assert!(
-        response["status"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("request.object")
-    );
+    assert_denied(&response, "request.object");
     let mut no_spec = fixture("policy-valid");
     if let Some(object) = no_spec["request"]["object"].as_object_mut() {
         object.remove("spec");
     }
     let response = timed("policy without spec", webhook.review("/validate", &no_spec)).await;
-    assert_eq!(response["allowed"], json!(false));
-    assert!(
-        response["status"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("spec")
-    );
+    assert_denied(&response, "spec");
 }
 
 /// A pod with 1,000 containers is injected like any other: one proxy added, the 1,000 kept.
