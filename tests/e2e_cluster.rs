@@ -242,3 +242,47 @@ async fn annotated_deployment_gets_the_sidecar_and_loses_it() {
     })
     .await;
 }
+
+/// The objects `kubectl kustomize deploy/` builds: `(kind, namespace, name)`, sorted.
+fn objects(yaml: &str) -> Vec<(String, String, String)> {
+    let mut out: Vec<(String, String, String)> = yaml
+        .split("\n---")
+        .filter_map(|doc| serde_saphyr::from_str::<serde_json::Value>(doc).ok())
+        .filter(|doc| doc.is_object())
+        .map(|doc| {
+            let field = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+            (
+                field(&doc["kind"]),
+                field(&doc["metadata"]["namespace"]),
+                field(&doc["metadata"]["name"]),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `kubectl apply -k deploy/` applies exactly what `kubectl apply -f deploy/crd.yaml -f
+/// deploy/corsair.yaml` does: kubectl's own kustomize builds the directory (no cluster call).
+#[test]
+#[ignore = "needs kubectl: run with the cluster suite (--ignored)"]
+fn the_kustomization_builds_the_plain_manifests() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let built = std::process::Command::new("kubectl")
+        .args(["kustomize", &format!("{root}/deploy")])
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let plain = ["crd.yaml", "corsair.yaml"]
+        .iter()
+        .map(|f| std::fs::read_to_string(format!("{root}/deploy/{f}")).expect("manifest"))
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    let from_kustomize = objects(&String::from_utf8_lossy(&built.stdout));
+    assert!(!from_kustomize.is_empty());
+    assert_eq!(from_kustomize, objects(&plain));
+}
