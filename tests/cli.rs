@@ -144,7 +144,7 @@ fn warnings_fail_only_with_deny_warnings() {
 fn check_reads_every_document_from_stdin() {
     use std::io::Write;
     use std::process::Stdio;
-    let text = "\
+    let input = "\
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: web}
@@ -174,7 +174,7 @@ spec:
         .stdin
         .take()
         .expect("stdin")
-        .write_all(text.as_bytes())
+        .write_all(input.as_bytes())
         .expect("write stdin");
     let out = child.wait_with_output().expect("corsair check exits");
     let text = stdout(&out);
@@ -189,15 +189,21 @@ spec:
         line("skipped").starts_with("<stdin>:1: note: skipped a Deployment"),
         "{text}"
     );
+    // Each finding points at the line and column where its field is written.
+    let input_line = |n: usize| input.lines().nth(n - 1).unwrap_or_default();
     let typo = line("spec.allowMethod");
+    assert_eq!(input_line(10).find("allowMethod"), Some(2));
     assert!(
-        typo.starts_with("<stdin>:5 (CorsPolicy typos): error[unknown-field]")
+        typo.starts_with("<stdin>:10:3 (CorsPolicy typos): error[unknown-field]")
             && typo.contains("did you mean \"allowMethods\""),
         "{typo}"
     );
+    let origin = line("spec.allowOrigins[0]");
+    let column = input_line(11).find('"').map_or(0, |c| c + 1);
     assert!(
-        line("spec.allowOrigins[0]").contains("error[invalid-origin]"),
-        "{text}"
+        origin.starts_with(&format!("<stdin>:11:{column} "))
+            && origin.contains("error[invalid-origin]"),
+        "{origin}"
     );
     assert!(
         line("spec.mode").contains("error[mode-is-boolean]")

@@ -8,8 +8,9 @@ use corsair_policy::{Checked, Engine, Finding, Report, Severity, check_manifest,
 
 /// Validate and lint policy files.
 ///
-/// Every problem of a document is reported in one run, each with a stable code and the field
-/// path. Documents of other kinds are skipped with a note.
+/// Every problem of a document is reported in one run, each with a stable code, the field path
+/// and the line and column where the field is written. Documents of other kinds are skipped with
+/// a note.
 #[derive(clap::Args)]
 pub struct Args {
     /// Files to check: CorsPolicy manifests (YAML, any number of `---`-separated documents) or
@@ -70,7 +71,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// Checks every document of one file, printing a line per finding:
-/// `FILE:LINE (CorsPolicy NAME): error[code]: path: message`, LINE being where the document starts.
+/// `FILE:LINE:COLUMN (CorsPolicy NAME): error[code]: path: message`, where the field is written
+/// (its nearest written ancestor for a default; `FILE:LINE`, the document's start, for JSON).
 fn check_text(file: &str, text: &str, totals: &mut Totals) {
     for manifest in parse_manifests(text) {
         let at = format!("{file}:{}", manifest.line);
@@ -95,16 +97,20 @@ fn check_text(file: &str, text: &str, totals: &mut Totals) {
             Checked::Policy { name, spec, report } => {
                 totals.policies += 1;
                 let report = with_compile_findings(report, spec.as_ref());
-                let label = match name {
-                    Some(name) => format!("{at} (CorsPolicy {name})"),
-                    None => format!("{at} (CorsPolicy)"),
+                let policy = match name {
+                    Some(name) => format!("(CorsPolicy {name})"),
+                    None => "(CorsPolicy)".to_owned(),
                 };
                 for finding in &report.findings {
                     let severity = match finding.severity {
                         Severity::Error => "error",
                         Severity::Warning => "warning",
                     };
-                    println!("{label}: {severity}[{}]: {finding}", finding.code);
+                    let at = match manifest.positions.of(&finding.path) {
+                        Some((line, column)) => format!("{file}:{line}:{column}"),
+                        None => at.clone(),
+                    };
+                    println!("{at} {policy}: {severity}[{}]: {finding}", finding.code);
                 }
                 totals.errors += report.errors().count();
                 totals.warnings += report.warnings().count();

@@ -8,6 +8,10 @@ use serde::de::DeserializeOwned;
 
 use crate::model::{API_VERSION, KIND, PolicyDocument};
 
+mod positions;
+
+pub use positions::Positions;
+
 /// Why a policy document could not be read. Validation of the spec is separate ([`crate::validate`]).
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -51,6 +55,8 @@ pub struct Manifest {
     pub line: usize,
     /// The document, or why it could not be read (with its position in the file).
     pub value: Result<serde_json::Value, LoadError>,
+    /// Where each field of the document is written (empty for JSON).
+    pub positions: Positions,
 }
 
 /// Reads every document of a file: a YAML stream (documents separated by `---` lines) or one
@@ -64,15 +70,24 @@ pub fn parse_manifests(text: &str) -> Vec<Manifest> {
         return vec![Manifest {
             line: 1,
             value: parse::<serde_json::Value>(text, true, 0),
+            positions: Positions::default(),
         }];
     }
     split_documents(text)
         .into_iter()
         .filter_map(|(offset, chunk)| {
-            let value = parse::<Option<serde_json::Value>>(chunk, false, offset).transpose()?;
+            let node = parse::<Option<positions::Node>>(chunk, false, offset).transpose()?;
+            let (value, positions) = match node {
+                Ok(node) => {
+                    let (value, positions) = node.into_parts(offset);
+                    (Ok(value), positions)
+                }
+                Err(e) => (Err(e), Positions::default()),
+            };
             Some(Manifest {
                 line: offset + 1,
                 value,
+                positions,
             })
         })
         .collect()

@@ -201,3 +201,58 @@ fn a_json_file_is_one_document() {
         "CorsPolicy"
     );
 }
+
+/// Every field and list item is found at the line and column it is written at, counted from the
+/// start of the file; a path that is not written (a default) falls back to its nearest ancestor.
+#[test]
+fn positions_point_at_where_each_field_is_written() {
+    let text = "\
+apiVersion: v1
+kind: ConfigMap
+---
+apiVersion: corsair.dev/v1alpha1
+kind: CorsPolicy
+spec:
+  allowOrigins:
+    - https://a.example.com
+    - \"https://b.example.com\"
+  routes:
+  - pathPrefix: /api
+    allowMethod: [GET, PUT]
+  mode: Enforce
+";
+    let docs = parse_manifests(text);
+    assert_eq!(docs.len(), 2);
+    let at = |path: &str| docs[1].positions.of(path);
+    // The expected places are read off the text itself: (line, 1-based column of the needle).
+    let place = |line: usize, needle: &str| {
+        let l = text.lines().nth(line - 1).expect("line exists");
+        Some((
+            line as u64,
+            l.find(needle).expect("needle on line") as u64 + 1,
+        ))
+    };
+    assert_eq!(at("spec"), place(6, "spec"));
+    assert_eq!(at("spec.allowOrigins[0]"), place(8, "https"));
+    assert_eq!(at("spec.allowOrigins[1]"), place(9, "\""));
+    assert_eq!(at("spec.routes[0]"), place(11, "pathPrefix"));
+    assert_eq!(at("spec.routes[0].allowMethod"), place(12, "allowMethod"));
+    assert_eq!(at("spec.routes[0].allowMethod[1]"), place(12, "PUT"));
+    assert_eq!(at("spec.mode"), place(13, "mode"));
+    // Not written: the nearest written ancestor.
+    assert_eq!(at("spec.routes[0].maxAge"), at("spec.routes[0]"));
+    assert_eq!(at("status.conditions[0]"), None);
+    // The value is the same as without positions.
+    assert_eq!(
+        docs[1].value.as_ref().expect("parses")["spec"]["routes"][0]["allowMethod"][1],
+        "PUT"
+    );
+    // The first document has its own positions, and JSON has none.
+    assert_eq!(docs[0].positions.of("kind"), Some((2, 1)));
+    assert_eq!(
+        parse_manifests(r#"{"kind": "CorsPolicy"}"#)[0]
+            .positions
+            .of("kind"),
+        None
+    );
+}
