@@ -50,7 +50,7 @@ fn every_source_converts_and_the_policies_pass_check() {
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let docs = documents(&stdout);
-    assert_eq!(docs.len(), 9, "{stdout}");
+    assert_eq!(docs.len(), 10, "{stdout}");
 
     // Each finding names the file, the object and the annotation, flag or field.
     let nginx = fixture("ingress-nginx.yaml");

@@ -184,6 +184,67 @@ fn gateway_api() {
     );
 }
 
+/// A CORS filter on a backendRef acts only on what the rule sends to that backend: the policy is
+/// for that Service alone, and a second, different backend filter is reported, not merged.
+#[test]
+fn gateway_api_backend_filters() {
+    let out = inline(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: split, namespace: shop}
+spec:
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /api}}]
+    backendRefs:
+    - name: api-v2
+      weight: 10
+      filters: [{type: CORS, cors: {allowOrigins: ["https://app.example.com"]}}]
+    - name: api-v1
+      weight: 90
+    - name: api-v3
+      filters: [{type: CORS, cors: {allowOrigins: ["https://beta.example.com"]}}]
+"#,
+    );
+    assert_usable(&out);
+    let p = policy(&out, "split");
+    assert_eq!(
+        p.document.spec.routes[0].allow_origins,
+        strs(&["https://app.example.com"])
+    );
+    let scoped = p
+        .findings
+        .iter()
+        .find(|f| f.code == "backend-filter")
+        .unwrap();
+    assert_eq!(scoped.field, "spec.rules[0].backendRefs[0].filters[0].cors");
+    let other = p
+        .findings
+        .iter()
+        .find(|f| f.code == "backend-filter-not-converted")
+        .unwrap();
+    assert_eq!(other.field, "spec.rules[0].backendRefs[2].filters[0].cors");
+    let corsair_import::OptIn::Note(lines) = &p.opt_in else {
+        panic!("{:?}", p.opt_in)
+    };
+    let text = lines.join("\n");
+    assert!(text.contains("api-v2"), "{text}");
+    assert!(
+        !text.contains("api-v1") && !text.contains("api-v3"),
+        "{text}"
+    );
+
+    // With a filter on the rule too, the rule's is the one converted, and the other is said.
+    let out = inline(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  rules:\n  - filters: [{type: CORS, cors: {allowOrigins: [\"https://a.example.com\"]}}]\n    backendRefs:\n    - name: b\n      filters: [{type: CORS, cors: {allowOrigins: [\"https://b.example.com\"]}}]\n",
+    );
+    let p = policy(&out, "r");
+    assert_eq!(
+        p.document.spec.routes[0].allow_origins,
+        strs(&["https://a.example.com"])
+    );
+    assert!(has(p, "backend-filter-not-converted"));
+}
+
 #[test]
 fn istio() {
     let out = fixture("istio.yaml");
@@ -309,6 +370,74 @@ fn esp() {
     );
 }
 
+/// ESPv2's serverless image takes its flags from `ESPv2_ARGS`, split on `,` or on the delimiter a
+/// leading `^DELIM^` names (so values may hold commas); they come after the container's args.
+#[test]
+fn esp_flags_from_the_environment() {
+    let out = inline(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api, namespace: shop}
+spec:
+  template:
+    spec:
+      containers:
+      - name: esp
+        image: gcr.io/endpoints-release/endpoints-runtime-serverless:2
+        args: [--cors_allow_origin=https://old.example.com]
+        env:
+        - name: ESPv2_ARGS
+          value: "^++^--cors_preset=basic++--cors_allow_origin=https://app.example.com++--cors_allow_methods=GET,PUT++--cors_max_age=oops"
+"#,
+    );
+    assert_usable(&out);
+    let p = policy(&out, "api");
+    assert_eq!(
+        p.document.spec.allow_origins,
+        strs(&["https://app.example.com"])
+    );
+    // The comma inside the value survived the `^++^` split: PUT is allowed, DELETE (in ESPv2's
+    // default list) is not.
+    let methods = p.document.spec.allow_methods.clone().unwrap_or_default();
+    assert!(methods.iter().any(|m| m == "PUT"), "{methods:?}");
+    assert!(!methods.iter().any(|m| m == "DELETE"), "{methods:?}");
+    let invalid = p
+        .findings
+        .iter()
+        .find(|f| f.code == "invalid-value")
+        .unwrap();
+    assert_eq!(
+        invalid.field,
+        "spec.template.spec.containers[0].env[ESPv2_ARGS][--cors_max_age]"
+    );
+    let corsair_import::OptIn::Command(cmd) = &p.opt_in else {
+        panic!("{:?}", p.opt_in)
+    };
+    assert!(cmd.contains("(those in ESPv2_ARGS too)"), "{cmd}");
+
+    // Plain commas, with spaces around them.
+    let out = inline(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: esp\n    image: gcr.io/endpoints-release/endpoints-runtime-serverless:2\n    env: [{name: ESPv2_ARGS, value: \"--cors_preset=basic, --cors_allow_origin=https://a.example.com\"}]\n",
+    );
+    assert_eq!(
+        policy(&out, "p").document.spec.allow_origins,
+        strs(&["https://a.example.com"])
+    );
+
+    // A value the manifest does not show is said, not guessed.
+    let out = inline(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: esp\n    image: gcr.io/endpoints-release/endpoints-runtime:2\n    args: [--cors_preset=basic]\n    env: [{name: ESPv2_ARGS, valueFrom: {configMapKeyRef: {name: esp, key: args}}}]\n",
+    );
+    let p = policy(&out, "p");
+    let f = p
+        .findings
+        .iter()
+        .find(|f| f.code == "flags-not-read")
+        .unwrap();
+    assert_eq!(f.field, "spec.containers[0].env[ESPv2_ARGS]");
+    assert_eq!(f.severity, Severity::Warning);
+}
+
 /// One row: manifest, policy name (None: no policy), finding codes that must appear, whether the
 /// policy is left incomplete, expected top-level allowOrigins (None: not checked).
 type Row<'a> = (
@@ -334,6 +463,9 @@ fn rules_table() {
         (nginx("    nginx.ingress.kubernetes.io/enable-cors: \"true\"\n    nginx.ingress.kubernetes.io/cors-allow-origin: \"https://a.example.com/, https://b.example.com, *\""), Some("i"), &["origin-ignored", "wildcard-credentials-dropped"], false, Some(&["*"])),
         (nginx("    nginx.ingress.kubernetes.io/enable-cors: \"true\"\n    nginx.ingress.kubernetes.io/cors-allow-origin: \"https://a.example.com:443\""), None, &["origin-never-matched", "no-origin-left"], false, None),
         (nginx("    nginx.ingress.kubernetes.io/enable-cors: \"true\"\n    nginx.ingress.kubernetes.io/cors-allow-origin: \"https://a.example.com\"\n    nginx.ingress.kubernetes.io/cors-allow-headers: \"X-A, *\"\n    nginx.ingress.kubernetes.io/cors-max-age: \"soon\""), Some("i"), &["invalid-value"], false, Some(&["https://a.example.com"])),
+        (nginx("    nginx.ingress.kubernetes.io/configuration-snippet: |\n      more_set_headers \"Access-Control-Allow-Origin: $http_origin\";"), None, &["snippet-not-converted"], false, None),
+        (nginx("    nginx.ingress.kubernetes.io/enable-cors: \"true\"\n    nginx.ingress.kubernetes.io/cors-allow-origin: https://a.example.com\n    nginx.ingress.kubernetes.io/server-snippet: \"add_header access-control-max-age 60;\""), Some("i"), &["snippet-not-converted"], false, Some(&["https://a.example.com"])),
+        (nginx("    nginx.ingress.kubernetes.io/configuration-snippet: \"gzip on;\""), None, &[], false, None),
         // Istio: anything that matches "*" allows every origin.
         ("apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {name: v}\nspec:\n  http:\n  - corsPolicy:\n      allowOrigins: [{exact: \"*\"}]\n      allowCredentials: true\n".to_owned(), Some("v"), &["wildcard-credentials-refused"], true, None),
         ("apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {name: v}\nspec:\n  http:\n  - corsPolicy:\n      allowOrigins: [{regex: \"https://.*\"}]\n      allowCredentials: true\n".to_owned(), Some("v"), &["wildcard-credentials-refused"], true, None),

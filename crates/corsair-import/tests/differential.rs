@@ -653,9 +653,21 @@ fn esp_model(doc: &Value) -> Model {
         .as_array()
         .unwrap()[0];
     let v1 = at(c, &["image"]).as_str().unwrap().ends_with(":1");
-    let args = strings(at(c, &["args"]));
+    let mut args = strings(at(c, &["args"]));
+    // ESPv2's serverless entrypoint appends ESPv2_ARGS: `^D^` first names the separator D.
+    if let Some(env) = at(c, &["env"]).as_array() {
+        for e in env.iter().filter(|e| at(e, &["name"]) == "ESPv2_ARGS") {
+            let value = at(e, &["value"]).as_str().unwrap();
+            let (sep, list) = match value.strip_prefix('^').and_then(|r| r.split_once('^')) {
+                Some((sep, list)) => (sep, list),
+                None => (",", value),
+            };
+            args.extend(list.split(sep).map(str::to_owned));
+        }
+    }
     let flag = |name: &str| -> Option<String> {
-        args.iter().enumerate().find_map(|(i, a)| {
+        // argparse keeps the last value of a flag.
+        args.iter().enumerate().rev().find_map(|(i, a)| {
             if let Some(v) = a.strip_prefix(&format!("--{name}=")) {
                 Some(v.to_owned())
             } else if a == &format!("--{name}") {
@@ -912,7 +924,7 @@ fn traefik_agrees_except_anchored_regexes() {
 #[test]
 fn esp_agrees() {
     let (docs, policies) = load("esp.yaml");
-    assert_eq!(policies.len(), 2);
+    assert_eq!(policies.len(), 3);
     for c in &policies {
         compare(
             &c.source.to_string(),

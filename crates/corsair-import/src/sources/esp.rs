@@ -1,4 +1,5 @@
-//! Cloud Endpoints ESP (v1, nginx) and ESPv2 (Envoy): `--cors_*` flags on a container.
+//! Cloud Endpoints ESP (v1, nginx) and ESPv2 (Envoy): `--cors_*` flags on a container, in its
+//! `args` or, for ESPv2, in a literal `ESPv2_ARGS` variable (read after the args, so it wins).
 //!
 //! Flags left out take the proxy's defaults (ESPv2's `start_proxy.py`, ESP's `start_esp`):
 //! origin `*`, methods `GET, POST, PUT, PATCH, DELETE, OPTIONS`, a fixed header list, exposed
@@ -45,7 +46,8 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
         {
             let args = strings(at(c, &["args"]))
                 .into_iter()
-                .chain(strings(at(c, &["command"])));
+                .chain(strings(at(c, &["command"])))
+                .chain(env_args(c).into_iter().flatten());
             if args.into_iter().any(|a| a.starts_with("--cors_")) {
                 found.push((format!("{base}.{list}[{i}]"), c.clone()));
             }
@@ -70,8 +72,33 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
     let v1 = is_v1(image);
     let mut args: Vec<String> = strings(at(&container, &["command"]));
     args.extend(strings(at(&container, &["args"])));
-    let flags = Flags::parse(&args);
-    let flag_field = |name: &str| format!("{path}.args[--{name}]");
+    let mut flags = Flags::parse(&args, "args");
+    if let Some(env) = env_args(&container) {
+        if v1 {
+            ctx.note(
+                "flags-not-read",
+                &format!("{path}.env[{ENV_ARGS}]"),
+                format!("ESP v1 does not read {ENV_ARGS} (ESPv2's serverless image does): its flags are not converted"),
+            );
+        } else {
+            flags
+                .0
+                .extend(Flags::parse(&env, &format!("env[{ENV_ARGS}]")).0);
+        }
+    }
+    if !at(&container, &["env"])
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|e| at(e, &["name"]).as_str() != Some(ENV_ARGS) || at(e, &["valueFrom"]).is_null())
+    {
+        ctx.warn(
+            "flags-not-read",
+            &format!("{path}.env[{ENV_ARGS}]"),
+            "comes from a ConfigMap or Secret (valueFrom) that the manifest does not show: the --cors_* flags in it are not converted; pass the resolved value in the manifest to convert them".to_owned(),
+        );
+    }
+    let flag_field = |name: &str| format!("{path}.{}[--{name}]", flags.source_of(name));
 
     let Some(preset) = flags.get("cors_preset") else {
         ctx.note(
@@ -177,17 +204,26 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
         return Outcome::Nothing(findings);
     };
     let ns = ns_flag(source);
+    let from_env = if flags
+        .0
+        .iter()
+        .any(|(n, _, s)| n.starts_with("cors_") && s != "args")
+    {
+        format!(" (those in {ENV_ARGS} too)")
+    } else {
+        String::new()
+    };
     let opt_in = if source.kind == "Pod" {
         OptIn::Note(vec![
             format!(
                 "a bare Pod is not re-created by a controller: add the label corsair.dev/inject: enabled and the annotation corsair.dev/policy: {} to its manifest and re-create it,",
                 source.name
             ),
-            format!("and remove the --cors_* flags from container {cname}"),
+            format!("and remove the --cors_* flags{from_env} from container {cname}"),
         ])
     } else {
         OptIn::Command(format!(
-            "kubectl annotate {} {}{ns} corsair.dev/policy={}\n# then remove the --cors_* flags from container {cname}, so that Corsair alone answers CORS",
+            "kubectl annotate {} {}{ns} corsair.dev/policy={}\n# then remove the --cors_* flags{from_env} from container {cname}, so that Corsair alone answers CORS",
             source.kind.to_ascii_lowercase(),
             source.name,
             source.name
@@ -232,6 +268,31 @@ fn regex(re: &str, v1: bool, field: &str, d: &mut Draft, ctx: &mut Ctx) {
     d.regexes.push(policy_re);
 }
 
+/// The variable ESPv2's serverless entrypoint reads extra flags from.
+const ENV_ARGS: &str = "ESPv2_ARGS";
+
+/// The flags in a container's literal `ESPv2_ARGS`, split as ESPv2's `env_start_proxy.py` does:
+/// on `,`, or on the delimiter named by a leading `^DELIM^` (for values that hold commas).
+fn env_args(container: &Value) -> Option<Vec<String>> {
+    let value = at(container, &["env"])
+        .as_array()?
+        .iter()
+        .find(|e| at(e, &["name"]).as_str() == Some(ENV_ARGS))
+        .and_then(|e| at(e, &["value"]).as_str())?;
+    let (delimiter, list) = value
+        .strip_prefix('^')
+        .and_then(|rest| rest.split_once('^'))
+        .filter(|(d, _)| !d.is_empty())
+        .unwrap_or((",", value));
+    Some(
+        list.split(delimiter)
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
 fn is_v1(image: &str) -> bool {
     let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or_default();
     image.contains("endpoints-runtime:")
@@ -239,24 +300,29 @@ fn is_v1(image: &str) -> bool {
         && (tag == "1" || tag.starts_with("1."))
 }
 
-/// `--name=value`, `--name value` and bare boolean `--name`, as ESP's argparse reads them.
-struct Flags(Vec<(String, Option<String>)>);
+/// `--name=value`, `--name value` and bare boolean `--name`, as ESP's argparse reads them, each
+/// with where it was written (`args`, or `env[ESPv2_ARGS]`).
+struct Flags(Vec<(String, Option<String>, String)>);
 
 impl Flags {
-    fn parse(args: &[String]) -> Flags {
+    fn parse(args: &[String], source: &str) -> Flags {
         let mut out = Vec::new();
         let mut i = 0;
         while i < args.len() {
             if let Some(flag) = args[i].strip_prefix("--") {
                 if let Some((name, value)) = flag.split_once('=') {
-                    out.push((name.to_owned(), Some(value.to_owned())));
+                    out.push((name.to_owned(), Some(value.to_owned()), source.to_owned()));
                 } else if args.get(i + 1).is_some_and(|next| !next.starts_with("--"))
                     && flag != "cors_allow_credentials"
                 {
-                    out.push((flag.to_owned(), Some(args[i + 1].clone())));
+                    out.push((
+                        flag.to_owned(),
+                        Some(args[i + 1].clone()),
+                        source.to_owned(),
+                    ));
                     i += 1;
                 } else {
-                    out.push((flag.to_owned(), None));
+                    out.push((flag.to_owned(), None, source.to_owned()));
                 }
             }
             i += 1;
@@ -268,12 +334,20 @@ impl Flags {
         self.0
             .iter()
             .rev()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone().unwrap_or_default())
+            .find(|(n, ..)| n == name)
+            .map(|(_, v, _)| v.clone().unwrap_or_default())
     }
     fn bool(&self, name: &str) -> bool {
         self.0
             .iter()
-            .any(|(n, v)| n == name && v.as_deref().is_none_or(|v| v != "false"))
+            .any(|(n, v, _)| n == name && v.as_deref().is_none_or(|v| v != "false"))
+    }
+    /// Where the flag's last value was written; `args` for a flag left out.
+    fn source_of(&self, name: &str) -> &str {
+        self.0
+            .iter()
+            .rev()
+            .find(|(n, ..)| n == name)
+            .map_or("args", |(.., s)| s)
     }
 }

@@ -6,6 +6,8 @@
 //! labels; with credentials, `*` in `allowMethods`/`allowHeaders` echoes what was requested
 //! (`Authorization` included); safelisted methods are always allowed; `maxAge` defaults to 5
 //! seconds, what browsers assume without the header. Each rule's path match becomes a route.
+//! A CORS filter on one of a rule's `backendRefs` acts only on the requests sent to that backend,
+//! so the policy is then meant for that Service's workloads alone.
 
 use serde_json::Value;
 
@@ -27,20 +29,70 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
             .as_array()
             .cloned()
             .unwrap_or_default();
-        let cors = filters
+        let backends = at(rule, &["backendRefs"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let service = |b: &Value| {
+            (at(b, &["kind"]).as_str().unwrap_or("Service") == "Service")
+                .then(|| at(b, &["name"]).as_str().unwrap_or_default().to_owned())
+        };
+        let rule_cors =
+            cors_filter(&filters).map(|(k, c)| (format!("spec.rules[{i}].filters[{k}].cors"), c));
+        // A CORS filter on a backendRef acts only on requests sent to that backend.
+        let backend_cors: Vec<(String, Value, Option<String>)> = backends
             .iter()
             .enumerate()
-            .find(|(_, f)| at(f, &["type"]).as_str() == Some("CORS"))
-            .map(|(k, f)| (k, at(f, &["cors"]).clone()));
+            .filter_map(|(b, r)| {
+                let (k, c) = cors_filter(at(r, &["filters"]).as_array()?)?;
+                Some((
+                    format!("spec.rules[{i}].backendRefs[{b}].filters[{k}].cors"),
+                    c,
+                    service(r),
+                ))
+            })
+            .collect();
         let mut level = None;
-        if let Some((k, cors)) = cors {
-            any_cors = true;
-            for b in at(rule, &["backendRefs"]).as_array().into_iter().flatten() {
-                if at(b, &["kind"]).as_str().unwrap_or("Service") == "Service" {
-                    let name = at(b, &["name"]).as_str().unwrap_or_default().to_owned();
-                    push_unique(&mut services, name);
+        let cors = match (rule_cors, backend_cors.first()) {
+            (Some((field, cors)), _) => {
+                for (f, ..) in &backend_cors {
+                    ctx.warn(
+                        "backend-filter-not-converted",
+                        f,
+                        "the rule has a CORS filter of its own, and which of the two answers is up to the gateway: the rule's filter is converted, this one is not".to_owned(),
+                    );
                 }
+                for b in &backends {
+                    if let Some(name) = service(b) {
+                        push_unique(&mut services, name);
+                    }
+                }
+                Some((field, cors))
             }
+            (None, Some((field, cors, _))) => {
+                for (f, other, name) in &backend_cors {
+                    if other != cors {
+                        ctx.warn(
+                            "backend-filter-not-converted",
+                            f,
+                            format!("differs from the CORS filter at {field}, and one policy holds one set of rules per path: not converted"),
+                        );
+                        continue;
+                    }
+                    let Some(name) = name else { continue };
+                    ctx.warn(
+                        "backend-filter",
+                        f,
+                        format!("applies only to requests the rule sends to Service {name}: attach the policy to that Service's workloads only; the rule's other backends answered without CORS headers and still do"),
+                    );
+                    push_unique(&mut services, name.clone());
+                }
+                Some((field.clone(), cors.clone()))
+            }
+            (None, None) => None,
+        };
+        if let Some((base, cors)) = cors {
+            any_cors = true;
             if filters
                 .iter()
                 .any(|f| at(f, &["type"]).as_str() == Some("URLRewrite"))
@@ -51,7 +103,6 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
                     "this rule rewrites the path before the backend sees it, and Corsair matches routes on the path the backend receives: check the route's pathPrefix against the rewritten path".to_owned(),
                 );
             }
-            let base = format!("spec.rules[{i}].filters[{k}].cors");
             level = rules::lower(draft(&cors, &base, &mut ctx), &mut ctx);
             if level.is_none() {
                 ctx.findings.push(super::no_origin_left());
@@ -115,6 +166,15 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
         return Outcome::NotASource;
     }
     super::routed_policy(source, entries, false, ctx, &services)
+}
+
+/// The first `CORS` filter of a list, with its index.
+fn cors_filter(filters: &[Value]) -> Option<(usize, Value)> {
+    filters
+        .iter()
+        .enumerate()
+        .find(|(_, f)| at(f, &["type"]).as_str() == Some("CORS"))
+        .map(|(k, f)| (k, at(f, &["cors"]).clone()))
 }
 
 fn draft(cors: &Value, base: &str, ctx: &mut Ctx) -> Draft {

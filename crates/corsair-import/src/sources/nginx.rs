@@ -25,6 +25,26 @@ const DEFAULT_METHODS: &str = "GET, PUT, POST, DELETE, PATCH, OPTIONS";
 const DEFAULT_HEADERS: &str = "DNT,Keep-Alive,User-Agent,X-Requested-With,If-Modified-Since,Cache-Control,Content-Type,Range,Authorization";
 const DEFAULT_MAX_AGE: u64 = 1_728_000;
 
+/// Annotations that paste raw nginx configuration into the Ingress's server or location block.
+const SNIPPETS: [&str; 2] = ["configuration-snippet", "server-snippet"];
+
+/// CORS headers written by hand in a snippet are outside the annotations this tool converts:
+/// say so, so that nobody believes the policy carries them.
+fn snippets(annotations: &Value, ctx: &mut Ctx) {
+    for name in SNIPPETS {
+        let Some(snippet) = text(at(annotations, &[&format!("{PREFIX}{name}")])) else {
+            continue;
+        };
+        if snippet.to_ascii_lowercase().contains("access-control-") {
+            ctx.warn(
+                "snippet-not-converted",
+                &format!("metadata.annotations[{PREFIX}{name}]"),
+                "sets Access-Control-* headers in raw nginx configuration, which this tool does not read: those headers are not in any policy produced here; write them as CorsPolicy fields by hand (`corsair check` tells you whether they mean what you want)".to_owned(),
+            );
+        }
+    }
+}
+
 pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
     let annotations = at(doc, &["metadata", "annotations"]);
     let get = |name: &str| text(at(annotations, &[&format!("{PREFIX}{name}")]));
@@ -36,8 +56,13 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
             k.starts_with(&format!("{PREFIX}cors-")) || k == &format!("{PREFIX}enable-cors")
         })
     });
+    snippets(annotations, &mut ctx);
     if !has_cors {
-        return Outcome::NotASource;
+        return if ctx.findings.is_empty() {
+            Outcome::NotASource
+        } else {
+            Outcome::Nothing(ctx.findings)
+        };
     }
     match get("enable-cors").as_deref().map(go_bool) {
         Some(Some(true)) => {}
