@@ -8,12 +8,12 @@ PY_DEPS := kubernetes-validate==1.37.0 helm-python-sdk==0.2.2 pytest==8.3.4 PyYA
 export PATH := $(VENV)/bin:$(PATH)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: test deps deps-apt deps-python lint deny rust-test fuzz fuzz-tools fuzz-test chart-test demo bench generate soak
+.PHONY: test deps deps-apt deps-python deps-kubectl lint deny rust-test fuzz fuzz-tools fuzz-test chart-test demo bench generate soak
 
 test: deps lint deny rust-test fuzz-test chart-test
 	@echo "make test: all suites passed"
 
-deps: deps-apt deps-python
+deps: deps-apt deps-python deps-kubectl
 
 # Debian packages the tests use: Chromium for the browser test, procps for `kill`.
 APT_NEEDS := $(if $(wildcard /usr/bin/chromium),,chromium) $(if $(wildcard /bin/kill /usr/bin/kill),,procps)
@@ -22,6 +22,18 @@ deps-apt:
 		echo "installing Debian packages: $(strip $(APT_NEEDS))"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_NEEDS) >/dev/null; \
 	fi
+
+# kubectl with its built-in kustomize, for the `kubectl apply -k deploy/` test: Debian's
+# kubernetes-client unpacked under target/tools (not installed, so no system kubectl is touched).
+KUBECTL_DIR := $(CURDIR)/target/tools/kubernetes-client
+export CORSAIR_KUBECTL := $(KUBECTL_DIR)/usr/bin/kubectl
+deps-kubectl: $(CORSAIR_KUBECTL)
+$(CORSAIR_KUBECTL):
+	mkdir -p $(CURDIR)/target/tools
+	cd $(CURDIR)/target/tools && rm -f kubernetes-client_*.deb && \
+		{ apt-get download kubernetes-client 2>/dev/null || { apt-get update -qq && apt-get download kubernetes-client; }; } && \
+		dpkg-deb -x kubernetes-client_*.deb $(KUBECTL_DIR) && rm -f kubernetes-client_*.deb
+	$(CORSAIR_KUBECTL) version --client >/dev/null
 
 # PyPI packages: the Kubernetes schema validator and Helm (Go library, no binary) for the chart.
 deps-python: $(VENV)/.installed
