@@ -170,7 +170,11 @@ impl Index for Caches {
 /// Shared state of every reconciler.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    /// Who publishes the Events. Each Event is published through a fresh [`Recorder`]: a kept
+    /// one caches every Event it sent for six minutes (for series it never forms here: an
+    /// Event is published only when something changed) in a table that never shrinks, 4.4 MB
+    /// after the 1,000 first acceptances of the scale benchmark.
+    reporter: Reporter,
     pub metrics: Metrics,
     pub index: Arc<dyn Index>,
     backoff: Backoff,
@@ -187,7 +191,7 @@ impl Context {
         index: Arc<dyn Index>,
     ) -> Self {
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            reporter,
             client,
             metrics,
             index,
@@ -224,7 +228,8 @@ impl Context {
             action: "Reconcile".to_owned(),
             secondary: None,
         };
-        if let Err(err) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        if let Err(err) = recorder.publish(&event, &obj.object_ref(&())).await {
             tracing::warn!(%err, reason, "publishing an Event failed");
         }
     }
@@ -362,6 +367,7 @@ pub async fn run(
     }
 
     let policies = controller(&caches.policies, policy_triggers)
+        .reconcile_all_on(futures::stream::once(ready(())))
         .graceful_shutdown_on(stopped())
         .run(
             policy::reconcile,
@@ -369,30 +375,39 @@ pub async fn run(
             ctx.clone(),
         )
         .for_each(|_| async {});
-    let deployments = controller(&caches.deployments, deployments)
-        .graceful_shutdown_on(stopped())
-        .run(
-            workload::reconcile::<Deployment>,
-            |obj, err, ctx| error_policy(Deployment::CONTROLLER, obj.as_ref(), err, &ctx),
-            ctx.clone(),
-        )
-        .for_each(|_| async {});
-    let statefulsets = controller(&caches.statefulsets, statefulsets)
-        .graceful_shutdown_on(stopped())
-        .run(
-            workload::reconcile::<StatefulSet>,
-            |obj, err, ctx| error_policy(StatefulSet::CONTROLLER, obj.as_ref(), err, &ctx),
-            ctx.clone(),
-        )
-        .for_each(|_| async {});
-    let daemonsets = controller(&caches.daemonsets, daemonsets)
-        .graceful_shutdown_on(stopped())
-        .run(
-            workload::reconcile::<DaemonSet>,
-            |obj, err, ctx| error_policy(DaemonSet::CONTROLLER, obj.as_ref(), err, &ctx),
-            ctx.clone(),
-        )
-        .for_each(|_| async {});
+    let deployments = controller(
+        &caches.deployments,
+        concerned(&caches.deployments, deployments),
+    )
+    .graceful_shutdown_on(stopped())
+    .run(
+        workload::reconcile::<Deployment>,
+        |obj, err, ctx| error_policy(Deployment::CONTROLLER, obj.as_ref(), err, &ctx),
+        ctx.clone(),
+    )
+    .for_each(|_| async {});
+    let statefulsets = controller(
+        &caches.statefulsets,
+        concerned(&caches.statefulsets, statefulsets),
+    )
+    .graceful_shutdown_on(stopped())
+    .run(
+        workload::reconcile::<StatefulSet>,
+        |obj, err, ctx| error_policy(StatefulSet::CONTROLLER, obj.as_ref(), err, &ctx),
+        ctx.clone(),
+    )
+    .for_each(|_| async {});
+    let daemonsets = controller(
+        &caches.daemonsets,
+        concerned(&caches.daemonsets, daemonsets),
+    )
+    .graceful_shutdown_on(stopped())
+    .run(
+        workload::reconcile::<DaemonSet>,
+        |obj, err, ctx| error_policy(DaemonSet::CONTROLLER, obj.as_ref(), err, &ctx),
+        ctx.clone(),
+    )
+    .for_each(|_| async {});
 
     tracing::info!("reconcilers started");
     tokio::join!(policies, deployments, statefulsets, daemonsets);
@@ -404,8 +419,7 @@ pub async fn run(
 /// (and their buffers) when thousands of objects are reconciled at the start.
 const CONCURRENCY: u16 = 16;
 
-/// A controller over a shared cache: every cached object once at the start, then only what
-/// `triggers` asks for.
+/// A controller over a shared cache that reconciles what `triggers` asks for.
 fn controller<K>(
     shared: &Shared<K>,
     triggers: impl Stream<Item = ObjectRef<K>> + Send + 'static,
@@ -425,7 +439,22 @@ where
     )
     .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
     .reconcile_on(triggers)
-    .reconcile_all_on(futures::stream::once(ready(())))
+}
+
+/// `triggers`, after the cached workloads of kind `K` that concern Corsair, once each: the
+/// start-up pass skips the thousands that neither ask for a policy nor carry anything of ours.
+fn concerned<K: Workload>(
+    shared: &Shared<WorkloadMeta<K>>,
+    triggers: impl Stream<Item = ObjectRef<WorkloadMeta<K>>> + Send + 'static,
+) -> impl Stream<Item = ObjectRef<WorkloadMeta<K>>> + Send + 'static {
+    let at_start: Vec<ObjectRef<WorkloadMeta<K>>> = shared
+        .store()
+        .state()
+        .iter()
+        .filter(|w| workload::Facts::of(w.as_ref()).concerns_us())
+        .map(|w| ObjectRef::from_obj(w.as_ref()))
+        .collect();
+    futures::stream::select(futures::stream::iter(at_start), triggers)
 }
 
 /// The policies to reconcile because a workload of kind `K` changed what it names.

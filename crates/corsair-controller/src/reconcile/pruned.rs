@@ -32,14 +32,37 @@ pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration
 pub struct WorkloadMeta<K> {
     /// The workload's metadata, without `managedFields` and `last-applied-configuration`.
     pub metadata: ObjectMeta,
-    /// `spec.template.metadata`, pruned the same way.
-    pub template: Option<ObjectMeta>,
+    /// The `corsair.dev/` labels and annotations of `spec.template.metadata`; `None` when it has
+    /// neither, as for most workloads of a cluster.
+    pub template: Option<TemplateMeta>,
     /// Whether a field manager other than ours declared the pod template's policy annotation
     /// (true when the object carries no managed fields at all: then trust the annotation).
     pub template_policy_by_others: bool,
     /// Whether our field manager owns anything in this object through an apply.
     pub managed_by_us: bool,
     kind: PhantomData<fn() -> K>,
+}
+
+/// What is kept of a pod template's metadata: 48 bytes where an `ObjectMeta` takes several
+/// hundred, for each of the cluster's workloads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TemplateMeta {
+    pub labels: Option<BTreeMap<String, String>>,
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+impl TemplateMeta {
+    /// `None` when neither map holds anything of ours.
+    fn kept(
+        labels: Option<BTreeMap<String, String>>,
+        annotations: Option<BTreeMap<String, String>>,
+    ) -> Option<TemplateMeta> {
+        let (labels, annotations) = (ours(labels), ours(annotations));
+        (labels.is_some() || annotations.is_some()).then_some(TemplateMeta {
+            labels,
+            annotations,
+        })
+    }
 }
 
 impl<K: Workload> WorkloadMeta<K> {
@@ -61,13 +84,8 @@ impl<K: Workload> WorkloadMeta<K> {
                 meta.labels.clone(),
                 meta.annotations.clone(),
             ),
-            template: template.map(|t| {
-                kept(
-                    ObjectMeta::default(),
-                    t.labels.clone(),
-                    t.annotations.clone(),
-                )
-            }),
+            template: template
+                .and_then(|t| TemplateMeta::kept(t.labels.clone(), t.annotations.clone())),
             template_policy_by_others: template_policy_by_others(managed),
             managed_by_us: managed_by_us(managed),
             kind: PhantomData,
@@ -165,10 +183,11 @@ impl<'de, K: Workload> Deserialize<'de> for WorkloadMeta<K> {
             .spec
             .and_then(|s| s.template)
             .and_then(|t| t.metadata)
-            .map(|t| ObjectMeta {
-                labels: t.labels.0,
-                annotations: t.annotations.0,
-                ..ObjectMeta::default()
+            .and_then(|t| {
+                (t.labels.0.is_some() || t.annotations.0.is_some()).then_some(TemplateMeta {
+                    labels: t.labels.0,
+                    annotations: t.annotations.0,
+                })
             });
         Ok(WorkloadMeta {
             metadata: ObjectMeta {

@@ -712,6 +712,29 @@ fn an_annotation_change_wakes_the_workload_and_both_policies() {
     assert!(triggers::workload_names_changed(&change).is_empty());
 }
 
+/// A workload that neither asks for a policy nor carries anything of ours is never queued,
+/// whether it appears or changes; one that asks, or that we must release, is.
+#[test]
+fn workloads_that_do_not_concern_corsair_are_never_queued() {
+    let plain = pruned(&deployment(None, None));
+    assert!(plain.template.is_none(), "nothing of ours on the template");
+    assert_eq!(
+        triggers::workload_changed(&created(pruned(&deployment(None, None)))),
+        None
+    );
+    let mut relabelled = deployment(None, None);
+    relabelled.metadata.labels = Some(BTreeMap::from([("app".into(), "web".into())]));
+    assert_eq!(
+        triggers::workload_changed(&updated(plain, pruned(&relabelled))),
+        None
+    );
+    assert!(triggers::workload_changed(&created(pruned(&deployment(Some("api"), None)))).is_some());
+    // Ours to release: the annotation is gone but our apply still owns the template label.
+    let mut released = WorkloadMeta::from_object(&deployment(None, None));
+    released.managed_by_us = true;
+    assert!(triggers::workload_changed(&created(released)).is_some());
+}
+
 #[test]
 fn only_a_new_generation_wakes_the_policy_reconciler() {
     let mut with_status = valid_policy();
@@ -956,4 +979,95 @@ async fn a_refused_status_write_is_tried_again_on_the_next_reconcile() {
     if let Err(err) = server.await {
         std::panic::resume_unwind(err.into_panic());
     }
+}
+
+/// The start-up pass reconciles only the workloads that concern Corsair: one that asks for a
+/// policy (labelled), one whose template still carries our apply (released), never the one
+/// that has nothing to do with Corsair.
+#[tokio::test]
+async fn the_start_pass_skips_workloads_that_do_not_concern_corsair() {
+    use std::sync::Mutex;
+
+    use crate::fixtures::{FakeApi, Reply};
+    use crate::metrics::ControllerLabels;
+
+    let ours = json!([{"manager": WORKLOAD_MANAGER, "operation": "Apply",
+        "fieldsV1": {"f:spec": {"f:template": {"f:metadata": {"f:labels": {"f:corsair.dev/inject": {}}}}}}}]);
+    let workload = |name: &str, annotations: Value, managed: Value| {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}"),
+                         "resourceVersion": "1", "annotations": annotations,
+                         "managedFields": managed},
+            "spec": {"selector": {}, "template": {"metadata": {"labels": {"app": name}}}},
+        })
+    };
+    let deployments = vec![
+        workload("web", json!({"corsair.dev/policy": "api"}), json!([])),
+        workload("released", json!({}), ours),
+        workload(
+            "plain",
+            json!({"team": "a"}),
+            json!([{"manager": "kubectl", "operation": "Update", "fieldsV1": {}}]),
+        ),
+    ];
+    let patched: Arc<Mutex<Vec<String>>> = Arc::default();
+    let api = FakeApi::new({
+        let patched = patched.clone();
+        move |call| {
+            if call.is_watch() {
+                return Reply::quiet_watch();
+            }
+            if call.is_read() {
+                return match call.path.as_str() {
+                    "/apis/apps/v1/deployments" => Reply::list("1", deployments.clone()),
+                    _ => Reply::list("1", Vec::new()),
+                };
+            }
+            if call.path.contains("/deployments/") {
+                let name = call.path.rsplit('/').next().unwrap_or_default().to_owned();
+                patched.lock().unwrap_or_else(|p| p.into_inner()).push(name);
+            }
+            Reply::echo(call)
+        }
+    });
+    let client = api.client();
+    let (caches, watches) = super::Caches::start(&client);
+    let metrics = Metrics::default();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(super::run(
+        caches,
+        client,
+        Reporter {
+            controller: super::REPORTER.into(),
+            instance: None,
+        },
+        metrics.clone(),
+        stop_rx,
+    ));
+    let reconciled = || {
+        metrics
+            .reconciles
+            .get_or_create(&ControllerLabels {
+                controller: "deployment",
+            })
+            .get()
+    };
+    let start = std::time::Instant::now();
+    while reconciled() < 2 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "the start pass did not reconcile the two workloads"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Time for a third reconcile, if one were coming.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(reconciled(), 2);
+    let mut names = patched.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    names.sort();
+    assert_eq!(names, ["released", "web"]);
+    stop_tx.send_replace(true);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), run).await;
+    drop(watches);
 }

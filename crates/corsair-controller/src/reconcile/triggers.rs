@@ -69,16 +69,19 @@ pub fn workload_names_changed<K: Workload>(
 }
 
 /// A workload needs reconciling when it appears or its [`Facts`] (the policy it asks for,
-/// the template's label and annotation, our ownership) change.
+/// the template's label and annotation, our ownership) change, and only when the reconciler
+/// has something to do: it asks for a policy, or we own something in it to release. The
+/// thousands of workloads that have nothing to do with Corsair never enter the queue.
 pub fn workload_changed<K: Workload>(
     change: &Change<WorkloadMeta<K>>,
 ) -> Option<ObjectRef<WorkloadMeta<K>>> {
     let new = change.new.as_deref()?;
+    let facts = Facts::of(new);
     let moved = change
         .old
         .as_deref()
-        .is_none_or(|old| Facts::of(old) != Facts::of(new));
-    moved.then(|| ObjectRef::from_obj(new))
+        .is_none_or(|old| Facts::of(old) != facts);
+    (moved && facts.concerns_us()).then(|| ObjectRef::from_obj(new))
 }
 
 /// The workloads of kind `K` that name a policy which appeared or went away, so that they

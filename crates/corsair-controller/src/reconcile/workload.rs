@@ -121,6 +121,11 @@ impl Facts {
         }
     }
 
+    /// Whether the reconciler has anything to do: apply for a policy, or release what we own.
+    pub fn concerns_us(&self) -> bool {
+        self.desired.is_some() || self.managed_by_us
+    }
+
     /// Whether the template already carries exactly what we would apply for `policy`, under
     /// our manager.
     fn in_place(&self, policy: &str) -> bool {
