@@ -375,39 +375,9 @@ pub async fn run(
             ctx.clone(),
         )
         .for_each(|_| async {});
-    let deployments = controller(
-        &caches.deployments,
-        concerned(&caches.deployments, deployments),
-    )
-    .graceful_shutdown_on(stopped())
-    .run(
-        workload::reconcile::<Deployment>,
-        |obj, err, ctx| error_policy(Deployment::CONTROLLER, obj.as_ref(), err, &ctx),
-        ctx.clone(),
-    )
-    .for_each(|_| async {});
-    let statefulsets = controller(
-        &caches.statefulsets,
-        concerned(&caches.statefulsets, statefulsets),
-    )
-    .graceful_shutdown_on(stopped())
-    .run(
-        workload::reconcile::<StatefulSet>,
-        |obj, err, ctx| error_policy(StatefulSet::CONTROLLER, obj.as_ref(), err, &ctx),
-        ctx.clone(),
-    )
-    .for_each(|_| async {});
-    let daemonsets = controller(
-        &caches.daemonsets,
-        concerned(&caches.daemonsets, daemonsets),
-    )
-    .graceful_shutdown_on(stopped())
-    .run(
-        workload::reconcile::<DaemonSet>,
-        |obj, err, ctx| error_policy(DaemonSet::CONTROLLER, obj.as_ref(), err, &ctx),
-        ctx.clone(),
-    )
-    .for_each(|_| async {});
+    let deployments = workloads(&caches.deployments, deployments, ctx.clone(), stopped());
+    let statefulsets = workloads(&caches.statefulsets, statefulsets, ctx.clone(), stopped());
+    let daemonsets = workloads(&caches.daemonsets, daemonsets, ctx.clone(), stopped());
 
     tracing::info!("reconcilers started");
     tokio::join!(policies, deployments, statefulsets, daemonsets);
@@ -441,6 +411,23 @@ where
     )
     .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
     .reconcile_on(triggers)
+}
+
+/// The reconciler of the workloads of kind `K`, until `stop`.
+fn workloads<K: Workload>(
+    shared: &Shared<WorkloadMeta<K>>,
+    triggers: impl Stream<Item = ObjectRef<WorkloadMeta<K>>> + Send + 'static,
+    ctx: Arc<Context>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> impl std::future::Future<Output = ()> {
+    controller(shared, concerned(shared, triggers))
+        .graceful_shutdown_on(stop)
+        .run(
+            workload::reconcile::<K>,
+            |obj, err, ctx| error_policy(K::CONTROLLER, obj.as_ref(), err, &ctx),
+            ctx,
+        )
+        .for_each(|_| async {})
 }
 
 /// `triggers`, after the cached workloads of kind `K` that concern Corsair, once each: the
