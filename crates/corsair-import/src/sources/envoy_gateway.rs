@@ -9,7 +9,7 @@
 use serde_json::Value;
 
 use super::gateway::wildcard_origin;
-use super::{Outcome, at, ns_flag, single, strings, text};
+use super::{Outcome, at, ns_flag, single, strings};
 use crate::rules::{self, Ctx, Draft, Fields};
 use crate::{OptIn, SourceRef};
 
@@ -42,21 +42,7 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
             &mut ctx,
         );
     }
-    let list = |key: &str| Some(strings(at(cors, &[key]))).filter(|l| !l.is_empty());
-    d.methods = list("allowMethods");
-    d.headers = list("allowHeaders");
-    d.expose = list("exposeHeaders");
-    d.max_age = match text(at(cors, &["maxAge"])) {
-        None => None,
-        Some(v) => rules::parse_duration(&v).or_else(|| {
-            ctx.warn(
-                "invalid-value",
-                &fields.max_age,
-                format!("{v:?} is not a duration: left out"),
-            );
-            None
-        }),
-    };
+    super::envoy_lists(cors, &mut d, &mut ctx);
     let spec = rules::lower(d, &mut ctx).map(rules::top_level);
     single(source, spec, ctx, opt_in(doc, source))
 }

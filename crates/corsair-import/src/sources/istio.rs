@@ -11,7 +11,7 @@
 use corsair_policy::UnmatchedPreflights;
 use serde_json::Value;
 
-use super::{Outcome, PathEntry, at, push_unique, strings, text};
+use super::{Outcome, PathEntry, at, push_unique, strings};
 use crate::SourceRef;
 use crate::example;
 use crate::rules::{self, Ctx, Draft, Fields};
@@ -163,21 +163,7 @@ fn draft(cors: &Value, base: &str, ctx: &mut Ctx) -> Draft {
     for (k, exact) in strings(at(cors, &["allowOrigin"])).iter().enumerate() {
         exact_origin(exact, &format!("{base}.allowOrigin[{k}]"), &mut d, ctx);
     }
-    let list = |key: &str| Some(strings(at(cors, &[key]))).filter(|l| !l.is_empty());
-    d.methods = list("allowMethods");
-    d.headers = list("allowHeaders");
-    d.expose = list("exposeHeaders");
-    d.max_age = match text(at(cors, &["maxAge"])) {
-        None => None,
-        Some(v) => rules::parse_duration(&v).or_else(|| {
-            ctx.warn(
-                "invalid-value",
-                &fields.max_age,
-                format!("{v:?} is not a duration: left out"),
-            );
-            None
-        }),
-    };
+    super::envoy_lists(cors, &mut d, ctx);
     d
 }
 

@@ -90,6 +90,25 @@ pub(crate) fn at<'v>(value: &'v Value, path: &[&str]) -> &'v Value {
 }
 
 /// A list of strings, or of anything else rendered as text (a YAML `true` is `"true"`).
+/// The method, header and exposed-header lists and the `maxAge` duration of an Envoy CORS policy,
+/// as Istio and Envoy Gateway both spell them; an empty list is left to the defaults.
+pub(crate) fn envoy_lists(cors: &Value, d: &mut crate::rules::Draft, ctx: &mut Ctx) {
+    let list = |key: &str| Some(strings(at(cors, &[key]))).filter(|l| !l.is_empty());
+    d.methods = list("allowMethods");
+    d.headers = list("allowHeaders");
+    d.expose = list("exposeHeaders");
+    d.max_age = text(at(cors, &["maxAge"])).and_then(|v| {
+        crate::rules::parse_duration(&v).or_else(|| {
+            ctx.warn(
+                "invalid-value",
+                &d.fields.max_age,
+                format!("{v:?} is not a duration: left out"),
+            );
+            None
+        })
+    });
+}
+
 pub(crate) fn strings(value: &Value) -> Vec<String> {
     value
         .as_array()
