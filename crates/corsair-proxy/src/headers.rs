@@ -69,7 +69,7 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
     // One pass over the names finds which are present; only those are looked up to be removed
     // (a kept-alive upstream's response carries `Connection` and nothing else of the list).
-    let present = present_of(headers, &HOP_BY_HOP);
+    let (present, _) = present_of(headers, &HOP_BY_HOP, |_| false);
     if present == 0 {
         return;
     }
@@ -98,16 +98,23 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) 
     }
 }
 
-/// Bit `i` is set when `names[i]` is in `headers`: one pass over the map's names, comparisons
-/// only (a standard name compares as an enum), no hashing.
-fn present_of(headers: &HeaderMap, names: &[HeaderName]) -> u32 {
+/// Bit `i` is set when `names[i]` is in `headers`, and the flag when another name there
+/// satisfies `other`: one pass over the map's names, comparisons only (a standard name compares
+/// as an enum), no hashing.
+fn present_of(
+    headers: &HeaderMap,
+    names: &[HeaderName],
+    other: impl Fn(&HeaderName) -> bool,
+) -> (u32, bool) {
     let mut present = 0;
+    let mut others = false;
     for name in headers.keys() {
-        if let Some(i) = names.iter().position(|n| n == name) {
-            present |= 1 << i;
+        match names.iter().position(|n| n == name) {
+            Some(i) => present |= 1 << i,
+            None => others |= other(name),
         }
     }
-    present
+    (present, others)
 }
 
 /// Removes the `names` whose bit is set in `present` (they may be gone already: harmless).
@@ -174,23 +181,13 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, host: Option
 
 /// Removes every `Access-Control-*` header (the proxy owns CORS in Enforce mode).
 pub fn strip_access_control(headers: &mut HeaderMap) {
+    let is_cors = |name: &HeaderName| name.as_str().starts_with("access-control-");
     // One pass finds the standard names present, and whether any other `access-control-*` is.
-    let mut present = 0;
-    let mut others = false;
-    for name in headers.keys() {
-        match ACCESS_CONTROL.iter().position(|n| n == name) {
-            Some(i) => present |= 1 << i,
-            None => others |= name.as_str().starts_with("access-control-"),
-        }
-    }
+    let (present, others) = present_of(headers, &ACCESS_CONTROL, is_cors);
     remove_present(headers, &ACCESS_CONTROL, present);
     // Names no standard defines (`access-control-foo`) are rare enough to collect.
     if others {
-        let names: Vec<HeaderName> = headers
-            .keys()
-            .filter(|n| n.as_str().starts_with("access-control-"))
-            .cloned()
-            .collect();
+        let names: Vec<HeaderName> = headers.keys().filter(|n| is_cors(n)).cloned().collect();
         for name in names {
             headers.remove(name);
         }
