@@ -1,7 +1,7 @@
 //! Table-driven conversions: real-looking manifests of each source, the policy they become and
 //! the findings that explain every change.
 
-use corsair_import::{Converted, Import, Severity, import, render};
+use corsair_import::{Converted, Finding, Import, Severity, import, render};
 use corsair_policy::{Engine, Mode, UnmatchedPreflights, load_document};
 
 fn fixture(name: &str) -> Import {
@@ -26,6 +26,14 @@ fn policy<'a>(out: &'a Import, name: &str) -> &'a Converted {
 
 fn codes(c: &Converted) -> Vec<&'static str> {
     c.findings.iter().map(|f| f.code).collect()
+}
+
+/// The first finding of `c` with `code`; the test fails without one.
+fn finding<'c>(c: &'c Converted, code: &str) -> &'c Finding {
+    c.findings
+        .iter()
+        .find(|f| f.code == code)
+        .unwrap_or_else(|| panic!("no {code} finding in {:?}", codes(c)))
 }
 
 fn has(c: &Converted, code: &str) -> bool {
@@ -106,11 +114,7 @@ fn ingress_nginx() {
     ] {
         assert!(has(web, code), "{code} missing: {:?}", codes(web));
     }
-    let capped = web
-        .findings
-        .iter()
-        .find(|f| f.code == "max-age-capped")
-        .unwrap();
+    let capped = finding(web, "max-age-capped");
     assert_eq!(
         capped.field,
         "metadata.annotations[nginx.ingress.kubernetes.io/cors-max-age]"
@@ -132,11 +136,7 @@ fn ingress_nginx() {
     let assets = policy(&out, "assets");
     assert_eq!(assets.document.spec.allow_origins, strs(&["*"]));
     assert_eq!(assets.document.spec.allow_credentials, None);
-    let dropped = assets
-        .findings
-        .iter()
-        .find(|f| f.code == "wildcard-credentials-dropped")
-        .expect("finding");
+    let dropped = finding(assets, "wildcard-credentials-dropped");
     assert_eq!(dropped.severity, Severity::Warning);
     assert!(dropped.message.contains("list the origins"));
     assert_eq!(assets.document.spec.max_age, Some(7200)); // default 1728000, capped
@@ -170,11 +170,7 @@ fn gateway_api() {
     assert!(legacy.incomplete);
     assert_eq!(legacy.document.spec.routes[0].allow_origins, Some(vec![]));
     assert_eq!(legacy.document.spec.routes[0].allow_credentials, Some(true));
-    let refused = legacy
-        .findings
-        .iter()
-        .find(|f| f.code == "wildcard-credentials-refused")
-        .expect("finding");
+    let refused = finding(legacy, "wildcard-credentials-refused");
     assert_eq!(refused.field, "spec.rules[0].filters[0].cors.allowOrigins");
     assert!(refused.message.contains("any web site could read"));
     // With credentials, `*` in allowHeaders echoed Authorization too.
@@ -211,17 +207,9 @@ spec:
         p.document.spec.routes[0].allow_origins,
         strs(&["https://app.example.com"])
     );
-    let scoped = p
-        .findings
-        .iter()
-        .find(|f| f.code == "backend-filter")
-        .unwrap();
+    let scoped = finding(p, "backend-filter");
     assert_eq!(scoped.field, "spec.rules[0].backendRefs[0].filters[0].cors");
-    let other = p
-        .findings
-        .iter()
-        .find(|f| f.code == "backend-filter-not-converted")
-        .unwrap();
+    let other = finding(p, "backend-filter-not-converted");
     assert_eq!(other.field, "spec.rules[0].backendRefs[2].filters[0].cors");
     let corsair_import::OptIn::Note(lines) = &p.opt_in else {
         panic!("{:?}", p.opt_in)
@@ -266,11 +254,7 @@ fn istio() {
         route.unmatched_preflights,
         Some(UnmatchedPreflights::Forward)
     );
-    let anchored = reviews
-        .findings
-        .iter()
-        .find(|f| f.code == "origin-anchored")
-        .unwrap();
+    let anchored = finding(reviews, "origin-anchored");
     assert_eq!(anchored.field, "spec.http[0].corsPolicy.allowOrigins[1]");
     assert!(
         anchored
@@ -311,11 +295,7 @@ fn traefik() {
     );
     assert_eq!(p.document.spec.max_age, Some(100));
     assert!(has(p, "origin-never-matched"));
-    let anchored = p
-        .findings
-        .iter()
-        .find(|f| f.code == "origin-anchored")
-        .unwrap();
+    let anchored = finding(p, "origin-anchored");
     assert!(
         anchored.message.contains(".attacker.example"),
         "{}",
@@ -354,11 +334,7 @@ fn esp() {
         v1.document.spec.unmatched_preflights,
         Some(UnmatchedPreflights::Forward)
     );
-    let anchored = v1
-        .findings
-        .iter()
-        .find(|f| f.code == "origin-anchored")
-        .unwrap();
+    let anchored = finding(v1, "origin-anchored");
     assert!(
         anchored
             .message
@@ -401,11 +377,7 @@ spec:
     let methods = p.document.spec.allow_methods.clone().unwrap_or_default();
     assert!(methods.iter().any(|m| m == "PUT"), "{methods:?}");
     assert!(!methods.iter().any(|m| m == "DELETE"), "{methods:?}");
-    let invalid = p
-        .findings
-        .iter()
-        .find(|f| f.code == "invalid-value")
-        .unwrap();
+    let invalid = finding(p, "invalid-value");
     assert_eq!(
         invalid.field,
         "spec.template.spec.containers[0].env[ESPv2_ARGS][--cors_max_age]"
@@ -429,11 +401,7 @@ spec:
         "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: esp\n    image: gcr.io/endpoints-release/endpoints-runtime:2\n    args: [--cors_preset=basic]\n    env: [{name: ESPv2_ARGS, valueFrom: {configMapKeyRef: {name: esp, key: args}}}]\n",
     );
     let p = policy(&out, "p");
-    let f = p
-        .findings
-        .iter()
-        .find(|f| f.code == "flags-not-read")
-        .unwrap();
+    let f = finding(p, "flags-not-read");
     assert_eq!(f.field, "spec.containers[0].env[ESPv2_ARGS]");
     assert_eq!(f.severity, Severity::Warning);
 }

@@ -72,29 +72,27 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
     let v1 = is_v1(image);
     let mut args: Vec<String> = strings(at(&container, &["command"]));
     args.extend(strings(at(&container, &["args"])));
-    let mut flags = Flags::parse(&args, "args");
+    let mut flags = Flags::parse(&args, ARGS);
     if let Some(env) = env_args(&container) {
         if v1 {
             ctx.note(
                 "flags-not-read",
-                &format!("{path}.env[{ENV_ARGS}]"),
+                &format!("{path}.{ENV_FIELD}"),
                 format!("ESP v1 does not read {ENV_ARGS} (ESPv2's serverless image does): its flags are not converted"),
             );
         } else {
-            flags
-                .0
-                .extend(Flags::parse(&env, &format!("env[{ENV_ARGS}]")).0);
+            flags.0.extend(Flags::parse(&env, ENV_FIELD).0);
         }
     }
-    if !at(&container, &["env"])
+    if at(&container, &["env"])
         .as_array()
         .into_iter()
         .flatten()
-        .all(|e| at(e, &["name"]).as_str() != Some(ENV_ARGS) || at(e, &["valueFrom"]).is_null())
+        .any(|e| at(e, &["name"]).as_str() == Some(ENV_ARGS) && !at(e, &["valueFrom"]).is_null())
     {
         ctx.warn(
             "flags-not-read",
-            &format!("{path}.env[{ENV_ARGS}]"),
+            &format!("{path}.{ENV_FIELD}"),
             "comes from a ConfigMap or Secret (valueFrom) that the manifest does not show: the --cors_* flags in it are not converted; pass the resolved value in the manifest to convert them".to_owned(),
         );
     }
@@ -207,7 +205,7 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
     let from_env = if flags
         .0
         .iter()
-        .any(|(n, _, s)| n.starts_with("cors_") && s != "args")
+        .any(|(n, _, s)| n.starts_with("cors_") && *s == ENV_FIELD)
     {
         format!(" (those in {ENV_ARGS} too)")
     } else {
@@ -270,6 +268,9 @@ fn regex(re: &str, v1: bool, field: &str, d: &mut Draft, ctx: &mut Ctx) {
 
 /// The variable ESPv2's serverless entrypoint reads extra flags from.
 const ENV_ARGS: &str = "ESPv2_ARGS";
+/// Where a flag was written, as a field of the container.
+const ARGS: &str = "args";
+const ENV_FIELD: &str = "env[ESPv2_ARGS]";
 
 /// The flags in a container's literal `ESPv2_ARGS`, split as ESPv2's `env_start_proxy.py` does:
 /// on `,`, or on the delimiter named by a leading `^DELIM^` (for values that hold commas).
@@ -302,27 +303,23 @@ fn is_v1(image: &str) -> bool {
 
 /// `--name=value`, `--name value` and bare boolean `--name`, as ESP's argparse reads them, each
 /// with where it was written (`args`, or `env[ESPv2_ARGS]`).
-struct Flags(Vec<(String, Option<String>, String)>);
+struct Flags(Vec<(String, Option<String>, &'static str)>);
 
 impl Flags {
-    fn parse(args: &[String], source: &str) -> Flags {
+    fn parse(args: &[String], source: &'static str) -> Flags {
         let mut out = Vec::new();
         let mut i = 0;
         while i < args.len() {
             if let Some(flag) = args[i].strip_prefix("--") {
                 if let Some((name, value)) = flag.split_once('=') {
-                    out.push((name.to_owned(), Some(value.to_owned()), source.to_owned()));
+                    out.push((name.to_owned(), Some(value.to_owned()), source));
                 } else if args.get(i + 1).is_some_and(|next| !next.starts_with("--"))
                     && flag != "cors_allow_credentials"
                 {
-                    out.push((
-                        flag.to_owned(),
-                        Some(args[i + 1].clone()),
-                        source.to_owned(),
-                    ));
+                    out.push((flag.to_owned(), Some(args[i + 1].clone()), source));
                     i += 1;
                 } else {
-                    out.push((flag.to_owned(), None, source.to_owned()));
+                    out.push((flag.to_owned(), None, source));
                 }
             }
             i += 1;
@@ -343,11 +340,11 @@ impl Flags {
             .any(|(n, v, _)| n == name && v.as_deref().is_none_or(|v| v != "false"))
     }
     /// Where the flag's last value was written; `args` for a flag left out.
-    fn source_of(&self, name: &str) -> &str {
+    fn source_of(&self, name: &str) -> &'static str {
         self.0
             .iter()
             .rev()
             .find(|(n, ..)| n == name)
-            .map_or("args", |(.., s)| s)
+            .map_or(ARGS, |(.., s)| s)
     }
 }

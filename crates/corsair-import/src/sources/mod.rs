@@ -89,7 +89,6 @@ pub(crate) fn at<'v>(value: &'v Value, path: &[&str]) -> &'v Value {
     v
 }
 
-/// A list of strings, or of anything else rendered as text (a YAML `true` is `"true"`).
 /// The method, header and exposed-header lists and the `maxAge` duration of an Envoy CORS policy,
 /// as Istio and Envoy Gateway both spell them; an empty list is left to the defaults.
 pub(crate) fn envoy_lists(cors: &Value, d: &mut crate::rules::Draft, ctx: &mut Ctx) {
@@ -109,6 +108,7 @@ pub(crate) fn envoy_lists(cors: &Value, d: &mut crate::rules::Draft, ctx: &mut C
     });
 }
 
+/// A list of strings, or of anything else rendered as text (a YAML `true` is `"true"`).
 pub(crate) fn strings(value: &Value) -> Vec<String> {
     value
         .as_array()
