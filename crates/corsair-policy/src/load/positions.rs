@@ -142,11 +142,9 @@ impl<'de> Visitor<'de> for TreeVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tree, A::Error> {
         let mut entries: Vec<(Spanned<String>, Node)> = Vec::new();
+        // A repeated key: the last one wins when the entries are walked into a JSON object.
         while let Some(key) = map.next_key::<Spanned<String>>()? {
-            let value = map.next_value::<Node>()?;
-            // A repeated key: the last one wins, as in a JSON object.
-            entries.retain(|(k, _)| k.value != key.value);
-            entries.push((key, value));
+            entries.push((key, map.next_value::<Node>()?));
         }
         Ok(Tree::Map(entries))
     }
