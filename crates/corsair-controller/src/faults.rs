@@ -350,15 +350,12 @@ async fn losing_the_lease_stops_every_write_at_once() {
         let leading = leader_rx.clone();
         let arrived = arrived.clone();
         move |call| {
-            if call.is_watch() {
-                return Reply::quiet_watch();
-            }
-            if call.is_read() {
-                return match call.path.as_str() {
-                    POLICIES => Reply::list("1", vec![policy_json()]),
-                    DEPLOYMENTS => Reply::list("1", vec![deployment("web", "api", "1")]),
-                    _ => Reply::list("1", Vec::new()),
-                };
+            let lists = [
+                (POLICIES, &[policy_json()][..]),
+                (DEPLOYMENTS, &[deployment("web", "api", "1")][..]),
+            ];
+            if let Some(reply) = Reply::steady(call, &lists) {
+                return reply;
             }
             arrived
                 .lock()

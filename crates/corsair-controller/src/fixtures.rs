@@ -285,6 +285,22 @@ impl Reply {
         }
     }
 
+    /// A cluster that holds `lists` (collection path, items) and never changes: a read lists
+    /// them (an empty list for any other collection), a watch stays quiet. `None` for a write,
+    /// which the caller answers.
+    pub fn steady(call: &ApiCall, lists: &[(&str, &[Value])]) -> Option<Reply> {
+        if call.is_watch() {
+            return Some(Reply::quiet_watch());
+        }
+        call.is_read().then(|| {
+            let items = lists.iter().find(|(path, _)| *path == call.path);
+            Reply::list(
+                "1",
+                items.map_or_else(Vec::new, |(_, items)| items.to_vec()),
+            )
+        })
+    }
+
     /// How a permissive API server answers a write: the body back, completed so that it
     /// deserialises (`201` for a create).
     pub fn echo(call: &ApiCall) -> Reply {

@@ -1015,14 +1015,9 @@ async fn the_start_pass_skips_workloads_that_do_not_concern_corsair() {
     let api = FakeApi::new({
         let patched = patched.clone();
         move |call| {
-            if call.is_watch() {
-                return Reply::quiet_watch();
-            }
-            if call.is_read() {
-                return match call.path.as_str() {
-                    "/apis/apps/v1/deployments" => Reply::list("1", deployments.clone()),
-                    _ => Reply::list("1", Vec::new()),
-                };
+            if let Some(reply) = Reply::steady(call, &[("/apis/apps/v1/deployments", &deployments)])
+            {
+                return reply;
             }
             if call.path.contains("/deployments/") {
                 let name = call.path.rsplit('/').next().unwrap_or_default().to_owned();
