@@ -387,8 +387,8 @@ pub async fn run(
 
 /// Reconciles of one controller in flight at once: bounds the connections to the API server
 /// (and their buffers) when thousands of objects are reconciled at the start. Measured with
-/// the scale benchmark (docs/benchmarks.md): 16 took 9.2 s to the first full reconcile at
-/// 37-40 MiB, 32 takes 5.2-5.5 s at 39 MiB, 64 takes 3.4-4.0 s at 42-44 MiB.
+/// the scale benchmark (docs/benchmarks.md): 16 took 9.0-9.2 s to the first full reconcile at
+/// 36.5-38.7 MiB, 32 takes 5.2-5.5 s at 38.0-38.3 MiB, 64 takes 3.4-4.0 s at 40.6-42.9 MiB.
 const CONCURRENCY: u16 = 32;
 
 /// A controller over a shared cache that reconciles what `triggers` asks for.
