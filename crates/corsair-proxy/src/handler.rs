@@ -19,14 +19,15 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 
 use crate::headers;
 use crate::metrics::{RequestLabels, status_class};
 use crate::server::{Activity, Conn, State};
-use crate::upstream::Failed;
+use crate::upstream::{Failed, Switched, UpstreamBody};
 
 /// The response body: the upstream's, streamed, or a small one made here.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
 static ACRM: HeaderName = header::ACCESS_CONTROL_REQUEST_METHOD;
 static ACRH: HeaderName = header::ACCESS_CONTROL_REQUEST_HEADERS;
@@ -378,14 +379,12 @@ async fn forward(state: &State, conn: &Conn, mut req: Request<Incoming>) -> Resp
         None
     };
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-    // An HTTP/1 client sends its requests one after the other; HTTP/2 streams run concurrently.
-    let sequential = req.version() <= Version::HTTP_11;
     let Some(request) = to_upstream(req, conn, upgrade.as_ref()) else {
         return text(StatusCode::BAD_REQUEST, "invalid request target\n");
     };
     let sent = tokio::time::timeout(
         state.config.upstream_timeout,
-        state.upstream.send(&conn.lane, request, sequential),
+        state.upstream.send(&conn.lane, request),
     )
     .await;
     let mut response = match sent {
@@ -414,13 +413,9 @@ async fn forward(state: &State, conn: &Conn, mut req: Request<Incoming>) -> Resp
             );
         };
         let protocol = response.headers().get(header::UPGRADE).cloned();
-        let upstream_upgrade = hyper::upgrade::on(&mut response);
-        spawn_tunnel(
-            state,
-            conn.activity.clone(),
-            client_upgrade,
-            upstream_upgrade,
-        );
+        if let Some(upstream) = response.body_mut().take_switched() {
+            spawn_tunnel(state, conn.activity.clone(), client_upgrade, upstream);
+        }
         protocol
     } else {
         None
@@ -448,21 +443,28 @@ fn spawn_tunnel(
     state: &State,
     activity: Activity,
     client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
+    upstream: Switched,
 ) {
     let abort = state.abort.clone();
     let idle_timeout = state.config.idle_timeout;
     state.tasks.spawn(async move {
         let tunnel = async {
-            let (client, upstream) = match tokio::try_join!(client, upstream) {
-                Ok(pair) => pair,
+            let client = match client.await {
+                Ok(client) => client,
                 Err(err) => {
                     tracing::debug!(error = %err, "upgrade failed");
                     return;
                 }
             };
             let mut client = TokioIo::new(client);
-            let mut upstream = TokioIo::new(upstream);
+            // What the upstream sent right behind its 101 head is the tunnel's first bytes.
+            if !upstream.read.is_empty()
+                && let Err(err) = client.write_all(&upstream.read).await
+            {
+                tracing::debug!(error = %err, "tunnel closed with an error");
+                return;
+            }
+            let mut upstream = upstream.io;
             tokio::select! {
                 result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
                     if let Err(err) = result {

@@ -2,11 +2,13 @@
 //!
 //! The sidecar talks to exactly one application on loopback, so a general pool (keyed by host,
 //! shared by every worker behind a lock) buys nothing. Each client connection keeps its own
-//! upstream HTTP/1 connections in a [`Lane`]: an HTTP/1 client sends one request at a time, so
-//! its lane holds one connection that is reused with no lock contention and no checkout; an h2c
-//! client's concurrent streams take whichever of its connections is idle and open another when
-//! none is. An upstream that waits for acknowledgements (Nagle's algorithm) gets them at once
-//! (see [`QuickAck`]).
+//! upstream HTTP/1.1 connections in a [`Lane`]: an HTTP/1 client sends one request at a time,
+//! so its lane holds one connection, reused with no checkout beyond a look at its socket; an
+//! h2c client's concurrent streams each take an idle connection or open one. The exchange
+//! itself ([`http1`]) runs in the client connection's task. An upstream that waits for
+//! acknowledgements (Nagle's algorithm) gets them at once (see [`QuickAck`]).
+
+mod http1;
 
 use std::error::Error as StdError;
 use std::io;
@@ -16,15 +18,20 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::{ProxyConfig, ProxyError};
+pub(crate) use http1::Switched;
+pub use http1::UpstreamBody;
+use http1::{Connection, RequestFraming};
+
+/// A response head from the upstream larger than this is a 502.
+const MAX_RESPONSE_HEAD: usize = 256 * 1024;
 
 /// Where requests go, and how to connect there.
 #[derive(Debug)]
@@ -36,10 +43,10 @@ pub struct Upstream {
     nagles: Arc<AtomicBool>,
 }
 
-/// The upstream connections of one client connection. Dropping it closes them.
-#[derive(Debug, Default)]
+/// The idle upstream connections of one client connection. The last clone dropped closes them.
+#[derive(Clone, Default)]
 pub struct Lane {
-    idle: Mutex<Vec<SendRequest<Incoming>>>,
+    idle: Arc<Mutex<Vec<Connection>>>,
 }
 
 /// Why the upstream could not produce a response, with the error behind it for the log.
@@ -89,65 +96,52 @@ impl Upstream {
         })
     }
 
-    /// Sends `req` on an idle connection of `lane`, or a new one. `sequential` says the client
-    /// sends one request at a time (HTTP/1), so the lane's one connection is awaited rather
-    /// than a second one opened while the previous response finishes.
+    /// Sends `req` on an idle connection of `lane`, or a new one, and returns the response
+    /// once its head has arrived; its body is read as the client takes it, and then the
+    /// connection goes back to `lane`.
     ///
-    /// A request the upstream never saw, because a kept-alive connection had just closed, is
-    /// sent again once on a new connection.
-    pub async fn send(
+    /// A request without a body that a kept-alive connection lost before any response came
+    /// (the upstream closed it just then) is sent again once on a new connection.
+    pub async fn send<B>(
         &self,
         lane: &Lane,
-        mut req: Request<Incoming>,
-        sequential: bool,
-    ) -> Result<Response<Incoming>, Failed> {
-        let mut retried = false;
+        req: Request<B>,
+    ) -> Result<Response<UpstreamBody>, Failed>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        let (mut parts, mut body) = req.into_parts();
+        let framing = RequestFraming::of(&parts, &body);
+        let (mut connection, mut reused) = match lane.checkout() {
+            Some(connection) => (connection, true),
+            None => (self.connect().await?, false),
+        };
+        connection.encode_head(&parts, framing);
+        // The request's header map, no longer needed once encoded, takes the response's.
+        let mut headers = std::mem::take(&mut parts.headers);
         loop {
-            let mut sender = match self.checkout(lane, sequential).await {
-                Some(sender) => sender,
-                None => self.connect().await?,
-            };
-            match sender.try_send_request(req).await {
-                Ok(response) => {
-                    // After a protocol switch the connection belongs to the tunnel.
-                    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-                        lane.give_back(sender);
-                    }
-                    return Ok(response);
+            match connection
+                .exchange(&mut body, framing, &mut headers, MAX_RESPONSE_HEAD)
+                .await
+            {
+                Ok(head) => {
+                    let body = UpstreamBody::new(&head, &parts.method, &headers, connection, lane)
+                        .map_err(Failed::new)?;
+                    return Ok(http1::response(&head, headers, body));
                 }
-                Err(mut err) => match err.take_message() {
-                    Some(unsent) if !retried => {
-                        retried = true;
-                        req = unsent;
-                    }
-                    _ => return Err(Failed::new(err.into_error())),
-                },
+                Err(failed) if reused && failed.before_response && !framing.has_body() => {
+                    let mut fresh = self.connect().await?;
+                    fresh.take_head(&mut connection);
+                    connection = fresh;
+                    reused = false;
+                }
+                Err(failed) => return Err(Failed::new(failed.error)),
             }
         }
     }
 
-    /// An idle connection of the lane that is ready for a request, if any.
-    async fn checkout(&self, lane: &Lane, sequential: bool) -> Option<SendRequest<Incoming>> {
-        loop {
-            let candidate = {
-                let mut idle = lane.idle.lock().unwrap_or_else(PoisonError::into_inner);
-                idle.retain(|sender| !sender.is_closed());
-                if sequential {
-                    idle.pop()
-                } else {
-                    let ready = idle.iter().position(SendRequest::is_ready)?;
-                    Some(idle.swap_remove(ready))
-                }
-            };
-            let mut sender = candidate?;
-            // Waits for the end of the previous response's body on this connection.
-            if sender.ready().await.is_ok() {
-                return Some(sender);
-            }
-        }
-    }
-
-    async fn connect(&self) -> Result<SendRequest<Incoming>, Failed> {
+    async fn connect(&self) -> Result<Connection, Failed> {
         let stream =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.address))
                 .await
@@ -163,25 +157,27 @@ impl Upstream {
             };
         // Requests are written whole; no reason to wait for more.
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(QuickAck::new(stream, self.nagles.clone())))
-            .await
-            .map_err(Failed::new)?;
-        tokio::spawn(async move {
-            if let Err(err) = connection.with_upgrades().await {
-                tracing::debug!(error = %err, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(Connection::new(QuickAck::new(stream, self.nagles.clone())))
     }
 }
 
 impl Lane {
-    fn give_back(&self, sender: SendRequest<Incoming>) {
+    /// The most recently used idle connection that is still open.
+    fn checkout(&self) -> Option<Connection> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(connection) = idle.pop() {
+            if connection.is_reusable() {
+                return Some(connection);
+            }
+        }
+        None
+    }
+
+    fn give_back(&self, connection: Connection) {
         self.idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(sender);
+            .push(connection);
     }
 }
 
@@ -203,7 +199,7 @@ const ACK_WAIT: Duration = Duration::from_millis(30);
 /// waiting: data that arrives [`ACK_WAIT`] or more after a read left an acknowledgement owed,
 /// with no write of ours in between. From then on ([`Upstream::nagles`], every connection) each
 /// read is acknowledged at once; the response that taught it waited one delayed ACK.
-struct QuickAck {
+pub(crate) struct QuickAck {
     stream: TcpStream,
     /// Data came since our last write: the kernel owes the upstream an acknowledgement.
     owed: bool,
@@ -220,6 +216,10 @@ impl QuickAck {
             idle_since: None,
             nagles,
         }
+    }
+
+    fn stream(&self) -> &TcpStream {
+        &self.stream
     }
 
     /// Sends the owed acknowledgement now. Best effort: a socket that refuses it still works,
@@ -353,7 +353,7 @@ impl Failure {
         }
     }
 
-    /// Classifies an error by walking it and its causes for an I/O error kind or hyper's own.
+    /// Classifies an error by walking it and its causes for an I/O error kind.
     pub fn classify(err: &(dyn StdError + 'static)) -> Failure {
         let mut source: Option<&(dyn StdError + 'static)> = Some(err);
         while let Some(cause) = source {
@@ -367,13 +367,6 @@ impl Failure {
                     }
                     _ => {}
                 }
-            }
-            if let Some(hyper_err) = cause.downcast_ref::<hyper::Error>()
-                && (hyper_err.is_incomplete_message()
-                    || hyper_err.is_closed()
-                    || hyper_err.is_canceled())
-            {
-                return Failure::Reset;
             }
             source = cause.source();
         }

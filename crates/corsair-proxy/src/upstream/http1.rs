@@ -1,0 +1,764 @@
+//! The upstream hop's HTTP/1.1: a request head written in one piece, the response head parsed
+//! with `httparse` into the request's own header map, and the response body read in the client
+//! connection's own task.
+//!
+//! hyper's client runs each connection in a task of its own behind a request channel: per
+//! request a message through the channel, a task switch each way and a oneshot back, and per
+//! connection the channel's blocks, a write buffer and the task (about 30 KiB at 256
+//! connections, `docs/benchmarks.md`). The sidecar's upstream is one application on loopback
+//! that answers one request at a time per connection, which needs none of that.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+
+use super::{Lane, QuickAck};
+
+/// Response header lines parsed at most, as hyper's client.
+const MAX_HEADERS: usize = 100;
+/// The read buffer a connection starts with: a response head and a small body fit.
+const INITIAL_READ: usize = 4096;
+/// What a read of a body reserves when the buffer is full: fewer, larger reads for big bodies.
+const BODY_READ: usize = 16 * 1024;
+/// A chunk-size line (with extensions) or a trailer section longer than this is refused.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// One kept-alive HTTP/1.1 connection to the upstream.
+pub(crate) struct Connection {
+    io: QuickAck,
+    /// Bytes read and not yet consumed. Empty whenever the connection is idle.
+    read: BytesMut,
+    /// The request head being sent, reused from one request to the next.
+    head: Vec<u8>,
+}
+
+/// How the request body is framed towards the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestFraming {
+    /// No body and no `Content-Length` (a GET).
+    None,
+    /// `Content-Length: n` (0 for an empty POST, or when the client sent `Content-Length: 0`).
+    Length(u64),
+    /// A body of unknown length (an h2 stream without `content-length`).
+    Chunked,
+}
+
+impl RequestFraming {
+    pub(crate) fn of<B: Body>(parts: &Parts, body: &B) -> RequestFraming {
+        if body.is_end_stream() {
+            let declares = parts.headers.contains_key(header::CONTENT_LENGTH)
+                || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+            if declares {
+                RequestFraming::Length(0)
+            } else {
+                RequestFraming::None
+            }
+        } else {
+            match body.size_hint().exact() {
+                Some(n) => RequestFraming::Length(n),
+                None => RequestFraming::Chunked,
+            }
+        }
+    }
+
+    pub(crate) fn has_body(self) -> bool {
+        !matches!(self, RequestFraming::None | RequestFraming::Length(0))
+    }
+}
+
+/// A response head read from the upstream, its header values slices of the read buffer.
+pub(crate) struct Head {
+    pub status: StatusCode,
+    version: Version,
+    /// The request has been sent whole: the connection can carry another one afterwards.
+    request_sent: bool,
+}
+
+/// What went wrong on the upstream connection. `before_response`: not one byte of a response
+/// had arrived, so a request without a body may be sent again on a new connection.
+#[derive(Debug)]
+pub(crate) struct HopError {
+    pub error: io::Error,
+    pub before_response: bool,
+}
+
+impl HopError {
+    fn before(error: io::Error) -> HopError {
+        HopError {
+            error,
+            before_response: true,
+        }
+    }
+
+    fn after(error: io::Error) -> HopError {
+        HopError {
+            error,
+            before_response: false,
+        }
+    }
+}
+
+fn invalid(message: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+fn closed_early(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("the upstream closed the connection before {what}"),
+    )
+}
+
+impl Connection {
+    pub(crate) fn new(io: QuickAck) -> Connection {
+        Connection {
+            io,
+            read: BytesMut::new(),
+            head: Vec::new(),
+        }
+    }
+
+    /// Whether an idle connection can take a request: the upstream has not closed it and sent
+    /// nothing unasked. Costs no system call while the socket has had nothing to read.
+    pub(crate) fn is_reusable(&self) -> bool {
+        let stream = self.io.stream();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            // Ready may be stale (the last read did not drain the socket's readiness): look.
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Writes the request head for `parts` into the connection's head buffer.
+    pub(crate) fn encode_head(&mut self, parts: &Parts, framing: RequestFraming) {
+        encode_head(&mut self.head, parts, framing);
+    }
+
+    /// Takes over the head encoded on another connection (a request sent again).
+    pub(crate) fn take_head(&mut self, from: &mut Connection) {
+        std::mem::swap(&mut self.head, &mut from.head);
+    }
+
+    /// Sends the encoded head and the body, and reads the response head, skipping interim
+    /// (1xx) responses other than 101. An upstream that answers before it read the whole body
+    /// gets no more of it, and the connection is not reused.
+    pub(crate) async fn exchange<B>(
+        &mut self,
+        body: &mut B,
+        framing: RequestFraming,
+        headers: &mut HeaderMap,
+        max_head: usize,
+    ) -> Result<Head, HopError>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        use http_body_util::BodyExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        self.io
+            .write_all(&self.head)
+            .await
+            .map_err(HopError::before)?;
+        let mut sending = framing.has_body();
+        let mut sent: u64 = 0;
+        loop {
+            if let Some(head) = self.parse_head(headers, max_head, !sending)? {
+                if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS
+                {
+                    continue;
+                }
+                return Ok(head);
+            }
+            if self.read.capacity() - self.read.len() < 1024 {
+                self.read.reserve(INITIAL_READ.max(self.read.len()));
+            }
+            let responded = !self.read.is_empty();
+            if !sending {
+                let n = self
+                    .io
+                    .read_buf(&mut self.read)
+                    .await
+                    .map_err(|e| HopError {
+                        error: e,
+                        before_response: !responded,
+                    })?;
+                if n == 0 {
+                    return Err(HopError {
+                        error: closed_early("a complete response head"),
+                        before_response: !responded,
+                    });
+                }
+                continue;
+            }
+            enum Step<F> {
+                Read(io::Result<usize>),
+                Frame(Option<F>),
+            }
+            let step = tokio::select! {
+                read = self.io.read_buf(&mut self.read) => Step::Read(read),
+                frame = body.frame() => Step::Frame(frame),
+            };
+            match step {
+                Step::Read(Ok(0)) => {
+                    return Err(HopError::after(closed_early("a complete response head")));
+                }
+                Step::Read(Ok(_)) => {}
+                Step::Read(Err(e)) => return Err(HopError::after(e)),
+                Step::Frame(None) => {
+                    if let RequestFraming::Length(n) = framing
+                        && sent != n
+                    {
+                        return Err(HopError::after(invalid(format!(
+                            "the request body ended after {sent} of its {n} bytes"
+                        ))));
+                    }
+                    if framing == RequestFraming::Chunked {
+                        self.io
+                            .write_all(b"0\r\n\r\n")
+                            .await
+                            .map_err(HopError::after)?;
+                    }
+                    sending = false;
+                }
+                Step::Frame(Some(Err(e))) => {
+                    return Err(HopError::after(io::Error::other(e.into())));
+                }
+                Step::Frame(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        // Trailers of a request: not forwarded (the end of a chunked body
+                        // follows when the body ends).
+                        continue;
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    sent += data.len() as u64;
+                    match framing {
+                        RequestFraming::Chunked => {
+                            let mut line = [0u8; 20];
+                            let size = hex_line(&mut line, data.len());
+                            self.io.write_all(size).await.map_err(HopError::after)?;
+                            self.io.write_all(&data).await.map_err(HopError::after)?;
+                            self.io.write_all(b"\r\n").await.map_err(HopError::after)?;
+                        }
+                        RequestFraming::Length(n) if sent > n => {
+                            return Err(HopError::after(invalid(
+                                "the request body is longer than its Content-Length",
+                            )));
+                        }
+                        _ => self.io.write_all(&data).await.map_err(HopError::after)?,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Parses a complete response head at the start of the read buffer, if there is one, into
+    /// `headers` (emptied first).
+    fn parse_head(
+        &mut self,
+        headers: &mut HeaderMap,
+        max_head: usize,
+        request_sent: bool,
+    ) -> Result<Option<Head>, HopError> {
+        if self.read.is_empty() {
+            return Ok(None);
+        }
+        let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut lines);
+        let base = self.read.as_ptr() as usize;
+        let len = match response.parse(&self.read) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if self.read.len() > max_head => {
+                return Err(HopError::after(invalid(format!(
+                    "the upstream's response head is larger than {max_head} bytes"
+                ))));
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => {
+                return Err(HopError::after(invalid(format!(
+                    "malformed response head from the upstream: {e}"
+                ))));
+            }
+        };
+        let status = response
+            .code
+            .and_then(|code| StatusCode::from_u16(code).ok())
+            .ok_or_else(|| HopError::after(invalid("the upstream sent an invalid status")))?;
+        let version = if response.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        // Where each line's name and value sit in the buffer, so that the values can be
+        // slices of it once frozen.
+        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+        let count = response.headers.len();
+        for (span, line) in spans.iter_mut().zip(response.headers.iter()) {
+            let name = line.name.as_ptr() as usize - base;
+            let value = line.value.as_ptr() as usize - base;
+            *span = (name, line.name.len(), value, line.value.len());
+        }
+        let raw = self.read.split_to(len).freeze();
+        headers.clear();
+        for &(name, name_len, value, value_len) in spans.iter().take(count) {
+            let name = HeaderName::from_bytes(&raw[name..name + name_len]).map_err(|_| {
+                HopError::after(invalid("the upstream sent an invalid header name"))
+            })?;
+            let value = HeaderValue::from_maybe_shared(raw.slice(value..value + value_len))
+                .map_err(|_| {
+                    HopError::after(invalid(format!(
+                        "the upstream sent an invalid value for {name}"
+                    )))
+                })?;
+            headers.append(name, value);
+        }
+        Ok(Some(Head {
+            status,
+            version,
+            request_sent,
+        }))
+    }
+}
+
+/// A request head: the client's header lines in order, `Content-Length` replaced by the framing
+/// chosen here, lower-case names as hyper's client sends them.
+fn encode_head(out: &mut Vec<u8>, parts: &Parts, framing: RequestFraming) {
+    out.clear();
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        RequestFraming::None => {}
+        RequestFraming::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `n` in decimal, without going through `fmt`.
+fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// A chunk-size line for `n` bytes, in `line`.
+fn hex_line(line: &mut [u8; 20], n: usize) -> &[u8] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut i = 18;
+    let mut n = n;
+    line[18] = b'\r';
+    line[19] = b'\n';
+    loop {
+        i -= 1;
+        line[i] = HEX[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    &line[i..]
+}
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+    Done,
+}
+
+/// Where the chunked decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+/// The upstream's response body, read from its connection as the client takes it. At its end
+/// the connection goes back to the client connection's lane; dropped early, it is closed.
+pub struct UpstreamBody {
+    framing: Framing,
+    connection: Option<Connection>,
+    /// Where the connection goes back once the body is read, when it can carry another request.
+    lane: Option<Lane>,
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("framing", &self.framing)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An upstream connection that switched protocols, and what it sent after its 101 head.
+pub(crate) struct Switched {
+    pub io: QuickAck,
+    pub read: Bytes,
+}
+
+impl UpstreamBody {
+    /// The body that follows `head` on `connection`, for a request with `method`.
+    pub(crate) fn new(
+        head: &Head,
+        method: &Method,
+        headers: &HeaderMap,
+        connection: Connection,
+        lane: &Lane,
+    ) -> Result<UpstreamBody, io::Error> {
+        let (framing, mut reusable) = response_framing(head, method, headers)?;
+        if head.status == StatusCode::SWITCHING_PROTOCOLS {
+            reusable = false;
+        }
+        let mut body = UpstreamBody {
+            framing,
+            connection: Some(connection),
+            lane: (reusable && head.request_sent).then(|| lane.clone()),
+        };
+        if framing == Framing::Done && head.status != StatusCode::SWITCHING_PROTOCOLS {
+            body.finish();
+        }
+        Ok(body)
+    }
+
+    /// The connection of a 101 response, for the tunnel.
+    pub(crate) fn take_switched(&mut self) -> Option<Switched> {
+        let connection = self.connection.take()?;
+        Some(Switched {
+            io: connection.io,
+            read: connection.read.freeze(),
+        })
+    }
+
+    /// The body is read: the connection goes back to the lane (when it may) or is closed.
+    fn finish(&mut self) {
+        self.framing = Framing::Done;
+        let connection = self.connection.take();
+        if let (Some(connection), Some(lane)) = (connection, self.lane.take())
+            && connection.read.is_empty()
+        {
+            lane.give_back(connection);
+        }
+    }
+
+    fn fail(&mut self, error: io::Error) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.framing = Framing::Done;
+        self.connection = None;
+        Poll::Ready(Some(Err(error)))
+    }
+}
+
+/// The body's framing and whether the connection may carry another request after it
+/// (RFC 9112 §6.3 and §9.3).
+fn response_framing(
+    head: &Head,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<(Framing, bool), io::Error> {
+    let mut keep_alive = head.version == Version::HTTP_11;
+    for token in headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+    {
+        if token.eq_ignore_ascii_case("close") {
+            keep_alive = false;
+        } else if token.eq_ignore_ascii_case("keep-alive") && head.version == Version::HTTP_10 {
+            keep_alive = true;
+        }
+    }
+    let status = head.status;
+    if method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Framing::Done, keep_alive));
+    }
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
+    if codings.peek().is_some() {
+        let last = codings
+            .last()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(str::trim);
+        return Ok(match last {
+            // With a Content-Length beside it the message is suspect: do not reuse.
+            Some(c) if c.eq_ignore_ascii_case("chunked") => (
+                Framing::Chunked(Chunk::Size),
+                keep_alive && !headers.contains_key(header::CONTENT_LENGTH),
+            ),
+            _ => (Framing::UntilClose, false),
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let n = std::str::from_utf8(part)
+                .ok()
+                .map(str::trim)
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| invalid("the upstream sent an invalid Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(invalid(
+                    "the upstream sent conflicting Content-Length values",
+                ));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => (Framing::Done, keep_alive),
+        Some(n) => (Framing::Length(n), keep_alive),
+        None => (Framing::UntilClose, false),
+    })
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(connection) = this.connection.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let read = &mut connection.read;
+            match this.framing {
+                Framing::Done => return Poll::Ready(None),
+                Framing::Length(remaining) if !read.is_empty() => {
+                    let n = remaining.min(read.len() as u64);
+                    let data = read.split_to(n as usize).freeze();
+                    this.framing = Framing::Length(remaining - n);
+                    if remaining == n {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::UntilClose if !read.is_empty() => {
+                    return Poll::Ready(Some(Ok(Frame::data(read.split().freeze()))));
+                }
+                Framing::Chunked(chunk) => match decode_chunk(read, chunk) {
+                    Ok(Decoded::Frame(next, frame)) => {
+                        this.framing = Framing::Chunked(next);
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    Ok(Decoded::Step(next)) => {
+                        this.framing = Framing::Chunked(next);
+                        continue;
+                    }
+                    Ok(Decoded::End(trailers)) => {
+                        this.finish();
+                        return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+                    }
+                    Ok(Decoded::NeedMore) => {}
+                    Err(e) => return this.fail(e),
+                },
+                Framing::Length(_) | Framing::UntilClose => {}
+            }
+            // The buffer holds nothing more to decode: read.
+            if read.capacity() - read.len() < 1024 {
+                read.reserve(BODY_READ);
+            }
+            let n = match ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut connection.io),
+                cx,
+                read
+            )) {
+                Ok(n) => n,
+                Err(e) => return this.fail(e),
+            };
+            if n == 0 {
+                if this.framing == Framing::UntilClose {
+                    this.framing = Framing::Done;
+                    this.connection = None;
+                    return Poll::Ready(None);
+                }
+                return this.fail(closed_early("the end of the response body"));
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framing == Framing::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Done => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+enum Decoded {
+    /// A frame to hand on, and the state after it.
+    Frame(Chunk, Frame<Bytes>),
+    /// Progress without a frame.
+    Step(Chunk),
+    /// The last chunk and the trailers, if any.
+    End(Option<HeaderMap>),
+    /// The buffer ends before the next step can be taken.
+    NeedMore,
+}
+
+/// One step of the chunked decoder over the bytes in `read` (RFC 9112 §7.1).
+fn decode_chunk(read: &mut BytesMut, chunk: Chunk) -> Result<Decoded, io::Error> {
+    match chunk {
+        Chunk::Size => {
+            let Some(end) = read.iter().position(|&b| b == b'\n') else {
+                if read.len() > MAX_CHUNK_LINE {
+                    return Err(invalid("a chunk-size line is too long"));
+                }
+                return Ok(Decoded::NeedMore);
+            };
+            if end > MAX_CHUNK_LINE {
+                return Err(invalid("a chunk-size line is too long"));
+            }
+            let line = read.split_to(end + 1);
+            let line = line
+                .strip_suffix(b"\r\n")
+                .ok_or_else(|| invalid("a chunk-size line does not end in CRLF"))?;
+            let digits = line
+                .iter()
+                .position(|&b| b == b';' || b == b' ' || b == b'\t')
+                .map_or(line, |i| &line[..i]);
+            if digits.is_empty() || digits.len() > 16 {
+                return Err(invalid("an invalid chunk size"));
+            }
+            let mut size: u64 = 0;
+            for &b in digits {
+                let digit = match b {
+                    b'0'..=b'9' => b - b'0',
+                    b'a'..=b'f' => b - b'a' + 10,
+                    b'A'..=b'F' => b - b'A' + 10,
+                    _ => return Err(invalid("an invalid chunk size")),
+                };
+                size = (size << 4) | u64::from(digit);
+            }
+            Ok(Decoded::Step(if size == 0 {
+                Chunk::Trailers
+            } else {
+                Chunk::Data(size)
+            }))
+        }
+        Chunk::Data(remaining) => {
+            if read.is_empty() {
+                return Ok(Decoded::NeedMore);
+            }
+            let n = remaining.min(read.len() as u64);
+            let data = read.split_to(n as usize).freeze();
+            let next = if n == remaining {
+                Chunk::DataEnd
+            } else {
+                Chunk::Data(remaining - n)
+            };
+            Ok(Decoded::Frame(next, Frame::data(data)))
+        }
+        Chunk::DataEnd => {
+            if read.len() < 2 {
+                return Ok(Decoded::NeedMore);
+            }
+            if &read[..2] != b"\r\n" {
+                return Err(invalid("a chunk's data does not end in CRLF"));
+            }
+            read.advance(2);
+            Ok(Decoded::Step(Chunk::Size))
+        }
+        Chunk::Trailers => {
+            if read.starts_with(b"\r\n") {
+                read.advance(2);
+                return Ok(Decoded::End(None));
+            }
+            let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") else {
+                if read.len() > MAX_TRAILERS {
+                    return Err(invalid("the trailer section is too long"));
+                }
+                return Ok(Decoded::NeedMore);
+            };
+            let section = read.split_to(end + 4);
+            let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let parsed = httparse::parse_headers(&section, &mut lines)
+                .map_err(|e| invalid(format!("malformed trailers: {e}")))?;
+            let httparse::Status::Complete((_, lines)) = parsed else {
+                return Err(invalid("malformed trailers"));
+            };
+            let mut trailers = HeaderMap::new();
+            for line in lines {
+                let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(line.name.as_bytes()),
+                    HeaderValue::from_bytes(line.value),
+                ) else {
+                    return Err(invalid("an invalid trailer"));
+                };
+                trailers.append(name, value);
+            }
+            Ok(Decoded::End(Some(trailers)))
+        }
+    }
+}
+
+/// Builds the response for the client from a parsed head, its headers and body.
+pub(crate) fn response(
+    head: &Head,
+    headers: HeaderMap,
+    body: UpstreamBody,
+) -> Response<UpstreamBody> {
+    let mut response = Response::new(body);
+    *response.status_mut() = head.status;
+    *response.headers_mut() = headers;
+    response
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,641 @@
+use std::convert::Infallible;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use http::Request;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+
+use super::*;
+use crate::ProxyConfig;
+use crate::upstream::{Failure, Lane, MAX_RESPONSE_HEAD, Upstream};
+
+fn parts(method: &str, headers: &[(&'static str, &'static str)]) -> Parts {
+    let mut builder = Request::builder().method(method).uri("/a/b?c=1");
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(()).expect("a request").into_parts().0
+}
+
+#[test]
+fn a_request_head_keeps_the_clients_lines_and_takes_the_framing_chosen_here() {
+    let mut out = Vec::new();
+    let get = parts(
+        "GET",
+        &[
+            ("host", "app"),
+            ("x-a", "1"),
+            ("x-a", "2"),
+            ("content-length", "7"),
+        ],
+    );
+    encode_head(&mut out, &get, RequestFraming::Length(5));
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "GET /a/b?c=1 HTTP/1.1\r\nhost: app\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 5\r\n\r\n"
+    );
+    encode_head(&mut out, &parts("POST", &[]), RequestFraming::Chunked);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "POST /a/b?c=1 HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    encode_head(&mut out, &parts("DELETE", &[]), RequestFraming::None);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "DELETE /a/b?c=1 HTTP/1.1\r\n\r\n"
+    );
+}
+
+#[test]
+fn the_framing_follows_the_body() {
+    let empty = Empty::<Bytes>::new();
+    assert_eq!(
+        RequestFraming::of(&parts("GET", &[]), &empty),
+        RequestFraming::None
+    );
+    // An empty POST still says so; so does a GET whose client sent Content-Length: 0.
+    assert_eq!(
+        RequestFraming::of(&parts("POST", &[]), &empty),
+        RequestFraming::Length(0)
+    );
+    assert_eq!(
+        RequestFraming::of(&parts("GET", &[("content-length", "0")]), &empty),
+        RequestFraming::Length(0)
+    );
+    let full = Full::new(Bytes::from_static(b"hello"));
+    assert_eq!(
+        RequestFraming::of(&parts("PUT", &[]), &full),
+        RequestFraming::Length(5)
+    );
+    let stream = StreamBody::new(futures::stream::iter([Ok::<_, Infallible>(Frame::data(
+        Bytes::from_static(b"x"),
+    ))]));
+    assert_eq!(
+        RequestFraming::of(&parts("POST", &[]), &stream),
+        RequestFraming::Chunked
+    );
+}
+
+#[test]
+fn numbers_are_written_without_fmt() {
+    for n in [0, 7, 10, 1_234_567_890, u64::MAX] {
+        let mut out = Vec::new();
+        push_decimal(&mut out, n);
+        assert_eq!(out, n.to_string().into_bytes());
+    }
+    for n in [0usize, 9, 0x1a2b, 0xffff_ffff] {
+        let mut line = [0u8; 20];
+        assert_eq!(hex_line(&mut line, n), format!("{n:x}\r\n").as_bytes());
+    }
+}
+
+fn head(status: u16, version: Version) -> Head {
+    Head {
+        status: StatusCode::from_u16(status).expect("a status"),
+        version,
+        request_sent: true,
+    }
+}
+
+fn map(lines: &[(&'static str, &'static str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in lines {
+        map.append(*name, HeaderValue::from_static(value));
+    }
+    map
+}
+
+#[test]
+fn the_response_body_is_delimited_as_rfc_9112_says() {
+    let v11 = Version::HTTP_11;
+    let framing = |status, version, method: Method, lines: &[(&'static str, &'static str)]| {
+        response_framing(&head(status, version), &method, &map(lines)).map_err(|e| e.to_string())
+    };
+    let length = [("content-length", "12")];
+    assert_eq!(
+        framing(200, v11, Method::GET, &length),
+        Ok((Framing::Length(12), true))
+    );
+    // No body whatever the headers say.
+    assert_eq!(
+        framing(200, v11, Method::HEAD, &length),
+        Ok((Framing::Done, true))
+    );
+    for status in [204, 304] {
+        assert_eq!(
+            framing(status, v11, Method::GET, &length),
+            Ok((Framing::Done, true))
+        );
+    }
+    assert_eq!(
+        framing(
+            200,
+            v11,
+            Method::GET,
+            &[("transfer-encoding", "gzip, chunked")]
+        ),
+        Ok((Framing::Chunked(Chunk::Size), true))
+    );
+    // Chunked beside a Content-Length: chunked wins, and the connection is not trusted again.
+    assert_eq!(
+        framing(
+            200,
+            v11,
+            Method::GET,
+            &[("transfer-encoding", "chunked"), ("content-length", "3")]
+        ),
+        Ok((Framing::Chunked(Chunk::Size), false))
+    );
+    assert_eq!(
+        framing(200, v11, Method::GET, &[("transfer-encoding", "gzip")]),
+        Ok((Framing::UntilClose, false))
+    );
+    assert_eq!(
+        framing(200, v11, Method::GET, &[]),
+        Ok((Framing::UntilClose, false))
+    );
+    assert_eq!(
+        framing(
+            200,
+            v11,
+            Method::GET,
+            &[("content-length", "5"), ("content-length", "5, 5")]
+        ),
+        Ok((Framing::Length(5), true))
+    );
+    assert_eq!(
+        framing(
+            200,
+            v11,
+            Method::GET,
+            &[("connection", "Keep-Alive, Close")]
+        )
+        .map(|(_, reuse)| reuse),
+        Ok(false)
+    );
+    let v10 = Version::HTTP_10;
+    assert_eq!(
+        framing(200, v10, Method::GET, &length).map(|(_, reuse)| reuse),
+        Ok(false)
+    );
+    assert_eq!(
+        framing(
+            200,
+            v10,
+            Method::GET,
+            &[("content-length", "1"), ("connection", "keep-alive")]
+        )
+        .map(|(_, reuse)| reuse),
+        Ok(true)
+    );
+    for (lines, cause) in [
+        (
+            &[("content-length", "5"), ("content-length", "6")][..],
+            "conflicting",
+        ),
+        (&[("content-length", "+5")][..], "invalid Content-Length"),
+        (&[("content-length", "")][..], "invalid Content-Length"),
+        (
+            &[("content-length", "99999999999999999999")][..],
+            "invalid Content-Length",
+        ),
+    ] {
+        let error = framing(200, v11, Method::GET, lines).expect_err("refused");
+        assert!(error.contains(cause), "{lines:?}: {error}");
+    }
+}
+
+/// Runs the chunked decoder over `input` arriving `step` bytes at a time.
+fn decode(input: &[u8], step: usize) -> Result<(Vec<u8>, Option<HeaderMap>), String> {
+    let mut read = BytesMut::new();
+    let mut chunk = Chunk::Size;
+    let mut data = Vec::new();
+    let mut fed = 0;
+    loop {
+        match decode_chunk(&mut read, chunk).map_err(|e| e.to_string())? {
+            Decoded::Frame(next, frame) => {
+                chunk = next;
+                data.extend_from_slice(&frame.into_data().expect("data"));
+            }
+            Decoded::Step(next) => chunk = next,
+            Decoded::End(trailers) => {
+                assert!(read.is_empty(), "bytes left after the body: {read:?}");
+                return Ok((data, trailers));
+            }
+            Decoded::NeedMore => {
+                let Some(more) = input.get(fed..(fed + step).min(input.len())) else {
+                    return Err("input ended".into());
+                };
+                if more.is_empty() {
+                    return Err("input ended".into());
+                }
+                read.extend_from_slice(more);
+                fed += more.len();
+            }
+        }
+    }
+}
+
+#[test]
+fn a_chunked_body_decodes_the_same_whatever_the_reads() {
+    let body = "x".repeat(26);
+    let input = format!("5;name=value\r\nhello\r\n1A\r\n{body}\r\n0\r\nx-checksum: abc\r\n\r\n");
+    for step in [1, 2, 3, 7, input.len()] {
+        let (data, trailers) = decode(input.as_bytes(), step).expect("decodes");
+        assert_eq!(
+            String::from_utf8_lossy(&data),
+            format!("hello{body}"),
+            "step {step}"
+        );
+        let trailers = trailers.expect("trailers");
+        assert_eq!(
+            trailers.get("x-checksum").map(|v| v.as_bytes()),
+            Some(&b"abc"[..])
+        );
+    }
+    let (data, trailers) = decode(b"3\r\nabc\r\n0\r\n\r\n", 1).expect("decodes");
+    assert_eq!(data, b"abc");
+    assert!(trailers.is_none());
+}
+
+#[test]
+fn a_malformed_chunked_body_is_an_error_naming_what_is_wrong() {
+    let long_line = format!("{}\r\n", "1".repeat(MAX_CHUNK_LINE + 10));
+    for (input, cause) in [
+        ("zz\r\nhello\r\n0\r\n\r\n", "invalid chunk size"),
+        ("\r\n", "invalid chunk size"),
+        ("10000000000000000\r\n", "invalid chunk size"),
+        ("5\nhello\r\n0\r\n\r\n", "CRLF"),
+        ("5\r\nhelloXX0\r\n\r\n", "does not end in CRLF"),
+        (long_line.as_str(), "too long"),
+        (&long_line[..MAX_CHUNK_LINE + 5], "too long"),
+        ("0\r\nno colon here\r\n\r\n", "malformed trailers"),
+    ] {
+        let error = decode(input.as_bytes(), input.len()).expect_err(input);
+        assert!(error.contains(cause), "{input:?}: {error}");
+    }
+}
+
+/// A loopback upstream that serves each accepted connection with `serve` on a thread of its
+/// own; the count of connections it accepted.
+fn serve(
+    serve: impl Fn(usize, TcpStream) + Send + Sync + 'static,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let serve = Arc::new(serve);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            let serve = serve.clone();
+            std::thread::spawn(move || serve(n, stream));
+        }
+    });
+    (addr, accepted)
+}
+
+/// Reads one request head (through the blank line); `None` when the client closed.
+fn read_head(stream: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+fn proxy_upstream(addr: SocketAddr) -> Upstream {
+    let config = ProxyConfig::new(
+        "policy.yaml".into(),
+        format!("http://{addr}").parse().expect("a URI"),
+        "127.0.0.1:0".parse().expect("addr"),
+        "127.0.0.1:0".parse().expect("addr"),
+    );
+    Upstream::new(&config).expect("an upstream")
+}
+
+fn get() -> Request<Empty<Bytes>> {
+    Request::get("/").body(Empty::new()).expect("a request")
+}
+
+/// Sends `req` and reads the whole response.
+async fn exchange<B>(
+    upstream: &Upstream,
+    lane: &Lane,
+    req: Request<B>,
+) -> Result<(StatusCode, HeaderMap, Vec<u8>, Option<HeaderMap>), Failure>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let response = upstream.send(lane, req).await.map_err(|f| f.failure)?;
+    let status = response.status();
+    let (parts, body) = response.into_parts();
+    let collected = body.collect().await.map_err(|_| Failure::Reset)?;
+    let trailers = collected.trailers().cloned();
+    Ok((
+        status,
+        parts.headers,
+        collected.to_bytes().to_vec(),
+        trailers,
+    ))
+}
+
+#[tokio::test]
+async fn requests_one_after_the_other_share_one_kept_alive_connection() {
+    let (addr, accepted) = serve(|_, mut stream| {
+        while read_head(&mut stream).is_some() {
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: b\r\n\r\nok");
+        }
+    });
+    let upstream = proxy_upstream(addr);
+    let lane = Lane::default();
+    for _ in 0..5 {
+        let (status, headers, body, _) =
+            exchange(&upstream, &lane, get()).await.expect("a response");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers.get("x-a").map(|v| v.as_bytes()), Some(&b"b"[..]));
+        assert_eq!(body, b"ok");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_connection_that_the_upstream_closes_is_not_reused() {
+    // Says so (`Connection: close`), or ends its body with the connection.
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"[..],
+        &b"HTTP/1.1 200 OK\r\n\r\nok"[..],
+        &b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok"[..],
+    ] {
+        let (addr, accepted) = serve(move |_, mut stream| {
+            if read_head(&mut stream).is_some() {
+                let _ = stream.write_all(answer);
+            }
+        });
+        let upstream = proxy_upstream(addr);
+        let lane = Lane::default();
+        for _ in 0..3 {
+            let (_, _, body, _) = exchange(&upstream, &lane, get()).await.expect("a response");
+            assert_eq!(body, b"ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+}
+
+#[tokio::test]
+async fn a_request_lost_with_a_closing_connection_is_sent_again_only_without_a_body() {
+    // The first connection answers one request, then takes the next and closes unanswered,
+    // as an upstream whose keep-alive timeout fires just then; later connections answer all.
+    let (addr, accepted) = serve(|n, mut stream| {
+        let mut answered = 0;
+        while let Some(head) = read_head(&mut stream) {
+            if n == 0 && answered == 1 {
+                return;
+            }
+            if head.contains("content-length: 4") {
+                let mut body = [0u8; 4];
+                let _ = stream.read_exact(&mut body);
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+            answered += 1;
+        }
+    });
+    let upstream = proxy_upstream(addr);
+    let lane = Lane::default();
+    exchange(&upstream, &lane, get())
+        .await
+        .expect("the first answer");
+    let (_, _, body, _) = exchange(&upstream, &lane, get()).await.expect("sent again");
+    assert_eq!(body, b"ok");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+    // A body may have been taken by the upstream: not sent twice.
+    let (addr, _) = serve(|n, mut stream| {
+        let mut answered = 0;
+        while let Some(_head) = read_head(&mut stream) {
+            if n == 0 && answered == 1 {
+                return;
+            }
+            let mut body = [0u8; 4];
+            let _ = stream.read_exact(&mut body);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+            answered += 1;
+        }
+    });
+    let upstream = proxy_upstream(addr);
+    let lane = Lane::default();
+    let post = || {
+        Request::post("/")
+            .body(Full::new(Bytes::from_static(b"data")))
+            .expect("a request")
+    };
+    exchange(&upstream, &lane, post())
+        .await
+        .expect("the first answer");
+    assert_eq!(
+        exchange(&upstream, &lane, post()).await.err(),
+        Some(Failure::Reset)
+    );
+}
+
+#[tokio::test]
+async fn a_closed_idle_connection_is_noticed_before_a_request_is_written_to_it() {
+    let (addr, accepted) = serve(|_, mut stream| {
+        if read_head(&mut stream).is_some() {
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        }
+        // Closes without saying so, as a keep-alive timeout does.
+    });
+    let upstream = proxy_upstream(addr);
+    let lane = Lane::default();
+    let post = || {
+        Request::post("/")
+            .body(Full::new(Bytes::from_static(b"data")))
+            .expect("a request")
+    };
+    exchange(&upstream, &lane, post())
+        .await
+        .expect("the first answer");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Not a retry (a body cannot be sent twice): the closed connection was never used.
+    let (_, _, body, _) = exchange(&upstream, &lane, post())
+        .await
+        .expect("a fresh connection");
+    assert_eq!(body, b"ok");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn interim_responses_are_skipped_and_a_chunked_body_is_read_across_pauses() {
+    let (addr, accepted) = serve(|_, mut stream| {
+        while read_head(&mut stream).is_some() {
+            let pieces: [&[u8]; 5] = [
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\nab",
+                b"cd\r\n3\r",
+                b"\nefg\r\n0\r\nx-sum: 7\r\n",
+                b"\r\n",
+            ];
+            for piece in pieces {
+                let _ = stream.write_all(piece);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    });
+    let upstream = proxy_upstream(addr);
+    let lane = Lane::default();
+    for _ in 0..2 {
+        let (status, headers, body, trailers) =
+            exchange(&upstream, &lane, get()).await.expect("a response");
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            headers.get("link").is_none(),
+            "an interim response's header leaked"
+        );
+        assert_eq!(body, b"abcdefg");
+        assert_eq!(
+            trailers.and_then(|t| t.get("x-sum").cloned()),
+            Some(HeaderValue::from_static("7"))
+        );
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the connection was not reused"
+    );
+}
+
+#[tokio::test]
+async fn a_body_of_unknown_length_is_sent_chunked() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (addr, _) = serve(move |_, mut stream| {
+        let Some(head) = read_head(&mut stream) else {
+            return;
+        };
+        let mut body = Vec::new();
+        let mut byte = [0u8; 1];
+        while !body.ends_with(b"0\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+            body.push(byte[0]);
+        }
+        let _ = tx.send((head, String::from_utf8_lossy(&body).into_owned()));
+        let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\n\r\n");
+    });
+    let upstream = proxy_upstream(addr);
+    let frames = ["hello", "", " world, and more than fifteen bytes"]
+        .map(|s| Ok::<_, Infallible>(Frame::data(Bytes::from_static(s.as_bytes()))));
+    let req = Request::post("/")
+        .body(StreamBody::new(futures::stream::iter(frames)))
+        .expect("a request");
+    let (status, _, body, _) = exchange(&upstream, &Lane::default(), req)
+        .await
+        .expect("a response");
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(body.is_empty());
+    let (head, sent) = rx.recv().expect("the upstream saw the request");
+    assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+    assert_eq!(
+        sent,
+        "5\r\nhello\r\n23\r\n world, and more than fifteen bytes\r\n0\r\n\r\n"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_before_the_whole_body_ends_the_upload_and_the_connection() {
+    let (addr, accepted) = serve(|_, mut stream| {
+        if read_head(&mut stream).is_some() {
+            let _ =
+                stream.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n");
+            // Keeps the connection open: only the proxy's choice can close it.
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    });
+    let upstream = proxy_upstream(addr);
+    let lane = Lane::default();
+    // A body that sends one chunk and then never ends.
+    let body = StreamBody::new(
+        futures::stream::iter([Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"abc")))])
+            .chain(futures::stream::pending()),
+    );
+    let req = Request::post("/").body(body).expect("a request");
+    let sent = tokio::time::timeout(Duration::from_secs(1), exchange(&upstream, &lane, req)).await;
+    let (status, ..) = sent.expect("answered in time").expect("a response");
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let _ = tokio::time::timeout(Duration::from_secs(1), exchange(&upstream, &lane, get())).await;
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "the half-sent connection was reused"
+    );
+}
+
+#[tokio::test]
+async fn a_broken_response_is_a_failure_naming_its_cause() {
+    let cases: [(&'static [u8], Failure); 4] = [
+        (b"HTTP/1.1 2000 Nope\r\n\r\n", Failure::Other),
+        (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", Failure::Other),
+        (b"HTTP/1.1 200 OK\r\ncontent-len", Failure::Reset),
+        (b"", Failure::Reset),
+    ];
+    for (answer, failure) in cases {
+        let (addr, _) = serve(move |_, mut stream| {
+            if read_head(&mut stream).is_some() {
+                let _ = stream.write_all(answer);
+            }
+        });
+        let result = exchange(&proxy_upstream(addr), &Lane::default(), get()).await;
+        assert_eq!(
+            result.err(),
+            Some(failure),
+            "{}",
+            String::from_utf8_lossy(answer)
+        );
+    }
+    // A head that never ends is cut off at the limit.
+    let (addr, _) = serve(|_, mut stream| {
+        if read_head(&mut stream).is_some() {
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\n");
+            let line = format!("x-filler: {}\r\n", "f".repeat(10_000));
+            for _ in 0..(MAX_RESPONSE_HEAD / 10_000 + 10) {
+                if stream.write_all(line.as_bytes()).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let failed = proxy_upstream(addr)
+        .send(&Lane::default(), get())
+        .await
+        .expect_err("refused");
+    assert_eq!(failed.failure, Failure::Other);
+    let message = failed.error.map(|e| e.to_string()).unwrap_or_default();
+    assert!(message.contains("larger than"), "{message}");
+
+    // A body cut short is an error at its end, not a short body passed off as whole.
+    let (addr, _) = serve(|_, mut stream| {
+        if read_head(&mut stream).is_some() {
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc");
+        }
+    });
+    let response = proxy_upstream(addr)
+        .send(&Lane::default(), get())
+        .await
+        .expect("a head");
+    let error = response.into_body().collect().await.expect_err("cut short");
+    assert!(
+        error
+            .to_string()
+            .contains("before the end of the response body"),
+        "{error}"
+    );
+}
