@@ -100,8 +100,9 @@ impl Upstream {
     /// once its head has arrived; its body is read as the client takes it, and then the
     /// connection goes back to `lane`.
     ///
-    /// A request without a body that a kept-alive connection lost before any response came
-    /// (the upstream closed it just then) is sent again once on a new connection.
+    /// An idempotent request without a body (RFC 9110 §9.2.2: a GET, not a POST) that a
+    /// kept-alive connection lost before any response came (the upstream closed it just as it
+    /// was sent) is sent again once on a new connection.
     pub async fn send<B>(
         &self,
         lane: &Lane,
@@ -113,6 +114,7 @@ impl Upstream {
     {
         let (mut parts, mut body) = req.into_parts();
         let framing = RequestFraming::of(&parts, &body);
+        let resendable = !framing.has_body() && parts.method.is_idempotent();
         let (mut connection, mut reused) = match lane.checkout() {
             Some(connection) => (connection, true),
             None => (self.connect().await?, false),
@@ -130,7 +132,7 @@ impl Upstream {
                         .map_err(Failed::new)?;
                     return Ok(http1::response(&head, headers, body));
                 }
-                Err(failed) if reused && failed.before_response && !framing.has_body() => {
+                Err(failed) if reused && failed.before_response && resendable => {
                     let mut fresh = self.connect().await?;
                     fresh.take_head(&mut connection);
                     connection = fresh;

@@ -9,6 +9,7 @@
 //! that answers one request at a time per connection, which needs none of that.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -37,6 +38,8 @@ pub(crate) struct Connection {
     read: BytesMut,
     /// The request head being sent, reused from one request to the next.
     head: Vec<u8>,
+    /// The response head's lines while it is turned into a header map, reused likewise.
+    lines: Vec<(HeaderName, usize, usize)>,
 }
 
 /// How the request body is framed towards the upstream.
@@ -122,6 +125,7 @@ impl Connection {
             io,
             read: BytesMut::new(),
             head: Vec::new(),
+            lines: Vec::new(),
         }
     }
 
@@ -277,10 +281,16 @@ impl Connection {
         if self.read.is_empty() {
             return Ok(None);
         }
-        let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut lines);
+        // Uninitialised: zeroing 100 lines for every response cost more than parsing it.
+        let mut uninit = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
         let base = self.read.as_ptr() as usize;
-        let len = match response.parse(&self.read) {
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            &self.read,
+            &mut uninit,
+        );
+        let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if self.read.len() > max_head => {
                 return Err(HopError::after(invalid(format!(
@@ -303,21 +313,19 @@ impl Connection {
         } else {
             Version::HTTP_11
         };
-        // Where each line's name and value sit in the buffer, so that the values can be
+        // Each line's name, and where its value sits in the buffer, so that the values can be
         // slices of it once frozen.
-        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-        let count = response.headers.len();
-        for (span, line) in spans.iter_mut().zip(response.headers.iter()) {
-            let name = line.name.as_ptr() as usize - base;
+        self.lines.clear();
+        for line in response.headers.iter() {
+            let name = HeaderName::from_bytes(line.name.as_bytes()).map_err(|_| {
+                HopError::after(invalid("the upstream sent an invalid header name"))
+            })?;
             let value = line.value.as_ptr() as usize - base;
-            *span = (name, line.name.len(), value, line.value.len());
+            self.lines.push((name, value, line.value.len()));
         }
         let raw = self.read.split_to(len).freeze();
         headers.clear();
-        for &(name, name_len, value, value_len) in spans.iter().take(count) {
-            let name = HeaderName::from_bytes(&raw[name..name + name_len]).map_err(|_| {
-                HopError::after(invalid("the upstream sent an invalid header name"))
-            })?;
+        for (name, value, value_len) in self.lines.drain(..) {
             let value = HeaderValue::from_maybe_shared(raw.slice(value..value + value_len))
                 .map_err(|_| {
                     HopError::after(invalid(format!(
