@@ -79,6 +79,8 @@ impl RequestFraming {
 /// A response head read from the upstream, its header values slices of the read buffer.
 pub(crate) struct Head {
     pub status: StatusCode,
+    /// A reason phrase other than the standard one, passed on as hyper's extension.
+    reason: Option<hyper::ext::ReasonPhrase>,
     version: Version,
     /// The request has been sent whole: the connection can carry another one afterwards.
     request_sent: bool,
@@ -178,6 +180,7 @@ impl Connection {
             .map_err(HopError::before)?;
         let mut sending = framing.has_body();
         let mut sent: u64 = 0;
+        let mut trailers = None;
         loop {
             if let Some(head) = self.parse_head(headers, max_head, !sending)? {
                 if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS
@@ -230,10 +233,8 @@ impl Connection {
                         ))));
                     }
                     if framing == RequestFraming::Chunked {
-                        self.io
-                            .write_all(b"0\r\n\r\n")
-                            .await
-                            .map_err(HopError::after)?;
+                        let end = last_chunk(trailers.take());
+                        self.io.write_all(&end).await.map_err(HopError::after)?;
                     }
                     sending = false;
                 }
@@ -241,10 +242,14 @@ impl Connection {
                     return Err(HopError::after(io::Error::other(e.into())));
                 }
                 Step::Frame(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else {
-                        // Trailers of a request: not forwarded (the end of a chunked body
-                        // follows when the body ends).
-                        continue;
+                    let data = match frame.into_data() {
+                        Ok(data) => data,
+                        Err(frame) => {
+                            // Sent after the last chunk; a body with a Content-Length has
+                            // nowhere to carry them.
+                            trailers = frame.into_trailers().ok();
+                            continue;
+                        }
                     };
                     if data.is_empty() {
                         continue;
@@ -308,6 +313,10 @@ impl Connection {
             .code
             .and_then(|code| StatusCode::from_u16(code).ok())
             .ok_or_else(|| HopError::after(invalid("the upstream sent an invalid status")))?;
+        let reason = response
+            .reason
+            .filter(|r| !r.is_empty() && Some(*r) != status.canonical_reason())
+            .and_then(|r| hyper::ext::ReasonPhrase::try_from(r.as_bytes()).ok());
         let version = if response.version == Some(0) {
             Version::HTTP_10
         } else {
@@ -336,6 +345,7 @@ impl Connection {
         }
         Ok(Some(Head {
             status,
+            reason,
             version,
             request_sent,
         }))
@@ -386,6 +396,22 @@ fn push_decimal(out: &mut Vec<u8>, n: u64) {
         }
     }
     out.extend_from_slice(&digits[i..]);
+}
+
+/// The last chunk of a chunked body, with the request's trailers if it has any.
+fn last_chunk(trailers: Option<HeaderMap>) -> std::borrow::Cow<'static, [u8]> {
+    let Some(trailers) = trailers.filter(|t| !t.is_empty()) else {
+        return std::borrow::Cow::Borrowed(b"0\r\n\r\n");
+    };
+    let mut out = b"0\r\n".to_vec();
+    for (name, value) in &trailers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    std::borrow::Cow::Owned(out)
 }
 
 /// A chunk-size line for `n` bytes, in `line`.
@@ -765,6 +791,9 @@ pub(crate) fn response(
     let mut response = Response::new(body);
     *response.status_mut() = head.status;
     *response.headers_mut() = headers;
+    if let Some(reason) = &head.reason {
+        response.extensions_mut().insert(reason.clone());
+    }
     response
 }
 

@@ -96,6 +96,7 @@ fn numbers_are_written_without_fmt() {
 fn head(status: u16, version: Version) -> Head {
     Head {
         status: StatusCode::from_u16(status).expect("a status"),
+        reason: None,
         version,
         request_sent: true,
     }
@@ -355,7 +356,8 @@ where
 async fn requests_one_after_the_other_share_one_kept_alive_connection() {
     let (addr, accepted) = serve(|_, mut stream| {
         while read_head(&mut stream).is_some() {
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: b\r\n\r\nok");
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 Fine Thanks\r\ncontent-length: 2\r\nx-a: b\r\n\r\nok");
         }
     });
     let upstream = proxy_upstream(addr);
@@ -367,6 +369,14 @@ async fn requests_one_after_the_other_share_one_kept_alive_connection() {
         assert_eq!(headers.get("x-a").map(|v| v.as_bytes()), Some(&b"b"[..]));
         assert_eq!(body, b"ok");
     }
+    // A reason phrase of its own reaches hyper, which writes it to the client.
+    let response = upstream.send(&lane, get()).await.expect("a response");
+    let reason = response
+        .extensions()
+        .get::<hyper::ext::ReasonPhrase>()
+        .map(|r| r.as_bytes().to_vec());
+    assert_eq!(reason.as_deref(), Some(&b"Fine Thanks"[..]));
+    response.into_body().collect().await.expect("the body");
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
 
@@ -528,7 +538,7 @@ async fn interim_responses_are_skipped_and_a_chunked_body_is_read_across_pauses(
 }
 
 #[tokio::test]
-async fn a_body_of_unknown_length_is_sent_chunked() {
+async fn a_body_of_unknown_length_is_sent_chunked_with_its_trailers() {
     let (tx, rx) = std::sync::mpsc::channel();
     let (addr, _) = serve(move |_, mut stream| {
         let Some(head) = read_head(&mut stream) else {
@@ -536,15 +546,20 @@ async fn a_body_of_unknown_length_is_sent_chunked() {
         };
         let mut body = Vec::new();
         let mut byte = [0u8; 1];
-        while !body.ends_with(b"0\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+        // The last chunk, then the trailer section up to its blank line.
+        while !(body.ends_with(b"\r\n\r\n") && body.windows(5).any(|w| w == b"\r\n0\r\n"))
+            && stream.read(&mut byte).is_ok_and(|n| n == 1)
+        {
             body.push(byte[0]);
         }
         let _ = tx.send((head, String::from_utf8_lossy(&body).into_owned()));
         let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\n\r\n");
     });
     let upstream = proxy_upstream(addr);
-    let frames = ["hello", "", " world, and more than fifteen bytes"]
-        .map(|s| Ok::<_, Infallible>(Frame::data(Bytes::from_static(s.as_bytes()))));
+    let mut frames: Vec<_> = ["hello", "", " world, and more than fifteen bytes"]
+        .map(|s| Ok::<_, Infallible>(Frame::data(Bytes::from_static(s.as_bytes()))))
+        .into();
+    frames.push(Ok(Frame::trailers(map(&[("x-checksum", "abc")]))));
     let req = Request::post("/")
         .body(StreamBody::new(futures::stream::iter(frames)))
         .expect("a request");
@@ -557,7 +572,7 @@ async fn a_body_of_unknown_length_is_sent_chunked() {
     assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
     assert_eq!(
         sent,
-        "5\r\nhello\r\n23\r\n world, and more than fifteen bytes\r\n0\r\n\r\n"
+        "5\r\nhello\r\n23\r\n world, and more than fifteen bytes\r\n0\r\nx-checksum: abc\r\n\r\n"
     );
 }
 
