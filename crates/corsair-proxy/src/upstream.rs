@@ -115,7 +115,7 @@ impl Upstream {
         let (mut parts, mut body) = req.into_parts();
         let framing = RequestFraming::of(&parts, &body);
         let resendable = !framing.has_body() && parts.method.is_idempotent();
-        let (mut connection, mut reused) = match lane.checkout() {
+        let (mut connection, mut reused) = match lane.checkout(!resendable) {
             Some(connection) => (connection, true),
             None => (self.connect().await?, false),
         };
@@ -164,11 +164,14 @@ impl Upstream {
 }
 
 impl Lane {
-    /// The most recently used idle connection that is still open.
-    fn checkout(&self) -> Option<Connection> {
+    /// The most recently used idle connection that is still open (`certain`: checked on the
+    /// socket itself, for a request that could not be sent again). Connections seen closed
+    /// are dropped on the way.
+    fn checkout(&self, certain: bool) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        idle.retain(|connection| connection.is_reusable(false));
         while let Some(connection) = idle.pop() {
-            if connection.is_reusable() {
+            if !certain || connection.is_reusable(true) {
                 return Some(connection);
             }
         }

@@ -39,7 +39,7 @@ pub(crate) struct Connection {
     /// The request head being sent, reused from one request to the next.
     head: Vec<u8>,
     /// The response head's lines while it is turned into a header map, reused likewise.
-    lines: Vec<(HeaderName, usize, usize)>,
+    lines: Vec<(HeaderName, std::ops::Range<usize>)>,
 }
 
 /// How the request body is framed towards the upstream.
@@ -110,6 +110,14 @@ impl HopError {
     }
 }
 
+/// Why sending the request body stopped.
+enum Stop {
+    /// The client's body failed, or did not match its length.
+    Body(io::Error),
+    /// The upstream connection would take no more.
+    Write(io::Error),
+}
+
 fn invalid(message: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
@@ -132,19 +140,24 @@ impl Connection {
     }
 
     /// Whether an idle connection can take a request: the upstream has not closed it and sent
-    /// nothing unasked. Costs no system call while the socket has had nothing to read.
-    pub(crate) fn is_reusable(&self) -> bool {
+    /// nothing unasked. Without `certain`, a look at the socket's readiness as the runtime last
+    /// saw it, no system call while it has had nothing to read (a close that the runtime has not
+    /// seen yet passes: only a request that may be sent again is sent that way); with it, a
+    /// peek at the socket itself.
+    pub(crate) fn is_reusable(&self, certain: bool) -> bool {
         let stream = self.io.stream();
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match stream.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            // Ready may be stale (the last read did not drain the socket's readiness): look.
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        if !certain {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            if stream.poll_read_ready(&mut cx).is_pending() {
+                return true;
             }
         }
+        let mut probe = [MaybeUninit::<u8>::uninit(); 1];
+        // The socket is non-blocking: nothing to read is `WouldBlock`, a close is `Ok(0)`.
+        matches!(
+            socket2::SockRef::from(stream).peek(&mut probe),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock
+        )
     }
 
     /// Writes the request head for `parts` into the connection's head buffer.
@@ -159,7 +172,9 @@ impl Connection {
 
     /// Sends the encoded head and the body, and reads the response head, skipping interim
     /// (1xx) responses other than 101. An upstream that answers before it read the whole body
-    /// gets no more of it, and the connection is not reused.
+    /// gets no more of it (its side of the connection is shut for writing, so it sees the body
+    /// end), and the connection is not reused; if it stopped taking the body, what it answered
+    /// is still read.
     pub(crate) async fn exchange<B>(
         &mut self,
         body: &mut B,
@@ -174,105 +189,130 @@ impl Connection {
         use http_body_util::BodyExt;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+        enum Step<F> {
+            Read(io::Result<usize>),
+            Frame(Option<F>),
+        }
+
         self.io
             .write_all(&self.head)
             .await
             .map_err(HopError::before)?;
         let mut sending = framing.has_body();
+        // Why the body could not be sent whole: reported only if no answer comes.
+        let mut broken: Option<io::Error> = None;
         let mut sent: u64 = 0;
-        let mut trailers = None;
+        // Any byte of a response (an interim one included) came.
+        let mut received = false;
         loop {
-            if let Some(head) = self.parse_head(headers, max_head, !sending)? {
+            let whole = !sending && broken.is_none();
+            if let Some(head) = self.parse_head(headers, max_head, whole)? {
                 if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS
                 {
                     continue;
+                }
+                if sending {
+                    let _ = self.io.shutdown().await;
                 }
                 return Ok(head);
             }
             if self.read.capacity() - self.read.len() < 1024 {
                 self.read.reserve(INITIAL_READ.max(self.read.len()));
             }
-            let responded = !self.read.is_empty();
-            if !sending {
-                let n = self
-                    .io
-                    .read_buf(&mut self.read)
-                    .await
-                    .map_err(|e| HopError {
-                        error: e,
-                        before_response: !responded,
-                    })?;
-                if n == 0 {
+            let step = if sending {
+                tokio::select! {
+                    // An answer that is already there wins over sending more.
+                    biased;
+                    read = self.io.read_buf(&mut self.read) => Step::Read(read),
+                    frame = body.frame() => Step::Frame(frame),
+                }
+            } else {
+                Step::Read(self.io.read_buf(&mut self.read).await)
+            };
+            let frame = match step {
+                Step::Read(Ok(0)) => {
                     return Err(HopError {
-                        error: closed_early("a complete response head"),
-                        before_response: !responded,
+                        error: broken.unwrap_or_else(|| closed_early("a complete response head")),
+                        before_response: !received,
                     });
                 }
-                continue;
-            }
-            enum Step<F> {
-                Read(io::Result<usize>),
-                Frame(Option<F>),
-            }
-            let step = tokio::select! {
-                read = self.io.read_buf(&mut self.read) => Step::Read(read),
-                frame = body.frame() => Step::Frame(frame),
+                Step::Read(Ok(_)) => {
+                    received = true;
+                    continue;
+                }
+                Step::Read(Err(e)) => {
+                    return Err(HopError {
+                        error: broken.unwrap_or(e),
+                        before_response: !received,
+                    });
+                }
+                Step::Frame(frame) => frame,
             };
-            match step {
-                Step::Read(Ok(0)) => {
-                    return Err(HopError::after(closed_early("a complete response head")));
-                }
-                Step::Read(Ok(_)) => {}
-                Step::Read(Err(e)) => return Err(HopError::after(e)),
-                Step::Frame(None) => {
-                    if let RequestFraming::Length(n) = framing
-                        && sent != n
-                    {
-                        return Err(HopError::after(invalid(format!(
-                            "the request body ended after {sent} of its {n} bytes"
-                        ))));
-                    }
-                    if framing == RequestFraming::Chunked {
-                        let end = last_chunk(trailers.take());
-                        self.io.write_all(&end).await.map_err(HopError::after)?;
-                    }
+            match self.send_frame(frame, framing, &mut sent).await {
+                Ok(more) => sending = more,
+                Err(Stop::Body(e)) => return Err(HopError::after(e)),
+                Err(Stop::Write(e)) => {
+                    broken = Some(e);
                     sending = false;
-                }
-                Step::Frame(Some(Err(e))) => {
-                    return Err(HopError::after(io::Error::other(e.into())));
-                }
-                Step::Frame(Some(Ok(frame))) => {
-                    let data = match frame.into_data() {
-                        Ok(data) => data,
-                        Err(frame) => {
-                            // Sent after the last chunk; a body with a Content-Length has
-                            // nowhere to carry them.
-                            trailers = frame.into_trailers().ok();
-                            continue;
-                        }
-                    };
-                    if data.is_empty() {
-                        continue;
-                    }
-                    sent += data.len() as u64;
-                    match framing {
-                        RequestFraming::Chunked => {
-                            let mut line = [0u8; 20];
-                            let size = hex_line(&mut line, data.len());
-                            self.io.write_all(size).await.map_err(HopError::after)?;
-                            self.io.write_all(&data).await.map_err(HopError::after)?;
-                            self.io.write_all(b"\r\n").await.map_err(HopError::after)?;
-                        }
-                        RequestFraming::Length(n) if sent > n => {
-                            return Err(HopError::after(invalid(
-                                "the request body is longer than its Content-Length",
-                            )));
-                        }
-                        _ => self.io.write_all(&data).await.map_err(HopError::after)?,
-                    }
                 }
             }
         }
+    }
+
+    /// Writes one frame of the request body; `Ok(false)` once the body has ended.
+    async fn send_frame<E>(
+        &mut self,
+        frame: Option<Result<Frame<Bytes>, E>>,
+        framing: RequestFraming,
+        sent: &mut u64,
+    ) -> Result<bool, Stop>
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        use tokio::io::AsyncWriteExt;
+
+        let data = match frame {
+            None => {
+                if let RequestFraming::Length(n) = framing
+                    && *sent != n
+                {
+                    return Err(Stop::Body(invalid(format!(
+                        "the request body ended after {sent} of its {n} bytes"
+                    ))));
+                }
+                if framing == RequestFraming::Chunked {
+                    self.io.write_all(b"0\r\n\r\n").await.map_err(Stop::Write)?;
+                }
+                return Ok(false);
+            }
+            Some(Err(e)) => return Err(Stop::Body(io::Error::other(e.into()))),
+            // Trailers are not forwarded: the `Trailer` field that would announce them is
+            // hop-by-hop and removed, and hyper's client sent none without it either.
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => return Ok(true),
+            },
+        };
+        if data.is_empty() {
+            return Ok(true);
+        }
+        *sent += data.len() as u64;
+        match framing {
+            RequestFraming::Chunked => {
+                let mut line = [0u8; 20];
+                let size = hex_line(&mut line, data.len());
+                self.io.write_all(size).await.map_err(Stop::Write)?;
+                self.io.write_all(&data).await.map_err(Stop::Write)?;
+                self.io.write_all(b"\r\n").await.map_err(Stop::Write)?;
+            }
+            RequestFraming::Length(n) if *sent > n => {
+                return Err(Stop::Body(invalid(
+                    "the request body is longer than its Content-Length",
+                )));
+            }
+            _ => self.io.write_all(&data).await.map_err(Stop::Write)?,
+        }
+        Ok(true)
     }
 
     /// Parses a complete response head at the start of the read buffer, if there is one, into
@@ -329,18 +369,28 @@ impl Connection {
             let name = HeaderName::from_bytes(line.name.as_bytes()).map_err(|_| {
                 HopError::after(invalid("the upstream sent an invalid header name"))
             })?;
-            let value = line.value.as_ptr() as usize - base;
-            self.lines.push((name, value, line.value.len()));
+            // httparse hands out slices of the buffer it parsed; an empty value needs no place.
+            let range = if line.value.is_empty() {
+                Some(0..0)
+            } else {
+                (line.value.as_ptr() as usize)
+                    .checked_sub(base)
+                    .map(|start| start..start + line.value.len())
+                    .filter(|range| range.end <= len)
+            };
+            let range = range.ok_or_else(|| {
+                HopError::after(invalid("a header value outside the response head"))
+            })?;
+            self.lines.push((name, range));
         }
         let raw = self.read.split_to(len).freeze();
         headers.clear();
-        for (name, value, value_len) in self.lines.drain(..) {
-            let value = HeaderValue::from_maybe_shared(raw.slice(value..value + value_len))
-                .map_err(|_| {
-                    HopError::after(invalid(format!(
-                        "the upstream sent an invalid value for {name}"
-                    )))
-                })?;
+        for (name, range) in self.lines.drain(..) {
+            let value = HeaderValue::from_maybe_shared(raw.slice(range)).map_err(|_| {
+                HopError::after(invalid(format!(
+                    "the upstream sent an invalid value for {name}"
+                )))
+            })?;
             headers.append(name, value);
         }
         Ok(Some(Head {
@@ -396,22 +446,6 @@ fn push_decimal(out: &mut Vec<u8>, n: u64) {
         }
     }
     out.extend_from_slice(&digits[i..]);
-}
-
-/// The last chunk of a chunked body, with the request's trailers if it has any.
-fn last_chunk(trailers: Option<HeaderMap>) -> std::borrow::Cow<'static, [u8]> {
-    let Some(trailers) = trailers.filter(|t| !t.is_empty()) else {
-        return std::borrow::Cow::Borrowed(b"0\r\n\r\n");
-    };
-    let mut out = b"0\r\n".to_vec();
-    for (name, value) in &trailers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    std::borrow::Cow::Owned(out)
 }
 
 /// A chunk-size line for `n` bytes, in `line`.
@@ -555,6 +589,12 @@ fn response_framing(
     }
     let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
     if codings.peek().is_some() {
+        if head.version == Version::HTTP_10 {
+            // HTTP/1.0 has no transfer codings (RFC 9112 §6.1): the framing cannot be trusted.
+            return Err(invalid(
+                "the upstream sent Transfer-Encoding in an HTTP/1.0 response",
+            ));
+        }
         let last = codings
             .last()
             .and_then(|v| v.to_str().ok())
@@ -703,11 +743,20 @@ fn decode_chunk(read: &mut BytesMut, chunk: Chunk) -> Result<Decoded, io::Error>
             let line = line
                 .strip_suffix(b"\r\n")
                 .ok_or_else(|| invalid("a chunk-size line does not end in CRLF"))?;
-            let digits = line
+            let end = line
                 .iter()
-                .position(|&b| b == b';' || b == b' ' || b == b'\t')
-                .map_or(line, |i| &line[..i]);
+                .position(|b| !b.is_ascii_hexdigit())
+                .unwrap_or(line.len());
+            let (digits, rest) = line.split_at(end);
             if digits.is_empty() || digits.len() > 16 {
+                return Err(invalid("an invalid chunk size"));
+            }
+            // Only whitespace, then extensions (`;name=value`), may follow the size.
+            let rest = rest.trim_ascii_start();
+            let extension_ok = rest
+                .iter()
+                .all(|&b| b == b'\t' || (b' '..0x7f).contains(&b) || b >= 0x80);
+            if !(rest.is_empty() || (rest.starts_with(b";") && extension_ok)) {
                 return Err(invalid("an invalid chunk size"));
             }
             let mut size: u64 = 0;

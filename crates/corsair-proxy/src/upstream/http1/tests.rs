@@ -193,6 +193,9 @@ fn the_response_body_is_delimited_as_rfc_9112_says() {
         .map(|(_, reuse)| reuse),
         Ok(true)
     );
+    let error =
+        framing(200, v10, Method::GET, &[("transfer-encoding", "chunked")]).expect_err("refused");
+    assert!(error.contains("HTTP/1.0"), "{error}");
     for (lines, cause) in [
         (
             &[("content-length", "5"), ("content-length", "6")][..],
@@ -258,6 +261,9 @@ fn a_chunked_body_decodes_the_same_whatever_the_reads() {
             Some(&b"abc"[..])
         );
     }
+    // Whitespace before an extension is allowed (RFC 9112 §7.1.1: BWS).
+    let (data, _) = decode(b"3 ;x=1\r\nabc\r\n0\r\n\r\n", 2).expect("decodes");
+    assert_eq!(data, b"abc");
     let (data, trailers) = decode(b"3\r\nabc\r\n0\r\n\r\n", 1).expect("decodes");
     assert_eq!(data, b"abc");
     assert!(trailers.is_none());
@@ -275,6 +281,9 @@ fn a_malformed_chunked_body_is_an_error_naming_what_is_wrong() {
         (long_line.as_str(), "too long"),
         (&long_line[..MAX_CHUNK_LINE + 5], "too long"),
         ("0\r\nno colon here\r\n\r\n", "malformed trailers"),
+        ("5 6\r\nhello\r\n0\r\n\r\n", "invalid chunk size"),
+        ("5\tjunk\r\nhello\r\n0\r\n\r\n", "invalid chunk size"),
+        ("5;a\x01b\r\nhello\r\n0\r\n\r\n", "invalid chunk size"),
     ] {
         let error = decode(input.as_bytes(), input.len()).expect_err(input);
         assert!(error.contains(cause), "{input:?}: {error}");
@@ -356,8 +365,9 @@ where
 async fn requests_one_after_the_other_share_one_kept_alive_connection() {
     let (addr, accepted) = serve(|_, mut stream| {
         while read_head(&mut stream).is_some() {
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 Fine Thanks\r\ncontent-length: 2\r\nx-a: b\r\n\r\nok");
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 Fine Thanks\r\ncontent-length: 2\r\nx-a: b\r\nx-empty:\r\n\r\nok",
+            );
         }
     });
     let upstream = proxy_upstream(addr);
@@ -367,6 +377,7 @@ async fn requests_one_after_the_other_share_one_kept_alive_connection() {
             exchange(&upstream, &lane, get()).await.expect("a response");
         assert_eq!(status, StatusCode::OK);
         assert_eq!(headers.get("x-a").map(|v| v.as_bytes()), Some(&b"b"[..]));
+        assert_eq!(headers.get("x-empty").map(|v| v.as_bytes()), Some(&b""[..]));
         assert_eq!(body, b"ok");
     }
     // A reason phrase of its own reaches hyper, which writes it to the client.
@@ -380,27 +391,127 @@ async fn requests_one_after_the_other_share_one_kept_alive_connection() {
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
 
+/// How many idle connections the lane holds.
+fn idle(lane: &Lane) -> usize {
+    lane.idle
+        .lock()
+        .map(|idle| idle.len())
+        .unwrap_or(usize::MAX)
+}
+
 #[tokio::test]
-async fn a_connection_that_the_upstream_closes_is_not_reused() {
-    // Says so (`Connection: close`), or ends its body with the connection.
-    for answer in [
-        &b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"[..],
-        &b"HTTP/1.1 200 OK\r\n\r\nok"[..],
-        &b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok"[..],
-    ] {
-        let (addr, accepted) = serve(move |_, mut stream| {
+async fn a_connection_is_given_back_only_when_it_can_carry_another_request() {
+    // The upstream keeps every connection open: only the proxy's reading decides.
+    let cases: [(&'static [u8], Method, &'static [u8], usize); 8] = [
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            Method::GET,
+            b"ok",
+            1,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+            Method::HEAD,
+            b"",
+            1,
+        ),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", Method::GET, b"", 1),
+        (
+            b"HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n",
+            Method::GET,
+            b"",
+            1,
+        ),
+        (
+            b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok",
+            Method::GET,
+            b"ok",
+            1,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+            Method::GET,
+            b"ok",
+            0,
+        ),
+        (
+            b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            Method::GET,
+            b"ok",
+            0,
+        ),
+        // More than the body: the next response would start with it.
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n",
+            Method::GET,
+            b"ok",
+            0,
+        ),
+    ];
+    for (answer, method, expected, kept) in cases {
+        let (addr, _) = serve(move |_, mut stream| {
             if read_head(&mut stream).is_some() {
                 let _ = stream.write_all(answer);
+                std::thread::sleep(Duration::from_secs(2));
             }
         });
         let upstream = proxy_upstream(addr);
         let lane = Lane::default();
-        for _ in 0..3 {
-            let (_, _, body, _) = exchange(&upstream, &lane, get()).await.expect("a response");
-            assert_eq!(body, b"ok");
-        }
-        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        let req = Request::builder()
+            .method(method)
+            .uri("/")
+            .body(Empty::<Bytes>::new())
+            .expect("a request");
+        let (_, _, body, _) = exchange(&upstream, &lane, req).await.expect("a response");
+        let case = String::from_utf8_lossy(answer);
+        assert_eq!(body, expected, "{case}");
+        assert_eq!(idle(&lane), kept, "{case}");
     }
+}
+
+#[tokio::test]
+async fn a_body_until_close_ends_with_the_connection() {
+    let (addr, accepted) = serve(|_, mut stream| {
+        if read_head(&mut stream).is_some() {
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\n\r\nall of it");
+        }
+    });
+    let upstream = proxy_upstream(addr);
+    let lane = Lane::default();
+    for _ in 0..2 {
+        let (_, _, body, _) = exchange(&upstream, &lane, get()).await.expect("a response");
+        assert_eq!(body, b"all of it");
+        assert_eq!(idle(&lane), 0);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_switch_of_protocols_hands_the_connection_and_its_early_bytes_over() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, _) = serve(|_, mut stream| {
+        if read_head(&mut stream).is_some() {
+            let _ = stream.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\
+                  connection: upgrade\r\n\r\nfirst",
+            );
+            let mut ping = [0u8; 4];
+            if stream.read_exact(&mut ping).is_ok() {
+                let _ = stream.write_all(&ping);
+            }
+        }
+    });
+    let upstream = proxy_upstream(addr);
+    let lane = Lane::default();
+    let mut response = upstream.send(&lane, get()).await.expect("a response");
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let mut switched = response.body_mut().take_switched().expect("the connection");
+    assert_eq!(&switched.read[..], b"first");
+    switched.io.write_all(b"ping").await.expect("write");
+    let mut echo = [0u8; 4];
+    switched.io.read_exact(&mut echo).await.expect("read");
+    assert_eq!(&echo, b"ping");
+    assert_eq!(idle(&lane), 0);
 }
 
 #[tokio::test]
@@ -538,7 +649,7 @@ async fn interim_responses_are_skipped_and_a_chunked_body_is_read_across_pauses(
 }
 
 #[tokio::test]
-async fn a_body_of_unknown_length_is_sent_chunked_with_its_trailers() {
+async fn a_body_of_unknown_length_is_sent_chunked_and_its_trailers_are_not() {
     let (tx, rx) = std::sync::mpsc::channel();
     let (addr, _) = serve(move |_, mut stream| {
         let Some(head) = read_head(&mut stream) else {
@@ -572,18 +683,25 @@ async fn a_body_of_unknown_length_is_sent_chunked_with_its_trailers() {
     assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
     assert_eq!(
         sent,
-        "5\r\nhello\r\n23\r\n world, and more than fifteen bytes\r\n0\r\nx-checksum: abc\r\n\r\n"
+        "5\r\nhello\r\n23\r\n world, and more than fifteen bytes\r\n0\r\n\r\n"
     );
 }
 
 #[tokio::test]
 async fn an_answer_before_the_whole_body_ends_the_upload_and_the_connection() {
-    let (addr, accepted) = serve(|_, mut stream| {
-        if read_head(&mut stream).is_some() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (addr, accepted) = serve(move |n, mut stream| {
+        if read_head(&mut stream).is_some() && n == 0 {
+            // The first chunk of the body, then the answer.
+            let mut first = [0u8; 8];
+            let _ = stream.read_exact(&mut first);
             let _ =
                 stream.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n");
-            // Keeps the connection open: only the proxy's choice can close it.
-            std::thread::sleep(Duration::from_secs(2));
+            // The upstream reads on: it must see the body end, not wait for the rest.
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut rest = Vec::new();
+            let ended = stream.read_to_end(&mut rest).is_ok();
+            let _ = tx.send((ended, rest));
         }
     });
     let upstream = proxy_upstream(addr);
@@ -597,12 +715,45 @@ async fn an_answer_before_the_whole_body_ends_the_upload_and_the_connection() {
     let sent = tokio::time::timeout(Duration::from_secs(1), exchange(&upstream, &lane, req)).await;
     let (status, ..) = sent.expect("answered in time").expect("a response");
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(idle(&lane), 0, "the half-sent connection was kept");
+    let (ended, rest) = rx
+        .recv_timeout(Duration::from_secs(3))
+        .expect("the upstream finished reading");
+    assert!(ended, "the upstream did not see the body end");
+    assert!(rest.is_empty(), "sent after the answer: {rest:?}");
     let _ = tokio::time::timeout(Duration::from_secs(1), exchange(&upstream, &lane, get())).await;
-    assert_eq!(
-        accepted.load(Ordering::SeqCst),
-        2,
-        "the half-sent connection was reused"
-    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_answer_from_an_upstream_that_stopped_taking_the_body_still_reaches_the_client() {
+    // 32 MiB offered, more than the sockets' buffers hold; the upstream reads the head and no
+    // more, answers once the proxy is stuck writing, and closes, so that write fails: the
+    // answer is what the client gets, not a 502.
+    let (addr, _) = serve(|_, mut stream| {
+        if read_head(&mut stream).is_some() {
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = stream.write_all(
+                b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\
+                  connection: close\r\n\r\nbig!",
+            );
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let upstream = proxy_upstream(addr);
+    let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+    let frames: Vec<_> = (0..512)
+        .map(|_| Ok::<_, Infallible>(Frame::data(chunk.clone())))
+        .collect();
+    let req = Request::post("/")
+        .body(StreamBody::new(futures::stream::iter(frames)))
+        .expect("a request");
+    let (status, _, body, _) = exchange(&upstream, &Lane::default(), req)
+        .await
+        .expect("the upstream's answer");
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(body, b"big!");
 }
 
 #[tokio::test]
