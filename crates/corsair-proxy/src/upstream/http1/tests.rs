@@ -514,24 +514,27 @@ async fn a_switch_of_protocols_hands_the_connection_and_its_early_bytes_over() {
     assert_eq!(idle(&lane), 0);
 }
 
+/// An upstream whose first connection answers one request, then takes the next and closes
+/// unanswered (its keep-alive timeout firing just then); later connections answer every request.
+/// A 4-byte body is read before answering.
+fn loses_the_second_request(n: usize, mut stream: TcpStream) {
+    let mut answered = 0;
+    while let Some(head) = read_head(&mut stream) {
+        if n == 0 && answered == 1 {
+            return;
+        }
+        if head.contains("content-length: 4") {
+            let mut body = [0u8; 4];
+            let _ = stream.read_exact(&mut body);
+        }
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        answered += 1;
+    }
+}
+
 #[tokio::test]
 async fn a_request_lost_with_a_closing_connection_is_sent_again_only_without_a_body() {
-    // The first connection answers one request, then takes the next and closes unanswered,
-    // as an upstream whose keep-alive timeout fires just then; later connections answer all.
-    let (addr, accepted) = serve(|n, mut stream| {
-        let mut answered = 0;
-        while let Some(head) = read_head(&mut stream) {
-            if n == 0 && answered == 1 {
-                return;
-            }
-            if head.contains("content-length: 4") {
-                let mut body = [0u8; 4];
-                let _ = stream.read_exact(&mut body);
-            }
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
-            answered += 1;
-        }
-    });
+    let (addr, accepted) = serve(loses_the_second_request);
     let upstream = proxy_upstream(addr);
     let lane = Lane::default();
     exchange(&upstream, &lane, get())
@@ -554,20 +557,7 @@ async fn a_request_lost_with_a_closing_connection_is_sent_again_only_without_a_b
             .expect("a request")
     };
     for second in [with_body(), empty_post()] {
-        let (addr, accepted) = serve(|n, mut stream| {
-            let mut answered = 0;
-            while let Some(head) = read_head(&mut stream) {
-                if n == 0 && answered == 1 {
-                    return;
-                }
-                if head.contains("content-length: 4") {
-                    let mut body = [0u8; 4];
-                    let _ = stream.read_exact(&mut body);
-                }
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
-                answered += 1;
-            }
-        });
+        let (addr, accepted) = serve(loses_the_second_request);
         let upstream = proxy_upstream(addr);
         let lane = Lane::default();
         exchange(&upstream, &lane, with_body())
