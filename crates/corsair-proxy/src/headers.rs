@@ -127,7 +127,7 @@ fn remove_present(headers: &mut HeaderMap, names: &[HeaderName], present: u32) {
 }
 
 /// The comma-separated, non-empty tokens of one `Connection` field line.
-fn tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
+pub(crate) fn tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
     value
         .to_str()
         .unwrap_or("")

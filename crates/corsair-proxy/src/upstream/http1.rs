@@ -216,9 +216,8 @@ impl Connection {
                 }
                 return Ok(head);
             }
-            if self.read.capacity() - self.read.len() < 1024 {
-                self.read.reserve(INITIAL_READ.max(self.read.len()));
-            }
+            let grow = INITIAL_READ.max(self.read.len());
+            make_room(&mut self.read, grow);
             let step = if sending {
                 tokio::select! {
                     // An answer that is already there wins over sending more.
@@ -466,6 +465,19 @@ fn hex_line(line: &mut [u8; 20], n: usize) -> &[u8] {
     &line[i..]
 }
 
+/// Room in `read` for a read of at least 1 KiB; growing it by `grow` when there is less.
+fn make_room(read: &mut BytesMut, grow: usize) {
+    if read.capacity() - read.len() < 1024 {
+        read.reserve(grow);
+    }
+}
+
+/// Up to `remaining` bytes of a body from the front of `read`, and how many remain after them.
+fn take(read: &mut BytesMut, remaining: u64) -> (Bytes, u64) {
+    let n = remaining.min(read.len() as u64);
+    (read.split_to(n as usize).freeze(), remaining - n)
+}
+
 /// How the response body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
@@ -569,9 +581,7 @@ fn response_framing(
     for token in headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .flat_map(crate::headers::tokens)
     {
         if token.eq_ignore_ascii_case("close") {
             keep_alive = false;
@@ -650,10 +660,9 @@ impl Body for UpstreamBody {
             match this.framing {
                 Framing::Done => return Poll::Ready(None),
                 Framing::Length(remaining) if !read.is_empty() => {
-                    let n = remaining.min(read.len() as u64);
-                    let data = read.split_to(n as usize).freeze();
-                    this.framing = Framing::Length(remaining - n);
-                    if remaining == n {
+                    let (data, left) = take(read, remaining);
+                    this.framing = Framing::Length(left);
+                    if left == 0 {
                         this.finish();
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
@@ -680,9 +689,7 @@ impl Body for UpstreamBody {
                 Framing::Length(_) | Framing::UntilClose => {}
             }
             // The buffer holds nothing more to decode: read.
-            if read.capacity() - read.len() < 1024 {
-                read.reserve(BODY_READ);
-            }
+            make_room(read, BODY_READ);
             let n = match ready!(tokio_util::io::poll_read_buf(
                 Pin::new(&mut connection.io),
                 cx,
@@ -779,12 +786,11 @@ fn decode_chunk(read: &mut BytesMut, chunk: Chunk) -> Result<Decoded, io::Error>
             if read.is_empty() {
                 return Ok(Decoded::NeedMore);
             }
-            let n = remaining.min(read.len() as u64);
-            let data = read.split_to(n as usize).freeze();
-            let next = if n == remaining {
+            let (data, left) = take(read, remaining);
+            let next = if left == 0 {
                 Chunk::DataEnd
             } else {
-                Chunk::Data(remaining - n)
+                Chunk::Data(left)
             };
             Ok(Decoded::Frame(next, Frame::data(data)))
         }
