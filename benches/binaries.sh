@@ -77,13 +77,7 @@ field_kib() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$2/status"; }
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # One start: prints "VmRSS RssAnon RssFile" in KiB.
-# Drops a file's pages from the page cache (written back first: dirty pages cannot be dropped).
-evict() {
-    python3 -c 'import os, sys
-fd = os.open(sys.argv[1], os.O_RDONLY)
-os.fsync(fd)
-os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$1"
-}
+evict() { python3 "$HERE/evict.py" "$1"; }
 
 measure_once() {
     local name=$1 pid

@@ -158,13 +158,7 @@ nginx_workers() {
     die "nginx $master started no worker"
 }
 
-# Drops a file's pages from the page cache (written back first: dirty pages cannot be dropped).
-evict() {
-    python3 -c 'import os, sys
-fd = os.open(sys.argv[1], os.O_RDONLY)
-os.fsync(fd)
-os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$1"
-}
+evict() { python3 "$HERE/../evict.py" "$1"; }
 
 start_corsair() { # start_corsair NAME PORT ADMIN THREADS CPU [ENV=VALUE...]
     local name=$1 port=$2 admin=$3 threads=$4 cpu=$5; shift 5
