@@ -25,7 +25,8 @@
 # the kernel maps cached pages around each fault, so a fully cached binary reads up to 0.7 MiB
 # more), and its peak during each run, sampled every 0.2 s.
 # CPU/request: the user + system CPU time of the server's own processes during the measured run,
-# divided by the requests it served.
+# divided by the requests it served; the system (kernel) part is reported beside it, since it
+# bounds what any user-space work can gain.
 #
 # ALSO="NAME=BINARY ..." runs more proxy builds beside corsair in the same setups and rounds
 # (reported as corsair-NAME; ports from 18085), to compare builds side by side.
@@ -125,8 +126,8 @@ mkdir -p "$WORK/tmp"
 log "work directory (logs): $WORK"
 CLK_TCK=$(getconf CLK_TCK)
 
-# User + system CPU time of processes (all their threads), in clock ticks.
-cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat"))); done; echo $t; }
+# "USER SYSTEM" CPU time of processes (all their threads), in clock ticks.
+cpu_ticks() { local u=0 s=0 p pu ps; for p in "$@"; do read -r pu ps < <(awk '{ print $14, $15 }' "/proc/$p/stat"); u=$((u + pu)); s=$((s + ps)); done; echo "$u $s"; }
 
 # --- servers -------------------------------------------------------------------------------
 declare -A PORT H2PORT SERVER_PIDS MAIN_PID
@@ -267,25 +268,34 @@ stop_sampler() {
     cat "$PEAK_FILE"
 }
 
-# Appends "rps p50_us p99_us errors non2xx cpu_us_per_request peak_kib" for one wrk run.
+# Appends "rps p50_us p99_us errors non2xx cpu_us_per_request peak_kib sys_us_per_request
+# upstream_cpu_us_per_request" for one wrk run (the upstream's CPU while it served this server).
 measure_wrk() {
-    local out_file=$1 name=$2 conns=$3 mix=$4 out before after peak=0
+    local out_file=$1 name=$2 conns=$3 mix=$4 out before after up_before up_after peak=0
     local url="http://127.0.0.1:${PORT[$name]}/"
     MIX=$mix run_pinned "$LOAD_PIN" wrk -t"$WRK_THREADS" -c"$conns" -d"$WARMUP" --timeout 5s -s "$HERE/mix.lua" "$url" >/dev/null
     [[ $name == corsair* ]] && start_sampler "${MAIN_PID[$name]}"
     # shellcheck disable=SC2086
     before=$(cpu_ticks ${SERVER_PIDS[$name]})
+    # shellcheck disable=SC2086
+    up_before=$(cpu_ticks ${SERVER_PIDS[upstream]})
     out=$(MIX=$mix run_pinned "$LOAD_PIN" wrk -t"$WRK_THREADS" -c"$conns" -d"$DURATION" --timeout 5s -s "$HERE/mix.lua" "$url")
     # shellcheck disable=SC2086
     after=$(cpu_ticks ${SERVER_PIDS[$name]})
+    # shellcheck disable=SC2086
+    up_after=$(cpu_ticks ${SERVER_PIDS[upstream]})
     [[ $name == corsair* ]] && peak=$(stop_sampler)
     echo "$out" >>"$WORK/wrk.log"
     sed -n 's/^RESULT rps=\([0-9]*\) p50_us=\([0-9]*\) p99_us=\([0-9]*\) requests=\([0-9]*\) errors=\([0-9]*\) non2xx=\([0-9]*\)$/\1 \2 \3 \5 \6 \4/p' <<<"$out" \
-        | awk -v ticks=$((after - before)) -v hz="$CLK_TCK" -v peak="$peak" \
-            '{ printf "%s %s %s %s %s %.1f %s\n", $1, $2, $3, $4, $5, ticks / hz * 1e6 / $6, peak }' >>"$out_file"
+        | awk -v before="$before" -v after="$after" -v up="$up_before $up_after" -v hz="$CLK_TCK" -v peak="$peak" '
+            BEGIN { split(before, b); split(after, a); user = a[1] - b[1]; sys = a[2] - b[2]
+                    split(up, u); upstream = u[3] + u[4] - u[1] - u[2] }
+            { printf "%s %s %s %s %s %.1f %s %.1f %.1f\n", $1, $2, $3, $4, $5,
+                (user + sys) / hz * 1e6 / $6, peak, sys / hz * 1e6 / $6, upstream / hz * 1e6 / $6 }' >>"$out_file"
 }
 
-# Appends "rps p50_us p99_us errors non2xx cpu_us_per_request peak_kib" for one h2load run.
+# Appends "rps p50_us p99_us errors non2xx cpu_us_per_request peak_kib sys_us_per_request" for
+# one h2load run.
 measure_h2() {
     local out_file=$1 name=$2 out before after peak=0 secs warm
     local url="http://127.0.0.1:${H2PORT[$name]}/api/items"
@@ -299,14 +309,15 @@ measure_h2() {
     after=$(cpu_ticks ${SERVER_PIDS[$name]})
     [[ $name == corsair* ]] && peak=$(stop_sampler)
     echo "$out" >>"$WORK/h2load.log"
-    awk -v ticks=$((after - before)) -v hz="$CLK_TCK" -v peak="$peak" -v secs="$secs" '
+    awk -v before="$before" -v after="$after" -v hz="$CLK_TCK" -v peak="$peak" -v secs="$secs" '
+        BEGIN { split(before, b); split(after, a); user = a[1] - b[1]; sys = a[2] - b[2] }
         /^finished in/ { gsub(",", "", $4); rps = $4 }
         /^requests:/ { failed = $10; errored = $12 }
         /^status codes:/ { gsub(",", ""); bad = $5 + $7 + $9 }
         /^time for request:/ { mean = $6; unit = mean; sub(/[0-9.]+/, "", unit); sub(/[a-z]+$/, "", mean);
             p50 = (unit == "ms") ? mean * 1000 : (unit == "s") ? mean * 1e6 : mean }
-        END { printf "%.0f %d %d %d %d %.1f %s\n", rps, p50, 0, failed + errored, bad,
-              ticks / hz * 1e6 / (rps * secs), peak }' <<<"$out" >>"$out_file"
+        END { printf "%.0f %d %d %d %d %.1f %s %.1f\n", rps, p50, 0, failed + errored, bad,
+              (user + sys) / hz * 1e6 / (rps * secs), peak, sys / hz * 1e6 / (rps * secs) }' <<<"$out" >>"$out_file"
 }
 
 # --- the run -------------------------------------------------------------------------------
@@ -352,8 +363,8 @@ echo "Proxy benchmark, $STARTED: median of $ROUNDS runs of $DURATION each after 
 echo "Binary: $PROXY_BIN ($(du -h "$PROXY_BIN" | cut -f1)). $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'); load average before $LOAD_BEFORE, after $LOAD_AFTER."
 echo "$(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2), $(h2load --version 2>&1 | head -n1), $(nginx -v 2>&1 | cut -d' ' -f3)."
 echo
-echo "| setup | workload | connections | server | requests/s | p50 (ms) | p99 (ms) | CPU/request (µs) | peak RSS (MiB) | errors | non-2xx |"
-echo "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+echo "| setup | workload | connections | server | requests/s | p50 (ms) | p99 (ms) | CPU/request (µs) | of which system (µs) | upstream CPU/request (µs) | peak RSS (MiB) | errors | non-2xx |"
+echo "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 rows=()
 for setup in $SETUPS; do
     for workload in $WORKLOADS h2; do
@@ -365,8 +376,9 @@ for setup in $SETUPS; do
                 name=$(basename "$f"); name=${name#runs."$setup.$workload.$conns".}
                 p99=$(ms "$(median "$f" 3)"); [[ $workload == h2 ]] && p99="–"
                 peak=$(median "$f" 7); peak=$([[ $peak == 0 ]] && echo "–" || mib "$peak")
+                up=$(median "$f" 9); [[ $workload == h2 || $name == upstream ]] && up="–"
                 label=$workload; [[ $workload == h2 ]] && label="h2c GET (h2load -m $H2_STREAMS; p50 column: mean)"
-                echo "| $setup | $label | $conns | $name | $(median "$f" 1) | $(ms "$(median "$f" 2)") | $p99 | $(median "$f" 6) | $peak | $(awk '{ s += $4 } END { print s }' "$f") | $(awk '{ s += $5 } END { print s }' "$f") |"
+                echo "| $setup | $label | $conns | $name | $(median "$f" 1) | $(ms "$(median "$f" 2)") | $p99 | $(median "$f" 6) | $(median "$f" 8) | $up | $peak | $(awk '{ s += $4 } END { print s }' "$f") | $(awk '{ s += $5 } END { print s }' "$f") |"
             done
         done
     done
@@ -402,3 +414,21 @@ for setup in $SETUPS; do
     fi
     echo "| $setup | idle RSS after one request ≤ 8 MiB | $(mib "${IDLE_RSS[$setup]}") MiB (${IDLE_SPLIT[$setup]}) | $(verdict "${IDLE_RSS[$setup]} <= 8192") |"
 done
+
+if [[ " $SETUPS " == *" pinned "* ]]; then
+    echo
+    echo "Pinned: the proxy and the upstream share one core, so a proxy that spent no user-space time"
+    echo "at all would still need its system time and the upstream's for every request. That bound:"
+    echo
+    echo "| workload | connections | corsair system + upstream (µs) | at most (requests/s) | ÷ nginx measured |"
+    echo "|---|---:|---:|---:|---:|"
+    for workload in $WORKLOADS; do
+        for conns in $CONNECTIONS; do
+            c=$WORK/runs.pinned.$workload.$conns.corsair; n=$WORK/runs.pinned.$workload.$conns.nginx
+            [[ -e $c && -e $n ]] || continue
+            floor=$(awk -v s="$(median "$c" 8)" -v u="$(median "$c" 9)" 'BEGIN { printf "%.1f", s + u }')
+            most=$(awk -v f="$floor" 'BEGIN { printf "%.0f", 1e6 / f }')
+            echo "| $workload | $conns | $floor | $most | $(ratio "$most" "$(median "$n" 1)")× |"
+        done
+    done
+fi
