@@ -166,6 +166,22 @@ proptest! {
         let parsed: Vec<&str> = request_header_names(&lines).collect();
         prop_assert_eq!(parsed, names.iter().map(String::as_str).collect::<Vec<_>>());
     }
+
+    /// A listed (lowercase) name matches a requested one exactly when they are equal lowercased.
+    #[test]
+    fn a_listed_name_matches_in_any_case(
+        lower in "[a-z0-9-]{0,6}",
+        name in "[A-Za-z0-9-]{0,6}",
+        same in any::<bool>(),
+    ) {
+        // Half the cases derive the request's name from the listed one, so that matches occur.
+        let name = if same {
+            lower.chars().enumerate().map(|(i, c)| if i % 2 == 0 { c.to_ascii_uppercase() } else { c }).collect()
+        } else {
+            name
+        };
+        prop_assert_eq!(tokens::eq_lowercase(&lower, &name), name.to_ascii_lowercase() == lower);
+    }
 }
 
 /// The proxy shares one compiled engine between its worker threads.

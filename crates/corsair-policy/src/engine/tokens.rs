@@ -7,7 +7,7 @@ pub(crate) fn request_header_names<'a>(lines: &'a [&'a str]) -> HeaderNames<'a> 
     HeaderNames { lines, rest: "" }
 }
 
-/// Iterator behind [`request_header_names`]; a byte scanner, as this runs on every preflight.
+/// Iterator behind [`request_header_names`]; it runs on every preflight.
 #[derive(Debug, Clone)]
 pub(crate) struct HeaderNames<'a> {
     lines: &'a [&'a str],
@@ -19,32 +19,31 @@ impl<'a> Iterator for HeaderNames<'a> {
     type Item = &'a str;
 
     fn next(&mut self) -> Option<&'a str> {
+        let is_ows = |b: u8| b == b' ' || b == b'\t';
         loop {
-            let bytes = self.rest.as_bytes();
-            let start = bytes
-                .iter()
-                .position(|&b| !matches!(b, b' ' | b'\t' | b','));
-            let Some(start) = start else {
+            if self.rest.is_empty() {
                 let (first, others) = self.lines.split_first()?;
                 self.rest = first;
                 self.lines = others;
-                continue;
-            };
-            let mut end = start;
-            let mut name_end = start;
-            while let Some(&b) = bytes.get(end) {
-                if b == b',' {
-                    break;
-                }
-                end += 1;
-                if !matches!(b, b' ' | b'\t') {
-                    name_end = end;
-                }
             }
-            // `start`, `name_end` and `end` sit next to ASCII bytes, so all are char boundaries.
-            let name = &self.rest[start..name_end];
-            self.rest = &self.rest[end..];
-            return Some(name);
+            let bytes = self.rest.as_bytes();
+            let (mut start, mut end, next) = match bytes.iter().position(|&b| b == b',') {
+                Some(comma) => (0, comma, comma + 1),
+                None => (0, bytes.len(), bytes.len()),
+            };
+            while start < end && is_ows(bytes[start]) {
+                start += 1;
+            }
+            while end > start && is_ows(bytes[end - 1]) {
+                end -= 1;
+            }
+            // `start`, `end` and `next` sit next to ASCII bytes (or at an end), so all are char
+            // boundaries.
+            let name = &self.rest[start..end];
+            self.rest = &self.rest[next..];
+            if !name.is_empty() {
+                return Some(name);
+            }
         }
     }
 }
@@ -85,9 +84,6 @@ pub(crate) fn is_token(s: &str) -> bool {
 
 /// `lower` (already lowercase) equals `name` ignoring ASCII case.
 pub(crate) fn eq_lowercase(lower: &str, name: &str) -> bool {
-    lower.len() == name.len()
-        && lower
-            .bytes()
-            .zip(name.bytes())
-            .all(|(l, n)| l == n.to_ascii_lowercase())
+    // Browsers send names lowercase, so a plain comparison settles most of them.
+    lower.len() == name.len() && (lower == name || lower.eq_ignore_ascii_case(name))
 }
