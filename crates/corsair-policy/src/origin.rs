@@ -39,9 +39,15 @@ pub(crate) fn default_port(scheme: &str) -> Option<&'static str> {
 }
 
 fn is_scheme(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    match s.as_bytes().split_first() {
+        Some((first, rest)) => {
+            first.is_ascii_alphabetic()
+                && rest
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+        }
+        None => false,
+    }
 }
 
 fn is_port(s: &str) -> bool {
@@ -51,9 +57,18 @@ fn is_port(s: &str) -> bool {
         && s.parse::<u16>().is_ok()
 }
 
-fn is_host_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')
-}
+/// The bytes of a DNS name or IPv4 address, indexed by byte: one load per byte of a request's
+/// origin.
+const HOST_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_');
+        i += 1;
+    }
+    table
+};
 
 /// A DNS name or IPv4 address with non-empty labels, or a bracketed IPv6 address.
 fn is_host(host: &str) -> bool {
@@ -71,7 +86,7 @@ fn is_host(host: &str) -> bool {
     // One pass: only host bytes, and no empty label (no leading, trailing or doubled dot).
     let mut prev = b'.';
     for b in host.bytes() {
-        if !is_host_byte(b) || (b == b'.' && prev == b'.') {
+        if !HOST_BYTE[usize::from(b)] || (b == b'.' && prev == b'.') {
             return false;
         }
         prev = b;
@@ -106,7 +121,7 @@ pub(crate) fn split_host_port(authority: &str) -> (&str, Option<&str>) {
 pub(crate) fn parse_request_origin(origin: &str) -> Option<OriginParts<'_>> {
     // A scheme has no `:`, so the first `:` ends it (and a byte search is cheaper than a
     // substring search on this hot path).
-    let colon = origin.find(':')?;
+    let colon = origin.bytes().position(|b| b == b':')?;
     let (scheme, rest) = origin.split_at(colon);
     let authority = rest.strip_prefix("://")?;
     if !is_scheme(scheme) {

@@ -119,7 +119,9 @@ impl OriginMatcher {
             // `b.example.com`, `example.com`, `com`. The part left of the suffix is then one or
             // more whole, non-empty labels, because the host was checked to have no empty label.
             let host = parts.host;
-            for (i, _) in host.match_indices('.') {
+            // Dots found by a byte loop: the host is short, and `match_indices` searches by char.
+            let dots = host.bytes().enumerate().filter(|&(_, b)| b == b'.');
+            for (i, _) in dots {
                 let Some(entries) = self.wildcards.get(&host[i + 1..]) else {
                     continue;
                 };
