@@ -273,7 +273,10 @@ stop_sampler() {
 measure_wrk() {
     local out_file=$1 name=$2 conns=$3 mix=$4 out before after up_before up_after peak=0
     local url="http://127.0.0.1:${PORT[$name]}/"
-    MIX=$mix run_pinned "$LOAD_PIN" wrk -t"$WRK_THREADS" -c"$conns" -d"$WARMUP" --timeout 5s -s "$HERE/mix.lua" "$url" >/dev/null
+    # wrk refuses a zero duration, so WARMUP=0s means no warm-up rather than a failed run.
+    if [[ ${WARMUP%s} != 0 ]]; then
+        MIX=$mix run_pinned "$LOAD_PIN" wrk -t"$WRK_THREADS" -c"$conns" -d"$WARMUP" --timeout 5s -s "$HERE/mix.lua" "$url" >/dev/null
+    fi
     [[ $name == corsair* ]] && start_sampler "${MAIN_PID[$name]}"
     # shellcheck disable=SC2086
     before=$(cpu_ticks ${SERVER_PIDS[$name]})
