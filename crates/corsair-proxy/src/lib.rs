@@ -24,8 +24,10 @@ mod admin;
 #[cfg(feature = "cli")]
 pub mod cli;
 mod handler;
+mod head_timer;
 mod headers;
 mod metrics;
+mod on_wake;
 mod policy;
 mod reload;
 mod server;

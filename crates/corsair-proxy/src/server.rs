@@ -19,7 +19,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::ProxyConfig;
+use crate::head_timer::{HeadDeadline, HeadTimer};
 use crate::metrics::Metrics;
+use crate::on_wake::OnWake;
 use crate::policy::PolicyStore;
 use crate::upstream::{Lane, Upstream};
 
@@ -56,9 +58,9 @@ impl State {
         tasks: TaskTracker,
     ) -> State {
         let mut builder = auto::Builder::new(TokioExecutor::new());
+        // The HTTP/1 timer is set per connection (`serve_connection`): a `HeadTimer`.
         builder
             .http1()
-            .timer(TokioTimer::new())
             .header_read_timeout(config.header_read_timeout)
             // hyper answers 431 when the request line and headers overflow this buffer.
             .max_buf_size(config.max_header_bytes)
@@ -155,29 +157,72 @@ async fn serve_connection(
     let service = service_fn(move |req| {
         crate::handler::handle(service_state.clone(), conn_state.clone(), req)
     });
-    let conn = state.builder.serve_connection_with_upgrades(io, service);
+    let head_deadline = HeadDeadline::new();
+    let mut builder = state.builder.clone();
+    builder.http1().timer(HeadTimer(head_deadline.clone()));
+    let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
-    let idle_timeout = state.config.idle_timeout;
+    let timeouts = (state.config.idle_timeout, state.config.header_read_timeout);
     let mut closing = false;
     loop {
+        // Polled only when one of them fired, not on every read and write of the connection.
+        let event = OnWake::new(event(
+            &shutdown,
+            &abort,
+            &activity,
+            &head_deadline,
+            timeouts,
+            closing,
+        ));
         tokio::select! {
+            // The connection first: after the head deadline passed, hyper must poll its sleep.
+            biased;
             result = conn.as_mut() => {
                 if let Err(err) = result {
                     tracing::debug!(%peer, error = %err, "connection ended with an error");
                 }
                 return;
             }
-            () = shutdown.cancelled(), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            () = activity.idle_for(idle_timeout), if !closing => {
-                tracing::debug!(%peer, "closing idle connection");
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            () = abort.cancelled() => return,
+            event = event => match event {
+                // Polling the connection again (the loop) lets hyper find its head sleep expired.
+                Event::HeadDeadline => {}
+                Event::Shutdown => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                Event::Idle => {
+                    tracing::debug!(%peer, "closing idle connection");
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                Event::Abort => return,
+            },
         }
+    }
+}
+
+/// What a connection waits for besides its requests.
+enum Event {
+    HeadDeadline,
+    Shutdown,
+    Idle,
+    Abort,
+}
+
+/// The next [`Event`] of a connection; shutdown and idleness only until it is `closing`.
+async fn event(
+    shutdown: &CancellationToken,
+    abort: &CancellationToken,
+    activity: &Activity,
+    head_deadline: &HeadDeadline,
+    (idle_timeout, header_read_timeout): (Duration, Duration),
+    closing: bool,
+) -> Event {
+    tokio::select! {
+        () = head_deadline.passed(header_read_timeout) => Event::HeadDeadline,
+        () = shutdown.cancelled(), if !closing => Event::Shutdown,
+        () = activity.idle_for(idle_timeout), if !closing => Event::Idle,
+        () = abort.cancelled() => Event::Abort,
     }
 }
 

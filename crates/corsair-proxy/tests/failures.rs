@@ -353,6 +353,65 @@ async fn random_bytes_never_crash_or_stall_the_proxy() {
     h.proxy.shutdown().await.expect("clean shutdown");
 }
 
+/// The header read timer runs per head, not per connection: from when the proxy starts waiting
+/// for a head (after the previous answer) until the head is in. A kept-alive connection that
+/// sends a request every 100 ms for longer than the timeout is served throughout, and a head it
+/// then leaves unfinished is still cut off, at the timeout after the last answer.
+#[tokio::test]
+async fn the_header_read_timeout_restarts_with_every_request_of_a_connection() {
+    let h = harness_with(POLICY, |c| {
+        c.header_read_timeout = Duration::from_millis(300)
+    })
+    .await;
+    let mut stream = TcpStream::connect(h.proxy.listen_addr())
+        .await
+        .expect("connect");
+    let head = b"GET /kept HTTP/1.1\r\nHost: api.test\r\n\r\n";
+    let start = Instant::now();
+    let mut served = 0;
+    let mut last_answer = start;
+    while start.elapsed() < Duration::from_millis(900) {
+        stream.write_all(head).await.expect("write a request");
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        // The upstream's answer has a Content-Length; read until its head and body are in.
+        while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+            let n = timeout(Duration::from_secs(2), stream.read(&mut buf))
+                .await
+                .expect("an answer in time")
+                .expect("read");
+            assert!(
+                n > 0,
+                "closed after {served} requests, {:?}",
+                start.elapsed()
+            );
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        last_answer = Instant::now();
+        served += 1;
+        // Let any body bytes arrive before the next request.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = timeout(Duration::from_millis(1), stream.read(&mut buf)).await;
+    }
+    assert!(served >= 6, "only {served} requests in 900 ms");
+    stream
+        .write_all(b"GET /stalled HTTP/1.1\r\nHost: api.test\r\nX-Slow")
+        .await
+        .expect("write part of a head");
+    let answer = read_to_close(&mut stream).await;
+    let took = last_answer.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+        "cut off {took:?} after the last answer, not at the 300 ms timeout"
+    );
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_client_that_stalls_in_its_headers_is_cut_off() {
     let h = harness_with(POLICY, |c| {
