@@ -166,7 +166,7 @@ async fn serve_connection(
     let mut closing = false;
     loop {
         // Polled only when one of them fired, not on every read and write of the connection.
-        let event = OnWake::new(event(
+        let events = OnWake::new(next_event(
             &shutdown,
             &abort,
             &activity,
@@ -183,7 +183,7 @@ async fn serve_connection(
                 }
                 return;
             }
-            event = event => match event {
+            event = events => match event {
                 // Polling the connection again (the loop) lets hyper find its head sleep expired.
                 Event::HeadDeadline => {}
                 Event::Shutdown => {
@@ -210,7 +210,7 @@ enum Event {
 }
 
 /// The next [`Event`] of a connection; shutdown and idleness only until it is `closing`.
-async fn event(
+async fn next_event(
     shutdown: &CancellationToken,
     abort: &CancellationToken,
     activity: &Activity,
