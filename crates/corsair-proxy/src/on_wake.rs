@@ -3,7 +3,7 @@
 //! A connection's task is woken for every read and write, and a `select!` polls all its
 //! branches each time. The branches a connection waits on besides hyper (shutdown, abort, the
 //! idle timeout, the header read deadline) fire rarely, yet polling them costs a mutex and a
-//! timer check each: about 0.6k instructions per request (`docs/benchmarks.md`). Wrapped in
+//! timer check each: about 0.5k instructions per request (`docs/benchmarks.md`). Wrapped in
 //! [`OnWake`], they get a waker of their own that marks them woken before waking the task, and
 //! the task polls them only then.
 
