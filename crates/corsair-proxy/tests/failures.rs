@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use corsair_proxy::Proxy;
 use support::{
-    Conn, admin, empty, harness, harness_with, metric, policy_file, request, send, values,
+    Conn, Harness, admin, empty, harness, harness_with, metric, policy_file, request, send, values,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -353,19 +353,30 @@ async fn random_bytes_never_crash_or_stall_the_proxy() {
     h.proxy.shutdown().await.expect("clean shutdown");
 }
 
+/// A proxy with the given header read timeout, and a client connection to it.
+async fn connected_with_header_timeout(limit: Duration) -> (Harness, TcpStream) {
+    let h = harness_with(POLICY, |c| c.header_read_timeout = limit).await;
+    let stream = TcpStream::connect(h.proxy.listen_addr())
+        .await
+        .expect("connect");
+    (h, stream)
+}
+
+/// A client cut off in its head gets a 408 or nothing before the close.
+fn assert_cut_off(answer: &str) {
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer:?}"
+    );
+}
+
 /// The header read timer runs per head, not per connection: from when the proxy starts waiting
 /// for a head (after the previous answer) until the head is in. A kept-alive connection that
 /// sends a request every 100 ms for longer than the timeout is served throughout, and a head it
 /// then leaves unfinished is still cut off, at the timeout after the last answer.
 #[tokio::test]
 async fn the_header_read_timeout_restarts_with_every_request_of_a_connection() {
-    let h = harness_with(POLICY, |c| {
-        c.header_read_timeout = Duration::from_millis(300)
-    })
-    .await;
-    let mut stream = TcpStream::connect(h.proxy.listen_addr())
-        .await
-        .expect("connect");
+    let (_proxy, mut stream) = connected_with_header_timeout(Duration::from_millis(300)).await;
     let head = b"GET /kept HTTP/1.1\r\nHost: api.test\r\n\r\n";
     let start = Instant::now();
     let mut served = 0;
@@ -406,21 +417,12 @@ async fn the_header_read_timeout_restarts_with_every_request_of_a_connection() {
         took >= Duration::from_millis(250) && took < Duration::from_secs(2),
         "cut off {took:?} after the last answer, not at the 300 ms timeout"
     );
-    assert!(
-        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
-        "{answer:?}"
-    );
+    assert_cut_off(&answer);
 }
 
 #[tokio::test]
 async fn a_client_that_stalls_in_its_headers_is_cut_off() {
-    let h = harness_with(POLICY, |c| {
-        c.header_read_timeout = Duration::from_millis(300)
-    })
-    .await;
-    let mut stream = TcpStream::connect(h.proxy.listen_addr())
-        .await
-        .expect("connect");
+    let (h, mut stream) = connected_with_header_timeout(Duration::from_millis(300)).await;
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: api.test\r\nX-Slow")
         .await
@@ -432,10 +434,7 @@ async fn a_client_that_stalls_in_its_headers_is_cut_off() {
         "{:?}",
         start.elapsed()
     );
-    assert!(
-        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
-        "{answer:?}"
-    );
+    assert_cut_off(&answer);
     assert!(h.upstream.seen().await.is_empty());
     h.proxy.shutdown().await.expect("clean shutdown");
 }
