@@ -10,6 +10,12 @@
 # are zeroed after the warm-up (callgrind_control -z) and dumped after the load (-d), and the
 # instructions of the dump are divided by the requests wrk completed in between. KEEP=DIR keeps
 # each dump as DIR/PID-get.callgrind and DIR/PID-preflight.callgrind, for callgrind_annotate.
+#
+# SIM=1 also simulates the caches and branch predictors (callgrind --cache-sim=yes
+# --branch-sim=yes, the host's cache sizes) and prints, per request, the first-level instruction
+# and data cache misses, the last-level misses, and the mispredicted conditional and indirect
+# branches: why a process that runs fewer instructions can still take longer. The simulation sees
+# one process alone; the kernel and the upstream sharing its core evict more in a real run.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -67,6 +73,17 @@ per_request() {
     sleep 1
     local ir
     ir=$(cat "$WORK"/callgrind.out.* 2>/dev/null | awk '/^summary:/ { s += $2 } END { print s + 0 }')
+    if [[ -n ${SIM:-} ]]; then
+        # Every dump names its events once ("events: Ir Dr ..."); sum each over the dumps.
+        cat "$WORK"/callgrind.out.* | awk -v n="$requests" '
+            /^events:/ { for (i = 2; i <= NF; i++) name[i] = $i; count = NF }
+            /^summary:/ { for (i = 2; i <= NF; i++) sum[name[i]] += $i }
+            END {
+                printf "%.0f | %.0f | %.0f | %.1f | %.0f | %.0f\n", sum["I1mr"] / n,
+                    (sum["D1mr"] + sum["D1mw"]) / n, sum["ILmr"] / n,
+                    (sum["DLmr"] + sum["DLmw"]) / n, sum["Bcm"] / n, sum["Bim"] / n
+            }' >"$WORK/sim.$mix.$pid"
+    fi
     if [[ -n ${KEEP:-} ]]; then
         mkdir -p "$KEEP"
         cat "$WORK"/callgrind.out.* > "$KEEP/$pid-$mix.callgrind"
@@ -74,7 +91,9 @@ per_request() {
     awk -v ir="$ir" -v n="$requests" 'BEGIN { printf "%.1f", ir / n / 1000 }'
 }
 
-(cd "$WORK" && CORSAIR_LOG=warn exec valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out.%p" \
+SIM_ARGS=()
+[[ -n ${SIM:-} ]] && SIM_ARGS=(--cache-sim=yes --branch-sim=yes)
+(cd "$WORK" && CORSAIR_LOG=warn exec valgrind --tool=callgrind "${SIM_ARGS[@]}" --callgrind-out-file="$WORK/callgrind.out.%p" \
     "${PROXY_CMD[@]}" --policy "$HERE/policy.yaml" --upstream "http://127.0.0.1:$UPSTREAM_PORT" \
     --listen "127.0.0.1:$PROXY_PORT" --admin "127.0.0.1:$ADMIN_PORT" --worker-threads 1 \
     >"$WORK/corsair.log" 2>&1) &
@@ -85,7 +104,7 @@ C_GET=$(per_request "$CORSAIR_PID" get $PROXY_PORT)
 C_PRE=$(per_request "$CORSAIR_PID" preflight $PROXY_PORT)
 
 sed 's/^worker_processes .*/worker_processes 1;/' "$HERE/nginx-cors.conf" >"$WORK/nginx.conf"
-(cd "$WORK" && exec valgrind --tool=callgrind --trace-children=yes --callgrind-out-file="$WORK/callgrind.out.%p" \
+(cd "$WORK" && exec valgrind --tool=callgrind "${SIM_ARGS[@]}" --trace-children=yes --callgrind-out-file="$WORK/callgrind.out.%p" \
     nginx -p "$WORK" -c "$WORK/nginx.conf" -g 'daemon off; master_process off;' >"$WORK/nginx.log" 2>&1) &
 PIDS+=($!)
 wait_port $NGINX_PORT
@@ -97,4 +116,13 @@ echo "| request | corsair (k instructions) | nginx (k instructions) | corsair ÷
 echo "|---|---:|---:|---:|"
 echo "| allowed GET (proxied) | $C_GET | $N_GET | $(awk -v a="$C_GET" -v b="$N_GET" 'BEGIN { printf "%.2f", a / b }') |"
 echo "| allowed preflight | $C_PRE | $N_PRE | $(awk -v a="$C_PRE" -v b="$N_PRE" 'BEGIN { printf "%.2f", a / b }') |"
+if [[ -n ${SIM:-} ]]; then
+    echo
+    echo "| request | server | L1 instruction misses | L1 data misses | last-level instruction misses | last-level data misses | mispredicted conditional branches | mispredicted indirect branches |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|"
+    for mix in get preflight; do
+        echo "| $mix | corsair | $(cat "$WORK/sim.$mix.$CORSAIR_PID") |"
+        echo "| $mix | nginx | $(cat "$WORK/sim.$mix.$NGINX_PID") |"
+    done
+fi
 echo "($PROXY_BIN, $(date -u '+%Y-%m-%d %H:%M UTC'), $(valgrind --version))"

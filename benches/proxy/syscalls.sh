@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# System calls per request (perf's raw_syscalls:sys_enter tracepoint), corsair and nginx doing
-# the same CORS job: allowed GETs (proxied) and allowed preflights. A count, not a speed: it
-# does not depend on the machine's load. Each server runs one worker on CPU 0, wrk -c64 on CPU 1.
+# Kernel work per request, counted with perf's tracepoints, corsair and nginx doing the same CORS
+# job: allowed GETs (proxied) and allowed preflights. By default: system calls, context switches
+# (sched_switch), user page faults, packets sent (net_dev_xmit: on loopback every packet, data or
+# bare ACK, is sent once and received in a softirq) and softirqs, each for the proxy and for the
+# upstream while it serves that proxy. Counts, not speeds: they do not depend on the machine's
+# load. Each server runs one worker on CPU 0, wrk -c64 on CPU 1.
 #
 #   bash benches/proxy/syscalls.sh                      # the release build of this checkout
 #   BINS="a=/path/corsair-proxy b=/other/corsair-proxy" bash benches/proxy/syscalls.sh
+#   EVENTS="raw_syscalls:sys_enter syscalls:sys_enter_epoll_wait" bash benches/proxy/syscalls.sh
 #
 # Needs perf (Debian linux-perf) with access to tracepoints (root), wrk and nginx-light.
 set -euo pipefail
@@ -33,6 +37,7 @@ wait_port() {
 
 sed 's/^worker_processes .*/worker_processes 1;/' "$HERE/nginx-upstream.conf" >"$WORK/upstream.conf"
 taskset -c 0 nginx -p "$WORK" -c "$WORK/upstream.conf" -g 'daemon off;' &
+UPSTREAM_MASTER=$!
 PIDS+=($!)
 wait_port 18080
 sed 's/^worker_processes .*/worker_processes 1;/' "$HERE/nginx-cors.conf" >"$WORK/nginx.conf"
@@ -58,23 +63,43 @@ for entry in $BINS; do
     port=$((port + 2))
 done
 
-echo "| server | request | requests | system calls | per request |"
-echo "|---|---|---:|---:|---:|"
+EVENTS=${EVENTS:-"raw_syscalls:sys_enter sched:sched_switch exceptions:page_fault_user net:net_dev_xmit irq:softirq_entry"}
+UPSTREAM_WORKER=$(pgrep -P "$UPSTREAM_MASTER" | head -n1)
+perf_events=()
+header="| server | request | requests |"
+rule="|---|---|---:|"
+for event in $EVENTS; do
+    perf_events+=(-e "$event")
+    header+=" ${event#*:} per request (upstream's) |"
+    rule+="---:|"
+done
+echo "$header"
+echo "$rule"
+# The count of $1 in perf's CSV file $2, per request ($3).
+per_request() { awk -F, -v e="$1" -v r="$3" '$3 == e { printf "%.2f", $1 / r }' "$2"; }
 for mix in get preflight; do
     for name in "${NAMES[@]}"; do
         url="http://127.0.0.1:${PORT_OF[$name]}/"
         MIX=$mix taskset -c 1 wrk -t1 -c64 -d1s -s "$HERE/mix.lua" "$url" >/dev/null
-        perf stat -x, -e raw_syscalls:sys_enter -p "${PID_OF[$name]}" -o "$WORK/perf.$name.$mix" \
+        perf stat -x, "${perf_events[@]}" -p "${PID_OF[$name]}" -o "$WORK/perf.$name.$mix" \
             -- sleep $((SECONDS_LOAD + 1)) &
-        perf_pid=$!
+        proxy_perf=$!
+        perf stat -x, "${perf_events[@]}" -p "$UPSTREAM_WORKER" -o "$WORK/upstream.$name.$mix" \
+            -- sleep $((SECONDS_LOAD + 1)) &
+        upstream_perf=$!
         sleep 0.2
         out=$(MIX=$mix taskset -c 1 wrk -t1 -c64 -d"${SECONDS_LOAD}s" -s "$HERE/mix.lua" "$url")
-        wait $perf_pid
+        wait $proxy_perf $upstream_perf
         requests=$(sed -n 's/^RESULT .* requests=\([0-9]*\) .*/\1/p' <<<"$out")
-        calls=$(awk -F, '/raw_syscalls/ { print $1 }' "$WORK/perf.$name.$mix")
-        [[ ${requests:-0} != 0 && -n $calls ]] || die "no count for $name $mix: $out"
-        # perf counts for a second longer than wrk runs; the idle server makes few calls then.
-        echo "| $name | $mix | $requests | $calls | $(awk -v c="$calls" -v r="$requests" 'BEGIN { printf "%.2f", c / r }') |"
+        [[ ${requests:-0} != 0 ]] || die "no requests for $name $mix: $out"
+        row="| $name | $mix | $requests |"
+        for event in $EVENTS; do
+            count=$(per_request "$event" "$WORK/perf.$name.$mix" "$requests")
+            [[ -n $count ]] || die "perf counted no $event for $name $mix (is it a tracepoint here?)"
+            row+=" $count ($(per_request "$event" "$WORK/upstream.$name.$mix" "$requests")) |"
+        done
+        # perf counts for a second longer than wrk runs; the idle servers do little then.
+        echo "$row"
     done
 done
 echo "($(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -r))"
