@@ -49,6 +49,19 @@ pub(crate) struct Fields {
     pub max_age: String,
 }
 
+impl Fields {
+    /// The names Gateway API, Istio and Envoy Gateway share for their CORS fields, under `base`.
+    pub fn allow_style(base: &str) -> Fields {
+        Fields {
+            origins: format!("{base}.allowOrigins"),
+            credentials: format!("{base}.allowCredentials"),
+            methods: format!("{base}.allowMethods"),
+            headers: format!("{base}.allowHeaders"),
+            max_age: format!("{base}.maxAge"),
+        }
+    }
+}
+
 /// One level of rules, in terms of what the source made browsers see.
 #[derive(Default)]
 pub(crate) struct Draft {

@@ -20,13 +20,7 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
     }
     let mut ctx = Ctx::default();
     let base = "spec.cors";
-    let fields = Fields {
-        origins: format!("{base}.allowOrigins"),
-        credentials: format!("{base}.allowCredentials"),
-        methods: format!("{base}.allowMethods"),
-        headers: format!("{base}.allowHeaders"),
-        max_age: format!("{base}.maxAge"),
-    };
+    let fields = Fields::allow_style(base);
     let mut d = Draft {
         credentials: at(cors, &["allowCredentials"]).as_bool() == Some(true),
         star_headers_echoed: true,

@@ -178,13 +178,7 @@ fn cors_filter(filters: &[Value]) -> Option<(usize, Value)> {
 }
 
 fn draft(cors: &Value, base: &str, ctx: &mut Ctx) -> Draft {
-    let fields = Fields {
-        origins: format!("{base}.allowOrigins"),
-        credentials: format!("{base}.allowCredentials"),
-        methods: format!("{base}.allowMethods"),
-        headers: format!("{base}.allowHeaders"),
-        max_age: format!("{base}.maxAge"),
-    };
+    let fields = Fields::allow_style(base);
     let credentials = at(cors, &["allowCredentials"]).as_bool() == Some(true);
     let mut d = Draft {
         credentials,

@@ -128,13 +128,7 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
 }
 
 fn draft(cors: &Value, base: &str, ctx: &mut Ctx) -> Draft {
-    let fields = Fields {
-        origins: format!("{base}.allowOrigins"),
-        credentials: format!("{base}.allowCredentials"),
-        methods: format!("{base}.allowMethods"),
-        headers: format!("{base}.allowHeaders"),
-        max_age: format!("{base}.maxAge"),
-    };
+    let fields = Fields::allow_style(base);
     let mut d = Draft {
         credentials: at(cors, &["allowCredentials"]).as_bool() == Some(true),
         star_headers_echoed: true,
