@@ -3,10 +3,13 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::process::Command;
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+mod harness;
+use harness::ProxyProcess;
 
 const POLICY: &str = "\
 apiVersion: corsair.dev/v1alpha1
@@ -68,79 +71,15 @@ fn serve(stream: TcpStream, tx: &mpsc::Sender<String>) {
     }
 }
 
-/// A running `corsair proxy` and the addresses it logged.
-struct Running {
-    child: Child,
-    listen: SocketAddr,
-    admin: SocketAddr,
-    /// Every stderr line after the start-up line.
-    logs: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the binary on ports chosen by the OS and reads them from its JSON start-up log line.
-fn start(policy: &Path, upstream: SocketAddr) -> Running {
-    let child = Command::new(env!("CARGO_BIN_EXE_corsair"))
-        .arg("proxy")
-        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-        .args(["--log-format", "json"])
-        // The policy and upstream come from the environment, as a Pod spec may set them.
-        .env("CORSAIR_POLICY", policy)
-        .env("CORSAIR_UPSTREAM", format!("http://{upstream}"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn corsair proxy");
-    // Owned by the guard at once, so that a failed assertion below still reaps the child.
-    let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
-    let mut running = Running {
-        child,
-        listen: unknown,
-        admin: unknown,
-        logs: Arc::default(),
-    };
-    let stderr = running.child.stderr.take().expect("piped stderr");
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { return };
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("a start-up log line within 20 s");
-        let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
-            panic!("log line is not JSON: {line}");
-        };
-        if json["message"] == "proxy started" {
-            let addr = |field: &str| -> SocketAddr {
-                json[field]
-                    .as_str()
-                    .and_then(|a| a.parse().ok())
-                    .unwrap_or_else(|| panic!("{field} in {line}"))
-            };
-            running.listen = addr("listen");
-            running.admin = addr("admin");
-            // Keep draining stderr so the child never blocks on a full pipe.
-            let logs = running.logs.clone();
-            thread::spawn(move || {
-                while let Ok(line) = rx.recv() {
-                    if let Ok(mut logs) = logs.lock() {
-                        logs.push(line);
-                    }
-                }
-            });
-            return running;
-        }
-    }
+/// Starts the binary with its policy and upstream given in the environment, as a Pod spec may
+/// set them.
+fn start(policy: &Path, upstream: SocketAddr) -> ProxyProcess {
+    ProxyProcess::spawn(
+        Command::new(env!("CARGO_BIN_EXE_corsair"))
+            .arg("proxy")
+            .env("CORSAIR_POLICY", policy)
+            .env("CORSAIR_UPSTREAM", format!("http://{upstream}")),
+    )
 }
 
 /// One HTTP/1.1 request with `Connection: close`; returns the whole response.
@@ -157,28 +96,6 @@ fn get(addr: SocketAddr, path: &str, headers: &str) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("read response");
     response
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("the `kill` command (procps) is needed to send SIGTERM");
-    assert!(status.success(), "kill -TERM failed: {status}");
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "corsair proxy did not exit within {within:?}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -212,8 +129,10 @@ fn starts_with_a_valid_policy_and_enforces_it() {
         "{metrics}"
     );
 
-    sigterm(&proxy.child);
-    let status = wait_exit(&mut proxy.child, Duration::from_secs(10));
+    proxy.sigterm();
+    let status = proxy
+        .wait_exit(Duration::from_secs(10))
+        .expect("exited within 10 s of SIGTERM");
     assert_eq!(status.code(), Some(0), "{status}");
 
     // One info line for the denied request, none for the allowed one (that is debug).
@@ -273,12 +192,14 @@ fn sigterm_lets_a_slow_request_finish_then_exits_0() {
         .recv_timeout(Duration::from_secs(10))
         .expect("the slow request reached the upstream");
     assert_eq!(path, "/slow");
-    sigterm(&proxy.child);
+    proxy.sigterm();
 
     let response = slow.join().expect("client thread");
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.ends_with("slow"), "{response}");
-    let status = wait_exit(&mut proxy.child, Duration::from_secs(10));
+    let status = proxy
+        .wait_exit(Duration::from_secs(10))
+        .expect("exited within 10 s of SIGTERM");
     assert_eq!(status.code(), Some(0), "{status}");
     assert!(
         TcpStream::connect(listen).is_err(),
@@ -287,8 +208,8 @@ fn sigterm_lets_a_slow_request_finish_then_exits_0() {
 }
 
 /// Read system calls the process has made so far (`syscr` of `/proc/PID/io`).
-fn read_syscalls(child: &Child) -> u64 {
-    let io = std::fs::read_to_string(format!("/proc/{}/io", child.id())).expect("/proc/PID/io");
+fn read_syscalls(proxy: &ProxyProcess) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{}/io", proxy.pid())).expect("/proc/PID/io");
     io.lines()
         .find_map(|l| l.strip_prefix("syscr: "))
         .and_then(|n| n.trim().parse().ok())
@@ -305,9 +226,9 @@ fn an_idle_proxy_does_not_keep_rereading_its_policy() {
     let (upstream, _requests) = upstream();
     let proxy = start(&policy, upstream);
     thread::sleep(Duration::from_millis(500));
-    let before = read_syscalls(&proxy.child);
+    let before = read_syscalls(&proxy);
     thread::sleep(Duration::from_secs(3));
-    let reads = read_syscalls(&proxy.child) - before;
+    let reads = read_syscalls(&proxy) - before;
     assert!(
         reads < 100,
         "an idle proxy made {reads} read system calls in 3 s: it keeps re-reading its policy"

@@ -259,18 +259,27 @@ impl ProxyProcess {
             }
             None => Command::new(bin),
         };
-        let child = command
+        command
             .arg("proxy")
-            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            .args(["--log-format", "json"])
             .arg("--policy")
             .arg(policy)
             .args(["--upstream", upstream])
             .args(extra)
-            .env("CORSAIR_LOG", "info")
+            .env("CORSAIR_LOG", "info");
+        ProxyProcess::spawn(&mut command)
+    }
+
+    /// Starts `command`, a `corsair proxy` invocation without listen, admin and log-format
+    /// flags, on ports of the OS's choice, and reads them from its JSON start-up log line. Every
+    /// line before that one must be JSON too.
+    pub fn spawn(command: &mut Command) -> ProxyProcess {
+        let child = command
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(["--log-format", "json"])
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn corsair proxy (and prlimit from util-linux)");
+        // Owned by the guard at once, so that a failed assertion below still reaps the child.
         let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
         let mut running = ProxyProcess {
             child,
@@ -292,7 +301,7 @@ impl ProxyProcess {
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .expect("a start-up log line within 30 s");
             let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
+                panic!("log line is not JSON: {line}");
             };
             if json["message"] == "proxy started" {
                 let addr = |field: &str| -> SocketAddr {
@@ -303,6 +312,7 @@ impl ProxyProcess {
                 };
                 running.listen = addr("listen");
                 running.admin = addr("admin");
+                // Keep draining stderr so the child never blocks on a full pipe.
                 let logs = running.logs.clone();
                 std::thread::spawn(move || {
                     while let Ok(line) = rx.recv() {
