@@ -171,6 +171,11 @@ async fn serves_over_tcp_until_stopped() {
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
     assert!(ready.ends_with("\r\n\r\nready\n"), "{ready}");
 
+    assert!(
+        listening_here(addr.port()),
+        "the running server's listener on {addr} is not found in /proc/net/tcp"
+    );
+
     // An idle keep-alive connection does not hold the server up.
     let idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stop.cancel();
@@ -179,19 +184,38 @@ async fn serves_over_tcp_until_stopped() {
         .expect("stops at once")
         .expect("server task");
     drop(idle);
-    assert!(refused(addr).await, "the listener is closed");
+    assert!(
+        !listening_here(addr.port()),
+        "this process still listens on {addr} after the server stopped"
+    );
 }
 
-/// Whether nothing listens on `addr`. A connect to a closed port on the same host can, rarely,
-/// be given that very port as its own source port and connect to itself (TCP simultaneous
-/// open); such a connection is no listener's, so it is dropped and the connect tried again.
-async fn refused(addr: std::net::SocketAddr) -> bool {
-    for _ in 0..3 {
-        match tokio::net::TcpStream::connect(addr).await {
-            Err(_) => return true,
-            Ok(stream) if stream.local_addr().ok() == Some(addr) => continue,
-            Ok(_) => return false,
-        }
-    }
-    false
+/// Whether this process holds a listening TCP socket on `port`: a `/proc/net/tcp` entry in
+/// state LISTEN on that port whose inode is one of this process's file descriptors. Trying to
+/// connect would say the same, except when another process on the machine has meanwhile bound
+/// the freed port.
+fn listening_here(port: u16) -> bool {
+    let ours: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let local = format!(":{port:04X}");
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // local_address is field 1 ("0100007F:1F90"), st field 3 ("0A" is LISTEN), inode field 9.
+        fields.len() > 9
+            && fields[1].ends_with(&local)
+            && fields[3] == "0A"
+            && ours.contains(fields[9])
+    })
 }
