@@ -76,7 +76,7 @@ per_request() {
     if [[ -n ${SIM:-} ]]; then
         # Every dump names its events once ("events: Ir Dr ..."); sum each over the dumps.
         cat "$WORK"/callgrind.out.* | awk -v n="$requests" '
-            /^events:/ { for (i = 2; i <= NF; i++) name[i] = $i; count = NF }
+            /^events:/ { for (i = 2; i <= NF; i++) name[i] = $i }
             /^summary:/ { for (i = 2; i <= NF; i++) sum[name[i]] += $i }
             END {
                 printf "%.0f | %.0f | %.0f | %.1f | %.0f | %.0f\n", sum["I1mr"] / n,
