@@ -201,10 +201,6 @@ fn sigterm_lets_a_slow_request_finish_then_exits_0() {
         .wait_exit(Duration::from_secs(10))
         .expect("exited within 10 s of SIGTERM");
     assert_eq!(status.code(), Some(0), "{status}");
-    assert!(
-        TcpStream::connect(listen).is_err(),
-        "the listener is closed after exit"
-    );
 }
 
 /// Read system calls the process has made so far (`syscr` of `/proc/PID/io`).

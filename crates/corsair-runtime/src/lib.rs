@@ -5,7 +5,8 @@
 //!   caller sets, `/metrics` from a prometheus-client registry, extra routes such as `/policy`);
 //! - [`shutdown`]: SIGTERM/SIGINT as a future or a `CancellationToken`;
 //! - [`logging`]: `tracing` to stderr as text or JSON, with a `RUST_LOG`-style filter;
-//! - [`response`]: small plain responses.
+//! - [`response`]: small plain responses;
+//! - `testing` (feature `test-util`): checks for tests of servers built on it.
 //!
 //! No kube here: the slim sidecar binary links this crate.
 #![forbid(unsafe_code)]
@@ -14,6 +15,8 @@ pub mod admin;
 pub mod logging;
 pub mod response;
 pub mod shutdown;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 
 pub use admin::{Admin, MetricsSource, Readiness, ReadyFlag};
 pub use response::{response, text};

@@ -3,6 +3,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::*;
+use crate::testing::listening_here;
 
 async fn answer(admin: &Admin, method: Method, path: &str) -> (StatusCode, String, String) {
     let response = admin.respond(&method, path);
@@ -172,7 +173,7 @@ async fn serves_over_tcp_until_stopped() {
     assert!(ready.ends_with("\r\n\r\nready\n"), "{ready}");
 
     assert!(
-        listening_here(addr.port()),
+        listening_here(addr),
         "the running server's listener on {addr} is not found in /proc/net/tcp"
     );
 
@@ -185,37 +186,7 @@ async fn serves_over_tcp_until_stopped() {
         .expect("server task");
     drop(idle);
     assert!(
-        !listening_here(addr.port()),
+        !listening_here(addr),
         "this process still listens on {addr} after the server stopped"
     );
-}
-
-/// Whether this process holds a listening TCP socket on `port`: a `/proc/net/tcp` entry in
-/// state LISTEN on that port whose inode is one of this process's file descriptors. Trying to
-/// connect would say the same, except when another process on the machine has meanwhile bound
-/// the freed port.
-fn listening_here(port: u16) -> bool {
-    let ours: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd")
-        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-        .filter_map(|target| {
-            let target = target.to_string_lossy().into_owned();
-            Some(
-                target
-                    .strip_prefix("socket:[")?
-                    .strip_suffix(']')?
-                    .to_owned(),
-            )
-        })
-        .collect();
-    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
-    let local = format!(":{port:04X}");
-    table.lines().skip(1).any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        // local_address is field 1 ("0100007F:1F90"), st field 3 ("0A" is LISTEN), inode field 9.
-        fields.len() > 9
-            && fields[1].ends_with(&local)
-            && fields[3] == "0A"
-            && ours.contains(fields[9])
-    })
 }
