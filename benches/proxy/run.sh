@@ -23,7 +23,7 @@
 # Memory: corsair's VmRSS 1 s after one allowed request (the goal's idle RSS; the binary's pages
 # are dropped from the page cache before it starts, as a pod's first start on a node finds them:
 # the kernel maps cached pages around each fault, so a fully cached binary reads up to 0.7 MiB
-# more), and its peak during each run, sampled every 0.2 s.
+# more), and its peak during each run (the kernel's high-water mark, reset before each run).
 # CPU/request: the user + system CPU time of the server's own processes during the measured run,
 # divided by the requests it served; the system (kernel) part is reported beside it, since it
 # bounds what any user-space work can gain.
@@ -247,26 +247,15 @@ check_proxy() {
 }
 
 # --- measuring -----------------------------------------------------------------------------
-# Samples a process's VmRSS every 0.2 s in the background; stop_sampler prints the peak in KiB.
-start_sampler() {
-    local pid=$1
-    PEAK_FILE=$WORK/peak.$pid
-    echo 0 >"$PEAK_FILE"
-    (
-        peak=0
-        while kill -0 "$pid" 2>/dev/null; do
-            now=$(rss_kib "$pid")
-            if ((now > peak)); then peak=$now; echo "$peak" >"$PEAK_FILE"; fi
-            sleep 0.2
-        done
-    ) &
-    SAMPLER=$!
+# A process's peak RSS over one run: the kernel's high-water mark (VmHWM), reset to the current
+# RSS before the run (writing 5 to clear_refs, Linux 4.0+) and read after it. Nothing runs beside
+# the servers while they are measured: a sampling loop did before (an awk and a sleep forked every
+# 0.2 s, for corsair only), and its wake-ups landed on the measured cores, which lengthened
+# corsair's tail latency alone.
+reset_peak() {
+    echo 5 >"/proc/$1/clear_refs" || die "cannot reset the peak RSS of $1 (/proc/$1/clear_refs)"
 }
-stop_sampler() {
-    kill "$SAMPLER" 2>/dev/null || true
-    wait "$SAMPLER" 2>/dev/null || true
-    cat "$PEAK_FILE"
-}
+peak_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
 
 # Appends "rps p50_us p99_us errors non2xx cpu_us_per_request peak_kib sys_us_per_request
 # upstream_cpu_us_per_request" for one wrk run (the upstream's CPU while it served this server).
@@ -277,7 +266,7 @@ measure_wrk() {
     if [[ ${WARMUP%s} != 0 ]]; then
         MIX=$mix run_pinned "$LOAD_PIN" wrk -t"$WRK_THREADS" -c"$conns" -d"$WARMUP" --timeout 5s -s "$HERE/mix.lua" "$url" >/dev/null
     fi
-    [[ $name == corsair* ]] && start_sampler "${MAIN_PID[$name]}"
+    [[ $name == corsair* ]] && reset_peak "${MAIN_PID[$name]}"
     # shellcheck disable=SC2086
     before=$(cpu_ticks ${SERVER_PIDS[$name]})
     # shellcheck disable=SC2086
@@ -287,7 +276,7 @@ measure_wrk() {
     after=$(cpu_ticks ${SERVER_PIDS[$name]})
     # shellcheck disable=SC2086
     up_after=$(cpu_ticks ${SERVER_PIDS[upstream]})
-    [[ $name == corsair* ]] && peak=$(stop_sampler)
+    [[ $name == corsair* ]] && peak=$(peak_kib "${MAIN_PID[$name]}")
     echo "$out" >>"$WORK/wrk.log"
     sed -n 's/^RESULT rps=\([0-9]*\) p50_us=\([0-9]*\) p99_us=\([0-9]*\) requests=\([0-9]*\) errors=\([0-9]*\) non2xx=\([0-9]*\)$/\1 \2 \3 \5 \6 \4/p' <<<"$out" \
         | awk -v before="$before" -v after="$after" -v up="$up_before $up_after" -v hz="$CLK_TCK" -v peak="$peak" '
@@ -303,14 +292,14 @@ measure_h2() {
     local out_file=$1 name=$2 out before after peak=0 secs warm
     local url="http://127.0.0.1:${H2PORT[$name]}/api/items"
     secs=${DURATION%s}; warm=${WARMUP%s}
-    [[ $name == corsair* ]] && start_sampler "${MAIN_PID[$name]}"
+    [[ $name == corsair* ]] && reset_peak "${MAIN_PID[$name]}"
     # shellcheck disable=SC2086
     before=$(cpu_ticks ${SERVER_PIDS[$name]})
     out=$(run_pinned "$LOAD_PIN" h2load -c "$H2_CONNECTIONS" -m "$H2_STREAMS" -t "$WRK_THREADS" \
         -D "$secs" --warm-up-time "$warm" -H "origin: $ORIGIN" "$url" 2>&1)
     # shellcheck disable=SC2086
     after=$(cpu_ticks ${SERVER_PIDS[$name]})
-    [[ $name == corsair* ]] && peak=$(stop_sampler)
+    [[ $name == corsair* ]] && peak=$(peak_kib "${MAIN_PID[$name]}")
     echo "$out" >>"$WORK/h2load.log"
     awk -v before="$before" -v after="$after" -v hz="$CLK_TCK" -v peak="$peak" -v secs="$secs" '
         BEGIN { split(before, b); split(after, a); user = a[1] - b[1]; sys = a[2] - b[2] }
