@@ -1,12 +1,14 @@
 //! Black-box tests of `corsair proxy`: the real binary, a real upstream, real signals.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use corsair_runtime::testing::http_get;
 
 mod harness;
 use harness::ProxyProcess;
@@ -82,22 +84,6 @@ fn start(policy: &Path, upstream: SocketAddr) -> ProxyProcess {
     )
 }
 
-/// One HTTP/1.1 request with `Connection: close`; returns the whole response.
-fn get(addr: SocketAddr, path: &str, headers: &str) -> String {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n{headers}\r\n"
-    )
-    .expect("write request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read response");
-    response
-}
-
 #[test]
 fn starts_with_a_valid_policy_and_enforces_it() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -106,7 +92,7 @@ fn starts_with_a_valid_policy_and_enforces_it() {
     let (upstream, _seen) = upstream();
     let mut proxy = start(&policy, upstream);
 
-    let allowed = get(proxy.listen, "/", "Origin: https://app.example.com\r\n");
+    let allowed = http_get(proxy.listen, "/", "Origin: https://app.example.com\r\n");
     assert!(allowed.starts_with("HTTP/1.1 200"), "{allowed}");
     assert!(
         allowed
@@ -114,7 +100,7 @@ fn starts_with_a_valid_policy_and_enforces_it() {
             .contains("access-control-allow-origin: https://app.example.com\r\n"),
         "{allowed}"
     );
-    let denied = get(proxy.listen, "/", "Origin: https://evil.example.net\r\n");
+    let denied = http_get(proxy.listen, "/", "Origin: https://evil.example.net\r\n");
     assert!(denied.starts_with("HTTP/1.1 200"), "{denied}");
     assert!(
         !denied
@@ -122,8 +108,8 @@ fn starts_with_a_valid_policy_and_enforces_it() {
             .contains("access-control-allow-origin"),
         "the upstream's own `*` was stripped: {denied}"
     );
-    assert!(get(proxy.admin, "/readyz", "").starts_with("HTTP/1.1 200"));
-    let metrics = get(proxy.admin, "/metrics", "");
+    assert!(http_get(proxy.admin, "/readyz", "").starts_with("HTTP/1.1 200"));
+    let metrics = http_get(proxy.admin, "/metrics", "");
     assert!(
         metrics.contains("corsair_proxy_policy_generation 3"),
         "{metrics}"
@@ -187,7 +173,7 @@ fn sigterm_lets_a_slow_request_finish_then_exits_0() {
     let mut proxy = start(&policy, upstream);
 
     let listen = proxy.listen;
-    let slow = thread::spawn(move || get(listen, "/slow", ""));
+    let slow = thread::spawn(move || http_get(listen, "/slow", ""));
     let path = seen
         .recv_timeout(Duration::from_secs(10))
         .expect("the slow request reached the upstream");

@@ -1,12 +1,14 @@
 //! The slim `corsair-proxy` binary: what it links, and that it runs as the sidecar.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use corsair_runtime::testing::http_get;
 
 /// Crates the sidecar must never link: the Kubernetes client and API types, certificate
 /// generation, and the operator.
@@ -145,7 +147,7 @@ fn enforces_a_policy_and_drains_on_sigterm() {
             .unwrap_or_else(|| panic!("{field} in {started}"))
     };
 
-    let response = get(addr("listen"), "/", "Origin: https://evil.example.net\r\n");
+    let response = http_get(addr("listen"), "/", "Origin: https://evil.example.net\r\n");
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(
         !response
@@ -153,7 +155,7 @@ fn enforces_a_policy_and_drains_on_sigterm() {
             .contains("access-control-allow-origin"),
         "the upstream's `*` is stripped for an origin the policy does not allow: {response}"
     );
-    let ready = get(addr("admin"), "/readyz", "");
+    let ready = http_get(addr("admin"), "/readyz", "");
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
 
     let killed = Command::new("kill")
@@ -170,20 +172,4 @@ fn enforces_a_policy_and_drains_on_sigterm() {
         thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(0), "{status}");
-}
-
-/// One HTTP/1.1 request with `Connection: close`; the whole response.
-fn get(addr: SocketAddr, path: &str, headers: &str) -> String {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n{headers}\r\n"
-    )
-    .expect("write request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read response");
-    response
 }

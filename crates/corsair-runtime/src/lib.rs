@@ -6,7 +6,8 @@
 //! - [`shutdown`]: SIGTERM/SIGINT as a future or a `CancellationToken`;
 //! - [`logging`]: `tracing` to stderr as text or JSON, with a `RUST_LOG`-style filter;
 //! - [`response`]: small plain responses;
-//! - `testing` (feature `test-util`): checks for tests of servers built on it.
+//! - `testing` (feature `test-util`): a raw HTTP/1.1 GET and a "still listening?" check for
+//!   the tests of servers built on it.
 //!
 //! No kube here: the slim sidecar binary links this crate.
 #![forbid(unsafe_code)]
