@@ -87,7 +87,8 @@ wait_port() {
     die "$name did not start listening on 127.0.0.1:$port (logs in $WORK)"
 }
 
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+# A kB field of /proc/PID/status: status_kib PID VmRSS (now) or VmHWM (peak since last reset).
+status_kib() { awk -v field="$2:" '$1 == field { print $2 }' "/proc/$1/status"; }
 rss_split() { awk '/^RssAnon:/ { a = $2 } /^RssFile:/ { f = $2 } END { printf "anonymous %.1f MiB + file-backed %.1f MiB", a / 1024, f / 1024 }' "/proc/$1/status"; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 ms() { awk -v us="$1" 'BEGIN { printf "%.2f", us / 1000 }'; }
@@ -255,7 +256,6 @@ check_proxy() {
 reset_peak() {
     echo 5 >"/proc/$1/clear_refs" || die "cannot reset the peak RSS of $1 (/proc/$1/clear_refs)"
 }
-peak_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
 
 # Appends "rps p50_us p99_us errors non2xx cpu_us_per_request peak_kib sys_us_per_request
 # upstream_cpu_us_per_request" for one wrk run (the upstream's CPU while it served this server).
@@ -276,7 +276,7 @@ measure_wrk() {
     after=$(cpu_ticks ${SERVER_PIDS[$name]})
     # shellcheck disable=SC2086
     up_after=$(cpu_ticks ${SERVER_PIDS[upstream]})
-    [[ $name == corsair* ]] && peak=$(peak_kib "${MAIN_PID[$name]}")
+    [[ $name == corsair* ]] && peak=$(status_kib "${MAIN_PID[$name]}" VmHWM)
     echo "$out" >>"$WORK/wrk.log"
     sed -n 's/^RESULT rps=\([0-9]*\) p50_us=\([0-9]*\) p99_us=\([0-9]*\) requests=\([0-9]*\) errors=\([0-9]*\) non2xx=\([0-9]*\)$/\1 \2 \3 \5 \6 \4/p' <<<"$out" \
         | awk -v before="$before" -v after="$after" -v up="$up_before $up_after" -v hz="$CLK_TCK" -v peak="$peak" '
@@ -299,7 +299,7 @@ measure_h2() {
         -D "$secs" --warm-up-time "$warm" -H "origin: $ORIGIN" "$url" 2>&1)
     # shellcheck disable=SC2086
     after=$(cpu_ticks ${SERVER_PIDS[$name]})
-    [[ $name == corsair* ]] && peak=$(peak_kib "${MAIN_PID[$name]}")
+    [[ $name == corsair* ]] && peak=$(status_kib "${MAIN_PID[$name]}" VmHWM)
     echo "$out" >>"$WORK/h2load.log"
     awk -v before="$before" -v after="$after" -v hz="$CLK_TCK" -v peak="$peak" -v secs="$secs" '
         BEGIN { split(before, b); split(after, a); user = a[1] - b[1]; sys = a[2] - b[2] }
@@ -321,7 +321,7 @@ for setup in $SETUPS; do
     start_setup "$setup"
     curl -s -o /dev/null -H "Origin: $ORIGIN" "http://127.0.0.1:$CORSAIR_PORT/api/items"
     sleep 1
-    IDLE_RSS[$setup]=$(rss_kib "${MAIN_PID[corsair]}")
+    IDLE_RSS[$setup]=$(status_kib "${MAIN_PID[corsair]}" VmRSS)
     IDLE_SPLIT[$setup]=$(rss_split "${MAIN_PID[corsair]}")
     for name in "${SERVERS[@]}"; do check_proxy "$name" "${PORT[$name]}"; done
     for workload in $WORKLOADS; do
