@@ -885,7 +885,10 @@ async fn swapped_certificate_is_served_without_restart() {
         .expect("serve returns after shutdown")
         .expect("serve task");
     assert!(result.is_ok(), "{result:?}");
-    assert!(!listening_here(addr), "listener on {addr} closed");
+    assert!(
+        !listening_here(addr),
+        "still listening on {addr} after shutdown"
+    );
 }
 
 /// A plain HTTP/1.1 GET on the admin port: status and body.

@@ -496,7 +496,7 @@ async fn shutdown_drains_an_in_flight_request_and_reports_not_ready() {
         .expect("drained without hitting the drain timeout");
     assert!(
         !listening_here(admin_addr),
-        "admin port {admin_addr} closed after the drain"
+        "admin port {admin_addr} still listening after the drain"
     );
 }
 
