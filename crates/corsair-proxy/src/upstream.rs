@@ -28,10 +28,11 @@ use tokio::net::TcpStream;
 use crate::{ProxyConfig, ProxyError};
 pub(crate) use http1::Switched;
 pub use http1::UpstreamBody;
-use http1::{Connection, RequestFraming};
+use http1::{Connection, RequestFraming, Sent, Upload};
 
-/// A response head from the upstream larger than this is a 502.
-const MAX_RESPONSE_HEAD: usize = 256 * 1024;
+/// A response head from the upstream this large or larger is a 502: hyper's client limit
+/// (8 KiB and 100 reads of 4 KiB), kept when the hop became our own.
+const MAX_RESPONSE_HEAD: usize = 8192 + 4096 * 100;
 
 /// Where requests go, and how to connect there.
 #[derive(Debug)]
@@ -109,7 +110,7 @@ impl Upstream {
         req: Request<B>,
     ) -> Result<Response<UpstreamBody>, Failed>
     where
-        B: Body<Data = Bytes> + Unpin,
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
         let (mut parts, mut body) = req.into_parts();
@@ -128,8 +129,13 @@ impl Upstream {
                 .await
             {
                 Ok(head) => {
-                    let body = UpstreamBody::new(&head, &parts.method, &headers, connection, lane)
-                        .map_err(Failed::new)?;
+                    let upload = match head.sent {
+                        Sent::Partly(sent) => Some(Upload::new(body, framing, sent)),
+                        Sent::Whole | Sent::Broken => None,
+                    };
+                    let body =
+                        UpstreamBody::new(&head, &parts.method, &headers, connection, lane, upload)
+                            .map_err(Failed::new)?;
                     return Ok(http1::response(&head, headers, body));
                 }
                 Err(failed) if reused && failed.before_response && resendable => {

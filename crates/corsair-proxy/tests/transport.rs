@@ -369,3 +369,114 @@ async fn a_nagling_upstream_costs_no_delayed_ack_per_request() {
     );
     proxy.shutdown().await.expect("shutdown");
 }
+
+/// An upstream that answers a POST with a 413 as soon as it has the head, then reads the whole
+/// body anyway (as servers that reject an upload and drain it do), and reports how much came.
+/// Later requests on the connection get a 200.
+async fn rejects_uploads_early(
+    read: mpsc::UnboundedSender<usize>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let read = read.clone();
+            tokio::spawn(async move {
+                let mut byte = [0u8; 1];
+                loop {
+                    let mut head = Vec::new();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match stream.read(&mut byte).await {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .and_then(|n| n.trim().parse().ok())
+                        .unwrap_or(0);
+                    if length == 0 {
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await;
+                        continue;
+                    }
+                    let _ = stream
+                        .write_all(
+                            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!",
+                        )
+                        .await;
+                    let mut rest = vec![0u8; length];
+                    let got = stream.read_exact(&mut rest).await.map_or(0, |_| length);
+                    let _ = read.send(got);
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn an_upstream_that_answers_an_upload_early_still_gets_all_of_it() {
+    const SIZE: usize = 8 * 1024 * 1024;
+    let (read_tx, mut read_rx) = mpsc::unbounded_channel();
+    let (addr, _upstream) = rejects_uploads_early(read_tx).await;
+    let policy = support::policy_file(POLICY);
+    let config = corsair_proxy::ProxyConfig::new(
+        policy.path.clone(),
+        format!("http://{addr}").parse().expect("uri"),
+        "127.0.0.1:0".parse().expect("addr"),
+        "127.0.0.1:0".parse().expect("addr"),
+    );
+    let proxy = corsair_proxy::Proxy::start(config).await.expect("starts");
+    let client = TcpStream::connect(proxy.listen_addr())
+        .await
+        .expect("connect");
+    let (mut reader, mut writer) = client.into_split();
+    // The body is more than the sockets on the way hold: the 413 comes back while most of it
+    // is still being sent.
+    let upload = tokio::spawn(async move {
+        let head = format!("POST /upload HTTP/1.1\r\nhost: app\r\ncontent-length: {SIZE}\r\n\r\n");
+        writer.write_all(head.as_bytes()).await?;
+        writer.write_all(&vec![b'u'; SIZE]).await?;
+        Ok::<_, std::io::Error>(writer)
+    });
+    let mut answer = vec![0u8; 0];
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\nbig!") {
+        let n = timeout(Duration::from_secs(10), reader.read(&mut byte))
+            .await
+            .expect("the answer in time")
+            .expect("read");
+        assert_eq!(n, 1, "closed before the answer: {answer:?}");
+        answer.push(byte[0]);
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    // The client finishes its upload, and the upstream gets all of it.
+    let mut writer = timeout(Duration::from_secs(30), upload)
+        .await
+        .expect("the upload ended in time")
+        .expect("the upload task")
+        .expect("the whole body was taken");
+    let got = timeout(Duration::from_secs(30), read_rx.recv())
+        .await
+        .expect("the upstream read in time");
+    assert_eq!(got, Some(SIZE), "the upstream got only part of the body");
+    // The client's connection still serves the next request.
+    writer
+        .write_all(b"GET /next HTTP/1.1\r\nhost: app\r\n\r\n")
+        .await
+        .expect("the next request");
+    let mut next = [0u8; 12];
+    timeout(Duration::from_secs(5), reader.read_exact(&mut next))
+        .await
+        .expect("the next answer in time")
+        .expect("the next answer");
+    assert_eq!(&next, b"HTTP/1.1 200");
+    proxy.shutdown().await.expect("clean shutdown");
+}

@@ -8,6 +8,7 @@
 //! connections, `docs/benchmarks.md`). The sidecar's upstream is one application on loopback
 //! that answers one request at a time per connection, which needs none of that.
 
+use std::collections::VecDeque;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -18,6 +19,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
 
 use super::{Lane, QuickAck};
 
@@ -82,8 +85,21 @@ pub(crate) struct Head {
     /// A reason phrase other than the standard one, passed on as hyper's extension.
     reason: Option<hyper::ext::ReasonPhrase>,
     version: Version,
-    /// The request has been sent whole: the connection can carry another one afterwards.
-    request_sent: bool,
+    /// How much of the request had gone out when the head came.
+    pub(crate) sent: Sent,
+}
+
+/// How much of the request had gone out when the response head came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// All of it.
+    Whole,
+    /// The head and this many bytes of the body: the upstream answered early (a 413, a 401).
+    /// The rest is sent while the response is read, and after it, as hyper's client did: an
+    /// upstream may answer first and still read the whole body.
+    Partly(u64),
+    /// The upstream stopped taking the body: the connection carries nothing more.
+    Broken,
 }
 
 /// What went wrong on the upstream connection. `before_response`: not one byte of a response
@@ -171,10 +187,9 @@ impl Connection {
     }
 
     /// Sends the encoded head and the body, and reads the response head, skipping interim
-    /// (1xx) responses other than 101. An upstream that answers before it read the whole body
-    /// gets no more of it (its side of the connection is shut for writing, so it sees the body
-    /// end), and the connection is not reused; if it stopped taking the body, what it answered
-    /// is still read.
+    /// (1xx) responses other than 101. An upstream that answers before the whole body is sent
+    /// gets the head back at once, with [`Sent::Partly`]: the caller sends the rest through an
+    /// [`Upload`]. If the upstream stopped taking the body, what it answered is still read.
     pub(crate) async fn exchange<B>(
         &mut self,
         body: &mut B,
@@ -186,7 +201,6 @@ impl Connection {
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        use http_body_util::BodyExt;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
         enum Step<F> {
@@ -205,14 +219,15 @@ impl Connection {
         // Any byte of a response (an interim one included) came.
         let mut received = false;
         loop {
-            let whole = !sending && broken.is_none();
-            if let Some(head) = self.parse_head(headers, max_head, whole)? {
+            let progress = match (sending, &broken) {
+                (_, Some(_)) => Sent::Broken,
+                (true, None) => Sent::Partly(sent),
+                (false, None) => Sent::Whole,
+            };
+            if let Some(head) = self.parse_head(headers, max_head, progress)? {
                 if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS
                 {
                     continue;
-                }
-                if sending {
-                    let _ = self.io.shutdown().await;
                 }
                 return Ok(head);
             }
@@ -270,48 +285,25 @@ impl Connection {
     {
         use tokio::io::AsyncWriteExt;
 
-        let data = match frame {
-            None => {
-                if let RequestFraming::Length(n) = framing
-                    && *sent != n
-                {
-                    return Err(Stop::Body(invalid(format!(
-                        "the request body ended after {sent} of its {n} bytes"
-                    ))));
-                }
-                if framing == RequestFraming::Chunked {
-                    self.io.write_all(b"0\r\n\r\n").await.map_err(Stop::Write)?;
-                }
-                return Ok(false);
+        match to_wire(frame, framing, sent).map_err(Stop::Body)? {
+            Wire::Nothing => Ok(true),
+            Wire::End(last) => {
+                self.io.write_all(last).await.map_err(Stop::Write)?;
+                Ok(false)
             }
-            Some(Err(e)) => return Err(Stop::Body(io::Error::other(e.into()))),
-            // Trailers are not forwarded: the `Trailer` field that would announce them is
-            // hop-by-hop and removed, and hyper's client sent none without it either.
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => data,
-                Err(_) => return Ok(true),
-            },
-        };
-        if data.is_empty() {
-            return Ok(true);
-        }
-        *sent += data.len() as u64;
-        match framing {
-            RequestFraming::Chunked => {
+            Wire::Data(data) if framing == RequestFraming::Chunked => {
                 let mut line = [0u8; 20];
                 let size = hex_line(&mut line, data.len());
                 self.io.write_all(size).await.map_err(Stop::Write)?;
                 self.io.write_all(&data).await.map_err(Stop::Write)?;
                 self.io.write_all(b"\r\n").await.map_err(Stop::Write)?;
+                Ok(true)
             }
-            RequestFraming::Length(n) if *sent > n => {
-                return Err(Stop::Body(invalid(
-                    "the request body is longer than its Content-Length",
-                )));
+            Wire::Data(data) => {
+                self.io.write_all(&data).await.map_err(Stop::Write)?;
+                Ok(true)
             }
-            _ => self.io.write_all(&data).await.map_err(Stop::Write)?,
         }
-        Ok(true)
     }
 
     /// Parses a complete response head at the start of the read buffer, if there is one, into
@@ -320,7 +312,7 @@ impl Connection {
         &mut self,
         headers: &mut HeaderMap,
         max_head: usize,
-        request_sent: bool,
+        sent: Sent,
     ) -> Result<Option<Head>, HopError> {
         if self.read.is_empty() {
             return Ok(None);
@@ -336,7 +328,8 @@ impl Connection {
         );
         let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if self.read.len() > max_head => {
+            // hyper's rule: a buffer this full without a whole head is refused.
+            Ok(httparse::Status::Partial) if self.read.len() >= max_head => {
                 return Err(HopError::after(invalid(format!(
                     "the upstream's response head is larger than {max_head} bytes"
                 ))));
@@ -396,8 +389,160 @@ impl Connection {
             status,
             reason,
             version,
-            request_sent,
+            sent,
         }))
+    }
+}
+
+/// One frame of the request body as it goes to the upstream.
+enum Wire {
+    /// Nothing to send for it (trailers, an empty data frame).
+    Nothing,
+    /// The body has ended; what ends it on the wire (the last chunk when chunked).
+    End(&'static [u8]),
+    /// Data, sent as a chunk when the framing is chunked.
+    Data(Bytes),
+}
+
+/// Checks one frame of the client's body against the framing chosen for it; an error when the
+/// client's body failed or its length does not match.
+fn to_wire<E>(
+    frame: Option<Result<Frame<Bytes>, E>>,
+    framing: RequestFraming,
+    sent: &mut u64,
+) -> Result<Wire, io::Error>
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let data = match frame {
+        None => {
+            return match framing {
+                RequestFraming::Length(n) if *sent != n => Err(invalid(format!(
+                    "the request body ended after {sent} of its {n} bytes"
+                ))),
+                RequestFraming::Chunked => Ok(Wire::End(b"0\r\n\r\n")),
+                _ => Ok(Wire::End(b"")),
+            };
+        }
+        Some(Err(e)) => return Err(io::Error::other(e.into())),
+        // Trailers are not forwarded: the `Trailer` field that would announce them is
+        // hop-by-hop and removed, and hyper's client sent none without it either.
+        Some(Ok(frame)) => match frame.into_data() {
+            Ok(data) => data,
+            Err(_) => return Ok(Wire::Nothing),
+        },
+    };
+    if data.is_empty() {
+        return Ok(Wire::Nothing);
+    }
+    *sent += data.len() as u64;
+    if let RequestFraming::Length(n) = framing
+        && *sent > n
+    {
+        return Err(invalid(
+            "the request body is longer than its Content-Length",
+        ));
+    }
+    Ok(Wire::Data(data))
+}
+
+/// The rest of a request body that the upstream answered before it was sent whole. It is sent
+/// while the response body is read, and on a task of its own once that has ended, so that an
+/// upstream that answers a large upload early and reads on gets all of it, and the client can
+/// finish sending, as with hyper's client.
+pub(crate) struct Upload {
+    body: UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>,
+    framing: RequestFraming,
+    sent: u64,
+    /// Framed bytes not yet written.
+    out: VecDeque<Bytes>,
+    ended: bool,
+}
+
+impl Upload {
+    /// What is left of `body`, of which `sent` bytes have gone out with `framing`.
+    pub(crate) fn new<B>(body: B, framing: RequestFraming, sent: u64) -> Upload
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        Upload {
+            body: body.map_err(Into::into).boxed_unsync(),
+            framing,
+            sent,
+            out: VecDeque::new(),
+            ended: false,
+        }
+    }
+
+    /// Writes what it can to `io`; ready once the body has been sent whole.
+    fn poll_send(&mut self, io: &mut QuickAck, cx: &mut Context<'_>) -> Poll<Result<(), Stop>> {
+        use tokio::io::AsyncWrite;
+
+        loop {
+            if let Some(front) = self.out.front_mut() {
+                let n = ready!(Pin::new(&mut *io).poll_write(cx, front)).map_err(Stop::Write)?;
+                if n == 0 {
+                    return Poll::Ready(Err(Stop::Write(io::ErrorKind::WriteZero.into())));
+                }
+                front.advance(n);
+                if front.is_empty() {
+                    self.out.pop_front();
+                }
+                continue;
+            }
+            if self.ended {
+                return Poll::Ready(Ok(()));
+            }
+            let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+            match to_wire(frame, self.framing, &mut self.sent).map_err(Stop::Body)? {
+                Wire::Nothing => {}
+                Wire::End(last) => {
+                    self.ended = true;
+                    if !last.is_empty() {
+                        self.out.push_back(Bytes::from_static(last));
+                    }
+                }
+                Wire::Data(data) if self.framing == RequestFraming::Chunked => {
+                    let mut line = [0u8; 20];
+                    self.out
+                        .push_back(Bytes::copy_from_slice(hex_line(&mut line, data.len())));
+                    self.out.push_back(data);
+                    self.out.push_back(Bytes::from_static(b"\r\n"));
+                }
+                Wire::Data(data) => self.out.push_back(data),
+            }
+        }
+    }
+
+    /// Sends the rest after the response has ended; the connection goes back to `lane`
+    /// (when given) once the body is sent whole.
+    async fn finish(mut self, mut connection: Connection, lane: Option<Lane>) {
+        match std::future::poll_fn(|cx| self.poll_send(&mut connection.io, cx)).await {
+            Ok(()) => {
+                if let Some(lane) = lane {
+                    lane.give_back(connection);
+                }
+            }
+            Err(stop) => stop.end(&connection),
+        }
+    }
+}
+
+impl Stop {
+    /// Ends an upload that could not go on; the connection carries nothing more. A client body
+    /// that failed has the connection shut for writing, so that the upstream sees it end short.
+    fn end(self, connection: &Connection) {
+        match self {
+            Stop::Body(error) => {
+                tracing::debug!(%error, "the client's request body failed after the answer");
+                let _ = socket2::SockRef::from(connection.io.stream())
+                    .shutdown(std::net::Shutdown::Write);
+            }
+            Stop::Write(error) => {
+                tracing::debug!(%error, "the upstream took no more of the request body");
+            }
+        }
     }
 }
 
@@ -501,6 +646,8 @@ enum Chunk {
 pub struct UpstreamBody {
     framing: Framing,
     connection: Option<Connection>,
+    /// The rest of the request body, when the upstream answered before it had all of it.
+    upload: Option<Upload>,
     /// Where the connection goes back once the body is read, when it can carry another request.
     lane: Option<Lane>,
 }
@@ -520,22 +667,27 @@ pub(crate) struct Switched {
 }
 
 impl UpstreamBody {
-    /// The body that follows `head` on `connection`, for a request with `method`.
+    /// The body that follows `head` on `connection`, for a request with `method`, with the
+    /// rest of the request body to send when the upstream answered before it.
     pub(crate) fn new(
         head: &Head,
         method: &Method,
         headers: &HeaderMap,
         connection: Connection,
         lane: &Lane,
+        mut upload: Option<Upload>,
     ) -> Result<UpstreamBody, io::Error> {
         let (framing, mut reusable) = response_framing(head, method, headers)?;
         if head.status == StatusCode::SWITCHING_PROTOCOLS {
+            // The tunnel takes the connection as it is.
             reusable = false;
+            upload = None;
         }
         let mut body = UpstreamBody {
             framing,
             connection: Some(connection),
-            lane: (reusable && head.request_sent).then(|| lane.clone()),
+            upload,
+            lane: (reusable && head.sent != Sent::Broken).then(|| lane.clone()),
         };
         if framing == Framing::Done && head.status != StatusCode::SWITCHING_PROTOCOLS {
             body.finish();
@@ -552,20 +704,30 @@ impl UpstreamBody {
         })
     }
 
-    /// The body is read: the connection goes back to the lane (when it may) or is closed.
+    /// The body is read: the connection goes back to the lane (when it may) or is closed. A
+    /// request body not yet sent whole is sent on first, on a task of its own.
     fn finish(&mut self) {
         self.framing = Framing::Done;
-        let connection = self.connection.take();
-        if let (Some(connection), Some(lane)) = (connection, self.lane.take())
-            && connection.read.is_empty()
-        {
-            lane.give_back(connection);
+        let Some(connection) = self.connection.take() else {
+            return;
+        };
+        let lane = self.lane.take().filter(|_| connection.read.is_empty());
+        match self.upload.take() {
+            Some(upload) => {
+                tokio::spawn(upload.finish(connection, lane));
+            }
+            None => {
+                if let Some(lane) = lane {
+                    lane.give_back(connection);
+                }
+            }
         }
     }
 
     fn fail(&mut self, error: io::Error) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         self.framing = Framing::Done;
         self.connection = None;
+        self.upload = None;
         Poll::Ready(Some(Err(error)))
     }
 }
@@ -656,6 +818,15 @@ impl Body for UpstreamBody {
             let Some(connection) = this.connection.as_mut() else {
                 return Poll::Ready(None);
             };
+            if let Some(upload) = this.upload.as_mut()
+                && let Poll::Ready(sent) = upload.poll_send(&mut connection.io, cx)
+            {
+                this.upload = None;
+                if let Err(stop) = sent {
+                    stop.end(connection);
+                    this.lane = None;
+                }
+            }
             let read = &mut connection.read;
             match this.framing {
                 Framing::Done => return Poll::Ready(None),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use http::Request;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 
 use super::*;
@@ -98,7 +99,7 @@ fn head(status: u16, version: Version) -> Head {
         status: StatusCode::from_u16(status).expect("a status"),
         reason: None,
         version,
-        request_sent: true,
+        sent: Sent::Whole,
     }
 }
 
@@ -345,7 +346,7 @@ async fn exchange<B>(
     req: Request<B>,
 ) -> Result<(StatusCode, HeaderMap, Vec<u8>, Option<HeaderMap>), Failure>
 where
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let response = upstream.send(lane, req).await.map_err(|f| f.failure)?;
@@ -677,42 +678,304 @@ async fn a_body_of_unknown_length_is_sent_chunked_and_its_trailers_are_not() {
     );
 }
 
-#[tokio::test]
-async fn an_answer_before_the_whole_body_ends_the_upload_and_the_connection() {
+/// A request body whose frames the test sends when it chooses, its length announced up front
+/// (`Content-Length`) or not (chunked).
+struct Paced {
+    frames: futures::channel::mpsc::UnboundedReceiver<Result<Frame<Bytes>, io::Error>>,
+    length: Option<u64>,
+}
+
+type Pace = futures::channel::mpsc::UnboundedSender<Result<Frame<Bytes>, io::Error>>;
+
+impl Paced {
+    fn new(length: Option<u64>, first: &'static [u8]) -> (Pace, Paced) {
+        let (pace, frames) = futures::channel::mpsc::unbounded();
+        let _ = pace.unbounded_send(Ok(Frame::data(Bytes::from_static(first))));
+        (pace, Paced { frames, length })
+    }
+
+    fn none() -> Paced {
+        let (_, frames) = futures::channel::mpsc::unbounded();
+        Paced {
+            frames,
+            length: Some(0),
+        }
+    }
+}
+
+impl Body for Paced {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.frames.poll_next_unpin(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.length == Some(0)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.length.map(SizeHint::with_exact).unwrap_or_default()
+    }
+}
+
+/// The proxy's upstream hop, or hyper's client connection, which it replaced: the tests below
+/// hold the hop to what hyper's client did with the same upstream.
+enum Client {
+    Ours(Upstream, Lane),
+    Hyper(hyper::client::conn::http1::SendRequest<Paced>),
+}
+
+type AnyBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+impl Client {
+    async fn connect(ours: bool, addr: SocketAddr) -> Client {
+        if ours {
+            return Client::Ours(proxy_upstream(addr), Lane::default());
+        }
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("a handshake");
+        tokio::spawn(connection);
+        Client::Hyper(sender)
+    }
+
+    async fn send(&mut self, req: Request<Paced>) -> Response<AnyBody> {
+        self.try_send(req).await.expect("a response head")
+    }
+
+    async fn try_send(&mut self, req: Request<Paced>) -> Result<Response<AnyBody>, String> {
+        let sent = async {
+            match self {
+                Client::Ours(upstream, lane) => upstream
+                    .send(lane, req)
+                    .await
+                    .map(|r| r.map(|b| b.map_err(Into::into).boxed_unsync()))
+                    .map_err(|f| format!("{:?}: {:?}", f.failure, f.error)),
+                Client::Hyper(sender) => {
+                    sender.ready().await.map_err(|e| e.to_string())?;
+                    sender
+                        .send_request(req)
+                        .await
+                        .map(|r| r.map(|b| b.map_err(Into::into).boxed_unsync()))
+                        .map_err(|e| e.to_string())
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(2), sent)
+            .await
+            .expect("a response head or an error in time")
+    }
+
+    /// The connection is ready for another request (ours: back in its lane).
+    async fn reusable(&mut self) -> bool {
+        let ready = async {
+            match self {
+                Client::Ours(_, lane) => {
+                    while idle(lane) == 0 {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                Client::Hyper(sender) => {
+                    let _ = sender.ready().await;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(2), ready)
+            .await
+            .is_ok()
+    }
+}
+
+async fn body_of(response: Response<AnyBody>) -> Result<Vec<u8>, String> {
+    let collected = tokio::time::timeout(Duration::from_secs(2), response.into_body().collect())
+        .await
+        .map_err(|_| "the response body did not end".to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(collected.to_bytes().to_vec())
+}
+
+/// What an upstream read after its answer, and whether the connection ended there.
+type AfterAnswer = std::sync::mpsc::Receiver<(Vec<u8>, bool)>;
+
+/// An upstream that answers after the first 3 bytes of the body and then reads on: what it read
+/// after its answer (up to `rest` bytes, or to the connection's end), and whether the
+/// connection ended there. Further requests on the connection get a 200.
+fn answers_early(
+    answer: &'static [u8],
+    rest: usize,
+) -> (SocketAddr, Arc<AtomicUsize>, AfterAnswer) {
     let (tx, rx) = std::sync::mpsc::channel();
-    let (addr, accepted) = serve(move |n, mut stream| {
-        if read_head(&mut stream).is_some() && n == 0 {
-            // The first chunk of the body, then the answer.
-            let mut first = [0u8; 8];
-            let _ = stream.read_exact(&mut first);
-            let _ =
-                stream.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n");
-            // The upstream reads on: it must see the body end, not wait for the rest.
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut rest = Vec::new();
-            let ended = stream.read_to_end(&mut rest).is_ok();
-            let _ = tx.send((ended, rest));
+    let (addr, accepted) = serve(move |_, mut stream| {
+        if read_head(&mut stream).is_none() {
+            return;
+        }
+        let mut first = [0u8; 3];
+        if stream.read_exact(&mut first).is_err() || stream.write_all(answer).is_err() {
+            return;
+        }
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
+        let mut after = Vec::new();
+        let mut byte = [0u8; 1];
+        let mut ended = false;
+        while after.len() < rest {
+            match stream.read(&mut byte) {
+                Ok(1) => after.push(byte[0]),
+                Ok(_) => {
+                    ended = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let _ = tx.send((after, ended));
+        while read_head(&mut stream).is_some() {
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
         }
     });
-    let upstream = proxy_upstream(addr);
-    let lane = Lane::default();
-    // A body that sends one chunk and then never ends.
-    let body = StreamBody::new(
-        futures::stream::iter([Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"abc")))])
-            .chain(futures::stream::pending()),
-    );
-    let req = Request::post("/").body(body).expect("a request");
-    let sent = tokio::time::timeout(Duration::from_secs(1), exchange(&upstream, &lane, req)).await;
-    let (status, ..) = sent.expect("answered in time").expect("a response");
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(idle(&lane), 0, "the half-sent connection was kept");
-    let (ended, rest) = rx
-        .recv_timeout(Duration::from_secs(3))
-        .expect("the upstream finished reading");
-    assert!(ended, "the upstream did not see the body end");
-    assert!(rest.is_empty(), "sent after the answer: {rest:?}");
-    let _ = tokio::time::timeout(Duration::from_secs(1), exchange(&upstream, &lane, get())).await;
-    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    (addr, accepted, rx)
+}
+
+/// What the upstream's thread reports, waited for without blocking the runtime that sends to it.
+async fn upstream_read<T>(rx: &std::sync::mpsc::Receiver<T>) -> T {
+    for _ in 0..500 {
+        if let Ok(read) = rx.try_recv() {
+            return read;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the upstream did not report within 5 s");
+}
+
+fn post(body: Paced) -> Request<Paced> {
+    Request::post("/upload").body(body).expect("a request")
+}
+
+#[tokio::test]
+async fn an_upstream_that_answers_before_the_whole_body_still_gets_all_of_it_as_from_hyper() {
+    for ours in [false, true] {
+        let (addr, accepted, rx) = answers_early(
+            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!",
+            9,
+        );
+        let mut client = Client::connect(ours, addr).await;
+        let (pace, body) = Paced::new(Some(12), b"abc");
+        // The answer, whole, while 9 bytes of the body are still to come.
+        let response = client.send(post(body)).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "ours: {ours}"
+        );
+        assert_eq!(
+            body_of(response).await.as_deref(),
+            Ok(&b"big!"[..]),
+            "ours: {ours}"
+        );
+        let _ = pace.unbounded_send(Ok(Frame::data(Bytes::from_static(b"defghijkl"))));
+        drop(pace);
+        let (after, _) = upstream_read(&rx).await;
+        assert_eq!(after, b"defghijkl", "ours: {ours}");
+        // Sent whole, the request leaves the connection fit for the next one.
+        assert!(client.reusable().await, "ours: {ours}");
+        let next = client
+            .send(Request::get("/").body(Paced::none()).expect("a GET"))
+            .await;
+        assert_eq!(next.status(), StatusCode::OK, "ours: {ours}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "ours: {ours}");
+    }
+}
+
+#[tokio::test]
+async fn an_early_answer_streams_while_the_body_is_still_sent_as_from_hyper() {
+    for ours in [false, true] {
+        // The upstream starts its answer after 3 bytes of the chunked body and ends it after
+        // the last chunk.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (addr, accepted) = serve(move |_, mut stream| {
+            if read_head(&mut stream).is_none() {
+                return;
+            }
+            let mut first = [0u8; 3];
+            let _ = stream.read_exact(&mut first);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
+            let mut body = Vec::new();
+            let mut byte = [0u8; 1];
+            while !body.ends_with(b"\r\n0\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1)
+            {
+                body.push(byte[0]);
+            }
+            let _ = stream.write_all(b"4\r\ndone\r\n0\r\n\r\n");
+            let _ = tx.send(body);
+            while read_head(&mut stream).is_some() {
+                let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\n\r\n");
+            }
+        });
+        let mut client = Client::connect(ours, addr).await;
+        let (pace, body) = Paced::new(None, b"abc");
+        let response = client.send(post(body)).await;
+        assert_eq!(response.status(), StatusCode::OK, "ours: {ours}");
+        let _ = pace.unbounded_send(Ok(Frame::data(Bytes::from_static(b"defghijkl"))));
+        drop(pace);
+        // Reading the answer on sends the rest of the body.
+        assert_eq!(
+            body_of(response).await.as_deref(),
+            Ok(&b"done"[..]),
+            "ours: {ours}"
+        );
+        let sent = upstream_read(&rx).await;
+        // After the first chunk's size line, which the upstream read before answering.
+        assert_eq!(sent, b"abc\r\n9\r\ndefghijkl\r\n0\r\n\r\n", "ours: {ours}");
+        assert!(client.reusable().await, "ours: {ours}");
+        let next = client
+            .send(Request::get("/").body(Paced::none()).expect("a GET"))
+            .await;
+        assert_eq!(next.status(), StatusCode::NO_CONTENT, "ours: {ours}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "ours: {ours}");
+    }
+}
+
+#[tokio::test]
+async fn a_client_body_that_fails_after_an_early_answer_ends_the_connection_as_with_hyper() {
+    for ours in [false, true] {
+        let (addr, accepted, rx) = answers_early(
+            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!",
+            9,
+        );
+        let mut client = Client::connect(ours, addr).await;
+        let (pace, body) = Paced::new(Some(12), b"abc");
+        let response = client.send(post(body)).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "ours: {ours}"
+        );
+        assert_eq!(
+            body_of(response).await.as_deref(),
+            Ok(&b"big!"[..]),
+            "ours: {ours}"
+        );
+        let _ = pace.unbounded_send(Err(io::Error::other("the client went away")));
+        // The upstream sees the body end short, not a wait for the rest.
+        let (after, ended) = upstream_read(&rx).await;
+        assert!(ended, "ours: {ours}: the upstream did not see the body end");
+        assert!(
+            after.is_empty(),
+            "ours: {ours}: sent after the answer: {after:?}"
+        );
+        assert!(
+            !client.reusable().await || !ours,
+            "ours: the connection was kept"
+        );
+        drop(client);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "ours: {ours}");
+    }
 }
 
 #[tokio::test]
@@ -805,4 +1068,41 @@ async fn a_broken_response_is_a_failure_naming_its_cause() {
             .contains("before the end of the response body"),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn a_response_head_is_taken_up_to_the_size_that_hyper_took() {
+    // 40 lines of 10,000 bytes: under hyper's 408 KiB. 52 of 20,000: over it, and both under
+    // the 100 lines that either takes.
+    for (lines, size, taken) in [(40, 10_000, true), (52, 20_000, false)] {
+        for ours in [false, true] {
+            let (addr, _) = serve(move |_, mut stream| {
+                if read_head(&mut stream).is_some() {
+                    let mut head = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n".to_vec();
+                    for i in 0..lines {
+                        head.extend_from_slice(format!("x-filler-{i}: ").as_bytes());
+                        head.extend(std::iter::repeat_n(b'f', size));
+                        head.extend_from_slice(b"\r\n");
+                    }
+                    head.extend_from_slice(b"\r\n");
+                    let _ = stream.write_all(&head);
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            });
+            let mut client = Client::connect(ours, addr).await;
+            let sent = client
+                .try_send(Request::get("/").body(Paced::none()).expect("a GET"))
+                .await;
+            let lines_back = sent.as_ref().map(|r| r.headers().len() - 1);
+            assert_eq!(
+                lines_back.is_ok(),
+                taken,
+                "ours: {ours}, {lines} lines of {size}: {:?}",
+                lines_back
+            );
+            if taken {
+                assert_eq!(lines_back, Ok(lines), "ours: {ours}");
+            }
+        }
+    }
 }
