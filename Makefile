@@ -113,7 +113,6 @@ demo:
 
 # Benchmarks (not tests): numbers and how to read them are in docs/benchmarks.md.
 bench:
-	cargo bench -p corsair-policy --features http --bench decide
 	bash benches/proxy/run.sh
 	cargo bench --bench webhook
 	WEBHOOK_BENCH_RATE=5000 cargo bench --bench webhook

@@ -28,6 +28,12 @@
 # divided by the requests it served; the system (kernel) part is reported beside it, since it
 # bounds what any user-space work can gain.
 #
+# The engine row (ENGINE=1, default): the policy engine's path from an `http::Request` to
+# response headers against tower-http's CorsLayer, with criterion (crates/corsair-policy/benches/
+# decide.rs), run after the servers have stopped and built before anything is measured; its
+# means are read from criterion's estimates and reported in the goals table (criterion's own
+# report, with the decision-only and exact-origin figures, is engine.log in the work directory).
+#
 # ALSO="NAME=BINARY ..." runs more proxy builds beside corsair in the same setups and rounds
 # (reported as corsair-NAME; ports from 18085), to compare builds side by side.
 #
@@ -46,6 +52,7 @@ DURATION=${DURATION:-5s}
 WARMUP=${WARMUP:-1s}
 ROUNDS=${ROUNDS:-3}
 H2=${H2:-1}
+ENGINE=${ENGINE:-1}
 H2_CONNECTIONS=${H2_CONNECTIONS:-64}
 H2_STREAMS=${H2_STREAMS:-10}
 LOAD_CPU=${LOAD_CPU:-1}
@@ -119,6 +126,11 @@ if [[ -z ${PROXY_BIN:-} ]]; then
     PROXY_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/$target
 fi
 [[ -x $PROXY_BIN ]] || die "no binary at $PROXY_BIN"
+ENGINE_BENCH=(cargo bench --locked -p corsair-policy --features http --bench decide)
+if [[ $ENGINE == 1 ]]; then
+    log "building the engine benchmark"
+    (cd "$ROOT" && "${ENGINE_BENCH[@]}" --no-run >&2)
+fi
 PROXY_CMD=("$PROXY_BIN")
 [[ $(basename "$PROXY_BIN") == corsair ]] && PROXY_CMD+=(proxy)
 
@@ -349,6 +361,23 @@ for setup in $SETUPS; do
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
+# The engine's cases: criterion's group names in decide.rs.
+ENGINE_CASES=("simple GET, 1 origin" "preflight 2 headers, 1 origin" "simple GET, 1000 exact + 50 wildcards")
+if [[ $ENGINE == 1 ]]; then
+    log "engine: criterion, corsair against tower-http"
+    ENGINE_STARTED=$(date -u '+%H:%M UTC')
+    (cd "$ROOT" && "${ENGINE_BENCH[@]}" -- --warm-up-time 1 --measurement-time 3 \
+        >"$WORK/engine.log" 2>&1) \
+        || die "the engine benchmark failed (log: $WORK/engine.log)"
+    CRITERION=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps \
+        | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/criterion
+fi
+# The mean of one criterion benchmark, in ns: engine_ns GROUP FUNCTION.
+engine_ns() {
+    python3 -c 'import json, sys; print("%.1f" % json.load(open(sys.argv[1]))["mean"]["point_estimate"])' \
+        "$CRITERION/$1/$2/new/estimates.json"
+}
+
 # --- the report ----------------------------------------------------------------------------
 echo
 echo "Proxy benchmark, $STARTED: median of $ROUNDS runs of $DURATION each after a $WARMUP warm-up."
@@ -406,6 +435,13 @@ for setup in $SETUPS; do
     fi
     echo "| $setup | idle RSS after one request ≤ 8 MiB | $(mib "${IDLE_RSS[$setup]}") MiB (${IDLE_SPLIT[$setup]}) | $(verdict "${IDLE_RSS[$setup]} <= 8192") |"
 done
+if [[ $ENGINE == 1 ]]; then
+    for case in "${ENGINE_CASES[@]}"; do
+        t=$(engine_ns "$case" tower-http); c=$(engine_ns "$case" corsair)
+        r=$(ratio "$t" "$c")
+        echo "| engine ($ENGINE_STARTED) | $case: engine path ≥ 5× tower-http's CorsLayer | ${r}× ($t vs $c ns) | $(verdict "$r >= 5") |"
+    done
+fi
 
 if [[ " $SETUPS " == *" pinned "* ]]; then
     echo
