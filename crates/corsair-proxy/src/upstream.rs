@@ -130,7 +130,7 @@ impl Upstream {
             {
                 Ok(head) => {
                     let upload = match head.sent {
-                        Sent::Partly(sent) => Some(Upload::new(body, framing, sent)),
+                        Sent::Partly(sent) => Some(Box::new(Upload::new(body, framing, sent))),
                         Sent::Whole | Sent::Broken => None,
                     };
                     let body =

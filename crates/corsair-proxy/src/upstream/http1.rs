@@ -517,7 +517,7 @@ impl Upload {
 
     /// Sends the rest after the response has ended; the connection goes back to `lane`
     /// (when given) once the body is sent whole.
-    async fn finish(mut self, mut connection: Connection, lane: Option<Lane>) {
+    async fn finish(mut self: Box<Self>, mut connection: Connection, lane: Option<Lane>) {
         match std::future::poll_fn(|cx| self.poll_send(&mut connection.io, cx)).await {
             Ok(()) => {
                 if let Some(lane) = lane {
@@ -646,8 +646,9 @@ enum Chunk {
 pub struct UpstreamBody {
     framing: Framing,
     connection: Option<Connection>,
-    /// The rest of the request body, when the upstream answered before it had all of it.
-    upload: Option<Upload>,
+    /// The rest of the request body, when the upstream answered before it had all of it (boxed:
+    /// rare, and the response body is moved on every request).
+    upload: Option<Box<Upload>>,
     /// Where the connection goes back once the body is read, when it can carry another request.
     lane: Option<Lane>,
 }
@@ -675,7 +676,7 @@ impl UpstreamBody {
         headers: &HeaderMap,
         connection: Connection,
         lane: &Lane,
-        mut upload: Option<Upload>,
+        mut upload: Option<Box<Upload>>,
     ) -> Result<UpstreamBody, io::Error> {
         let (framing, mut reusable) = response_framing(head, method, headers)?;
         if head.status == StatusCode::SWITCHING_PROTOCOLS {

@@ -804,27 +804,26 @@ async fn body_of(response: Response<AnyBody>) -> Result<Vec<u8>, String> {
 /// What an upstream read after its answer, and whether the connection ended there.
 type AfterAnswer = std::sync::mpsc::Receiver<(Vec<u8>, bool)>;
 
-/// An upstream that answers after the first 3 bytes of the body and then reads on: what it read
-/// after its answer (up to `rest` bytes, or to the connection's end), and whether the
+/// An upstream that answers 413 after the first 3 bytes of the body and then reads on: what it
+/// read after its answer (up to 9 bytes, or to the connection's end), and whether the
 /// connection ended there. Further requests on the connection get a 200.
-fn answers_early(
-    answer: &'static [u8],
-    rest: usize,
-) -> (SocketAddr, Arc<AtomicUsize>, AfterAnswer) {
+fn answers_early() -> (SocketAddr, Arc<AtomicUsize>, AfterAnswer) {
+    const ANSWER: &[u8] = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!";
+    const REST: usize = 9;
     let (tx, rx) = std::sync::mpsc::channel();
     let (addr, accepted) = serve(move |_, mut stream| {
         if read_head(&mut stream).is_none() {
             return;
         }
         let mut first = [0u8; 3];
-        if stream.read_exact(&mut first).is_err() || stream.write_all(answer).is_err() {
+        if stream.read_exact(&mut first).is_err() || stream.write_all(ANSWER).is_err() {
             return;
         }
         let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
         let mut after = Vec::new();
         let mut byte = [0u8; 1];
         let mut ended = false;
-        while after.len() < rest {
+        while after.len() < REST {
             match stream.read(&mut byte) {
                 Ok(1) => after.push(byte[0]),
                 Ok(_) => {
@@ -857,27 +856,31 @@ fn post(body: Paced) -> Request<Paced> {
     Request::post("/upload").body(body).expect("a request")
 }
 
+/// A 12-byte upload, of which the test has sent only 3 bytes when the upstream of
+/// [`answers_early`] answers 413: the answer, read whole, and what is left to drive the rest.
+async fn answered_early(ours: bool) -> (Client, Pace, Arc<AtomicUsize>, AfterAnswer) {
+    let (addr, accepted, rx) = answers_early();
+    let mut client = Client::connect(ours, addr).await;
+    let (pace, body) = Paced::new(Some(12), b"abc");
+    let response = client.send(post(body)).await;
+    assert_eq!(
+        response.status(),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "ours: {ours}"
+    );
+    assert_eq!(
+        body_of(response).await.as_deref(),
+        Ok(&b"big!"[..]),
+        "ours: {ours}"
+    );
+    (client, pace, accepted, rx)
+}
+
 #[tokio::test]
 async fn an_upstream_that_answers_before_the_whole_body_still_gets_all_of_it_as_from_hyper() {
     for ours in [false, true] {
-        let (addr, accepted, rx) = answers_early(
-            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!",
-            9,
-        );
-        let mut client = Client::connect(ours, addr).await;
-        let (pace, body) = Paced::new(Some(12), b"abc");
-        // The answer, whole, while 9 bytes of the body are still to come.
-        let response = client.send(post(body)).await;
-        assert_eq!(
-            response.status(),
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "ours: {ours}"
-        );
-        assert_eq!(
-            body_of(response).await.as_deref(),
-            Ok(&b"big!"[..]),
-            "ours: {ours}"
-        );
+        // The answer came whole while 9 bytes of the body were still to come.
+        let (mut client, pace, accepted, rx) = answered_early(ours).await;
         let _ = pace.unbounded_send(Ok(Frame::data(Bytes::from_static(b"defghijkl"))));
         drop(pace);
         let (after, _) = upstream_read(&rx).await;
@@ -944,23 +947,7 @@ async fn an_early_answer_streams_while_the_body_is_still_sent_as_from_hyper() {
 #[tokio::test]
 async fn a_client_body_that_fails_after_an_early_answer_ends_the_connection_as_with_hyper() {
     for ours in [false, true] {
-        let (addr, accepted, rx) = answers_early(
-            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!",
-            9,
-        );
-        let mut client = Client::connect(ours, addr).await;
-        let (pace, body) = Paced::new(Some(12), b"abc");
-        let response = client.send(post(body)).await;
-        assert_eq!(
-            response.status(),
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "ours: {ours}"
-        );
-        assert_eq!(
-            body_of(response).await.as_deref(),
-            Ok(&b"big!"[..]),
-            "ours: {ours}"
-        );
+        let (mut client, pace, accepted, rx) = answered_early(ours).await;
         let _ = pace.unbounded_send(Err(io::Error::other("the client went away")));
         // The upstream sees the body end short, not a wait for the rest.
         let (after, ended) = upstream_read(&rx).await;
