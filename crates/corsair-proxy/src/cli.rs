@@ -48,7 +48,9 @@ pub struct Args {
     /// Seconds to connect to the upstream before answering 504.
     #[arg(long, env = "CORSAIR_CONNECT_TIMEOUT", value_name = "SECONDS", default_value_t = 5.0, value_parser = seconds)]
     connect_timeout: f64,
-    /// Seconds the upstream has to start its response before the client gets a 504.
+    /// Seconds the upstream has to start its response before the client gets a 504; also how
+    /// long the rest of an upload that the upstream answered early may stall before it is
+    /// given up.
     #[arg(long, env = "CORSAIR_UPSTREAM_TIMEOUT", value_name = "SECONDS", default_value_t = 60.0, value_parser = seconds)]
     upstream_timeout: f64,
     /// Seconds without a byte in either direction after which a client connection is closed.

@@ -63,7 +63,8 @@ pub struct ProxyConfig {
     pub header_read_timeout: Duration,
     /// Time to establish a TCP connection to the upstream (504 when exceeded).
     pub connect_timeout: Duration,
-    /// Time the upstream has to start its response (504 when exceeded).
+    /// Time the upstream has to start its response (504 when exceeded), and that the rest of an
+    /// upload the upstream answered early may make no progress before it is given up.
     pub upstream_timeout: Duration,
     /// A client connection that moves no bytes for this long is closed.
     pub idle_timeout: Duration,

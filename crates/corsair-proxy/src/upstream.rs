@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 use crate::{ProxyConfig, ProxyError};
 pub(crate) use http1::Switched;
 pub use http1::UpstreamBody;
-use http1::{Connection, RequestFraming, Sent, Upload};
+use http1::{Connection, Outgoing, RequestFraming, Sent, Upload};
 
 /// A response head from the upstream this large or larger is a 502: hyper's client limit
 /// (8 KiB and 100 reads of 4 KiB), kept when the hop became our own.
@@ -40,6 +40,9 @@ pub struct Upstream {
     /// `host:port`, the port defaulted to 80.
     address: String,
     connect_timeout: Duration,
+    /// How long the rest of an early-answered upload may make no progress (the upstream timeout,
+    /// which bounds the whole of every other upload).
+    upload_stall: Duration,
     /// Learned: the upstream holds back part of a response until it is acknowledged.
     nagles: Arc<AtomicBool>,
 }
@@ -93,6 +96,7 @@ impl Upstream {
                 authority.port_u16().unwrap_or(80)
             ),
             connect_timeout: config.connect_timeout,
+            upload_stall: config.upstream_timeout,
             nagles: Arc::default(),
         })
     }
@@ -123,14 +127,15 @@ impl Upstream {
         connection.encode_head(&parts, framing);
         // The request's header map, no longer needed once encoded, takes the response's.
         let mut headers = std::mem::take(&mut parts.headers);
+        let mut out = Outgoing::new(framing);
         loop {
             match connection
-                .exchange(&mut body, framing, &mut headers, MAX_RESPONSE_HEAD)
+                .exchange(&mut body, &mut out, &mut headers, MAX_RESPONSE_HEAD)
                 .await
             {
                 Ok(head) => {
                     let upload = match head.sent {
-                        Sent::Partly(sent) => Some(Box::new(Upload::new(body, framing, sent))),
+                        Sent::Partly => Some(Box::new(Upload::new(body, out, self.upload_stall))),
                         Sent::Whole | Sent::Broken => None,
                     };
                     let body =

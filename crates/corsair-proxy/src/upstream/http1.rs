@@ -8,7 +8,6 @@
 //! connections, `docs/benchmarks.md`). The sidecar's upstream is one application on loopback
 //! that answers one request at a time per connection, which needs none of that.
 
-use std::collections::VecDeque;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -94,10 +93,10 @@ pub(crate) struct Head {
 pub(crate) enum Sent {
     /// All of it.
     Whole,
-    /// The head and this many bytes of the body: the upstream answered early (a 413, a 401).
-    /// The rest is sent while the response is read, and after it, as hyper's client did: an
-    /// upstream may answer first and still read the whole body.
-    Partly(u64),
+    /// The head and part of the body: the upstream answered early (a 413, a 401). The rest is
+    /// sent while the response is read, and after it, as hyper's client did: an upstream may
+    /// answer first and still read the whole body.
+    Partly,
     /// The upstream stopped taking the body: the connection carries nothing more.
     Broken,
 }
@@ -187,13 +186,15 @@ impl Connection {
     }
 
     /// Sends the encoded head and the body, and reads the response head, skipping interim
-    /// (1xx) responses other than 101. An upstream that answers before the whole body is sent
-    /// gets the head back at once, with [`Sent::Partly`]: the caller sends the rest through an
-    /// [`Upload`]. If the upstream stopped taking the body, what it answered is still read.
+    /// (1xx) responses other than 101. The body is sent while the connection is read, as
+    /// hyper's client did: an upstream that answers before the whole body is sent (a 413, a
+    /// 401) gets the head back at once, even if it reads no more, with [`Sent::Partly`] and the
+    /// rest to send in `out`, which the caller hands to an [`Upload`]. If the upstream stopped
+    /// taking the body, what it answered is still read.
     pub(crate) async fn exchange<B>(
         &mut self,
         body: &mut B,
-        framing: RequestFraming,
+        out: &mut Outgoing,
         headers: &mut HeaderMap,
         max_head: usize,
     ) -> Result<Head, HopError>
@@ -201,109 +202,65 @@ impl Connection {
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-        enum Step<F> {
-            Read(io::Result<usize>),
-            Frame(Option<F>),
-        }
+        use tokio::io::AsyncWriteExt;
 
         self.io
             .write_all(&self.head)
             .await
             .map_err(HopError::before)?;
-        let mut sending = framing.has_body();
         // Why the body could not be sent whole: reported only if no answer comes.
         let mut broken: Option<io::Error> = None;
-        let mut sent: u64 = 0;
         // Any byte of a response (an interim one included) came.
         let mut received = false;
-        loop {
-            let progress = match (sending, &broken) {
-                (_, Some(_)) => Sent::Broken,
-                (true, None) => Sent::Partly(sent),
-                (false, None) => Sent::Whole,
-            };
-            if let Some(head) = self.parse_head(headers, max_head, progress)? {
-                if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS
-                {
-                    continue;
+        std::future::poll_fn(|cx| {
+            loop {
+                let progress = match &broken {
+                    Some(_) => Sent::Broken,
+                    None if out.ended() => Sent::Whole,
+                    None => Sent::Partly,
+                };
+                if let Some(head) = self.parse_head(headers, max_head, progress)? {
+                    if head.status.is_informational()
+                        && head.status != StatusCode::SWITCHING_PROTOCOLS
+                    {
+                        continue;
+                    }
+                    return Poll::Ready(Ok(head));
                 }
-                return Ok(head);
-            }
-            let grow = INITIAL_READ.max(self.read.len());
-            make_room(&mut self.read, grow);
-            let step = if sending {
-                tokio::select! {
-                    // An answer that is already there wins over sending more.
-                    biased;
-                    read = self.io.read_buf(&mut self.read) => Step::Read(read),
-                    frame = body.frame() => Step::Frame(frame),
+                let grow = INITIAL_READ.max(self.read.len());
+                make_room(&mut self.read, grow);
+                match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(HopError {
+                            error: broken
+                                .take()
+                                .unwrap_or_else(|| closed_early("a complete response head")),
+                            before_response: !received,
+                        }));
+                    }
+                    Poll::Ready(Ok(_)) => {
+                        received = true;
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => {
+                        return Poll::Ready(Err(HopError {
+                            error: broken.take().unwrap_or(e),
+                            before_response: !received,
+                        }));
+                    }
+                    Poll::Pending => {}
                 }
-            } else {
-                Step::Read(self.io.read_buf(&mut self.read).await)
-            };
-            let frame = match step {
-                Step::Read(Ok(0)) => {
-                    return Err(HopError {
-                        error: broken.unwrap_or_else(|| closed_early("a complete response head")),
-                        before_response: !received,
-                    });
+                if broken.is_some() || out.ended() {
+                    return Poll::Pending;
                 }
-                Step::Read(Ok(_)) => {
-                    received = true;
-                    continue;
-                }
-                Step::Read(Err(e)) => {
-                    return Err(HopError {
-                        error: broken.unwrap_or(e),
-                        before_response: !received,
-                    });
-                }
-                Step::Frame(frame) => frame,
-            };
-            match self.send_frame(frame, framing, &mut sent).await {
-                Ok(more) => sending = more,
-                Err(Stop::Body(e)) => return Err(HopError::after(e)),
-                Err(Stop::Write(e)) => {
-                    broken = Some(e);
-                    sending = false;
+                match ready!(out.poll_send(body, &mut self.io, cx)) {
+                    Ok(()) => {}
+                    Err(Stop::Body(e)) => return Poll::Ready(Err(HopError::after(e))),
+                    Err(Stop::Write(e)) => broken = Some(e),
                 }
             }
-        }
-    }
-
-    /// Writes one frame of the request body; `Ok(false)` once the body has ended.
-    async fn send_frame<E>(
-        &mut self,
-        frame: Option<Result<Frame<Bytes>, E>>,
-        framing: RequestFraming,
-        sent: &mut u64,
-    ) -> Result<bool, Stop>
-    where
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        use tokio::io::AsyncWriteExt;
-
-        match to_wire(frame, framing, sent).map_err(Stop::Body)? {
-            Wire::Nothing => Ok(true),
-            Wire::End(last) => {
-                self.io.write_all(last).await.map_err(Stop::Write)?;
-                Ok(false)
-            }
-            Wire::Data(data) if framing == RequestFraming::Chunked => {
-                let mut line = [0u8; 20];
-                let size = hex_line(&mut line, data.len());
-                self.io.write_all(size).await.map_err(Stop::Write)?;
-                self.io.write_all(&data).await.map_err(Stop::Write)?;
-                self.io.write_all(b"\r\n").await.map_err(Stop::Write)?;
-                Ok(true)
-            }
-            Wire::Data(data) => {
-                self.io.write_all(&data).await.map_err(Stop::Write)?;
-                Ok(true)
-            }
-        }
+        })
+        .await
     }
 
     /// Parses a complete response head at the start of the read buffer, if there is one, into
@@ -446,79 +403,154 @@ where
     Ok(Wire::Data(data))
 }
 
+/// The request body on its way to the upstream: what a frame became on the wire and has not
+/// been written yet, without allocating (a chunk-size line is kept inline).
+pub(crate) struct Outgoing {
+    framing: RequestFraming,
+    /// Body bytes taken from the client so far.
+    sent: u64,
+    /// A chunk-size line, from `line_at` on.
+    line: [u8; 20],
+    line_at: usize,
+    data: Bytes,
+    /// What follows the data: a chunk's CRLF, or the last chunk.
+    tail: &'static [u8],
+    /// The client's body has ended (or there was none).
+    done: bool,
+    /// A frame came or bytes went out since this was last cleared.
+    progressed: bool,
+}
+
+impl Outgoing {
+    pub(crate) fn new(framing: RequestFraming) -> Outgoing {
+        Outgoing {
+            framing,
+            sent: 0,
+            line: [0; 20],
+            line_at: 20,
+            data: Bytes::new(),
+            tail: b"",
+            done: !framing.has_body(),
+            progressed: false,
+        }
+    }
+
+    /// The body has been sent whole.
+    fn ended(&self) -> bool {
+        self.done && self.line_at == self.line.len() && self.data.is_empty() && self.tail.is_empty()
+    }
+
+    /// Takes frames from `body` and writes them to `io` until the body is sent whole (ready)
+    /// or neither has more to give now.
+    fn poll_send<B>(
+        &mut self,
+        body: &mut B,
+        io: &mut QuickAck,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Stop>>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        use tokio::io::AsyncWrite;
+
+        loop {
+            let pending: &[u8] = if self.line_at < self.line.len() {
+                &self.line[self.line_at..]
+            } else if !self.data.is_empty() {
+                &self.data
+            } else {
+                self.tail
+            };
+            if !pending.is_empty() {
+                let n = ready!(Pin::new(&mut *io).poll_write(cx, pending)).map_err(Stop::Write)?;
+                if n == 0 {
+                    return Poll::Ready(Err(Stop::Write(io::ErrorKind::WriteZero.into())));
+                }
+                if self.line_at < self.line.len() {
+                    self.line_at += n;
+                } else if !self.data.is_empty() {
+                    self.data.advance(n);
+                } else {
+                    self.tail = &self.tail[n..];
+                }
+                self.progressed = true;
+                continue;
+            }
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
+            self.progressed = true;
+            match to_wire(frame, self.framing, &mut self.sent).map_err(Stop::Body)? {
+                Wire::Nothing => {}
+                Wire::End(last) => {
+                    self.done = true;
+                    self.tail = last;
+                }
+                Wire::Data(data) => {
+                    if self.framing == RequestFraming::Chunked {
+                        let size = hex_line(&mut self.line, data.len()).len();
+                        self.line_at = self.line.len() - size;
+                        self.tail = b"\r\n";
+                    }
+                    self.data = data;
+                }
+            }
+        }
+    }
+}
+
 /// The rest of a request body that the upstream answered before it was sent whole. It is sent
 /// while the response body is read, and on a task of its own once that has ended, so that an
 /// upstream that answers a large upload early and reads on gets all of it, and the client can
 /// finish sending, as with hyper's client.
 pub(crate) struct Upload {
     body: UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>,
-    framing: RequestFraming,
-    sent: u64,
-    /// Framed bytes not yet written.
-    out: VecDeque<Bytes>,
-    ended: bool,
+    out: Outgoing,
+    /// Once the response has ended, how long the upload may make no progress.
+    stall: std::time::Duration,
 }
 
 impl Upload {
-    /// What is left of `body`, of which `sent` bytes have gone out with `framing`.
-    pub(crate) fn new<B>(body: B, framing: RequestFraming, sent: u64) -> Upload
+    /// What is left of `body`, and of the frame `out` was writing.
+    pub(crate) fn new<B>(body: B, out: Outgoing, stall: std::time::Duration) -> Upload
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         Upload {
             body: body.map_err(Into::into).boxed_unsync(),
-            framing,
-            sent,
-            out: VecDeque::new(),
-            ended: false,
+            out,
+            stall,
         }
     }
 
-    /// Writes what it can to `io`; ready once the body has been sent whole.
     fn poll_send(&mut self, io: &mut QuickAck, cx: &mut Context<'_>) -> Poll<Result<(), Stop>> {
-        use tokio::io::AsyncWrite;
-
-        loop {
-            if let Some(front) = self.out.front_mut() {
-                let n = ready!(Pin::new(&mut *io).poll_write(cx, front)).map_err(Stop::Write)?;
-                if n == 0 {
-                    return Poll::Ready(Err(Stop::Write(io::ErrorKind::WriteZero.into())));
-                }
-                front.advance(n);
-                if front.is_empty() {
-                    self.out.pop_front();
-                }
-                continue;
-            }
-            if self.ended {
-                return Poll::Ready(Ok(()));
-            }
-            let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
-            match to_wire(frame, self.framing, &mut self.sent).map_err(Stop::Body)? {
-                Wire::Nothing => {}
-                Wire::End(last) => {
-                    self.ended = true;
-                    if !last.is_empty() {
-                        self.out.push_back(Bytes::from_static(last));
-                    }
-                }
-                Wire::Data(data) if self.framing == RequestFraming::Chunked => {
-                    let mut line = [0u8; 20];
-                    self.out
-                        .push_back(Bytes::copy_from_slice(hex_line(&mut line, data.len())));
-                    self.out.push_back(data);
-                    self.out.push_back(Bytes::from_static(b"\r\n"));
-                }
-                Wire::Data(data) => self.out.push_back(data),
-            }
-        }
+        self.out.poll_send(&mut self.body, io, cx)
     }
 
     /// Sends the rest after the response has ended; the connection goes back to `lane`
-    /// (when given) once the body is sent whole.
+    /// (when given) once the body is sent whole. An upload on which neither the client nor the
+    /// upstream moves for [`Upload::stall`] is given up with its connection, as the upstream
+    /// timeout gives up any other upload: nothing else would end this task.
     async fn finish(mut self: Box<Self>, mut connection: Connection, lane: Option<Lane>) {
-        match std::future::poll_fn(|cx| self.poll_send(&mut connection.io, cx)).await {
+        let stall = self.stall;
+        let mut quiet = std::pin::pin!(tokio::time::sleep(stall));
+        let sent = std::future::poll_fn(|cx| {
+            if let Poll::Ready(sent) = self.poll_send(&mut connection.io, cx) {
+                return Poll::Ready(sent);
+            }
+            if std::mem::take(&mut self.out.progressed) {
+                quiet.as_mut().reset(tokio::time::Instant::now() + stall);
+            }
+            ready!(quiet.as_mut().poll(cx));
+            Poll::Ready(Err(Stop::Write(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the rest of the request body did not move for {stall:?}"),
+            ))))
+        });
+        match sent.await {
             Ok(()) => {
                 if let Some(lane) = lane {
                     lane.give_back(connection);
@@ -540,7 +572,7 @@ impl Stop {
                     .shutdown(std::net::Shutdown::Write);
             }
             Stop::Write(error) => {
-                tracing::debug!(%error, "the upstream took no more of the request body");
+                tracing::debug!(%error, "the rest of the request body was not sent");
             }
         }
     }

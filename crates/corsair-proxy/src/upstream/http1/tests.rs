@@ -944,6 +944,115 @@ async fn an_early_answer_streams_while_the_body_is_still_sent_as_from_hyper() {
     }
 }
 
+/// An upstream that answers 413 after the first 3 bytes of an upload and then neither reads
+/// nor closes for two seconds; then it reads to the end: how much it read, and whether the
+/// connection ended (rather than the read timing out).
+fn answers_early_and_stops_reading() -> (SocketAddr, AfterAnswer) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (addr, _) = serve(move |_, mut stream| {
+        let mut first = [0u8; 3];
+        if read_head(&mut stream).is_none()
+            || stream.read_exact(&mut first).is_err()
+            || stream
+                .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!")
+                .is_err()
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut read = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        let ended = loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => read += n,
+                Err(_) => break false,
+            }
+        };
+        let _ = tx.send((read.to_le_bytes().to_vec(), ended));
+    });
+    (addr, rx)
+}
+
+/// 64 MiB, all of it ready at once: more than the sockets between the two hold.
+fn a_large_upload()
+-> Request<StreamBody<impl futures::Stream<Item = Result<Frame<Bytes>, Infallible>>>> {
+    let chunk = Bytes::from(vec![b'u'; 64 * 1024]);
+    let frames = (0..1024).map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone())));
+    Request::post("/upload")
+        .header(header::CONTENT_LENGTH, 64 << 20)
+        .body(StreamBody::new(futures::stream::iter(frames)))
+        .expect("a request")
+}
+
+#[tokio::test]
+async fn an_early_answer_reaches_the_client_even_if_the_upstream_reads_no_more_as_from_hyper() {
+    for ours in [false, true] {
+        let (addr, _) = answers_early_and_stops_reading();
+        let started = std::time::Instant::now();
+        let response = if ours {
+            let upstream = proxy_upstream(addr);
+            upstream
+                .send(&Lane::default(), a_large_upload())
+                .await
+                .map(|r| r.status())
+                .map_err(|f| format!("{:?}", f.failure))
+        } else {
+            let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .expect("a handshake");
+            tokio::spawn(connection);
+            sender
+                .send_request(a_large_upload())
+                .await
+                .map(|r| r.status())
+                .map_err(|e| e.to_string())
+        };
+        // Not held until the upstream reads again (two seconds), nor until a timeout.
+        assert_eq!(response, Ok(StatusCode::PAYLOAD_TOO_LARGE), "ours: {ours}");
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "ours: {ours}: the answer took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_upload_that_stalls_after_the_answer_is_given_up_with_its_connection() {
+    let (addr, rx) = answers_early_and_stops_reading();
+    let mut config = ProxyConfig::new(
+        "policy.yaml".into(),
+        format!("http://{addr}").parse().expect("a URI"),
+        "127.0.0.1:0".parse().expect("addr"),
+        "127.0.0.1:0".parse().expect("addr"),
+    );
+    config.upstream_timeout = Duration::from_millis(300);
+    let upstream = Upstream::new(&config).expect("an upstream");
+    let lane = Lane::default();
+    let response = upstream
+        .send(&lane, a_large_upload())
+        .await
+        .expect("the answer");
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        body_of(response.map(|b| b.map_err(Into::into).boxed_unsync()))
+            .await
+            .as_deref(),
+        Ok(&b"big!"[..])
+    );
+    // The upstream reads again after two seconds: by then the upload, stalled for 300 ms, has
+    // been given up and its connection closed, short of the body's 64 MiB.
+    let (read, ended) = upstream_read(&rx).await;
+    let read = usize::from_le_bytes(read.try_into().expect("a count"));
+    assert!(ended, "the connection was not closed ({read} bytes read)");
+    assert!(read < 64 << 20, "the whole body went: {read} bytes");
+    assert_eq!(idle(&lane), 0, "the stalled connection was kept");
+}
+
 #[tokio::test]
 async fn a_client_body_that_fails_after_an_early_answer_ends_the_connection_as_with_hyper() {
     for ours in [false, true] {
