@@ -480,3 +480,61 @@ async fn an_upstream_that_answers_an_upload_early_still_gets_all_of_it() {
     assert_eq!(&next, b"HTTP/1.1 200");
     proxy.shutdown().await.expect("clean shutdown");
 }
+
+#[tokio::test]
+async fn an_upload_refused_by_an_upstream_that_reads_no_more_gets_its_answer_at_once() {
+    // The upstream answers 401 to the head and does not read the body for three seconds.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            });
+        }
+    });
+    let policy = support::policy_file(POLICY);
+    let mut config = corsair_proxy::ProxyConfig::new(
+        policy.path.clone(),
+        format!("http://{addr}").parse().expect("uri"),
+        "127.0.0.1:0".parse().expect("addr"),
+        "127.0.0.1:0".parse().expect("addr"),
+    );
+    config.upstream_timeout = Duration::from_millis(500);
+    let proxy = corsair_proxy::Proxy::start(config).await.expect("starts");
+    let client = TcpStream::connect(proxy.listen_addr())
+        .await
+        .expect("connect");
+    let (mut reader, mut writer) = client.into_split();
+    const SIZE: usize = 64 * 1024 * 1024;
+    tokio::spawn(async move {
+        let head = format!("POST /upload HTTP/1.1\r\nhost: app\r\ncontent-length: {SIZE}\r\n\r\n");
+        let _ = writer.write_all(head.as_bytes()).await;
+        let _ = writer.write_all(&vec![b'u'; SIZE]).await;
+    });
+    let mut status = [0u8; 12];
+    timeout(Duration::from_millis(1500), reader.read_exact(&mut status))
+        .await
+        .expect("the answer before the upstream reads again")
+        .expect("the answer");
+    assert_eq!(&status, b"HTTP/1.1 401");
+    // The rest of the upload stalls behind the upstream; after the upstream timeout it is
+    // given up, and the client's connection with it, before the upstream would read again.
+    let mut rest = Vec::new();
+    let closed = timeout(Duration::from_millis(2500), reader.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the client's connection was kept open");
+    proxy.shutdown().await.expect("clean shutdown");
+}
