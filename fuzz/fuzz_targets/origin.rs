@@ -32,11 +32,12 @@ static ENGINE: LazyLock<Engine> = LazyLock::new(|| {
     }
 });
 
-fn request(origin: &str) -> RequestInfo<'_> {
+/// A cross-origin GET from `origin` to `host`.
+fn request<'a>(origin: &'a str, host: Option<&'a str>) -> RequestInfo<'a> {
     RequestInfo {
         method: "GET",
         path: "/",
-        host: Some("api.example.com"),
+        host,
         origin: Some(origin),
         request_method: None,
         request_headers: &[],
@@ -44,8 +45,24 @@ fn request(origin: &str) -> RequestInfo<'_> {
     }
 }
 
+/// Whether the fixed policy's engine allows `origin` on a request to `api.example.com` (an
+/// origin of that host is same-origin: not a CORS request, so not allowed either).
 fn allowed(engine: &Engine, origin: &str) -> bool {
-    matches!(engine.decide(&request(origin)).verdict, Verdict::Allowed(_))
+    matches!(
+        engine
+            .decide(&request(origin, Some("api.example.com")))
+            .verdict,
+        Verdict::Allowed(_)
+    )
+}
+
+/// Whether an entry's engine allows `origin` on a request without a `Host`: an entry may name
+/// any host, and one equal to the request's would make the request same-origin, not allowed.
+fn allowed_anywhere(engine: &Engine, origin: &str) -> bool {
+    matches!(
+        engine.decide(&request(origin, None)).verdict,
+        Verdict::Allowed(_)
+    )
 }
 
 /// One or more non-empty labels of host characters, separated by single dots.
@@ -112,14 +129,14 @@ fn check_entry(entry: &str) {
         None => {
             assert!(!entry.contains('*'), "{entry:?} accepted with a `*`");
             assert!(
-                allowed(&engine, entry),
+                allowed_anywhere(&engine, entry),
                 "exact entry {entry:?} does not allow itself"
             );
             assert!(
-                !allowed(&engine, &format!("{entry}.evil.test")),
+                !allowed_anywhere(&engine, &format!("{entry}.evil.test")),
                 "{entry:?}"
             );
-            assert!(!allowed(&engine, "null"), "{entry:?} allows null");
+            assert!(!allowed_anywhere(&engine, "null"), "{entry:?} allows null");
         }
         Some((scheme, rest)) => {
             let (suffix, port) = match rest.rsplit_once(':') {
@@ -127,10 +144,13 @@ fn check_entry(entry: &str) {
                 None => (rest, String::new()),
             };
             let sub = format!("{scheme}://sub.{suffix}{port}");
-            assert!(allowed(&engine, &sub), "{entry:?} does not allow {sub:?}");
+            assert!(
+                allowed_anywhere(&engine, &sub),
+                "{entry:?} does not allow {sub:?}"
+            );
             let apex = format!("{scheme}://{suffix}{port}");
             assert!(
-                !allowed(&engine, &apex),
+                !allowed_anywhere(&engine, &apex),
                 "{entry:?} allows its apex {apex:?}"
             );
             // The suffix may itself end the other domain (`*.test` does cover
@@ -138,12 +158,15 @@ fn check_entry(entry: &str) {
             let after_host = format!("sub.{suffix}.evil.test");
             let after = format!("{scheme}://{after_host}{port}");
             assert_eq!(
-                allowed(&engine, &after),
+                allowed_anywhere(&engine, &after),
                 after_host.ends_with(&format!(".{suffix}")),
                 "{entry:?} on {after:?}"
             );
             let glued = format!("{scheme}://evil{suffix}{port}");
-            assert!(!allowed(&engine, &glued), "{entry:?} allows {glued:?}");
+            assert!(
+                !allowed_anywhere(&engine, &glued),
+                "{entry:?} allows {glued:?}"
+            );
         }
     }
 }
