@@ -34,12 +34,7 @@ async fn upstream_down_is_a_502_naming_the_cause() {
     let dead = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let dead_addr = dead.local_addr().expect("addr");
     drop(dead);
-    let mut config = corsair_proxy::ProxyConfig::new(
-        policy.path.clone(),
-        format!("http://{dead_addr}").parse().expect("uri"),
-        "127.0.0.1:0".parse().expect("addr"),
-        "127.0.0.1:0".parse().expect("addr"),
-    );
+    let mut config = support::config_at(&policy.path, dead_addr);
     config.drain_timeout = Duration::from_secs(2);
     let proxy = Proxy::start(config)
         .await
@@ -116,12 +111,7 @@ async fn an_upstream_that_cannot_be_connected_in_time_is_a_504() {
         assert!(fillers.len() < 64, "the backlog never filled up");
     }
     let policy = policy_file(POLICY);
-    let mut config = corsair_proxy::ProxyConfig::new(
-        policy.path.clone(),
-        format!("http://{addr}").parse().expect("uri"),
-        "127.0.0.1:0".parse().expect("addr"),
-        "127.0.0.1:0".parse().expect("addr"),
-    );
+    let mut config = support::config_at(&policy.path, addr);
     config.connect_timeout = Duration::from_millis(300);
     let proxy = Proxy::start(config).await.expect("starts");
     let start = Instant::now();
@@ -157,12 +147,7 @@ async fn an_upstream_that_resets_is_a_502() {
         }
     });
     let policy = policy_file(POLICY);
-    let config = corsair_proxy::ProxyConfig::new(
-        policy.path.clone(),
-        format!("http://{addr}").parse().expect("uri"),
-        "127.0.0.1:0".parse().expect("addr"),
-        "127.0.0.1:0".parse().expect("addr"),
-    );
+    let config = support::config_at(&policy.path, addr);
     let proxy = Proxy::start(config).await.expect("starts");
     let response = send(proxy.listen_addr(), request("GET", "/")).await;
     assert_eq!(response.status(), 502);

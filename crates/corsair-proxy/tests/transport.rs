@@ -219,7 +219,7 @@ async fn an_idle_tunnel_is_closed() {
 }
 
 /// Reads up to the end of a response head.
-async fn read_head(stream: &mut TcpStream) -> String {
+async fn read_head(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -341,12 +341,7 @@ fn nagling_upstream() -> std::net::SocketAddr {
 async fn a_nagling_upstream_costs_no_delayed_ack_per_request() {
     let upstream = nagling_upstream();
     let policy = support::policy_file(POLICY);
-    let config = corsair_proxy::ProxyConfig::new(
-        policy.path.clone(),
-        format!("http://{upstream}").parse().expect("uri"),
-        "127.0.0.1:0".parse().expect("addr"),
-        "127.0.0.1:0".parse().expect("addr"),
-    );
+    let config = support::config_at(&policy.path, upstream);
     let proxy = corsair_proxy::Proxy::start(config)
         .await
         .expect("proxy starts");
@@ -370,6 +365,19 @@ async fn a_nagling_upstream_costs_no_delayed_ack_per_request() {
     proxy.shutdown().await.expect("shutdown");
 }
 
+/// For the test upstreams: one request head, `None` once the proxy has closed the connection.
+async fn head_or_close(stream: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
 /// An upstream that answers a POST with a 413 as soon as it has the head, then reads the whole
 /// body anyway (as servers that reject an upload and drain it do), and reports how much came.
 /// Later requests on the connection get a 200.
@@ -384,16 +392,8 @@ async fn rejects_uploads_early(
         while let Ok((mut stream, _)) = listener.accept().await {
             let read = read.clone();
             tokio::spawn(async move {
-                let mut byte = [0u8; 1];
-                loop {
-                    let mut head = Vec::new();
-                    while !head.ends_with(b"\r\n\r\n") {
-                        match stream.read(&mut byte).await {
-                            Ok(1) => head.push(byte[0]),
-                            _ => return,
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                while let Some(head) = head_or_close(&mut stream).await {
+                    let head = head.to_ascii_lowercase();
                     let length: usize = head
                         .lines()
                         .find_map(|l| l.strip_prefix("content-length: "))
@@ -426,12 +426,7 @@ async fn an_upstream_that_answers_an_upload_early_still_gets_all_of_it() {
     let (read_tx, mut read_rx) = mpsc::unbounded_channel();
     let (addr, _upstream) = rejects_uploads_early(read_tx).await;
     let policy = support::policy_file(POLICY);
-    let config = corsair_proxy::ProxyConfig::new(
-        policy.path.clone(),
-        format!("http://{addr}").parse().expect("uri"),
-        "127.0.0.1:0".parse().expect("addr"),
-        "127.0.0.1:0".parse().expect("addr"),
-    );
+    let config = support::config_at(&policy.path, addr);
     let proxy = corsair_proxy::Proxy::start(config).await.expect("starts");
     let client = TcpStream::connect(proxy.listen_addr())
         .await
@@ -445,18 +440,14 @@ async fn an_upstream_that_answers_an_upload_early_still_gets_all_of_it() {
         writer.write_all(&vec![b'u'; SIZE]).await?;
         Ok::<_, std::io::Error>(writer)
     });
-    let mut answer = vec![0u8; 0];
-    let mut byte = [0u8; 1];
-    while !answer.ends_with(b"\r\n\r\nbig!") {
-        let n = timeout(Duration::from_secs(10), reader.read(&mut byte))
-            .await
-            .expect("the answer in time")
-            .expect("read");
-        assert_eq!(n, 1, "closed before the answer: {answer:?}");
-        answer.push(byte[0]);
-    }
-    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let answer = read_head(&mut reader).await;
     assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    let mut body = [0u8; 4];
+    timeout(Duration::from_secs(5), reader.read_exact(&mut body))
+        .await
+        .expect("the answer's body in time")
+        .expect("the answer's body");
+    assert_eq!(&body, b"big!");
     // The client finishes its upload, and the upstream gets all of it.
     let mut writer = timeout(Duration::from_secs(30), upload)
         .await
@@ -491,13 +482,8 @@ async fn an_upload_refused_by_an_upstream_that_reads_no_more_gets_its_answer_at_
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match stream.read(&mut byte).await {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
+                if head_or_close(&mut stream).await.is_none() {
+                    return;
                 }
                 let _ = stream
                     .write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n")
@@ -507,12 +493,7 @@ async fn an_upload_refused_by_an_upstream_that_reads_no_more_gets_its_answer_at_
         }
     });
     let policy = support::policy_file(POLICY);
-    let mut config = corsair_proxy::ProxyConfig::new(
-        policy.path.clone(),
-        format!("http://{addr}").parse().expect("uri"),
-        "127.0.0.1:0".parse().expect("addr"),
-        "127.0.0.1:0".parse().expect("addr"),
-    );
+    let mut config = support::config_at(&policy.path, addr);
     config.upstream_timeout = Duration::from_millis(500);
     let proxy = corsair_proxy::Proxy::start(config).await.expect("starts");
     let client = TcpStream::connect(proxy.listen_addr())

@@ -222,13 +222,18 @@ pub fn policy_file(spec: &str) -> PolicyFile {
     PolicyFile { dir, path }
 }
 
-pub fn config(policy: &Path, upstream: &Upstream) -> ProxyConfig {
-    let mut config = ProxyConfig::new(
+/// A proxy's defaults for `policy`, in front of whatever listens at `upstream`, on free ports.
+pub fn config_at(policy: &Path, upstream: SocketAddr) -> ProxyConfig {
+    ProxyConfig::new(
         policy.to_owned(),
-        upstream.uri(),
+        format!("http://{upstream}").parse().expect("valid URI"),
         "127.0.0.1:0".parse().expect("addr"),
         "127.0.0.1:0".parse().expect("addr"),
-    );
+    )
+}
+
+pub fn config(policy: &Path, upstream: &Upstream) -> ProxyConfig {
+    let mut config = config_at(policy, upstream.addr);
     config.reload_poll_interval = Duration::from_millis(200);
     config.drain_timeout = Duration::from_secs(5);
     config

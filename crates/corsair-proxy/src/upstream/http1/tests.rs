@@ -325,14 +325,18 @@ fn read_head(stream: &mut TcpStream) -> Option<String> {
     Some(String::from_utf8_lossy(&head).into_owned())
 }
 
-fn proxy_upstream(addr: SocketAddr) -> Upstream {
-    let config = ProxyConfig::new(
+/// The proxy's defaults with `addr` as the upstream.
+fn upstream_config(addr: SocketAddr) -> ProxyConfig {
+    ProxyConfig::new(
         "policy.yaml".into(),
         format!("http://{addr}").parse().expect("a URI"),
         "127.0.0.1:0".parse().expect("addr"),
         "127.0.0.1:0".parse().expect("addr"),
-    );
-    Upstream::new(&config).expect("an upstream")
+    )
+}
+
+fn proxy_upstream(addr: SocketAddr) -> Upstream {
+    Upstream::new(&upstream_config(addr)).expect("an upstream")
 }
 
 fn get() -> Request<Empty<Bytes>> {
@@ -732,18 +736,39 @@ enum Client {
 
 type AnyBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
+/// A hyper client connection to `addr`, driven on a task of its own.
+async fn hyper_client<B>(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("a handshake");
+    tokio::spawn(connection);
+    sender
+}
+
 impl Client {
     async fn connect(ours: bool, addr: SocketAddr) -> Client {
         if ours {
             return Client::Ours(proxy_upstream(addr), Lane::default());
         }
-        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .expect("a handshake");
-        tokio::spawn(connection);
-        Client::Hyper(sender)
+        Client::Hyper(hyper_client(addr).await)
+    }
+
+    /// The connection is fit for the next request: a GET on it gets `status`, and the upstream
+    /// accepted no other connection.
+    async fn reused(&mut self, status: StatusCode, accepted: &AtomicUsize, ours: bool) {
+        assert!(self.reusable().await, "ours: {ours}");
+        let next = self
+            .send(Request::get("/").body(Paced::none()).expect("a GET"))
+            .await;
+        assert_eq!(next.status(), status, "ours: {ours}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "ours: {ours}");
     }
 
     async fn send(&mut self, req: Request<Paced>) -> Response<AnyBody> {
@@ -886,12 +911,7 @@ async fn an_upstream_that_answers_before_the_whole_body_still_gets_all_of_it_as_
         let (after, _) = upstream_read(&rx).await;
         assert_eq!(after, b"defghijkl", "ours: {ours}");
         // Sent whole, the request leaves the connection fit for the next one.
-        assert!(client.reusable().await, "ours: {ours}");
-        let next = client
-            .send(Request::get("/").body(Paced::none()).expect("a GET"))
-            .await;
-        assert_eq!(next.status(), StatusCode::OK, "ours: {ours}");
-        assert_eq!(accepted.load(Ordering::SeqCst), 1, "ours: {ours}");
+        client.reused(StatusCode::OK, &accepted, ours).await;
     }
 }
 
@@ -935,12 +955,7 @@ async fn an_early_answer_streams_while_the_body_is_still_sent_as_from_hyper() {
         let sent = upstream_read(&rx).await;
         // After the first chunk's size line, which the upstream read before answering.
         assert_eq!(sent, b"abc\r\n9\r\ndefghijkl\r\n0\r\n\r\n", "ours: {ours}");
-        assert!(client.reusable().await, "ours: {ours}");
-        let next = client
-            .send(Request::get("/").body(Paced::none()).expect("a GET"))
-            .await;
-        assert_eq!(next.status(), StatusCode::NO_CONTENT, "ours: {ours}");
-        assert_eq!(accepted.load(Ordering::SeqCst), 1, "ours: {ours}");
+        client.reused(StatusCode::NO_CONTENT, &accepted, ours).await;
     }
 }
 
@@ -999,13 +1014,8 @@ async fn an_early_answer_reaches_the_client_even_if_the_upstream_reads_no_more_a
                 .map(|r| r.status())
                 .map_err(|f| format!("{:?}", f.failure))
         } else {
-            let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                    .await
-                    .expect("a handshake");
-            tokio::spawn(connection);
-            sender
+            hyper_client(addr)
+                .await
                 .send_request(a_large_upload())
                 .await
                 .map(|r| r.status())
@@ -1024,12 +1034,7 @@ async fn an_early_answer_reaches_the_client_even_if_the_upstream_reads_no_more_a
 #[tokio::test]
 async fn an_upload_that_stalls_after_the_answer_is_given_up_with_its_connection() {
     let (addr, rx) = answers_early_and_stops_reading();
-    let mut config = ProxyConfig::new(
-        "policy.yaml".into(),
-        format!("http://{addr}").parse().expect("a URI"),
-        "127.0.0.1:0".parse().expect("addr"),
-        "127.0.0.1:0".parse().expect("addr"),
-    );
+    let mut config = upstream_config(addr);
     config.upstream_timeout = Duration::from_millis(300);
     let upstream = Upstream::new(&config).expect("an upstream");
     let lane = Lane::default();
