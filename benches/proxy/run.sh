@@ -37,7 +37,14 @@
 # decided headers alone, which any path ending in a header map pays.
 #
 # ALSO="NAME=BINARY ..." runs more proxy builds beside corsair in the same setups and rounds
-# (reported as corsair-NAME; ports from 18085), to compare builds side by side.
+# (reported as corsair-NAME; ports from 18085), to compare builds side by side. FLOOR=1 adds
+# the floor (crates/corsair-proxy/benches/floor.rs, built here): the least work an HTTP/1.1
+# CORS proxy on tokio can do per request, with no hyper and no header map, which bounds what
+# any such design could reach beside nginx. Every server beside corsair gets its own table
+# against nginx after the goals.
+#
+# The "load CPU" column is wrk's own CPU time over the run, in % of one core: at 100 % with one
+# wrk thread (pinned), the load generator, not the server, set the requests/s.
 #
 # Everything listens on 127.0.0.1 (ports 18080-18099). wrk, h2load (nghttp2-client) and nginx
 # (nginx-light) are Debian packages, installed with apt-get when missing. PROXY_BIN is the
@@ -55,6 +62,7 @@ WARMUP=${WARMUP:-1s}
 ROUNDS=${ROUNDS:-3}
 H2=${H2:-1}
 ENGINE=${ENGINE:-1}
+FLOOR=${FLOOR:-0}
 H2_CONNECTIONS=${H2_CONNECTIONS:-64}
 H2_STREAMS=${H2_STREAMS:-10}
 LOAD_CPU=${LOAD_CPU:-1}
@@ -132,6 +140,18 @@ ENGINE_BENCH=(cargo bench --locked -p corsair-policy --features http --bench dec
 if [[ $ENGINE == 1 ]]; then
     log "building the engine benchmark"
     (cd "$ROOT" && "${ENGINE_BENCH[@]}" --no-run >&2)
+fi
+if [[ $FLOOR == 1 ]]; then
+    log "building the floor"
+    FLOOR_BIN=$(cd "$ROOT" && cargo bench --locked -p corsair-proxy --bench floor --no-run \
+        --message-format=json | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "floor" and m.get("executable"):
+        print(m["executable"])')
+    [[ -x $FLOOR_BIN ]] || die "the floor did not build"
+    ALSO="${ALSO:-} floor=$FLOOR_BIN"
 fi
 PROXY_CMD=("$PROXY_BIN")
 [[ $(basename "$PROXY_BIN") == corsair ]] && PROXY_CMD+=(proxy)
@@ -272,7 +292,8 @@ reset_peak() {
 }
 
 # Appends "rps p50_us p99_us errors non2xx cpu_us_per_request peak_kib sys_us_per_request
-# upstream_cpu_us_per_request" for one wrk run (the upstream's CPU while it served this server).
+# upstream_cpu_us_per_request load_cpu_percent" for one wrk run (the upstream's CPU while it
+# served this server; wrk's own CPU time in % of one core, from the subshell's `times`).
 measure_wrk() {
     local out_file=$1 name=$2 conns=$3 mix=$4 out before after up_before up_after peak=0
     local url="http://127.0.0.1:${PORT[$name]}/"
@@ -285,7 +306,7 @@ measure_wrk() {
     before=$(cpu_ticks ${SERVER_PIDS[$name]})
     # shellcheck disable=SC2086
     up_before=$(cpu_ticks ${SERVER_PIDS[upstream]})
-    out=$(MIX=$mix run_pinned "$LOAD_PIN" wrk -t"$WRK_THREADS" -c"$conns" -d"$DURATION" --timeout 5s -s "$HERE/mix.lua" "$url")
+    out=$(MIX=$mix run_pinned "$LOAD_PIN" wrk -t"$WRK_THREADS" -c"$conns" -d"$DURATION" --timeout 5s -s "$HERE/mix.lua" "$url"; times)
     # shellcheck disable=SC2086
     after=$(cpu_ticks ${SERVER_PIDS[$name]})
     # shellcheck disable=SC2086
@@ -293,11 +314,14 @@ measure_wrk() {
     [[ $name == corsair* ]] && peak=$(status_kib "${MAIN_PID[$name]}" VmHWM)
     echo "$out" >>"$WORK/wrk.log"
     sed -n 's/^RESULT rps=\([0-9]*\) p50_us=\([0-9]*\) p99_us=\([0-9]*\) requests=\([0-9]*\) errors=\([0-9]*\) non2xx=\([0-9]*\)$/\1 \2 \3 \5 \6 \4/p' <<<"$out" \
-        | awk -v before="$before" -v after="$after" -v up="$up_before $up_after" -v hz="$CLK_TCK" -v peak="$peak" '
+        | awk -v before="$before" -v after="$after" -v up="$up_before $up_after" -v hz="$CLK_TCK" -v peak="$peak" \
+            -v load="$(tail -n1 <<<"$out")" -v secs="${DURATION%s}" '
+            function seconds(t) { split(t, p, /[ms]/); return p[1] * 60 + p[2] }
             BEGIN { split(before, b); split(after, a); user = a[1] - b[1]; sys = a[2] - b[2]
-                    split(up, u); upstream = u[3] + u[4] - u[1] - u[2] }
-            { printf "%s %s %s %s %s %.1f %s %.1f %.1f\n", $1, $2, $3, $4, $5,
-                (user + sys) / hz * 1e6 / $6, peak, sys / hz * 1e6 / $6, upstream / hz * 1e6 / $6 }' >>"$out_file"
+                    split(up, u); upstream = u[3] + u[4] - u[1] - u[2]
+                    split(load, l, " "); load_pct = (seconds(l[1]) + seconds(l[2])) / secs * 100 }
+            { printf "%s %s %s %s %s %.1f %s %.1f %.1f %.0f\n", $1, $2, $3, $4, $5,
+                (user + sys) / hz * 1e6 / $6, peak, sys / hz * 1e6 / $6, upstream / hz * 1e6 / $6, load_pct }' >>"$out_file"
 }
 
 # Appends "rps p50_us p99_us errors non2xx cpu_us_per_request peak_kib sys_us_per_request" for
@@ -386,8 +410,8 @@ echo "Proxy benchmark, $STARTED: median of $ROUNDS runs of $DURATION each after 
 echo "Binary: $PROXY_BIN ($(du -h "$PROXY_BIN" | cut -f1)). $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'); load average before $LOAD_BEFORE, after $LOAD_AFTER."
 echo "$(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2), $(h2load --version 2>&1 | head -n1), $(nginx -v 2>&1 | cut -d' ' -f3)."
 echo
-echo "| setup | workload | connections | server | requests/s | p50 (ms) | p99 (ms) | CPU/request (µs) | of which system (µs) | upstream CPU/request (µs) | peak RSS (MiB) | errors | non-2xx |"
-echo "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| setup | workload | connections | server | requests/s | p50 (ms) | p99 (ms) | CPU/request (µs) | of which system (µs) | upstream CPU/request (µs) | peak RSS (MiB) | load CPU (%) | errors | non-2xx |"
+echo "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 rows=()
 for setup in $SETUPS; do
     for workload in $WORKLOADS h2; do
@@ -400,8 +424,9 @@ for setup in $SETUPS; do
                 p99=$(ms "$(median "$f" 3)"); [[ $workload == h2 ]] && p99="–"
                 peak=$(median "$f" 7); peak=$([[ $peak == 0 ]] && echo "–" || mib "$peak")
                 up=$(median "$f" 9); [[ $workload == h2 || $name == upstream ]] && up="–"
+                load=$(median "$f" 10); [[ $workload == h2 ]] && load="–"
                 label=$workload; [[ $workload == h2 ]] && label="h2c GET (h2load -m $H2_STREAMS; p50 column: mean)"
-                echo "| $setup | $label | $conns | $name | $(median "$f" 1) | $(ms "$(median "$f" 2)") | $p99 | $(median "$f" 6) | $(median "$f" 8) | $up | $peak | $(awk '{ s += $4 } END { print s }' "$f") | $(awk '{ s += $5 } END { print s }' "$f") |"
+                echo "| $setup | $label | $conns | $name | $(median "$f" 1) | $(ms "$(median "$f" 2)") | $p99 | $(median "$f" 6) | $(median "$f" 8) | $up | $peak | $load | $(awk '{ s += $4 } END { print s }' "$f") | $(awk '{ s += $5 } END { print s }' "$f") |"
             done
         done
     done
@@ -446,6 +471,25 @@ if [[ $ENGINE == 1 ]]; then
         echo "| engine ($ENGINE_STARTED) | $case: engine path ≥ 5× tower-http's CorsLayer | ${r}× ($t vs $c ns; inserting the headers alone: $f ns, at most $(ratio "$t" "$f")×) | $(verdict "$r >= 5") |"
     done
 fi
+
+# Every other server (ALSO, FLOOR) against nginx, as the goals put corsair.
+others=$(for f in "$WORK"/runs.*.corsair-*; do [[ -e $f ]] && echo "${f##*.}"; done | sort -u)
+for other in $others; do
+    echo
+    echo "$other against nginx in the same setup and run:"
+    echo
+    echo "| setup | workload | connections | requests/s ÷ nginx | p99 $other / nginx (ms) | CPU/request ÷ nginx | load CPU $other / nginx (%) |"
+    echo "|---|---|---:|---:|---|---:|---|"
+    for setup in $SETUPS; do
+        for workload in $WORKLOADS; do
+            for conns in $CONNECTIONS; do
+                o=$WORK/runs.$setup.$workload.$conns.$other; n=$WORK/runs.$setup.$workload.$conns.nginx
+                [[ -e $o && -e $n ]] || continue
+                echo "| $setup | $workload | $conns | $(ratio "$(median "$o" 1)" "$(median "$n" 1)")× | $(ms "$(median "$o" 3)") / $(ms "$(median "$n" 3)") | $(ratio "$(median "$o" 6)" "$(median "$n" 6)")× | $(median "$o" 10) / $(median "$n" 10) |"
+            done
+        done
+    done
+done
 
 if [[ " $SETUPS " == *" pinned "* ]]; then
     echo
