@@ -1,30 +1,37 @@
 //! The least work an HTTP/1.1 CORS proxy on tokio can do per request: a measuring instrument,
 //! not a product.
 //!
-//! It answers the benchmark's requests (`benches/proxy/policy.yaml`, hard-coded) the way corsair
-//! and nginx do, with none of hyper's machinery and no header map: the client's head is parsed
-//! in place with httparse, a preflight is answered from bytes, and a GET's head goes to the
-//! upstream as the client wrote it, with `X-Forwarded-*` lines added; the upstream's answer comes
-//! back with its `Access-Control-*` and hop-by-hop lines dropped and the policy's added. One
-//! kept-alive upstream connection per client connection, one current-thread runtime per worker
-//! on a `SO_REUSEPORT` listener, as corsair runs. It refuses what the benchmark never sends
-//! (request bodies, chunked or unframed responses) by closing the connection.
+//! It does corsair's job with none of hyper's machinery and no header map: the client's head is
+//! parsed in place with httparse, corsair's engine decides on the policy file, a preflight is
+//! answered from bytes, and a GET's head goes to the upstream as the client wrote it, with
+//! `X-Forwarded-*` lines added; the upstream's answer comes back with its `Access-Control-*` and
+//! hop-by-hop lines dropped and the decided ones added. What a real proxy could not skip is kept:
+//! every read is bounded by a timer and every request counted. One kept-alive upstream
+//! connection per client connection, one current-thread runtime per worker on a `SO_REUSEPORT`
+//! listener, as corsair runs. It refuses what the benchmark never sends (request bodies, chunked
+//! or unframed responses) by closing the connection, and has no logs, reload, h2c or checks
+//! beyond httparse's.
 //!
-//! So its requests/s beside nginx's bound what any tokio HTTP/1.1 design could reach on this
-//! machine, whatever it saves over hyper. Run it beside corsair and nginx with
-//! `FLOOR=1 bash benches/proxy/run.sh`; it takes `corsair proxy`'s flags
-//! (`--listen`, `--upstream`, `--worker-threads`; `--policy` and `--admin` are accepted and
-//! ignored).
+//! So its requests/s beside nginx's bound what a tokio HTTP/1.1 design without hyper could reach
+//! on this machine. Run it beside corsair and nginx with `FLOOR=1 bash benches/proxy/run.sh`; it
+//! takes `corsair proxy`'s flags (`--policy`, `--listen`, `--upstream`, `--worker-threads`;
+//! `--admin` is accepted and ignored).
 
-use std::io;
+use std::io::{self, Write as _};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use corsair_policy::{Action, Engine, RequestInfo, ResponseHeaders};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const ORIGINS: [&[u8]; 2] = [b"https://app.example.com", b"https://admin.example.com"];
-const METHODS: [&[u8]; 3] = [b"GET", b"POST", b"PUT"];
-const HEADERS: [&[u8]; 2] = [b"content-type", b"x-requested-with"];
+/// Requests answered here and requests forwarded, as a metrics endpoint would count them.
+static ANSWERED: AtomicU64 = AtomicU64::new(0);
+static FORWARDED: AtomicU64 = AtomicU64::new(0);
+/// The bound on every read, as corsair's header read and upstream timeouts.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
@@ -38,12 +45,14 @@ const HOP_BY_HOP: [&str; 8] = [
 const BUF: usize = 16 * 1024;
 
 struct Args {
+    policy: std::path::PathBuf,
     listen: SocketAddr,
     upstream: SocketAddr,
     workers: usize,
 }
 
 fn args() -> Result<Option<Args>, String> {
+    let mut policy = None;
     let mut listen = None;
     let mut upstream = None;
     let mut workers = 1;
@@ -66,7 +75,8 @@ fn args() -> Result<Option<Args>, String> {
                     .parse()
                     .map_err(|e| format!("--worker-threads: {e}"))?
             }
-            "--policy" | "--admin" => {
+            "--policy" => policy = Some(value()?.into()),
+            "--admin" => {
                 value()?;
             }
             // `cargo bench` runs every bench target with `--bench`: this one is a server.
@@ -74,8 +84,9 @@ fn args() -> Result<Option<Args>, String> {
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    Ok(match (listen, upstream) {
-        (Some(listen), Some(upstream)) => Some(Args {
+    Ok(match (policy, listen, upstream) {
+        (Some(policy), Some(listen), Some(upstream)) => Some(Args {
+            policy,
             listen,
             upstream,
             workers: workers.max(1),
@@ -96,10 +107,17 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let engine = match compile(&args.policy) {
+        Ok(engine) => Arc::new(engine),
+        Err(e) => {
+            eprintln!("floor: {}: {e}", args.policy.display());
+            std::process::exit(2);
+        }
+    };
     let threads: Vec<_> = (0..args.workers)
         .map(|_| {
-            let (listen, upstream) = (args.listen, args.upstream);
-            std::thread::spawn(move || worker(listen, upstream))
+            let (listen, upstream, engine) = (args.listen, args.upstream, engine.clone());
+            std::thread::spawn(move || worker(listen, upstream, engine))
         })
         .collect();
     for t in threads {
@@ -110,9 +128,18 @@ fn main() {
     }
 }
 
-fn worker(listen: SocketAddr, upstream: SocketAddr) -> io::Result<()> {
+fn compile(path: &std::path::Path) -> Result<Engine, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let document = corsair_policy::load_document(&text).map_err(|e| e.to_string())?;
+    Engine::compile(&document.spec)
+        .map(|(engine, _)| engine)
+        .map_err(|report| format!("{:?}", report.findings))
+}
+
+fn worker(listen: SocketAddr, upstream: SocketAddr, engine: Arc<Engine>) -> io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        .enable_time()
         .build()?;
     runtime.block_on(async move {
         let socket = socket2::Socket::new(
@@ -128,16 +155,29 @@ fn worker(listen: SocketAddr, upstream: SocketAddr) -> io::Result<()> {
         let listener = TcpListener::from_std(socket.into())?;
         loop {
             let (client, peer) = listener.accept().await?;
+            let engine = engine.clone();
             tokio::spawn(async move {
                 // A connection ends on any error: this is a measuring instrument.
-                let _ = serve(client, peer.ip(), upstream).await;
+                let _ = serve(client, peer.ip(), upstream, &engine).await;
             });
         }
     })
 }
 
+/// A read bounded by [`READ_TIMEOUT`].
+async fn read(io: &mut (impl AsyncRead + Unpin), buf: &mut [u8]) -> io::Result<usize> {
+    tokio::time::timeout(READ_TIMEOUT, io.read(buf))
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+}
+
 /// One client connection: requests one after the other, each answered before the next is read.
-async fn serve(mut client: TcpStream, peer: IpAddr, upstream: SocketAddr) -> io::Result<()> {
+async fn serve(
+    mut client: TcpStream,
+    peer: IpAddr,
+    upstream: SocketAddr,
+    engine: &Engine,
+) -> io::Result<()> {
     client.set_nodelay(true)?;
     let forwarded = format!("x-forwarded-for: {peer}\r\nx-forwarded-proto: http\r\n");
     let mut up: Option<TcpStream> = None;
@@ -151,7 +191,7 @@ async fn serve(mut client: TcpStream, peer: IpAddr, upstream: SocketAddr) -> io:
         let head_len = match req.parse(&buf[..filled]) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) if filled < BUF => {
-                let n = client.read(&mut buf[filled..]).await?;
+                let n = read(&mut client, &mut buf[filled..]).await?;
                 if n == 0 {
                     return Ok(());
                 }
@@ -160,32 +200,49 @@ async fn serve(mut client: TcpStream, peer: IpAddr, upstream: SocketAddr) -> io:
             }
             _ => return Err(io::ErrorKind::InvalidData.into()),
         };
-        let (mut origin, mut request_method, mut request_headers, mut host) =
-            (None, None, None, None);
+        let path = req.path.unwrap_or("/");
+        let mut info = RequestInfo {
+            method: req.method.unwrap_or("GET"),
+            path: path.split_once('?').map_or(path, |(p, _)| p),
+            ..RequestInfo::default()
+        };
+        let mut lines: [&str; 4] = [""; 4];
+        let mut n = 0;
+        let mut host = None;
         for h in req.headers.iter() {
             let name = h.name.as_bytes();
+            let text = || std::str::from_utf8(h.value).unwrap_or("");
             if name.eq_ignore_ascii_case(b"origin") {
-                origin = Some(h.value);
+                info.origin = Some(text());
             } else if name.eq_ignore_ascii_case(b"access-control-request-method") {
-                request_method = Some(h.value);
-            } else if name.eq_ignore_ascii_case(b"access-control-request-headers") {
-                request_headers = Some(h.value);
+                info.request_method = Some(text());
+            } else if name.eq_ignore_ascii_case(b"access-control-request-headers") && n < 4 {
+                lines[n] = text();
+                n += 1;
             } else if name.eq_ignore_ascii_case(b"host") {
                 host = Some(h.value);
+                info.host = Some(text());
             } else if name.eq_ignore_ascii_case(b"content-length") && h.value != b"0"
                 || name.eq_ignore_ascii_case(b"transfer-encoding")
             {
                 return Err(io::ErrorKind::Unsupported.into());
             }
         }
-        let allowed = origin.filter(|o| ORIGINS.contains(o));
+        info.request_headers = &lines[..n];
         out.clear();
-        if req.method == Some("OPTIONS") && origin.is_some() && request_method.is_some() {
-            let ok = allowed.is_some()
-                && request_method.is_some_and(|m| METHODS.contains(&m))
-                && request_headers.is_none_or(headers_allowed);
-            preflight(&mut out, allowed.filter(|_| ok));
-        } else {
+        let (headers, strip_upstream_cors) = match engine.decide(&info).action() {
+            Action::Respond { status, headers } => {
+                ANSWERED.fetch_add(1, Ordering::Relaxed);
+                respond(&mut out, status, &headers)?;
+                (None, false)
+            }
+            Action::Forward {
+                headers,
+                strip_upstream_cors,
+            } => (Some(headers), strip_upstream_cors),
+        };
+        if let Some(headers) = headers {
+            FORWARDED.fetch_add(1, Ordering::Relaxed);
             // The head as the client wrote it, less its hop-by-hop lines and its blank line.
             out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
             out.push(b' ');
@@ -211,20 +268,12 @@ async fn serve(mut client: TcpStream, peer: IpAddr, upstream: SocketAddr) -> io:
             };
             conn.write_all(&out).await?;
             out.clear();
-            answer(conn, &mut ubuf, &mut out, allowed).await?;
+            answer(conn, &mut ubuf, &mut out, &headers, strip_upstream_cors).await?;
         }
         client.write_all(&out).await?;
         buf.copy_within(head_len..filled, 0);
         filled -= head_len;
     }
-}
-
-/// Whether every name listed in `Access-Control-Request-Headers` is allowed.
-fn headers_allowed(value: &[u8]) -> bool {
-    value.split(|b| *b == b',').all(|name| {
-        let name = name.trim_ascii();
-        name.is_empty() || HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name))
-    })
 }
 
 fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -234,33 +283,41 @@ fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn preflight(out: &mut Vec<u8>, allowed: Option<&[u8]>) {
-    let Some(origin) = allowed else {
-        out.extend_from_slice(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n");
-        return;
-    };
-    out.extend_from_slice(b"HTTP/1.1 204 No Content\r\n");
-    line(out, b"access-control-allow-origin", origin);
-    out.extend_from_slice(
-        b"access-control-allow-credentials: true\r\n\
-          access-control-allow-methods: GET, POST, PUT\r\n\
-          access-control-allow-headers: Content-Type, X-Requested-With\r\n\
-          access-control-max-age: 600\r\n\
-          vary: origin, access-control-request-method, access-control-request-headers\r\n\r\n",
-    );
+/// The decided lines, `Vary` among them unless `skip_vary`.
+fn decided(out: &mut Vec<u8>, headers: &ResponseHeaders<'_>, skip_vary: bool) -> io::Result<()> {
+    let mut result = Ok(());
+    headers.for_each(|name, value| {
+        if result.is_ok() && !(skip_vary && name == "vary") {
+            result = write!(out, "{name}: {value}\r\n");
+        }
+    });
+    result
 }
 
-/// Reads the upstream's answer into `ubuf` and writes the client's into `out`: its head less the
-/// upstream's `Access-Control-*` and hop-by-hop lines, the policy's lines, then the body.
+/// An answer of the proxy's own: a preflight's, or a refusal.
+fn respond(out: &mut Vec<u8>, status: u16, headers: &ResponseHeaders<'_>) -> io::Result<()> {
+    write!(out, "HTTP/1.1 {status} \r\n")?;
+    decided(out, headers, false)?;
+    if status != 204 {
+        out.extend_from_slice(b"content-length: 0\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(())
+}
+
+/// Reads the upstream's answer into `ubuf` and writes the client's into `out`: its head less
+/// hop-by-hop lines (and its `Access-Control-*` ones when `strip`), the decided lines with
+/// `Vary` merged, then the body.
 async fn answer(
     conn: &mut TcpStream,
     ubuf: &mut [u8],
     out: &mut Vec<u8>,
-    allowed: Option<&[u8]>,
+    headers: &ResponseHeaders<'_>,
+    strip: bool,
 ) -> io::Result<()> {
     let mut filled = 0;
     loop {
-        let n = conn.read(&mut ubuf[filled..]).await?;
+        let n = read(conn, &mut ubuf[filled..]).await?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
@@ -282,7 +339,7 @@ async fn answer(
         out.extend_from_slice(&ubuf[..status_end + 2]);
         for h in resp.headers.iter() {
             let name = h.name.as_bytes();
-            if name.len() > 15 && name[..15].eq_ignore_ascii_case(b"access-control-")
+            if strip && name.len() > 15 && name[..15].eq_ignore_ascii_case(b"access-control-")
                 || HOP_BY_HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n))
             {
                 continue;
@@ -292,25 +349,16 @@ async fn answer(
                     .ok()
                     .and_then(|v| v.parse::<usize>().ok());
             }
-            if name.eq_ignore_ascii_case(b"vary") {
+            if name.eq_ignore_ascii_case(b"vary") && !headers.vary.is_empty() {
                 vary = true;
                 out.extend_from_slice(b"vary: ");
                 out.extend_from_slice(h.value);
-                out.extend_from_slice(b", origin\r\n");
+                write!(out, ", {}\r\n", headers.vary)?;
                 continue;
             }
             line(out, name, h.value);
         }
-        if let Some(origin) = allowed {
-            line(out, b"access-control-allow-origin", origin);
-            out.extend_from_slice(
-                b"access-control-allow-credentials: true\r\n\
-                  access-control-expose-headers: X-Request-Id\r\n",
-            );
-        }
-        if !vary {
-            out.extend_from_slice(b"vary: origin\r\n");
-        }
+        decided(out, headers, vary)?;
         out.extend_from_slice(b"\r\n");
         let Some(length) = length else {
             return Err(io::ErrorKind::Unsupported.into());
@@ -320,7 +368,7 @@ async fn answer(
             return Err(io::ErrorKind::Unsupported.into());
         }
         while filled < end {
-            let n = conn.read(&mut ubuf[filled..end]).await?;
+            let n = read(conn, &mut ubuf[filled..end]).await?;
             if n == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
