@@ -185,6 +185,7 @@ async fn serve(
     let mut filled = 0;
     let mut ubuf = vec![0u8; BUF];
     let mut out = Vec::with_capacity(BUF);
+    let mut vary = String::new();
     loop {
         let mut lines = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut lines);
@@ -230,50 +231,58 @@ async fn serve(
         }
         info.request_headers = &lines[..n];
         out.clear();
-        let (headers, strip_upstream_cors) = match engine.decide(&info).action() {
+        match engine.decide(&info).action() {
             Action::Respond { status, headers } => {
                 ANSWERED.fetch_add(1, Ordering::Relaxed);
                 respond(&mut out, status, &headers)?;
-                (None, false)
             }
             Action::Forward {
                 headers,
                 strip_upstream_cors,
-            } => (Some(headers), strip_upstream_cors),
-        };
-        if let Some(headers) = headers {
-            FORWARDED.fetch_add(1, Ordering::Relaxed);
-            // The head as the client wrote it, less its hop-by-hop lines and its blank line.
-            out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
-            out.push(b' ');
-            out.extend_from_slice(req.path.unwrap_or("/").as_bytes());
-            out.extend_from_slice(b" HTTP/1.1\r\n");
-            for h in req.headers.iter() {
-                if !HOP_BY_HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
-                    line(&mut out, h.name.as_bytes(), h.value);
-                }
+            } => {
+                FORWARDED.fetch_add(1, Ordering::Relaxed);
+                request_head(&mut out, &req, &forwarded, host);
+                let conn = match &mut up {
+                    Some(conn) => conn,
+                    None => {
+                        let conn = TcpStream::connect(upstream).await?;
+                        conn.set_nodelay(true)?;
+                        up.insert(conn)
+                    }
+                };
+                conn.write_all(&out).await?;
+                out.clear();
+                let strip = strip_upstream_cors;
+                answer(conn, &mut ubuf, &mut out, &mut vary, &headers, strip).await?;
             }
-            out.extend_from_slice(forwarded.as_bytes());
-            if let Some(host) = host {
-                line(&mut out, b"x-forwarded-host", host);
-            }
-            out.extend_from_slice(b"\r\n");
-            let conn = match &mut up {
-                Some(conn) => conn,
-                None => {
-                    let conn = TcpStream::connect(upstream).await?;
-                    conn.set_nodelay(true)?;
-                    up.insert(conn)
-                }
-            };
-            conn.write_all(&out).await?;
-            out.clear();
-            answer(conn, &mut ubuf, &mut out, &headers, strip_upstream_cors).await?;
         }
         client.write_all(&out).await?;
         buf.copy_within(head_len..filled, 0);
         filled -= head_len;
     }
+}
+
+/// The head as the client wrote it, less its hop-by-hop lines, with `X-Forwarded-*` added.
+fn request_head(
+    out: &mut Vec<u8>,
+    req: &httparse::Request<'_, '_>,
+    forwarded: &str,
+    host: Option<&[u8]>,
+) {
+    out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.path.unwrap_or("/").as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in req.headers.iter() {
+        if !HOP_BY_HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
+            line(out, h.name.as_bytes(), h.value);
+        }
+    }
+    out.extend_from_slice(forwarded.as_bytes());
+    if let Some(host) = host {
+        line(out, b"x-forwarded-host", host);
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -307,11 +316,13 @@ fn respond(out: &mut Vec<u8>, status: u16, headers: &ResponseHeaders<'_>) -> io:
 
 /// Reads the upstream's answer into `ubuf` and writes the client's into `out`: its head less
 /// hop-by-hop lines (and its `Access-Control-*` ones when `strip`), the decided lines with
-/// `Vary` merged, then the body.
+/// `Vary` merged by the engine's own [`corsair_policy::write_merged_vary`] (in `vary`, a
+/// buffer kept per connection), then the body.
 async fn answer(
     conn: &mut TcpStream,
     ubuf: &mut [u8],
     out: &mut Vec<u8>,
+    vary: &mut String,
     headers: &ResponseHeaders<'_>,
     strip: bool,
 ) -> io::Result<()> {
@@ -330,7 +341,8 @@ async fn answer(
             _ => return Err(io::ErrorKind::InvalidData.into()),
         };
         let mut length = None;
-        let mut vary = false;
+        let mut vary_lines: [&str; 4] = [""; 4];
+        let mut n = 0;
         // The status line as the upstream wrote it.
         let status_end = ubuf[..head_len]
             .windows(2)
@@ -349,16 +361,26 @@ async fn answer(
                     .ok()
                     .and_then(|v| v.parse::<usize>().ok());
             }
-            if name.eq_ignore_ascii_case(b"vary") && !headers.vary.is_empty() {
-                vary = true;
-                out.extend_from_slice(b"vary: ");
-                out.extend_from_slice(h.value);
-                write!(out, ", {}\r\n", headers.vary)?;
+            if name.eq_ignore_ascii_case(b"vary") && n < vary_lines.len() {
+                vary_lines[n] = std::str::from_utf8(h.value)
+                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+                n += 1;
                 continue;
             }
             line(out, name, h.value);
         }
-        decided(out, headers, vary)?;
+        decided(out, headers, true)?;
+        vary.clear();
+        let existing = vary_lines[..n].iter().copied();
+        if corsair_policy::write_merged_vary(existing, headers.vary, vary)
+            .map_err(io::Error::other)?
+        {
+            line(out, b"vary", vary.as_bytes());
+        } else {
+            for v in &vary_lines[..n] {
+                line(out, b"vary", v.as_bytes());
+            }
+        }
         out.extend_from_slice(b"\r\n");
         let Some(length) = length else {
             return Err(io::ErrorKind::Unsupported.into());
