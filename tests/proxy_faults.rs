@@ -13,8 +13,9 @@ mod harness;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use corsair_runtime::testing::upstream::Upstream;
 use harness::load::{Counts, Kind, Load, NOT_SENT, table};
-use harness::{ALLOWED, ProxyProcess, Upstream, policy};
+use harness::{ALLOWED, ProxyProcess, policy};
 use http_body_util::BodyExt;
 
 const PHASES: [&str; 9] = [

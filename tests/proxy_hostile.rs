@@ -9,11 +9,12 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
+use corsair_runtime::testing::upstream::Upstream;
 use harness::{
     ALLOWED, CONTINUATION, END_HEADERS, END_STREAM, Exchange, GOAWAY, HEADERS, PREFACE, Probe,
-    ProbeStats, ProxyProcess, RST_STREAM, Upstream, exchange, frame, goaway_code, h2_client,
-    h2_error, hpack_int, hpack_literal, ms, parse_frames, policy, read_answer, request_block,
-    reset_codes, settings,
+    ProbeStats, ProxyProcess, RST_STREAM, exchange, frame, goaway_code, h2_client, h2_error,
+    hpack_int, hpack_literal, ms, parse_frames, policy, read_answer, request_block, reset_codes,
+    settings,
 };
 use http::Request;
 use tokio::io::AsyncWriteExt;

@@ -15,8 +15,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use corsair_runtime::testing::upstream::Upstream;
 use harness::load::{Kind, Load, table};
-use harness::{ALLOWED, ProxyProcess, Upstream, policy};
+use harness::{ALLOWED, ProxyProcess, policy};
 
 fn env_secs(name: &str, default: f64) -> Duration {
     Duration::from_secs_f64(

@@ -1,5 +1,5 @@
-//! Shared by the hostile-traffic, fault and soak tests of `corsair proxy`: a real upstream that
-//! can die, come back and stall; the proxy binary as a child process (optionally with a lowered
+//! Shared by the hostile-traffic, fault and soak tests of `corsair proxy` (their upstream is
+//! `corsair_runtime::testing::upstream`, which can die, come back and stall): the proxy binary as a child process (optionally with a lowered
 //! file-descriptor limit); a prober that measures well-formed requests while something else is
 //! going on; and HTTP/2 frames written by hand for the attacks a well-behaved client cannot send.
 #![allow(dead_code)]
@@ -9,218 +9,22 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper::service::service_fn;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::net::TcpStream;
 
 pub mod load;
 
 pub const ALLOWED: &str = "https://app.example.com";
-
-// ---------------------------------------------------------------------------------------------
-// The upstream
-
-/// What the upstream shares with the test.
-pub struct UpstreamState {
-    /// Path and query of every request whose head arrived, in order.
-    pub paths: Mutex<Vec<String>>,
-    /// Requests whose head arrived.
-    pub requests: AtomicU64,
-    /// While `true`, every request waits until it turns `false`.
-    pub stalled: watch::Sender<bool>,
-}
-
-pub struct Upstream {
-    pub addr: SocketAddr,
-    pub state: Arc<UpstreamState>,
-    /// `true` stops the listener and drops every connection at once (the upstream "dies").
-    stop: watch::Sender<bool>,
-}
-
-type UpBody = BoxBody<Bytes, Infallible>;
-
-impl Upstream {
-    /// Starts on a port of the OS's choice.
-    pub async fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
-        let state = Arc::new(UpstreamState {
-            paths: Mutex::default(),
-            requests: AtomicU64::new(0),
-            stalled: watch::Sender::new(false),
-        });
-        Self::serve(listener, state)
-    }
-
-    /// Starts again on the address of a stopped upstream, keeping its state.
-    pub async fn restart(&self) -> Upstream {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let listener = loop {
-            match TcpListener::bind(self.addr).await {
-                Ok(listener) => break listener,
-                Err(err) if Instant::now() < deadline => {
-                    let _ = err;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(err) => panic!("rebind upstream on {}: {err}", self.addr),
-            }
-        };
-        Self::serve(listener, self.state.clone())
-    }
-
-    fn serve(listener: TcpListener, state: Arc<UpstreamState>) -> Upstream {
-        let addr = listener.local_addr().expect("upstream address");
-        let (stop, stopped) = watch::channel(false);
-        let shared = state.clone();
-        tokio::spawn(async move {
-            let mut stop_accept = stopped.clone();
-            loop {
-                let accepted = tokio::select! {
-                    _ = stop_accept.wait_for(|s| *s) => return,
-                    accepted = listener.accept() => accepted,
-                };
-                let Ok((stream, _)) = accepted else { continue };
-                let state = shared.clone();
-                let mut stop_conn = stopped.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| route(state.clone(), req));
-                    let builder =
-                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = stop_conn.wait_for(|s| *s) => {}
-                    }
-                });
-            }
-        });
-        Upstream { addr, state, stop }
-    }
-
-    pub fn uri(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Closes the listener and every connection, mid-request or not.
-    pub fn kill(&self) {
-        let _ = self.stop.send(true);
-    }
-
-    pub fn stall(&self, stalled: bool) {
-        self.state.stalled.send_replace(stalled);
-    }
-
-    pub fn paths(&self) -> Vec<String> {
-        self.state.paths.lock().expect("paths").clone()
-    }
-
-    pub fn requests(&self) -> u64 {
-        self.state.requests.load(Ordering::Relaxed)
-    }
-}
-
-fn full(body: impl Into<Bytes>) -> UpBody {
-    Full::new(body.into()).boxed()
-}
-
-/// `/upload`: the body's length; `/stream?chunks=N`: N chunks of 4 KiB, 2 ms apart; `/ws`:
-/// switches protocols and echoes; `/slow?ms=N`: waits; anything else: 200 `hello`, 5 bytes.
-async fn route(
-    state: Arc<UpstreamState>,
-    mut req: Request<Incoming>,
-) -> Result<Response<UpBody>, Infallible> {
-    let target = req
-        .uri()
-        .path_and_query()
-        .map_or_else(|| "/".to_owned(), ToString::to_string);
-    state.paths.lock().expect("paths").push(target);
-    state.requests.fetch_add(1, Ordering::Relaxed);
-    let mut stalled = state.stalled.subscribe();
-    let _ = stalled.wait_for(|s| !*s).await;
-    let query = req.uri().query().unwrap_or("").to_owned();
-    let number = |key: &str| -> u64 {
-        query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    let response = match req.uri().path() {
-        "/upload" => {
-            let mut body = req.into_body();
-            let mut total = 0usize;
-            let mut broken = false;
-            while let Some(frame) = body.frame().await {
-                match frame {
-                    Ok(frame) => total += frame.data_ref().map_or(0, Bytes::len),
-                    Err(_) => {
-                        broken = true;
-                        break;
-                    }
-                }
-            }
-            if broken {
-                Response::builder().status(400).body(full("broken body"))
-            } else {
-                Response::builder().body(full(total.to_string()))
-            }
-        }
-        "/slow" => {
-            tokio::time::sleep(Duration::from_millis(number("ms"))).await;
-            Response::builder().body(full("slow"))
-        }
-        "/stream" => {
-            let chunks = number("chunks");
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
-            tokio::spawn(async move {
-                for _ in 0..chunks {
-                    if tx
-                        .send(Ok(Frame::data(Bytes::from(vec![b's'; 4096]))))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            });
-            let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-            Response::builder().body(StreamBody::new(stream).boxed())
-        }
-        p if p.starts_with("/ws") => {
-            let on_upgrade = hyper::upgrade::on(&mut req);
-            tokio::spawn(async move {
-                if let Ok(upgraded) = on_upgrade.await {
-                    let mut io = TokioIo::new(upgraded);
-                    let (mut r, mut w) = tokio::io::split(&mut io);
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                }
-            });
-            Response::builder()
-                .status(StatusCode::SWITCHING_PROTOCOLS)
-                .header("connection", "upgrade")
-                .header("upgrade", "websocket")
-                .body(full(Bytes::new()))
-        }
-        _ => Response::builder()
-            .header("x-upstream", "yes")
-            .body(full("hello")),
-    };
-    Ok(response.expect("valid response"))
-}
 
 // ---------------------------------------------------------------------------------------------
 // The proxy binary

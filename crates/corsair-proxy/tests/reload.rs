@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use corsair_proxy::{Proxy, ProxyError};
 use support::{
-    Conn, admin, config, empty, harness, harness_with, manifest, metric, request, upstream, values,
+    Conn, Upstream, admin, config, empty, harness, harness_with, manifest, metric, request, values,
 };
 
 const APP: &str = "https://app.example.com";
@@ -177,7 +177,7 @@ fn kubelet_write(dir: &Path, version: &str, content: &str) {
 
 #[tokio::test]
 async fn a_kubernetes_configmap_symlink_swap_is_seen() {
-    let up = upstream().await;
+    let up = Upstream::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     kubelet_write(dir.path(), "1", &manifest(OLD_POLICY, 1));
     let path = dir.path().join("policy.yaml");
@@ -196,7 +196,7 @@ async fn a_kubernetes_configmap_symlink_swap_is_seen() {
 
 #[tokio::test]
 async fn a_missing_policy_allows_no_origin_until_it_appears() {
-    let up = upstream().await;
+    let up = Upstream::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     // The directory itself is missing too (an optional volume): only polling can notice it.
     let path = dir.path().join("corsair").join("policy.json");
@@ -233,7 +233,7 @@ async fn a_missing_policy_allows_no_origin_until_it_appears() {
         response.headers()
     );
     assert_eq!(
-        up.seen().await.len(),
+        up.seen().len(),
         1,
         "the preflight did not reach the upstream"
     );
@@ -248,7 +248,7 @@ async fn a_missing_policy_allows_no_origin_until_it_appears() {
 
 #[tokio::test]
 async fn without_the_flag_a_missing_policy_is_a_startup_error() {
-    let up = upstream().await;
+    let up = Upstream::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("policy.json");
     let err = Proxy::start(config(&path, &up))
@@ -263,7 +263,7 @@ async fn without_the_flag_a_missing_policy_is_a_startup_error() {
 
 #[tokio::test]
 async fn an_invalid_policy_is_a_startup_error_naming_the_field() {
-    let up = upstream().await;
+    let up = Upstream::start().await;
     let policy = support::policy_file(
         "allowOrigins: [\"https://ok.example.com\", \"https://app.example.com/x\"]",
     );

@@ -6,11 +6,12 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
+use corsair_runtime::testing::upstream::CHUNK;
 use http::{Request, Version};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{CHUNK, Conn, empty, harness, harness_with, request, send, values};
+use support::{Conn, empty, harness, harness_with, request, send, values};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -140,7 +141,7 @@ async fn h2c_prior_knowledge_is_served_and_forwarded_as_http_1_1() {
         assert_eq!(acao, ["https://app.example.com"]);
         assert_eq!(body, "hello");
     }
-    let seen = h.upstream.seen().await;
+    let seen = h.upstream.seen();
     assert_eq!(seen.len(), 4);
     for request in seen {
         assert_eq!(request.version, Version::HTTP_11);
@@ -177,7 +178,7 @@ async fn a_websocket_upgrade_is_tunnelled_both_ways() {
             .expect("read echo");
         assert_eq!(echoed, message);
     }
-    let seen = h.upstream.last().await;
+    let seen = h.upstream.last();
     assert_eq!(values(&seen.headers, "upgrade"), ["websocket"]);
     assert_eq!(values(&seen.headers, "connection"), ["upgrade"]);
     assert_eq!(
@@ -252,7 +253,7 @@ async fn hop_by_hop_headers_are_dropped_and_forwarded_headers_appended() {
     )
     .await;
     assert_eq!(response.status(), 200);
-    let seen = h.upstream.last().await;
+    let seen = h.upstream.last();
     for gone in ["x-hop", "keep-alive", "te", "proxy-authorization"] {
         assert!(
             !seen.headers.contains_key(gone),
@@ -282,7 +283,7 @@ async fn an_absolute_request_target_never_chooses_the_destination() {
     .await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.body(), "hello");
-    let seen = h.upstream.last().await;
+    let seen = h.upstream.last();
     assert_eq!(seen.uri, "/steer?x=1");
     assert_eq!(values(&seen.headers, "host"), ["127.0.0.1:9"]);
     h.proxy.shutdown().await.expect("clean shutdown");
@@ -300,7 +301,7 @@ async fn connect_is_refused() {
     )
     .await;
     assert_eq!(response.status(), 405);
-    assert!(h.upstream.seen().await.is_empty());
+    assert!(h.upstream.seen().is_empty());
     h.proxy.shutdown().await.expect("clean shutdown");
 }
 

@@ -5,6 +5,8 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+pub mod upstream;
+
 /// One HTTP/1.1 GET with `Connection: close` over a plain socket, blocking; the whole response as
 /// the server sent it (status line, head and body). `headers` is extra header lines, each ending
 /// in `\r\n`. For black-box tests of a server in another process.

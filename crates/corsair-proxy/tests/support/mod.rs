@@ -1,200 +1,21 @@
-//! A real upstream on 127.0.0.1:0 that records what it received, a proxy started in-process
+//! The recording upstream (`corsair_runtime::testing::upstream`), a proxy started in-process
 //! in front of it, and small HTTP clients.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use corsair_proxy::{Proxy, ProxyConfig};
-use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Mutex, Notify, mpsc};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
-/// Chunk size of the streaming tests.
-pub const CHUNK: usize = 1024 * 1024;
-
-/// What the upstream saw of one request.
-#[derive(Debug, Clone)]
-pub struct Seen {
-    pub method: String,
-    pub uri: String,
-    pub version: Version,
-    pub headers: HeaderMap,
-}
-
-/// Shared between the test and the upstream it runs.
-#[derive(Default)]
-pub struct UpstreamState {
-    pub seen: Mutex<Vec<Seen>>,
-    /// Fired when `/upload` received its first body bytes.
-    pub upload_started: Notify,
-    /// Fired by the test when it received the first chunk of `/download`.
-    pub download_acked: Notify,
-}
-
-pub struct Upstream {
-    pub addr: SocketAddr,
-    pub state: Arc<UpstreamState>,
-}
-
-impl Upstream {
-    pub fn uri(&self) -> http::Uri {
-        format!("http://{}", self.addr).parse().expect("valid URI")
-    }
-
-    pub async fn seen(&self) -> Vec<Seen> {
-        self.state.seen.lock().await.clone()
-    }
-
-    pub async fn last(&self) -> Seen {
-        self.state
-            .seen
-            .lock()
-            .await
-            .last()
-            .cloned()
-            .expect("the upstream received a request")
-    }
-}
-
-type UpBody = BoxBody<Bytes, Infallible>;
-
-fn full(body: impl Into<Bytes>) -> UpBody {
-    Full::new(body.into()).boxed()
-}
-
-/// Starts the recording upstream. Paths:
-/// - `/cors-star`: answers with its own permissive `Access-Control-*` headers and `Vary`;
-/// - `/slow?ms=N`: waits N ms before answering;
-/// - `/upload`: counts the body, firing `upload_started` at the first bytes;
-/// - `/download?chunks=N`: streams N chunks of [`CHUNK`] bytes, waiting for `download_acked`
-///   after the first;
-/// - `/ws`: switches protocols and echoes bytes;
-/// - anything else: 200 `hello` with `Vary: Accept-Encoding`.
-pub async fn upstream() -> Upstream {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind upstream");
-    let addr = listener.local_addr().expect("upstream address");
-    let state = Arc::new(UpstreamState::default());
-    let shared = state.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let state = shared.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| upstream_route(state.clone(), req));
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    Upstream { addr, state }
-}
-
-async fn upstream_route(
-    state: Arc<UpstreamState>,
-    mut req: Request<Incoming>,
-) -> Result<Response<UpBody>, Infallible> {
-    state.seen.lock().await.push(Seen {
-        method: req.method().to_string(),
-        uri: req.uri().to_string(),
-        version: req.version(),
-        headers: req.headers().clone(),
-    });
-    let query = req.uri().query().unwrap_or("").to_owned();
-    let number = |key: &str| -> u64 {
-        query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    let response = match req.uri().path() {
-        "/cors-star" => Response::builder()
-            .header("access-control-allow-origin", "*")
-            .header("access-control-allow-credentials", "true")
-            .header("access-control-expose-headers", "x-secret")
-            .header("vary", "Accept-Encoding")
-            .body(full("star")),
-        "/slow" => {
-            tokio::time::sleep(Duration::from_millis(number("ms"))).await;
-            Response::builder().body(full("slow"))
-        }
-        "/upload" => {
-            let mut body = req.into_body();
-            let mut total = 0usize;
-            while let Some(frame) = body.frame().await {
-                let Ok(frame) = frame else { break };
-                if let Some(data) = frame.data_ref() {
-                    if total == 0 && !data.is_empty() {
-                        state.upload_started.notify_one();
-                    }
-                    total += data.len();
-                }
-            }
-            Response::builder().body(full(total.to_string()))
-        }
-        "/download" => {
-            let chunks = number("chunks");
-            let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
-            let state = state.clone();
-            tokio::spawn(async move {
-                for i in 0..chunks {
-                    if tx
-                        .send(Ok(Frame::data(Bytes::from(vec![b'x'; CHUNK]))))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    if i == 0 {
-                        state.download_acked.notified().await;
-                    }
-                }
-            });
-            let stream = tokio_stream(rx);
-            Response::builder().body(StreamBody::new(stream).boxed())
-        }
-        "/ws" => {
-            let on_upgrade = hyper::upgrade::on(&mut req);
-            tokio::spawn(async move {
-                if let Ok(upgraded) = on_upgrade.await {
-                    let mut io = TokioIo::new(upgraded);
-                    let (mut r, mut w) = tokio::io::split(&mut io);
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                }
-            });
-            Response::builder()
-                .status(StatusCode::SWITCHING_PROTOCOLS)
-                .header("connection", "upgrade")
-                .header("upgrade", "websocket")
-                .body(full(Bytes::new()))
-        }
-        _ => Response::builder()
-            .header("vary", "Accept-Encoding")
-            .header("x-upstream", "yes")
-            .body(full("hello")),
-    };
-    Ok(response.expect("valid response"))
-}
-
-/// An mpsc receiver as a `Stream` without pulling in tokio-stream.
-fn tokio_stream<T>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
+pub use corsair_runtime::testing::upstream::Upstream;
 
 /// A policy file in its own temporary directory.
 pub struct PolicyFile {
@@ -251,7 +72,7 @@ pub async fn harness(spec: &str) -> Harness {
 }
 
 pub async fn harness_with(spec: &str, adjust: impl FnOnce(&mut ProxyConfig)) -> Harness {
-    let upstream = upstream().await;
+    let upstream = Upstream::start().await;
     let policy = policy_file(spec);
     let mut config = config(&policy.path, &upstream);
     adjust(&mut config);
