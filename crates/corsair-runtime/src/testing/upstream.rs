@@ -160,7 +160,10 @@ impl Upstream {
     ///
     /// When none did.
     pub fn last(&self) -> Seen {
-        self.seen().pop().expect("the upstream received a request")
+        let seen = self.state.seen.lock().expect("seen");
+        seen.last()
+            .cloned()
+            .expect("the upstream received a request")
     }
 
     /// The target of every request whose head arrived, in order.
