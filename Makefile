@@ -8,9 +8,9 @@ PY_DEPS := kubernetes-validate==1.37.0 helm-python-sdk==0.2.2 pytest==8.3.4 PyYA
 export PATH := $(VENV)/bin:$(PATH)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: test deps deps-apt deps-python deps-kubectl lint deny rust-test fuzz fuzz-tools fuzz-test chart-test demo bench generate soak
+.PHONY: test deps deps-apt deps-python deps-kubectl lint deny rust-test fuzz fuzz-tools fuzz-test chart-test pgo-test demo bench generate soak
 
-test: deps lint deny rust-test fuzz-test chart-test
+test: deps lint deny rust-test fuzz-test chart-test pgo-test
 	@echo "make test: all suites passed"
 
 deps: deps-apt deps-python deps-kubectl
@@ -59,6 +59,13 @@ deny:
 
 rust-test:
 	cargo test --workspace --locked --no-fail-fast
+
+# The sidecar image's binary is built with profile-guided optimisation (scripts/sidecar-pgo.sh;
+# here with 1 s loads for its training instead of 5): that build, then the binary's
+# hostile-input and fault suites run against the binary it made.
+pgo-test:
+	TRAIN_SECONDS=1 bash scripts/sidecar-pgo.sh
+	CORSAIR_PROXY_BIN=$(CURDIR)/target/pgo/corsair-proxy cargo test --locked --test proxy_hostile --test proxy_faults
 
 # Fuzzing (cargo-fuzz, nightly): every target runs FUZZ_SECONDS from a corpus seeded with the
 # test fixtures and the examples (fuzz/seed.sh). A crash stops make; the input that caused it is

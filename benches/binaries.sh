@@ -7,7 +7,8 @@
 #   CORSAIR_BIN=... CORSAIR_PROXY_BIN=... bash benches/binaries.sh   # measure given binaries
 #
 # Each binary is built on its own, as its image builds it (Dockerfile): `corsair` with its
-# package's features, `corsair-proxy` with only the proxy package's. For each start the proxy runs
+# package's features, `corsair-proxy` with only the proxy package's and profile-guided
+# (scripts/sidecar-pgo.sh). For each start the proxy runs
 # benches/proxy/policy.yaml in front of a trivial upstream (python3's http.server), serves one
 # allowed request, and 1 s later VmRSS, RssAnon and RssFile are read from /proc/PID/status.
 # RssFile is mostly pages of the mapped binary (shared, reclaimable); RssAnon is what the process
@@ -44,9 +45,9 @@ if [[ -z ${CORSAIR_BIN:-} ]]; then
     CORSAIR_BIN=$TARGET/release/corsair
 fi
 if [[ -z ${CORSAIR_PROXY_BIN:-} ]]; then
-    log "building corsair-proxy (release)"
-    (cd "$ROOT" && cargo build --release --locked -p corsair-proxy --bin corsair-proxy >&2)
-    CORSAIR_PROXY_BIN=$TARGET/release/corsair-proxy
+    log "building corsair-proxy as the sidecar image does (profile-guided)"
+    CORSAIR_PROXY_BIN=$TARGET/pgo/corsair-proxy
+    bash "$ROOT/scripts/sidecar-pgo.sh" "$CORSAIR_PROXY_BIN"
 fi
 [[ -x $CORSAIR_BIN && -x $CORSAIR_PROXY_BIN ]] || die "binaries missing"
 

@@ -33,11 +33,9 @@ for tool in valgrind callgrind_control wrk nginx curl; do
 done
 
 if [[ -z ${PROXY_BIN:-} ]]; then
-    target=corsair
-    grep -q '^name = "corsair-proxy"' "$ROOT"/crates/*/Cargo.toml "$ROOT/Cargo.toml" 2>/dev/null \
-        && target=corsair-proxy
-    (cd "$ROOT" && CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build --release --locked --bin "$target" $([[ $target == corsair-proxy ]] && echo "-p corsair-proxy --features cli") >&2)
-    PROXY_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/$target
+    # The sidecar image's build (profile-guided), with line tables for callgrind_annotate.
+    PROXY_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/pgo/corsair-proxy
+    CARGO_PROFILE_RELEASE_DEBUG=line-tables-only bash "$ROOT/scripts/sidecar-pgo.sh" "$PROXY_BIN" >&2
 fi
 PROXY_CMD=("$PROXY_BIN")
 [[ $(basename "$PROXY_BIN") == corsair ]] && PROXY_CMD+=(proxy)

@@ -49,7 +49,8 @@
 # Everything listens on 127.0.0.1 (ports 18080-18099). wrk, h2load (nghttp2-client) and nginx
 # (nginx-light) are Debian packages, installed with apt-get when missing. PROXY_BIN is the
 # sidecar binary to run (`corsair-proxy`, or `corsair` whose `proxy` subcommand is used); by
-# default the release build of this checkout.
+# default this checkout's `corsair-proxy` as the sidecar image builds it, with profile-guided
+# optimisation (scripts/sidecar-pgo.sh: two release builds and a 20-second training).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -128,12 +129,9 @@ for port in $(seq 18080 18099); do
 done
 
 if [[ -z ${PROXY_BIN:-} ]]; then
-    target=corsair
-    grep -q '^name = "corsair-proxy"' "$ROOT"/crates/*/Cargo.toml "$ROOT/Cargo.toml" 2>/dev/null \
-        && target=corsair-proxy
-    log "building $target (release)"
-    (cd "$ROOT" && cargo build --release --locked --bin "$target" $([[ $target == corsair-proxy ]] && echo "-p corsair-proxy --features cli") >&2)
-    PROXY_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/$target
+    log "building corsair-proxy as the sidecar image does (profile-guided)"
+    PROXY_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/pgo/corsair-proxy
+    bash "$ROOT/scripts/sidecar-pgo.sh" "$PROXY_BIN"
 fi
 [[ -x $PROXY_BIN ]] || die "no binary at $PROXY_BIN"
 ENGINE_BENCH=(cargo bench --locked -p corsair-policy --features http --bench decide)

@@ -48,23 +48,32 @@ impl Drop for ProxyProcess {
 impl ProxyProcess {
     /// Starts the binary on ports of the OS's choice; `nofile` lowers its file-descriptor
     /// limit (soft and hard) with `prlimit` before it runs.
+    ///
+    /// The binary is `corsair proxy`, or the `corsair-proxy` binary at `CORSAIR_PROXY_BIN` when
+    /// that is set: `make pgo-test` runs these suites against the profile-guided build that the
+    /// sidecar image ships.
     pub fn start(
         policy: &Path,
         upstream: &str,
         extra: &[&str],
         nofile: Option<u64>,
     ) -> ProxyProcess {
-        let bin = env!("CARGO_BIN_EXE_corsair");
+        let sidecar = std::env::var_os("CORSAIR_PROXY_BIN");
+        let bin = sidecar
+            .clone()
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_corsair").into());
         let mut command = match nofile {
             Some(n) => {
                 let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}")).arg(bin);
+                c.arg(format!("--nofile={n}:{n}")).arg(&bin);
                 c
             }
-            None => Command::new(bin),
+            None => Command::new(&bin),
         };
+        if sidecar.is_none() {
+            command.arg("proxy");
+        }
         command
-            .arg("proxy")
             .arg("--policy")
             .arg(policy)
             .args(["--upstream", upstream])
