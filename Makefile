@@ -62,10 +62,11 @@ rust-test:
 
 # The sidecar image's binary is built with profile-guided optimisation (scripts/sidecar-pgo.sh;
 # here with 1 s loads for its training instead of 5): that build, then the binary's
-# hostile-input and fault suites run against the binary it made.
+# hostile-input and fault suites run against the binary it made (`--workspace`, so that the test
+# binaries are rust-test's, not built again with other features).
 pgo-test:
 	TRAIN_SECONDS=1 bash scripts/sidecar-pgo.sh
-	CORSAIR_PROXY_BIN=$(CURDIR)/target/pgo/corsair-proxy cargo test --locked --test proxy_hostile --test proxy_faults
+	CORSAIR_PROXY_BIN=$(CURDIR)/target/pgo/corsair-proxy cargo test --workspace --locked --test proxy_hostile --test proxy_faults
 
 # Fuzzing (cargo-fuzz, nightly): every target runs FUZZ_SECONDS from a corpus seeded with the
 # test fixtures and the examples (fuzz/seed.sh). A crash stops make; the input that caused it is
