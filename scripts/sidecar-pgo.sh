@@ -97,12 +97,13 @@ CORSAIR_LOG=warn "$PGO_DIR/generate/release/corsair-proxy" --policy "$BENCH/poli
 PROXY_PID=$!
 PIDS+=($PROXY_PID)
 URL=http://127.0.0.1:$PROXY_PORT/api/items
+code=
 for _ in $(seq 100); do
-    [[ $(curl -s -o /dev/null -w '%{http_code}' -H "origin: $ORIGIN" "$URL") == 200 ]] && break
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H "origin: $ORIGIN" "$URL") || true
+    [[ $code == 200 ]] && break
     sleep 0.1
 done
-[[ $(curl -s -o /dev/null -w '%{http_code}' -H "origin: $ORIGIN" "$URL") == 200 ]] \
-    || die "the instrumented proxy does not answer 200 through the upstream (logs in $WORK)"
+[[ $code == 200 ]] || die "the instrumented proxy answered ${code:-nothing}, not 200 through the upstream (logs in $WORK)"
 
 # Every load must complete requests with no error: a profile of failures would lay out the
 # wrong path.
