@@ -2,7 +2,7 @@
 # Builds the sidecar binary, `corsair-proxy`, with profile-guided optimisation: what the sidecar
 # image ships (Dockerfile target `sidecar`).
 #
-#   bash scripts/sidecar-pgo.sh [OUT]        # OUT defaults to target/pgo/corsair-proxy
+#   bash scripts/sidecar-pgo.sh [OUT]        # OUT defaults to ${CARGO_TARGET_DIR:-target}/pgo/corsair-proxy
 #
 # 1. builds an instrumented corsair-proxy (-Cprofile-generate) in target/pgo/generate;
 # 2. trains it: the CORS work the sidecar exists for, through it to an nginx upstream on
@@ -25,8 +25,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-OUT=${1:-$ROOT/target/pgo/corsair-proxy}
 PGO_DIR=${CARGO_TARGET_DIR:-$ROOT/target}/pgo
+OUT=${1:-$PGO_DIR/corsair-proxy}
 TRAIN_SECONDS=${TRAIN_SECONDS:-5}
 BENCH=$ROOT/benches/proxy
 ORIGIN=https://app.example.com
@@ -82,9 +82,12 @@ log "building the instrumented binary"
 WORK=$(mktemp -d /tmp/corsair-pgo.XXXXXX)
 mkdir -p "$WORK/tmp"
 PIDS=()
+DONE=
+# The work directory (logs, the upload body) is kept only when the build failed, for its logs.
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    [[ -z $DONE ]] || rm -rf "$WORK"
 }
 trap cleanup EXIT
 
@@ -140,4 +143,5 @@ log "building with the profile"
     CARGO_TARGET_DIR="$PGO_DIR/use" "${BUILD[@]}" >&2)
 mkdir -p "$(dirname "$OUT")"
 cp "$PGO_DIR/use/release/corsair-proxy" "$OUT"
+DONE=1
 log "built $OUT"
