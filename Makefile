@@ -15,8 +15,13 @@ test: deps lint deny rust-test fuzz-test chart-test pgo-test
 
 deps: deps-apt deps-python deps-kubectl
 
-# Debian packages the tests use: Chromium for the browser test, procps for `kill`.
-APT_NEEDS := $(if $(wildcard /usr/bin/chromium),,chromium) $(if $(wildcard /bin/kill /usr/bin/kill),,procps)
+# Debian packages the tests use: Chromium for the browser test, procps for `kill`, a C and C++
+# compiler (ring's build script, the fuzzers' libFuzzer) and Python with venv (the chart tests'
+# virtualenv, the fuzz corpus seeding), each only when missing.
+PY_VENV_OK := $(shell python3 -c 'import venv, ensurepip' 2>/dev/null && echo yes)
+APT_NEEDS := $(if $(wildcard /usr/bin/chromium),,chromium) $(if $(wildcard /bin/kill /usr/bin/kill),,procps) \
+	$(if $(and $(shell command -v cc 2>/dev/null),$(shell command -v c++ 2>/dev/null)),,build-essential) \
+	$(if $(PY_VENV_OK),,python3 python3-venv)
 deps-apt:
 	@if [ -n "$(strip $(APT_NEEDS))" ]; then \
 		echo "installing Debian packages: $(strip $(APT_NEEDS))"; \
@@ -81,7 +86,9 @@ FUZZ_TARGET_DIR := $(CURDIR)/target/fuzz
 FUZZ_CORPUS := $(CURDIR)/target/fuzz-corpus
 FUZZ_TARGETS := fuzz:policy fuzz:request_headers fuzz:origin fuzz:decide \
 	crates/corsair-controller/fuzz:admission_review
+# cargo-fuzz needs a nightly toolchain: installed with rustup (minimal profile) when missing.
 fuzz-tools:
+	@rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 
 fuzz: fuzz-tools

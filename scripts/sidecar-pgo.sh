@@ -17,11 +17,11 @@
 # code away (docs/benchmarks.md, "Profile-guided build").
 #
 # llvm-profdata must read the raw profiles of rustc's LLVM: LLVM_PROFDATA if set, else the
-# rustup component llvm-tools (`rustup component add llvm-tools`, an exact match), else
-# Debian's llvm-profdata-19 (read rustc 1.95's LLVM 22 profiles here). wrk, h2load
-# (nghttp2-client), nginx (nginx-light) and curl are installed with apt-get when missing, as is
-# llvm-19 when no llvm-profdata is found. Any failure stops the build: there is no silent
-# fallback to an unprofiled binary.
+# rustup component llvm-tools, an exact match (added with rustup when missing), else, when
+# rustup cannot add it, Debian's llvm-profdata-19 (read rustc 1.95's LLVM 22 profiles here).
+# wrk, h2load (nghttp2-client), nginx (nginx-light) and curl are installed with apt-get when
+# missing, as is llvm-19 when no llvm-profdata is found. Any failure stops the build: there is
+# no silent fallback to an unprofiled binary.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,18 +39,23 @@ log() { echo "== sidecar-pgo: $*" >&2; }
 die() { echo "sidecar-pgo: $*" >&2; exit 1; }
 
 # --- tools ---------------------------------------------------------------------------------
+# Where the llvm-profdata of rustc's own LLVM is, once the rustup component llvm-tools is added.
+toolchain_profdata() {
+    echo "$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-profdata"
+}
 find_profdata() {
     if [[ -n ${LLVM_PROFDATA:-} ]]; then echo "$LLVM_PROFDATA"; return; fi
-    local sysroot host
-    sysroot=$(rustc --print sysroot)
-    host=$(rustc -vV | sed -n 's/^host: //p')
-    if [[ -x $sysroot/lib/rustlib/$host/bin/llvm-profdata ]]; then
-        echo "$sysroot/lib/rustlib/$host/bin/llvm-profdata"
+    if [[ -x $(toolchain_profdata) ]]; then
+        toolchain_profdata
     elif command -v llvm-profdata-19 >/dev/null; then
         command -v llvm-profdata-19
     fi
 }
 
+if [[ -z ${LLVM_PROFDATA:-} && ! -x $(toolchain_profdata) ]] && command -v rustup >/dev/null; then
+    log "adding the rustup component llvm-tools (the llvm-profdata of rustc's own LLVM)"
+    timeout 300 rustup component add llvm-tools >&2 || log "rustup could not add llvm-tools; trying Debian's llvm-19"
+fi
 missing=()
 command -v wrk >/dev/null || missing+=(wrk)
 command -v h2load >/dev/null || missing+=(nghttp2-client)
