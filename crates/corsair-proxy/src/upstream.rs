@@ -138,9 +138,15 @@ impl Upstream {
                         Sent::Partly => Some(Box::new(Upload::new(body, out, self.upload_stall))),
                         Sent::Whole | Sent::Broken => None,
                     };
-                    let body =
-                        UpstreamBody::new(&head, &parts.method, &headers, connection, lane, upload)
-                            .map_err(Failed::new)?;
+                    let body = UpstreamBody::new(
+                        &head,
+                        &parts.method,
+                        &mut headers,
+                        connection,
+                        lane,
+                        upload,
+                    )
+                    .map_err(Failed::new)?;
                     return Ok(http1::response(&head, headers, body));
                 }
                 Err(failed) if reused && failed.before_response && resendable => {
@@ -160,6 +166,12 @@ impl Upstream {
                 .await
             {
                 Ok(Ok(stream)) => stream,
+                Ok(Err(err)) if err.kind() == io::ErrorKind::TimedOut => {
+                    return Err(Failed {
+                        failure: Failure::ConnectTimeout,
+                        error: Some(Box::new(err)),
+                    });
+                }
                 Ok(Err(err)) => return Err(Failed::new(err)),
                 Err(_) => {
                     return Err(Failed {
@@ -377,7 +389,8 @@ impl Failure {
                 use io::ErrorKind::*;
                 match io.kind() {
                     ConnectionRefused => return Failure::Refused,
-                    TimedOut => return Failure::ConnectTimeout,
+                    // Connects that time out are told apart where they happen.
+                    TimedOut => return Failure::Timeout,
                     ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => {
                         return Failure::Reset;
                     }

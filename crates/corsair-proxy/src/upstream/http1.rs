@@ -705,7 +705,7 @@ impl UpstreamBody {
     pub(crate) fn new(
         head: &Head,
         method: &Method,
-        headers: &HeaderMap,
+        headers: &mut HeaderMap,
         connection: Connection,
         lane: &Lane,
         mut upload: Option<Box<Upload>>,
@@ -766,11 +766,13 @@ impl UpstreamBody {
 }
 
 /// The body's framing and whether the connection may carry another request after it
-/// (RFC 9112 §6.3 and §9.3).
+/// (RFC 9112 §6.3 and §9.3). A `Content-Length` beside `Transfer-Encoding` is removed, as an
+/// intermediary must before it forwards the message (§6.3): the client gets the body de-chunked
+/// and framed anew, which that length need not describe.
 fn response_framing(
     head: &Head,
     method: &Method,
-    headers: &HeaderMap,
+    headers: &mut HeaderMap,
 ) -> Result<(Framing, bool), io::Error> {
     let mut keep_alive = head.version == Version::HTTP_11;
     for token in headers
@@ -792,27 +794,37 @@ fn response_framing(
     {
         return Ok((Framing::Done, keep_alive));
     }
-    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
-    if codings.peek().is_some() {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
         if head.version == Version::HTTP_10 {
             // HTTP/1.0 has no transfer codings (RFC 9112 §6.1): the framing cannot be trusted.
             return Err(invalid(
                 "the upstream sent Transfer-Encoding in an HTTP/1.0 response",
             ));
         }
-        let last = codings
-            .last()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .map(str::trim);
-        return Ok(match last {
-            // With a Content-Length beside it the message is suspect: do not reuse.
-            Some(c) if c.eq_ignore_ascii_case("chunked") => (
-                Framing::Chunked(Chunk::Size),
-                keep_alive && !headers.contains_key(header::CONTENT_LENGTH),
-            ),
-            _ => (Framing::UntilClose, false),
-        });
+        // Only `chunked`, once: the proxy asks for no other coding (it never forwards `TE`),
+        // and could not pass one on, since `Transfer-Encoding` ends at this hop.
+        let mut chunked = 0;
+        for coding in headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(crate::headers::tokens)
+        {
+            if !coding.eq_ignore_ascii_case("chunked") {
+                return Err(invalid(format!(
+                    "the upstream used the transfer coding {coding:?}, which the proxy does \
+                     not decode (only chunked)"
+                )));
+            }
+            chunked += 1;
+        }
+        if chunked != 1 {
+            return Err(invalid(
+                "the upstream sent an invalid Transfer-Encoding (chunked must appear once)",
+            ));
+        }
+        // With a Content-Length beside it the message is suspect: do not reuse.
+        let suspect = headers.remove(header::CONTENT_LENGTH).is_some();
+        return Ok((Framing::Chunked(Chunk::Size), keep_alive && !suspect));
     }
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
@@ -962,8 +974,13 @@ fn decode_chunk(read: &mut BytesMut, chunk: Chunk) -> Result<Decoded, io::Error>
             if digits.is_empty() || digits.len() > 16 {
                 return Err(invalid("an invalid chunk size"));
             }
-            // Only whitespace, then extensions (`;name=value`), may follow the size.
-            let rest = rest.trim_ascii_start();
+            // Only spaces and tabs (RFC 9112 §7.1.1's BWS), then extensions (`;name=value`),
+            // may follow the size: not a CR, which some parsers end the line at.
+            let blank = rest
+                .iter()
+                .position(|&b| b != b' ' && b != b'\t')
+                .unwrap_or(rest.len());
+            let rest = &rest[blank..];
             let extension_ok = rest
                 .iter()
                 .all(|&b| b == b'\t' || (b' '..0x7f).contains(&b) || b >= 0x80);

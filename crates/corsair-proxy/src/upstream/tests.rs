@@ -63,6 +63,34 @@ fn failures_map_to_502_or_504_with_a_cause() {
     assert_eq!(labels.len(), 5, "each cause has its own label");
 }
 
+#[test]
+fn an_error_is_classified_by_the_io_error_behind_it() {
+    use std::io::{Error, ErrorKind};
+    #[derive(Debug)]
+    struct Wrapped(Error);
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("the exchange failed")
+        }
+    }
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+    let wrapped = |kind: ErrorKind| Wrapped(Error::new(kind, "behind"));
+    for (kind, failure) in [
+        (ErrorKind::ConnectionRefused, Failure::Refused),
+        // A time-out in the middle of an exchange is the upstream's, not the connect's.
+        (ErrorKind::TimedOut, Failure::Timeout),
+        (ErrorKind::ConnectionReset, Failure::Reset),
+        (ErrorKind::UnexpectedEof, Failure::Reset),
+        (ErrorKind::InvalidData, Failure::Other),
+    ] {
+        assert_eq!(Failure::classify(&wrapped(kind)), failure, "{kind:?}");
+    }
+}
+
 /// A loopback upstream that answers each 4-byte request with a 68-byte response, in one send
 /// with `TCP_NODELAY`, or (`nagle`) in two sends without it, as Python's `http.server` does.
 fn echo_upstream(nagle: bool) -> std::net::SocketAddr {

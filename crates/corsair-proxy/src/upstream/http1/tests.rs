@@ -115,7 +115,8 @@ fn map(lines: &[(&'static str, &'static str)]) -> HeaderMap {
 fn the_response_body_is_delimited_as_rfc_9112_says() {
     let v11 = Version::HTTP_11;
     let framing = |status, version, method: Method, lines: &[(&'static str, &'static str)]| {
-        response_framing(&head(status, version), &method, &map(lines)).map_err(|e| e.to_string())
+        response_framing(&head(status, version), &method, &mut map(lines))
+            .map_err(|e| e.to_string())
     };
     let length = [("content-length", "12")];
     assert_eq!(
@@ -134,15 +135,11 @@ fn the_response_body_is_delimited_as_rfc_9112_says() {
         );
     }
     assert_eq!(
-        framing(
-            200,
-            v11,
-            Method::GET,
-            &[("transfer-encoding", "gzip, chunked")]
-        ),
+        framing(200, v11, Method::GET, &[("transfer-encoding", "Chunked")]),
         Ok((Framing::Chunked(Chunk::Size), true))
     );
-    // Chunked beside a Content-Length: chunked wins, and the connection is not trusted again.
+    // Chunked beside a Content-Length: chunked wins, the length is removed (below), and the
+    // connection is not trusted again.
     assert_eq!(
         framing(
             200,
@@ -152,10 +149,23 @@ fn the_response_body_is_delimited_as_rfc_9112_says() {
         ),
         Ok((Framing::Chunked(Chunk::Size), false))
     );
-    assert_eq!(
-        framing(200, v11, Method::GET, &[("transfer-encoding", "gzip")]),
-        Ok((Framing::UntilClose, false))
-    );
+    // Any other coding is refused, named: the proxy asked for none and could not pass it on.
+    for lines in [
+        &[("transfer-encoding", "gzip, chunked")][..],
+        &[("transfer-encoding", "gzip")],
+        &[
+            ("transfer-encoding", "gzip"),
+            ("transfer-encoding", "chunked"),
+        ],
+    ] {
+        let error = framing(200, v11, Method::GET, lines).expect_err("refused");
+        assert!(error.contains("\"gzip\""), "{error}");
+    }
+    for value in ["chunked, chunked", ""] {
+        let lines = [("transfer-encoding", value)];
+        let error = framing(200, v11, Method::GET, &lines).expect_err("refused");
+        assert!(error.contains("chunked must appear once"), "{error}");
+    }
     assert_eq!(
         framing(200, v11, Method::GET, &[]),
         Ok((Framing::UntilClose, false))
@@ -285,6 +295,8 @@ fn a_malformed_chunked_body_is_an_error_naming_what_is_wrong() {
         ("5 6\r\nhello\r\n0\r\n\r\n", "invalid chunk size"),
         ("5\tjunk\r\nhello\r\n0\r\n\r\n", "invalid chunk size"),
         ("5;a\x01b\r\nhello\r\n0\r\n\r\n", "invalid chunk size"),
+        ("5\r\r\nhello\r\n0\r\n\r\n", "invalid chunk size"),
+        ("5\x0c;a\r\nhello\r\n0\r\n\r\n", "invalid chunk size"),
     ] {
         let error = decode(input.as_bytes(), input.len()).expect_err(input);
         assert!(error.contains(cause), "{input:?}: {error}");
@@ -472,6 +484,64 @@ async fn a_connection_is_given_back_only_when_it_can_carry_another_request() {
         assert_eq!(body, expected, "{case}");
         assert_eq!(idle(&lane), kept, "{case}");
     }
+}
+
+#[tokio::test]
+async fn a_content_length_beside_chunked_is_removed_and_the_whole_body_read() {
+    let (addr, _) = serve(|_, mut stream| {
+        if read_head(&mut stream).is_some() {
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n\
+                  a\r\n0123456789\r\n0\r\n\r\n",
+            );
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    });
+    let upstream = proxy_upstream(addr);
+    let lane = Lane::default();
+    let (_, headers, body, _) = exchange(&upstream, &lane, get()).await.expect("a response");
+    assert_eq!(body, b"0123456789");
+    // Left in, the length would frame the client's copy of the body at its first 3 bytes.
+    assert_eq!(headers.get(header::CONTENT_LENGTH), None);
+    assert_eq!(
+        idle(&lane),
+        0,
+        "a message with both framings is not trusted again"
+    );
+}
+
+#[tokio::test]
+async fn bytes_sent_unasked_after_a_response_keep_its_connection_from_the_next_request() {
+    // An upstream that writes a body after a HEAD's head, in a later segment: read as the answer
+    // to the next request, it would shift every answer on the connection by one.
+    let (addr, accepted) = serve(|_, mut stream| {
+        while let Some(head) = read_head(&mut stream) {
+            let answer: &[u8] = if head.starts_with("HEAD") {
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\n");
+                std::thread::sleep(Duration::from_millis(50));
+                b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nINJECTED"
+            } else {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nreal"
+            };
+            let _ = stream.write_all(answer);
+        }
+    });
+    let upstream = proxy_upstream(addr);
+    let lane = Lane::default();
+    let head = Request::head("/")
+        .body(Empty::<Bytes>::new())
+        .expect("a request");
+    let (_, _, body, _) = exchange(&upstream, &lane, head).await.expect("a response");
+    assert!(body.is_empty());
+    assert_eq!(idle(&lane), 1, "nothing unasked had come yet");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, _, body, _) = exchange(&upstream, &lane, get()).await.expect("a response");
+    assert_eq!(String::from_utf8_lossy(&body), "real");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "the GET went on a new connection"
+    );
 }
 
 #[tokio::test]
