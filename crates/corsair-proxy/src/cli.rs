@@ -49,11 +49,14 @@ pub struct Args {
     #[arg(long, env = "CORSAIR_CONNECT_TIMEOUT", value_name = "SECONDS", default_value_t = 5.0, value_parser = seconds)]
     connect_timeout: f64,
     /// Seconds the upstream has to start its response before the client gets a 504; also how
-    /// long the rest of an upload that the upstream answered early may stall before it is
-    /// given up.
+    /// long it may send nothing in the middle of a response body before the response is cut
+    /// short (a server-sent event stream needs heartbeats more often), and how long the rest of
+    /// an upload that the upstream answered early may stall before it is given up.
     #[arg(long, env = "CORSAIR_UPSTREAM_TIMEOUT", value_name = "SECONDS", default_value_t = 60.0, value_parser = seconds)]
     upstream_timeout: f64,
-    /// Seconds without a byte in either direction after which a client connection is closed.
+    /// Seconds without a byte in either direction after which a client connection is closed,
+    /// even with a request in flight (a response the client does not read, an upload it stopped
+    /// sending).
     #[arg(long, env = "CORSAIR_IDLE_TIMEOUT", value_name = "SECONDS", default_value_t = 300.0, value_parser = seconds)]
     idle_timeout: f64,
     /// Limit on the total size of a request's headers, in bytes (431 beyond it; at least 8192).

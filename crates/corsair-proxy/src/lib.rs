@@ -63,10 +63,12 @@ pub struct ProxyConfig {
     pub header_read_timeout: Duration,
     /// Time to establish a TCP connection to the upstream (504 when exceeded).
     pub connect_timeout: Duration,
-    /// Time the upstream has to start its response (504 when exceeded), and that the rest of an
+    /// Time the upstream has to start its response (504 when exceeded), that it may send nothing
+    /// in the middle of a response body (the response is cut short), and that the rest of an
     /// upload the upstream answered early may make no progress before it is given up.
     pub upstream_timeout: Duration,
-    /// A client connection that moves no bytes for this long is closed.
+    /// A client connection that moves no bytes for this long is closed, even with a request in
+    /// flight.
     pub idle_timeout: Duration,
     /// Limit on the total size of a request's headers (431 beyond it). At least 8 KiB.
     pub max_header_bytes: usize,

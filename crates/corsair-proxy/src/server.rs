@@ -190,10 +190,17 @@ async fn serve_connection(
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                Event::Idle => {
+                Event::Idle if !closing => {
                     tracing::debug!(%peer, "closing idle connection");
                     closing = true;
                     conn.as_mut().graceful_shutdown();
+                }
+                // hyper closes an idle connection at once; one still open has a message in
+                // flight that moved no byte either way for the idle timeout (a response the
+                // client does not read, a request body it stopped sending): dropped.
+                Event::Idle => {
+                    tracing::debug!(%peer, "dropping a connection stalled while it closed");
+                    return;
                 }
                 Event::Abort => return,
             },
@@ -209,7 +216,7 @@ enum Event {
     Abort,
 }
 
-/// The next [`Event`] of a connection; shutdown and idleness only until it is `closing`.
+/// The next [`Event`] of a connection; shutdown only until it is `closing`.
 async fn next_event(
     shutdown: &CancellationToken,
     abort: &CancellationToken,
@@ -221,7 +228,7 @@ async fn next_event(
     tokio::select! {
         () = head_deadline.passed(header_read_timeout) => Event::HeadDeadline,
         () = shutdown.cancelled(), if !closing => Event::Shutdown,
-        () = activity.idle_for(idle_timeout), if !closing => Event::Idle,
+        () = activity.idle_for(idle_timeout) => Event::Idle,
         () = abort.cancelled() => Event::Abort,
     }
 }

@@ -40,9 +40,9 @@ pub struct Upstream {
     /// `host:port`, the port defaulted to 80.
     address: String,
     connect_timeout: Duration,
-    /// How long the rest of an early-answered upload may make no progress (the upstream timeout,
-    /// which bounds the whole of every other upload).
-    upload_stall: Duration,
+    /// The upstream timeout: how long a response body or the rest of an early-answered upload
+    /// may make no progress (it bounds the whole of every other upload, and the response head).
+    timeout: Duration,
     /// Learned: the upstream holds back part of a response until it is acknowledged.
     nagles: Arc<AtomicBool>,
 }
@@ -96,7 +96,7 @@ impl Upstream {
                 authority.port_u16().unwrap_or(80)
             ),
             connect_timeout: config.connect_timeout,
-            upload_stall: config.upstream_timeout,
+            timeout: config.upstream_timeout,
             nagles: Arc::default(),
         })
     }
@@ -135,7 +135,7 @@ impl Upstream {
             {
                 Ok(head) => {
                     let upload = match head.sent {
-                        Sent::Partly => Some(Box::new(Upload::new(body, out, self.upload_stall))),
+                        Sent::Partly => Some(Box::new(Upload::new(body, out, self.timeout))),
                         Sent::Whole | Sent::Broken => None,
                     };
                     let body = UpstreamBody::new(
@@ -182,7 +182,10 @@ impl Upstream {
             };
         // Requests are written whole; no reason to wait for more.
         let _ = stream.set_nodelay(true);
-        Ok(Connection::new(QuickAck::new(stream, self.nagles.clone())))
+        Ok(Connection::new(
+            QuickAck::new(stream, self.nagles.clone()),
+            self.timeout,
+        ))
     }
 }
 

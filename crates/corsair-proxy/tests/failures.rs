@@ -450,6 +450,44 @@ async fn an_idle_connection_is_closed() {
 }
 
 #[tokio::test]
+async fn a_client_that_stops_reading_a_response_is_dropped_after_the_idle_timeout() {
+    let h = harness_with(POLICY, |c| c.idle_timeout = Duration::from_millis(500)).await;
+    // A small receive window, so that the proxy's writes stop soon after this client's reads.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut stream = socket
+        .connect(h.proxy.listen_addr())
+        .await
+        .expect("connect");
+    // 5,000 chunks of 4 KiB, 2 ms apart: at least 10 s to send, 20 MiB.
+    stream
+        .write_all(b"GET /stream?chunks=5000 HTTP/1.1\r\nHost: api.test\r\n\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut out = Vec::new();
+    let read = timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    assert!(
+        read.is_ok(),
+        "the stalled connection was still open ({} bytes read)",
+        out.len()
+    );
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        &out[..out.len().min(40)]
+    );
+    assert!(
+        out.len() < 5000 * 4096,
+        "the response was cut short: {} bytes",
+        out.len()
+    );
+    let response = send(h.proxy.listen_addr(), request("GET", "/")).await;
+    assert_eq!(response.status(), 200, "the proxy still serves");
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
 async fn shutdown_drains_an_in_flight_request_and_reports_not_ready() {
     let h = harness(POLICY).await;
     let addr = h.proxy.listen_addr();

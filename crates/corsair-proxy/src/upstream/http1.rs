@@ -36,6 +36,8 @@ const MAX_TRAILERS: usize = 16 * 1024;
 /// One kept-alive HTTP/1.1 connection to the upstream.
 pub(crate) struct Connection {
     io: QuickAck,
+    /// How long a response body may wait for the upstream's next bytes: the upstream timeout.
+    stall: std::time::Duration,
     /// Bytes read and not yet consumed. Empty whenever the connection is idle.
     read: BytesMut,
     /// The request head being sent, reused from one request to the next.
@@ -145,9 +147,10 @@ fn closed_early(what: &str) -> io::Error {
 }
 
 impl Connection {
-    pub(crate) fn new(io: QuickAck) -> Connection {
+    pub(crate) fn new(io: QuickAck, stall: std::time::Duration) -> Connection {
         Connection {
             io,
+            stall,
             read: BytesMut::new(),
             head: Vec::new(),
             lines: Vec::new(),
@@ -683,6 +686,12 @@ pub struct UpstreamBody {
     upload: Option<Box<Upload>>,
     /// Where the connection goes back once the body is read, when it can carry another request.
     lane: Option<Lane>,
+    /// Runs while the upstream sends nothing in the middle of the body: at its end the body
+    /// fails, as a response head that does not come fails. Made at the first wait (a body that
+    /// comes with its head needs none).
+    quiet: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes moved either way since `quiet` was last set.
+    moved: bool,
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -721,6 +730,8 @@ impl UpstreamBody {
             connection: Some(connection),
             upload,
             lane: (reusable && head.sent != Sent::Broken).then(|| lane.clone()),
+            quiet: None,
+            moved: false,
         };
         if framing == Framing::Done && head.status != StatusCode::SWITCHING_PROTOCOLS {
             body.finish();
@@ -761,7 +772,40 @@ impl UpstreamBody {
         self.framing = Framing::Done;
         self.connection = None;
         self.upload = None;
+        self.quiet = None;
         Poll::Ready(Some(Err(error)))
+    }
+
+    /// Nothing to read: waits for the upstream for at most its timeout since bytes last moved,
+    /// then fails the body (hyper then ends the client's connection, whose response is cut
+    /// short, and the upstream connection is closed).
+    fn wait(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let Some(stall) = self.connection.as_ref().map(|c| c.stall) else {
+            return Poll::Ready(None);
+        };
+        let deadline = tokio::time::Instant::now() + stall;
+        let quiet = match &mut self.quiet {
+            Some(quiet) => {
+                if std::mem::take(&mut self.moved) {
+                    quiet.as_mut().reset(deadline);
+                }
+                quiet
+            }
+            none => {
+                self.moved = false;
+                none.insert(Box::pin(tokio::time::sleep_until(deadline)))
+            }
+        };
+        ready!(quiet.as_mut().poll(cx));
+        tracing::warn!(
+            ?stall,
+            "the upstream sent nothing in the middle of a response body for the upstream \
+             timeout: the response is cut short"
+        );
+        self.fail(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the upstream sent nothing of the response body for {stall:?}"),
+        ))
     }
 }
 
@@ -863,13 +907,15 @@ impl Body for UpstreamBody {
             let Some(connection) = this.connection.as_mut() else {
                 return Poll::Ready(None);
             };
-            if let Some(upload) = this.upload.as_mut()
-                && let Poll::Ready(sent) = upload.poll_send(&mut connection.io, cx)
-            {
-                this.upload = None;
-                if let Err(stop) = sent {
-                    stop.end(connection);
-                    this.lane = None;
+            if let Some(upload) = this.upload.as_mut() {
+                let sent = upload.poll_send(&mut connection.io, cx);
+                this.moved |= std::mem::take(&mut upload.out.progressed);
+                if let Poll::Ready(sent) = sent {
+                    this.upload = None;
+                    if let Err(stop) = sent {
+                        stop.end(connection);
+                        this.lane = None;
+                    }
                 }
             }
             let read = &mut connection.read;
@@ -906,14 +952,12 @@ impl Body for UpstreamBody {
             }
             // The buffer holds nothing more to decode: read.
             make_room(read, BODY_READ);
-            let n = match ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut connection.io),
-                cx,
-                read
-            )) {
-                Ok(n) => n,
-                Err(e) => return this.fail(e),
+            let n = match tokio_util::io::poll_read_buf(Pin::new(&mut connection.io), cx, read) {
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return this.fail(e),
+                Poll::Pending => return this.wait(cx),
             };
+            this.moved = true;
             if n == 0 {
                 if this.framing == Framing::UntilClose {
                     this.framing = Framing::Done;

@@ -545,6 +545,49 @@ async fn bytes_sent_unasked_after_a_response_keep_its_connection_from_the_next_r
 }
 
 #[tokio::test]
+async fn a_response_body_may_pause_but_not_stall_for_the_upstream_timeout() {
+    // Eight bytes, one every 200 ms, then (on the second connection) three and silence.
+    let (addr, _) = serve(|n, mut stream| {
+        if read_head(&mut stream).is_some() {
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\n");
+            let sent: &[u8] = if n == 0 { b"trickled" } else { b"sta" };
+            for byte in sent {
+                std::thread::sleep(Duration::from_millis(200));
+                let _ = stream.write_all(&[*byte]);
+            }
+            std::thread::sleep(Duration::from_secs(5));
+        }
+    });
+    let mut config = upstream_config(addr);
+    config.upstream_timeout = Duration::from_millis(500);
+    let upstream = Upstream::new(&config).expect("an upstream");
+    let lane = Lane::default();
+    let (_, _, body, _) = exchange(&upstream, &lane, get()).await.expect("a response");
+    assert_eq!(
+        body, b"trickled",
+        "pauses shorter than the timeout are waited out"
+    );
+
+    let started = std::time::Instant::now();
+    let response = upstream
+        .send(&Lane::default(), get())
+        .await
+        .expect("a head");
+    let error = response
+        .into_body()
+        .collect()
+        .await
+        .expect_err("a stalled body fails");
+    let waited = started.elapsed();
+    assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+    assert!(error.to_string().contains("500ms"), "{error}");
+    assert!(
+        waited >= Duration::from_millis(1000) && waited < Duration::from_secs(3),
+        "three bytes over 600 ms, then the 500 ms timeout: {waited:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_body_until_close_ends_with_the_connection() {
     let (addr, accepted) = serve(|_, mut stream| {
         if read_head(&mut stream).is_some() {
