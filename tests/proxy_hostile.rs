@@ -444,7 +444,8 @@ fn smuggling_cases() -> Vec<Smuggle> {
             bytes: format!(
                 "{post}Transfer-Encoding: chunked\r\n\r\nfffffffffffffffff1\r\nhello\r\n0\r\n\r\n{smuggled}"
             ),
-            allowed: &[400, 502],
+            // The client's own body is malformed: its error, not the upstream's.
+            allowed: &[400],
             body: "",
             pipelined: false,
         },
@@ -483,7 +484,7 @@ fn smuggling_cases() -> Vec<Smuggle> {
             bytes: format!(
                 "{post}Transfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n{smuggled}"
             ),
-            allowed: &[200, 400, 502],
+            allowed: &[200, 400],
             body: "5",
             pipelined: true,
         },
@@ -682,15 +683,21 @@ async fn a_connection_that_sends_nothing_is_closed_at_the_header_read_timeout() 
         None,
     )
     .await;
-    let start = Instant::now();
-    let silent = exchange(s.proxy.listen, b"", Duration::from_secs(10)).await;
-    let took = start.elapsed();
-    assert!(silent.closed, "a silent connection was kept open");
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
-        "closed after {took:?}, not at the 1 s header read timeout"
-    );
-    assert!(silent.answer.is_empty(), "{}", silent.text());
+    // Nothing; one byte, which could begin an HTTP/1.1 method or the HTTP/2 preface; part of
+    // the preface: in each case the proxy cannot tell the protocol yet, and waits only as long
+    // as for a request's head.
+    for sent in [&b""[..], b"P", b"PRI * HTTP/2.0\r\n"] {
+        let start = Instant::now();
+        let silent = exchange(s.proxy.listen, sent, Duration::from_secs(10)).await;
+        let took = start.elapsed();
+        let case = String::from_utf8_lossy(sent);
+        assert!(silent.closed, "{case:?}: the connection was kept open");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+            "{case:?}: closed after {took:?}, not at the 1 s header read timeout"
+        );
+        assert!(silent.answer.is_empty(), "{case:?}: {}", silent.text());
+    }
 }
 
 /// Opens an h2c connection by hand: preface and empty SETTINGS.

@@ -426,12 +426,15 @@ async fn forward(state: &State, conn: &Conn, mut req: Request<Incoming>) -> Resp
 
 fn failure(state: &State, failed: Failed) -> Response<ProxyBody> {
     let failure = failed.failure;
-    state.metrics.upstream_error(failure.metric_label());
+    let Some(cause) = failure.metric_label() else {
+        // The client's own body: at debug level, so that no client fills the log at will.
+        tracing::debug!(error = ?failed.error, "the request body could not be read");
+        return text(failure.status(), failure.message());
+    };
+    state.metrics.upstream_error(cause);
     match &failed.error {
-        Some(err) => {
-            tracing::warn!(cause = failure.metric_label(), error = %err, "upstream request failed")
-        }
-        None => tracing::warn!(cause = failure.metric_label(), "upstream request failed"),
+        Some(err) => tracing::warn!(cause, error = %err, "upstream request failed"),
+        None => tracing::warn!(cause, "upstream request failed"),
     }
     text(failure.status(), failure.message())
 }

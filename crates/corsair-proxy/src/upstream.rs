@@ -155,6 +155,12 @@ impl Upstream {
                     connection = fresh;
                     reused = false;
                 }
+                Err(failed) if failed.client_body => {
+                    return Err(Failed {
+                        failure: Failure::ClientBody,
+                        error: Some(Box::new(failed.error)),
+                    });
+                }
                 Err(failed) => return Err(Failed::new(failed.error)),
             }
         }
@@ -352,6 +358,9 @@ pub enum Failure {
     Reset,
     /// Anything else (a malformed response, a failed connect for another reason).
     Other,
+    /// Not the upstream's doing: the client's request body broke off or was malformed while it
+    /// was sent on.
+    ClientBody,
 }
 
 impl Failure {
@@ -359,6 +368,7 @@ impl Failure {
         match self {
             Failure::ConnectTimeout | Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Failure::Refused | Failure::Reset | Failure::Other => StatusCode::BAD_GATEWAY,
+            Failure::ClientBody => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -370,18 +380,21 @@ impl Failure {
             Failure::Timeout => "upstream did not respond in time\n",
             Failure::Reset => "upstream reset the connection\n",
             Failure::Other => "upstream request failed\n",
+            Failure::ClientBody => "the request body could not be read\n",
         }
     }
 
-    /// The `cause` label of `corsair_proxy_upstream_errors_total`.
-    pub fn metric_label(self) -> &'static str {
-        match self {
+    /// The `cause` label of `corsair_proxy_upstream_errors_total`; none for the client's own
+    /// failure, which any client could raise at will.
+    pub fn metric_label(self) -> Option<&'static str> {
+        Some(match self {
             Failure::Refused => "refused",
             Failure::ConnectTimeout => "connect_timeout",
             Failure::Timeout => "timeout",
             Failure::Reset => "reset",
             Failure::Other => "other",
-        }
+            Failure::ClientBody => return None,
+        })
     }
 
     /// Classifies an error by walking it and its causes for an I/O error kind.

@@ -105,10 +105,13 @@ pub(crate) enum Sent {
 
 /// What went wrong on the upstream connection. `before_response`: not one byte of a response
 /// had arrived, so a request without a body may be sent again on a new connection.
+/// `client_body`: the client's request body failed (it broke off, or was malformed), not the
+/// upstream.
 #[derive(Debug)]
 pub(crate) struct HopError {
     pub error: io::Error,
     pub before_response: bool,
+    pub client_body: bool,
 }
 
 impl HopError {
@@ -116,6 +119,7 @@ impl HopError {
         HopError {
             error,
             before_response: true,
+            client_body: false,
         }
     }
 
@@ -123,6 +127,15 @@ impl HopError {
         HopError {
             error,
             before_response: false,
+            client_body: false,
+        }
+    }
+
+    fn client_body(error: io::Error) -> HopError {
+        HopError {
+            error,
+            before_response: false,
+            client_body: true,
         }
     }
 }
@@ -239,6 +252,7 @@ impl Connection {
                                 .take()
                                 .unwrap_or_else(|| closed_early("a complete response head")),
                             before_response: !received,
+                            client_body: false,
                         }));
                     }
                     Poll::Ready(Ok(_)) => {
@@ -249,6 +263,7 @@ impl Connection {
                         return Poll::Ready(Err(HopError {
                             error: broken.take().unwrap_or(e),
                             before_response: !received,
+                            client_body: false,
                         }));
                     }
                     Poll::Pending => {}
@@ -258,7 +273,7 @@ impl Connection {
                 }
                 match ready!(out.poll_send(body, &mut self.io, cx)) {
                     Ok(()) => {}
-                    Err(Stop::Body(e)) => return Poll::Ready(Err(HopError::after(e))),
+                    Err(Stop::Body(e)) => return Poll::Ready(Err(HopError::client_body(e))),
                     Err(Stop::Write(e)) => broken = Some(e),
                 }
             }

@@ -58,9 +58,12 @@ fn failures_map_to_502_or_504_with_a_cause() {
         Failure::Other,
     ]
     .iter()
-    .map(|f| f.metric_label())
+    .filter_map(|f| f.metric_label())
     .collect();
     assert_eq!(labels.len(), 5, "each cause has its own label");
+    // The client's own broken body is its error, and no upstream error.
+    assert_eq!(Failure::ClientBody.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(Failure::ClientBody.metric_label(), None);
 }
 
 #[test]
