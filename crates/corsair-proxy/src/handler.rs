@@ -1,6 +1,6 @@
 //! One request: ask the engine, then answer here or stream it to the upstream and back.
 //!
-//! The path of an allowed request allocates nothing of its own (`tests/alloc.rs` counts): the
+//! The path of an allowed request allocates nothing of its own (`handler/tests.rs` counts): the
 //! decision borrows the request, its headers are values the policy rendered when it loaded or
 //! the request's own values cloned, a preflight is answered in the request's own header map,
 //! and the metrics series are resolved once.

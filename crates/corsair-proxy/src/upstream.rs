@@ -47,6 +47,11 @@ pub struct Upstream {
     nagles: Arc<AtomicBool>,
 }
 
+/// Idle upstream connections a client connection keeps. An HTTP/1.1 client needs one; an h2c
+/// client's burst of concurrent streams opens one each, and beyond this many they are closed
+/// as they finish rather than held, idle, until the client leaves (h2c allows 200 streams).
+const MAX_IDLE: usize = 16;
+
 /// The idle upstream connections of one client connection. The last clone dropped closes them.
 #[derive(Clone, Default)]
 pub struct Lane {
@@ -211,10 +216,10 @@ impl Lane {
     }
 
     fn give_back(&self, connection: Connection) {
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(connection);
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE {
+            idle.push(connection);
+        }
     }
 }
 

@@ -89,7 +89,7 @@ const PREFLIGHT: &[(&str, &str)] = &[
     ("accept", "*/*"),
 ];
 
-/// What the upstream answered, as hyper's client hands it over.
+/// What the upstream answered, as the upstream hop hands it over.
 fn upstream_response(extra: &[(&'static str, &'static str)]) -> HeaderMap {
     let mut headers = map(&[
         ("content-type", "application/json"),

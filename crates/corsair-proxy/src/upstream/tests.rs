@@ -18,6 +18,40 @@ fn reason(upstream: &str) -> Option<&'static str> {
 }
 
 #[tokio::test]
+async fn a_lane_keeps_at_most_max_idle_connections_and_closes_the_rest() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut byte = [0u8; 1];
+                let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut byte).await;
+                let _ = closed_tx.send(());
+            });
+        }
+    });
+    let upstream = Upstream::new(&config(&format!("http://{addr}"))).expect("an upstream");
+    let lane = Lane::default();
+    let mut open = Vec::new();
+    for _ in 0..MAX_IDLE + 4 {
+        open.push(upstream.connect().await.expect("a connection"));
+    }
+    for connection in open {
+        lane.give_back(connection);
+    }
+    assert_eq!(lane.idle.lock().map(|idle| idle.len()).ok(), Some(MAX_IDLE));
+    for _ in 0..4 {
+        tokio::time::timeout(std::time::Duration::from_secs(5), closed.recv())
+            .await
+            .expect("the connections beyond the cap are closed");
+    }
+}
+
+#[tokio::test]
 async fn only_a_plain_http_authority_is_an_upstream() {
     assert_eq!(reason("http://127.0.0.1:8080"), None);
     assert_eq!(reason("http://app:8080/"), None);
