@@ -53,6 +53,55 @@ fn prefixes_match_whole_segments() {
     assert_eq!(normalize_prefix("//"), "/");
 }
 
+#[test]
+fn a_path_spelled_otherwise_gets_the_rules_of_the_route_it_names() {
+    let engine = compile(CorsPolicySpec {
+        allow_origins: Some(vec!["https://partner.test".to_owned()]),
+        routes: vec![crate::model::RouteSpec {
+            path_prefix: "/internal".to_owned(),
+            allow_origins: Some(vec!["https://app.test".to_owned()]),
+            ..crate::model::RouteSpec::default()
+        }],
+        ..CorsPolicySpec::default()
+    });
+    let route = |path: &'static str| {
+        let req = RequestInfo {
+            method: "GET",
+            path,
+            host: Some("api.internal"),
+            origin: Some("https://partner.test"),
+            ..RequestInfo::default()
+        };
+        engine.decide(&req).route
+    };
+    for path in [
+        "/internal",
+        "/internal/data",
+        "/%69nternal/data",
+        "/%2finternal/data",
+        "/internal;jsessionid=1/data",
+        "//internal/data",
+        "/./internal/data",
+        "/public/../internal/data",
+        "/public/%2e%2e/internal/data",
+        "/public%2F..%2Finternal",
+    ] {
+        assert_eq!(route(path), Some("/internal"), "{path}");
+    }
+    for path in [
+        "/",
+        "/internalx",
+        "/Internal/data",
+        "/public/data",
+        "/%zz/internal",
+        "/.well-known/x",
+    ] {
+        assert_eq!(route(path), None, "{path}");
+    }
+    assert_eq!(canonical_path("/a//b/./c/../d;p=1/%41%zz"), "/a/b/d/A%zz");
+    assert_eq!(canonical_path("/../.."), "/");
+}
+
 /// Found by `fuzz/origin` (its oracle, not the engine, was wrong): a wildcard's suffix can also
 /// end an unrelated-looking name, which is then a genuine subdomain.
 #[test]
