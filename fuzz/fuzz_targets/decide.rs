@@ -81,6 +81,9 @@ const PATHS: &[&str] = &[
     "/api/v1/y",
     "/static/a.js",
     "",
+    "/%61pi/x",
+    "/api;v=1/x",
+    "/static/../api/x",
 ];
 
 /// A value from a vocabulary, or arbitrary text.
@@ -291,9 +294,11 @@ fn check(spec: &CorsPolicySpec, req: &RequestInfo<'_>, decision: &Decision<'_>) 
             },
         );
     if let Some(prefix) = decision.route {
+        // Routes are chosen by the path as an application's router reads it.
+        let path = corsair_policy::route_path(req.path);
         let p = prefix.trim_end_matches('/');
-        let whole = req.path == p || req.path.starts_with(&format!("{p}/")) || p.is_empty();
-        assert!(whole, "route {prefix:?} chosen for path {:?}", req.path);
+        let whole = path == p || path.starts_with(&format!("{p}/")) || p.is_empty();
+        assert!(whole, "route {prefix:?} chosen for path {:?} ({path:?})", req.path);
     }
     let rules = effective(spec, route);
     let context = (req, decision);

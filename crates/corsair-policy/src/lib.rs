@@ -21,7 +21,9 @@ pub use decision::{
     Action, AllowOrigin, AllowReason, Decision, DenyReason, ListValue, Rendered, RequestKind,
     ResponseHeaders, Vary, Verdict, merge_vary, write_merged_vary,
 };
-pub use engine::{DEFAULT_ALLOW_METHODS, DEFAULT_PREFLIGHT_STATUS, Engine, RequestInfo};
+pub use engine::{
+    DEFAULT_ALLOW_METHODS, DEFAULT_PREFLIGHT_STATUS, Engine, RequestInfo, route_path,
+};
 pub use load::{LoadError, Manifest, Positions, load_document, parse_manifests};
 pub use model::{
     CorsPolicySpec, DisallowedRequests, Mode, PolicyDocument, RouteSpec, UnmatchedPreflights,

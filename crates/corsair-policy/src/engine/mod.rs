@@ -119,19 +119,26 @@ impl Engine {
     }
 
     fn rules_for(&self, path: &str) -> (Option<&str>, &Rules) {
-        let canonical;
-        let path = if self.routes.is_empty() || !needs_canonical(path) {
-            path
-        } else {
-            canonical = canonical_path(path);
-            canonical.as_str()
-        };
+        if self.routes.is_empty() {
+            return (None, &self.top);
+        }
+        let path = route_path(path);
         self.routes
             .iter()
-            .find(|r| prefix_matches(&r.prefix, path))
+            .find(|r| prefix_matches(&r.prefix, &path))
             .map_or((None, &self.top), |r| {
                 (Some(r.path_prefix.as_str()), &r.rules)
             })
+    }
+}
+
+/// The path a request's route is chosen by: `path` itself, or, when it could name a different
+/// path to the application than it spells, that path ([`canonical_path`]).
+pub fn route_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if needs_canonical(path) {
+        std::borrow::Cow::Owned(canonical_path(path))
+    } else {
+        std::borrow::Cow::Borrowed(path)
     }
 }
 
@@ -150,7 +157,7 @@ fn needs_canonical(path: &str) -> bool {
 /// (RFC 3986 §5.2.4). Browsers send all of these as written, so a route matched on the raw path
 /// could be dodged: `/%69nternal` or `/internal;x/` reaching the application's `/internal`
 /// under the top level's rules. Case is kept: prefixes match case-sensitively, as the Gateway
-/// API's `PathPrefix` does. Allocates, so only for paths [`needs_canonical`] picks.
+/// API's `PathPrefix` does. Allocates, so only for the paths [`needs_canonical`] picks.
 fn canonical_path(path: &str) -> String {
     let raw = path.as_bytes();
     let mut decoded = Vec::with_capacity(raw.len());
