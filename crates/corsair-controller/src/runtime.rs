@@ -89,9 +89,13 @@ pub enum RuntimeError {
     TemporaryCertLoad(#[source] CertError),
 }
 
-/// How often a replica re-reads the certificate Secret, and the leader checks for renewal.
+/// How often a replica re-reads the certificate Secret.
 const SECRET_POLL: Duration = Duration::from_secs(30);
-const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
+/// How often the leader checks the certificates and the webhook configurations' `caBundle`:
+/// a configuration replaced without it (`kubectl replace`, a GitOps sync, a Helm upgrade with
+/// `--force`, or installed after the controller started) fails every admission call until then.
+/// Two Secret and two configuration reads a minute.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Runs the controller until SIGTERM (or Ctrl-C), then shuts down gracefully.
 pub async fn run(config: Config) -> Result<(), RuntimeError> {
@@ -353,11 +357,11 @@ impl Leader {
     }
 }
 
-/// Leader: create, renew and publish the webhook certificate, hourly and at once on start.
+/// Leader: create, renew and publish the webhook certificate, every minute and at once on start.
 async fn keep_certificate(manager: certs::Manager, mut stop: watch::Receiver<bool>) {
     loop {
         let delay = match manager.reconcile(Timestamp::now()).await {
-            Ok(_) => RENEWAL_CHECK,
+            Ok(_) => UPKEEP_INTERVAL,
             Err(err) => {
                 tracing::warn!(%err, "webhook certificate upkeep failed; retrying in 10 s");
                 Duration::from_secs(10)

@@ -66,6 +66,9 @@ struct IncomingRequest {
     operation: Operation,
     #[serde(default)]
     object: Option<Value>,
+    /// The object before an UPDATE.
+    #[serde(default)]
+    old_object: Option<Value>,
 }
 
 #[derive(Serialize)]
@@ -254,6 +257,19 @@ fn validate_response(state: &WebhookState, req: &IncomingRequest) -> Outgoing {
         state.metrics.validation("error");
         return response.deny("request.object: required for CREATE and UPDATE");
     };
+    // An UPDATE that leaves the spec as it was (labels, a finalizer removed, the deletion
+    // itself) is let through: a policy stored while invalid (created while the webhook was down
+    // under `failurePolicy: Ignore`, or before a stricter release) must stay labelable and
+    // deletable. The controller never renders an invalid spec, whatever is stored.
+    if matches!(req.operation, Operation::Update)
+        && (object.pointer("/metadata/deletionTimestamp").is_some()
+            || req
+                .old_object
+                .as_ref()
+                .is_some_and(|old| old.get("spec") == object.get("spec")))
+    {
+        return response;
+    }
     let verdict = validate_policy(object);
     state.metrics.validation(verdict.outcome.metric_label());
     let mut response = if verdict.outcome == ValidationOutcome::Denied {
@@ -375,6 +391,53 @@ mod tests {
         let answer: Value = serde_json::from_slice(&out).expect("the answer is JSON");
         assert_eq!(answer["response"]["uid"], json!("u-1"));
         assert_eq!(answer["response"]["allowed"], json!(true));
+    }
+
+    #[test]
+    fn an_update_that_keeps_an_invalid_spec_is_let_through_and_one_that_breaks_it_is_not() {
+        let state = state();
+        let invalid = json!({"allowOrigins": ["*"], "allowCredentials": true});
+        let policy = |labels: Value, spec: &Value, deleting: bool| {
+            let mut object = json!({"apiVersion": "corsair.dev/v1alpha1", "kind": "CorsPolicy",
+                "metadata": {"name": "p", "labels": labels}, "spec": spec});
+            if deleting {
+                object["metadata"]["deletionTimestamp"] = json!("2026-11-30T00:00:00Z");
+            }
+            object
+        };
+        let update = |old: Value, new: Value| {
+            let mut review = policy_review("UPDATE", new);
+            review["request"]["oldObject"] = old;
+            answer(&state, Webhook::Validate, &review)
+        };
+        // Stored while invalid (the webhook was down): a label, and the finalizer's removal on
+        // deletion, still go through.
+        let labelled = update(
+            policy(json!({}), &invalid, false),
+            policy(json!({"team": "a"}), &invalid, false),
+        );
+        assert_eq!(labelled["allowed"], json!(true), "{labelled}");
+        let deleting = update(
+            policy(json!({}), &invalid, true),
+            policy(json!({}), &json!({"allowOrigins": "not a list"}), true),
+        );
+        assert_eq!(deleting["allowed"], json!(true), "{deleting}");
+        // A change of the spec is checked as a CREATE is.
+        let broken = update(
+            policy(
+                json!({}),
+                &json!({"allowOrigins": ["https://a.test"]}),
+                false,
+            ),
+            policy(json!({}), &invalid, false),
+        );
+        assert_eq!(broken["allowed"], json!(false), "{broken}");
+        assert!(
+            broken["status"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("allowCredentials")),
+            "{broken}"
+        );
     }
 
     #[test]
