@@ -35,11 +35,11 @@ fn rows() -> Vec<Row> {
             headers: &[("vary", "Origin")],
         },
         Row {
-            rule: "without Origin and with `*` without credentials the answer never depends on Origin: no Vary",
+            rule: "without Origin, under `*` too, Vary: Origin: an allowed cross-origin request gets `Access-Control-Allow-Origin: *` and this one none, so a cache must not hand this answer to it",
             policy: "allowOrigins: [\"*\"]",
             req: get("x").no_origin(),
             out: FWD,
-            headers: &[],
+            headers: &[("vary", "Origin")],
         },
         Row {
             rule: "same-origin (Origin host equals Host) is forwarded as it is, never rejected",
@@ -266,18 +266,18 @@ fn rows() -> Vec<Row> {
             headers: &[("access-control-allow-origin", "null"), ("vary", "Origin")],
         },
         Row {
-            rule: "Origin: null is not allowed by `*` alone",
+            rule: "Origin: null is not allowed by `*` alone, and its refusal varies on Origin",
             policy: "allowOrigins: [\"*\"]\ndisallowedRequests: Reject",
             req: get("null"),
             out: Out::Respond(403),
-            headers: &[],
+            headers: &[("vary", "Origin")],
         },
         Row {
             rule: "an Origin that appeared twice (passed as empty) is never allowed",
             policy: "allowOrigins: [\"*\"]\ndisallowedRequests: Reject",
             req: get(""),
             out: Out::Respond(403),
-            headers: &[],
+            headers: &[("vary", "Origin")],
         },
         Row {
             rule: "an Origin with a path is malformed and never allowed",

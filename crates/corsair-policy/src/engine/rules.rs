@@ -121,7 +121,8 @@ impl Rules {
         })
     }
 
-    /// `Vary` of every response that is not a preflight answer.
+    /// `Vary` of an allowed actual request's answer: none under `*`, whose answer is the same for
+    /// every allowed origin.
     fn simple_vary(&self) -> Vary {
         Vary {
             origin: !self.wildcard_answer,
@@ -168,13 +169,27 @@ impl Rules {
         }
     }
 
+    /// A request without an `Origin`, or from the same origin: no CORS headers, and `Vary:
+    /// Origin` even under `*`, where a cross-origin request would get `Access-Control-Allow-Origin:
+    /// *` and this one gets none. Without it a cache could hand this response to a cross-origin
+    /// request, which the browser would then refuse for as long as it is cached.
     fn plain_forward<'a>(&self) -> Action<'a> {
         Action::Forward {
             headers: ResponseHeaders {
-                vary: self.simple_vary(),
+                vary: self.denied_vary(),
                 ..ResponseHeaders::default()
             },
             strip_upstream_cors: true,
+        }
+    }
+
+    /// `Vary` of every answer without `Access-Control-Allow-Origin`: `Origin`, even under `*`
+    /// (a `null` or malformed origin is refused there too), so that a cache never hands it to a
+    /// request the policy allows.
+    fn denied_vary(&self) -> Vary {
+        Vary {
+            origin: true,
+            ..Vary::default()
         }
     }
 
@@ -211,7 +226,7 @@ impl Rules {
                     DisallowedRequests::Reject => Action::Respond {
                         status: 403,
                         headers: ResponseHeaders {
-                            vary: self.simple_vary(),
+                            vary: self.denied_vary(),
                             ..ResponseHeaders::default()
                         },
                     },
