@@ -284,14 +284,15 @@ fn log<B>(decision: &Decision<'_>, req: &Request<B>) {
             };
             tracing::info!(
                 method = %req.method(),
-                path = req.uri().path(),
-                origin = req
-                    .headers()
-                    .get(header::ORIGIN)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-"),
+                path = %Clipped(req.uri().path()),
+                origin = %Clipped(
+                    req.headers()
+                        .get(header::ORIGIN)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-")
+                ),
                 mode = mode_label(decision.mode),
-                reason = %describe(reason),
+                reason = %Clipped(&describe(reason)),
                 enforced = match decision.enforced {
                     Action::Respond { .. } => "rejected",
                     Action::Forward { .. } => "forwarded",
@@ -306,6 +307,27 @@ fn log<B>(decision: &Decision<'_>, req: &Request<B>) {
             mode = mode_label(decision.mode),
             "request"
         ),
+    }
+}
+
+/// At most this many bytes of a value the client chose go into a log line: denials are logged at
+/// info, and a client must not make each line as long as its request's head (64 KiB).
+const LOGGED_VALUE: usize = 200;
+
+/// A client's value in a log line, cut at [`LOGGED_VALUE`] bytes with its length said.
+struct Clipped<'a>(&'a str);
+
+impl std::fmt::Display for Clipped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = self.0;
+        if value.len() <= LOGGED_VALUE {
+            return f.write_str(value);
+        }
+        let mut end = LOGGED_VALUE;
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        write!(f, "{}… ({} bytes)", &value[..end], value.len())
     }
 }
 

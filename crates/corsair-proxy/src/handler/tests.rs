@@ -292,6 +292,55 @@ fn a_denied_request_logged_at_info_is_counted() {
     });
 }
 
+/// A client cannot make a denial's log line as long as its headers: each value it chose is cut.
+#[test]
+fn a_denial_log_line_keeps_a_client_value_short() {
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut lines) = self.0.lock() {
+                lines.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    // `request` takes static values, as the other cases' are.
+    let origin: &'static str =
+        Box::leak(format!("https://{}.test", "a".repeat(60_000)).into_boxed_str());
+    tracing::subscriber::with_default(subscriber, || {
+        let (engine, conn, metrics) = (engine(), conn(), Arc::new(Metrics::new()));
+        let denied = [("host", "api.example.com"), ("origin", origin)];
+        let _ = forwarded(
+            &engine,
+            &conn,
+            &metrics,
+            request("GET", &denied),
+            upstream_response(&[]),
+        );
+    });
+    let logged = lines
+        .0
+        .lock()
+        .map(|l| String::from_utf8_lossy(&l).into_owned())
+        .unwrap_or_default();
+    assert!(logged.contains("CORS request denied"), "{logged}");
+    assert!(
+        logged.contains(&format!("({} bytes)", origin.len())),
+        "{logged}"
+    );
+    assert!(logged.len() < 1_000, "a {} byte line", logged.len());
+}
+
 #[test]
 fn labels_name_the_decision() {
     let engine = engine();
