@@ -50,6 +50,9 @@ pub async fn handle(
     let mut labels = plan.labels.clone();
     let response = if req.method() == Method::CONNECT {
         text(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n")
+    } else if plan.host_repeated {
+        // RFC 9112 §3.2: the proxy and the upstream could each pick a different one.
+        text(StatusCode::BAD_REQUEST, "more than one Host header\n")
     } else if let Some(status) = plan.respond {
         plan.answer(status, req)
     } else {
@@ -71,12 +74,15 @@ pub(crate) struct Plan {
     values: HeaderValues,
     strip_upstream_cors: bool,
     labels: RequestLabels,
+    /// The request has more than one `Host` line.
+    host_repeated: bool,
 }
 
 /// The request headers CORS reads, found in one pass over the map.
 #[derive(Default)]
 struct Seen<'r> {
     host: Option<&'r HeaderValue>,
+    host_repeated: bool,
     /// Every `Origin` line; a second one makes the origin malformed.
     origin: Option<&'r HeaderValue>,
     origin_repeated: bool,
@@ -96,6 +102,7 @@ impl<'r> Seen<'r> {
                 seen.origin_repeated = seen.origin.is_some();
                 seen.origin = Some(value);
             } else if name == header::HOST {
+                seen.host_repeated = seen.host.is_some();
                 seen.host = Some(value);
             } else if name == ACRM {
                 seen.method_repeated = seen.method.is_some();
@@ -190,6 +197,7 @@ impl Plan {
             values: cors.to_values(echo),
             strip_upstream_cors,
             labels: labels(&decision),
+            host_repeated: seen.host_repeated,
         }
     }
 
@@ -364,21 +372,20 @@ pub(crate) fn to_upstream<B>(
 ) -> Option<Request<B>> {
     let (mut parts, body) = req.into_parts();
     // HTTP/2 carries the host in `:authority`; HTTP/1.1 in `Host`.
-    let (host, host_from_authority) = match parts.headers.get(header::HOST) {
-        Some(host) => (Some(host.clone()), false),
-        None => (
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-            true,
-        ),
+    let host = match parts.headers.get(header::HOST) {
+        Some(host) => Some(host.clone()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     // hyper already answered `Expect: 100-continue` towards the client.
     parts.headers.remove(header::EXPECT);
     headers::add_forwarded(&mut parts.headers, &conn.forwarded_for, host.as_ref());
-    if let Some(host) = host.filter(|_| host_from_authority) {
+    // An HTTP/1.1 request must carry `Host` (RFC 9112 §3.2): from `:authority`, or again when
+    // the client's `Connection` named it.
+    if let Some(host) = host.filter(|_| !parts.headers.contains_key(header::HOST)) {
         parts.headers.insert(header::HOST, host);
     }
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
