@@ -219,6 +219,17 @@ pub enum InjectError {
         reason: &'static str,
     },
     #[error(
+        "annotations {request_key} ({request:?}) and {limit_key} ({limit:?}): the sidecar's request \
+         is above its limit, which Kubernetes refuses (an annotation left out is the controller's \
+         default)"
+    )]
+    RequestAboveLimit {
+        request_key: &'static str,
+        request: String,
+        limit_key: &'static str,
+        limit: String,
+    },
+    #[error(
         "annotation {key}: no container of the pod has a TCP port named {0:?}",
         key = names::PORT_ANNOTATION
     )]
@@ -418,7 +429,7 @@ impl Overrides {
             None => config.log_level.clone(),
         };
         let quantity = |key: &'static str, default: &String| match annotation(key) {
-            Some(v) if !is_quantity(v) => Err(InjectError::InvalidAnnotation {
+            Some(v) if quantity_value(v).is_none() => Err(InjectError::InvalidAnnotation {
                 key,
                 value: v.to_owned(),
                 reason: "is not a Kubernetes quantity such as `100m`, `0.5` or `64Mi`",
@@ -433,6 +444,34 @@ impl Overrides {
             memory_request: quantity(names::MEMORY_REQUEST_ANNOTATION, &defaults.memory_request)?,
             memory_limit: quantity(names::MEMORY_LIMIT_ANNOTATION, &defaults.memory_limit)?,
         };
+        // The API server refuses a pod whose request is above its limit, naming the pod's
+        // field: refuse it here, naming the annotations, before the ReplicaSet loops on it.
+        for (request_key, request, limit_key, limit) in [
+            (
+                names::CPU_REQUEST_ANNOTATION,
+                &resources.cpu_request,
+                names::CPU_LIMIT_ANNOTATION,
+                &resources.cpu_limit,
+            ),
+            (
+                names::MEMORY_REQUEST_ANNOTATION,
+                &resources.memory_request,
+                names::MEMORY_LIMIT_ANNOTATION,
+                &resources.memory_limit,
+            ),
+        ] {
+            if let (Some(request_value), Some(limit_value)) =
+                (quantity_value(request), quantity_value(limit))
+                && request_value > limit_value
+            {
+                return Err(InjectError::RequestAboveLimit {
+                    request_key,
+                    request: request.clone(),
+                    limit_key,
+                    limit: limit.clone(),
+                });
+            }
+        }
         let proxy_port = port_annotation(
             annotation(names::PROXY_PORT_ANNOTATION),
             names::PROXY_PORT_ANNOTATION,
@@ -787,19 +826,51 @@ fn policy_volume(policy: &str) -> Volume {
 }
 
 /// The proxy container, restricted by the Pod Security Standard `restricted`.
-/// A Kubernetes resource quantity: a decimal number with an optional SI or binary suffix.
-fn is_quantity(v: &str) -> bool {
-    const SUFFIXES: [&str; 13] = [
-        "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "m", "k", "M", "G", "T", "P", "E",
-    ];
-    let number = SUFFIXES.iter().find_map(|s| v.strip_suffix(s)).unwrap_or(v);
-    let mut parts = number.splitn(2, '.');
-    let whole = parts.next().unwrap_or("");
-    let fraction = parts.next();
-    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    !(whole.is_empty() && fraction.is_none_or(str::is_empty))
-        && digits(whole)
-        && fraction.is_none_or(|f| !f.is_empty() && digits(f))
+/// The value of a Kubernetes resource quantity (`100m`, `0.5`, `64Mi`, `1e3`, `+1`, `500n`), or
+/// `None` when `v` is not one, or is negative (no resource is). A float: the values compared are
+/// written by people, never within its precision of each other.
+fn quantity_value(v: &str) -> Option<f64> {
+    let v = v.strip_prefix('+').unwrap_or(v);
+    let split = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let (number, suffix) = v.split_at(split);
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let well_formed = match number.split_once('.') {
+        Some((whole, fraction)) => (whole.is_empty() || digits(whole)) && digits(fraction),
+        None => digits(number),
+    };
+    if !well_formed {
+        return None;
+    }
+    let mantissa: f64 = number.parse().ok()?;
+    let binary = |power: i32| 1024f64.powi(power);
+    let scale = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => binary(1),
+        "Mi" => binary(2),
+        "Gi" => binary(3),
+        "Ti" => binary(4),
+        "Pi" => binary(5),
+        "Ei" => binary(6),
+        exponent => {
+            let power = exponent.strip_prefix(['e', 'E'])?;
+            if !digits(power.strip_prefix(['+', '-']).unwrap_or(power)) {
+                return None;
+            }
+            10f64.powi(power.parse().ok()?)
+        }
+    };
+    Some(mantissa * scale)
 }
 
 fn sidecar_container(

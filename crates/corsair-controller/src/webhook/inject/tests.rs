@@ -582,8 +582,71 @@ fn resource_annotations_override_the_configuration() {
 }
 
 #[test]
+fn every_quantity_form_kubernetes_reads_is_read_with_its_value() {
+    for (text, value) in [
+        ("100m", 0.1),
+        ("0.5", 0.5),
+        (".5", 0.5),
+        ("+1", 1.0),
+        ("1e3", 1000.0),
+        ("1E3", 1000.0),
+        ("5e-1", 0.5),
+        ("500n", 5e-7),
+        ("100u", 1e-4),
+        ("2k", 2000.0),
+        ("1E", 1e18),
+        ("64Mi", 64.0 * 1024.0 * 1024.0),
+        ("1.5Gi", 1.5 * 1024.0 * 1024.0 * 1024.0),
+    ] {
+        let read = quantity_value(text).unwrap_or(f64::NAN);
+        assert!(
+            (read - value).abs() <= value * 1e-12,
+            "{text}: {read} != {value}"
+        );
+    }
+}
+
+#[test]
+fn a_sidecar_request_above_its_limit_is_refused_naming_both_annotations() {
+    // A lowered limit alone: the default request (50m) is above it.
+    for (key, value, other) in [
+        (
+            "corsair.dev/proxy-cpu-limit",
+            "20m",
+            "corsair.dev/proxy-cpu-request",
+        ),
+        (
+            "corsair.dev/proxy-memory-request",
+            "1Gi",
+            "corsair.dev/proxy-memory-limit",
+        ),
+    ] {
+        let mut pod = web_pod();
+        pod["metadata"]["annotations"][key] = json!(value);
+        match run(&pod, &native()) {
+            Err(err @ InjectError::RequestAboveLimit { .. }) => {
+                let message = err.to_string();
+                assert!(
+                    message.contains(key) && message.contains(other),
+                    "{message}"
+                );
+                assert!(message.contains(value), "{message}");
+            }
+            other => panic!("{key}={value} was not refused: {other:?}"),
+        }
+    }
+    // Equal is allowed, as Kubernetes allows it, whatever the spelling.
+    let mut pod = web_pod();
+    pod["metadata"]["annotations"]["corsair.dev/proxy-cpu-request"] = json!("0.5");
+    pod["metadata"]["annotations"]["corsair.dev/proxy-cpu-limit"] = json!("500m");
+    assert!(run(&pod, &native()).is_ok());
+}
+
+#[test]
 fn a_resource_annotation_that_is_not_a_quantity_is_refused_naming_it() {
-    for bad in ["", "lots", "1.", "64 Mi", "-1", "1.5.2"] {
+    for bad in [
+        "", "lots", "1.", "64 Mi", "-1", "1.5.2", "1e", "1Kb", "1e3Mi",
+    ] {
         let mut pod = web_pod();
         pod["metadata"]["annotations"]["corsair.dev/proxy-memory-limit"] = json!(bad);
         match run(&pod, &native()) {
