@@ -1248,6 +1248,37 @@ async fn slow_and_oversized_bodies_are_cut_off() {
     assert!(answer.contains("larger than 1000 bytes"), "{answer}");
 }
 
+/// A connection that finishes its TLS handshake and sends nothing, or only the start of the
+/// HTTP/2 preface, gives its slot back after the 10 s handshake timeout: with --max-connections 1
+/// a request on another connection waits for that, not for ever.
+#[tokio::test]
+async fn a_silent_connection_gives_its_slot_back() {
+    use tokio::io::AsyncWriteExt;
+    let webhook = start(&["--max-connections", "1"]);
+    for sent in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+        let tcp = TcpStream::connect(webhook.addr).await.expect("connect");
+        let name = ServerName::try_from("localhost").expect("name");
+        let mut silent = webhook.tls.connect(name, tcp).await.expect("TLS");
+        silent.write_all(sent).await.expect("write");
+        silent.flush().await.expect("flush");
+        let body = fixture("pod-named-port").to_string().into_bytes();
+        let started = std::time::Instant::now();
+        let (status, _) = tokio::time::timeout(
+            Duration::from_secs(25),
+            send(&webhook.tls, webhook.addr, Method::POST, "/inject", body),
+        )
+        .await
+        .expect("served once the silent connection was dropped");
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            started.elapsed() >= Duration::from_secs(5),
+            "served beside the silent connection, above --max-connections: {:?}",
+            started.elapsed()
+        );
+        drop(silent);
+    }
+}
+
 /// With --max-connections 2, a third connection is not served while two are open, and is
 /// served as soon as one closes.
 #[tokio::test]

@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,7 +22,10 @@ use super::review::{Webhook, review};
 use super::tls::{CertError, CertStore};
 use super::{INJECT_PATH, VALIDATE_PATH, WebhookState};
 
-/// A client that does not finish its TLS handshake or request head in this time is dropped.
+/// A client that does not finish its TLS handshake, or its first request's head, in this time is
+/// dropped: until a request arrives, hyper runs no timer of its own (it is still reading the first
+/// bytes to tell HTTP/1.1 from HTTP/2), and a silent connection would hold a connection permit
+/// for good.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the webhook server could not start.
@@ -85,17 +89,34 @@ pub async fn serve(
                                 return;
                             }
                         };
-                        let service = service_fn(move |req| {
-                            let state = state.clone();
-                            async move { Ok::<_, Infallible>(handle(&state, req).await) }
+                        let requested = Arc::new(AtomicBool::new(false));
+                        let service = service_fn({
+                            let requested = requested.clone();
+                            move |req| {
+                                requested.store(true, Ordering::Relaxed);
+                                let state = state.clone();
+                                async move { Ok::<_, Infallible>(handle(&state, req).await) }
+                            }
                         });
                         let conn = builder.serve_connection(TokioIo::new(tls), service);
                         tokio::pin!(conn);
-                        let result = tokio::select! {
-                            result = conn.as_mut() => result,
-                            _ = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
-                                conn.as_mut().graceful_shutdown();
-                                conn.await
+                        let first_request = tokio::time::sleep(HANDSHAKE_TIMEOUT);
+                        tokio::pin!(first_request);
+                        let mut waiting_for_first = true;
+                        let result = loop {
+                            tokio::select! {
+                                result = conn.as_mut() => break result,
+                                () = &mut first_request, if waiting_for_first => {
+                                    if !requested.load(Ordering::Relaxed) {
+                                        tracing::debug!(%peer, "no request in time; closing");
+                                        return;
+                                    }
+                                    waiting_for_first = false;
+                                }
+                                () = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
+                                    conn.as_mut().graceful_shutdown();
+                                    break conn.await;
+                                }
                             }
                         };
                         if let Err(err) = result {
