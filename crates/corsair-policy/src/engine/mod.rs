@@ -4,6 +4,7 @@
 //! the byte scanners; this module picks the level (route) for a path and compiles the whole.
 
 mod origins;
+mod path;
 mod rules;
 mod tokens;
 
@@ -14,6 +15,10 @@ use tokens::request_header_names;
 use crate::decision::Decision;
 use crate::model::CorsPolicySpec;
 use crate::validate::{self, Finding, Report, Severity};
+#[cfg(test)]
+use path::canonical_path;
+pub use path::route_path;
+pub(crate) use path::{normalize_prefix, prefix_matches};
 use rules::Rules;
 
 /// The parts of a request that CORS looks at. Header values are raw field values.
@@ -106,6 +111,7 @@ impl Engine {
     }
 
     /// Decides what to do with one request. Allocation-free for an allowed simple request.
+    #[inline]
     pub fn decide<'a>(&'a self, req: &RequestInfo<'a>) -> Decision<'a> {
         let (route, rules) = self.rules_for(req.path);
         let (kind, verdict, enforced) = rules.decide(req);
@@ -122,100 +128,27 @@ impl Engine {
         if self.routes.is_empty() {
             return (None, &self.top);
         }
-        let path = route_path(path);
+        if path::needs_canonical(path) {
+            return self.rules_for_canonical(path);
+        }
+        self.route_of(path)
+    }
+
+    /// The route of a path spelled otherwise than the application reads it: rare, so kept off
+    /// the common path, whose code it would otherwise widen.
+    #[cold]
+    #[inline(never)]
+    fn rules_for_canonical(&self, path: &str) -> (Option<&str>, &Rules) {
+        self.route_of(&path::canonical_path(path))
+    }
+
+    fn route_of(&self, path: &str) -> (Option<&str>, &Rules) {
         self.routes
             .iter()
-            .find(|r| prefix_matches(&r.prefix, &path))
+            .find(|r| prefix_matches(&r.prefix, path))
             .map_or((None, &self.top), |r| {
                 (Some(r.path_prefix.as_str()), &r.rules)
             })
-    }
-}
-
-/// The path a request's route is chosen by: `path` itself, or, when it could name a different
-/// path to the application than it spells, that path ([`canonical_path`]).
-pub fn route_path(path: &str) -> std::borrow::Cow<'_, str> {
-    if needs_canonical(path) {
-        std::borrow::Cow::Owned(canonical_path(path))
-    } else {
-        std::borrow::Cow::Borrowed(path)
-    }
-}
-
-/// Whether `path` could name, to the application, a different path than it spells: a
-/// percent-escape, a `;` parameter, an empty, `.` or `..` segment.
-fn needs_canonical(path: &str) -> bool {
-    let bytes = path.as_bytes();
-    bytes.iter().enumerate().any(|(i, &b)| {
-        b == b'%' || b == b';' || (b == b'/' && matches!(bytes.get(i + 1), Some(b'/' | b'.')))
-    })
-}
-
-/// The path routes are matched against, as an application's router is likely to see it:
-/// every percent-escape decoded (`%2F` too, as Go's and others' routers do), `;` parameters cut
-/// from each segment (as Tomcat and Spring do), empty and `.` segments dropped and `..` resolved
-/// (RFC 3986 §5.2.4). Browsers send all of these as written, so a route matched on the raw path
-/// could be dodged: `/%69nternal` or `/internal;x/` reaching the application's `/internal`
-/// under the top level's rules. Case is kept: prefixes match case-sensitively, as the Gateway
-/// API's `PathPrefix` does. Allocates, so only for the paths [`needs_canonical`] picks.
-fn canonical_path(path: &str) -> String {
-    let raw = path.as_bytes();
-    let mut decoded = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        let hex = |b: u8| char::from(b).to_digit(16);
-        match (
-            raw[i],
-            raw.get(i + 1).copied().and_then(hex),
-            raw.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(high), Some(low)) => {
-                // Two hex digits: the value fits a byte.
-                decoded.push(u8::try_from(high * 16 + low).unwrap_or(b'%'));
-                i += 3;
-            }
-            (b, _, _) => {
-                decoded.push(b);
-                i += 1;
-            }
-        }
-    }
-    let mut segments: Vec<&[u8]> = Vec::new();
-    for segment in decoded.split(|&b| b == b'/') {
-        let segment = segment.split(|&b| b == b';').next().unwrap_or_default();
-        match segment {
-            b"" | b"." => {}
-            b".." => {
-                segments.pop();
-            }
-            name => segments.push(name),
-        }
-    }
-    let mut canonical = String::with_capacity(decoded.len() + 1);
-    for segment in segments {
-        canonical.push('/');
-        canonical.push_str(&String::from_utf8_lossy(segment));
-    }
-    if canonical.is_empty() {
-        canonical.push('/');
-    }
-    canonical
-}
-
-/// `/api/` and `/api` are the same prefix, as in the Gateway API's `PathPrefix`.
-pub(crate) fn normalize_prefix(prefix: &str) -> &str {
-    let trimmed = prefix.trim_end_matches('/');
-    if trimmed.is_empty() { "/" } else { trimmed }
-}
-
-/// Whole-segment prefix match: `/api` matches `/api` and `/api/x`, never `/apix`.
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    if prefix == "/" {
-        return true;
-    }
-    match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/'),
-        None => false,
     }
 }
 
