@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{cors_names, harness, request, send, values};
+use support::{cors_names, harness, read_to_close, request, send, values};
 
 const APP: &str = "https://app.example.com";
 const EVIL: &str = "https://evil.example.net";
@@ -462,20 +462,12 @@ async fn forwarded_requests_keep_their_origin_and_host() {
     h.proxy.shutdown().await.expect("clean shutdown");
 }
 
-/// Raw bytes to the proxy; what it answers up to its first blank line.
-async fn raw_head(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// Raw bytes to the proxy, on a connection of their own; all it answers until it closes.
+async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::AsyncWriteExt;
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream.write_all(bytes).await.expect("write");
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
-        match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
-            _ => break,
-        }
-    }
-    String::from_utf8_lossy(&answer).into_owned()
+    read_to_close(&mut stream).await
 }
 
 #[tokio::test]
@@ -483,17 +475,17 @@ async fn a_request_with_two_hosts_is_refused_and_one_that_names_host_in_connecti
     let h = harness(BASIC).await;
     let addr = h.proxy.listen_addr();
     // Which of two Hosts the proxy decided on and which the upstream routes on could differ.
-    let answer = raw_head(
+    let answer = raw(
         addr,
-        b"GET /two HTTP/1.1\r\nHost: api.test\r\nHost: other.test\r\nOrigin: https://api.test\r\n\r\n",
+        b"GET /two HTTP/1.1\r\nHost: api.test\r\nHost: other.test\r\nOrigin: https://api.test\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(h.upstream.seen().iter().all(|s| s.uri != "/two"));
     // `Connection: host` names Host as hop-by-hop; an HTTP/1.1 request still needs one.
-    let answer = raw_head(
+    let answer = raw(
         addr,
-        b"GET /named HTTP/1.1\r\nHost: api.test\r\nConnection: host\r\n\r\n",
+        b"GET /named HTTP/1.1\r\nHost: api.test\r\nConnection: host, close\r\n\r\n",
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");

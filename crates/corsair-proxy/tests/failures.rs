@@ -8,24 +8,14 @@ use std::time::{Duration, Instant};
 use corsair_proxy::Proxy;
 use corsair_runtime::testing::listening_here;
 use support::{
-    Conn, Harness, admin, empty, harness, harness_with, metric, policy_file, request, send, values,
+    Conn, Harness, admin, empty, harness, harness_with, metric, policy_file, read_to_close,
+    request, send, values,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 
 const POLICY: &str = "allowOrigins: [\"https://app.example.com\"]";
-
-/// Reads whatever the proxy sends until it closes the connection (or 5 s pass).
-async fn read_to_close(stream: &mut TcpStream) -> String {
-    let mut out = Vec::new();
-    let read = timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
-    assert!(
-        read.is_ok(),
-        "the proxy did not close the connection: {out:?}"
-    );
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 #[tokio::test]
 async fn upstream_down_is_a_502_naming_the_cause() {

@@ -267,20 +267,26 @@ fn the_counter_sees_allocations() {
     assert!(info.count_total > 0);
 }
 
+/// A GET from `origin`, which the test policy refuses, through the forward path.
+fn forward_denied(engine: &Engine, conn: &Conn, metrics: &Arc<Metrics>, origin: &'static str) {
+    let denied = [("host", "api.example.com"), ("origin", origin)];
+    let _ = forwarded(
+        engine,
+        conn,
+        metrics,
+        request("GET", &denied),
+        upstream_response(&[]),
+    );
+}
+
 /// A denied request is logged at info level, which formats: the counter sees it, so the
 /// allowed cases above are not passing because logging is off.
 #[test]
 fn a_denied_request_logged_at_info_is_counted() {
     with_info_logging(|| {
         let (engine, conn, metrics) = (engine(), conn(), Arc::new(Metrics::new()));
+        forward_denied(&engine, &conn, &metrics, "https://evil.test");
         let denied = [("host", "api.example.com"), ("origin", "https://evil.test")];
-        let _ = forwarded(
-            &engine,
-            &conn,
-            &metrics,
-            request("GET", &denied),
-            upstream_response(&[]),
-        );
         let (req, resp) = (request("GET", &denied), upstream_response(&[]));
         let info = allocation_counter::measure(|| {
             let _ = forwarded(&engine, &conn, &metrics, req, resp);
@@ -319,14 +325,7 @@ fn a_denial_log_line_keeps_a_client_value_short() {
         Box::leak(format!("https://{}.test", "a".repeat(60_000)).into_boxed_str());
     tracing::subscriber::with_default(subscriber, || {
         let (engine, conn, metrics) = (engine(), conn(), Arc::new(Metrics::new()));
-        let denied = [("host", "api.example.com"), ("origin", origin)];
-        let _ = forwarded(
-            &engine,
-            &conn,
-            &metrics,
-            request("GET", &denied),
-            upstream_response(&[]),
-        );
+        forward_denied(&engine, &conn, &metrics, origin);
     });
     let logged = lines
         .0

@@ -125,6 +125,18 @@ pub fn empty() -> BoxBody<Bytes, Infallible> {
 }
 
 /// Sends one request on a fresh connection.
+/// Reads whatever the proxy sends until it closes the connection (or 5 s pass).
+pub async fn read_to_close(stream: &mut TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    assert!(
+        read.is_ok(),
+        "the proxy did not close the connection: {out:?}"
+    );
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 pub async fn send(addr: SocketAddr, req: http::request::Builder) -> Response<Bytes> {
     let mut conn = Conn::open(addr).await;
     conn.send(req.body(empty()).expect("valid request")).await
