@@ -610,3 +610,56 @@ async fn admin_endpoints() {
     assert_eq!(json["spec"]["allowOrigins"][0], "https://app.example.com");
     h.proxy.shutdown().await.expect("clean shutdown");
 }
+
+/// An upstream that sends its head and part of its body, then closes at once: the client gets
+/// the head and the part, then the close, never a close with nothing (hyper drops what it has
+/// buffered when a body fails before it flushed).
+#[tokio::test]
+async fn an_upstream_that_dies_right_after_its_head_still_gives_the_client_that_head() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"[..],
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello"[..],
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"[..],
+    ] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream.write_all(answer).await;
+                drop(stream);
+            }
+        });
+        let policy = policy_file(POLICY);
+        let proxy = Proxy::start(support::config_at(&policy.path, addr))
+            .await
+            .expect("starts");
+        for _ in 0..20 {
+            let mut stream = TcpStream::connect(proxy.listen_addr())
+                .await
+                .expect("connect");
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n")
+                .await
+                .expect("write");
+            let out = read_to_close(&mut stream).await;
+            assert!(
+                out.starts_with("HTTP/1.1 200"),
+                "{:?}: the client got {out:?}",
+                String::from_utf8_lossy(answer)
+            );
+            assert!(
+                !out.ends_with("0\r\n\r\n"),
+                "a cut body ended as whole: {out:?}"
+            );
+            let sent_hello = answer.ends_with(b"hello") || answer.ends_with(b"hello\r\n");
+            assert_eq!(
+                out.contains("hello"),
+                sent_hello,
+                "the body's bytes before the close: {out:?}"
+            );
+        }
+        proxy.shutdown().await.expect("clean shutdown");
+    }
+}

@@ -707,6 +707,8 @@ pub struct UpstreamBody {
     quiet: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Bytes moved either way since `quiet` was last set.
     moved: bool,
+    /// The error the body ends with, given at the poll after it was found (see `fail`).
+    failed: Option<io::Error>,
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -747,6 +749,7 @@ impl UpstreamBody {
             lane: (reusable && head.sent != Sent::Broken).then(|| lane.clone()),
             quiet: None,
             moved: false,
+            failed: None,
         };
         if framing == Framing::Done && head.status != StatusCode::SWITCHING_PROTOCOLS {
             body.finish();
@@ -783,12 +786,23 @@ impl UpstreamBody {
         }
     }
 
-    fn fail(&mut self, error: io::Error) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+    /// Ends the body with `error` at the next poll, not this one. hyper's HTTP/1 server drops
+    /// the client's connection at a body's error with what it has buffered still unsent: an
+    /// upstream that closed right after its head would leave the client with nothing at all.
+    /// Pending once, hyper flushes the head and the frames before it polls again, so the client
+    /// sees the response begin and then cut short, as behind nginx.
+    fn fail(
+        &mut self,
+        error: io::Error,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         self.framing = Framing::Done;
         self.connection = None;
         self.upload = None;
         self.quiet = None;
-        Poll::Ready(Some(Err(error)))
+        self.failed = Some(error);
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
     /// Nothing to read: waits for the upstream for at most its timeout since bytes last moved,
@@ -817,10 +831,13 @@ impl UpstreamBody {
             "the upstream sent nothing in the middle of a response body for the upstream \
              timeout: the response is cut short"
         );
-        self.fail(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("the upstream sent nothing of the response body for {stall:?}"),
-        ))
+        self.fail(
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the upstream sent nothing of the response body for {stall:?}"),
+            ),
+            cx,
+        )
     }
 }
 
@@ -918,6 +935,9 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
+        if let Some(error) = this.failed.take() {
+            return Poll::Ready(Some(Err(error)));
+        }
         loop {
             let Some(connection) = this.connection.as_mut() else {
                 return Poll::Ready(None);
@@ -961,7 +981,7 @@ impl Body for UpstreamBody {
                         return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
                     }
                     Ok(Decoded::NeedMore) => {}
-                    Err(e) => return this.fail(e),
+                    Err(e) => return this.fail(e, cx),
                 },
                 Framing::Length(_) | Framing::UntilClose => {}
             }
@@ -969,7 +989,7 @@ impl Body for UpstreamBody {
             make_room(read, BODY_READ);
             let n = match tokio_util::io::poll_read_buf(Pin::new(&mut connection.io), cx, read) {
                 Poll::Ready(Ok(n)) => n,
-                Poll::Ready(Err(e)) => return this.fail(e),
+                Poll::Ready(Err(e)) => return this.fail(e, cx),
                 Poll::Pending => return this.wait(cx),
             };
             this.moved = true;
@@ -979,13 +999,13 @@ impl Body for UpstreamBody {
                     this.connection = None;
                     return Poll::Ready(None);
                 }
-                return this.fail(closed_early("the end of the response body"));
+                return this.fail(closed_early("the end of the response body"), cx);
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.framing == Framing::Done
+        self.framing == Framing::Done && self.failed.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
