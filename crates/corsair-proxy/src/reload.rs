@@ -25,6 +25,9 @@ pub struct Reloader {
     metrics: Arc<Metrics>,
     /// Content of the file at the last check (`None`: absent), valid or not.
     last_seen: Option<Vec<u8>>,
+    /// Why the file could not be read at the last check, if it could not (a permission
+    /// denied, a directory in its place): reported once, not at every poll.
+    unreadable: Option<String>,
 }
 
 impl Reloader {
@@ -64,6 +67,7 @@ impl Reloader {
             store,
             metrics,
             last_seen,
+            unreadable: None,
         };
         async move {
             // Keep the watcher alive as long as the task.
@@ -88,10 +92,22 @@ impl Reloader {
             Ok(raw) => Some(raw),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
             Err(err) => {
-                tracing::debug!(policy = %path.display(), error = %err, "cannot read policy file");
+                let error = err.to_string();
+                if self.unreadable.as_ref() != Some(&error) {
+                    self.metrics.reload_failed();
+                    tracing::error!(
+                        policy = %path.display(),
+                        %error,
+                        "cannot read the policy file; keeping the last good policy"
+                    );
+                    self.unreadable = Some(error);
+                }
                 return;
             }
         };
+        if self.unreadable.take().is_some() {
+            tracing::info!(policy = %path.display(), "the policy file can be read again");
+        }
         if content == self.last_seen {
             return;
         }

@@ -98,6 +98,33 @@ async fn an_in_place_write_is_seen() {
     h.proxy.shutdown().await.expect("clean shutdown");
 }
 
+/// A file that cannot be read (here a directory in its place; a permission denied does the
+/// same, but these tests may run as root) is counted and logged once, not at every poll, and
+/// the last good policy stays until the file can be read again.
+#[tokio::test]
+async fn an_unreadable_policy_file_is_reported_once_and_the_last_good_policy_stays() {
+    let h = harness_with(OLD_POLICY, |c| {
+        c.reload_poll_interval = Duration::from_millis(50);
+    })
+    .await;
+    let mut conn = Conn::open(h.proxy.listen_addr()).await;
+    let failed = "corsair_proxy_policy_reloads_total{result=\"failed\"}";
+    std::fs::remove_file(&h.policy.path).expect("remove policy");
+    std::fs::create_dir(&h.policy.path).expect("a directory in the policy's place");
+    wait_for_metric(&h.proxy, failed, 1.0).await;
+    // Twenty polls later: still one failure, and the last good policy in force.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(metric(&h.proxy, failed).await, 1.0);
+    assert_eq!(allowed_origin(&mut conn, APP).await.as_deref(), Some(APP));
+    assert_eq!(allowed_origin(&mut conn, NEW).await, None);
+
+    std::fs::remove_dir(&h.policy.path).expect("remove the directory");
+    std::fs::write(&h.policy.path, manifest(NEW_POLICY, 2)).expect("write policy");
+    wait_until_allowed(&mut conn, NEW, Duration::from_secs(2)).await;
+    assert_eq!(metric(&h.proxy, failed).await, 1.0);
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
+
 #[tokio::test]
 async fn an_invalid_policy_is_refused_and_the_last_good_one_stays() {
     let h = harness(OLD_POLICY).await;
