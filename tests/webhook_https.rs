@@ -405,9 +405,9 @@ fn check_injected(e: &Expect, original: &Pod, pod: &Pod, mode_native: bool) {
             "--upstream".into(),
             format!("http://127.0.0.1:{}", e.upstream),
             "--listen".into(),
-            format!("0.0.0.0:{}", e.proxy_port),
+            format!("[::]:{}", e.proxy_port),
             "--admin".into(),
-            format!("0.0.0.0:{}", e.admin_port),
+            format!("[::]:{}", e.admin_port),
             "--allow-missing-policy".into(),
         ],
         "{what}"

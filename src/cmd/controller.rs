@@ -15,11 +15,12 @@ use corsair_runtime::logging::LogArgs;
 /// `corsair controller [--webhook-listen ADDR] [--admin-listen ADDR] [--tls-cert F --tls-key F]`
 #[derive(clap::Args)]
 pub struct Args {
-    /// HTTPS address of the admission webhooks (`POST /inject`, `POST /validate`).
-    #[arg(long, default_value = "0.0.0.0:8443")]
+    /// HTTPS address of the admission webhooks (`POST /inject`, `POST /validate`). `[::]` takes
+    /// IPv4 and IPv6 clients (`0.0.0.0` on a host without IPv6).
+    #[arg(long, default_value = "[::]:8443")]
     webhook_listen: SocketAddr,
     /// Plain-HTTP address of `/healthz`, `/readyz` and `/metrics`.
-    #[arg(long, default_value = "0.0.0.0:8080")]
+    #[arg(long, default_value = "[::]:8080")]
     admin_listen: SocketAddr,
     /// Namespace the controller runs in: its Lease, certificate Secret and webhook Service.
     #[arg(long, env = "POD_NAMESPACE", default_value = "corsair-system")]

@@ -12,7 +12,6 @@ use anyhow::Context as _;
 use corsair_controller::webhook::{self, CertStore, Limits, Metrics, WebhookState};
 use corsair_runtime::{Admin, ReadyFlag, ShutdownSignals};
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::cmd::sidecar::SidecarArgs;
@@ -22,8 +21,9 @@ use corsair_runtime::logging::LogArgs;
 #[derive(clap::Args)]
 pub struct Args {
     /// Address of the HTTPS server (`POST /inject` for Pods, `POST /validate` for CorsPolicies);
-    /// port 0 picks a free port, printed on stdout.
-    #[arg(long, default_value = "0.0.0.0:8443")]
+    /// port 0 picks a free port, printed on stdout. `[::]` takes IPv4 and IPv6 clients
+    /// (`0.0.0.0` on a host without IPv6).
+    #[arg(long, default_value = "[::]:8443")]
     listen: SocketAddr,
     /// PEM certificate chain served to the API server; reloaded when the file changes.
     #[arg(long)]
@@ -98,8 +98,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let admin_stop = CancellationToken::new();
     let mut admin_task = None;
     if let Some(addr) = args.admin {
-        let admin = TcpListener::bind(addr)
-            .await
+        let admin = corsair_runtime::listen::tokio_listener(addr)
             .with_context(|| format!("cannot listen on --admin {addr}"))?;
         let admin_addr = admin
             .local_addr()
@@ -118,8 +117,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             )
         })?,
     );
-    let listener = TcpListener::bind(args.listen)
-        .await
+    let listener = corsair_runtime::listen::tokio_listener(args.listen)
         .with_context(|| format!("cannot listen on --listen {}", args.listen))?;
     let local = listener
         .local_addr()

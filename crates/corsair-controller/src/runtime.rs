@@ -14,7 +14,6 @@ use kube::Client;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{ObjectRef, Store};
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{self, Health};
@@ -124,12 +123,13 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     };
 
     // Admin first, so that probes answer while the rest starts.
-    let admin_listener = TcpListener::bind(config.admin_listen)
-        .await
-        .map_err(|source| RuntimeError::Listen {
-            flag: "--admin-listen",
-            addr: config.admin_listen,
-            source,
+    let admin_listener =
+        corsair_runtime::listen::tokio_listener(config.admin_listen).map_err(|source| {
+            RuntimeError::Listen {
+                flag: "--admin-listen",
+                addr: config.admin_listen,
+                source,
+            }
         })?;
     let admin_stop = tokio_util::sync::CancellationToken::new();
     let admin = tokio::spawn(
@@ -186,12 +186,13 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     let state = WebhookState::new(inject, webhook_metrics)
         .with_policy_lookup(Arc::new(lookup))
         .with_limits(config.limits);
-    let webhook_listener = TcpListener::bind(config.webhook_listen)
-        .await
-        .map_err(|source| RuntimeError::Listen {
-            flag: "--webhook-listen",
-            addr: config.webhook_listen,
-            source,
+    let webhook_listener =
+        corsair_runtime::listen::tokio_listener(config.webhook_listen).map_err(|source| {
+            RuntimeError::Listen {
+                flag: "--webhook-listen",
+                addr: config.webhook_listen,
+                source,
+            }
         })?;
     let webhook = tokio::spawn(webhook::serve(
         webhook_listener,

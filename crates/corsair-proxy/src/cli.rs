@@ -22,12 +22,13 @@ pub struct Args {
     /// The application, `http://host:port`. Every request goes there, whatever its Host says.
     #[arg(long, env = "CORSAIR_UPSTREAM", value_name = "URL")]
     upstream: http::Uri,
-    /// Address of the proxy listener (HTTP/1.1 and h2c).
+    /// Address of the proxy listener (HTTP/1.1 and h2c). `[::]` takes IPv4 and IPv6 clients
+    /// (`0.0.0.0` on a host without IPv6).
     #[arg(
         long,
         env = "CORSAIR_LISTEN",
         value_name = "ADDR",
-        default_value = "0.0.0.0:15380"
+        default_value = "[::]:15380"
     )]
     listen: SocketAddr,
     /// Address of /healthz, /readyz, /metrics and /policy.
@@ -35,7 +36,7 @@ pub struct Args {
         long,
         env = "CORSAIR_ADMIN",
         value_name = "ADDR",
-        default_value = "0.0.0.0:15381"
+        default_value = "[::]:15381"
     )]
     admin: SocketAddr,
     /// Start even if the policy file does not exist yet; until it appears no origin is allowed.

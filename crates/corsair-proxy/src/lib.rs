@@ -10,8 +10,8 @@
 //! let config = corsair_proxy::ProxyConfig::new(
 //!     "/etc/corsair/policy.json".into(),
 //!     "http://127.0.0.1:8080".parse().expect("static URI"),
-//!     "0.0.0.0:15380".parse().expect("static address"),
-//!     "0.0.0.0:15381".parse().expect("static address"),
+//!     "[::]:15380".parse().expect("static address"),
+//!     "[::]:15381".parse().expect("static address"),
 //! );
 //! let proxy = corsair_proxy::Proxy::start(config).await?;
 //! // ... wait for SIGTERM ...
@@ -176,7 +176,7 @@ impl Proxy {
         for _ in 1..config.worker_threads.max(1) {
             core_listeners.push(bind_reuseport(listen_addr)?);
         }
-        let admin_listener = bind(config.admin, "admin").await?;
+        let admin_listener = bind(config.admin, "admin")?;
         let admin_addr = local_addr(&admin_listener, config.admin, "admin")?;
 
         let shutdown = CancellationToken::new();
@@ -294,29 +294,19 @@ impl Proxy {
 }
 
 fn bind_reuseport(addr: SocketAddr) -> Result<std::net::TcpListener, ProxyError> {
-    let bind_error = |source| ProxyError::Bind {
+    corsair_runtime::listen::std_listener(addr, true).map_err(|source| ProxyError::Bind {
         role: "proxy",
         addr,
         source,
-    };
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )
-    .map_err(bind_error)?;
-    socket.set_reuse_port(true).map_err(bind_error)?;
-    socket.set_reuse_address(true).map_err(bind_error)?;
-    socket.set_nonblocking(true).map_err(bind_error)?;
-    socket.bind(&addr.into()).map_err(bind_error)?;
-    socket.listen(1024).map_err(bind_error)?;
-    Ok(socket.into())
+    })
 }
 
-async fn bind(addr: SocketAddr, role: &'static str) -> Result<TcpListener, ProxyError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ProxyError::Bind { role, addr, source })
+fn bind(addr: SocketAddr, role: &'static str) -> Result<TcpListener, ProxyError> {
+    corsair_runtime::listen::tokio_listener(addr).map_err(|source| ProxyError::Bind {
+        role,
+        addr,
+        source,
+    })
 }
 
 fn local_addr(

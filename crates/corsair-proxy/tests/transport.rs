@@ -520,3 +520,41 @@ async fn an_upload_refused_by_an_upstream_that_reads_no_more_gets_its_answer_at_
     assert!(closed.is_ok(), "the client's connection was kept open");
     proxy.shutdown().await.expect("clean shutdown");
 }
+
+/// On `[::]` (the default) the proxy takes IPv4 and IPv6 clients on one socket, and names an
+/// IPv4 client by its IPv4 address, not as `::ffff:127.0.0.1`.
+#[tokio::test]
+async fn the_default_address_takes_ipv4_and_ipv6_clients() {
+    let h = harness_with(POLICY, |c| {
+        c.listen = "[::]:0".parse().expect("addr");
+        c.admin = "[::]:0".parse().expect("addr");
+    })
+    .await;
+    let port = h.proxy.listen_addr().port();
+    let mut clients = vec![("127.0.0.1", "127.0.0.1")];
+    // A host (or container) whose loopback has no IPv6 address cannot be the IPv6 client.
+    if std::net::TcpListener::bind("[::1]:0").is_ok() {
+        clients.push(("::1", "::1"));
+    } else {
+        eprintln!("no IPv6 loopback on this host: the IPv6 client was not tried");
+    }
+    for (client, forwarded) in clients {
+        let ip: std::net::IpAddr = client.parse().expect("ip");
+        let response = send((ip, port).into(), request("GET", "/")).await;
+        assert_eq!(response.status(), 200, "{client}");
+        assert_eq!(
+            values(&h.upstream.last().headers, "x-forwarded-for"),
+            [forwarded],
+            "{client}"
+        );
+    }
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], h.proxy.admin_addr().port()));
+    let mut stream = TcpStream::connect(admin).await.expect("admin over IPv4");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = support::read_to_close(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    h.proxy.shutdown().await.expect("clean shutdown");
+}

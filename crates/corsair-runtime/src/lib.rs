@@ -5,6 +5,7 @@
 //!   caller sets, `/metrics` from a prometheus-client registry, extra routes such as `/policy`);
 //! - [`shutdown`]: SIGTERM/SIGINT as a future or a `CancellationToken`;
 //! - [`logging`]: `tracing` to stderr as text or JSON, with a `RUST_LOG`-style filter;
+//! - [`listen`]: listening sockets, `[::]` taking IPv4 and IPv6 clients alike;
 //! - [`response`]: small plain responses;
 //! - `testing` (feature `test-util`): a raw HTTP/1.1 GET and a "still listening?" check for
 //!   the tests of servers built on it.
@@ -13,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod listen;
 pub mod logging;
 pub mod response;
 pub mod shutdown;

@@ -907,9 +907,9 @@ fn sidecar_container(
                 "--upstream".to_owned(),
                 format!("http://127.0.0.1:{}", record.upstream_port),
                 "--listen".to_owned(),
-                format!("0.0.0.0:{}", record.proxy_port),
+                format!("[::]:{}", record.proxy_port),
                 "--admin".to_owned(),
-                format!("0.0.0.0:{}", record.admin_port),
+                format!("[::]:{}", record.admin_port),
                 "--allow-missing-policy".to_owned(),
             ]
             .into(),

@@ -97,9 +97,9 @@ fn takes_over_the_http_port_and_rewrites_probes() {
             "--upstream",
             "http://127.0.0.1:8080",
             "--listen",
-            "0.0.0.0:15380",
+            "[::]:15380",
             "--admin",
-            "0.0.0.0:15381",
+            "[::]:15381",
             "--allow-missing-policy"
         ]
     );
@@ -442,9 +442,7 @@ fn annotations_override_the_configuration() {
         Some(&["corsair-proxy".to_owned()][..])
     );
     let args = sidecar.args.expect("args");
-    assert!(
-        args.contains(&"0.0.0.0:18080".to_owned()) && args.contains(&"0.0.0.0:18081".to_owned())
-    );
+    assert!(args.contains(&"[::]:18080".to_owned()) && args.contains(&"[::]:18081".to_owned()));
     assert_eq!(
         sidecar.env.expect("env")[0].value.as_deref(),
         Some("corsair=debug")

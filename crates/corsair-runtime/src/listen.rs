@@ -1,0 +1,146 @@
+//! Listening sockets.
+//!
+//! Every server listens on `[::]` by default, so that one socket takes IPv4 and IPv6 clients
+//! alike: pods of IPv6-only and dual-stack clusters are reached on their IPv6 address, which a
+//! socket on `0.0.0.0` refuses. The socket is made dual-stack whatever the host's
+//! `net.ipv6.bindv6only` says; IPv4 clients then appear as `::ffff:a.b.c.d`, which
+//! `IpAddr::to_canonical` turns back into `a.b.c.d` where an address is shown. On a host
+//! without IPv6 at all (a kernel booted with `ipv6.disable=1`), `[::]` falls back to
+//! `0.0.0.0` on the same port.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// A listening socket on `addr` (non-blocking, backlog 1024, `SO_REUSEADDR`), with
+/// `SO_REUSEPORT` when `reuse_port` (several sockets sharing one port, one per worker).
+///
+/// # Errors
+///
+/// The socket's own: the address is taken, not local, or not permitted.
+pub fn std_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    with_ipv4_fallback(addr, |addr| open(addr, reuse_port))
+}
+
+/// [`std_listener`] for tokio, without `SO_REUSEPORT`. Must be called within a tokio runtime.
+///
+/// # Errors
+///
+/// As [`std_listener`].
+pub fn tokio_listener(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::from_std(std_listener(addr, false)?)
+}
+
+/// Opens `addr`; when that is `[::]` and the host has no IPv6, opens `0.0.0.0` on its port.
+fn with_ipv4_fallback<T>(
+    addr: SocketAddr,
+    open: impl Fn(SocketAddr) -> io::Result<T>,
+) -> io::Result<T> {
+    match open(addr) {
+        Err(err) if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) && no_ipv6(&err) => {
+            let v4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), addr.port());
+            tracing::info!(%addr, listen = %v4, error = %err, "no IPv6 on this host: listening on IPv4 only");
+            open(v4)
+        }
+        other => other,
+    }
+}
+
+/// The errors of an IPv6 socket on a host without IPv6: the address family is not supported,
+/// or `::` cannot be assigned.
+fn no_ipv6(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
+    )
+}
+
+fn open(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    /// Accepts one connection from `client` and returns the peer address the server saw.
+    fn accept_from(listener: &std::net::TcpListener, client: SocketAddr) -> SocketAddr {
+        let mut stream = TcpStream::connect(client).expect("connect");
+        stream.write_all(b"x").expect("write");
+        listener.set_nonblocking(false).expect("blocking");
+        let (mut accepted, peer) = listener.accept().expect("accept");
+        let mut byte = [0u8; 1];
+        accepted.read_exact(&mut byte).expect("read");
+        assert_eq!(&byte, b"x");
+        peer
+    }
+
+    #[test]
+    fn the_unspecified_ipv6_address_takes_ipv4_and_ipv6_clients() {
+        let listener = std_listener("[::]:0".parse().expect("addr"), false).expect("listen");
+        let port = listener.local_addr().expect("local address").port();
+        let peer = accept_from(&listener, SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+        assert_eq!(peer.ip().to_canonical(), IpAddr::from(Ipv4Addr::LOCALHOST));
+        // A host (or container) whose loopback has no IPv6 address cannot be the IPv6 client.
+        if std::net::TcpListener::bind("[::1]:0").is_ok() {
+            let peer = accept_from(&listener, SocketAddr::from((Ipv6Addr::LOCALHOST, port)));
+            assert_eq!(peer.ip(), IpAddr::from(Ipv6Addr::LOCALHOST));
+        } else {
+            eprintln!("no IPv6 loopback on this host: the IPv6 client was not tried");
+        }
+    }
+
+    #[test]
+    fn without_ipv6_the_unspecified_address_falls_back_to_ipv4_on_the_same_port() {
+        let refuse_v6 = |addr: SocketAddr| {
+            if addr.is_ipv6() {
+                Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT))
+            } else {
+                Ok(addr)
+            }
+        };
+        let any6: SocketAddr = "[::]:15380".parse().expect("addr");
+        assert_eq!(
+            with_ipv4_fallback(any6, refuse_v6).expect("fallback"),
+            "0.0.0.0:15380".parse::<SocketAddr>().expect("addr")
+        );
+        // A specific IPv6 address is what the user asked for: no fallback.
+        let one6: SocketAddr = "[fd00::1]:15380".parse().expect("addr");
+        let err = with_ipv4_fallback(one6, refuse_v6).expect_err("no fallback");
+        assert_eq!(err.raw_os_error(), Some(libc::EAFNOSUPPORT));
+        // Any other error, such as a port in use, is reported as it is.
+        let in_use = |_: SocketAddr| -> io::Result<SocketAddr> {
+            Err(io::Error::from_raw_os_error(libc::EADDRINUSE))
+        };
+        let err = with_ipv4_fallback(any6, in_use).expect_err("in use");
+        assert_eq!(err.raw_os_error(), Some(libc::EADDRINUSE));
+    }
+
+    #[test]
+    fn reuse_port_lets_workers_share_a_port() {
+        let first = std_listener("[::]:0".parse().expect("addr"), true).expect("listen");
+        let addr = first.local_addr().expect("local address");
+        let second = std_listener(addr, true).expect("a second socket on the same port");
+        assert_eq!(second.local_addr().expect("local address"), addr);
+        assert!(
+            std_listener(addr, false).is_err(),
+            "a socket without SO_REUSEPORT may not join them"
+        );
+    }
+}
