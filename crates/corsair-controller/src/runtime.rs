@@ -123,14 +123,7 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     };
 
     // Admin first, so that probes answer while the rest starts.
-    let admin_listener =
-        corsair_runtime::listen::tokio_listener(config.admin_listen).map_err(|source| {
-            RuntimeError::Listen {
-                flag: "--admin-listen",
-                addr: config.admin_listen,
-                source,
-            }
-        })?;
+    let admin_listener = listen(config.admin_listen, "--admin-listen")?;
     let admin_stop = tokio_util::sync::CancellationToken::new();
     let admin = tokio::spawn(
         admin::admin(registry.clone(), health.clone()).serve(admin_listener, admin_stop.clone()),
@@ -186,14 +179,7 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     let state = WebhookState::new(inject, webhook_metrics)
         .with_policy_lookup(Arc::new(lookup))
         .with_limits(config.limits);
-    let webhook_listener =
-        corsair_runtime::listen::tokio_listener(config.webhook_listen).map_err(|source| {
-            RuntimeError::Listen {
-                flag: "--webhook-listen",
-                addr: config.webhook_listen,
-                source,
-            }
-        })?;
+    let webhook_listener = listen(config.webhook_listen, "--webhook-listen")?;
     let webhook = tokio::spawn(webhook::serve(
         webhook_listener,
         cert_store,
@@ -454,4 +440,13 @@ fn hostname() -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| format!("corsair-{}", std::process::id()))
+}
+
+/// A listener on `addr`, given by `flag`, whose error names both.
+fn listen(addr: SocketAddr, flag: &'static str) -> Result<tokio::net::TcpListener, RuntimeError> {
+    corsair_runtime::listen::tokio_listener(addr).map_err(|source| RuntimeError::Listen {
+        flag,
+        addr,
+        source,
+    })
 }
