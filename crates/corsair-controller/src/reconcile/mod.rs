@@ -7,11 +7,11 @@
 
 pub mod policy;
 pub mod pruned;
+mod recent;
 pub mod shared;
 pub mod triggers;
 pub mod workload;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -180,7 +180,8 @@ pub struct Context {
     backoff: Backoff,
     /// The status last written per CorsPolicy uid in this leadership term: a reconcile that
     /// runs before the watch brought that write back compares with it, not with the stale cache.
-    written: Mutex<HashMap<String, CorsPolicyStatus>>,
+    /// Forgotten after a quarter of an hour without a write, when the watch has long caught up.
+    written: Mutex<recent::Recent<CorsPolicyStatus>>,
 }
 
 impl Context {
@@ -209,7 +210,7 @@ impl Context {
     /// Remembers the status just written for the policy with `uid`.
     pub(crate) fn wrote_status(&self, uid: &str, status: CorsPolicyStatus) {
         let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        written.insert(uid.to_owned(), status);
+        *written.touch(uid.to_owned(), CorsPolicyStatus::default) = status;
     }
 
     /// Publishes an Event about `obj`. A failed Event is logged, never fails the reconcile:
@@ -249,10 +250,10 @@ pub(crate) fn truncate(mut text: String, max: usize) -> String {
 }
 
 /// Per-object exponential backoff for failed reconciles: 1 s, 2 s, 4 s ... capped at 5 min,
-/// reset by the next success.
+/// reset by the next success, forgotten for an object that is no longer retried (deleted).
 #[derive(Default)]
 struct Backoff {
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Mutex<recent::Recent<u32>>,
 }
 
 impl Backoff {
@@ -261,7 +262,7 @@ impl Backoff {
     fn next(&self, key: String) -> Duration {
         // The lock is never held across an await: error_policy is synchronous.
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let n = failures.entry(key).or_insert(0);
+        let n = failures.touch(key, || 0);
         let delay = Duration::from_secs(1u64 << (*n).min(9)).min(Self::MAX);
         *n = n.saturating_add(1);
         delay
