@@ -105,7 +105,7 @@ impl Reloader {
                 return;
             }
         };
-        if self.unreadable.take().is_some() {
+        if self.unreadable.take().is_some() && content.is_some() {
             tracing::info!(policy = %path.display(), "the policy file can be read again");
         }
         if content == self.last_seen {

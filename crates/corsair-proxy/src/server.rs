@@ -105,6 +105,7 @@ pub async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let peer = corsair_runtime::listen::canonical(peer);
                 let _ = stream.set_nodelay(true);
                 state.tasks.spawn(serve_connection(
                     stream,

@@ -3,8 +3,8 @@
 //! Every server listens on `[::]` by default, so that one socket takes IPv4 and IPv6 clients
 //! alike: pods of IPv6-only and dual-stack clusters are reached on their IPv6 address, which a
 //! socket on `0.0.0.0` refuses. The socket is made dual-stack whatever the host's
-//! `net.ipv6.bindv6only` says; IPv4 clients then appear as `::ffff:a.b.c.d`, which
-//! `IpAddr::to_canonical` turns back into `a.b.c.d` where an address is shown. On a host
+//! `net.ipv6.bindv6only` says; IPv4 clients then appear as `::ffff:a.b.c.d`, which [`canonical`]
+//! turns back into `a.b.c.d` as each connection is accepted. On a host
 //! without IPv6 at all (a kernel booted with `ipv6.disable=1`), `[::]` falls back to
 //! `0.0.0.0` on the same port.
 
@@ -28,6 +28,12 @@ pub fn std_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::
 /// As [`std_listener`].
 pub fn tokio_listener(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::from_std(std_listener(addr, false)?)
+}
+
+/// `peer` as it should be shown: an IPv4 client of a dual-stack socket as `a.b.c.d:port`, not
+/// `[::ffff:a.b.c.d]:port`.
+pub fn canonical(peer: SocketAddr) -> SocketAddr {
+    SocketAddr::new(peer.ip().to_canonical(), peer.port())
 }
 
 /// Opens `addr`; when that is `[::]` and the host has no IPv6, opens `0.0.0.0` on its port.
@@ -96,7 +102,8 @@ mod tests {
         let listener = std_listener("[::]:0".parse().expect("addr"), false).expect("listen");
         let port = listener.local_addr().expect("local address").port();
         let peer = accept_from(&listener, SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
-        assert_eq!(peer.ip().to_canonical(), IpAddr::from(Ipv4Addr::LOCALHOST));
+        assert_eq!(canonical(peer).ip(), IpAddr::from(Ipv4Addr::LOCALHOST));
+        assert_eq!(canonical(peer).port(), peer.port());
         // A host (or container) whose loopback has no IPv6 address cannot be the IPv6 client.
         if std::net::TcpListener::bind("[::1]:0").is_ok() {
             let peer = accept_from(&listener, SocketAddr::from((Ipv6Addr::LOCALHOST, port)));

@@ -7,6 +7,7 @@
 //! reconciled touches its entry far more often than that.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -31,12 +32,18 @@ impl<V> Default for Recent<V> {
 }
 
 impl<V> Recent<V> {
+    /// The entry for `key`, unless it is older than [`FORGET_AFTER`] (swept or not).
     pub fn get(&self, key: &str) -> Option<&V> {
-        self.entries.get(key).map(|(value, _)| value)
+        let now = Instant::now();
+        self.entries
+            .get(key)
+            .filter(|(_, touched)| now.duration_since(*touched) < FORGET_AFTER)
+            .map(|(value, _)| value)
     }
 
-    /// The entry for `key`, made with `make` if absent, marked as touched now. Entries
-    /// untouched for [`FORGET_AFTER`] are dropped first, at most once per that period.
+    /// The entry for `key`, made with `make` if absent or older than [`FORGET_AFTER`], marked as
+    /// touched now. Entries untouched for that long are also swept from the map, at most once
+    /// per that period.
     pub fn touch(&mut self, key: String, make: impl FnOnce() -> V) -> &mut V {
         let now = Instant::now();
         if now.duration_since(self.swept) >= FORGET_AFTER {
@@ -44,9 +51,17 @@ impl<V> Recent<V> {
                 .retain(|_, (_, touched)| now.duration_since(*touched) < FORGET_AFTER);
             self.swept = now;
         }
-        let (value, touched) = self.entries.entry(key).or_insert_with(|| (make(), now));
-        *touched = now;
-        value
+        match self.entries.entry(key) {
+            Entry::Occupied(entry) => {
+                let (value, touched) = entry.into_mut();
+                if now.duration_since(*touched) >= FORGET_AFTER {
+                    *value = make();
+                }
+                *touched = now;
+                value
+            }
+            Entry::Vacant(entry) => &mut entry.insert((make(), now)).0,
+        }
     }
 
     pub fn remove(&mut self, key: &str) {
@@ -92,5 +107,21 @@ mod tests {
         assert_eq!(recent.get("c"), Some(&3));
         recent.remove("b");
         assert_eq!(recent.get("b"), None);
+    }
+
+    /// Between two sweeps an old entry is not swept yet, but no longer counts.
+    #[tokio::test(start_paused = true)]
+    async fn an_old_entry_counts_as_gone_before_the_sweep() {
+        let mut recent = Recent::default();
+        tokio::time::advance(FORGET_AFTER - Duration::from_secs(1)).await;
+        *recent.touch("old".to_owned(), || 0) += 7;
+        // The sweep runs two seconds later, while "old" is still young.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        recent.touch("other".to_owned(), || 0);
+        // "old" is now a period and a second old; the next sweep is a second away.
+        tokio::time::advance(FORGET_AFTER - Duration::from_secs(1)).await;
+        assert_eq!(recent.get("old"), None, "older than the period");
+        assert_eq!(recent.len(), 2, "not swept yet");
+        assert_eq!(*recent.touch("old".to_owned(), || 0), 0, "made anew");
     }
 }

@@ -71,6 +71,7 @@ pub async fn serve(
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    let peer = corsair_runtime::listen::canonical(peer);
                     let _ = tcp.set_nodelay(true);
                     let acceptor = acceptor.clone();
                     let builder = builder.clone();

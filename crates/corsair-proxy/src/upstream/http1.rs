@@ -1009,6 +1009,9 @@ impl Body for UpstreamBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.failed.is_some() {
+            return SizeHint::default();
+        }
         match self.framing {
             Framing::Done => SizeHint::with_exact(0),
             Framing::Length(n) => SizeHint::with_exact(n),
