@@ -127,6 +127,8 @@ enum Scenario {
     WorkloadPolicyMissing { policy: &'static str },
     /// The annotation was removed: an empty apply releases our fields.
     WorkloadOptOut,
+    /// The annotation is not a policy name: a Warning Event, and no write to the workload.
+    WorkloadInvalidPolicyName { policy: &'static str },
 }
 
 impl ApiServerVerifier {
@@ -183,6 +185,15 @@ impl ApiServerVerifier {
                     .event("Warning", "PolicyNotFound", "deployments", "web")
                     .await;
                 assert!(note.contains(policy), "note names the policy: {note}");
+            }
+            Scenario::WorkloadInvalidPolicyName { policy } => {
+                let note = self
+                    .event("Warning", "InvalidPolicyName", "deployments", "web")
+                    .await;
+                assert!(
+                    note.contains(&format!("{policy:?}")) && note.contains("corsair.dev/policy"),
+                    "the note names the annotation and its value: {note}"
+                );
             }
             Scenario::WorkloadOptOut => {
                 let patch = self.workload_apply().await;
@@ -423,6 +434,34 @@ async fn missing_policy_gets_a_warning_event() {
         workload::reconcile(Arc::new(WorkloadMeta::from_object(&workload)), ctx),
         verifier,
         Scenario::WorkloadPolicyMissing { policy: "nope" },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_annotation_that_is_not_a_policy_name_is_not_copied() {
+    let (ctx, verifier) = context(StaticIndex::with_policies(NS, &["api"]));
+    let workload = deployment(Some("My API"), None);
+    let action = run(
+        workload::reconcile(Arc::new(WorkloadMeta::from_object(&workload)), ctx),
+        verifier,
+        Scenario::WorkloadInvalidPolicyName { policy: "My API" },
+    )
+    .await;
+    assert_eq!(action, Action::await_change());
+}
+
+/// A workload already opted in keeps its template (and its pods) when the annotation is
+/// changed to something that is not a name.
+#[tokio::test]
+async fn an_annotation_changed_to_a_non_name_leaves_the_template_as_it_was() {
+    let (ctx, verifier) = context(StaticIndex::with_policies(NS, &["api"]));
+    let mut workload = deployment(Some("api_v2"), Some(labelled_template("api")));
+    workload.metadata.managed_fields = Some(vec![ours()]);
+    run(
+        workload::reconcile(Arc::new(WorkloadMeta::from_object(&workload)), ctx),
+        verifier,
+        Scenario::WorkloadInvalidPolicyName { policy: "api_v2" },
     )
     .await;
 }

@@ -24,11 +24,13 @@ use serde_json::json;
 use super::pruned::WorkloadMeta;
 use super::{Context, succeeded};
 use crate::crd::CorsPolicy;
-use crate::names::{INJECT_LABEL, INJECT_LABEL_VALUE, POLICY_ANNOTATION, WORKLOAD_MANAGER};
+use crate::names::{self, INJECT_LABEL, INJECT_LABEL_VALUE, POLICY_ANNOTATION, WORKLOAD_MANAGER};
 use crate::{Error, Result};
 
 /// Reason of the Warning Event on a workload whose CorsPolicy does not exist.
 pub const REASON_POLICY_NOT_FOUND: &str = "PolicyNotFound";
+/// Reason of the Warning Event on a workload whose `corsair.dev/policy` is not a policy name.
+pub const REASON_INVALID_POLICY_NAME: &str = "InvalidPolicyName";
 
 /// A kind of workload whose pod template the controller labels.
 pub trait Workload:
@@ -184,6 +186,21 @@ pub async fn reconcile<K: Workload>(
 
     let mut action = Action::await_change();
     match facts.desired.as_deref() {
+        // Copied to the template, it would roll the workload out into pods that the webhook
+        // refuses, while the old ones are already scaled down: warn, and change nothing.
+        Some(policy) if !names::is_policy_name(policy) => {
+            let note = format!(
+                "{POLICY_ANNOTATION} {policy:?} {}: the pod template is left as it is",
+                names::POLICY_NAME_RULE
+            );
+            ctx.publish(
+                obj.as_ref(),
+                EventType::Warning,
+                REASON_INVALID_POLICY_NAME,
+                note,
+            )
+            .await;
+        }
         Some(policy) => {
             if !facts.in_place(policy) {
                 let patch = apply_patch::<K>(&name, &namespace, Some(policy));

@@ -380,11 +380,11 @@ fn skip<'a>(
             )],
         )));
     };
-    if !is_policy_name(policy) {
+    if !names::is_policy_name(policy) {
         return Err(InjectError::InvalidAnnotation {
             key: names::POLICY_ANNOTATION,
             value: policy.to_owned(),
-            reason: "is not a CorsPolicy name (a lowercase DNS subdomain of at most 63 characters)",
+            reason: names::POLICY_NAME_RULE,
         });
     }
     Ok(Ok(policy))
@@ -795,21 +795,6 @@ fn port_annotation(
                 })
         }
     }
-}
-
-/// A CorsPolicy name: a DNS subdomain of at most [`names::MAX_POLICY_NAME_LEN`] characters.
-pub(crate) fn is_policy_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= names::MAX_POLICY_NAME_LEN
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
 }
 
 fn policy_volume(policy: &str) -> Volume {

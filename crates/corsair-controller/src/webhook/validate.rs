@@ -91,8 +91,8 @@ mod name_limit {
 
     use super::validate_policy;
     use crate::crd::CorsPolicy;
+    use crate::names::is_policy_name;
     use crate::names::{MAX_POLICY_NAME_LEN, policy_configmap_name};
-    use crate::webhook::inject::is_policy_name;
 
     /// The CRD, both webhooks and the ConfigMap agree on one longest policy name.
     #[test]
