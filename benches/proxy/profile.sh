@@ -43,7 +43,14 @@ PROXY_CMD=("$PROXY_BIN")
 WORK=$(mktemp -d /tmp/corsair-profile.XXXXXX)
 mkdir -p "$WORK/tmp"
 PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+# The work directory goes with a run that succeeded (KEEP=DIR keeps the dumps); a failed run
+# leaves it for its logs.
+cleanup() {
+    local status=$?
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if (( status == 0 )); then rm -rf "$WORK"; else echo "profile.sh: logs in $WORK" >&2; fi
+}
 trap cleanup EXIT
 
 wait_port() {
