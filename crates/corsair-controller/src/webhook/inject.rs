@@ -247,6 +247,17 @@ pub enum InjectError {
     PortConflict { field: String, port: u16 },
     #[error("{field}: the port name {name:?} is reserved for the corsair proxy")]
     PortNameConflict { field: String, name: &'static str },
+    #[error(
+        "{field}: the proxy would take over port {port}{}, which looks like TLS, and it speaks \
+         plain HTTP to the app; set the annotation {} to the app's plain-HTTP port",
+        name.as_ref().map(|n| format!(" ({n:?})")).unwrap_or_default(),
+        names::PORT_ANNOTATION
+    )]
+    TlsPort {
+        field: String,
+        port: u16,
+        name: Option<String>,
+    },
     #[error("the proxy port and the admin port are both {0}")]
     SamePorts(u16),
     #[error("{field}: a volume named {name:?} already exists and is not the corsair policy volume")]
@@ -661,12 +672,41 @@ fn find_target(spec: &PodSpec, annotation: Option<&str>) -> Result<Target, Injec
             .filter(|(_, _, p)| p.name.as_deref() == Some(name))
             .find_map(target)
             .ok_or_else(|| InjectError::PortNotFound(name.to_owned())),
-        None => declared()
-            .filter(|(_, _, p)| p.name.as_deref() == Some("http"))
-            .find_map(target)
-            .or_else(|| declared().filter(|(c, _, _)| *c == 0).find_map(target))
-            .ok_or(InjectError::NoPort),
+        None => {
+            if let Some(http) = declared()
+                .filter(|(_, _, p)| p.name.as_deref() == Some("http"))
+                .find_map(target)
+            {
+                return Ok(http);
+            }
+            // A guess: refuse it when it is plainly a TLS port, which the proxy in front would
+            // turn into an outage (every request a 502) instead of a refused pod.
+            let first = declared()
+                .filter(|(c, _, _)| *c == 0)
+                .find_map(target)
+                .ok_or(InjectError::NoPort)?;
+            if looks_like_tls(first.number, first.name.as_deref()) {
+                return Err(InjectError::TlsPort {
+                    field: format!(
+                        "spec.containers[{}].ports[{}]",
+                        first.container,
+                        first.port_index.unwrap_or_default()
+                    ),
+                    port: first.number,
+                    name: first.name,
+                });
+            }
+            Ok(first)
+        }
     }
+}
+
+/// Port 443 or 8443, or a name that says HTTPS or TLS (`https`, `https-web`, `tls`, `grpcs`),
+/// as Istio's protocol selection reads port names.
+fn looks_like_tls(number: u16, name: Option<&str>) -> bool {
+    let name = name.unwrap_or_default().to_ascii_lowercase();
+    let protocol = name.split('-').next().unwrap_or_default();
+    matches!(number, 443 | 8443) || matches!(protocol, "https" | "tls" | "grpcs" | "h2")
 }
 
 /// Refuses pods where a container already uses the proxy's ports or port names.

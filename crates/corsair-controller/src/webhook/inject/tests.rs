@@ -356,6 +356,55 @@ fn falls_back_to_the_first_tcp_port_of_the_first_container() {
     );
 }
 
+/// The guess of the first TCP port is refused when that port is plainly TLS; a port named
+/// `http` or the annotation still chooses it.
+#[test]
+fn the_first_port_guess_refuses_a_tls_port() {
+    for (port, what) in [
+        (json!({"name": "https", "containerPort": 8000}), "\"https\""),
+        (
+            json!({"name": "tls-api", "containerPort": 8000}),
+            "\"tls-api\"",
+        ),
+        (json!({"containerPort": 443}), "port 443"),
+        (json!({"name": "web", "containerPort": 8443}), "port 8443"),
+    ] {
+        let mut pod = web_pod();
+        pod["spec"]["containers"] = json!([{"name": "app", "image": "app", "ports": [port, {"name": "metrics", "containerPort": 9090}]}]);
+        let err = run(&pod, &native()).expect_err(what).to_string();
+        assert!(
+            err.contains("spec.containers[0].ports[0]")
+                && err.contains("corsair.dev/port")
+                && err.contains(what),
+            "{what}: {err}"
+        );
+        // Named by the annotation, the same port is taken as asked.
+        pod["metadata"]["annotations"]["corsair.dev/port"] = json!("8000");
+        if port_number(&pod) == 8000 {
+            assert!(run(&pod, &native()).is_ok(), "{what} with the annotation");
+        }
+    }
+    // A plain port named http beside a TLS one: no guess, no refusal.
+    let mut pod = web_pod();
+    pod["spec"]["containers"] = json!([{"name": "app", "image": "app", "ports": [
+        {"name": "https", "containerPort": 8443},
+        {"name": "http", "containerPort": 8080}
+    ]}]);
+    let out = apply(&pod, &run(&pod, &native()).expect("injects"));
+    assert!(
+        sidecar_of(&out)
+            .args
+            .unwrap_or_default()
+            .contains(&"http://127.0.0.1:8080".to_owned())
+    );
+}
+
+fn port_number(pod: &Value) -> i64 {
+    pod["spec"]["containers"][0]["ports"][0]["containerPort"]
+        .as_i64()
+        .unwrap_or_default()
+}
+
 #[test]
 fn http_port_in_a_second_container_is_found() {
     let mut pod = web_pod();
