@@ -706,7 +706,7 @@ fn find_target(spec: &PodSpec, annotation: Option<&str>) -> Result<Target, Injec
 fn looks_like_tls(number: u16, name: Option<&str>) -> bool {
     let name = name.unwrap_or_default().to_ascii_lowercase();
     let protocol = name.split('-').next().unwrap_or_default();
-    matches!(number, 443 | 8443) || matches!(protocol, "https" | "tls" | "grpcs" | "h2")
+    matches!(number, 443 | 8443) || matches!(protocol, "https" | "tls" | "grpcs")
 }
 
 /// Refuses pods where a container already uses the proxy's ports or port names.
