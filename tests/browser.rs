@@ -64,6 +64,9 @@ impl Browser {
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg(url)
+            // Its scratch directories (`org.chromium.Chromium.*`) go with the profile, not into
+            // the machine's /tmp, where a killed Chromium would leave them.
+            .env("TMPDIR", profile.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
