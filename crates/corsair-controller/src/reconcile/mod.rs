@@ -210,7 +210,7 @@ impl Context {
     /// Remembers the status just written for the policy with `uid`.
     pub(crate) fn wrote_status(&self, uid: &str, status: CorsPolicyStatus) {
         let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        *written.touch(uid.to_owned(), CorsPolicyStatus::default) = status;
+        written.insert(uid.to_owned(), status);
     }
 
     /// Publishes an Event about `obj`. A failed Event is logged, never fails the reconcile:

@@ -45,12 +45,7 @@ impl<V> Recent<V> {
     /// touched now. Entries untouched for that long are also swept from the map, at most once
     /// per that period.
     pub fn touch(&mut self, key: String, make: impl FnOnce() -> V) -> &mut V {
-        let now = Instant::now();
-        if now.duration_since(self.swept) >= FORGET_AFTER {
-            self.entries
-                .retain(|_, (_, touched)| now.duration_since(*touched) < FORGET_AFTER);
-            self.swept = now;
-        }
+        let now = self.sweep();
         match self.entries.entry(key) {
             Entry::Occupied(entry) => {
                 let (value, touched) = entry.into_mut();
@@ -62,6 +57,24 @@ impl<V> Recent<V> {
             }
             Entry::Vacant(entry) => &mut entry.insert((make(), now)).0,
         }
+    }
+
+    /// Sets the entry for `key` to `value`, touched now (and sweeps, as [`Recent::touch`]).
+    pub fn insert(&mut self, key: String, value: V) {
+        let now = self.sweep();
+        self.entries.insert(key, (value, now));
+    }
+
+    /// Drops the entries untouched for [`FORGET_AFTER`], at most once per that period; returns
+    /// the time it read.
+    fn sweep(&mut self) -> Instant {
+        let now = Instant::now();
+        if now.duration_since(self.swept) >= FORGET_AFTER {
+            self.entries
+                .retain(|_, (_, touched)| now.duration_since(*touched) < FORGET_AFTER);
+            self.swept = now;
+        }
+        now
     }
 
     pub fn remove(&mut self, key: &str) {

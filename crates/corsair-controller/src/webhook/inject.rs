@@ -704,9 +704,15 @@ fn find_target(spec: &PodSpec, annotation: Option<&str>) -> Result<Target, Injec
 /// Port 443 or 8443, or a name that says HTTPS or TLS (`https`, `https-web`, `tls`, `grpcs`),
 /// as Istio's protocol selection reads port names.
 fn looks_like_tls(number: u16, name: Option<&str>) -> bool {
-    let name = name.unwrap_or_default().to_ascii_lowercase();
-    let protocol = name.split('-').next().unwrap_or_default();
-    matches!(number, 443 | 8443) || matches!(protocol, "https" | "tls" | "grpcs")
+    let protocol = name
+        .unwrap_or_default()
+        .split('-')
+        .next()
+        .unwrap_or_default();
+    matches!(number, 443 | 8443)
+        || ["https", "tls", "grpcs"]
+            .iter()
+            .any(|tls| protocol.eq_ignore_ascii_case(tls))
 }
 
 /// Refuses pods where a container already uses the proxy's ports or port names.
