@@ -248,15 +248,26 @@ pub enum InjectError {
     #[error("{field}: the port name {name:?} is reserved for the corsair proxy")]
     PortNameConflict { field: String, name: &'static str },
     #[error(
-        "{field}: the proxy would take over port {port}{}, which looks like TLS, and it speaks \
-         plain HTTP to the app; set the annotation {} to the app's plain-HTTP port",
+        "{field}: the proxy would take over port {port}{}, which {why}, and it speaks plain \
+         HTTP/1.1 to the app; set the annotation {} to the app's plain-HTTP port",
         name.as_ref().map(|n| format!(" ({n:?})")).unwrap_or_default(),
         names::PORT_ANNOTATION
     )]
-    TlsPort {
+    NotPlainHttpGuess {
         field: String,
         port: u16,
         name: Option<String>,
+        why: &'static str,
+    },
+    #[error(
+        "{field}: the port name {name:?} is also on {target}, the port the proxy takes over; the \
+         Service would resolve the name to this port instead and bypass the proxy, so rename one \
+         of them"
+    )]
+    SharedPortName {
+        field: String,
+        name: String,
+        target: String,
     },
     #[error("the proxy port and the admin port are both {0}")]
     SamePorts(u16),
@@ -311,6 +322,7 @@ pub fn inject(
     let (proxy_port, admin_port) = (overrides.proxy_port, overrides.admin_port);
     let target = find_target(spec, annotation(names::PORT_ANNOTATION))?;
     check_port_conflicts(spec, &target, proxy_port, admin_port)?;
+    check_shared_port_name(spec, &target)?;
     let namespace = namespace.or(pod.metadata.namespace.as_deref());
     let warnings = warnings(lookup, namespace, policy, &target, proxy_port);
 
@@ -615,6 +627,17 @@ struct Target {
     name: Option<String>,
 }
 
+impl Target {
+    /// The port's field in the pod, for messages.
+    fn field(&self) -> String {
+        format!(
+            "spec.containers[{}].ports[{}]",
+            self.container,
+            self.port_index.unwrap_or_default()
+        )
+    }
+}
+
 fn is_tcp(p: &ContainerPort) -> bool {
     p.protocol.as_deref().is_none_or(|proto| proto == "TCP")
 }
@@ -679,21 +702,19 @@ fn find_target(spec: &PodSpec, annotation: Option<&str>) -> Result<Target, Injec
             {
                 return Ok(http);
             }
-            // A guess: refuse it when it is plainly a TLS port, which the proxy in front would
-            // turn into an outage (every request a 502) instead of a refused pod.
+            // A guess: refuse it when the port plainly does not speak HTTP/1.1 in clear, which
+            // the proxy in front would turn into an outage (every request a 502) instead of a
+            // refused pod.
             let first = declared()
                 .filter(|(c, _, _)| *c == 0)
                 .find_map(target)
                 .ok_or(InjectError::NoPort)?;
-            if looks_like_tls(first.number, first.name.as_deref()) {
-                return Err(InjectError::TlsPort {
-                    field: format!(
-                        "spec.containers[{}].ports[{}]",
-                        first.container,
-                        first.port_index.unwrap_or_default()
-                    ),
+            if let Some(why) = not_plain_http(first.number, first.name.as_deref()) {
+                return Err(InjectError::NotPlainHttpGuess {
+                    field: first.field(),
                     port: first.number,
                     name: first.name,
+                    why,
                 });
             }
             Ok(first)
@@ -701,18 +722,58 @@ fn find_target(spec: &PodSpec, annotation: Option<&str>) -> Result<Target, Injec
     }
 }
 
-/// Port 443 or 8443, or a name that says HTTPS or TLS (`https`, `https-web`, `tls`, `grpcs`),
-/// as Istio's protocol selection reads port names.
-fn looks_like_tls(number: u16, name: Option<&str>) -> bool {
-    let protocol = name
-        .unwrap_or_default()
-        .split('-')
-        .next()
-        .unwrap_or_default();
-    matches!(number, 443 | 8443)
-        || ["https", "tls", "grpcs"]
-            .iter()
-            .any(|tls| protocol.eq_ignore_ascii_case(tls))
+/// Why a port is plainly not one the proxy can speak to: port 443 or 8443, or a name that says
+/// HTTPS, TLS or gRPC, read as Istio reads port names (`https`, `https-web`, `tls`, `grpcs`,
+/// `grpc`, `grpc-api`; `grpc-web` is gRPC-Web, which HTTP/1.1 carries).
+fn not_plain_http(number: u16, name: Option<&str>) -> Option<&'static str> {
+    let name = name.unwrap_or_default();
+    let protocol = name.split('-').next().unwrap_or_default();
+    let is = |p: &str| protocol.eq_ignore_ascii_case(p);
+    if matches!(number, 443 | 8443) || is("https") || is("tls") || is("grpcs") {
+        Some("looks like TLS")
+    } else if is("grpc")
+        && !name
+            .get(..8)
+            .is_some_and(|n| n.eq_ignore_ascii_case("grpc-web"))
+    {
+        Some("is named for gRPC, which needs HTTP/2")
+    } else {
+        None
+    }
+}
+
+/// Refuses a pod where another container carries the name of the port the proxy takes over.
+/// A Service resolves a named target port to the first match over the regular containers, then
+/// over the native sidecars: once the app's port gives its name to the proxy, that other port
+/// would take the traffic and nothing would enforce the policy.
+fn check_shared_port_name(spec: &PodSpec, target: &Target) -> Result<(), InjectError> {
+    let Some(name) = target.name.as_deref() else {
+        return Ok(());
+    };
+    let containers = spec
+        .containers
+        .iter()
+        .enumerate()
+        .filter(|(c, _)| *c != target.container)
+        .map(|(c, container)| ("containers", c, container));
+    let sidecars = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter(|(_, c)| c.restart_policy.as_deref() == Some("Always"))
+        .map(|(c, container)| ("initContainers", c, container));
+    for (kind, c, container) in containers.chain(sidecars) {
+        let mut ports = container.ports.iter().flatten().enumerate();
+        if let Some((i, _)) = ports.find(|(_, p)| is_tcp(p) && p.name.as_deref() == Some(name)) {
+            return Err(InjectError::SharedPortName {
+                field: format!("spec.{kind}[{c}].ports[{i}].name"),
+                name: name.to_owned(),
+                target: target.field(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Refuses pods where a container already uses the proxy's ports or port names.

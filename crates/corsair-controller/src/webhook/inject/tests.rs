@@ -61,6 +61,13 @@ fn native() -> InjectConfig {
     }
 }
 
+fn container() -> InjectConfig {
+    InjectConfig {
+        sidecar_mode: SidecarMode::Container,
+        ..InjectConfig::default()
+    }
+}
+
 #[test]
 fn takes_over_the_http_port_and_rewrites_probes() {
     let pod = web_pod();
@@ -259,10 +266,7 @@ fn goes_after_existing_init_containers_and_native_sidecars() {
 
 #[test]
 fn container_mode_appends_a_regular_container() {
-    let config = InjectConfig {
-        sidecar_mode: SidecarMode::Container,
-        ..InjectConfig::default()
-    };
+    let config = container();
     let out = apply(&web_pod(), &run(&web_pod(), &config).expect("injects"));
     assert!(out["spec"].get("initContainers").is_none());
     assert_eq!(out["spec"]["containers"][0]["name"], json!("app"));
@@ -368,6 +372,11 @@ fn the_first_port_guess_refuses_a_tls_port() {
         ),
         (json!({"containerPort": 443}), "port 443"),
         (json!({"name": "web", "containerPort": 8443}), "port 8443"),
+        (json!({"name": "grpc", "containerPort": 8000}), "\"grpc\""),
+        (
+            json!({"name": "GRPC-api", "containerPort": 8000}),
+            "\"GRPC-api\"",
+        ),
     ] {
         let mut pod = web_pod();
         pod["spec"]["containers"] = json!([{"name": "app", "image": "app", "ports": [port, {"name": "metrics", "containerPort": 9090}]}]);
@@ -397,6 +406,69 @@ fn the_first_port_guess_refuses_a_tls_port() {
             .unwrap_or_default()
             .contains(&"http://127.0.0.1:8080".to_owned())
     );
+    // gRPC-Web travels over HTTP/1.1, and a name that only starts like a protocol is no sign.
+    for name in ["grpc-web", "grpcweb", "tlsx", "web"] {
+        let mut pod = web_pod();
+        pod["spec"]["containers"] = json!([{"name": "app", "image": "app", "ports": [
+            {"name": name, "containerPort": 8000}
+        ]}]);
+        let out = apply(&pod, &run(&pod, &native()).expect(name));
+        assert!(
+            sidecar_of(&out)
+                .args
+                .unwrap_or_default()
+                .contains(&"http://127.0.0.1:8000".to_owned()),
+            "{name}"
+        );
+    }
+}
+
+/// A Service resolves a named target port over the regular containers first, then over the
+/// native sidecars; once the app's port gives its name to the proxy, another port of that name
+/// would take the traffic past the proxy.
+#[test]
+fn a_port_name_shared_with_another_container_is_refused() {
+    let app =
+        json!({"name": "app", "image": "a", "ports": [{"name": "http", "containerPort": 8080}]});
+    let other = |restart: Option<&str>| {
+        let mut c = json!({"name": "other", "image": "o", "ports": [
+            {"name": "metrics", "containerPort": 9090},
+            {"name": "http", "containerPort": 9091}
+        ]});
+        if let Some(policy) = restart {
+            c["restartPolicy"] = json!(policy);
+        }
+        c
+    };
+    for mode in [native(), container()] {
+        let mut pod = web_pod();
+        pod["spec"]["containers"] = json!([app.clone(), other(None)]);
+        let err = run(&pod, &mode).expect_err("second container").to_string();
+        assert!(
+            err.contains("spec.containers[1].ports[1].name")
+                && err.contains("spec.containers[0].ports[0]")
+                && err.contains("\"http\""),
+            "{err}"
+        );
+        // The same name on another native sidecar.
+        let mut pod = web_pod();
+        pod["spec"]["containers"] = json!([app.clone()]);
+        pod["spec"]["initContainers"] = json!([other(Some("Always"))]);
+        let err = run(&pod, &mode).expect_err("native sidecar").to_string();
+        assert!(
+            err.contains("spec.initContainers[0].ports[1].name"),
+            "{err}"
+        );
+        // A plain init container has finished before traffic comes, and a UDP port is another
+        // Service port: neither is refused.
+        pod["spec"]["initContainers"] = json!([other(None)]);
+        assert!(run(&pod, &mode).is_ok(), "plain init container");
+        let mut udp = other(None);
+        udp["ports"][1]["protocol"] = json!("UDP");
+        pod["spec"]["initContainers"] = json!([]);
+        pod["spec"]["containers"] = json!([app.clone(), udp]);
+        assert!(run(&pod, &mode).is_ok(), "UDP port of that name");
+    }
 }
 
 fn port_number(pod: &Value) -> i64 {
