@@ -15,6 +15,7 @@ use corsair_policy::{
     Action, Decision, DenyReason, Engine, Mode, RequestInfo, RequestKind, Verdict,
 };
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -165,9 +166,9 @@ impl Plan {
         let info = RequestInfo {
             method: req.method().as_str(),
             path: req.uri().path(),
-            host: match seen.host {
-                Some(host) => host.to_str().ok(),
-                None => req.uri().authority().map(|a| a.as_str()),
+            host: match req.uri().authority() {
+                Some(authority) => Some(target_host(authority)),
+                None => seen.host.and_then(|host| host.to_str().ok()),
             },
             origin: Seen::single(seen.origin, seen.origin_repeated),
             request_method: Seen::single(seen.method, seen.method_repeated),
@@ -363,6 +364,12 @@ fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     response
 }
 
+/// The host an authority names, without userinfo (which `to_upstream` refuses).
+fn target_host(authority: &Authority) -> &str {
+    let text = authority.as_str();
+    text.rsplit_once('@').map_or(text, |(_, host)| host)
+}
+
 /// Rewrites a client request into the upstream request, in place: hop-by-hop headers out,
 /// `X-Forwarded-*` in, origin-form target, HTTP/1.1. `None` when the target cannot be rewritten.
 pub(crate) fn to_upstream<B>(
@@ -371,20 +378,27 @@ pub(crate) fn to_upstream<B>(
     upgrade: Option<&HeaderValue>,
 ) -> Option<Request<B>> {
     let (mut parts, body) = req.into_parts();
-    // HTTP/2 carries the host in `:authority`; HTTP/1.1 in `Host`.
-    let host = match parts.headers.get(header::HOST) {
-        Some(host) => Some(host.clone()),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    // The target's authority (an absolute-form target, HTTP/2's `:authority`) is the host, and
+    // the upstream's `Host` is made from it (RFC 9112 §3.2.2, RFC 9113 §8.3.1); else `Host`.
+    let from_target = match parts.uri.authority() {
+        // Userinfo has no place in an HTTP target (RFC 9110 §4.2.4).
+        Some(authority) if authority.as_str().contains('@') => return None,
+        Some(authority) => Some(HeaderValue::from_str(authority.as_str()).ok()?),
+        None => None,
+    };
+    let host = match from_target {
+        Some(host) => {
+            parts.headers.insert(header::HOST, host.clone());
+            Some(host)
+        }
+        None => parts.headers.get(header::HOST).cloned(),
     };
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     // hyper already answered `Expect: 100-continue` towards the client.
     parts.headers.remove(header::EXPECT);
     headers::add_forwarded(&mut parts.headers, &conn.forwarded_for, host.as_ref());
-    // An HTTP/1.1 request must carry `Host` (RFC 9112 §3.2): from `:authority`, or again when
-    // the client's `Connection` named it.
+    // An HTTP/1.1 request must carry `Host` (RFC 9112 §3.2): again when the client's
+    // `Connection` named it.
     if let Some(host) = host.filter(|_| !parts.headers.contains_key(header::HOST)) {
         parts.headers.insert(header::HOST, host);
     }

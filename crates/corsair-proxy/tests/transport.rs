@@ -289,6 +289,48 @@ async fn an_absolute_request_target_never_chooses_the_destination() {
     h.proxy.shutdown().await.expect("clean shutdown");
 }
 
+/// RFC 9112 §3.2.2: with an absolute-form target, the target's authority is the host and `Host`
+/// is ignored, for the CORS decision and towards the upstream alike.
+#[tokio::test]
+async fn an_absolute_request_target_names_the_host() {
+    let h = harness(POLICY).await;
+    let mut stream = TcpStream::connect(h.proxy.listen_addr())
+        .await
+        .expect("connect");
+    // The allowed origin's own host as the target: a same-origin request, so no CORS headers,
+    // whatever `Host` says. Taken from `Host`, it would be an allowed cross-origin request.
+    stream
+        .write_all(
+            b"GET http://app.example.com/items HTTP/1.1\r\nHost: api.test\r\n\
+              Origin: https://app.example.com\r\n\r\n",
+        )
+        .await
+        .expect("write request");
+    let head = read_head(&mut stream).await.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("access-control-allow-origin"), "{head}");
+    let seen = h.upstream.last();
+    assert_eq!(seen.uri, "/items");
+    assert_eq!(values(&seen.headers, "host"), ["app.example.com"]);
+    assert_eq!(
+        values(&seen.headers, "x-forwarded-host"),
+        ["app.example.com"]
+    );
+
+    // Userinfo has no place in an HTTP target (RFC 9110 §4.2.4).
+    let mut stream = TcpStream::connect(h.proxy.listen_addr())
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET http://user@api.test/items HTTP/1.1\r\nHost: api.test\r\n\r\n")
+        .await
+        .expect("write request");
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert_eq!(h.upstream.seen().len(), 1, "only the first request went up");
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
+
 #[tokio::test]
 async fn connect_is_refused() {
     let h = harness(POLICY).await;
