@@ -702,6 +702,17 @@ async fn policies_are_validated_with_every_finding() {
     ] {
         assert!(got.iter().any(|w| w.starts_with(field)), "{field}: {got:?}");
     }
+    // A DELETE as the API server sends it: no object, the stored one (with the status the
+    // controller wrote) as oldObject. Allowed, with a warning about the workloads that name it.
+    let deleted = webhook
+        .review("/validate", &fixture("policy-delete-in-use"))
+        .await;
+    assert_eq!(deleted["allowed"], json!(true), "{deleted}");
+    let got = warnings(&deleted);
+    assert!(
+        got.len() == 1 && got[0].contains("shop/api") && got[0].contains("2 workloads"),
+        "{got:?}"
+    );
     let metrics = webhook.metrics().await;
     assert!(
         metrics.contains("corsair_webhook_validations_total{result=\"denied\"} 2"),

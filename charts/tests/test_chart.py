@@ -54,6 +54,19 @@ def test_mutating_webhook_only_sees_opted_in_pods():
     assert vwc["webhooks"][0]["rules"][0]["resources"] == ["corspolicies"]
 
 
+def test_deleting_a_policy_is_never_blocked_by_the_webhook():
+    """The DELETE webhook only warns: it ignores failures even when validation is set to Fail."""
+    (vwc,) = by_kind(render({"webhook": {"failurePolicy": "Fail"}}), "ValidatingWebhookConfiguration")
+    hooks = {h["name"]: h for h in vwc["webhooks"]}
+    assert hooks["validate.corsair.dev"]["failurePolicy"] == "Fail"
+    assert hooks["validate.corsair.dev"]["rules"][0]["operations"] == ["CREATE", "UPDATE"]
+    in_use = hooks["in-use.corsair.dev"]
+    assert in_use["failurePolicy"] == "Ignore"
+    assert in_use["rules"][0]["operations"] == ["DELETE"]
+    assert in_use["rules"][0]["resources"] == ["corspolicies"]
+    assert in_use["clientConfig"]["service"]["path"] == "/validate"
+
+
 def test_webhook_service_matches_controller_pods():
     docs = render()
     (deploy,) = by_kind(docs, "Deployment")

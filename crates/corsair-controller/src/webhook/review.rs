@@ -66,7 +66,7 @@ struct IncomingRequest {
     operation: Operation,
     #[serde(default)]
     object: Option<Value>,
-    /// The object before an UPDATE.
+    /// The object before an UPDATE, or the one a DELETE removes.
     #[serde(default)]
     old_object: Option<Value>,
 }
@@ -250,6 +250,11 @@ fn validate_response(state: &WebhookState, req: &IncomingRequest) -> Outgoing {
             req.kind.kind
         ));
     }
+    if matches!(req.operation, Operation::Delete) {
+        let mut response = response;
+        response.warnings = in_use_warning(req).into_iter().collect();
+        return response;
+    }
     if !matches!(req.operation, Operation::Create | Operation::Update) {
         return response;
     }
@@ -279,6 +284,35 @@ fn validate_response(state: &WebhookState, req: &IncomingRequest) -> Outgoing {
     };
     response.warnings = verdict.warnings;
     response
+}
+
+/// A deletion is never refused, but deleting a policy that workloads still name leaves them
+/// split: their running sidecars keep its last version, their new pods get none. The count is
+/// the one the controller last wrote into the policy's status.
+fn in_use_warning(req: &IncomingRequest) -> Option<String> {
+    let old = req.old_object.as_ref()?;
+    let workloads = old
+        .pointer("/status/workloads")
+        .and_then(Value::as_i64)
+        .filter(|n| *n > 0)?;
+    let name = old
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let namespace = req.namespace.as_deref().unwrap_or_default();
+    let (them, s) = if workloads == 1 {
+        ("it", "")
+    } else {
+        ("them", "s")
+    };
+    Some(format!(
+        "status.workloads: CorsPolicy {namespace}/{name} is named by {workloads} workload{s} in \
+         annotation {annotation}: their running pods keep enforcing its last version, while new \
+         pods (a rollout, a scale-up, a restart elsewhere) allow no origin until a CorsPolicy of \
+         this name exists again; to stop enforcing CORS there, remove the annotation from \
+         {them} instead",
+        annotation = crate::names::POLICY_ANNOTATION,
+    ))
 }
 
 #[cfg(test)]
@@ -391,6 +425,54 @@ mod tests {
         let answer: Value = serde_json::from_slice(&out).expect("the answer is JSON");
         assert_eq!(answer["response"]["uid"], json!("u-1"));
         assert_eq!(answer["response"]["allowed"], json!(true));
+    }
+
+    /// Deleting is never refused; deleting a policy that the controller counted workloads for
+    /// is answered with a warning that says what happens to them.
+    #[test]
+    fn deleting_a_policy_in_use_is_allowed_with_a_warning() {
+        let state = state();
+        let delete = |status: Option<Value>| {
+            let mut review = policy_review("DELETE", Value::Null);
+            let mut old = json!({"apiVersion": "corsair.dev/v1alpha1", "kind": "CorsPolicy",
+                "metadata": {"name": "api"}, "spec": {"allowOrigins": ["https://a.example.com"]}});
+            if let Some(status) = status {
+                old["status"] = status;
+            }
+            review["request"]["oldObject"] = old;
+            answer(&state, Webhook::Validate, &review)
+        };
+        let warned = |response: &Value| -> Vec<String> {
+            assert_eq!(response["allowed"], json!(true), "{response}");
+            response["warnings"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|w| w.as_str().map(str::to_owned))
+                .collect()
+        };
+        let three = warned(&delete(Some(json!({"workloads": 3}))));
+        assert_eq!(three.len(), 1, "{three:?}");
+        for part in [
+            "status.workloads",
+            "CorsPolicy shop/api",
+            "3 workloads",
+            "corsair.dev/policy",
+            "allow no origin",
+            "from them",
+        ] {
+            assert!(three[0].contains(part), "{part}: {three:?}");
+        }
+        let one = warned(&delete(Some(json!({"workloads": 1}))));
+        assert!(
+            one[0].contains("1 workload in") && one[0].contains("from it"),
+            "{one:?}"
+        );
+        assert!(warned(&delete(Some(json!({"workloads": 0})))).is_empty());
+        assert!(warned(&delete(None)).is_empty(), "no status yet");
+        let mut bare = policy_review("DELETE", Value::Null);
+        bare["request"]["object"] = Value::Null;
+        assert!(warned(&answer(&state, Webhook::Validate, &bare)).is_empty());
     }
 
     #[test]
