@@ -373,6 +373,7 @@ async fn losing_the_lease_stops_every_write_at_once() {
         client,
         reporter: reporter(),
         metrics: metrics.clone(),
+        inject: crate::webhook::InjectConfig::default(),
         certs: None,
     };
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();

@@ -286,11 +286,28 @@ impl Reply {
     }
 
     /// A cluster that holds `lists` (collection path, items) and never changes: a read lists
-    /// them (an empty list for any other collection), a watch stays quiet. `None` for a write,
-    /// which the caller answers.
+    /// them (an empty list for any other collection), a read of one listed object
+    /// (`…/namespaces/NS/PLURAL/NAME`) gets it, a watch stays quiet. `None` for a write, which
+    /// the caller answers.
     pub fn steady(call: &ApiCall, lists: &[(&str, &[Value])]) -> Option<Reply> {
         if call.is_watch() {
             return Some(Reply::quiet_watch());
+        }
+        let one = lists
+            .iter()
+            .flat_map(|(path, items)| items.iter().map(move |item| (*path, item)))
+            .find(|(path, item)| {
+                let (Some((group, plural)), Some(ns), Some(name)) = (
+                    path.rsplit_once('/'),
+                    item.pointer("/metadata/namespace").and_then(Value::as_str),
+                    item.pointer("/metadata/name").and_then(Value::as_str),
+                ) else {
+                    return false;
+                };
+                call.path == format!("{group}/namespaces/{ns}/{plural}/{name}")
+            });
+        if let (true, Some((_, item))) = (call.is_read(), one) {
+            return Some(Reply::ok(item.clone()));
         }
         call.is_read().then(|| {
             let items = lists.iter().find(|(path, _)| *path == call.path);

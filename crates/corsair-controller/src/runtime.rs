@@ -176,7 +176,7 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     let (caches, watches) = reconcile::Caches::start(&client);
     let lookup_store = caches.policies.store();
     let lookup = move |namespace: &str, name: &str| policy_presence(&lookup_store, namespace, name);
-    let state = WebhookState::new(inject, webhook_metrics)
+    let state = WebhookState::new(inject.clone(), webhook_metrics)
         .with_policy_lookup(Arc::new(lookup))
         .with_limits(config.limits);
     let webhook_listener = listen(config.webhook_listen, "--webhook-listen")?;
@@ -206,15 +206,15 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
         controller: reconcile::REPORTER.into(),
         instance: Some(identity),
     };
-    let leader = tokio::spawn(lead(
+    let leader = Leader {
         caches,
-        client.clone(),
-        lease,
+        client: client.clone(),
         reporter,
         metrics,
-        managed_certs.then_some(cert_config),
-        stopped(),
-    ));
+        inject,
+        certs: managed_certs.then_some(cert_config),
+    };
+    let leader = tokio::spawn(lead(leader, lease, stopped()));
 
     let signal = signals.recv().await;
     tracing::info!(?signal, "shutdown requested");
@@ -243,29 +243,18 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
 
 /// Joins the election; runs the reconcilers (and certificate upkeep) while leading.
 async fn lead(
-    caches: Arc<reconcile::Caches>,
-    client: Client,
+    leader: Leader,
     lease: LeaseConfig,
-    reporter: Reporter,
-    metrics: Metrics,
-    certs: Option<CertConfig>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> crate::Result<()> {
     let leadership = loop {
-        match Leadership::start(client.clone(), &lease).await {
+        match Leadership::start(leader.client.clone(), &lease).await {
             Ok(leadership) => break leadership,
             Err(err) => {
                 tracing::warn!(%err, "cannot join the leader election; retrying in 5 s");
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
         }
-    };
-    let leader = Leader {
-        caches,
-        client,
-        reporter,
-        metrics,
-        certs,
     };
     leader.follow(leadership.is_leader.clone(), shutdown).await;
     // Hand the Lease over at once instead of letting it expire.
@@ -279,6 +268,8 @@ pub(crate) struct Leader {
     pub client: Client,
     pub reporter: Reporter,
     pub metrics: Metrics,
+    /// What the webhook injects: the workload reconciler checks pod templates against it.
+    pub inject: InjectConfig,
     /// Where the self-managed webhook certificate lives; `None` with mounted files.
     pub certs: Option<CertConfig>,
 }
@@ -314,6 +305,7 @@ impl Leader {
                 client.clone(),
                 self.reporter.clone(),
                 self.metrics.clone(),
+                self.inject.clone(),
                 stop_rx.clone(),
             ));
             let upkeep = self.certs.clone().map(|config| {

@@ -31,6 +31,7 @@ use tokio::task::JoinSet;
 use crate::Error;
 use crate::crd::{CorsPolicy, CorsPolicyStatus};
 use crate::metrics::Metrics;
+use crate::webhook::InjectConfig;
 pub use pruned::WorkloadMeta;
 pub use shared::Shared;
 pub use triggers::PolicyUsers;
@@ -182,6 +183,9 @@ pub struct Context {
     /// runs before the watch brought that write back compares with it, not with the stale cache.
     /// Forgotten after a quarter of an hour without a write, when the watch has long caught up.
     written: Mutex<recent::Recent<CorsPolicyStatus>>,
+    /// What the mutating webhook injects, to check a workload's pod template before opting it
+    /// in; `None` skips the check (the webhook still refuses such pods one by one).
+    inject: Option<InjectConfig>,
 }
 
 impl Context {
@@ -198,7 +202,14 @@ impl Context {
             index,
             backoff: Backoff::default(),
             written: Mutex::default(),
+            inject: None,
         }
+    }
+
+    /// Checks pod templates against `config` before opting workloads in.
+    pub fn with_inject(mut self, config: InjectConfig) -> Self {
+        self.inject = Some(config);
+        self
     }
 
     /// The status this term last wrote for the policy with `uid`, if any.
@@ -331,6 +342,7 @@ pub async fn run(
     client: Client,
     reporter: Reporter,
     metrics: Metrics,
+    inject: InjectConfig,
     stop: watch::Receiver<bool>,
 ) -> crate::Result<()> {
     let stopped = || {
@@ -340,7 +352,7 @@ pub async fn run(
             let _ = stop.wait_for(|s| *s).await;
         }
     };
-    let ctx = Arc::new(Context::new(client, reporter, metrics, caches.clone()));
+    let ctx = Arc::new(Context::new(client, reporter, metrics, caches.clone()).with_inject(inject));
 
     // Subscribed before waiting, so that nothing between the list and the start is missed.
     let policy_triggers = futures::stream::select_all([

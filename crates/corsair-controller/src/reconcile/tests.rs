@@ -21,6 +21,7 @@ use crate::crd::{CorsPolicy, CorsPolicyStatus};
 use crate::fixtures::{ApiServerVerifier, StaticIndex, event_response, mock_client};
 use crate::metrics::Metrics;
 use crate::names::{POLICY_MANAGER, WORKLOAD_MANAGER};
+use crate::webhook::InjectConfig;
 
 const NS: &str = "shop";
 
@@ -30,7 +31,8 @@ fn context(index: StaticIndex) -> (Arc<Context>, ApiServerVerifier) {
         controller: super::REPORTER.into(),
         instance: Some("test".into()),
     };
-    let ctx = Context::new(client, reporter, Metrics::default(), Arc::new(index));
+    let ctx = Context::new(client, reporter, Metrics::default(), Arc::new(index))
+        .with_inject(InjectConfig::default());
     (Arc::new(ctx), verifier)
 }
 
@@ -129,6 +131,31 @@ enum Scenario {
     WorkloadOptOut,
     /// The annotation is not a policy name: a Warning Event, and no write to the workload.
     WorkloadInvalidPolicyName { policy: &'static str },
+    /// The whole workload is read, and its pods would be refused by the webhook: a Warning
+    /// Event naming `cause`, and no write.
+    WorkloadInjectionRefused { stored: Value, cause: &'static str },
+}
+
+/// The whole Deployment `web` as the API server returns it, with `containers`.
+fn stored_deployment(containers: Value) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": NS, "uid": "uid-web",
+                     "annotations": {"corsair.dev/policy": "api"}},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": containers}
+            }
+        }
+    })
+}
+
+/// A Deployment whose pods the webhook admits: one container with a port named `http`.
+fn admissible_deployment() -> Value {
+    stored_deployment(json!([{"name": "app", "image": "app",
+        "ports": [{"name": "http", "containerPort": 8080}]}]))
 }
 
 impl ApiServerVerifier {
@@ -170,6 +197,7 @@ impl ApiServerVerifier {
                 assert!(note.contains("spec.allowOrigins[0]"), "event note: {note}");
             }
             Scenario::WorkloadOptIn { policy } => {
+                self.workload_get(&admissible_deployment()).await;
                 let patch = self.workload_apply().await;
                 assert_eq!(
                     patch,
@@ -180,6 +208,7 @@ impl ApiServerVerifier {
                 assert_eq!(template["annotations"]["corsair.dev/policy"], policy);
             }
             Scenario::WorkloadPolicyMissing { policy } => {
+                self.workload_get(&admissible_deployment()).await;
                 self.workload_apply().await;
                 let note = self
                     .event("Warning", "PolicyNotFound", "deployments", "web")
@@ -193,6 +222,16 @@ impl ApiServerVerifier {
                 assert!(
                     note.contains(&format!("{policy:?}")) && note.contains("corsair.dev/policy"),
                     "the note names the annotation and its value: {note}"
+                );
+            }
+            Scenario::WorkloadInjectionRefused { stored, cause } => {
+                self.workload_get(&stored).await;
+                let note = self
+                    .event("Warning", "InjectionRefused", "deployments", "web")
+                    .await;
+                assert!(
+                    note.contains(cause) && note.contains("left as it is"),
+                    "the note names the cause: {note}"
                 );
             }
             Scenario::WorkloadOptOut => {
@@ -251,6 +290,16 @@ impl ApiServerVerifier {
         answer["status"] = status.clone();
         call.respond(StatusCode::OK, &answer);
         status
+    }
+
+    /// Asserts a read of the whole Deployment `web`, answered with `stored`.
+    async fn workload_get(&mut self, stored: &Value) {
+        let call = self.next_call().await;
+        call.expect(
+            Method::GET,
+            &format!("/apis/apps/v1/namespaces/{NS}/deployments/web"),
+        );
+        call.respond(StatusCode::OK, stored);
     }
 
     async fn workload_apply(&mut self) -> Value {
@@ -464,6 +513,69 @@ async fn an_annotation_changed_to_a_non_name_leaves_the_template_as_it_was() {
         Scenario::WorkloadInvalidPolicyName { policy: "api_v2" },
     )
     .await;
+}
+
+/// Opting in a workload whose pods the webhook would refuse starts a rollout into refused
+/// pods while the old ones are scaled down: the template is read and checked first.
+#[tokio::test]
+async fn a_workload_whose_pods_would_be_refused_is_not_opted_in() {
+    for (containers, cause) in [
+        (
+            json!([{"name": "app", "image": "app", "ports": [{"name": "https", "containerPort": 8443}]}]),
+            "spec.containers[0].ports[0]",
+        ),
+        (
+            json!([
+                {"name": "app", "image": "app", "ports": [{"name": "http", "containerPort": 8080}]},
+                {"name": "metrics", "image": "m", "ports": [{"name": "http", "containerPort": 9090}]}
+            ]),
+            "spec.containers[1].ports[0].name",
+        ),
+    ] {
+        let (ctx, verifier) = context(StaticIndex::with_policies(NS, &["api"]));
+        let workload = deployment(Some("api"), None);
+        let action = run(
+            workload::reconcile(Arc::new(WorkloadMeta::from_object(&workload)), ctx),
+            verifier,
+            Scenario::WorkloadInjectionRefused {
+                stored: stored_deployment(containers),
+                cause,
+            },
+        )
+        .await;
+        assert_eq!(action, Action::await_change());
+    }
+}
+
+/// The check is best effort: a workload that cannot be read is opted in as before, and the
+/// webhook still judges each pod.
+#[tokio::test]
+async fn a_workload_that_cannot_be_read_is_opted_in_unchecked() {
+    let (ctx, mut verifier) = context(StaticIndex::with_policies(NS, &["api"]));
+    let workload = deployment(Some("api"), None);
+    let server = tokio::spawn(async move {
+        let call = verifier.next_call().await;
+        call.expect(
+            Method::GET,
+            &format!("/apis/apps/v1/namespaces/{NS}/deployments/web"),
+        );
+        call.respond(
+            StatusCode::FORBIDDEN,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": "deployments.apps \"web\" is forbidden", "reason": "Forbidden", "code": 403}),
+        );
+        let patch = verifier.workload_apply().await;
+        assert_eq!(
+            patch,
+            workload::apply_patch::<Deployment>("web", NS, Some("api"))
+        );
+        verifier.expect_no_more_calls().await;
+    });
+    let action = workload::reconcile(Arc::new(WorkloadMeta::from_object(&workload)), ctx).await;
+    assert!(matches!(action, Ok(a) if a == Action::await_change()));
+    if let Err(err) = server.await {
+        std::panic::resume_unwind(err.into_panic());
+    }
 }
 
 #[tokio::test]
@@ -1077,6 +1189,7 @@ async fn the_start_pass_skips_workloads_that_do_not_concern_corsair() {
             instance: None,
         },
         metrics.clone(),
+        InjectConfig::default(),
         stop_rx,
     ));
     let reconciled = || {

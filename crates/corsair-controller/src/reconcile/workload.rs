@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -25,12 +25,15 @@ use super::pruned::WorkloadMeta;
 use super::{Context, succeeded};
 use crate::crd::CorsPolicy;
 use crate::names::{self, INJECT_LABEL, INJECT_LABEL_VALUE, POLICY_ANNOTATION, WORKLOAD_MANAGER};
+use crate::webhook::inject;
 use crate::{Error, Result};
 
 /// Reason of the Warning Event on a workload whose CorsPolicy does not exist.
 pub const REASON_POLICY_NOT_FOUND: &str = "PolicyNotFound";
 /// Reason of the Warning Event on a workload whose `corsair.dev/policy` is not a policy name.
 pub const REASON_INVALID_POLICY_NAME: &str = "InvalidPolicyName";
+/// Reason of the Warning Event on a workload whose pods the webhook would refuse.
+pub const REASON_INJECTION_REFUSED: &str = "InjectionRefused";
 
 /// A kind of workload whose pod template the controller labels.
 pub trait Workload:
@@ -203,6 +206,23 @@ pub async fn reconcile<K: Workload>(
         }
         Some(policy) => {
             if !facts.in_place(policy) {
+                // Same reason as above: a rollout into pods the webhook refuses costs capacity.
+                if let Some(refusal) = refusal::<K>(&ctx, &namespace, &name, policy).await {
+                    let note = format!(
+                        "the corsair webhook would refuse this workload's pods with {POLICY_ANNOTATION} \
+                         {policy:?}: {refusal} (pod fields: under spec.template here); the pod \
+                         template is left as it is"
+                    );
+                    ctx.publish(
+                        obj.as_ref(),
+                        EventType::Warning,
+                        REASON_INJECTION_REFUSED,
+                        note,
+                    )
+                    .await;
+                    succeeded(&ctx, obj.as_ref());
+                    return Ok(action);
+                }
                 let patch = apply_patch::<K>(&name, &namespace, Some(policy));
                 api.patch(&name, &params, &Patch::Apply(&patch))
                     .await
@@ -239,6 +259,43 @@ pub async fn reconcile<K: Workload>(
     }
     succeeded(&ctx, obj.as_ref());
     Ok(action)
+}
+
+/// Why the webhook would refuse the pods of workload `name` once they name `policy`, from the
+/// whole object: the caches keep only metadata, so it is read here, once per opt-in. `None`
+/// when they would be admitted, or when the check cannot be made (no configuration, the read
+/// failed, no pod spec); the webhook then still refuses such pods one by one.
+async fn refusal<K: Workload>(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    policy: &str,
+) -> Option<String> {
+    let config = ctx.inject.as_ref()?;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    let obj = match api.get_opt(name).await {
+        Ok(obj) => obj?,
+        Err(err) => {
+            tracing::warn!(%err, "cannot read the workload to check its pod template");
+            return None;
+        }
+    };
+    let template = obj.pod_template()?;
+    let spec = template.spec.clone().filter(|s| !s.containers.is_empty())?;
+    let mut metadata = template.metadata.clone().unwrap_or_default();
+    metadata.namespace = Some(namespace.to_owned());
+    metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(POLICY_ANNOTATION.to_owned(), policy.to_owned());
+    let pod = Pod {
+        metadata,
+        spec: Some(spec),
+        status: None,
+    };
+    inject(&pod, Some(namespace), config, None)
+        .err()
+        .map(|err| err.to_string())
 }
 
 /// Every CorsPolicy `obj` mentions (on its metadata or its pod template, ours or the user's),
