@@ -9,7 +9,8 @@ mkdir -p "$root"/{policy,request_headers,origin,decide,admission_review}
 # policy: the example policies, and the policy objects of the admission fixtures as JSON manifests.
 cp "$repo"/deploy/examples/*-policy.yaml "$root/policy/"
 for f in "$repo"/tests/fixtures/admission/policy-*.json; do
-  python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["request"]["object"]))' \
+  # A DELETE review carries its policy as oldObject.
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["request"]; print(json.dumps(r["object"] or r["oldObject"]))' \
     "$f" > "$root/policy/$(basename "$f")"
 done
 

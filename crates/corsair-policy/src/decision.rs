@@ -8,7 +8,7 @@ use crate::model::Mode;
 pub enum RequestKind {
     /// No `Origin` header.
     NotCors,
-    /// `Origin` host and port equal the `Host` header.
+    /// `Origin` host and port equal the request's host (`Host`, or the target's authority).
     SameOrigin,
     /// `OPTIONS` with `Origin` and `Access-Control-Request-Method`.
     Preflight,

@@ -15,7 +15,6 @@ use corsair_policy::{
     Action, Decision, DenyReason, Engine, Mode, RequestInfo, RequestKind, Verdict,
 };
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -54,6 +53,14 @@ pub async fn handle(
     } else if plan.host_repeated {
         // RFC 9112 §3.2: the proxy and the upstream could each pick a different one.
         text(StatusCode::BAD_REQUEST, "more than one Host header\n")
+    } else if req
+        .uri()
+        .authority()
+        .is_some_and(|a| a.as_str().contains('@'))
+    {
+        // Userinfo has no place in an HTTP target (RFC 9110 §4.2.4); refused before the host
+        // it would hide is judged or sent on.
+        text(StatusCode::BAD_REQUEST, "userinfo in the request target\n")
     } else if let Some(status) = plan.respond {
         plan.answer(status, req)
     } else {
@@ -167,7 +174,7 @@ impl Plan {
             method: req.method().as_str(),
             path: req.uri().path(),
             host: match req.uri().authority() {
-                Some(authority) => Some(target_host(authority)),
+                Some(authority) => Some(authority.as_str()),
                 None => seen.host.and_then(|host| host.to_str().ok()),
             },
             origin: Seen::single(seen.origin, seen.origin_repeated),
@@ -364,12 +371,6 @@ fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     response
 }
 
-/// The host an authority names, without userinfo (which `to_upstream` refuses).
-fn target_host(authority: &Authority) -> &str {
-    let text = authority.as_str();
-    text.rsplit_once('@').map_or(text, |(_, host)| host)
-}
-
 /// Rewrites a client request into the upstream request, in place: hop-by-hop headers out,
 /// `X-Forwarded-*` in, origin-form target, HTTP/1.1. `None` when the target cannot be rewritten.
 pub(crate) fn to_upstream<B>(
@@ -380,9 +381,8 @@ pub(crate) fn to_upstream<B>(
     let (mut parts, body) = req.into_parts();
     // The target's authority (an absolute-form target, HTTP/2's `:authority`) is the host, and
     // the upstream's `Host` is made from it (RFC 9112 §3.2.2, RFC 9113 §8.3.1); else `Host`.
+    // (`handle` has refused a target with userinfo.)
     let from_target = match parts.uri.authority() {
-        // Userinfo has no place in an HTTP target (RFC 9110 §4.2.4).
-        Some(authority) if authority.as_str().contains('@') => return None,
         Some(authority) => Some(HeaderValue::from_str(authority.as_str()).ok()?),
         None => None,
     };

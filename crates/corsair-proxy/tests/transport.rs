@@ -317,16 +317,24 @@ async fn an_absolute_request_target_names_the_host() {
         ["app.example.com"]
     );
 
-    // Userinfo has no place in an HTTP target (RFC 9110 §4.2.4).
-    let mut stream = TcpStream::connect(h.proxy.listen_addr())
-        .await
-        .expect("connect");
-    stream
-        .write_all(b"GET http://user@api.test/items HTTP/1.1\r\nHost: api.test\r\n\r\n")
-        .await
-        .expect("write request");
-    let head = read_head(&mut stream).await;
-    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    // Userinfo has no place in an HTTP target (RFC 9110 §4.2.4): refused whether the request
+    // would be forwarded or answered by the proxy (an allowed preflight).
+    for request in [
+        &b"GET http://user@api.test/items HTTP/1.1\r\nHost: api.test\r\n\r\n"[..],
+        b"OPTIONS http://user@api.test/items HTTP/1.1\r\nHost: api.test\r\n\
+          Origin: https://app.example.com\r\nAccess-Control-Request-Method: GET\r\n\r\n",
+    ] {
+        let mut stream = TcpStream::connect(h.proxy.listen_addr())
+            .await
+            .expect("connect");
+        stream.write_all(request).await.expect("write request");
+        let head = read_head(&mut stream).await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+        assert!(
+            !head.to_ascii_lowercase().contains("access-control-"),
+            "{head}"
+        );
+    }
     assert_eq!(h.upstream.seen().len(), 1, "only the first request went up");
     h.proxy.shutdown().await.expect("clean shutdown");
 }

@@ -260,9 +260,11 @@ pub enum InjectError {
         why: &'static str,
     },
     #[error(
-        "{field}: the port name {name:?} is also on {target}, the port the proxy takes over; the \
-         Service would resolve the name to this port instead and bypass the proxy, so rename one \
-         of them"
+        "{field}: the port name {name:?} is also on {target}, the port the proxy takes over; a \
+         Service targeting {name:?} would reach this port instead and bypass the proxy: rename \
+         this port (renaming the other would do the same), or set the annotation {} to a port \
+         of its own",
+        names::PORT_ANNOTATION
     )]
     SharedPortName {
         field: String,
@@ -322,7 +324,7 @@ pub fn inject(
     let (proxy_port, admin_port) = (overrides.proxy_port, overrides.admin_port);
     let target = find_target(spec, annotation(names::PORT_ANNOTATION))?;
     check_port_conflicts(spec, &target, proxy_port, admin_port)?;
-    check_shared_port_name(spec, &target)?;
+    check_shared_port_name(spec, &target, config.sidecar_mode.is_native())?;
     let namespace = namespace.or(pod.metadata.namespace.as_deref());
     let warnings = warnings(lookup, namespace, policy, &target, proxy_port);
 
@@ -745,8 +747,13 @@ fn not_plain_http(number: u16, name: Option<&str>) -> Option<&'static str> {
 /// Refuses a pod where another container carries the name of the port the proxy takes over.
 /// A Service resolves a named target port to the first match over the regular containers, then
 /// over the native sidecars: once the app's port gives its name to the proxy, that other port
-/// would take the traffic and nothing would enforce the policy.
-fn check_shared_port_name(spec: &PodSpec, target: &Target) -> Result<(), InjectError> {
+/// would take the traffic and nothing would enforce the policy. Another native sidecar comes
+/// first only when the proxy is one too (last among them); as a regular container it wins.
+fn check_shared_port_name(
+    spec: &PodSpec,
+    target: &Target,
+    native: bool,
+) -> Result<(), InjectError> {
     let Some(name) = target.name.as_deref() else {
         return Ok(());
     };
@@ -761,7 +768,7 @@ fn check_shared_port_name(spec: &PodSpec, target: &Target) -> Result<(), InjectE
         .iter()
         .flatten()
         .enumerate()
-        .filter(|(_, c)| c.restart_policy.as_deref() == Some("Always"))
+        .filter(|(_, c)| native && c.restart_policy.as_deref() == Some("Always"))
         .map(|(c, container)| ("initContainers", c, container));
     for (kind, c, container) in containers.chain(sidecars) {
         let mut ports = container.ports.iter().flatten().enumerate();

@@ -450,15 +450,24 @@ fn a_port_name_shared_with_another_container_is_refused() {
                 && err.contains("\"http\""),
             "{err}"
         );
-        // The same name on another native sidecar.
+        // The same name on another native sidecar: it comes before the proxy only when the
+        // proxy is a native sidecar too; a regular container is found first.
         let mut pod = web_pod();
         pod["spec"]["containers"] = json!([app.clone()]);
         pod["spec"]["initContainers"] = json!([other(Some("Always"))]);
-        let err = run(&pod, &mode).expect_err("native sidecar").to_string();
-        assert!(
-            err.contains("spec.initContainers[0].ports[1].name"),
-            "{err}"
-        );
+        if mode.sidecar_mode == SidecarMode::Native {
+            let err = run(&pod, &mode).expect_err("native sidecar").to_string();
+            assert!(
+                err.contains("spec.initContainers[0].ports[1].name")
+                    && err.contains("corsair.dev/port"),
+                "{err}"
+            );
+        } else {
+            assert!(
+                run(&pod, &mode).is_ok(),
+                "container mode: the proxy comes first"
+            );
+        }
         // A plain init container has finished before traffic comes, and a UDP port is another
         // Service port: neither is refused.
         pod["spec"]["initContainers"] = json!([other(None)]);
