@@ -242,3 +242,62 @@ async fn annotated_deployment_gets_the_sidecar_and_loses_it() {
     })
     .await;
 }
+
+#[tokio::test]
+#[ignore = "needs cluster: set KUBECONFIG and run with --ignored"]
+async fn a_deployment_whose_pods_would_be_refused_is_not_rolled() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "refused").await;
+    let policies: Api<CorsPolicy> = Api::namespaced(client.clone(), &ns.name);
+    policies
+        .create(
+            &PostParams::default(),
+            &policy("api", json!({"allowOrigins": ["https://app.example.com"]})),
+        )
+        .await
+        .expect("creating the policy");
+    // Its only port looks like TLS: the webhook would refuse the guess.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web", "annotations": {"corsair.dev/policy": "api"}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{
+                    "name": "app", "image": "nginxinc/nginx-unprivileged:1.27-alpine",
+                    "ports": [{"name": "https", "containerPort": 8443}],
+                }]},
+            },
+        },
+    }))
+    .expect("deployment object");
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("creating the deployment");
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns.name);
+    let note = eventually("an InjectionRefused Event on the Deployment", || async {
+        let list = events
+            .list(&ListParams::default().fields("reason=InjectionRefused"))
+            .await
+            .ok()?;
+        list.items
+            .into_iter()
+            .find(|e| e.involved_object.name.as_deref() == Some("web"))
+            .and_then(|e| e.message)
+    })
+    .await;
+    assert!(note.contains("spec.containers[0].ports[0]"), "{note}");
+    let d = deployments.get("web").await.expect("the deployment");
+    let labels = d
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.labels)
+        .unwrap_or_default();
+    assert!(
+        !labels.contains_key("corsair.dev/inject"),
+        "the template was left as it is: {labels:?}"
+    );
+}
