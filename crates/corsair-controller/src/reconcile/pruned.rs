@@ -114,7 +114,7 @@ fn ours(map: Option<BTreeMap<String, String>>) -> Option<BTreeMap<String, String
 }
 
 /// Prefix of the labels and annotations the workload reconciler reads.
-const OUR_PREFIX: &str = "corsair.dev/";
+pub(crate) const OUR_PREFIX: &str = "corsair.dev/";
 
 /// Drops `managedFields` and `last-applied-configuration` from `meta`.
 pub fn prune_meta(meta: &mut ObjectMeta) {

@@ -547,6 +547,57 @@ async fn a_workload_whose_pods_would_be_refused_is_not_opted_in() {
     }
 }
 
+/// `kubectl annotate deployment web corsair.dev/port=8080` puts a pod annotation where the
+/// webhook never sees it: a Warning Event says so, and the opt-in goes on.
+#[tokio::test]
+async fn pod_annotations_on_the_workload_itself_get_a_warning() {
+    let (ctx, mut verifier) = context(StaticIndex::with_policies(NS, &["api"]));
+    let mut workload = deployment(Some("api"), None);
+    let annotations = workload.metadata.annotations.get_or_insert_default();
+    annotations.insert("corsair.dev/port".into(), "8080".into());
+    annotations.insert("corsair.dev/log-level".into(), "debug".into());
+    annotations.insert("team.example.com/owner".into(), "shop".into());
+    let server = tokio::spawn(async move {
+        let note = verifier
+            .event("Warning", "MisplacedAnnotation", "deployments", "web")
+            .await;
+        assert!(
+            note.contains("corsair.dev/log-level, corsair.dev/port")
+                && note.contains("spec.template.metadata.annotations")
+                && !note.contains("team.example.com")
+                && !note.starts_with("corsair.dev/policy"),
+            "{note}"
+        );
+        verifier.workload_get(&admissible_deployment()).await;
+        verifier.workload_apply().await;
+        verifier.expect_no_more_calls().await;
+    });
+    let action = workload::reconcile(Arc::new(WorkloadMeta::from_object(&workload)), ctx).await;
+    assert!(matches!(action, Ok(a) if a == Action::await_change()));
+    if let Err(err) = server.await {
+        std::panic::resume_unwind(err.into_panic());
+    }
+    // The same annotation on the template too, with the same value: nothing to say.
+    let (ctx, verifier) = context(StaticIndex::with_policies(NS, &["api"]));
+    let mut template = PodTemplateSpec::default();
+    template.metadata.get_or_insert_default().annotations = Some(BTreeMap::from([(
+        "corsair.dev/port".to_owned(),
+        "8080".to_owned(),
+    )]));
+    let mut workload = deployment(Some("api"), Some(template));
+    workload
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert("corsair.dev/port".into(), "8080".into());
+    run(
+        workload::reconcile(Arc::new(WorkloadMeta::from_object(&workload)), ctx),
+        verifier,
+        Scenario::WorkloadOptIn { policy: "api" },
+    )
+    .await;
+}
+
 /// The check is best effort: a workload that cannot be read is opted in as before, and the
 /// webhook still judges each pod.
 #[tokio::test]

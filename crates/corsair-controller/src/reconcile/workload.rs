@@ -21,7 +21,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::pruned::WorkloadMeta;
+use super::pruned::{OUR_PREFIX, WorkloadMeta};
 use super::{Context, succeeded};
 use crate::crd::CorsPolicy;
 use crate::names::{self, INJECT_LABEL, INJECT_LABEL_VALUE, POLICY_ANNOTATION, WORKLOAD_MANAGER};
@@ -34,6 +34,8 @@ pub const REASON_POLICY_NOT_FOUND: &str = "PolicyNotFound";
 pub const REASON_INVALID_POLICY_NAME: &str = "InvalidPolicyName";
 /// Reason of the Warning Event on a workload whose pods the webhook would refuse.
 pub const REASON_INJECTION_REFUSED: &str = "InjectionRefused";
+/// Reason of the Warning Event on a workload that carries pod annotations on its own metadata.
+pub const REASON_MISPLACED_ANNOTATION: &str = "MisplacedAnnotation";
 
 /// A kind of workload whose pod template the controller labels.
 pub trait Workload:
@@ -206,6 +208,25 @@ pub async fn reconcile<K: Workload>(
         }
         Some(policy) => {
             if !facts.in_place(policy) {
+                // `kubectl annotate deployment` puts the others where the policy goes, and
+                // where the webhook never sees them.
+                let misplaced = misplaced_annotations(obj.as_ref());
+                if !misplaced.is_empty() {
+                    let kind = K::kind(&());
+                    let note = format!(
+                        "{} on the {kind} itself take no effect: the webhook reads them from the \
+                         pod template (spec.template.metadata.annotations); only \
+                         {POLICY_ANNOTATION} is read from the {kind}",
+                        misplaced.join(", ")
+                    );
+                    ctx.publish(
+                        obj.as_ref(),
+                        EventType::Warning,
+                        REASON_MISPLACED_ANNOTATION,
+                        note,
+                    )
+                    .await;
+                }
                 // Same reason as above: a rollout into pods the webhook refuses costs capacity.
                 if let Some(refusal) = refusal::<K>(&ctx, &namespace, &name, policy).await {
                     let note = format!(
@@ -259,6 +280,21 @@ pub async fn reconcile<K: Workload>(
     }
     succeeded(&ctx, obj.as_ref());
     Ok(action)
+}
+
+/// The `corsair.dev/` annotations on the workload's own metadata, other than the policy, that
+/// its pod template does not carry with the same value.
+fn misplaced_annotations<K: Workload>(obj: &WorkloadMeta<K>) -> Vec<&str> {
+    let template = obj.template.as_ref().and_then(|t| t.annotations.as_ref());
+    obj.annotations()
+        .iter()
+        .filter(|(key, value)| {
+            key.starts_with(OUR_PREFIX)
+                && key.as_str() != POLICY_ANNOTATION
+                && template.and_then(|t| t.get(key.as_str())) != Some(value)
+        })
+        .map(|(key, _)| key.as_str())
+        .collect()
 }
 
 /// Why the webhook would refuse the pods of workload `name` once they name `policy`, from the
