@@ -133,7 +133,11 @@ enum Scenario {
     WorkloadInvalidPolicyName { policy: &'static str },
     /// The whole workload is read, and its pods would be refused by the webhook: a Warning
     /// Event naming `cause`, and no write.
-    WorkloadInjectionRefused { stored: Value, cause: &'static str },
+    WorkloadInjectionRefused {
+        stored: Value,
+        reason: &'static str,
+        cause: &'static str,
+    },
 }
 
 /// The whole Deployment `web` as the API server returns it, with `containers`.
@@ -224,11 +228,13 @@ impl ApiServerVerifier {
                     "the note names the annotation and its value: {note}"
                 );
             }
-            Scenario::WorkloadInjectionRefused { stored, cause } => {
+            Scenario::WorkloadInjectionRefused {
+                stored,
+                reason,
+                cause,
+            } => {
                 self.workload_get(&stored).await;
-                let note = self
-                    .event("Warning", "InjectionRefused", "deployments", "web")
-                    .await;
+                let note = self.event("Warning", reason, "deployments", "web").await;
                 assert!(
                     note.contains(cause) && note.contains("left as it is"),
                     "the note names the cause: {note}"
@@ -519,18 +525,29 @@ async fn an_annotation_changed_to_a_non_name_leaves_the_template_as_it_was() {
 /// pods while the old ones are scaled down: the template is read and checked first.
 #[tokio::test]
 async fn a_workload_whose_pods_would_be_refused_is_not_opted_in() {
-    for (containers, cause) in [
+    let host_network = {
+        let mut d = admissible_deployment();
+        d["spec"]["template"]["spec"]["hostNetwork"] = json!(true);
+        d
+    };
+    for (stored, reason, cause) in [
         (
-            json!([{"name": "app", "image": "app", "ports": [{"name": "https", "containerPort": 8443}]}]),
+            stored_deployment(
+                json!([{"name": "app", "image": "app", "ports": [{"name": "https", "containerPort": 8443}]}]),
+            ),
+            "InjectionRefused",
             "spec.containers[0].ports[0]",
         ),
         (
-            json!([
+            stored_deployment(json!([
                 {"name": "app", "image": "app", "ports": [{"name": "http", "containerPort": 8080}]},
                 {"name": "metrics", "image": "m", "ports": [{"name": "http", "containerPort": 9090}]}
-            ]),
+            ])),
+            "InjectionRefused",
             "spec.containers[1].ports[0].name",
         ),
+        // Admitted without the proxy: an opt-in would roll the pods for nothing.
+        (host_network, "InjectionSkipped", "spec.hostNetwork is true"),
     ] {
         let (ctx, verifier) = context(StaticIndex::with_policies(NS, &["api"]));
         let workload = deployment(Some("api"), None);
@@ -538,7 +555,8 @@ async fn a_workload_whose_pods_would_be_refused_is_not_opted_in() {
             workload::reconcile(Arc::new(WorkloadMeta::from_object(&workload)), ctx),
             verifier,
             Scenario::WorkloadInjectionRefused {
-                stored: stored_deployment(containers),
+                stored,
+                reason,
                 cause,
             },
         )

@@ -25,7 +25,7 @@ use super::pruned::{OUR_PREFIX, WorkloadMeta};
 use super::{Context, succeeded};
 use crate::crd::CorsPolicy;
 use crate::names::{self, INJECT_LABEL, INJECT_LABEL_VALUE, POLICY_ANNOTATION, WORKLOAD_MANAGER};
-use crate::webhook::inject;
+use crate::webhook::{InjectOutcome, inject};
 use crate::{Error, Result};
 
 /// Reason of the Warning Event on a workload whose CorsPolicy does not exist.
@@ -34,6 +34,9 @@ pub const REASON_POLICY_NOT_FOUND: &str = "PolicyNotFound";
 pub const REASON_INVALID_POLICY_NAME: &str = "InvalidPolicyName";
 /// Reason of the Warning Event on a workload whose pods the webhook would refuse.
 pub const REASON_INJECTION_REFUSED: &str = "InjectionRefused";
+/// Reason of the Warning Event on a workload whose pods the webhook would leave without the
+/// proxy (host network).
+pub const REASON_INJECTION_SKIPPED: &str = "InjectionSkipped";
 /// Reason of the Warning Event on a workload that carries pod annotations on its own metadata.
 pub const REASON_MISPLACED_ANNOTATION: &str = "MisplacedAnnotation";
 
@@ -228,19 +231,20 @@ pub async fn reconcile<K: Workload>(
                     .await;
                 }
                 // Same reason as above: a rollout into pods the webhook refuses costs capacity.
-                if let Some(refusal) = refusal::<K>(&ctx, &namespace, &name, policy).await {
+                if let Some(verdict) = preview::<K>(&ctx, &namespace, &name, policy).await {
+                    let (reason, what, why) = match verdict {
+                        Preview::Refused(why) => (REASON_INJECTION_REFUSED, "refuse", why),
+                        Preview::Skipped(why) => {
+                            (REASON_INJECTION_SKIPPED, "admit without the proxy", why)
+                        }
+                    };
                     let note = format!(
-                        "the corsair webhook would refuse this workload's pods with {POLICY_ANNOTATION} \
-                         {policy:?}: {refusal} (pod fields: under spec.template here); the pod \
-                         template is left as it is"
+                        "the corsair webhook would {what} this workload's pods with \
+                         {POLICY_ANNOTATION} {policy:?}: {why} (pod fields: under spec.template \
+                         here); the pod template is left as it is"
                     );
-                    ctx.publish(
-                        obj.as_ref(),
-                        EventType::Warning,
-                        REASON_INJECTION_REFUSED,
-                        note,
-                    )
-                    .await;
+                    ctx.publish(obj.as_ref(), EventType::Warning, reason, note)
+                        .await;
                     succeeded(&ctx, obj.as_ref());
                     return Ok(action);
                 }
@@ -297,16 +301,24 @@ fn misplaced_annotations<K: Workload>(obj: &WorkloadMeta<K>) -> Vec<&str> {
         .collect()
 }
 
-/// Why the webhook would refuse the pods of workload `name` once they name `policy`, from the
-/// whole object: the caches keep only metadata, so it is read here, once per opt-in. `None`
-/// when they would be admitted, or when the check cannot be made (no configuration, the read
-/// failed, no pod spec); the webhook then still refuses such pods one by one.
-async fn refusal<K: Workload>(
+/// What the webhook would do with a workload's pods, when it is not to inject them.
+enum Preview {
+    /// Refuse them, for this reason.
+    Refused(String),
+    /// Admit them without the proxy, for this reason.
+    Skipped(String),
+}
+
+/// What the webhook would answer for the pods of workload `name` once they name `policy`, from
+/// the whole object: the caches keep only metadata, so it is read here, once per opt-in. `None`
+/// when it would inject them, or when the check cannot be made (no configuration, the read
+/// failed, no pod spec); the webhook then still judges each pod.
+async fn preview<K: Workload>(
     ctx: &Context,
     namespace: &str,
     name: &str,
     policy: &str,
-) -> Option<String> {
+) -> Option<Preview> {
     let config = ctx.inject.as_ref()?;
     let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
     let obj = match api.get_opt(name).await {
@@ -329,9 +341,13 @@ async fn refusal<K: Workload>(
         spec: Some(spec),
         status: None,
     };
-    inject(&pod, Some(namespace), config, None)
-        .err()
-        .map(|err| err.to_string())
+    match inject(&pod, Some(namespace), config, None) {
+        Err(err) => Some(Preview::Refused(err.to_string())),
+        Ok(injection) if injection.outcome == InjectOutcome::SkippedHostNetwork => {
+            Some(Preview::Skipped(injection.warnings.join("; ")))
+        }
+        Ok(_) => None,
+    }
 }
 
 /// Every CorsPolicy `obj` mentions (on its metadata or its pod template, ours or the user's),
