@@ -932,6 +932,33 @@ fn an_annotation_change_wakes_the_workload_and_both_policies() {
     assert!(triggers::workload_names_changed(&change).is_empty());
 }
 
+/// A workload left out because its pods would be refused is looked at again when its spec
+/// changes (a new generation), since the fix is usually there; one in place is not.
+#[test]
+fn a_new_spec_wakes_a_workload_that_is_not_opted_in_yet() {
+    let mut pending = deployment(Some("api"), None);
+    pending.metadata.generation = Some(1);
+    let mut fixed = pending.clone();
+    fixed.metadata.generation = Some(2);
+    assert!(triggers::workload_changed(&updated(pruned(&pending), pruned(&fixed))).is_some());
+    // The same for an annotation that is not a name yet: each new spec is checked again.
+    let mut typo = deployment(Some("My API"), None);
+    typo.metadata.generation = Some(1);
+    let mut respecced = typo.clone();
+    respecced.metadata.generation = Some(2);
+    assert!(triggers::workload_changed(&updated(pruned(&typo), pruned(&respecced))).is_some());
+    // In place: a rollout is none of our business.
+    let mut placed = deployment(Some("api"), Some(labelled_template("api")));
+    placed.metadata.managed_fields = Some(vec![ours()]);
+    placed.metadata.generation = Some(1);
+    let mut rolled = placed.clone();
+    rolled.metadata.generation = Some(2);
+    assert_eq!(
+        triggers::workload_changed(&updated(pruned(&placed), pruned(&rolled))),
+        None
+    );
+}
+
 /// A workload that neither asks for a policy nor carries anything of ours is never queued,
 /// whether it appears or changes; one that asks, or that we must release, is.
 #[test]

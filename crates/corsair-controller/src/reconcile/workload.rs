@@ -111,13 +111,18 @@ pub struct Facts {
     label: Option<String>,
     annotation: Option<String>,
     managed_by_us: bool,
+    /// The generation of a workload that asks for a policy it does not have in place yet (its
+    /// pods would be refused or skipped, or its annotation is not a name): a new spec may
+    /// pass now, so it is looked at again. `None` once in place, where a rollout changes
+    /// nothing for us.
+    pending_generation: Option<i64>,
 }
 
 impl Facts {
     /// The facts of `obj`.
     pub fn of<K: Workload>(obj: &WorkloadMeta<K>) -> Self {
         let template = obj.template.as_ref();
-        Facts {
+        let mut facts = Facts {
             desired: desired_policy(obj),
             label: template
                 .and_then(|t| t.labels.as_ref())
@@ -128,7 +133,12 @@ impl Facts {
                 .and_then(|a| a.get(POLICY_ANNOTATION))
                 .cloned(),
             managed_by_us: obj.managed_by_us,
+            pending_generation: None,
+        };
+        if facts.desired.as_deref().is_some_and(|p| !facts.in_place(p)) {
+            facts.pending_generation = obj.metadata.generation;
         }
+        facts
     }
 
     /// Whether the reconciler has anything to do: apply for a policy, or release what we own.
