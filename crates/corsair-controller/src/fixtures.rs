@@ -489,3 +489,49 @@ fn respond(reply: Reply) -> Response<ReplyBody> {
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(path: &str) -> ApiCall {
+        ApiCall {
+            method: Method::GET,
+            path: path.to_owned(),
+            query: HashMap::new(),
+            body: Value::Null,
+        }
+    }
+
+    fn body(reply: Option<Reply>) -> Value {
+        match reply {
+            Some(Reply::Json { body, .. }) => body,
+            _ => Value::Null,
+        }
+    }
+
+    /// A steady cluster lists what it holds and hands out each listed object by its path.
+    #[test]
+    fn a_steady_cluster_answers_lists_and_single_objects() {
+        let web = json!({"kind": "Deployment", "metadata": {"name": "web", "namespace": "shop"}});
+        let lists = [("/apis/apps/v1/deployments", &[web.clone()][..])];
+        let listed = body(Reply::steady(&get("/apis/apps/v1/deployments"), &lists));
+        assert_eq!(listed["items"], json!([web]));
+        let one = body(Reply::steady(
+            &get("/apis/apps/v1/namespaces/shop/deployments/web"),
+            &lists,
+        ));
+        assert_eq!(one, web);
+        // Not listed: another name, another namespace.
+        for path in [
+            "/apis/apps/v1/namespaces/shop/deployments/api",
+            "/apis/apps/v1/namespaces/other/deployments/web",
+        ] {
+            assert_eq!(
+                body(Reply::steady(&get(path), &lists))["kind"],
+                "List",
+                "{path}"
+            );
+        }
+    }
+}

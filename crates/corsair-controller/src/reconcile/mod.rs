@@ -183,6 +183,8 @@ pub struct Context {
     /// runs before the watch brought that write back compares with it, not with the stale cache.
     /// Forgotten after a quarter of an hour without a write, when the watch has long caught up.
     written: Mutex<recent::Recent<CorsPolicyStatus>>,
+    /// The Warning notes [`Context::publish_once`] sent lately, per object and reason.
+    said: Mutex<recent::Recent<String>>,
     /// What the mutating webhook injects, to check a workload's pod template before opting it
     /// in; `None` skips the check (the webhook still refuses such pods one by one).
     inject: Option<InjectConfig>,
@@ -202,6 +204,7 @@ impl Context {
             index,
             backoff: Backoff::default(),
             written: Mutex::default(),
+            said: Mutex::default(),
             inject: None,
         }
     }
@@ -244,6 +247,49 @@ impl Context {
         if let Err(err) = recorder.publish(&event, &obj.object_ref(&())).await {
             tracing::warn!(%err, reason, "publishing an Event failed");
         }
+    }
+
+    /// Publishes a Warning Event about `obj`, unless the same note went out for the same
+    /// reason in the last quarter of an hour: the checks behind these notes run again on every
+    /// new generation (a scale included) and every retry, while the answer seldom changes. A
+    /// standing problem found again later is said again, within the hour that Events live.
+    pub(crate) async fn publish_once<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        reason: &'static str,
+        note: String,
+    ) {
+        let key = said_key(obj, reason);
+        {
+            let mut said = self.said.lock().unwrap_or_else(|p| p.into_inner());
+            if said.get(&key) == Some(&note) {
+                return;
+            }
+            said.insert(key, note.clone());
+        }
+        self.publish(obj, EventType::Warning, reason, note).await;
+    }
+
+    /// Forgets what [`Context::publish_once`] said about `obj`: the problem is gone, and if
+    /// it comes back it is news.
+    pub(crate) fn forget_said<K: Resource<DynamicType = ()>>(&self, obj: &K) {
+        let mut said = self.said.lock().unwrap_or_else(|p| p.into_inner());
+        for reason in workload::ONCE_REASONS {
+            said.remove(&said_key(obj, reason));
+        }
+    }
+}
+
+/// The key of what was said about `obj` for `reason`: its uid, or its place when it has none.
+fn said_key<K: Resource<DynamicType = ()>>(obj: &K, reason: &str) -> String {
+    let meta = obj.meta();
+    match &meta.uid {
+        Some(uid) => format!("{uid}/{reason}"),
+        None => format!(
+            "{}/{}/{reason}",
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default()
+        ),
     }
 }
 

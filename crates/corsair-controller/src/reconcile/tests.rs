@@ -616,6 +616,113 @@ async fn pod_annotations_on_the_workload_itself_get_a_warning() {
     .await;
 }
 
+/// The check runs again on every new generation (a scale included) and every retry, but a
+/// refusal already said is not said again; once the workload is opted in, a new refusal is.
+#[tokio::test]
+async fn a_refusal_already_said_is_not_said_again() {
+    let (ctx, mut verifier) = context(StaticIndex::with_policies(NS, &["api"]));
+    let mut workload = deployment(Some("api"), None);
+    workload
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert("corsair.dev/port".into(), "https".into());
+    let refused = stored_deployment(
+        json!([{"name": "app", "image": "app", "ports": [{"name": "https", "containerPort": 8443}]}]),
+    );
+    let server = tokio::spawn(async move {
+        verifier
+            .event("Warning", "MisplacedAnnotation", "deployments", "web")
+            .await;
+        verifier.workload_get(&refused).await;
+        verifier
+            .event("Warning", "InjectionRefused", "deployments", "web")
+            .await;
+        // The second reconcile (a scale): the same answers, read again but not said again
+        // (an Event here would be the next call the second phase sees, and fail it).
+        verifier.workload_get(&refused).await;
+        verifier
+    });
+    let meta = Arc::new(WorkloadMeta::from_object(&workload));
+    for _ in 0..2 {
+        let action = workload::reconcile(meta.clone(), ctx.clone()).await;
+        assert!(matches!(action, Ok(a) if a == Action::await_change()));
+    }
+    let mut verifier = match server.await {
+        Ok(v) => v,
+        Err(err) => std::panic::resume_unwind(err.into_panic()),
+    };
+    // Fixed and opted in; the same refusal later is news again.
+    let server = tokio::spawn(async move {
+        verifier.workload_get(&admissible_deployment()).await;
+        verifier.workload_apply().await;
+        verifier
+            .workload_get(&stored_deployment(json!([{"name": "app", "image": "app",
+            "ports": [{"name": "https", "containerPort": 8443}]}])))
+            .await;
+        verifier
+            .event("Warning", "InjectionRefused", "deployments", "web")
+            .await;
+        verifier.expect_no_more_calls().await;
+    });
+    let plain = Arc::new(WorkloadMeta::from_object(&deployment(Some("api"), None)));
+    for _ in 0..2 {
+        assert!(
+            workload::reconcile(plain.clone(), ctx.clone())
+                .await
+                .is_ok()
+        );
+    }
+    if let Err(err) = server.await {
+        std::panic::resume_unwind(err.into_panic());
+    }
+}
+
+/// A workload in place for one policy and switched to another keeps the first when the pods
+/// would be refused with the second, and the Event says which it keeps; a workload deleted
+/// since the watch saw it gets no write.
+#[tokio::test]
+async fn a_refused_switch_keeps_the_policy_in_place_and_a_deleted_workload_gets_no_write() {
+    let (ctx, mut verifier) = context(StaticIndex::with_policies(NS, &["api", "web"]));
+    let mut switched = deployment(Some("web"), Some(labelled_template("api")));
+    switched.metadata.managed_fields = Some(vec![ours()]);
+    let server = tokio::spawn(async move {
+        verifier
+            .workload_get(&stored_deployment(json!([{"name": "app", "image": "app",
+                "ports": [{"name": "https", "containerPort": 8443}]}])))
+            .await;
+        let note = verifier
+            .event("Warning", "InjectionRefused", "deployments", "web")
+            .await;
+        assert!(
+            note.contains("keeps corsair.dev/policy \"api\"") && note.contains("\"web\""),
+            "{note}"
+        );
+        // Deleted: 404 on the read, and nothing else.
+        let call = verifier.next_call().await;
+        call.expect(
+            Method::GET,
+            &format!("/apis/apps/v1/namespaces/{NS}/deployments/web"),
+        );
+        call.respond(
+            StatusCode::NOT_FOUND,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": "deployments.apps \"web\" not found", "reason": "NotFound", "code": 404}),
+        );
+        verifier.expect_no_more_calls().await;
+    });
+    assert!(
+        workload::reconcile(Arc::new(WorkloadMeta::from_object(&switched)), ctx.clone())
+            .await
+            .is_ok()
+    );
+    let gone = Arc::new(WorkloadMeta::from_object(&deployment(Some("api"), None)));
+    assert!(workload::reconcile(gone, ctx).await.is_ok());
+    if let Err(err) = server.await {
+        std::panic::resume_unwind(err.into_panic());
+    }
+}
+
 /// The check is best effort: a workload that cannot be read is opted in as before, and the
 /// webhook still judges each pod.
 #[tokio::test]
@@ -941,12 +1048,15 @@ fn a_new_spec_wakes_a_workload_that_is_not_opted_in_yet() {
     let mut fixed = pending.clone();
     fixed.metadata.generation = Some(2);
     assert!(triggers::workload_changed(&updated(pruned(&pending), pruned(&fixed))).is_some());
-    // The same for an annotation that is not a name yet: each new spec is checked again.
+    // An annotation that is not a name waits for the annotation, which no spec can fix.
     let mut typo = deployment(Some("My API"), None);
     typo.metadata.generation = Some(1);
     let mut respecced = typo.clone();
     respecced.metadata.generation = Some(2);
-    assert!(triggers::workload_changed(&updated(pruned(&typo), pruned(&respecced))).is_some());
+    assert_eq!(
+        triggers::workload_changed(&updated(pruned(&typo), pruned(&respecced))),
+        None
+    );
     // In place: a rollout is none of our business.
     let mut placed = deployment(Some("api"), Some(labelled_template("api")));
     placed.metadata.managed_fields = Some(vec![ours()]);

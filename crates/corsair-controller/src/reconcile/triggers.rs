@@ -2,7 +2,8 @@
 //!
 //! Each function maps one [`Change`] to the objects to reconcile, and maps to nothing when
 //! what changed does not matter to that reconciler: a CorsPolicy's status (our own write), a
-//! workload's image, replicas or status.
+//! workload's image, replicas or status once it is opted in (before, while its pods would be
+//! refused, a new generation is looked at again: see [`Facts`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::RwLock;

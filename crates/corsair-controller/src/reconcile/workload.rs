@@ -39,6 +39,12 @@ pub const REASON_INJECTION_REFUSED: &str = "InjectionRefused";
 pub const REASON_INJECTION_SKIPPED: &str = "InjectionSkipped";
 /// Reason of the Warning Event on a workload that carries pod annotations on its own metadata.
 pub const REASON_MISPLACED_ANNOTATION: &str = "MisplacedAnnotation";
+/// The reasons published at most once per note (see [`Context::publish_once`]).
+pub(crate) const ONCE_REASONS: [&str; 3] = [
+    REASON_MISPLACED_ANNOTATION,
+    REASON_INJECTION_REFUSED,
+    REASON_INJECTION_SKIPPED,
+];
 
 /// A kind of workload whose pod template the controller labels.
 pub trait Workload:
@@ -112,9 +118,9 @@ pub struct Facts {
     annotation: Option<String>,
     managed_by_us: bool,
     /// The generation of a workload that asks for a policy it does not have in place yet (its
-    /// pods would be refused or skipped, or its annotation is not a name): a new spec may
-    /// pass now, so it is looked at again. `None` once in place, where a rollout changes
-    /// nothing for us.
+    /// pods would be refused or skipped): a new spec may pass now, so it is looked at again.
+    /// `None` once in place, where a rollout changes nothing for us. (A scale moves the
+    /// generation too: the check is then made again, and its Event not repeated.)
     pending_generation: Option<i64>,
 }
 
@@ -135,7 +141,12 @@ impl Facts {
             managed_by_us: obj.managed_by_us,
             pending_generation: None,
         };
-        if facts.desired.as_deref().is_some_and(|p| !facts.in_place(p)) {
+        // An annotation that is not a name waits for the annotation to change, not the spec.
+        if facts
+            .desired
+            .as_deref()
+            .is_some_and(|p| names::is_policy_name(p) && !facts.in_place(p))
+        {
             facts.pending_generation = obj.metadata.generation;
         }
         facts
@@ -232,29 +243,42 @@ pub async fn reconcile<K: Workload>(
                          {POLICY_ANNOTATION} is read from the {kind}",
                         misplaced.join(", ")
                     );
-                    ctx.publish(
-                        obj.as_ref(),
-                        EventType::Warning,
-                        REASON_MISPLACED_ANNOTATION,
-                        note,
-                    )
-                    .await;
+                    ctx.publish_once(obj.as_ref(), REASON_MISPLACED_ANNOTATION, note)
+                        .await;
                 }
                 // Same reason as above: a rollout into pods the webhook refuses costs capacity.
-                if let Some(verdict) = preview::<K>(&ctx, &namespace, &name, policy).await {
-                    let (reason, what, why) = match verdict {
-                        Preview::Refused(why) => (REASON_INJECTION_REFUSED, "refuse", why),
-                        Preview::Skipped(why) => {
-                            (REASON_INJECTION_SKIPPED, "admit without the proxy", why)
-                        }
-                    };
-                    let note = format!(
-                        "the corsair webhook would {what} this workload's pods with \
-                         {POLICY_ANNOTATION} {policy:?}: {why} (pod fields: under spec.template \
-                         here); the pod template is left as it is"
-                    );
-                    ctx.publish(obj.as_ref(), EventType::Warning, reason, note)
-                        .await;
+                let kept = match facts.annotation.as_deref() {
+                    Some(current) if facts.managed_by_us => {
+                        format!("the pod template keeps {POLICY_ANNOTATION} {current:?}")
+                    }
+                    _ => "the pod template is left as it is".to_owned(),
+                };
+                let (reason, note) = match preview::<K>(&ctx, &namespace, &name, policy).await {
+                    Preview::Admitted => (None, String::new()),
+                    // Deleted since the watch saw it: nothing to write to.
+                    Preview::Gone => {
+                        succeeded(&ctx, obj.as_ref());
+                        return Ok(action);
+                    }
+                    Preview::Refused(why) => (
+                        Some(REASON_INJECTION_REFUSED),
+                        format!(
+                            "the corsair webhook would refuse this workload's pods with \
+                             {POLICY_ANNOTATION} {policy:?}: {why} (pod fields: under \
+                             spec.template here); {kept}"
+                        ),
+                    ),
+                    Preview::HostNetwork => (
+                        Some(REASON_INJECTION_SKIPPED),
+                        format!(
+                            "the corsair webhook would admit this workload's pods without the \
+                             proxy: spec.template.spec.hostNetwork is true, and the proxy's ports \
+                             would be taken on the node; {kept}"
+                        ),
+                    ),
+                };
+                if let Some(reason) = reason {
+                    ctx.publish_once(obj.as_ref(), reason, note).await;
                     succeeded(&ctx, obj.as_ref());
                     return Ok(action);
                 }
@@ -263,6 +287,7 @@ pub async fn reconcile<K: Workload>(
                     .await
                     .map_err(Error::kube("apply pod template label"))?;
                 tracing::info!(policy, "opted in");
+                ctx.forget_said(obj.as_ref());
             }
             if !ctx.index.policy_exists(&namespace, policy) {
                 if ctx.index.policies_synced() {
@@ -311,35 +336,40 @@ fn misplaced_annotations<K: Workload>(obj: &WorkloadMeta<K>) -> Vec<&str> {
         .collect()
 }
 
-/// What the webhook would do with a workload's pods, when it is not to inject them.
+/// What the webhook would do with a workload's pods.
 enum Preview {
+    /// Inject them, or no check could be made (no configuration, the read failed, no pod spec):
+    /// the webhook then still judges each pod.
+    Admitted,
     /// Refuse them, for this reason.
     Refused(String),
-    /// Admit them without the proxy, for this reason.
-    Skipped(String),
+    /// Admit them without the proxy: they use the host network.
+    HostNetwork,
+    /// The workload is gone.
+    Gone,
 }
 
 /// What the webhook would answer for the pods of workload `name` once they name `policy`, from
-/// the whole object: the caches keep only metadata, so it is read here, once per opt-in. `None`
-/// when it would inject them, or when the check cannot be made (no configuration, the read
-/// failed, no pod spec); the webhook then still judges each pod.
-async fn preview<K: Workload>(
-    ctx: &Context,
-    namespace: &str,
-    name: &str,
-    policy: &str,
-) -> Option<Preview> {
-    let config = ctx.inject.as_ref()?;
+/// the whole object: the caches keep only metadata, so it is read here, once per check.
+async fn preview<K: Workload>(ctx: &Context, namespace: &str, name: &str, policy: &str) -> Preview {
+    let Some(config) = ctx.inject.as_ref() else {
+        return Preview::Admitted;
+    };
     let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
     let obj = match api.get_opt(name).await {
-        Ok(obj) => obj?,
+        Ok(Some(obj)) => obj,
+        Ok(None) => return Preview::Gone,
         Err(err) => {
             tracing::warn!(%err, "cannot read the workload to check its pod template");
-            return None;
+            return Preview::Admitted;
         }
     };
-    let template = obj.pod_template()?;
-    let spec = template.spec.clone().filter(|s| !s.containers.is_empty())?;
+    let Some(template) = obj.pod_template() else {
+        return Preview::Admitted;
+    };
+    let Some(spec) = template.spec.clone().filter(|s| !s.containers.is_empty()) else {
+        return Preview::Admitted;
+    };
     let mut metadata = template.metadata.clone().unwrap_or_default();
     metadata.namespace = Some(namespace.to_owned());
     metadata
@@ -352,11 +382,11 @@ async fn preview<K: Workload>(
         status: None,
     };
     match inject(&pod, Some(namespace), config, None) {
-        Err(err) => Some(Preview::Refused(err.to_string())),
+        Err(err) => Preview::Refused(err.to_string()),
         Ok(injection) if injection.outcome == InjectOutcome::SkippedHostNetwork => {
-            Some(Preview::Skipped(injection.warnings.join("; ")))
+            Preview::HostNetwork
         }
-        Ok(_) => None,
+        Ok(_) => Preview::Admitted,
     }
 }
 
