@@ -92,6 +92,44 @@ fn policy(name: &str, spec: serde_json::Value) -> CorsPolicy {
     .expect("policy object")
 }
 
+/// Creates the CorsPolicy `api` and a one-replica Deployment `web` annotated with it, whose
+/// container declares `port`; returns the namespace's Deployments.
+async fn annotated_web(
+    client: &Client,
+    ns: &TestNamespace,
+    port: serde_json::Value,
+) -> Api<Deployment> {
+    let policies: Api<CorsPolicy> = Api::namespaced(client.clone(), &ns.name);
+    policies
+        .create(
+            &PostParams::default(),
+            &policy("api", json!({"allowOrigins": ["https://app.example.com"]})),
+        )
+        .await
+        .expect("creating the policy");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web", "annotations": {"corsair.dev/policy": "api"}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{
+                    "name": "app", "image": "nginxinc/nginx-unprivileged:1.27-alpine",
+                    "ports": [port],
+                }]},
+            },
+        },
+    }))
+    .expect("deployment object");
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("creating the deployment");
+    deployments
+}
+
 fn ready_status(policy: &CorsPolicy) -> Option<String> {
     policy
         .status
@@ -163,34 +201,8 @@ async fn api_server_refuses_wildcard_with_credentials() {
 async fn annotated_deployment_gets_the_sidecar_and_loses_it() {
     let client = client().await;
     let ns = TestNamespace::new(&client, "inject").await;
-    let policies: Api<CorsPolicy> = Api::namespaced(client.clone(), &ns.name);
-    policies
-        .create(
-            &PostParams::default(),
-            &policy("api", json!({"allowOrigins": ["https://app.example.com"]})),
-        )
-        .await
-        .expect("creating the policy");
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    let deployment: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": "web", "annotations": {"corsair.dev/policy": "api"}},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": "web"}},
-            "template": {
-                "metadata": {"labels": {"app": "web"}},
-                "spec": {"containers": [{
-                    "name": "app", "image": "nginxinc/nginx-unprivileged:1.27-alpine",
-                    "ports": [{"name": "http", "containerPort": 8080}],
-                }]},
-            },
-        },
-    }))
-    .expect("deployment object");
-    deployments
-        .create(&PostParams::default(), &deployment)
-        .await
-        .expect("creating the deployment");
+    let deployments =
+        annotated_web(&client, &ns, json!({"name": "http", "containerPort": 8080})).await;
 
     let label = |d: &Deployment| -> Option<String> {
         d.spec
@@ -248,35 +260,13 @@ async fn annotated_deployment_gets_the_sidecar_and_loses_it() {
 async fn a_deployment_whose_pods_would_be_refused_is_not_rolled() {
     let client = client().await;
     let ns = TestNamespace::new(&client, "refused").await;
-    let policies: Api<CorsPolicy> = Api::namespaced(client.clone(), &ns.name);
-    policies
-        .create(
-            &PostParams::default(),
-            &policy("api", json!({"allowOrigins": ["https://app.example.com"]})),
-        )
-        .await
-        .expect("creating the policy");
     // Its only port looks like TLS: the webhook would refuse the guess.
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    let deployment: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": "web", "annotations": {"corsair.dev/policy": "api"}},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": "web"}},
-            "template": {
-                "metadata": {"labels": {"app": "web"}},
-                "spec": {"containers": [{
-                    "name": "app", "image": "nginxinc/nginx-unprivileged:1.27-alpine",
-                    "ports": [{"name": "https", "containerPort": 8443}],
-                }]},
-            },
-        },
-    }))
-    .expect("deployment object");
-    deployments
-        .create(&PostParams::default(), &deployment)
-        .await
-        .expect("creating the deployment");
+    let deployments = annotated_web(
+        &client,
+        &ns,
+        json!({"name": "https", "containerPort": 8443}),
+    )
+    .await;
     let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns.name);
     let note = eventually("an InjectionRefused Event on the Deployment", || async {
         let list = events
