@@ -723,6 +723,53 @@ async fn a_refused_switch_keeps_the_policy_in_place_and_a_deleted_workload_gets_
     }
 }
 
+/// A StatefulSet's pods carry a volume per claim template, which its template does not show:
+/// the check sees them, so a claim named like the policy volume is refused before the rollout.
+#[test]
+fn the_checked_pod_has_the_volumes_of_a_statefulsets_claims() {
+    let set: StatefulSet = match serde_json::from_value(json!({
+        "metadata": {"name": "db", "namespace": NS},
+        "spec": {
+            "selector": {"matchLabels": {"app": "db"}},
+            "serviceName": "db",
+            "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [
+                {"name": "app", "image": "app", "ports": [{"name": "http", "containerPort": 8080}]}
+            ]}},
+            "volumeClaimTemplates": [{"metadata": {"name": "corsair-policy"}}]
+        }
+    })) {
+        Ok(set) => set,
+        Err(err) => panic!("{err}"),
+    };
+    let pod = workload::template_pod(&set, NS, "api").expect("a pod spec");
+    let spec = pod.spec.clone().unwrap_or_default();
+    let volumes: Vec<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(volumes, ["corsair-policy"]);
+    assert_eq!(
+        pod.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("corsair.dev/policy"))
+            .map(String::as_str),
+        Some("api")
+    );
+    let refused = crate::webhook::inject(&pod, Some(NS), &InjectConfig::default(), None)
+        .expect_err("the claim takes the policy volume's name");
+    assert!(refused.to_string().contains("spec.volumes[0]"), "{refused}");
+    // A Deployment's pod is its template.
+    let web: Deployment = match serde_json::from_value(admissible_deployment()) {
+        Ok(d) => d,
+        Err(err) => panic!("{err}"),
+    };
+    let pod = workload::template_pod(&web, NS, "api").expect("a pod spec");
+    assert!(pod.spec.and_then(|s| s.volumes).is_none());
+}
+
 /// The check is best effort: a workload that cannot be read is opted in as before, and the
 /// webhook still judges each pod.
 #[tokio::test]

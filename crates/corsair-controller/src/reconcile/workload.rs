@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, Volume};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -60,6 +60,11 @@ pub trait Workload:
     const CONTROLLER: &'static str;
     /// The pod template, if the object has a spec.
     fn pod_template(&self) -> Option<&PodTemplateSpec>;
+    /// Volumes its controller adds to every pod beside the template's: a StatefulSet's claim
+    /// templates.
+    fn claim_names(&self) -> Vec<&str> {
+        Vec::new()
+    }
 }
 
 impl Workload for Deployment {
@@ -73,6 +78,13 @@ impl Workload for StatefulSet {
     const CONTROLLER: &'static str = "statefulset";
     fn pod_template(&self) -> Option<&PodTemplateSpec> {
         self.spec.as_ref().map(|s| &s.template)
+    }
+    fn claim_names(&self) -> Vec<&str> {
+        self.spec
+            .iter()
+            .flat_map(|s| s.volume_claim_templates.iter().flatten())
+            .filter_map(|claim| claim.metadata.name.as_deref())
+            .collect()
     }
 }
 
@@ -364,22 +376,8 @@ async fn preview<K: Workload>(ctx: &Context, namespace: &str, name: &str, policy
             return Preview::Admitted;
         }
     };
-    let Some(template) = obj.pod_template() else {
+    let Some(pod) = template_pod(&obj, namespace, policy) else {
         return Preview::Admitted;
-    };
-    let Some(spec) = template.spec.clone().filter(|s| !s.containers.is_empty()) else {
-        return Preview::Admitted;
-    };
-    let mut metadata = template.metadata.clone().unwrap_or_default();
-    metadata.namespace = Some(namespace.to_owned());
-    metadata
-        .annotations
-        .get_or_insert_default()
-        .insert(POLICY_ANNOTATION.to_owned(), policy.to_owned());
-    let pod = Pod {
-        metadata,
-        spec: Some(spec),
-        status: None,
     };
     match inject(&pod, Some(namespace), config, None) {
         Err(err) => Preview::Refused(err.to_string()),
@@ -388,6 +386,38 @@ async fn preview<K: Workload>(ctx: &Context, namespace: &str, name: &str, policy
         }
         Ok(_) => Preview::Admitted,
     }
+}
+
+/// The pod the workload's controller would create once its template names `policy`, as far as
+/// the webhook looks: the template's metadata and spec in `namespace`, and the volumes the
+/// controller adds (a StatefulSet's claims). `None` without a pod spec.
+pub(crate) fn template_pod<K: Workload>(obj: &K, namespace: &str, policy: &str) -> Option<Pod> {
+    let template = obj.pod_template()?;
+    let mut spec = template.spec.clone().filter(|s| !s.containers.is_empty())?;
+    for claim in obj.claim_names() {
+        let volumes = spec.volumes.get_or_insert_default();
+        if !volumes.iter().any(|v| v.name == claim) {
+            volumes.push(Volume {
+                name: claim.to_owned(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim.to_owned(),
+                    read_only: None,
+                }),
+                ..Volume::default()
+            });
+        }
+    }
+    let mut metadata = template.metadata.clone().unwrap_or_default();
+    metadata.namespace = Some(namespace.to_owned());
+    metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(POLICY_ANNOTATION.to_owned(), policy.to_owned());
+    Some(Pod {
+        metadata,
+        spec: Some(spec),
+        status: None,
+    })
 }
 
 /// Every CorsPolicy `obj` mentions (on its metadata or its pod template, ours or the user's),
