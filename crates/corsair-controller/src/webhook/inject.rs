@@ -757,20 +757,11 @@ fn check_shared_port_name(
     let Some(name) = target.name.as_deref() else {
         return Ok(());
     };
-    let containers = spec
-        .containers
-        .iter()
-        .enumerate()
-        .filter(|(c, _)| *c != target.container)
-        .map(|(c, container)| ("containers", c, container));
-    let sidecars = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .enumerate()
-        .filter(|(_, c)| native && c.restart_policy.as_deref() == Some("Always"))
-        .map(|(c, container)| ("initContainers", c, container));
-    for (kind, c, container) in containers.chain(sidecars) {
+    let others = every_container(spec).filter(|(kind, c, container)| match *kind {
+        "containers" => *c != target.container,
+        _ => native && container.restart_policy.as_deref() == Some("Always"),
+    });
+    for (kind, c, container) in others {
         let mut ports = container.ports.iter().flatten().enumerate();
         if let Some((i, _)) = ports.find(|(_, p)| is_tcp(p) && p.name.as_deref() == Some(name)) {
             return Err(InjectError::SharedPortName {
@@ -781,6 +772,16 @@ fn check_shared_port_name(
         }
     }
     Ok(())
+}
+
+/// Every container of the pod with its list's field name and its index there: the regular
+/// containers, then the init containers.
+fn every_container(spec: &PodSpec) -> impl Iterator<Item = (&'static str, usize, &Container)> {
+    let containers = spec.containers.iter().enumerate();
+    let init = spec.init_containers.iter().flatten().enumerate();
+    containers
+        .map(|(i, c)| ("containers", i, c))
+        .chain(init.map(|(i, c)| ("initContainers", i, c)))
 }
 
 /// Refuses pods where a container already uses the proxy's ports or port names.
@@ -796,18 +797,7 @@ fn check_port_conflicts(
             port: target.number,
         });
     }
-    let containers = spec
-        .containers
-        .iter()
-        .enumerate()
-        .map(|(i, c)| ("containers", i, c));
-    let init = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, c)| ("initContainers", i, c));
-    for (kind, c, container) in containers.chain(init) {
+    for (kind, c, container) in every_container(spec) {
         for (i, p) in container.ports.iter().flatten().enumerate() {
             let field = format!("spec.{kind}[{c}].ports[{i}]");
             if p.container_port == i32::from(proxy_port)
