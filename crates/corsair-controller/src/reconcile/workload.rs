@@ -259,37 +259,39 @@ pub async fn reconcile<K: Workload>(
                         .await;
                 }
                 // Same reason as above: a rollout into pods the webhook refuses costs capacity.
-                let kept = match facts.annotation.as_deref() {
+                let kept = || match facts.annotation.as_deref() {
                     Some(current) if facts.managed_by_us => {
                         format!("the pod template keeps {POLICY_ANNOTATION} {current:?}")
                     }
                     _ => "the pod template is left as it is".to_owned(),
                 };
-                let (reason, note) = match preview::<K>(&ctx, &namespace, &name, policy).await {
-                    Preview::Admitted => (None, String::new()),
+                let warning = match preview::<K>(&ctx, &namespace, &name, policy).await {
+                    Preview::Admitted => None,
                     // Deleted since the watch saw it: nothing to write to.
                     Preview::Gone => {
                         succeeded(&ctx, obj.as_ref());
                         return Ok(action);
                     }
-                    Preview::Refused(why) => (
-                        Some(REASON_INJECTION_REFUSED),
+                    Preview::Refused(why) => Some((
+                        REASON_INJECTION_REFUSED,
                         format!(
                             "the corsair webhook would refuse this workload's pods with \
                              {POLICY_ANNOTATION} {policy:?}: {why} (pod fields: under \
-                             spec.template here); {kept}"
+                             spec.template here); {}",
+                            kept()
                         ),
-                    ),
-                    Preview::HostNetwork => (
-                        Some(REASON_INJECTION_SKIPPED),
+                    )),
+                    Preview::HostNetwork => Some((
+                        REASON_INJECTION_SKIPPED,
                         format!(
                             "the corsair webhook would admit this workload's pods without the \
                              proxy: spec.template.spec.hostNetwork is true, and the proxy's ports \
-                             would be taken on the node; {kept}"
+                             would be taken on the node; {}",
+                            kept()
                         ),
-                    ),
+                    )),
                 };
-                if let Some(reason) = reason {
+                if let Some((reason, note)) = warning {
                     ctx.publish_once(obj.as_ref(), reason, note).await;
                     succeeded(&ctx, obj.as_ref());
                     return Ok(action);
