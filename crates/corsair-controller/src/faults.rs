@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::crd::CorsPolicy;
-use crate::fixtures::{ApiCall, FakeApi, Reply, StaticIndex};
+use crate::fixtures::{ApiCall, FakeApi, Reply, StaticIndex, failure};
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::reconcile::{self, Context, PolicyUsers, policy};
 use crate::runtime::Leader;
@@ -68,18 +68,6 @@ fn deployment(name: &str, policy: &str, resource_version: &str) -> Value {
                      "annotations": {"corsair.dev/policy": policy}},
         "spec": {"selector": {}, "template": {}},
     })
-}
-
-/// A Status as the API server sends it with a failure.
-fn failure(code: u16, reason: &str, retry_after: Option<u32>) -> Value {
-    let mut status = json!({
-        "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
-        "message": format!("{reason} (from the mock API server)"), "reason": reason, "code": code,
-    });
-    if let Some(seconds) = retry_after {
-        status["details"] = json!({"retryAfterSeconds": seconds});
-    }
-    status
 }
 
 fn is_configmap_apply(call: &ApiCall) -> bool {

@@ -342,6 +342,18 @@ impl Reply {
     }
 }
 
+/// A Status as the API server sends it with a failure.
+pub fn failure(code: u16, reason: &str, retry_after: Option<u32>) -> Value {
+    let mut status = json!({
+        "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+        "message": format!("{reason} (from the mock API server)"), "reason": reason, "code": code,
+    });
+    if let Some(seconds) = retry_after {
+        status["details"] = json!({"retryAfterSeconds": seconds});
+    }
+    status
+}
+
 type Route = dyn Fn(&ApiCall) -> Reply + Send + Sync;
 type ReplyBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, std::convert::Infallible>;
 

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use super::shared::Change;
 use super::{Context, PolicyUsers, WorkloadMeta, policy, triggers, workload};
 use crate::crd::{CorsPolicy, CorsPolicyStatus};
-use crate::fixtures::{ApiServerVerifier, StaticIndex, event_response, mock_client};
+use crate::fixtures::{ApiServerVerifier, StaticIndex, event_response, failure, mock_client};
 use crate::metrics::Metrics;
 use crate::names::{POLICY_MANAGER, WORKLOAD_MANAGER};
 use crate::webhook::InjectConfig;
@@ -300,12 +300,17 @@ impl ApiServerVerifier {
 
     /// Asserts a read of the whole Deployment `web`, answered with `stored`.
     async fn workload_get(&mut self, stored: &Value) {
+        self.workload_get_answered(StatusCode::OK, stored).await;
+    }
+
+    /// Asserts a read of the whole Deployment `web`, answered with `status` and `body`.
+    async fn workload_get_answered(&mut self, status: StatusCode, body: &Value) {
         let call = self.next_call().await;
         call.expect(
             Method::GET,
             &format!("/apis/apps/v1/namespaces/{NS}/deployments/web"),
         );
-        call.respond(StatusCode::OK, stored);
+        call.respond(status, body);
     }
 
     async fn workload_apply(&mut self) -> Value {
@@ -699,16 +704,9 @@ async fn a_refused_switch_keeps_the_policy_in_place_and_a_deleted_workload_gets_
             "{note}"
         );
         // Deleted: 404 on the read, and nothing else.
-        let call = verifier.next_call().await;
-        call.expect(
-            Method::GET,
-            &format!("/apis/apps/v1/namespaces/{NS}/deployments/web"),
-        );
-        call.respond(
-            StatusCode::NOT_FOUND,
-            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                    "message": "deployments.apps \"web\" not found", "reason": "NotFound", "code": 404}),
-        );
+        verifier
+            .workload_get_answered(StatusCode::NOT_FOUND, &failure(404, "NotFound", None))
+            .await;
         verifier.expect_no_more_calls().await;
     });
     assert!(
@@ -777,16 +775,9 @@ async fn a_workload_that_cannot_be_read_is_opted_in_unchecked() {
     let (ctx, mut verifier) = context(StaticIndex::with_policies(NS, &["api"]));
     let workload = deployment(Some("api"), None);
     let server = tokio::spawn(async move {
-        let call = verifier.next_call().await;
-        call.expect(
-            Method::GET,
-            &format!("/apis/apps/v1/namespaces/{NS}/deployments/web"),
-        );
-        call.respond(
-            StatusCode::FORBIDDEN,
-            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                    "message": "deployments.apps \"web\" is forbidden", "reason": "Forbidden", "code": 403}),
-        );
+        verifier
+            .workload_get_answered(StatusCode::FORBIDDEN, &failure(403, "Forbidden", None))
+            .await;
         let patch = verifier.workload_apply().await;
         assert_eq!(
             patch,
