@@ -92,13 +92,9 @@ fn policy(name: &str, spec: serde_json::Value) -> CorsPolicy {
     .expect("policy object")
 }
 
-/// Creates the CorsPolicy `api` and a one-replica Deployment `web` annotated with it, whose
-/// container declares `port`; returns the namespace's Deployments.
-async fn annotated_web(
-    client: &Client,
-    ns: &TestNamespace,
-    port: serde_json::Value,
-) -> Api<Deployment> {
+/// Creates the CorsPolicy `api` allowing `https://app.example.com`; returns the namespace's
+/// CorsPolicies.
+async fn create_api_policy(client: &Client, ns: &TestNamespace) -> Api<CorsPolicy> {
     let policies: Api<CorsPolicy> = Api::namespaced(client.clone(), &ns.name);
     policies
         .create(
@@ -107,6 +103,17 @@ async fn annotated_web(
         )
         .await
         .expect("creating the policy");
+    policies
+}
+
+/// Creates the CorsPolicy `api` and a one-replica Deployment `web` annotated with it, whose
+/// container declares `port`; returns the namespace's Deployments.
+async fn annotated_web(
+    client: &Client,
+    ns: &TestNamespace,
+    port: serde_json::Value,
+) -> Api<Deployment> {
+    create_api_policy(client, ns).await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     let deployment: Deployment = serde_json::from_value(json!({
         "metadata": {"name": "web", "annotations": {"corsair.dev/policy": "api"}},
@@ -143,15 +150,8 @@ fn ready_status(policy: &CorsPolicy) -> Option<String> {
 async fn valid_policy_is_rendered_and_ready() {
     let client = client().await;
     let ns = TestNamespace::new(&client, "valid").await;
-    let policies: Api<CorsPolicy> = Api::namespaced(client.clone(), &ns.name);
+    let policies = create_api_policy(&client, &ns).await;
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    policies
-        .create(
-            &PostParams::default(),
-            &policy("api", json!({"allowOrigins": ["https://app.example.com"]})),
-        )
-        .await
-        .expect("creating the policy");
     eventually("Ready=True", || async {
         let p = policies.get("api").await.ok()?;
         (ready_status(&p).as_deref() == Some("True")).then_some(())
