@@ -382,12 +382,9 @@ pub(crate) fn to_upstream<B>(
     // The target's authority (an absolute-form target, HTTP/2's `:authority`) is the host, and
     // the upstream's `Host` is made from it (RFC 9112 §3.2.2, RFC 9113 §8.3.1); else `Host`.
     // (`handle` has refused a target with userinfo.)
-    let from_target = match parts.uri.authority() {
-        Some(authority) => Some(HeaderValue::from_str(authority.as_str()).ok()?),
-        None => None,
-    };
-    let host = match from_target {
-        Some(host) => {
+    let host = match parts.uri.authority() {
+        Some(authority) => {
+            let host = HeaderValue::from_str(authority.as_str()).ok()?;
             parts.headers.insert(header::HOST, host.clone());
             Some(host)
         }
