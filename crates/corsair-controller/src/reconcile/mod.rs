@@ -270,11 +270,11 @@ impl Context {
         self.publish(obj, EventType::Warning, reason, note).await;
     }
 
-    /// Forgets what [`Context::publish_once`] said about `obj`: the problem is gone, and if
-    /// it comes back it is news.
-    pub(crate) fn forget_said<K: Resource<DynamicType = ()>>(&self, obj: &K) {
+    /// Forgets what [`Context::publish_once`] said about `obj` for `reasons`: the problem is
+    /// gone, and if it comes back it is news.
+    pub(crate) fn forget_said<K: Resource<DynamicType = ()>>(&self, obj: &K, reasons: &[&str]) {
         let mut said = self.said.lock().unwrap_or_else(|p| p.into_inner());
-        for reason in workload::ONCE_REASONS {
+        for reason in reasons {
             said.remove(&said_key(obj, reason));
         }
     }

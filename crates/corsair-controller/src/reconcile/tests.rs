@@ -621,6 +621,56 @@ async fn pod_annotations_on_the_workload_itself_get_a_warning() {
     .await;
 }
 
+/// A pod annotation put on a workload already opted in is said too (it needs no GET: nothing
+/// is written), once; taken off and put back, it is news again.
+#[tokio::test]
+async fn a_misplaced_annotation_on_a_workload_in_place_is_said_once() {
+    let (ctx, mut verifier) = context(StaticIndex::with_policies(NS, &["api"]));
+    let mut placed = deployment(Some("api"), Some(labelled_template("api")));
+    placed.metadata.managed_fields = Some(vec![ours()]);
+    let mut annotated = placed.clone();
+    annotated
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert("corsair.dev/port".into(), "8080".into());
+    let server = tokio::spawn(async move {
+        let note = verifier
+            .event("Warning", "MisplacedAnnotation", "deployments", "web")
+            .await;
+        assert!(
+            note.starts_with("corsair.dev/port on the Deployment"),
+            "{note}"
+        );
+        // Said again only after the annotation went away and came back.
+        verifier
+            .event("Warning", "MisplacedAnnotation", "deployments", "web")
+            .await;
+        verifier.expect_no_more_calls().await;
+    });
+    for workload in [&annotated, &annotated, &placed, &annotated] {
+        let meta = Arc::new(WorkloadMeta::from_object(workload));
+        let action = workload::reconcile(meta, ctx.clone()).await;
+        assert!(matches!(action, Ok(a) if a == Action::await_change()));
+    }
+    if let Err(err) = server.await {
+        std::panic::resume_unwind(err.into_panic());
+    }
+    // And the annotation wakes the reconciler, which a change of the workload's other
+    // annotations does not.
+    assert!(triggers::workload_changed(&updated(pruned(&placed), pruned(&annotated))).is_some());
+    let mut unrelated = placed.clone();
+    unrelated
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert("team.example.com/owner".into(), "shop".into());
+    assert_eq!(
+        triggers::workload_changed(&updated(pruned(&placed), pruned(&unrelated))),
+        None
+    );
+}
+
 /// The check runs again on every new generation (a scale included) and every retry, but a
 /// refusal already said is not said again; once the workload is opted in, a new refusal is.
 #[tokio::test]

@@ -39,12 +39,9 @@ pub const REASON_INJECTION_REFUSED: &str = "InjectionRefused";
 pub const REASON_INJECTION_SKIPPED: &str = "InjectionSkipped";
 /// Reason of the Warning Event on a workload that carries pod annotations on its own metadata.
 pub const REASON_MISPLACED_ANNOTATION: &str = "MisplacedAnnotation";
-/// The reasons published at most once per note (see [`Context::publish_once`]).
-pub(crate) const ONCE_REASONS: [&str; 3] = [
-    REASON_MISPLACED_ANNOTATION,
-    REASON_INJECTION_REFUSED,
-    REASON_INJECTION_SKIPPED,
-];
+/// The opt-in check's verdicts, published at most once per note (see
+/// [`Context::publish_once`]) and forgotten once the workload is opted in.
+pub(crate) const VERDICT_REASONS: [&str; 2] = [REASON_INJECTION_REFUSED, REASON_INJECTION_SKIPPED];
 
 /// A kind of workload whose pod template the controller labels.
 pub trait Workload:
@@ -134,6 +131,9 @@ pub struct Facts {
     /// `None` once in place, where a rollout changes nothing for us. (A scale moves the
     /// generation too: the check is then made again, and its Event not repeated.)
     pending_generation: Option<i64>,
+    /// The pod annotations on the workload's own metadata (see [`misplaced_annotations`]): one
+    /// added to a workload already opted in is said too.
+    misplaced: Vec<String>,
 }
 
 impl Facts {
@@ -152,6 +152,10 @@ impl Facts {
                 .cloned(),
             managed_by_us: obj.managed_by_us,
             pending_generation: None,
+            misplaced: misplaced_annotations(obj)
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
         };
         // An annotation that is not a name waits for the annotation to change, not the spec.
         if facts
@@ -243,21 +247,22 @@ pub async fn reconcile<K: Workload>(
             .await;
         }
         Some(policy) => {
+            // `kubectl annotate deployment` puts the others where the policy goes, and where
+            // the webhook never sees them.
+            if facts.misplaced.is_empty() {
+                ctx.forget_said(obj.as_ref(), &[REASON_MISPLACED_ANNOTATION]);
+            } else {
+                let kind = K::kind(&());
+                let note = format!(
+                    "{} on the {kind} itself take no effect: the webhook reads them from the pod \
+                     template (spec.template.metadata.annotations); only {POLICY_ANNOTATION} is \
+                     read from the {kind}",
+                    facts.misplaced.join(", ")
+                );
+                ctx.publish_once(obj.as_ref(), REASON_MISPLACED_ANNOTATION, note)
+                    .await;
+            }
             if !facts.in_place(policy) {
-                // `kubectl annotate deployment` puts the others where the policy goes, and
-                // where the webhook never sees them.
-                let misplaced = misplaced_annotations(obj.as_ref());
-                if !misplaced.is_empty() {
-                    let kind = K::kind(&());
-                    let note = format!(
-                        "{} on the {kind} itself take no effect: the webhook reads them from the \
-                         pod template (spec.template.metadata.annotations); only \
-                         {POLICY_ANNOTATION} is read from the {kind}",
-                        misplaced.join(", ")
-                    );
-                    ctx.publish_once(obj.as_ref(), REASON_MISPLACED_ANNOTATION, note)
-                        .await;
-                }
                 // Same reason as above: a rollout into pods the webhook refuses costs capacity.
                 let kept = || match facts.annotation.as_deref() {
                     Some(current) if facts.managed_by_us => {
@@ -301,7 +306,7 @@ pub async fn reconcile<K: Workload>(
                     .await
                     .map_err(Error::kube("apply pod template label"))?;
                 tracing::info!(policy, "opted in");
-                ctx.forget_said(obj.as_ref());
+                ctx.forget_said(obj.as_ref(), &VERDICT_REASONS);
             }
             if !ctx.index.policy_exists(&namespace, policy) {
                 if ctx.index.policies_synced() {
