@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use corsair_controller::crd::CorsPolicy;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -237,6 +238,40 @@ async fn annotated_deployment_gets_the_sidecar_and_loses_it() {
                 let in_main =
                     spec.is_some_and(|s| s.containers.iter().any(|c| c.name == "corsair-proxy"));
                 in_init || in_main
+            })
+            .then_some(())
+    })
+    .await;
+
+    // The Service's named targetPort reaches the proxy and the pod is ready behind it. (Before
+    // Kubernetes 1.32 a named port on a native sidecar never reached the EndpointSlice:
+    // kubernetes/kubernetes#128850.)
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "selector": {"app": "web"},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+        },
+    }))
+    .expect("service object");
+    services
+        .create(&PostParams::default(), &service)
+        .await
+        .expect("creating the service");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns.name);
+    eventually("a ready endpoint on the proxy's port", || async {
+        let list = slices
+            .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+            .await
+            .ok()?;
+        list.items
+            .iter()
+            .any(|s| {
+                s.ports.iter().flatten().any(|p| p.port == Some(15380))
+                    && s.endpoints
+                        .iter()
+                        .any(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
             })
             .then_some(())
     })

@@ -404,25 +404,35 @@ fn policy_presence(store: &Store<CorsPolicy>, namespace: &str, name: &str) -> Po
 }
 
 /// Resolves `auto` from the API server version; a failure falls back to a regular container,
-/// which works on every version.
+/// which works on every version. An explicit `native` on an older cluster is kept, and said.
 async fn resolve_sidecar_mode(client: &Client, mode: SidecarMode) -> SidecarMode {
-    if mode != SidecarMode::Auto {
+    if mode == SidecarMode::Container {
         return mode;
     }
     match client.apiserver_version().await {
         Ok(info) => {
             let native = webhook::native_sidecars_supported(&info.major, &info.minor);
+            if mode == SidecarMode::Native && !native {
+                tracing::warn!(
+                    version = %info.git_version,
+                    "--sidecar-mode native before Kubernetes 1.32: a Service's named targetPort \
+                     does not resolve to a native sidecar there, so opted-in workloads lose \
+                     their endpoints; use auto or container"
+                );
+            }
+            let resolved = mode.resolve(native);
             tracing::info!(
                 version = %info.git_version,
-                native,
-                "sidecar mode auto resolved from the API server version"
+                mode = resolved.as_str(),
+                "sidecar mode resolved from the API server version"
             );
-            mode.resolve(native)
+            resolved
         }
-        Err(err) => {
+        Err(err) if mode == SidecarMode::Auto => {
             tracing::warn!(%err, "cannot read the API server version; injecting plain containers");
             SidecarMode::Container
         }
+        Err(_) => mode,
     }
 }
 

@@ -30,7 +30,8 @@ pub enum SidecarMode {
     /// [`SidecarMode::resolve`] before serving; an unresolved `Auto` injects natively.
     #[default]
     Auto,
-    /// An init container with `restartPolicy: Always` (Kubernetes 1.29+ by default).
+    /// An init container with `restartPolicy: Always` (Kubernetes 1.32+: see
+    /// [`native_sidecars_supported`]).
     Native,
     /// A regular container, for clusters without native sidecars.
     Container,
@@ -50,7 +51,7 @@ impl SidecarMode {
         !matches!(self, SidecarMode::Container)
     }
 
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             SidecarMode::Auto => "auto",
             SidecarMode::Native => "native",
@@ -82,8 +83,13 @@ impl FromStr for SidecarMode {
     }
 }
 
-/// Whether an API server of this version runs native sidecars by default (beta and on since
-/// 1.29). `major`/`minor` are the strings of `/version`, where GKE and EKS append `+`.
+/// Whether a cluster whose API server has this version serves Corsair's native sidecar: one
+/// that runs native sidecars (beta and on since 1.29) is not enough, a Service's named
+/// `targetPort` must also resolve to one. The EndpointSlice controller does that from 1.32 on
+/// (kubernetes/kubernetes#127976 and #128850, not backported); before, the Service of every
+/// opted-in workload would lose its endpoints. Every kubelet that a 1.32 API server accepts
+/// (three minors back) runs native sidecars. `major`/`minor` are the strings of `/version`,
+/// where GKE and EKS append `+`.
 pub fn native_sidecars_supported(major: &str, minor: &str) -> bool {
     let num = |s: &str| {
         s.trim_end_matches(|c: char| !c.is_ascii_digit())
@@ -91,7 +97,7 @@ pub fn native_sidecars_supported(major: &str, minor: &str) -> bool {
             .ok()
     };
     match (num(major), num(minor)) {
-        (Some(major), Some(minor)) => major > 1 || (major == 1 && minor >= 29),
+        (Some(major), Some(minor)) => major > 1 || (major == 1 && minor >= 32),
         _ => false,
     }
 }
