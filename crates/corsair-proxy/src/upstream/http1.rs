@@ -97,7 +97,10 @@ pub(crate) enum Sent {
     Whole,
     /// The head and part of the body: the upstream answered early (a 413, a 401). The rest is
     /// sent while the response is read, and after it, as hyper's client did: an upstream may
-    /// answer first and still read the whole body.
+    /// answer first and still read the whole body. Unlike hyper's client (and as nginx does),
+    /// the connection is then not used again: an upstream that answered without draining the
+    /// body would read the rest as requests of their own, which a client can write, and their
+    /// answers would go to the next request on the connection.
     Partly,
     /// The upstream stopped taking the body: the connection carries nothing more.
     Broken,
@@ -548,11 +551,11 @@ impl Upload {
         self.out.poll_send(&mut self.body, io, cx)
     }
 
-    /// Sends the rest after the response has ended; the connection goes back to `lane`
-    /// (when given) once the body is sent whole. An upload on which neither the client nor the
-    /// upstream moves for [`Upload::stall`] is given up with its connection, as the upstream
-    /// timeout gives up any other upload: nothing else would end this task.
-    async fn finish(mut self: Box<Self>, mut connection: Connection, lane: Option<Lane>) {
+    /// Sends the rest after the response has ended, then closes the connection (see
+    /// [`Sent::Partly`]). An upload on which neither the client nor the upstream moves for
+    /// [`Upload::stall`] is given up with its connection, as the upstream timeout gives up any
+    /// other upload: nothing else would end this task.
+    async fn finish(mut self: Box<Self>, mut connection: Connection) {
         let stall = self.stall;
         let mut quiet = std::pin::pin!(tokio::time::sleep(stall));
         let sent = std::future::poll_fn(|cx| {
@@ -568,13 +571,8 @@ impl Upload {
                 format!("the rest of the request body did not move for {stall:?}"),
             ))))
         });
-        match sent.await {
-            Ok(()) => {
-                if let Some(lane) = lane {
-                    lane.give_back(connection);
-                }
-            }
-            Err(stop) => stop.end(&connection),
+        if let Err(stop) = sent.await {
+            stop.end(&connection);
         }
     }
 }
@@ -746,7 +744,7 @@ impl UpstreamBody {
             framing,
             connection: Some(connection),
             upload,
-            lane: (reusable && head.sent != Sent::Broken).then(|| lane.clone()),
+            lane: (reusable && head.sent == Sent::Whole).then(|| lane.clone()),
             quiet: None,
             moved: false,
             failed: None,
@@ -767,22 +765,17 @@ impl UpstreamBody {
     }
 
     /// The body is read: the connection goes back to the lane (when it may) or is closed. A
-    /// request body not yet sent whole is sent on first, on a task of its own.
+    /// request body not yet sent whole is sent on first, on a task of its own, and the
+    /// connection closed after it.
     fn finish(&mut self) {
         self.framing = Framing::Done;
         let Some(connection) = self.connection.take() else {
             return;
         };
-        let lane = self.lane.take().filter(|_| connection.read.is_empty());
-        match self.upload.take() {
-            Some(upload) => {
-                tokio::spawn(upload.finish(connection, lane));
-            }
-            None => {
-                if let Some(lane) = lane {
-                    lane.give_back(connection);
-                }
-            }
+        if let Some(upload) = self.upload.take() {
+            tokio::spawn(upload.finish(connection));
+        } else if let Some(lane) = self.lane.take().filter(|_| connection.read.is_empty()) {
+            lane.give_back(connection);
         }
     }
 

@@ -884,6 +884,22 @@ impl Client {
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "ours: {ours}");
     }
 
+    /// The connection that carried an upload the upstream answered before it was whole: hyper's
+    /// client uses it again ([`Client::reused`]); the hop, as nginx, closes it (an upstream that
+    /// did not drain the body would read the rest as requests of their own), and the next GET
+    /// gets `status` on a second connection.
+    async fn after_an_early_answer(&mut self, status: StatusCode, accepted: &AtomicUsize) {
+        let Client::Ours(_, lane) = self else {
+            return self.reused(status, accepted, false).await;
+        };
+        assert_eq!(idle(lane), 0, "the connection is not given back");
+        let next = self
+            .send(Request::get("/").body(Paced::none()).expect("a GET"))
+            .await;
+        assert_eq!(next.status(), status);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
     async fn send(&mut self, req: Request<Paced>) -> Response<AnyBody> {
         self.try_send(req).await.expect("a response head")
     }
@@ -944,12 +960,16 @@ type AfterAnswer = std::sync::mpsc::Receiver<(Vec<u8>, bool)>;
 
 /// An upstream that answers 413 after the first 3 bytes of the body and then reads on: what it
 /// read after its answer (up to 9 bytes, or to the connection's end), and whether the
-/// connection ended there. Further requests on the connection get a 200.
+/// connection ended there. Further requests on the connection, or on others, get a 200; once
+/// the first connection ends, a second report says so (nothing read, ended).
 fn answers_early() -> (SocketAddr, Arc<AtomicUsize>, AfterAnswer) {
     const ANSWER: &[u8] = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!";
     const REST: usize = 9;
     let (tx, rx) = std::sync::mpsc::channel();
-    let (addr, accepted) = serve(move |_, mut stream| {
+    let (addr, accepted) = serve(move |n, mut stream| {
+        if n > 0 {
+            return answer_gets(stream, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        }
         if read_head(&mut stream).is_none() {
             return;
         }
@@ -972,11 +992,18 @@ fn answers_early() -> (SocketAddr, Arc<AtomicUsize>, AfterAnswer) {
             }
         }
         let _ = tx.send((after, ended));
-        while read_head(&mut stream).is_some() {
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
-        }
+        answer_gets(stream, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        // The proxy closed the connection.
+        let _ = tx.send((Vec::new(), true));
     });
     (addr, accepted, rx)
+}
+
+/// Answers every request head on `stream` with `answer`, until the connection ends.
+fn answer_gets(mut stream: TcpStream, answer: &[u8]) {
+    while read_head(&mut stream).is_some() {
+        let _ = stream.write_all(answer);
+    }
 }
 
 /// What the upstream's thread reports, waited for without blocking the runtime that sends to it.
@@ -1023,8 +1050,12 @@ async fn an_upstream_that_answers_before_the_whole_body_still_gets_all_of_it_as_
         drop(pace);
         let (after, _) = upstream_read(&rx).await;
         assert_eq!(after, b"defghijkl", "ours: {ours}");
-        // Sent whole, the request leaves the connection fit for the next one.
-        client.reused(StatusCode::OK, &accepted, ours).await;
+        if ours {
+            assert_eq!(upstream_read(&rx).await, (Vec::new(), true), "closed");
+        }
+        client
+            .after_an_early_answer(StatusCode::OK, &accepted)
+            .await;
     }
 }
 
@@ -1034,7 +1065,10 @@ async fn an_early_answer_streams_while_the_body_is_still_sent_as_from_hyper() {
         // The upstream starts its answer after 3 bytes of the chunked body and ends it after
         // the last chunk.
         let (tx, rx) = std::sync::mpsc::channel();
-        let (addr, accepted) = serve(move |_, mut stream| {
+        let (addr, accepted) = serve(move |n, mut stream| {
+            if n > 0 {
+                return answer_gets(stream, b"HTTP/1.1 204 No Content\r\n\r\n");
+            }
             if read_head(&mut stream).is_none() {
                 return;
             }
@@ -1049,9 +1083,9 @@ async fn an_early_answer_streams_while_the_body_is_still_sent_as_from_hyper() {
             }
             let _ = stream.write_all(b"4\r\ndone\r\n0\r\n\r\n");
             let _ = tx.send(body);
-            while read_head(&mut stream).is_some() {
-                let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\n\r\n");
-            }
+            answer_gets(stream, b"HTTP/1.1 204 No Content\r\n\r\n");
+            // The proxy closed the connection: nothing more read.
+            let _ = tx.send(Vec::new());
         });
         let mut client = Client::connect(ours, addr).await;
         let (pace, body) = Paced::new(None, b"abc");
@@ -1068,7 +1102,12 @@ async fn an_early_answer_streams_while_the_body_is_still_sent_as_from_hyper() {
         let sent = upstream_read(&rx).await;
         // After the first chunk's size line, which the upstream read before answering.
         assert_eq!(sent, b"abc\r\n9\r\ndefghijkl\r\n0\r\n\r\n", "ours: {ours}");
-        client.reused(StatusCode::NO_CONTENT, &accepted, ours).await;
+        if ours {
+            assert_eq!(upstream_read(&rx).await, b"", "closed");
+        }
+        client
+            .after_an_early_answer(StatusCode::NO_CONTENT, &accepted)
+            .await;
     }
 }
 
