@@ -50,9 +50,8 @@ pub async fn handle(
     let mut labels = plan.labels.clone();
     let response = if req.method() == Method::CONNECT {
         text(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n")
-    } else if plan.host_repeated {
-        // RFC 9112 §3.2: the proxy and the upstream could each pick a different one.
-        text(StatusCode::BAD_REQUEST, "more than one Host header\n")
+    } else if let Some(why) = plan.bad_host {
+        text(StatusCode::BAD_REQUEST, why)
     } else if req
         .uri()
         .authority()
@@ -82,8 +81,10 @@ pub(crate) struct Plan {
     values: HeaderValues,
     strip_upstream_cors: bool,
     labels: RequestLabels,
-    /// The request has more than one `Host` line.
-    host_repeated: bool,
+    /// Why the request's `Host` makes it a 400 (RFC 9112 §3.2): more than one line (the proxy
+    /// and the upstream could each pick a different one), or none on an HTTP/1.1 request
+    /// without an authority in its target.
+    bad_host: Option<&'static str>,
 }
 
 /// The request headers CORS reads, found in one pass over the map.
@@ -205,7 +206,16 @@ impl Plan {
             values: cors.to_values(echo),
             strip_upstream_cors,
             labels: labels(&decision),
-            host_repeated: seen.host_repeated,
+            bad_host: if seen.host_repeated {
+                Some("more than one Host header\n")
+            } else if seen.host.is_none()
+                && req.version() == Version::HTTP_11
+                && req.uri().authority().is_none()
+            {
+                Some("no Host header\n")
+            } else {
+                None
+            },
         }
     }
 
@@ -390,6 +400,13 @@ pub(crate) fn to_upstream<B>(
         }
         None => parts.headers.get(header::HOST).cloned(),
     };
+    // An HTTP/1.0 request may come without a host; HTTP/1.1 wants the line, empty then (RFC
+    // 9112 §3.2). (`handle` has refused an HTTP/1.1 request without one.)
+    if host.is_none() {
+        parts
+            .headers
+            .insert(header::HOST, HeaderValue::from_static(""));
+    }
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     // hyper already answered `Expect: 100-continue` towards the client.
     parts.headers.remove(header::EXPECT);
@@ -403,6 +420,10 @@ pub(crate) fn to_upstream<B>(
         // The upstream gets the origin form whatever the client sent (absolute form, h2).
         parts.uri = match parts.uri.path_and_query() {
             Some(pq) if pq.as_str().starts_with('/') => Uri::from(pq.clone()),
+            // `http://host?q`: the empty path is `/` (RFC 9110 §4.2.3).
+            Some(pq) if pq.as_str().starts_with('?') => {
+                Uri::try_from(format!("/{}", pq.as_str())).ok()?
+            }
             Some(_) => return None,
             None => Uri::from_static("/"),
         };
@@ -413,8 +434,11 @@ pub(crate) fn to_upstream<B>(
 
 /// Sends the request to the upstream and returns its response, or a 502/504 naming the cause.
 async fn forward(state: &State, conn: &Conn, mut req: Request<Incoming>) -> Response<ProxyBody> {
-    let upgrade = if req.version() <= Version::HTTP_11 {
+    // hyper upgrades HTTP/1.1 connections only (an HTTP/1.0 request's `Upgrade` is dropped as
+    // hop-by-hop), and `h2c` is not tunnelled: its HTTP/2 requests would pass no CORS decision.
+    let upgrade = if req.version() == Version::HTTP_11 {
         headers::upgrade_protocol(req.headers())
+            .filter(|protocol| !headers::tokens(protocol).any(|t| t.eq_ignore_ascii_case("h2c")))
     } else {
         None
     };

@@ -219,6 +219,58 @@ async fn an_idle_tunnel_is_closed() {
     h.proxy.shutdown().await.expect("clean shutdown");
 }
 
+/// Only HTTP/1.1 upgrades other than `h2c` are tunnelled: an `h2c` upgrade (its HTTP/2 requests
+/// would pass no CORS decision) and an HTTP/1.0 one (hyper cannot switch that connection) are
+/// forwarded as plain requests, without `Upgrade`.
+#[tokio::test]
+async fn h2c_and_http_1_0_upgrades_are_plain_requests() {
+    let h = harness(POLICY).await;
+    for request in [
+        &b"GET /h2c HTTP/1.1\r\nHost: api.test\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+           Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"[..],
+        b"GET /old HTTP/1.0\r\nHost: api.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    ] {
+        let mut stream = TcpStream::connect(h.proxy.listen_addr())
+            .await
+            .expect("connect");
+        stream.write_all(request).await.expect("write request");
+        let head = read_head(&mut stream).await;
+        assert_eq!(head.split(' ').nth(1), Some("200"), "{head}");
+        let seen = h.upstream.last();
+        for gone in ["upgrade", "http2-settings", "connection"] {
+            assert!(
+                !seen.headers.contains_key(gone),
+                "{gone}: {:?}",
+                seen.headers
+            );
+        }
+    }
+    assert_eq!(h.upstream.seen().len(), 2);
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host` is a 400; an HTTP/1.0 one, which may
+/// have none, goes up with an empty `Host`, as HTTP/1.1 wants.
+#[tokio::test]
+async fn a_request_without_host() {
+    let h = harness(POLICY).await;
+    for (request, status) in [
+        (&b"GET /nohost HTTP/1.1\r\n\r\n"[..], "HTTP/1.1 400"),
+        (b"GET /nohost HTTP/1.0\r\n\r\n", "HTTP/1.0 200"),
+    ] {
+        let mut stream = TcpStream::connect(h.proxy.listen_addr())
+            .await
+            .expect("connect");
+        stream.write_all(request).await.expect("write request");
+        let head = read_head(&mut stream).await;
+        assert!(head.starts_with(status), "{head}");
+    }
+    let seen = h.upstream.seen();
+    assert_eq!(seen.len(), 1, "only the HTTP/1.0 request went up");
+    assert_eq!(values(&h.upstream.last().headers, "host"), [""]);
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
+
 /// Reads up to the end of a response head.
 async fn read_head(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
     let mut head = Vec::new();
@@ -336,6 +388,18 @@ async fn an_absolute_request_target_names_the_host() {
         );
     }
     assert_eq!(h.upstream.seen().len(), 1, "only the first request went up");
+
+    // An empty path before a query is `/` (RFC 9110 §4.2.3).
+    let mut stream = TcpStream::connect(h.proxy.listen_addr())
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET http://api.test?x=1 HTTP/1.1\r\nHost: api.test\r\n\r\n")
+        .await
+        .expect("write request");
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(h.upstream.last().uri, "/?x=1");
     h.proxy.shutdown().await.expect("clean shutdown");
 }
 
