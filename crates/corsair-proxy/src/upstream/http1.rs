@@ -861,6 +861,15 @@ fn response_framing(
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
+        // No body whatever the headers say. The length of a HEAD's or a 304's representation
+        // still reaches the client, as one plain number (hyper fails on two lines there), and
+        // none where none may be sent (RFC 9110 §8.6) or an invalid one.
+        if status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || content_length(headers).is_err()
+        {
+            headers.remove(header::CONTENT_LENGTH);
+        }
         return Ok((Framing::Done, keep_alive));
     }
     if headers.contains_key(header::TRANSFER_ENCODING) {
@@ -895,9 +904,25 @@ fn response_framing(
         let suspect = headers.remove(header::CONTENT_LENGTH).is_some();
         return Ok((Framing::Chunked(Chunk::Size), keep_alive && !suspect));
     }
+    Ok(match content_length(headers)? {
+        Some(0) => (Framing::Done, keep_alive),
+        Some(n) => (Framing::Length(n), keep_alive),
+        None => (Framing::UntilClose, false),
+    })
+}
+
+/// The response's `Content-Length`: the same number however written (`5, 5`, two lines,
+/// `005`), which then replaces what the upstream sent, since hyper passes a known length's
+/// line on as it came.
+fn content_length(headers: &mut HeaderMap) -> Result<Option<u64>, io::Error> {
     let mut length = None;
+    let mut plain = true;
     for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
+        let bytes = value.as_bytes();
+        plain &= length.is_none()
+            && bytes.iter().all(u8::is_ascii_digit)
+            && (bytes.len() == 1 || bytes.first() != Some(&b'0'));
+        for part in bytes.split(|&b| b == b',') {
             let n = std::str::from_utf8(part)
                 .ok()
                 .map(str::trim)
@@ -912,11 +937,10 @@ fn response_framing(
             length = Some(n);
         }
     }
-    Ok(match length {
-        Some(0) => (Framing::Done, keep_alive),
-        Some(n) => (Framing::Length(n), keep_alive),
-        None => (Framing::UntilClose, false),
-    })
+    if let Some(n) = length.filter(|_| !plain) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    Ok(length)
 }
 
 impl Body for UpstreamBody {

@@ -111,6 +111,40 @@ fn map(lines: &[(&'static str, &'static str)]) -> HeaderMap {
     map
 }
 
+/// hyper passes a known length's `Content-Length` on as it came, and fails to write a head
+/// with two such lines: the client gets one plain number, or none where none may be.
+#[test]
+fn the_client_sees_one_plain_content_length() {
+    let after = |status: u16, method: Method, lines: &[(&'static str, &'static str)]| {
+        let mut headers = map(lines);
+        let framing = response_framing(&head(status, Version::HTTP_11), &method, &mut headers);
+        assert!(framing.is_ok(), "{framing:?}");
+        headers
+            .get_all("content-length")
+            .iter()
+            .map(|v| v.to_str().unwrap_or("?").to_owned())
+            .collect::<Vec<_>>()
+    };
+    let twice = [("content-length", "5"), ("content-length", "5")];
+    for method in [Method::GET, Method::HEAD] {
+        assert_eq!(after(200, method.clone(), &twice), ["5"], "{method}");
+        assert_eq!(
+            after(200, method.clone(), &[("content-length", "5, 5")]),
+            ["5"]
+        );
+        assert_eq!(
+            after(200, method.clone(), &[("content-length", "005")]),
+            ["5"]
+        );
+        assert_eq!(after(200, method, &[("content-length", "0")]), ["0"]);
+    }
+    assert_eq!(after(304, Method::GET, &twice), ["5"]);
+    // None in a 204 (RFC 9110 §8.6), and no invalid one where the body does not depend on it.
+    assert!(after(204, Method::GET, &twice).is_empty());
+    assert!(after(200, Method::HEAD, &[("content-length", "5, 6")]).is_empty());
+    assert!(after(304, Method::GET, &[("content-length", "x")]).is_empty());
+}
+
 #[test]
 fn the_response_body_is_delimited_as_rfc_9112_says() {
     let v11 = Version::HTTP_11;
