@@ -151,9 +151,23 @@ def test_the_slim_sidecar_image_is_injected_by_default(corsair_bin):
 
 def test_cert_manager_mode_mounts_the_issued_secret():
     docs = render({"webhook": {"certManager": {"enabled": True}}})
-    (cert,) = by_kind(docs, "Certificate")
-    (issuer,) = by_kind(docs, "Issuer")
-    assert cert["spec"]["issuerRef"]["name"] == issuer["metadata"]["name"]
+    certs = {c["metadata"]["name"]: c for c in by_kind(docs, "Certificate")}
+    issuers = {i["metadata"]["name"]: i for i in by_kind(docs, "Issuer")}
+    cert = certs.pop("corsair-webhook")
+    # The serving certificate comes from a CA of the chart's own, not from the self-signed
+    # Issuer: its ca.crt (the caBundle) then stays the same when the certificate is renewed.
+    ca_issuer = issuers[cert["spec"]["issuerRef"]["name"]]
+    (ca,) = certs.values()
+    assert ca_issuer["spec"]["ca"]["secretName"] == ca["spec"]["secretName"]
+    assert ca["spec"]["isCA"] is True
+    assert "selfSigned" in issuers[ca["spec"]["issuerRef"]["name"]]["spec"]
+    assert int(ca["spec"]["duration"].removesuffix("h")) >= 5 * 365 * 24
+    # With an Issuer of the user's, only the serving certificate.
+    own = {"name": "corp-ca", "kind": "ClusterIssuer"}
+    theirs = render({"webhook": {"certManager": {"enabled": True, "issuerRef": own}}})
+    (only,) = by_kind(theirs, "Certificate")
+    assert only["spec"]["issuerRef"] == own
+    assert by_kind(theirs, "Issuer") == []
     (deploy,) = by_kind(docs, "Deployment")
     pod = deploy["spec"]["template"]["spec"]
     assert pod["volumes"][0]["secret"]["secretName"] == cert["spec"]["secretName"]
@@ -164,6 +178,18 @@ def test_cert_manager_mode_mounts_the_issued_secret():
         assert hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].endswith(
             cert["metadata"]["name"]
         )
+
+
+def test_the_disruption_budget_never_blocks_a_node_drain():
+    """A budget of one available pod over one replica would refuse every eviction."""
+    (pdb,) = by_kind(render(), "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert by_kind(render({"replicaCount": 1}), "PodDisruptionBudget") == []
+    (pdb,) = by_kind(render({"replicaCount": 3, "podDisruptionBudget": {"minAvailable": 2}}), "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 2
+    with pytest.raises(helm.HelmError) as err:
+        render({"replicaCount": 2, "podDisruptionBudget": {"minAvailable": 2}})
+    assert "podDisruptionBudget.minAvailable (2) must be below replicaCount (2)" in str(err.value)
 
 
 def test_schema_rejects_a_mistyped_value():

@@ -125,8 +125,9 @@ def test_helm_test_hook_probes_the_webhook_service(corsair_bin, tmp_path):
     (volume,) = pod["spec"]["volumes"]
     controller_args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
     assert f"--cert-secret={volume['secret']['secretName']}" in controller_args, controller_args
-    (certmanager,) = by_kind(render({"webhook": {"certManager": {"enabled": True}}}), "Certificate")
-    assert certmanager["spec"]["secretName"] == volume["secret"]["secretName"]
+    certs = by_kind(render({"webhook": {"certManager": {"enabled": True}}}), "Certificate")
+    (serving,) = [c for c in certs if not c["spec"].get("isCA")]
+    assert serving["spec"]["secretName"] == volume["secret"]["secretName"]
     mount = container["volumeMounts"][0]["mountPath"]
     assert f"--ca-file={mount}/ca.crt" in args
     # Every flag the hook passes is one `corsair probe` has.
