@@ -263,6 +263,41 @@ fn istio() {
     );
 }
 
+/// Istio reads the deprecated `allowOrigin` only when `allowOrigins` is absent: a leftover
+/// `allowOrigin: ["*"]` beside a strict `allowOrigins` never opened anything.
+#[test]
+fn istio_deprecated_allow_origin_only_without_allow_origins() {
+    let vs = |cors: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v}}\nspec:\n  http:\n  - corsPolicy:\n{cors}"
+        )
+    };
+    let out = inline(&vs(
+        "      allowOrigins: [{exact: \"https://a.example.com\"}]\n      allowOrigin: [\"*\"]\n",
+    ));
+    assert_usable(&out);
+    let p = policy(&out, "v");
+    let route = &p.document.spec.routes[0];
+    assert_eq!(route.allow_origins, strs(&["https://a.example.com"]));
+    let ignored = finding(p, "deprecated-field-ignored");
+    assert_eq!(ignored.severity, Severity::Warning);
+    assert_eq!(ignored.field, "spec.http[0].corsPolicy.allowOrigin");
+    assert!(
+        ignored.message.contains("allowOrigins"),
+        "{}",
+        ignored.message
+    );
+
+    // Alone, it is read (exact matches).
+    let out = inline(&vs("      allowOrigin: [\"https://b.example.com\"]\n"));
+    let p = policy(&out, "v");
+    assert_eq!(
+        p.document.spec.routes[0].allow_origins,
+        strs(&["https://b.example.com"])
+    );
+    assert!(!has(p, "deprecated-field-ignored"));
+}
+
 #[test]
 fn envoy_gateway() {
     let out = fixture("envoy-gateway.yaml");

@@ -139,12 +139,22 @@ fn draft(cors: &Value, base: &str, ctx: &mut Ctx) -> Draft {
         }),
         ..Draft::default()
     };
-    for (k, m) in at(cors, &["allowOrigins"])
+    let matchers = at(cors, &["allowOrigins"])
         .as_array()
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
+        .filter(|list| !list.is_empty());
+    // Istio reads the deprecated `allowOrigin` only when `allowOrigins` is absent.
+    let deprecated = strings(at(cors, &["allowOrigin"]));
+    if matchers.is_some() && !deprecated.is_empty() {
+        ctx.warn(
+            "deprecated-field-ignored",
+            &format!("{base}.allowOrigin"),
+            format!(
+                "is ignored because {} is set, as Istio ignores it: its origins are not converted",
+                fields.origins
+            ),
+        );
+    }
+    for (k, m) in matchers.into_iter().flatten().enumerate() {
         let f = format!("{}[{k}]", fields.origins);
         if let Some(exact) = at(m, &["exact"]).as_str() {
             exact_origin(exact, &f, &mut d, ctx);
@@ -154,8 +164,10 @@ fn draft(cors: &Value, base: &str, ctx: &mut Ctx) -> Draft {
             regex_origin(re, &f, &mut d, ctx);
         }
     }
-    for (k, exact) in strings(at(cors, &["allowOrigin"])).iter().enumerate() {
-        exact_origin(exact, &format!("{base}.allowOrigin[{k}]"), &mut d, ctx);
+    if matchers.is_none() {
+        for (k, exact) in deprecated.iter().enumerate() {
+            exact_origin(exact, &format!("{base}.allowOrigin[{k}]"), &mut d, ctx);
+        }
     }
     super::envoy_lists(cors, &mut d, ctx);
     d
