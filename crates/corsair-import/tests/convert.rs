@@ -145,6 +145,58 @@ fn ingress_nginx() {
     assert_eq!(assets.document.spec.allow_null_origin, None);
 }
 
+/// The list annotations pass or fail as ingress-nginx v1.9 and later check them: the header list
+/// against `parser.HeadersVariable`, every list after its lines are trimmed, with line breaks
+/// refused by the annotation validator; empty items between commas are dropped.
+#[test]
+fn ingress_nginx_lists_are_checked_as_ingress_nginx_does() {
+    let ingress = |annotation: &str, value: &str| {
+        inline(&format!(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: i\n  annotations:\n    nginx.ingress.kubernetes.io/enable-cors: \"true\"\n    nginx.ingress.kubernetes.io/cors-allow-origin: https://a.example.com\n    nginx.ingress.kubernetes.io/{annotation}: {value}\nspec: {{}}\n"
+        ))
+    };
+    for value in [
+        r#""Content-Type ,X-Api-Key""#,
+        r#""Content-Type,  X-Api-Key""#,
+        r#""Content-Type,,X-Api-Key""#,
+    ] {
+        let out = ingress("cors-allow-headers", value);
+        assert_usable(&out);
+        let p = policy(&out, "i");
+        assert_eq!(
+            p.document.spec.allow_headers,
+            strs(&["Content-Type", "X-Api-Key"]),
+            "{value}"
+        );
+        assert!(!has(p, "invalid-value"), "{value}: {:?}", codes(p));
+    }
+    let p = &ingress("cors-allow-headers", r#""Content-Type ,X-Api-Key""#).policies[0];
+    let older = finding(p, "version-dependent");
+    assert_eq!(
+        older.field,
+        "metadata.annotations[nginx.ingress.kubernetes.io/cors-allow-headers]"
+    );
+    // A value every version accepts says nothing about versions.
+    let p = &ingress("cors-allow-headers", r#""Content-Type, X-Api-Key""#).policies[0];
+    assert!(!has(p, "version-dependent"), "{:?}", codes(p));
+
+    // Leading and trailing blanks are trimmed before the check.
+    let p = &ingress("cors-allow-methods", r#"" PUT, DELETE ""#).policies[0];
+    assert_eq!(
+        p.document.spec.allow_methods,
+        strs(&["PUT", "DELETE", "GET", "HEAD", "POST"])
+    );
+    let p = &ingress("cors-expose-headers", r#"" X-Request-Id""#).policies[0];
+    assert_eq!(p.document.spec.expose_headers, strs(&["X-Request-Id"]));
+    // A line break fails the validator: the default list.
+    let p = &ingress("cors-allow-methods", r#""PUT,\nDELETE""#).policies[0];
+    assert!(has(p, "invalid-value"), "{:?}", codes(p));
+    assert_eq!(
+        p.document.spec.allow_methods,
+        strs(&["GET", "PUT", "POST", "DELETE", "PATCH", "OPTIONS", "HEAD"])
+    );
+}
+
 #[test]
 fn gateway_api() {
     let out = fixture("gateway-api.yaml");

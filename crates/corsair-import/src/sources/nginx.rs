@@ -122,21 +122,32 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
 
     d.methods = Some(validated(
         get("cors-allow-methods"),
-        r"^([A-Za-z]+,?\s?)+$",
+        METHODS_PATTERN,
         DEFAULT_METHODS,
         &fields.methods,
         &mut ctx,
     ));
+    let headers = get("cors-allow-headers");
+    if let Some(v) = &headers
+        && accepted(v, HEADERS_PATTERN).is_some()
+        && !matches(OLD_HEADERS_PATTERN, &normalized(v))
+    {
+        ctx.note(
+            "version-dependent",
+            &fields.headers,
+            format!("{v:?} passes the header check of ingress-nginx v1.9 and later, which the policy follows; earlier versions refused it and used their default ({DEFAULT_HEADERS})"),
+        );
+    }
     d.headers = Some(validated(
-        get("cors-allow-headers"),
-        r"^([A-Za-z0-9\-_]+,?\s?)+$",
+        headers,
+        HEADERS_PATTERN,
         DEFAULT_HEADERS,
         &fields.headers,
         &mut ctx,
     ));
     d.expose = Some(validated(
         get("cors-expose-headers"),
-        r"^(([A-Za-z0-9\-_]+|\*),?\s?)+$",
+        EXPOSE_PATTERN,
         "",
         &field("cors-expose-headers"),
         &mut ctx,
@@ -234,6 +245,42 @@ fn origins(value: Option<String>, field: &str, d: &mut Draft, ctx: &mut Ctx) {
     }
 }
 
+/// ingress-nginx's patterns for the list annotations (`\s` spelled as Go's ASCII class).
+const METHODS_PATTERN: &str = r"^([A-Za-z]+,?[\t\n\f\r ]?)+$";
+/// `parser.HeadersVariable`, used for `cors-allow-headers` since v1.9.
+const HEADERS_PATTERN: &str = r"^[A-Za-z0-9\-_, ]*$";
+/// What `cors-allow-headers` had to match before v1.9.
+const OLD_HEADERS_PATTERN: &str = r"^([A-Za-z0-9\-_]+,?[\t\n\f\r ]?)+$";
+const EXPOSE_PATTERN: &str = r"^(([A-Za-z0-9\-_]+|\*),?[\t\n\f\r ]?)+$";
+
+/// The value ingress-nginx uses for a list annotation, or `None` when it falls back to its
+/// default. Since v1.9 the annotation validator (on by default) first checks the value with its
+/// spaces removed and refuses line breaks; then each line is trimmed, an empty result is an
+/// error, and the parser checks what is left against the same pattern.
+fn accepted(value: &str, pattern: &str) -> Option<String> {
+    if !value.is_empty() {
+        let compact = value.replace(' ', "");
+        if !matches(pattern, &compact) || compact.contains(['\r', '\n']) {
+            return None;
+        }
+    }
+    Some(normalized(value)).filter(|v| matches(pattern, v))
+}
+
+/// ingress-nginx's `normalizeString`: each line trimmed.
+fn normalized(value: &str) -> String {
+    value
+        .split('\n')
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A non-empty value that `pattern` matches.
+fn matches(pattern: &str, value: &str) -> bool {
+    !value.is_empty() && regex::Regex::new(pattern).is_ok_and(|re| re.is_match(value))
+}
+
 /// An annotation list that ingress-nginx replaces by its default when it fails its pattern.
 fn validated(
     value: Option<String>,
@@ -245,9 +292,8 @@ fn validated(
     let Some(value) = value else {
         return rules::split_list(default);
     };
-    let ok = regex::Regex::new(pattern).is_ok_and(|re| re.is_match(&value));
-    if ok {
-        rules::split_list(&value)
+    if let Some(kept) = accepted(&value, pattern) {
+        rules::split_list(&kept)
     } else {
         let shown = if default.is_empty() { "none" } else { default };
         ctx.note(
