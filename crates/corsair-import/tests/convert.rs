@@ -197,6 +197,27 @@ fn ingress_nginx_lists_are_checked_as_ingress_nginx_does() {
     );
 }
 
+/// An empty `cors-allow-origin` is an error to ingress-nginx's parser, which then allows `*`,
+/// as when the annotation is absent.
+#[test]
+fn ingress_nginx_empty_origin_is_the_default() {
+    for value in [r#""""#, r#""  ""#] {
+        let out = inline(&format!(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: i\n  annotations:\n    nginx.ingress.kubernetes.io/enable-cors: \"true\"\n    nginx.ingress.kubernetes.io/cors-allow-origin: {value}\nspec: {{}}\n"
+        ));
+        assert_usable(&out);
+        let p = policy(&out, "i");
+        assert_eq!(p.document.spec.allow_origins, strs(&["*"]), "{value}");
+        let default = finding(p, "default-origin");
+        assert_eq!(
+            default.field,
+            "metadata.annotations[nginx.ingress.kubernetes.io/cors-allow-origin]"
+        );
+        // ingress-nginx's default credentials `true` beside `*`, as for an absent annotation.
+        assert!(has(p, "wildcard-credentials-dropped"), "{:?}", codes(p));
+    }
+}
+
 #[test]
 fn gateway_api() {
     let out = fixture("gateway-api.yaml");

@@ -173,11 +173,13 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
 
 /// `cors-allow-origin` as ingress-nginx reads it.
 fn origins(value: Option<String>, field: &str, d: &mut Draft, ctx: &mut Ctx) {
-    let Some(value) = value else {
+    // An empty or blank value is an error to ingress-nginx's parser, which then uses its default.
+    let Some(value) = value.as_ref().filter(|v| !v.trim().is_empty()) else {
+        let why = if value.is_some() { "empty" } else { "not set" };
         ctx.note(
             "default-origin",
             field,
-            "not set: ingress-nginx's default is \"*\"".to_owned(),
+            format!("{why}: ingress-nginx's default is \"*\""),
         );
         d.any_origin = Some(field.to_owned());
         return;
