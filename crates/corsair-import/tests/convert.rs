@@ -253,6 +253,27 @@ fn gateway_api() {
     );
 }
 
+/// Envoy-based gateways answer `allowHeaders: ["*"]` by echoing the requested headers with or
+/// without credentials, so `Authorization` passed; a Corsair `*` never covers it.
+#[test]
+fn gateway_api_star_headers_without_credentials_keep_authorization() {
+    let out = inline(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  rules:\n  - filters: [{type: CORS, cors: {allowOrigins: [\"https://a.example.com\"], allowHeaders: [\"*\"]}}]\n",
+    );
+    assert_usable(&out);
+    let p = policy(&out, "r");
+    assert_eq!(
+        p.document.spec.routes[0].allow_headers,
+        strs(&["*", "Authorization"])
+    );
+    assert_eq!(p.document.spec.routes[0].allow_credentials, None);
+    let added = finding(p, "authorization-added");
+    assert_eq!(added.field, "spec.rules[0].filters[0].cors.allowHeaders");
+    // The Gateway API also allows sending `*` literally there: said, with how to undo it.
+    let assumed = finding(p, "wildcard-headers-echo-assumed");
+    assert!(assumed.message.contains("literally"), "{}", assumed.message);
+}
+
 /// A CORS filter on a backendRef acts only on what the rule sends to that backend: the policy is
 /// for that Service alone, and a second, different backend filter is reported, not merged.
 #[test]

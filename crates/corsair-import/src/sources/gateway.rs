@@ -4,8 +4,10 @@
 //! `allowCredentials: true`, the gateway answers with the request's origin, i.e. every site may
 //! read credentialed responses; `*` in a host is a greedy match to the left over any number of
 //! labels; with credentials, `*` in `allowMethods`/`allowHeaders` echoes what was requested
-//! (`Authorization` included); safelisted methods are always allowed; `maxAge` defaults to 5
-//! seconds, what browsers assume without the header. Each rule's path match becomes a route.
+//! (`Authorization` included), and without credentials the gateway may send `*` or echo: Envoy
+//! Gateway and Istio echo (Envoy's CORS filter does, whatever the credentials), so `Authorization`
+//! passed there too; safelisted methods are always allowed; `maxAge` defaults to 5 seconds, what
+//! browsers assume without the header. Each rule's path match becomes a route.
 //! A CORS filter on one of a rule's `backendRefs` acts only on the requests sent to that backend,
 //! so the policy is then meant for that Service's workloads alone.
 
@@ -182,7 +184,8 @@ fn draft(cors: &Value, base: &str, ctx: &mut Ctx) -> Draft {
     let credentials = at(cors, &["allowCredentials"]).as_bool() == Some(true);
     let mut d = Draft {
         credentials,
-        star_headers_echoed: credentials,
+        // Envoy-based gateways echo the requested headers for `*`, with or without credentials.
+        star_headers_echoed: true,
         fields: fields.clone(),
         ..Draft::default()
     };
@@ -192,6 +195,18 @@ fn draft(cors: &Value, base: &str, ctx: &mut Ctx) -> Draft {
     let methods = strings(at(cors, &["allowMethods"]));
     d.methods = (!methods.is_empty()).then_some(methods);
     let headers = strings(at(cors, &["allowHeaders"]));
+    if !credentials
+        && headers.iter().any(|h| h == "*")
+        && !headers
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case("authorization"))
+    {
+        ctx.note(
+            "wildcard-headers-echo-assumed",
+            &fields.headers,
+            "without credentials the Gateway API lets a gateway answer \"*\" either literally or by echoing the requested headers; Envoy-based gateways (Envoy Gateway, Istio) echo, so Authorization passed there and the policy lists it. On a gateway that sent \"*\" literally, browsers refused Authorization: remove it from allowHeaders to keep that".to_owned(),
+        );
+    }
     d.headers = (!headers.is_empty()).then_some(headers);
     d.expose = Some(strings(at(cors, &["exposeHeaders"])));
     d.max_age = match at(cors, &["maxAge"]).as_u64() {
