@@ -274,6 +274,32 @@ fn gateway_api_star_headers_without_credentials_keep_authorization() {
     assert!(assumed.message.contains("literally"), "{}", assumed.message);
 }
 
+/// `https://host:443` means `https://host` to the Gateway API, but Envoy-based gateways compared
+/// the bytes and never matched it: the translation stays, with a warning.
+#[test]
+fn gateway_api_default_port_is_dropped_with_a_warning() {
+    let out = inline(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  rules:\n  - filters: [{type: CORS, cors: {allowOrigins: [\"https://a.example.com:443\", \"http://b.example.com:80\"]}}]\n",
+    );
+    assert_usable(&out);
+    let p = policy(&out, "r");
+    assert_eq!(
+        p.document.spec.routes[0].allow_origins,
+        strs(&["https://a.example.com", "http://b.example.com"])
+    );
+    let dropped: Vec<&Finding> = p
+        .findings
+        .iter()
+        .filter(|f| f.code == "default-port-dropped")
+        .collect();
+    assert_eq!(dropped.len(), 2, "{:?}", codes(p));
+    for f in dropped {
+        assert_eq!(f.severity, Severity::Warning);
+        assert_eq!(f.field, "spec.rules[0].filters[0].cors.allowOrigins");
+        assert!(f.message.contains("byte for byte"), "{}", f.message);
+    }
+}
+
 /// A CORS filter on a backendRef acts only on what the rule sends to that backend: the policy is
 /// for that Service alone, and a second, different backend filter is reported, not merged.
 #[test]

@@ -240,11 +240,11 @@ pub(crate) fn wildcard_origin(
         for (scheme, port) in [("https://", ":443"), ("http://", ":80")] {
             if origin.starts_with(scheme) && origin.ends_with(port) {
                 origin.truncate(origin.len() - port.len());
-                ctx.note(
+                ctx.warn(
                     "default-port-dropped",
                     field,
                     format!(
-                        "{entry:?} written as {origin:?}: browsers never send the default port"
+                        "{entry:?} written as {origin:?}: browsers never send the default port, and the Gateway API says it is assumed. Envoy-based gateways (Envoy Gateway, Istio) compare origins byte for byte, so there this entry never matched and the policy allows {origin:?} where the gateway did not: remove it if that origin should stay refused"
                     ),
                 );
             }
