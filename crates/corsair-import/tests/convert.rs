@@ -458,6 +458,42 @@ fn traefik() {
     );
 }
 
+/// Traefik echoes the requested methods and headers for `*` with credentials only since v3.6.22
+/// and v3.7.6; the policy echoes too, and warns that this is wider than earlier Traefik.
+#[test]
+fn traefik_star_with_credentials_warns_about_earlier_versions() {
+    let out = inline(
+        "apiVersion: traefik.io/v1alpha1\nkind: Middleware\nmetadata: {name: m}\nspec:\n  headers:\n    accessControlAllowOriginList: [https://a.example.com]\n    accessControlAllowCredentials: true\n    accessControlAllowMethods: [\"*\"]\n    accessControlAllowHeaders: [\"*\"]\n",
+    );
+    assert_usable(&out);
+    let p = policy(&out, "m");
+    assert_eq!(p.document.spec.allow_methods, strs(&["*"]));
+    assert_eq!(p.document.spec.allow_headers, strs(&["*", "Authorization"]));
+    let fields: Vec<&str> = p
+        .findings
+        .iter()
+        .filter(|f| f.code == "version-dependent")
+        .inspect(|f| {
+            assert_eq!(f.severity, Severity::Warning);
+            assert!(f.message.contains("v3.6.22"), "{}", f.message);
+        })
+        .map(|f| f.field.as_str())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.headers.accessControlAllowMethods",
+            "spec.headers.accessControlAllowHeaders"
+        ]
+    );
+
+    // Without credentials every version sent `*` as it is: nothing to say.
+    let out = inline(
+        "apiVersion: traefik.io/v1alpha1\nkind: Middleware\nmetadata: {name: m}\nspec:\n  headers:\n    accessControlAllowOriginList: [https://a.example.com]\n    accessControlAllowHeaders: [\"*\"]\n",
+    );
+    assert!(!has(policy(&out, "m"), "version-dependent"));
+}
+
 #[test]
 fn esp() {
     let out = fixture("esp.yaml");

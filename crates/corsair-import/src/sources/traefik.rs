@@ -3,11 +3,13 @@
 //! What Traefik does: `accessControlAllowOriginList` entries are compared byte for byte, `*`
 //! allows every origin; `accessControlAllowOriginListRegex` entries are Go regexes searched
 //! anywhere in the origin (not anchored); every preflight is answered by Traefik itself. Traefik
-//! v3 (`traefik.io`) answers `*` with credentials by echoing the request's origin, so every site
-//! could read credentialed responses; `*` in allowed headers then echoes the requested ones, and
-//! exposed headers containing `*` are not sent at all. Traefik v2 (`traefik.containo.us`) sent
-//! `*` literally, which browsers refuse for credentialed requests, and always sent
-//! `Access-Control-Max-Age` (0 when not set).
+//! v3.6.22, v3.7.6 and later (assumed for `traefik.io`) answer `*` with credentials by echoing
+//! the request's origin, so every site could read credentialed responses; `*` in allowed methods
+//! and headers then echoes the requested ones, and exposed headers containing `*` are not sent at
+//! all. Earlier Traefik, v2 (`traefik.containo.us`, and `traefik.io` since v2.10) and v3 before
+//! those, sent `*` literally, which browsers refuse for credentialed requests, and always sent
+//! `Access-Control-Max-Age` (0 when not set); where that makes the policy wider for methods or
+//! headers, a warning says so.
 
 use corsair_policy::UnmatchedPreflights;
 use serde_json::Value;
@@ -86,6 +88,9 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef, v2: bool) -> Outcome {
     d.methods = list("accessControlAllowMethods");
     d.headers = list("accessControlAllowHeaders");
     d.expose = list("accessControlExposeHeaders");
+    if !v2 && d.credentials {
+        star_echo_is_recent(&d, &fields, &mut ctx);
+    }
     if !v2
         && d.credentials
         && d.expose
@@ -122,6 +127,34 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef, v2: bool) -> Outcome {
         "and remove the middleware from those routes once the sidecar runs".to_owned(),
     ]);
     single(source, spec, ctx, opt_in)
+}
+
+/// `*` in allowed methods or headers with credentials: Traefik echoes what was requested only
+/// since v3.6.22 and v3.7.6 (as the policy does); earlier versions sent `*` literally, which
+/// browsers take for the name `*` on credentialed requests.
+fn star_echo_is_recent(d: &Draft, fields: &Fields, ctx: &mut Ctx) {
+    let star = |l: &Option<Vec<String>>| l.as_ref().is_some_and(|l| l.iter().any(|x| x == "*"));
+    let lists = [
+        (
+            star(&d.methods),
+            &fields.methods,
+            "methods",
+            "only GET, HEAD and POST passed on credentialed requests",
+        ),
+        (
+            star(&d.headers),
+            &fields.headers,
+            "headers",
+            "no non-safelisted header passed on credentialed requests, nor Authorization on any",
+        ),
+    ];
+    for (_, field, what, before) in lists.into_iter().filter(|l| l.0) {
+        ctx.warn(
+            "version-dependent",
+            field,
+            format!("contains \"*\" while credentials are allowed: Traefik v3.6.22, v3.7.6 and later answer it by echoing the requested {what}, as the policy does; earlier Traefik (v2, and v3 before those) sent \"*\" literally, which browsers take for the name \"*\" with credentials, so {before}. On an earlier Traefik the policy allows more than it did: list the {what} your pages send instead of \"*\""),
+        );
+    }
 }
 
 /// `^…$` around the whole expression, with no top-level alternation: searching equals matching.
