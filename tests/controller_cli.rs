@@ -69,6 +69,31 @@ fn clashing_sidecar_ports_are_refused_before_anything_starts() {
     );
 }
 
+/// A sidecar default the API server would refuse in every pod (`128MB`), or one the webhook
+/// would (a request above its limit), stops the controller at start, naming the flags.
+#[test]
+fn bad_sidecar_resources_are_refused_before_anything_starts() {
+    let no_cluster = [("KUBECONFIG", "/nonexistent/kubeconfig")];
+    let out = controller(&["--sidecar-memory-limit", "128MB"], &no_cluster);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("'128MB' for '--sidecar-memory-limit")
+            && stderr.contains("not a Kubernetes quantity"),
+        "{stderr}"
+    );
+    let out = controller(
+        &["--sidecar-cpu-request", "1", "--sidecar-cpu-limit", "500m"],
+        &no_cluster,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--sidecar-cpu-request 1 is above --sidecar-cpu-limit 500m"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn unknown_sidecar_mode_names_the_choices() {
     let out = controller(&["--sidecar-mode", "sometimes"], &[]);

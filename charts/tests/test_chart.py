@@ -200,6 +200,13 @@ def test_schema_rejects_a_mistyped_value():
     with pytest.raises(helm.HelmError) as err:
         chart.validate_schema({"replicas": 2})
     assert "replicas" in str(err.value)
+    # A quantity the API server would refuse in every injected pod.
+    with pytest.raises(helm.HelmError) as err:
+        chart.validate_schema({"sidecar": {"resources": {"limits": {"memory": "128MB"}}}})
+    assert "memory" in str(err.value)
+    for good in ["128Mi", "0.5", "1e3", "500m", ".5"]:
+        chart.validate_schema({"sidecar": {"resources": {"limits": {"memory": good, "cpu": good}}}})
+    chart.validate_schema({"controller": {"resources": {"requests": {"cpu": 1}}}})
 
 
 def test_chart_crd_is_the_generated_one(corsair_bin):

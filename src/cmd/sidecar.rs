@@ -28,17 +28,26 @@ pub struct SidecarArgs {
     #[arg(long, default_value = "info")]
     sidecar_log_level: String,
     /// CPU request of the sidecar.
-    #[arg(long, default_value = "50m")]
+    #[arg(long, default_value = "50m", value_parser = parse_quantity)]
     sidecar_cpu_request: String,
     /// CPU limit of the sidecar.
-    #[arg(long, default_value = "500m")]
+    #[arg(long, default_value = "500m", value_parser = parse_quantity)]
     sidecar_cpu_limit: String,
     /// Memory request of the sidecar.
-    #[arg(long, default_value = "32Mi")]
+    #[arg(long, default_value = "32Mi", value_parser = parse_quantity)]
     sidecar_memory_request: String,
     /// Memory limit of the sidecar.
-    #[arg(long, default_value = "128Mi")]
+    #[arg(long, default_value = "128Mi", value_parser = parse_quantity)]
     sidecar_memory_limit: String,
+}
+
+/// A quantity as the webhook reads one: a bad default would have every opted-in pod refused
+/// by the API server, rolled out by the controller all the same.
+fn parse_quantity(s: &str) -> Result<String, String> {
+    match webhook::quantity_value(s) {
+        Some(_) => Ok(s.to_owned()),
+        None => Err("not a Kubernetes quantity such as `100m`, `0.5` or `64Mi`".to_owned()),
+    }
 }
 
 fn parse_mode(s: &str) -> Result<SidecarMode, String> {
@@ -54,6 +63,27 @@ impl SidecarArgs {
             "--sidecar-proxy-port and --sidecar-admin-port are both {}",
             self.sidecar_proxy_port
         );
+        for (request_flag, request, limit_flag, limit) in [
+            (
+                "--sidecar-cpu-request",
+                &self.sidecar_cpu_request,
+                "--sidecar-cpu-limit",
+                &self.sidecar_cpu_limit,
+            ),
+            (
+                "--sidecar-memory-request",
+                &self.sidecar_memory_request,
+                "--sidecar-memory-limit",
+                &self.sidecar_memory_limit,
+            ),
+        ] {
+            // The webhook would refuse every pod that takes both defaults, naming annotations
+            // nobody set.
+            anyhow::ensure!(
+                webhook::quantity_value(request) <= webhook::quantity_value(limit),
+                "{request_flag} {request} is above {limit_flag} {limit}"
+            );
+        }
         Ok(InjectConfig {
             image: self
                 .sidecar_image

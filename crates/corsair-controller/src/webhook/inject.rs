@@ -924,7 +924,7 @@ fn policy_volume(policy: &str) -> Volume {
 /// The value of a Kubernetes resource quantity (`100m`, `0.5`, `64Mi`, `1e3`, `+1`, `500n`), or
 /// `None` when `v` is not one, or is negative (no resource is). A float: the values compared are
 /// written by people, never within its precision of each other.
-fn quantity_value(v: &str) -> Option<f64> {
+pub fn quantity_value(v: &str) -> Option<f64> {
     let v = v.strip_prefix('+').unwrap_or(v);
     let split = v
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

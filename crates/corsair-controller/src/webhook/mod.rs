@@ -18,6 +18,7 @@ use std::sync::Arc;
 pub use inject::{
     InjectConfig, InjectError, InjectOutcome, InjectedRecord, Injection, ParseSidecarModeError,
     PolicyLookup, PolicyPresence, SidecarMode, SidecarResources, inject, native_sidecars_supported,
+    quantity_value,
 };
 pub use metrics::Metrics;
 pub use probe::{ProbeError, ProbeTarget, probe};
