@@ -244,7 +244,7 @@ async fn annotated_deployment_gets_the_sidecar_and_loses_it() {
     .await;
 
     // The Service's named targetPort reaches the proxy and the pod is ready behind it. (Before
-    // Kubernetes 1.32 a named port on a native sidecar never reached the EndpointSlice:
+    // Kubernetes 1.33 a named port on a native sidecar never reached the EndpointSlice:
     // kubernetes/kubernetes#128850.)
     let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
     let service: Service = serde_json::from_value(json!({

@@ -7,10 +7,10 @@ use corsair_controller::webhook::{self, InjectConfig, SidecarMode, SidecarResour
 /// How the injected proxy is built. Each value can be overridden per pod by annotation.
 #[derive(clap::Args, Debug, Clone)]
 pub struct SidecarArgs {
-    /// `native`: an init container with `restartPolicy: Always` (Kubernetes 1.32+, the first
+    /// `native`: an init container with `restartPolicy: Always` (Kubernetes 1.33+, the first
     /// where a Service's named port reaches a native sidecar); `container`: a regular
-    /// container; `auto`: native from 1.32 on (`corsair controller` asks the API server;
-    /// `corsair webhook` has none and assumes 1.32 or later).
+    /// container; `auto`: native from 1.33 on (`corsair controller` asks the API server;
+    /// `corsair webhook` has none and assumes 1.33 or later).
     #[arg(long, default_value = "auto", value_parser = parse_mode)]
     pub sidecar_mode: SidecarMode,
     /// Sidecar image [default: ghcr.io/corsair-dev/corsair-proxy:<this version>, the slim image];

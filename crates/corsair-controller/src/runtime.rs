@@ -415,7 +415,7 @@ async fn resolve_sidecar_mode(client: &Client, mode: SidecarMode) -> SidecarMode
             if mode == SidecarMode::Native && !native {
                 tracing::warn!(
                     version = %info.git_version,
-                    "--sidecar-mode native before Kubernetes 1.32: a Service's named targetPort \
+                    "--sidecar-mode native before Kubernetes 1.33: a Service's named targetPort \
                      does not resolve to a native sidecar there, so opted-in workloads lose \
                      their endpoints; use auto or container"
                 );

@@ -30,7 +30,7 @@ pub enum SidecarMode {
     /// [`SidecarMode::resolve`] before serving; an unresolved `Auto` injects natively.
     #[default]
     Auto,
-    /// An init container with `restartPolicy: Always` (Kubernetes 1.32+: see
+    /// An init container with `restartPolicy: Always` (Kubernetes 1.33+: see
     /// [`native_sidecars_supported`]).
     Native,
     /// A regular container, for clusters without native sidecars.
@@ -85,9 +85,10 @@ impl FromStr for SidecarMode {
 
 /// Whether a cluster whose API server has this version serves Corsair's native sidecar: one
 /// that runs native sidecars (beta and on since 1.29) is not enough, a Service's named
-/// `targetPort` must also resolve to one. The EndpointSlice controller does that from 1.32 on
-/// (kubernetes/kubernetes#127976 and #128850, not backported); before, the Service of every
-/// opted-in workload would lose its endpoints. Every kubelet that a 1.32 API server accepts
+/// `targetPort` must also resolve to one. The EndpointSlice controller does that from 1.33 on
+/// (kubernetes/kubernetes#127976 in 1.32 resolved it for Endpoints only, #128850 in 1.33 for
+/// EndpointSlices, which kube-proxy reads; neither backported); before, the Service of every
+/// opted-in workload would lose its endpoints. Every kubelet that a 1.33 API server accepts
 /// (three minors back) runs native sidecars. `major`/`minor` are the strings of `/version`,
 /// where GKE and EKS append `+`.
 pub fn native_sidecars_supported(major: &str, minor: &str) -> bool {
@@ -97,7 +98,7 @@ pub fn native_sidecars_supported(major: &str, minor: &str) -> bool {
             .ok()
     };
     match (num(major), num(minor)) {
-        (Some(major), Some(minor)) => major > 1 || (major == 1 && minor >= 32),
+        (Some(major), Some(minor)) => major > 1 || (major == 1 && minor >= 33),
         _ => false,
     }
 }

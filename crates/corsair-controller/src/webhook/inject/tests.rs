@@ -670,11 +670,12 @@ fn sidecar_modes() {
         Some(SidecarMode::Native)
     );
     assert!("sidecar".parse::<SidecarMode>().is_err());
-    assert!(native_sidecars_supported("1", "32"));
-    assert!(native_sidecars_supported("1", "33+"));
+    assert!(native_sidecars_supported("1", "33"));
+    assert!(native_sidecars_supported("1", "34+"));
     assert!(native_sidecars_supported("2", "0"));
     // Native sidecars run there, but a Service's named port does not reach one.
-    assert!(!native_sidecars_supported("1", "31+"));
+    assert!(!native_sidecars_supported("1", "32+"));
+    assert!(!native_sidecars_supported("1", "31"));
     assert!(!native_sidecars_supported("1", "29"));
     assert!(!native_sidecars_supported("1", "28"));
     assert!(!native_sidecars_supported("", "x"));
