@@ -400,20 +400,15 @@ pub(crate) fn to_upstream<B>(
         }
         None => parts.headers.get(header::HOST).cloned(),
     };
-    // An HTTP/1.0 request may come without a host; HTTP/1.1 wants the line, empty then (RFC
-    // 9112 §3.2). (`handle` has refused an HTTP/1.1 request without one.)
-    if host.is_none() {
-        parts
-            .headers
-            .insert(header::HOST, HeaderValue::from_static(""));
-    }
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     // hyper already answered `Expect: 100-continue` towards the client.
     parts.headers.remove(header::EXPECT);
     headers::add_forwarded(&mut parts.headers, &conn.forwarded_for, host.as_ref());
     // An HTTP/1.1 request must carry `Host` (RFC 9112 §3.2): again when the client's
-    // `Connection` named it.
-    if let Some(host) = host.filter(|_| !parts.headers.contains_key(header::HOST)) {
+    // `Connection` named it, and empty for an HTTP/1.0 request that had none (`handle` has
+    // refused an HTTP/1.1 one without).
+    if !parts.headers.contains_key(header::HOST) {
+        let host = host.unwrap_or_else(|| HeaderValue::from_static(""));
         parts.headers.insert(header::HOST, host);
     }
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {

@@ -257,6 +257,11 @@ async fn a_request_without_host() {
     for (request, status) in [
         (&b"GET /nohost HTTP/1.1\r\n\r\n"[..], "HTTP/1.1 400"),
         (b"GET /nohost HTTP/1.0\r\n\r\n", "HTTP/1.0 200"),
+        // Not even when `Connection` names it.
+        (
+            b"GET /nohost HTTP/1.0\r\nConnection: host\r\n\r\n",
+            "HTTP/1.0 200",
+        ),
     ] {
         let mut stream = TcpStream::connect(h.proxy.listen_addr())
             .await
@@ -266,8 +271,10 @@ async fn a_request_without_host() {
         assert!(head.starts_with(status), "{head}");
     }
     let seen = h.upstream.seen();
-    assert_eq!(seen.len(), 1, "only the HTTP/1.0 request went up");
-    assert_eq!(values(&h.upstream.last().headers, "host"), [""]);
+    assert_eq!(seen.len(), 2, "only the HTTP/1.0 requests went up");
+    for request in &seen {
+        assert_eq!(values(&request.headers, "host"), [""]);
+    }
     h.proxy.shutdown().await.expect("clean shutdown");
 }
 
