@@ -238,13 +238,8 @@ pub async fn reconcile<K: Workload>(
                 "{POLICY_ANNOTATION} {policy:?} {}: the pod template is left as it is",
                 names::POLICY_NAME_RULE
             );
-            ctx.publish(
-                obj.as_ref(),
-                EventType::Warning,
-                REASON_INVALID_POLICY_NAME,
-                note,
-            )
-            .await;
+            ctx.publish_once(obj.as_ref(), REASON_INVALID_POLICY_NAME, note)
+                .await;
         }
         Some(policy) => {
             // `kubectl annotate deployment` puts the others where the policy goes, and where
