@@ -187,9 +187,13 @@ def test_the_disruption_budget_never_blocks_a_node_drain():
     assert by_kind(render({"replicaCount": 1}), "PodDisruptionBudget") == []
     (pdb,) = by_kind(render({"replicaCount": 3, "podDisruptionBudget": {"minAvailable": 2}}), "PodDisruptionBudget")
     assert pdb["spec"]["minAvailable"] == 2
-    with pytest.raises(helm.HelmError) as err:
-        render({"replicaCount": 2, "podDisruptionBudget": {"minAvailable": 2}})
-    assert "podDisruptionBudget.minAvailable (2) must be below replicaCount (2)" in str(err.value)
+    (pdb,) = by_kind(render({"replicaCount": 2, "podDisruptionBudget": {"minAvailable": "50%"}}), "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == "50%"
+    # A number (from a file or --set, as text) or a percentage rounded up that keeps them all.
+    for kept in [2, "2", "100%", "60%"]:
+        with pytest.raises(helm.HelmError) as err:
+            render({"replicaCount": 2, "podDisruptionBudget": {"minAvailable": kept}})
+        assert f"podDisruptionBudget.minAvailable ({kept}) keeps all 2 replicas" in str(err.value)
 
 
 def test_schema_rejects_a_mistyped_value():
