@@ -300,6 +300,64 @@ fn gateway_api_default_port_is_dropped_with_a_warning() {
     }
 }
 
+/// Two rules of one path, one with CORS and one without: the Gateway API picks between them by
+/// match type and conditions, which a route cannot; the one kept is named, in either order.
+#[test]
+fn gateway_api_rules_of_one_path_are_never_dropped_silently() {
+    let route = |first: &str, second: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  rules:\n{first}{second}"
+        )
+    };
+    let with_cors = "  - matches: [{path: {type: PathPrefix, value: /api}}]\n    filters: [{type: CORS, cors: {allowOrigins: [\"https://a.example.com\"]}}]\n";
+    let without = "  - matches: [{path: {type: Exact, value: /api}}]\n";
+    // CORS first: the Exact rule without CORS is not converted, and a warning says so.
+    let out = inline(&route(with_cors, without));
+    let p = policy(&out, "r");
+    let same: Vec<&Finding> = p
+        .findings
+        .iter()
+        .filter(|f| f.code == "same-path-rules")
+        .collect();
+    assert_eq!(same.len(), 1, "{:?}", codes(p));
+    assert_eq!(same[0].severity, Severity::Warning);
+    assert_eq!(same[0].field, "spec.rules[1].matches[0].path");
+    assert!(
+        same[0]
+            .message
+            .contains("keeps spec.rules[0].matches[0].path (its CORS rules)"),
+        "{}",
+        same[0].message
+    );
+    assert!(
+        same[0].message.contains("absence of CORS is not converted"),
+        "{}",
+        same[0].message
+    );
+    // Without CORS first: the CORS rule is the one not converted, and no "never reached" claim.
+    let out = inline(&route(without, with_cors));
+    let findings: Vec<&Finding> = out
+        .policies
+        .iter()
+        .flat_map(|p| &p.findings)
+        .chain(out.skipped.iter().map(|s| &s.finding))
+        .collect();
+    let same: Vec<&&Finding> = findings
+        .iter()
+        .filter(|f| f.code == "same-path-rules")
+        .collect();
+    assert_eq!(same.len(), 1);
+    assert!(
+        same[0].message.contains("(no CORS)")
+            && same[0]
+                .message
+                .contains("CORS configuration is not converted"),
+        "{}",
+        same[0].message
+    );
+    assert!(!findings.iter().any(|f| f.code == "shadowed-route"));
+}
+
 /// A CORS filter on a backendRef acts only on what the rule sends to that backend: the policy is
 /// for that Service alone, and a second, different backend filter is reported, not merged.
 #[test]

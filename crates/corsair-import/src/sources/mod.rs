@@ -224,28 +224,53 @@ pub(crate) fn assemble_routes(
     first_match_wins: bool,
     ctx: &mut Ctx,
 ) -> Vec<corsair_policy::RouteSpec> {
-    let mut taken: Vec<String> = Vec::new();
+    // Each path taken: its prefix, its field, whether it has CORS rules.
+    let mut taken: Vec<(String, String, bool)> = Vec::new();
     let mut routes: Vec<corsair_policy::RouteSpec> = Vec::new();
     let mut without: Vec<PathEntry> = Vec::new();
     for entry in entries {
-        let shadowed = if first_match_wins {
-            taken.iter().any(|t| under(&entry.prefix, t))
-        } else {
-            taken
-                .iter()
-                .any(|t| t.trim_end_matches('/') == entry.prefix.trim_end_matches('/'))
-        };
-        if shadowed {
-            if entry.rules.is_some() {
+        let earlier = taken.iter().find(|(prefix, _, _)| {
+            if first_match_wins {
+                under(&entry.prefix, prefix)
+            } else {
+                prefix.trim_end_matches('/') == entry.prefix.trim_end_matches('/')
+            }
+        });
+        if let Some((_, earlier_field, earlier_cors)) = earlier {
+            let this = if entry.rules.is_some() {
+                "CORS configuration"
+            } else {
+                "absence of CORS"
+            };
+            if first_match_wins {
+                if entry.rules.is_some() {
+                    ctx.warn(
+                        "shadowed-route",
+                        &entry.field,
+                        format!("{:?} is never reached: an earlier match already takes these paths, so this CORS configuration is not converted", entry.prefix),
+                    );
+                }
+            } else if entry.rules.is_some() || *earlier_cors {
+                // The Gateway API ranks rules of one path by match type, then by headers, query
+                // parameters and method: nothing a route can express, so say which one stays.
+                let kept = if *earlier_cors {
+                    "its CORS rules"
+                } else {
+                    "no CORS"
+                };
                 ctx.warn(
-                    "shadowed-route",
+                    "same-path-rules",
                     &entry.field,
-                    format!("{:?} is never reached: an earlier match already takes these paths, so this CORS configuration is not converted", entry.prefix),
+                    format!("{:?} is also the path of {earlier_field}; the Gateway API chooses between such rules by match type (Exact before PathPrefix), then by headers, query parameters and method, which a policy route cannot tell apart: the policy keeps {earlier_field} ({kept}) for every request under {:?}, and this rule's {this} is not converted", entry.prefix, entry.prefix),
                 );
             }
             continue;
         }
-        taken.push(entry.prefix.clone());
+        taken.push((
+            entry.prefix.clone(),
+            entry.field.clone(),
+            entry.rules.is_some(),
+        ));
         match entry.rules {
             Some(rules) => routes.push(corsair_policy::RouteSpec {
                 path_prefix: entry.prefix,
