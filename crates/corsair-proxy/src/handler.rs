@@ -437,6 +437,20 @@ async fn forward(state: &State, conn: &Conn, mut req: Request<Incoming>) -> Resp
     } else {
         None
     };
+    // hyper decodes `chunked` alone: a body under any other coding would reach the upstream
+    // still coded, with nothing saying so (RFC 9112 §6.1).
+    let coded = req
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(headers::tokens)
+        .any(|coding| !coding.eq_ignore_ascii_case("chunked"));
+    if coded {
+        return text(
+            StatusCode::NOT_IMPLEMENTED,
+            "only the chunked transfer coding is supported\n",
+        );
+    }
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let Some(request) = to_upstream(req, conn, upgrade.as_ref()) else {
         return text(StatusCode::BAD_REQUEST, "invalid request target\n");

@@ -249,6 +249,35 @@ async fn h2c_and_http_1_0_upgrades_are_plain_requests() {
     h.proxy.shutdown().await.expect("clean shutdown");
 }
 
+/// A request body under a transfer coding other than `chunked` (which hyper decodes) would
+/// reach the upstream still coded: 501, and nothing goes up (RFC 9112 §6.1).
+#[tokio::test]
+async fn a_request_transfer_coding_other_than_chunked_is_a_501() {
+    let h = harness(POLICY).await;
+    let mut stream = TcpStream::connect(h.proxy.listen_addr())
+        .await
+        .expect("connect");
+    stream
+        .write_all(
+            b"POST /te HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
+              5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await
+        .expect("write request");
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 501"), "{head}");
+    assert!(h.upstream.seen().is_empty());
+    // A chunked body alone goes up.
+    let response = send(
+        h.proxy.listen_addr(),
+        request("POST", "/te").header("transfer-encoding", "chunked"),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(h.upstream.seen().len(), 1);
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
+
 /// RFC 9112 §3.2: an HTTP/1.1 request without `Host` is a 400; an HTTP/1.0 one, which may
 /// have none, goes up with an empty `Host`, as HTTP/1.1 wants.
 #[tokio::test]
