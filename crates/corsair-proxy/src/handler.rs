@@ -427,6 +427,8 @@ pub(crate) fn to_upstream<B>(
     Some(Request::from_parts(parts, body))
 }
 
+const UNKNOWN_CODING: &str = "only the chunked transfer coding is supported\n";
+
 /// Sends the request to the upstream and returns its response, or a 502/504 naming the cause.
 async fn forward(state: &State, conn: &Conn, mut req: Request<Incoming>) -> Response<ProxyBody> {
     // hyper upgrades HTTP/1.1 connections only (an HTTP/1.0 request's `Upgrade` is dropped as
@@ -437,19 +439,22 @@ async fn forward(state: &State, conn: &Conn, mut req: Request<Incoming>) -> Resp
     } else {
         None
     };
-    // hyper decodes `chunked` alone: a body under any other coding would reach the upstream
-    // still coded, with nothing saying so (RFC 9112 §6.1).
-    let coded = req
-        .headers()
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(headers::tokens)
-        .any(|coding| !coding.eq_ignore_ascii_case("chunked"));
-    if coded {
-        return text(
-            StatusCode::NOT_IMPLEMENTED,
-            "only the chunked transfer coding is supported\n",
-        );
+    // hyper decodes one `chunked` alone: a body under any other coding, or chunked twice, would
+    // reach the upstream still coded, with nothing saying so (RFC 9112 §6.1, §7).
+    let mut chunked = 0;
+    for value in req.headers().get_all(header::TRANSFER_ENCODING) {
+        let Ok(codings) = value.to_str() else {
+            return text(StatusCode::NOT_IMPLEMENTED, UNKNOWN_CODING);
+        };
+        for coding in codings.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            if !coding.eq_ignore_ascii_case("chunked") {
+                return text(StatusCode::NOT_IMPLEMENTED, UNKNOWN_CODING);
+            }
+            chunked += 1;
+        }
+    }
+    if chunked > 1 {
+        return text(StatusCode::BAD_REQUEST, "chunked applied more than once\n");
     }
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let Some(request) = to_upstream(req, conn, upgrade.as_ref()) else {

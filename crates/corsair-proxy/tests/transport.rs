@@ -266,6 +266,28 @@ async fn a_request_transfer_coding_other_than_chunked_is_a_501() {
         .expect("write request");
     let head = read_head(&mut stream).await;
     assert!(head.starts_with("HTTP/1.1 501"), "{head}");
+    // The coding on a line of its own, and chunked applied twice (its inner framing would go up
+    // as the body).
+    for (codings, status) in [
+        (
+            &b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n"[..],
+            "HTTP/1.1 501",
+        ),
+        (b"Transfer-Encoding: chunked, chunked\r\n", "HTTP/1.1 400"),
+    ] {
+        let mut stream = TcpStream::connect(h.proxy.listen_addr())
+            .await
+            .expect("connect");
+        let request = [
+            &b"POST /te HTTP/1.1\r\nHost: api.test\r\n"[..],
+            codings,
+            b"\r\n5\r\nhello\r\n0\r\n\r\n",
+        ]
+        .concat();
+        stream.write_all(&request).await.expect("write request");
+        let head = read_head(&mut stream).await;
+        assert!(head.starts_with(status), "{head}");
+    }
     assert!(h.upstream.seen().is_empty());
     // A chunked body alone goes up.
     let response = send(
