@@ -621,6 +621,36 @@ async fn pod_annotations_on_the_workload_itself_get_a_warning() {
     .await;
 }
 
+/// An invalid policy name is said once, not at every reconcile (a misplaced annotation wakes
+/// one too); fixed and then broken the same way again, it is news again.
+#[tokio::test]
+async fn an_invalid_policy_name_is_said_once_per_occurrence() {
+    let (ctx, mut verifier) = context(StaticIndex::with_policies(NS, &["api"]));
+    let mut placed = deployment(Some("api"), Some(labelled_template("api")));
+    placed.metadata.managed_fields = Some(vec![ours()]);
+    let mut typo = placed.clone();
+    typo.metadata
+        .annotations
+        .get_or_insert_default()
+        .insert("corsair.dev/policy".into(), "My API".into());
+    let server = tokio::spawn(async move {
+        for _ in 0..2 {
+            verifier
+                .event("Warning", "InvalidPolicyName", "deployments", "web")
+                .await;
+        }
+        verifier.expect_no_more_calls().await;
+    });
+    for workload in [&typo, &typo, &placed, &typo] {
+        let meta = Arc::new(WorkloadMeta::from_object(workload));
+        let action = workload::reconcile(meta, ctx.clone()).await;
+        assert!(matches!(action, Ok(a) if a == Action::await_change()));
+    }
+    if let Err(err) = server.await {
+        std::panic::resume_unwind(err.into_panic());
+    }
+}
+
 /// A pod annotation put on a workload already opted in is said too (it needs no GET: nothing
 /// is written), once; taken off and put back, it is news again.
 #[tokio::test]

@@ -230,6 +230,9 @@ pub async fn reconcile<K: Workload>(
     let params = PatchParams::apply(WORKLOAD_MANAGER).force();
 
     let mut action = Action::await_change();
+    if facts.desired.as_deref().is_none_or(names::is_policy_name) {
+        ctx.forget_said(obj.as_ref(), &[REASON_INVALID_POLICY_NAME]);
+    }
     match facts.desired.as_deref() {
         // Copied to the template, it would roll the workload out into pods that the webhook
         // refuses, while the old ones are already scaled down: warn, and change nothing.
