@@ -190,10 +190,17 @@ def test_the_disruption_budget_never_blocks_a_node_drain():
     (pdb,) = by_kind(render({"replicaCount": 2, "podDisruptionBudget": {"minAvailable": "50%"}}), "PodDisruptionBudget")
     assert pdb["spec"]["minAvailable"] == "50%"
     # A number (from a file or --set, as text) or a percentage rounded up that keeps them all.
-    for kept in [2, "2", "100%", "60%"]:
+    for fine in ["0%", "50%", 0]:
+        by_kind(render({"replicaCount": 2, "podDisruptionBudget": {"minAvailable": fine}}), "PodDisruptionBudget")
+    for kept in [2, "2", "100%", "60%", "150%"]:
         with pytest.raises(helm.HelmError) as err:
             render({"replicaCount": 2, "podDisruptionBudget": {"minAvailable": kept}})
         assert f"podDisruptionBudget.minAvailable ({kept}) keeps all 2 replicas" in str(err.value)
+    # What the guard cannot read is refused rather than let through (2.0 from --set is text).
+    for odd in ["2.0", "0x2", "two"]:
+        with pytest.raises(helm.HelmError) as err:
+            render({"replicaCount": 2, "podDisruptionBudget": {"minAvailable": odd}})
+        assert f"podDisruptionBudget.minAvailable ({odd}) is neither a whole number nor a percentage" in str(err.value)
 
 
 def test_schema_rejects_a_mistyped_value():
