@@ -356,6 +356,13 @@ fn gateway_api_rules_of_one_path_are_never_dropped_silently() {
         same[0].message
     );
     assert!(!findings.iter().any(|f| f.code == "shadowed-route"));
+    // Two matches of one rule (GET and POST on /api) share its CORS: nothing to say.
+    let out = inline(&route(
+        "  - matches: [{path: {value: /api}, method: GET}, {path: {value: /api}, method: POST}]\n    filters: [{type: CORS, cors: {allowOrigins: [\"https://a.example.com\"]}}]\n",
+        "",
+    ));
+    let p = policy(&out, "r");
+    assert!(!has(p, "same-path-rules"), "{:?}", codes(p));
 }
 
 /// A CORS filter on a backendRef acts only on what the rule sends to that backend: the policy is

@@ -225,7 +225,7 @@ pub(crate) fn assemble_routes(
     ctx: &mut Ctx,
 ) -> Vec<corsair_policy::RouteSpec> {
     // Each path taken: its prefix, its field, whether it has CORS rules.
-    let mut taken: Vec<(String, String, bool)> = Vec::new();
+    let mut taken: Vec<(String, String, Option<corsair_policy::RouteSpec>)> = Vec::new();
     let mut routes: Vec<corsair_policy::RouteSpec> = Vec::new();
     let mut without: Vec<PathEntry> = Vec::new();
     for entry in entries {
@@ -236,7 +236,7 @@ pub(crate) fn assemble_routes(
                 prefix.trim_end_matches('/') == entry.prefix.trim_end_matches('/')
             }
         });
-        if let Some((_, earlier_field, earlier_cors)) = earlier {
+        if let Some((_, earlier_field, earlier_rules)) = earlier {
             let this = if entry.rules.is_some() {
                 "CORS configuration"
             } else {
@@ -250,10 +250,11 @@ pub(crate) fn assemble_routes(
                         format!("{:?} is never reached: an earlier match already takes these paths, so this CORS configuration is not converted", entry.prefix),
                     );
                 }
-            } else if entry.rules.is_some() || *earlier_cors {
-                // The Gateway API ranks rules of one path by match type, then by headers, query
-                // parameters and method: nothing a route can express, so say which one stays.
-                let kept = if *earlier_cors {
+            } else if entry.rules != *earlier_rules {
+                // The Gateway API ranks rules of one path by match type, then by method, headers
+                // and query parameters: nothing a route can express, so say which one stays. (The
+                // same rules twice, as two matches of one rule give, lose nothing.)
+                let kept = if earlier_rules.is_some() {
                     "its CORS rules"
                 } else {
                     "no CORS"
@@ -261,7 +262,7 @@ pub(crate) fn assemble_routes(
                 ctx.warn(
                     "same-path-rules",
                     &entry.field,
-                    format!("{:?} is also the path of {earlier_field}; the Gateway API chooses between such rules by match type (Exact before PathPrefix), then by headers, query parameters and method, which a policy route cannot tell apart: the policy keeps {earlier_field} ({kept}) for every request under {:?}, and this rule's {this} is not converted", entry.prefix, entry.prefix),
+                    format!("{:?} is also the path of {earlier_field}; the Gateway API chooses between such rules by match type (Exact before PathPrefix), then by method, headers and query parameters, which a policy route cannot tell apart: the policy keeps {earlier_field} ({kept}) for every request under {:?}, and this rule's {this} is not converted", entry.prefix, entry.prefix),
                 );
             }
             continue;
@@ -269,7 +270,7 @@ pub(crate) fn assemble_routes(
         taken.push((
             entry.prefix.clone(),
             entry.field.clone(),
-            entry.rules.is_some(),
+            entry.rules.clone(),
         ));
         match entry.rules {
             Some(rules) => routes.push(corsair_policy::RouteSpec {
