@@ -1059,8 +1059,8 @@ async fn corsair_probe_checks_the_validating_webhook() {
     assert!(text.contains("FAILED"), "{text}");
 }
 
-/// cert-manager's self-signed Issuer (the chart's default with `webhook.certManager.enabled`)
-/// puts the serving certificate itself in `ca.crt`: the probe trusts it as its own root.
+/// A serving certificate that is its own root in `ca.crt` (what cert-manager's self-signed
+/// Issuer writes, as an `issuerRef` may name): the probe trusts it as its own root.
 #[tokio::test]
 async fn corsair_probe_trusts_a_self_signed_serving_certificate() {
     let key = rcgen::KeyPair::generate().expect("key");
