@@ -230,11 +230,7 @@ async fn h2c_and_http_1_0_upgrades_are_plain_requests() {
            Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"[..],
         b"GET /old HTTP/1.0\r\nHost: api.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
     ] {
-        let mut stream = TcpStream::connect(h.proxy.listen_addr())
-            .await
-            .expect("connect");
-        stream.write_all(request).await.expect("write request");
-        let head = read_head(&mut stream).await;
+        let head = head_of(h.proxy.listen_addr(), request).await;
         assert_eq!(head.split(' ').nth(1), Some("200"), "{head}");
         let seen = h.upstream.last();
         for gone in ["upgrade", "http2-settings", "connection"] {
@@ -254,38 +250,23 @@ async fn h2c_and_http_1_0_upgrades_are_plain_requests() {
 #[tokio::test]
 async fn a_request_transfer_coding_other_than_chunked_is_a_501() {
     let h = harness(POLICY).await;
-    let mut stream = TcpStream::connect(h.proxy.listen_addr())
-        .await
-        .expect("connect");
-    stream
-        .write_all(
-            b"POST /te HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
-              5\r\nhello\r\n0\r\n\r\n",
-        )
-        .await
-        .expect("write request");
-    let head = read_head(&mut stream).await;
-    assert!(head.starts_with("HTTP/1.1 501"), "{head}");
-    // The coding on a line of its own, and chunked applied twice (its inner framing would go up
-    // as the body).
+    // Also the coding on a line of its own, and chunked applied twice (its inner framing would
+    // go up as the body).
     for (codings, status) in [
+        (&b"Transfer-Encoding: gzip, chunked\r\n"[..], "HTTP/1.1 501"),
         (
-            &b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n"[..],
+            b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
             "HTTP/1.1 501",
         ),
         (b"Transfer-Encoding: chunked, chunked\r\n", "HTTP/1.1 400"),
     ] {
-        let mut stream = TcpStream::connect(h.proxy.listen_addr())
-            .await
-            .expect("connect");
         let request = [
             &b"POST /te HTTP/1.1\r\nHost: api.test\r\n"[..],
             codings,
             b"\r\n5\r\nhello\r\n0\r\n\r\n",
         ]
         .concat();
-        stream.write_all(&request).await.expect("write request");
-        let head = read_head(&mut stream).await;
+        let head = head_of(h.proxy.listen_addr(), &request).await;
         assert!(head.starts_with(status), "{head}");
     }
     assert!(h.upstream.seen().is_empty());
@@ -314,11 +295,7 @@ async fn a_request_without_host() {
             "HTTP/1.0 200",
         ),
     ] {
-        let mut stream = TcpStream::connect(h.proxy.listen_addr())
-            .await
-            .expect("connect");
-        stream.write_all(request).await.expect("write request");
-        let head = read_head(&mut stream).await;
+        let head = head_of(h.proxy.listen_addr(), request).await;
         assert!(head.starts_with(status), "{head}");
     }
     let seen = h.upstream.seen();
@@ -327,6 +304,13 @@ async fn a_request_without_host() {
         assert_eq!(values(&request.headers, "host"), [""]);
     }
     h.proxy.shutdown().await.expect("clean shutdown");
+}
+
+/// Writes `request` on a new connection to `addr` and reads the response head.
+async fn head_of(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write request");
+    read_head(&mut stream).await
 }
 
 /// Reads up to the end of a response head.
@@ -404,19 +388,15 @@ async fn an_absolute_request_target_never_chooses_the_destination() {
 #[tokio::test]
 async fn an_absolute_request_target_names_the_host() {
     let h = harness(POLICY).await;
-    let mut stream = TcpStream::connect(h.proxy.listen_addr())
-        .await
-        .expect("connect");
     // The allowed origin's own host as the target: a same-origin request, so no CORS headers,
     // whatever `Host` says. Taken from `Host`, it would be an allowed cross-origin request.
-    stream
-        .write_all(
-            b"GET http://app.example.com/items HTTP/1.1\r\nHost: api.test\r\n\
-              Origin: https://app.example.com\r\n\r\n",
-        )
-        .await
-        .expect("write request");
-    let head = read_head(&mut stream).await.to_ascii_lowercase();
+    let head = head_of(
+        h.proxy.listen_addr(),
+        b"GET http://app.example.com/items HTTP/1.1\r\nHost: api.test\r\n\
+          Origin: https://app.example.com\r\n\r\n",
+    )
+    .await
+    .to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(!head.contains("access-control-allow-origin"), "{head}");
     let seen = h.upstream.last();
@@ -434,11 +414,7 @@ async fn an_absolute_request_target_names_the_host() {
         b"OPTIONS http://user@api.test/items HTTP/1.1\r\nHost: api.test\r\n\
           Origin: https://app.example.com\r\nAccess-Control-Request-Method: GET\r\n\r\n",
     ] {
-        let mut stream = TcpStream::connect(h.proxy.listen_addr())
-            .await
-            .expect("connect");
-        stream.write_all(request).await.expect("write request");
-        let head = read_head(&mut stream).await;
+        let head = head_of(h.proxy.listen_addr(), request).await;
         assert!(head.starts_with("HTTP/1.1 400"), "{head}");
         assert!(
             !head.to_ascii_lowercase().contains("access-control-"),
@@ -448,14 +424,11 @@ async fn an_absolute_request_target_names_the_host() {
     assert_eq!(h.upstream.seen().len(), 1, "only the first request went up");
 
     // An empty path before a query is `/` (RFC 9110 §4.2.3).
-    let mut stream = TcpStream::connect(h.proxy.listen_addr())
-        .await
-        .expect("connect");
-    stream
-        .write_all(b"GET http://api.test?x=1 HTTP/1.1\r\nHost: api.test\r\n\r\n")
-        .await
-        .expect("write request");
-    let head = read_head(&mut stream).await;
+    let head = head_of(
+        h.proxy.listen_addr(),
+        b"GET http://api.test?x=1 HTTP/1.1\r\nHost: api.test\r\n\r\n",
+    )
+    .await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(h.upstream.last().uri, "/?x=1");
     h.proxy.shutdown().await.expect("clean shutdown");
