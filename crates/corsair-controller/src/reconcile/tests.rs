@@ -626,13 +626,7 @@ async fn pod_annotations_on_the_workload_itself_get_a_warning() {
 #[tokio::test]
 async fn an_invalid_policy_name_is_said_once_per_occurrence() {
     let (ctx, mut verifier) = context(StaticIndex::with_policies(NS, &["api"]));
-    let mut placed = deployment(Some("api"), Some(labelled_template("api")));
-    placed.metadata.managed_fields = Some(vec![ours()]);
-    let mut typo = placed.clone();
-    typo.metadata
-        .annotations
-        .get_or_insert_default()
-        .insert("corsair.dev/policy".into(), "My API".into());
+    let (placed, typo) = in_place_and_annotated("corsair.dev/policy", "My API");
     let server = tokio::spawn(async move {
         for _ in 0..2 {
             verifier
@@ -641,7 +635,31 @@ async fn an_invalid_policy_name_is_said_once_per_occurrence() {
         }
         verifier.expect_no_more_calls().await;
     });
-    for workload in [&typo, &typo, &placed, &typo] {
+    reconcile_in_turn(&ctx, [&typo, &typo, &placed, &typo], server).await;
+}
+
+/// A Deployment opted in for `api` (what we apply, in place), and the same with `key: value`
+/// on its own metadata.
+fn in_place_and_annotated(key: &str, value: &str) -> (Deployment, Deployment) {
+    let mut placed = deployment(Some("api"), Some(labelled_template("api")));
+    placed.metadata.managed_fields = Some(vec![ours()]);
+    let mut annotated = placed.clone();
+    annotated
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(key.into(), value.into());
+    (placed, annotated)
+}
+
+/// Reconciles `workloads` in turn (each then waits for a change) while `server` plays the API
+/// server; a failed expectation of the server fails the test.
+async fn reconcile_in_turn<const N: usize>(
+    ctx: &Arc<Context>,
+    workloads: [&Deployment; N],
+    server: tokio::task::JoinHandle<()>,
+) {
+    for workload in workloads {
         let meta = Arc::new(WorkloadMeta::from_object(workload));
         let action = workload::reconcile(meta, ctx.clone()).await;
         assert!(matches!(action, Ok(a) if a == Action::await_change()));
@@ -656,14 +674,7 @@ async fn an_invalid_policy_name_is_said_once_per_occurrence() {
 #[tokio::test]
 async fn a_misplaced_annotation_on_a_workload_in_place_is_said_once() {
     let (ctx, mut verifier) = context(StaticIndex::with_policies(NS, &["api"]));
-    let mut placed = deployment(Some("api"), Some(labelled_template("api")));
-    placed.metadata.managed_fields = Some(vec![ours()]);
-    let mut annotated = placed.clone();
-    annotated
-        .metadata
-        .annotations
-        .get_or_insert_default()
-        .insert("corsair.dev/port".into(), "8080".into());
+    let (placed, annotated) = in_place_and_annotated("corsair.dev/port", "8080");
     let server = tokio::spawn(async move {
         let note = verifier
             .event("Warning", "MisplacedAnnotation", "deployments", "web")
@@ -678,14 +689,7 @@ async fn a_misplaced_annotation_on_a_workload_in_place_is_said_once() {
             .await;
         verifier.expect_no_more_calls().await;
     });
-    for workload in [&annotated, &annotated, &placed, &annotated] {
-        let meta = Arc::new(WorkloadMeta::from_object(workload));
-        let action = workload::reconcile(meta, ctx.clone()).await;
-        assert!(matches!(action, Ok(a) if a == Action::await_change()));
-    }
-    if let Err(err) = server.await {
-        std::panic::resume_unwind(err.into_panic());
-    }
+    reconcile_in_turn(&ctx, [&annotated, &annotated, &placed, &annotated], server).await;
     // And the annotation wakes the reconciler, which a change of the workload's other
     // annotations does not.
     assert!(triggers::workload_changed(&updated(pruned(&placed), pruned(&annotated))).is_some());
