@@ -353,6 +353,22 @@ impl ApiServerVerifier {
     }
 }
 
+/// What the mock API server's task returned; its panic (a call it did not expect) is the test's.
+async fn joined<T>(server: tokio::task::JoinHandle<T>) -> T {
+    match server.await {
+        Ok(value) => value,
+        Err(err) => std::panic::resume_unwind(err.into_panic()),
+    }
+}
+
+/// Reconciles the Deployment `workload` as the controller does, from what its cache keeps.
+fn reconcile_deployment(
+    workload: &Deployment,
+    ctx: Arc<Context>,
+) -> impl std::future::Future<Output = crate::Result<Action>> {
+    workload::reconcile(Arc::new(WorkloadMeta::from_object(workload)), ctx)
+}
+
 async fn run<F: std::future::Future<Output = crate::Result<Action>>>(
     reconcile: F,
     verifier: ApiServerVerifier,
@@ -360,9 +376,7 @@ async fn run<F: std::future::Future<Output = crate::Result<Action>>>(
 ) -> Action {
     let server = tokio::spawn(verifier.run(scenario));
     let action = reconcile.await;
-    if let Err(err) = server.await {
-        std::panic::resume_unwind(err.into_panic());
-    }
+    joined(server).await;
     match action {
         Ok(action) => action,
         Err(err) => panic!("reconcile failed: {err}"),
@@ -425,9 +439,7 @@ async fn unchanged_policy_writes_status_but_no_event() {
         verifier.expect_no_more_calls().await;
     });
     assert!(reconcile.await.is_ok());
-    if let Err(err) = server.await {
-        std::panic::resume_unwind(err.into_panic());
-    }
+    joined(server).await;
 }
 
 #[tokio::test]
@@ -452,9 +464,7 @@ async fn api_error_fails_the_reconcile_with_a_metric_label() {
     let second = super::error_policy(policy::CONTROLLER, &policy, &err, &ctx);
     assert_eq!(first, Action::requeue(std::time::Duration::from_secs(1)));
     assert_eq!(second, Action::requeue(std::time::Duration::from_secs(2)));
-    if let Err(err) = server.await {
-        std::panic::resume_unwind(err.into_panic());
-    }
+    joined(server).await;
 }
 
 #[tokio::test]
@@ -462,7 +472,7 @@ async fn annotated_deployment_gets_label_and_annotation() {
     let (ctx, verifier) = context(StaticIndex::with_policies(NS, &["api"]));
     let workload = deployment(Some("api"), None);
     let action = run(
-        workload::reconcile(Arc::new(WorkloadMeta::from_object(&workload)), ctx),
+        reconcile_deployment(&workload, ctx),
         verifier,
         Scenario::WorkloadOptIn { policy: "api" },
     )
@@ -479,7 +489,7 @@ async fn annotated_pod_template_counts_when_the_user_wrote_it() {
     }
     let workload = deployment(None, Some(template));
     run(
-        workload::reconcile(Arc::new(WorkloadMeta::from_object(&workload)), ctx),
+        reconcile_deployment(&workload, ctx),
         verifier,
         Scenario::WorkloadOptIn { policy: "api" },
     )
@@ -491,7 +501,7 @@ async fn missing_policy_gets_a_warning_event() {
     let (ctx, verifier) = context(StaticIndex::default());
     let workload = deployment(Some("nope"), None);
     run(
-        workload::reconcile(Arc::new(WorkloadMeta::from_object(&workload)), ctx),
+        reconcile_deployment(&workload, ctx),
         verifier,
         Scenario::WorkloadPolicyMissing { policy: "nope" },
     )
@@ -503,7 +513,7 @@ async fn an_annotation_that_is_not_a_policy_name_is_not_copied() {
     let (ctx, verifier) = context(StaticIndex::with_policies(NS, &["api"]));
     let workload = deployment(Some("My API"), None);
     let action = run(
-        workload::reconcile(Arc::new(WorkloadMeta::from_object(&workload)), ctx),
+        reconcile_deployment(&workload, ctx),
         verifier,
         Scenario::WorkloadInvalidPolicyName { policy: "My API" },
     )
@@ -519,7 +529,7 @@ async fn an_annotation_changed_to_a_non_name_leaves_the_template_as_it_was() {
     let mut workload = deployment(Some("api_v2"), Some(labelled_template("api")));
     workload.metadata.managed_fields = Some(vec![ours()]);
     run(
-        workload::reconcile(Arc::new(WorkloadMeta::from_object(&workload)), ctx),
+        reconcile_deployment(&workload, ctx),
         verifier,
         Scenario::WorkloadInvalidPolicyName { policy: "api_v2" },
     )
@@ -557,7 +567,7 @@ async fn a_workload_whose_pods_would_be_refused_is_not_opted_in() {
         let (ctx, verifier) = context(StaticIndex::with_policies(NS, &["api"]));
         let workload = deployment(Some("api"), None);
         let action = run(
-            workload::reconcile(Arc::new(WorkloadMeta::from_object(&workload)), ctx),
+            reconcile_deployment(&workload, ctx),
             verifier,
             Scenario::WorkloadInjectionRefused {
                 stored,
@@ -595,11 +605,9 @@ async fn pod_annotations_on_the_workload_itself_get_a_warning() {
         verifier.workload_apply().await;
         verifier.expect_no_more_calls().await;
     });
-    let action = workload::reconcile(Arc::new(WorkloadMeta::from_object(&workload)), ctx).await;
+    let action = reconcile_deployment(&workload, ctx).await;
     assert!(matches!(action, Ok(a) if a == Action::await_change()));
-    if let Err(err) = server.await {
-        std::panic::resume_unwind(err.into_panic());
-    }
+    joined(server).await;
     // The same annotation on the template too, with the same value: nothing to say.
     let (ctx, verifier) = context(StaticIndex::with_policies(NS, &["api"]));
     let mut template = PodTemplateSpec::default();
@@ -614,7 +622,7 @@ async fn pod_annotations_on_the_workload_itself_get_a_warning() {
         .get_or_insert_default()
         .insert("corsair.dev/port".into(), "8080".into());
     run(
-        workload::reconcile(Arc::new(WorkloadMeta::from_object(&workload)), ctx),
+        reconcile_deployment(&workload, ctx),
         verifier,
         Scenario::WorkloadOptIn { policy: "api" },
     )
@@ -660,13 +668,10 @@ async fn reconcile_in_turn<const N: usize>(
     server: tokio::task::JoinHandle<()>,
 ) {
     for workload in workloads {
-        let meta = Arc::new(WorkloadMeta::from_object(workload));
-        let action = workload::reconcile(meta, ctx.clone()).await;
+        let action = reconcile_deployment(workload, ctx.clone()).await;
         assert!(matches!(action, Ok(a) if a == Action::await_change()));
     }
-    if let Err(err) = server.await {
-        std::panic::resume_unwind(err.into_panic());
-    }
+    joined(server).await;
 }
 
 /// A pod annotation put on a workload already opted in is said too (it needs no GET: nothing
@@ -737,10 +742,7 @@ async fn a_refusal_already_said_is_not_said_again() {
         let action = workload::reconcile(meta.clone(), ctx.clone()).await;
         assert!(matches!(action, Ok(a) if a == Action::await_change()));
     }
-    let mut verifier = match server.await {
-        Ok(v) => v,
-        Err(err) => std::panic::resume_unwind(err.into_panic()),
-    };
+    let mut verifier = joined(server).await;
     // Fixed and opted in; the same refusal later is news again.
     let server = tokio::spawn(async move {
         verifier.workload_get(&admissible_deployment()).await;
@@ -762,9 +764,7 @@ async fn a_refusal_already_said_is_not_said_again() {
                 .is_ok()
         );
     }
-    if let Err(err) = server.await {
-        std::panic::resume_unwind(err.into_panic());
-    }
+    joined(server).await;
 }
 
 /// A workload in place for one policy and switched to another keeps the first when the pods
@@ -793,16 +793,10 @@ async fn a_refused_switch_keeps_the_policy_in_place_and_a_deleted_workload_gets_
             .await;
         verifier.expect_no_more_calls().await;
     });
-    assert!(
-        workload::reconcile(Arc::new(WorkloadMeta::from_object(&switched)), ctx.clone())
-            .await
-            .is_ok()
-    );
+    assert!(reconcile_deployment(&switched, ctx.clone()).await.is_ok());
     let gone = Arc::new(WorkloadMeta::from_object(&deployment(Some("api"), None)));
     assert!(workload::reconcile(gone, ctx).await.is_ok());
-    if let Err(err) = server.await {
-        std::panic::resume_unwind(err.into_panic());
-    }
+    joined(server).await;
 }
 
 /// A StatefulSet's pods carry a volume per claim template, which its template does not show:
@@ -869,11 +863,9 @@ async fn a_workload_that_cannot_be_read_is_opted_in_unchecked() {
         );
         verifier.expect_no_more_calls().await;
     });
-    let action = workload::reconcile(Arc::new(WorkloadMeta::from_object(&workload)), ctx).await;
+    let action = reconcile_deployment(&workload, ctx).await;
     assert!(matches!(action, Ok(a) if a == Action::await_change()));
-    if let Err(err) = server.await {
-        std::panic::resume_unwind(err.into_panic());
-    }
+    joined(server).await;
 }
 
 #[tokio::test]
@@ -883,7 +875,7 @@ async fn removed_annotation_releases_the_fields() {
     let mut workload = deployment(None, Some(labelled_template("api")));
     workload.metadata.managed_fields = Some(vec![ours()]);
     run(
-        workload::reconcile(Arc::new(WorkloadMeta::from_object(&workload)), ctx),
+        reconcile_deployment(&workload, ctx),
         verifier,
         Scenario::WorkloadOptOut,
     )
@@ -895,7 +887,7 @@ async fn workload_already_in_place_makes_no_call() {
     let (ctx, verifier) = context(StaticIndex::with_policies(NS, &["api"]));
     let mut workload = deployment(Some("api"), Some(labelled_template("api")));
     workload.metadata.managed_fields = Some(vec![ours()]);
-    let action = workload::reconcile(Arc::new(WorkloadMeta::from_object(&workload)), ctx).await;
+    let action = reconcile_deployment(&workload, ctx).await;
     assert!(matches!(action, Ok(a) if a == Action::await_change()));
     verifier.expect_no_more_calls().await;
 }
@@ -904,11 +896,7 @@ async fn workload_already_in_place_makes_no_call() {
 async fn unrelated_workload_makes_no_call() {
     let (ctx, verifier) = context(StaticIndex::default());
     let workload = deployment(None, None);
-    assert!(
-        workload::reconcile(Arc::new(WorkloadMeta::from_object(&workload)), ctx)
-            .await
-            .is_ok()
-    );
+    assert!(reconcile_deployment(&workload, ctx).await.is_ok());
     verifier.expect_no_more_calls().await;
 }
 
@@ -1335,9 +1323,7 @@ async fn a_new_workload_count_writes_the_status_only() {
         verifier.expect_no_more_calls().await;
     });
     assert!(reconcile.await.is_ok());
-    if let Err(err) = server.await {
-        std::panic::resume_unwind(err.into_panic());
-    }
+    joined(server).await;
 }
 
 #[tokio::test]
@@ -1368,9 +1354,7 @@ async fn a_new_generation_writes_the_configmap_and_the_status_only() {
         verifier.expect_no_more_calls().await;
     });
     assert!(reconcile.await.is_ok());
-    if let Err(err) = server.await {
-        std::panic::resume_unwind(err.into_panic());
-    }
+    joined(server).await;
 }
 
 #[tokio::test]
@@ -1388,10 +1372,7 @@ async fn a_reconcile_before_the_watch_brought_our_status_back_writes_nothing() {
         verifier
     });
     assert!(first.await.is_ok());
-    let verifier = match server.await {
-        Ok(verifier) => verifier,
-        Err(err) => std::panic::resume_unwind(err.into_panic()),
-    };
+    let verifier = joined(server).await;
     assert!(policy::reconcile(stale, ctx).await.is_ok());
     verifier.expect_no_more_calls().await;
 }
@@ -1443,10 +1424,7 @@ async fn a_refused_status_write_is_tried_again_on_the_next_reconcile() {
         verifier
     });
     assert!(first.await.is_err(), "a refused write fails the reconcile");
-    let mut verifier = match server.await {
-        Ok(verifier) => verifier,
-        Err(err) => std::panic::resume_unwind(err.into_panic()),
-    };
+    let mut verifier = joined(server).await;
     // Nothing was remembered as written: the retry writes the status again.
     let second = policy::reconcile(policy, ctx);
     let server = tokio::spawn(async move {
@@ -1455,9 +1433,7 @@ async fn a_refused_status_write_is_tried_again_on_the_next_reconcile() {
         verifier.expect_no_more_calls().await;
     });
     assert!(second.await.is_ok());
-    if let Err(err) = server.await {
-        std::panic::resume_unwind(err.into_panic());
-    }
+    joined(server).await;
 }
 
 /// The start-up pass reconciles only the workloads that concern Corsair: one that asks for a
