@@ -152,10 +152,7 @@ impl Facts {
                 .cloned(),
             managed_by_us: obj.managed_by_us,
             pending_generation: None,
-            misplaced: misplaced_annotations(obj)
-                .into_iter()
-                .map(str::to_owned)
-                .collect(),
+            misplaced: misplaced_annotations(obj),
         };
         // An annotation that is not a name waits for the annotation to change, not the spec.
         if facts
@@ -340,7 +337,7 @@ pub async fn reconcile<K: Workload>(
 
 /// The `corsair.dev/` annotations on the workload's own metadata, other than the policy, that
 /// its pod template does not carry with the same value.
-fn misplaced_annotations<K: Workload>(obj: &WorkloadMeta<K>) -> Vec<&str> {
+fn misplaced_annotations<K: Workload>(obj: &WorkloadMeta<K>) -> Vec<String> {
     let template = obj.template.as_ref().and_then(|t| t.annotations.as_ref());
     obj.annotations()
         .iter()
@@ -349,7 +346,7 @@ fn misplaced_annotations<K: Workload>(obj: &WorkloadMeta<K>) -> Vec<&str> {
                 && key.as_str() != POLICY_ANNOTATION
                 && template.and_then(|t| t.get(key.as_str())) != Some(value)
         })
-        .map(|(key, _)| key.as_str())
+        .map(|(key, _)| key.clone())
         .collect()
 }
 
