@@ -92,6 +92,18 @@ fn bad_sidecar_resources_are_refused_before_anything_starts() {
         stderr.contains("--sidecar-cpu-request 1 is above --sidecar-cpu-limit 500m"),
         "{stderr}"
     );
+    // Without a limit there is nothing to be above: the controller goes on to look for its
+    // cluster.
+    let out = controller(
+        &["--sidecar-cpu-request", "1", "--sidecar-cpu-limit="],
+        &no_cluster,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot configure the Kubernetes client") && !stderr.contains("above"),
+        "{stderr}"
+    );
 }
 
 #[test]

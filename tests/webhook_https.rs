@@ -631,6 +631,33 @@ async fn container_mode_adds_a_regular_container() {
     check_all_injected(&webhook, false).await;
 }
 
+/// A resource flag given empty leaves that quantity out of every injected sidecar (clusters
+/// that run without CPU limits), and the pod is still one Kubernetes accepts.
+#[tokio::test]
+async fn an_empty_resource_flag_leaves_the_quantity_unset() {
+    let webhook = start(&["--sidecar-cpu-limit=", "--sidecar-memory-request="]);
+    let review = fixture("pod-named-port");
+    let mut object = patched(&review, &webhook.review("/inject", &review).await);
+    let pod: Pod = serde_json::from_value(object.clone()).expect("patched pod is a Pod");
+    let spec = pod.spec.expect("spec");
+    let sidecar = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == "corsair-proxy")
+        .expect("a native sidecar");
+    let resources = sidecar.resources.clone().expect("resources");
+    let keys = |m: Option<std::collections::BTreeMap<String, _>>| {
+        m.map(|m| m.into_keys().collect::<Vec<_>>())
+    };
+    assert_eq!(keys(resources.requests), Some(vec!["cpu".to_owned()]));
+    assert_eq!(keys(resources.limits), Some(vec!["memory".to_owned()]));
+    object["metadata"]["name"] = json!("unset-quantities-abcde");
+    let path = webhook.dir.path().join("unset-quantities.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&object).expect("json")).expect("write pod");
+    kubernetes_validate(&[path]);
+}
+
 #[tokio::test]
 async fn skipped_pods_are_admitted_unchanged() {
     let webhook = start(&[]);

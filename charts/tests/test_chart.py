@@ -128,6 +128,34 @@ def test_values_are_passed_through():
     assert "--sidecar-image=registry.local/proxy:v9" in container["args"]
 
 
+def test_a_sidecar_quantity_set_to_null_is_passed_empty():
+    """null removes a default (Helm drops the key); the controller then leaves it unset."""
+    def sidecar_resource_args(values=None):
+        (deploy,) = by_kind(render(values), "Deployment")
+        args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+        return sorted(a for a in args if a.startswith(("--sidecar-cpu", "--sidecar-memory")))
+
+    assert sidecar_resource_args() == [
+        "--sidecar-cpu-limit=500m",
+        "--sidecar-cpu-request=50m",
+        "--sidecar-memory-limit=128Mi",
+        "--sidecar-memory-request=32Mi",
+    ]
+    values = {"sidecar": {"resources": {"limits": {"cpu": None, "memory": "256Mi"}}}}
+    assert sidecar_resource_args(values) == [
+        "--sidecar-cpu-limit=",
+        "--sidecar-cpu-request=50m",
+        "--sidecar-memory-limit=256Mi",
+        "--sidecar-memory-request=32Mi",
+    ]
+    assert sidecar_resource_args({"sidecar": {"resources": {"limits": None}}}) == [
+        "--sidecar-cpu-limit=",
+        "--sidecar-cpu-request=50m",
+        "--sidecar-memory-limit=",
+        "--sidecar-memory-request=32Mi",
+    ]
+
+
 def test_the_slim_sidecar_image_is_injected_by_default(corsair_bin):
     app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
     (deploy,) = by_kind(render(), "Deployment")

@@ -27,26 +27,36 @@ pub struct SidecarArgs {
     /// Log filter of the sidecar (`RUST_LOG` syntax); per pod: annotation corsair.dev/log-level.
     #[arg(long, default_value = "info")]
     sidecar_log_level: String,
-    /// CPU request of the sidecar.
+    /// CPU request of the sidecar; empty (`--sidecar-cpu-request=`) for none.
     #[arg(long, default_value = "50m", value_parser = parse_quantity)]
-    sidecar_cpu_request: String,
-    /// CPU limit of the sidecar.
+    sidecar_cpu_request: Quantity,
+    /// CPU limit of the sidecar; empty (`--sidecar-cpu-limit=`) for none.
     #[arg(long, default_value = "500m", value_parser = parse_quantity)]
-    sidecar_cpu_limit: String,
-    /// Memory request of the sidecar.
+    sidecar_cpu_limit: Quantity,
+    /// Memory request of the sidecar; empty for none.
     #[arg(long, default_value = "32Mi", value_parser = parse_quantity)]
-    sidecar_memory_request: String,
-    /// Memory limit of the sidecar.
+    sidecar_memory_request: Quantity,
+    /// Memory limit of the sidecar; empty for none.
     #[arg(long, default_value = "128Mi", value_parser = parse_quantity)]
-    sidecar_memory_limit: String,
+    sidecar_memory_limit: Quantity,
 }
+
+/// A resource quantity of the sidecar, or none when the flag's value is empty. An alias, because
+/// clap reads a field written `Option<String>` as a flag that may be left out, not as a value
+/// the parser may make `None`.
+type Quantity = Option<String>;
 
 /// A quantity as the webhook reads one: a bad default would have every opted-in pod refused
 /// by the API server, rolled out by the controller all the same.
-fn parse_quantity(s: &str) -> Result<String, String> {
+fn parse_quantity(s: &str) -> Result<Quantity, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
     match webhook::quantity_value(s) {
-        Some(_) => Ok(s.to_owned()),
-        None => Err("not a Kubernetes quantity such as `100m`, `0.5` or `64Mi`".to_owned()),
+        Some(_) => Ok(Some(s.to_owned())),
+        None => Err(
+            "not a Kubernetes quantity such as `100m`, `0.5` or `64Mi` (empty for none)".to_owned(),
+        ),
     }
 }
 
@@ -79,10 +89,12 @@ impl SidecarArgs {
         ] {
             // The webhook would refuse every pod that takes both defaults, naming annotations
             // nobody set.
-            anyhow::ensure!(
-                webhook::quantity_value(request) <= webhook::quantity_value(limit),
-                "{request_flag} {request} is above {limit_flag} {limit}"
-            );
+            if let (Some(request), Some(limit)) = (request, limit) {
+                anyhow::ensure!(
+                    webhook::quantity_value(request) <= webhook::quantity_value(limit),
+                    "{request_flag} {request} is above {limit_flag} {limit}"
+                );
+            }
         }
         Ok(InjectConfig {
             image: self

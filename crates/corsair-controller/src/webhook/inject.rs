@@ -103,22 +103,23 @@ pub fn native_sidecars_supported(major: &str, minor: &str) -> bool {
     }
 }
 
-/// Requests and limits of the sidecar, as Kubernetes quantities.
+/// Requests and limits of the sidecar, as Kubernetes quantities; `None` leaves one unset (many
+/// clusters run without CPU limits, whose throttling costs latency).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SidecarResources {
-    pub cpu_request: String,
-    pub cpu_limit: String,
-    pub memory_request: String,
-    pub memory_limit: String,
+    pub cpu_request: Option<String>,
+    pub cpu_limit: Option<String>,
+    pub memory_request: Option<String>,
+    pub memory_limit: Option<String>,
 }
 
 impl Default for SidecarResources {
     fn default() -> Self {
         Self {
-            cpu_request: "50m".into(),
-            cpu_limit: "500m".into(),
-            memory_request: "32Mi".into(),
-            memory_limit: "128Mi".into(),
+            cpu_request: Some("50m".into()),
+            cpu_limit: Some("500m".into()),
+            memory_request: Some("32Mi".into()),
+            memory_limit: Some("128Mi".into()),
         }
     }
 }
@@ -460,13 +461,13 @@ impl Overrides {
             Some(v) => v.to_owned(),
             None => config.log_level.clone(),
         };
-        let quantity = |key: &'static str, default: &String| match annotation(key) {
+        let quantity = |key: &'static str, default: &Option<String>| match annotation(key) {
             Some(v) if quantity_value(v).is_none() => Err(InjectError::InvalidAnnotation {
                 key,
                 value: v.to_owned(),
                 reason: "is not a Kubernetes quantity such as `100m`, `0.5` or `64Mi`",
             }),
-            Some(v) => Ok(v.to_owned()),
+            Some(v) => Ok(Some(v.to_owned())),
             None => Ok(default.clone()),
         };
         let defaults = &config.resources;
@@ -492,8 +493,9 @@ impl Overrides {
                 &resources.memory_limit,
             ),
         ] {
-            if let (Some(request_value), Some(limit_value)) =
-                (quantity_value(request), quantity_value(limit))
+            if let (Some(request), Some(limit)) = (request, limit)
+                && let (Some(request_value), Some(limit_value)) =
+                    (quantity_value(request), quantity_value(limit))
                 && request_value > limit_value
             {
                 return Err(InjectError::RequestAboveLimit {
@@ -987,7 +989,14 @@ fn sidecar_container(
         timeout_seconds: Some(1),
         ..Default::default()
     };
-    let quantity = |q: &str| Quantity(q.to_owned());
+    // Only the quantities that are set; an empty map would be left out by the API server.
+    let quantities = |cpu: &Option<String>, memory: &Option<String>| {
+        let set: BTreeMap<String, Quantity> = [("cpu", cpu), ("memory", memory)]
+            .into_iter()
+            .filter_map(|(name, q)| Some((name.to_owned(), Quantity(q.clone()?))))
+            .collect();
+        (!set.is_empty()).then_some(set)
+    };
     Container {
         name: names::SIDECAR_NAME.to_owned(),
         image: Some(record.image.clone()),
@@ -1036,14 +1045,8 @@ fn sidecar_container(
         ]),
         restart_policy: native.then(|| "Always".to_owned()),
         resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".to_owned(), quantity(&res.cpu_request)),
-                ("memory".to_owned(), quantity(&res.memory_request)),
-            ])),
-            limits: Some(BTreeMap::from([
-                ("cpu".to_owned(), quantity(&res.cpu_limit)),
-                ("memory".to_owned(), quantity(&res.memory_limit)),
-            ])),
+            requests: quantities(&res.cpu_request, &res.memory_request),
+            limits: quantities(&res.cpu_limit, &res.memory_limit),
             ..Default::default()
         }),
         security_context: Some(SecurityContext {

@@ -714,6 +714,50 @@ fn resource_annotations_override_the_configuration() {
     assert_eq!(get(resources.limits, "memory").as_deref(), Some("256Mi"));
 }
 
+/// A quantity the configuration leaves unset is left out of the container, and a request is
+/// then never compared with a limit that is not there.
+#[test]
+fn unset_quantities_are_left_out_of_the_sidecar() {
+    let config = InjectConfig {
+        resources: SidecarResources {
+            cpu_limit: None,
+            memory_request: None,
+            ..SidecarResources::default()
+        },
+        ..native()
+    };
+    let mut pod = web_pod();
+    pod["metadata"]["annotations"]["corsair.dev/proxy-cpu-request"] = json!("4");
+    let out = apply(&pod, &run(&pod, &config).expect("injects"));
+    let resources = sidecar_of(&out).resources.expect("resources");
+    let names = |m: Option<std::collections::BTreeMap<String, Quantity>>| {
+        m.map(|m| {
+            m.into_iter()
+                .map(|(k, v)| format!("{k}={}", v.0))
+                .collect::<Vec<_>>()
+        })
+    };
+    assert_eq!(names(resources.requests), Some(vec!["cpu=4".to_owned()]));
+    assert_eq!(
+        names(resources.limits),
+        Some(vec!["memory=128Mi".to_owned()])
+    );
+    // With nothing set at all, the container has no resources to speak of.
+    let config = InjectConfig {
+        resources: SidecarResources {
+            cpu_request: None,
+            cpu_limit: None,
+            memory_request: None,
+            memory_limit: None,
+        },
+        ..native()
+    };
+    let out = apply(&pod, &run(&pod, &config).expect("injects"));
+    let resources = sidecar_of(&out).resources.expect("resources");
+    assert_eq!(names(resources.requests), Some(vec!["cpu=4".to_owned()]));
+    assert_eq!(resources.limits, None);
+}
+
 #[test]
 fn every_quantity_form_kubernetes_reads_is_read_with_its_value() {
     for (text, value) in [
