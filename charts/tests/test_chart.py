@@ -156,6 +156,27 @@ def test_a_sidecar_quantity_set_to_null_is_passed_empty():
     ]
 
 
+def test_the_controller_knows_the_namespaces_the_webhook_leaves_out():
+    """The controller's --excluded-namespaces is the mutating webhook's namespaceSelector."""
+    for values, namespace in [({}, "corsair-system"), ({"webhook": {"excludedNamespaces": ["infra", "kube-system"]}}, "cors")]:
+        docs = render(values, namespace=namespace)
+        (deploy,) = by_kind(docs, "Deployment")
+        args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+        (flag,) = [a for a in args if a.startswith("--excluded-namespaces=")]
+        (mutating,) = by_kind(docs, "MutatingWebhookConfiguration")
+        (expression,) = mutating["webhooks"][0]["namespaceSelector"]["matchExpressions"]
+        assert expression["key"] == "kubernetes.io/metadata.name" and expression["operator"] == "NotIn"
+        assert flag.split("=", 1)[1].split(",") == expression["values"]
+        assert namespace in expression["values"]
+    # The plain manifests agree with themselves the same way.
+    plain = [d for d in yaml.safe_load_all((ROOT / "deploy" / "corsair.yaml").read_text()) if d]
+    (deploy,) = by_kind(plain, "Deployment")
+    (flag,) = [a for a in deploy["spec"]["template"]["spec"]["containers"][0]["args"] if a.startswith("--excluded-namespaces=")]
+    (mutating,) = by_kind(plain, "MutatingWebhookConfiguration")
+    (expression,) = mutating["webhooks"][0]["namespaceSelector"]["matchExpressions"]
+    assert flag.split("=", 1)[1].split(",") == expression["values"]
+
+
 def test_the_slim_sidecar_image_is_injected_by_default(corsair_bin):
     app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
     (deploy,) = by_kind(render(), "Deployment")

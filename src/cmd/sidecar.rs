@@ -39,6 +39,11 @@ pub struct SidecarArgs {
     /// Memory limit of the sidecar; empty for none.
     #[arg(long, default_value = "128Mi", value_parser = parse_quantity)]
     sidecar_memory_limit: Quantity,
+    /// Namespaces whose pods are never injected, comma-separated: those the mutating webhook
+    /// configuration's namespaceSelector leaves out. The controller warns on a workload opted
+    /// in there instead of rolling it out for nothing.
+    #[arg(long, value_delimiter = ',')]
+    excluded_namespaces: Vec<String>,
 }
 
 /// A resource quantity of the sidecar, or none when the flag's value is empty. An alias, because
@@ -111,6 +116,12 @@ impl SidecarArgs {
             },
             log_level: self.sidecar_log_level.clone(),
             sidecar_mode,
+            excluded_namespaces: self
+                .excluded_namespaces
+                .iter()
+                .filter(|ns| !ns.is_empty())
+                .cloned()
+                .collect(),
         })
     }
 }

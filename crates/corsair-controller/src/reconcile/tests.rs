@@ -26,13 +26,20 @@ use crate::webhook::InjectConfig;
 const NS: &str = "shop";
 
 fn context(index: StaticIndex) -> (Arc<Context>, ApiServerVerifier) {
+    context_injecting(index, InjectConfig::default())
+}
+
+fn context_injecting(
+    index: StaticIndex,
+    inject: InjectConfig,
+) -> (Arc<Context>, ApiServerVerifier) {
     let (client, verifier) = mock_client();
     let reporter = Reporter {
         controller: super::REPORTER.into(),
         instance: Some("test".into()),
     };
-    let ctx = Context::new(client, reporter, Metrics::default(), Arc::new(index))
-        .with_inject(InjectConfig::default());
+    let ctx =
+        Context::new(client, reporter, Metrics::default(), Arc::new(index)).with_inject(inject);
     (Arc::new(ctx), verifier)
 }
 
@@ -578,6 +585,28 @@ async fn a_workload_whose_pods_would_be_refused_is_not_opted_in() {
         .await;
         assert_eq!(action, Action::await_change());
     }
+}
+
+/// The webhook never sees pods in an excluded namespace: opting a workload in there would roll
+/// it out into pods without the proxy. A Warning says so instead.
+#[tokio::test]
+async fn a_workload_in_an_excluded_namespace_is_not_opted_in() {
+    let inject = InjectConfig {
+        excluded_namespaces: [NS.to_owned()].into(),
+        ..InjectConfig::default()
+    };
+    let (ctx, verifier) = context_injecting(StaticIndex::with_policies(NS, &["api"]), inject);
+    let action = run(
+        reconcile_deployment(&deployment(Some("api"), None), ctx),
+        verifier,
+        Scenario::WorkloadInjectionRefused {
+            stored: admissible_deployment(),
+            reason: "InjectionSkipped",
+            cause: "does not inject pods in namespace shop",
+        },
+    )
+    .await;
+    assert_eq!(action, Action::await_change());
 }
 
 /// `kubectl annotate deployment web corsair.dev/port=8080` puts a pod annotation where the

@@ -290,6 +290,15 @@ pub async fn reconcile<K: Workload>(
                             kept()
                         ),
                     )),
+                    Preview::ExcludedNamespace => Some((
+                        REASON_INJECTION_SKIPPED,
+                        format!(
+                            "the corsair webhook does not inject pods in namespace {namespace} \
+                             (excluded from injection: the chart's webhook.excludedNamespaces, \
+                             or Corsair's own namespace); {}",
+                            kept()
+                        ),
+                    )),
                 };
                 if let Some((reason, note)) = warning {
                     ctx.publish_once(obj.as_ref(), reason, note).await;
@@ -359,6 +368,8 @@ enum Preview {
     Refused(String),
     /// Admit them without the proxy: they use the host network.
     HostNetwork,
+    /// Never see them: the namespace is excluded from injection.
+    ExcludedNamespace,
     /// The workload is gone.
     Gone,
 }
@@ -385,6 +396,9 @@ async fn preview<K: Workload>(ctx: &Context, namespace: &str, name: &str, policy
         Err(err) => Preview::Refused(err.to_string()),
         Ok(injection) if injection.outcome == InjectOutcome::SkippedHostNetwork => {
             Preview::HostNetwork
+        }
+        Ok(injection) if injection.outcome == InjectOutcome::SkippedExcludedNamespace => {
+            Preview::ExcludedNamespace
         }
         Ok(_) => Preview::Admitted,
     }

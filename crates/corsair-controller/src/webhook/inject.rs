@@ -5,7 +5,7 @@
 //! drop fields this crate's `k8s-openapi` does not know), and it creates every missing parent map
 //! or array before adding under it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -142,6 +142,10 @@ pub struct InjectConfig {
     /// Log filter of the sidecar (`RUST_LOG` syntax), passed as `CORSAIR_LOG`.
     pub log_level: String,
     pub sidecar_mode: SidecarMode,
+    /// Namespaces whose pods are never injected. The webhook configuration's
+    /// `namespaceSelector` keeps them from the webhook; knowing them here lets the controller
+    /// warn instead of opting a workload in there for nothing.
+    pub excluded_namespaces: BTreeSet<String>,
 }
 
 impl Default for InjectConfig {
@@ -153,6 +157,7 @@ impl Default for InjectConfig {
             resources: SidecarResources::default(),
             log_level: "info".into(),
             sidecar_mode: SidecarMode::Auto,
+            excluded_namespaces: BTreeSet::new(),
         }
     }
 }
@@ -190,6 +195,7 @@ pub enum InjectOutcome {
     Injected,
     AlreadyInjected,
     SkippedHostNetwork,
+    SkippedExcludedNamespace,
     SkippedNoPolicy,
 }
 
@@ -199,6 +205,7 @@ impl InjectOutcome {
             InjectOutcome::Injected => "injected",
             InjectOutcome::AlreadyInjected => "already_injected",
             InjectOutcome::SkippedHostNetwork => "skipped_host_network",
+            InjectOutcome::SkippedExcludedNamespace => "skipped_excluded_namespace",
             InjectOutcome::SkippedNoPolicy => "skipped_no_policy",
         }
     }
@@ -324,7 +331,8 @@ pub fn inject(
     }
     let annotations = pod.metadata.annotations.as_ref();
     let annotation = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
-    let policy = match skip(spec, annotation(names::POLICY_ANNOTATION))? {
+    let excluded = namespace.filter(|ns| config.excluded_namespaces.contains(*ns));
+    let policy = match skip(spec, excluded, annotation(names::POLICY_ANNOTATION))? {
         Ok(policy) => policy,
         Err(skipped) => return Ok(skipped),
     };
@@ -375,9 +383,11 @@ pub fn inject(
 }
 
 /// The policy the pod names, or why the pod is admitted unchanged (`Ok(Err(..))`): it already
-/// has the proxy, it uses the host network, or it names no policy. A malformed name refuses it.
+/// has the proxy, its namespace is `excluded`, it uses the host network, or it names no
+/// policy. A malformed name refuses it.
 fn skip<'a>(
     spec: &PodSpec,
+    excluded: Option<&str>,
     policy: Option<&'a str>,
 ) -> Result<Result<&'a str, Injection>, InjectError> {
     let has_sidecar = spec
@@ -393,6 +403,15 @@ fn skip<'a>(
         return Ok(Err(Injection::unpatched(
             InjectOutcome::AlreadyInjected,
             Vec::new(),
+        )));
+    }
+    if let Some(namespace) = excluded {
+        return Ok(Err(Injection::unpatched(
+            InjectOutcome::SkippedExcludedNamespace,
+            vec![format!(
+                "namespace {namespace} is excluded from injection (--excluded-namespaces): the \
+                 corsair proxy was not injected"
+            )],
         )));
     }
     if spec.host_network == Some(true) {

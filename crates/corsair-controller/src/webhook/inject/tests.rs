@@ -593,6 +593,27 @@ fn same_proxy_and_admin_port_is_refused() {
     assert_eq!(run(&pod, &native()), Err(InjectError::SamePorts(15380)));
 }
 
+/// The webhook configuration keeps these namespaces away; should a call come all the same (a
+/// selector edited by hand), the pod is admitted unchanged, saying why.
+#[test]
+fn a_pod_in_an_excluded_namespace_is_skipped_with_a_warning() {
+    let config = InjectConfig {
+        excluded_namespaces: ["kube-system".to_owned(), "shop".to_owned()].into(),
+        ..native()
+    };
+    let injection = run(&web_pod(), &config).expect("admits");
+    assert_eq!(injection.outcome, InjectOutcome::SkippedExcludedNamespace);
+    assert!(injection.patch.0.is_empty());
+    assert!(
+        injection.warnings[0].contains("namespace shop is excluded"),
+        "{:?}",
+        injection.warnings
+    );
+    // Any other namespace is injected as before.
+    let injection = inject(&mk_pod(web_pod()), Some("web"), &config, None).expect("admits");
+    assert_eq!(injection.outcome, InjectOutcome::Injected);
+}
+
 #[test]
 fn host_network_is_skipped_with_a_warning() {
     let mut pod = web_pod();
