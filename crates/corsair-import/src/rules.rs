@@ -46,6 +46,7 @@ pub(crate) struct Fields {
     pub credentials: String,
     pub methods: String,
     pub headers: String,
+    pub expose: String,
     pub max_age: String,
 }
 
@@ -57,6 +58,7 @@ impl Fields {
             credentials: format!("{base}.allowCredentials"),
             methods: format!("{base}.allowMethods"),
             headers: format!("{base}.allowHeaders"),
+            expose: format!("{base}.exposeHeaders"),
             max_age: format!("{base}.maxAge"),
         }
     }
@@ -123,6 +125,36 @@ pub(crate) fn lower(mut d: Draft, ctx: &mut Ctx) -> Option<RouteSpec> {
         return None;
     }
 
+    let methods_bad = unparsable(d.methods.as_ref());
+    if let Some((field, item)) = methods_bad
+        .map(|item| (&f.methods, item))
+        .or_else(|| unparsable(d.headers.as_ref()).map(|item| (&f.headers, item)))
+    {
+        ctx.warn(
+            "unparsable-list",
+            field,
+            format!(
+                "{item:?} is not one name (commas separate them), so browsers could not parse \
+                 the list and every preflight failed: the policy allows no method beyond GET, \
+                 HEAD and POST and no request header, as browsers saw. To allow them, write \
+                 each name as an item of its own"
+            ),
+        );
+        d.methods = None;
+        d.headers = None;
+    }
+    if let Some(item) = unparsable(d.expose.as_ref()) {
+        ctx.warn(
+            "unparsable-list",
+            &f.expose,
+            format!(
+                "{item:?} is not one name (commas separate them), so browsers could not parse \
+                 the list and exposed none of its headers: the policy exposes none. To expose \
+                 them, write each name as an item of its own"
+            ),
+        );
+        d.expose = None;
+    }
     let methods = d.methods.filter(|m| !m.is_empty()).map(|mut list| {
         if !list.iter().any(|m| m == "*") {
             let added: Vec<&str> = SAFELISTED_METHODS
@@ -204,6 +236,17 @@ pub(crate) fn lower(mut d: Draft, ctx: &mut Ctx) -> Option<RouteSpec> {
         unmatched_preflights: d.unmatched.filter(|u| *u == UnmatchedPreflights::Forward),
         ..RouteSpec::default()
     })
+}
+
+/// The first item of a method or header list that is not a name (`"X-A X-B"`, which
+/// ingress-nginx's patterns let through and Istio does not check). Browsers refuse the whole
+/// list then: Chromium and Firefox fail the preflight on such an `Access-Control-Allow-Methods`
+/// or `-Headers`, and the Fetch standard exposes nothing from such an `-Expose-Headers`.
+fn unparsable(list: Option<&Vec<String>>) -> Option<&str> {
+    list.into_iter()
+        .flatten()
+        .map(String::as_str)
+        .find(|item| !corsair_policy::is_token(item))
 }
 
 fn dedup(list: &mut Vec<String>) {

@@ -197,6 +197,75 @@ fn ingress_nginx_lists_are_checked_as_ingress_nginx_does() {
     );
 }
 
+/// `"X-A X-B"` passes ingress-nginx's patterns (and Istio checks nothing), but browsers cannot
+/// parse the list it makes: with such an allow list every preflight failed, with such an
+/// expose list nothing was exposed. The policy does as browsers did, says so naming the
+/// field, and `corsair check` accepts it.
+#[test]
+fn unparsable_lists_do_what_browsers_did_with_a_warning() {
+    let ingress = |annotation: &str, value: &str, expose: &str| {
+        inline(&format!(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: i\n  annotations:\n    nginx.ingress.kubernetes.io/enable-cors: \"true\"\n    nginx.ingress.kubernetes.io/cors-allow-origin: https://a.example.com\n    nginx.ingress.kubernetes.io/cors-expose-headers: {expose}\n    nginx.ingress.kubernetes.io/{annotation}: {value}\nspec: {{}}\n"
+        ))
+    };
+    for (annotation, value) in [
+        ("cors-allow-headers", r#""X-A X-B, Content-Type""#),
+        ("cors-allow-methods", r#""PUT DELETE""#),
+    ] {
+        let out = ingress(annotation, value, "X-Id");
+        assert_usable(&out);
+        let p = policy(&out, "i");
+        let spec = &p.document.spec;
+        assert_eq!(
+            (&spec.allow_methods, &spec.allow_headers),
+            (&None, &None),
+            "{value}"
+        );
+        assert_eq!(spec.expose_headers, strs(&["X-Id"]), "{value}");
+        let found = finding(p, "unparsable-list");
+        assert_eq!(found.severity, Severity::Warning);
+        assert_eq!(
+            found.field,
+            format!("metadata.annotations[nginx.ingress.kubernetes.io/{annotation}]")
+        );
+        assert!(
+            found.message.contains("every preflight failed"),
+            "{}",
+            found.message
+        );
+    }
+    let out = ingress(
+        "cors-allow-headers",
+        "X-A",
+        r#""X-Request-Id X-Trace, X-Id""#,
+    );
+    assert_usable(&out);
+    let p = policy(&out, "i");
+    assert_eq!(p.document.spec.expose_headers, None);
+    assert_eq!(p.document.spec.allow_headers, strs(&["X-A"]));
+    assert!(
+        finding(p, "unparsable-list")
+            .message
+            .contains("exposed none")
+    );
+    // Istio takes list items as they are; a name that is fine alone says nothing.
+    let vs = |headers: &str| {
+        inline(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v}}\nspec:\n  http:\n  - corsPolicy:\n      allowOrigins: [{{exact: \"https://a.example.com\"}}]\n      allowMethods: [PUT]\n      allowHeaders: {headers}\n"
+        ))
+    };
+    let out = vs(r#"["X-A;B"]"#);
+    assert_usable(&out);
+    let p = policy(&out, "v");
+    assert_eq!(p.document.spec.routes[0].allow_methods, None);
+    assert_eq!(
+        finding(p, "unparsable-list").field,
+        "spec.http[0].corsPolicy.allowHeaders"
+    );
+    let p = &vs(r#"["X-A", "*"]"#).policies[0];
+    assert!(!has(p, "unparsable-list"), "{:?}", codes(p));
+}
+
 /// An empty `cors-allow-origin` is an error to ingress-nginx's parser, which then allows `*`,
 /// as when the annotation is absent.
 #[test]

@@ -22,7 +22,7 @@ pub use decision::{
     ResponseHeaders, Vary, Verdict, merge_vary, write_merged_vary,
 };
 pub use engine::{
-    DEFAULT_ALLOW_METHODS, DEFAULT_PREFLIGHT_STATUS, Engine, RequestInfo, route_path,
+    DEFAULT_ALLOW_METHODS, DEFAULT_PREFLIGHT_STATUS, Engine, RequestInfo, is_token, route_path,
 };
 pub use load::{LoadError, Manifest, Positions, load_document, parse_manifests};
 pub use model::{

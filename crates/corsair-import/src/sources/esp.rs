@@ -120,6 +120,7 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
             credentials: flag_field("cors_allow_credentials"),
             methods: flag_field("cors_allow_methods"),
             headers: flag_field("cors_allow_headers"),
+            expose: flag_field("cors_expose_headers"),
             max_age: flag_field("cors_max_age"),
         },
         unmatched: Some(if v1 && preset == "cors_with_regex" {

@@ -86,6 +86,7 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
         credentials: field("cors-allow-credentials"),
         methods: field("cors-allow-methods"),
         headers: field("cors-allow-headers"),
+        expose: field("cors-expose-headers"),
         max_age: field("cors-max-age"),
     };
     let mut d = Draft {
@@ -149,7 +150,7 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
         get("cors-expose-headers"),
         EXPOSE_PATTERN,
         "",
-        &field("cors-expose-headers"),
+        &fields.expose,
         &mut ctx,
     ));
     d.max_age = match get("cors-max-age") {

@@ -35,6 +35,7 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef, v2: bool) -> Outcome {
         credentials: format!("{base}.accessControlAllowCredentials"),
         methods: format!("{base}.accessControlAllowMethods"),
         headers: format!("{base}.accessControlAllowHeaders"),
+        expose: format!("{base}.accessControlExposeHeaders"),
         max_age: format!("{base}.accessControlMaxAge"),
     };
     let credentials = at(h, &["accessControlAllowCredentials"]).as_bool() == Some(true);

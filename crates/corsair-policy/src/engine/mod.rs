@@ -8,7 +8,7 @@ mod path;
 mod rules;
 mod tokens;
 
-pub(crate) use tokens::is_token;
+pub use tokens::is_token;
 #[cfg(test)]
 use tokens::request_header_names;
 

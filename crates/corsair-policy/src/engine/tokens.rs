@@ -78,7 +78,7 @@ const TCHAR: [bool; 256] = {
 };
 
 /// An RFC 9110 token: what a method or a header name must be.
-pub(crate) fn is_token(s: &str) -> bool {
+pub fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| TCHAR[usize::from(b)])
 }
 
