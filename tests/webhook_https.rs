@@ -1317,6 +1317,90 @@ async fn a_silent_connection_gives_its_slot_back() {
     }
 }
 
+/// A connection that made its requests and then stays open without one gives its slot back
+/// after --idle-timeout, over HTTP/2 (with GOAWAY) and HTTP/1.1 alike: with --max-connections 1
+/// an idle client would otherwise keep every other one waiting.
+#[tokio::test]
+async fn an_idle_connection_gives_its_slot_back() {
+    let webhook = start(&["--max-connections", "1", "--idle-timeout", "2"]);
+    let body = fixture("pod-named-port").to_string().into_bytes();
+    let request = |body: Vec<u8>| {
+        Request::builder()
+            .method(Method::POST)
+            .uri(format!("https://localhost:{}/inject", webhook.addr.port()))
+            .body(Full::new(Bytes::from(body)))
+            .expect("request")
+    };
+    for alpn in [&b"h2"[..], b"http/1.1"] {
+        let tcp = TcpStream::connect(webhook.addr).await.expect("connect");
+        let name = ServerName::try_from("localhost").expect("name");
+        let stream = client_tls(&webhook.ca, alpn)
+            .connect(name, tcp)
+            .await
+            .expect("TLS");
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(alpn));
+        let io = TokioIo::new(stream);
+        // The idle connection: one request answered, its sender kept, its task watched.
+        let (idle_status, _sender, closed) = if alpn == b"h2" {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .expect("h2 handshake");
+            let closed = tokio::spawn(conn);
+            let status = sender
+                .send_request(request(body.clone()))
+                .await
+                .expect("answer")
+                .status();
+            (
+                status,
+                Box::new(sender) as Box<dyn std::any::Any + Send>,
+                closed,
+            )
+        } else {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .expect("http/1.1 handshake");
+            let closed = tokio::spawn(conn);
+            let status = sender
+                .send_request(request(body.clone()))
+                .await
+                .expect("answer")
+                .status();
+            (
+                status,
+                Box::new(sender) as Box<dyn std::any::Any + Send>,
+                closed,
+            )
+        };
+        assert_eq!(idle_status, StatusCode::OK);
+        let started = std::time::Instant::now();
+        // Under hyper's own 10 s header timeout, which would free an HTTP/1.1 slot anyway.
+        let (status, _) = tokio::time::timeout(
+            Duration::from_secs(8),
+            send(
+                &webhook.tls,
+                webhook.addr,
+                Method::POST,
+                "/inject",
+                body.clone(),
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{alpn:?}: the idle connection kept the only slot"));
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "{alpn:?}: served beside the idle connection, above --max-connections"
+        );
+        // Ended, with or without an error: what counts is that the server closed it.
+        let _ended = tokio::time::timeout(Duration::from_secs(2), closed)
+            .await
+            .unwrap_or_else(|_| panic!("{alpn:?}: the server did not close the idle connection"))
+            .expect("connection task");
+    }
+}
+
 /// With --max-connections 2, a third connection is not served while two are open, and is
 /// served as soon as one closes.
 #[tokio::test]

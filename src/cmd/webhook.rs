@@ -59,6 +59,10 @@ pub struct LimitArgs {
     /// Seconds a request body may take to arrive after its head; a slower one gets 408.
     #[arg(long, default_value_t = Limits::DEFAULT_BODY_TIMEOUT.as_secs())]
     request_timeout: u64,
+    /// Seconds a webhook connection may stay open without a request in flight before it is
+    /// closed, so that idle clients cannot hold every connection slot.
+    #[arg(long, default_value_t = Limits::DEFAULT_IDLE_TIMEOUT.as_secs())]
+    idle_timeout: u64,
 }
 
 impl LimitArgs {
@@ -67,6 +71,7 @@ impl LimitArgs {
             max_connections: self.max_connections.max(1),
             max_body_bytes: self.max_request_bytes,
             body_timeout: Duration::from_secs(self.request_timeout.max(1)),
+            idle_timeout: Duration::from_secs(self.idle_timeout.max(1)),
             ..Limits::default()
         }
     }

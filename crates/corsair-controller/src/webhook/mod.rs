@@ -43,6 +43,9 @@ pub struct Limits {
     pub body_timeout: std::time::Duration,
     /// HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// A connection without a request in flight for this long is closed (HTTP/2 with GOAWAY),
+    /// so that idle clients cannot keep every connection slot.
+    pub idle_timeout: std::time::Duration,
 }
 
 impl Limits {
@@ -51,6 +54,9 @@ impl Limits {
     pub const DEFAULT_MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
     pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
     pub const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+    /// Above the 90 s after which the API server's client drops an idle connection itself, so
+    /// that in the common case the client closes first.
+    pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 }
 
 impl Default for Limits {
@@ -60,6 +66,7 @@ impl Default for Limits {
             max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES,
             body_timeout: Self::DEFAULT_BODY_TIMEOUT,
             max_concurrent_streams: 32,
+            idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
         }
     }
 }

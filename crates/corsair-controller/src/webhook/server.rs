@@ -3,8 +3,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -90,29 +90,50 @@ pub async fn serve(
                                 return;
                             }
                         };
-                        let requested = Arc::new(AtomicBool::new(false));
+                        let activity = Arc::new(Activity::new());
                         let service = service_fn({
-                            let requested = requested.clone();
+                            let activity = activity.clone();
                             move |req| {
-                                requested.store(true, Ordering::Relaxed);
+                                let in_flight = activity.begin();
                                 let state = state.clone();
-                                async move { Ok::<_, Infallible>(handle(&state, req).await) }
+                                async move {
+                                    let response = handle(&state, req).await;
+                                    drop(in_flight);
+                                    Ok::<_, Infallible>(response)
+                                }
                             }
                         });
                         let conn = builder.serve_connection(TokioIo::new(tls), service);
                         tokio::pin!(conn);
-                        let first_request = tokio::time::sleep(HANDSHAKE_TIMEOUT);
-                        tokio::pin!(first_request);
-                        let mut waiting_for_first = true;
+                        // The handshake timeout until the first request, then the idle timeout.
+                        let check = tokio::time::sleep(HANDSHAKE_TIMEOUT.min(limits.idle_timeout));
+                        tokio::pin!(check);
                         let result = loop {
                             tokio::select! {
                                 result = conn.as_mut() => break result,
-                                () = &mut first_request, if waiting_for_first => {
-                                    if !requested.load(Ordering::Relaxed) {
-                                        tracing::debug!(%peer, "no request in time; closing");
-                                        return;
-                                    }
-                                    waiting_for_first = false;
+                                () = &mut check => {
+                                    let now = tokio::time::Instant::now();
+                                    let next = match activity.idle_for() {
+                                        _ if !activity.requested() => {
+                                            let waited = activity.opened.elapsed();
+                                            if waited >= HANDSHAKE_TIMEOUT {
+                                                tracing::debug!(%peer, "no request in time; closing");
+                                                return;
+                                            }
+                                            now + HANDSHAKE_TIMEOUT - waited
+                                        }
+                                        Some(idle) if idle >= limits.idle_timeout => {
+                                            tracing::debug!(%peer, "idle; closing");
+                                            conn.as_mut().graceful_shutdown();
+                                            // HTTP/2 waits for the client's answer to a PING.
+                                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.as_mut()).await {
+                                                Ok(result) => break result,
+                                                Err(_) => return,
+                                            }
+                                        }
+                                        idle => now + limits.idle_timeout - idle.unwrap_or_default(),
+                                    };
+                                    check.as_mut().reset(next);
                                 }
                                 () = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
                                     conn.as_mut().graceful_shutdown();
@@ -138,6 +159,57 @@ pub async fn serve(
     let _ = stop.send(true);
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// The requests of one connection: how many are in flight, and when the last one ended.
+struct Activity {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    requested: AtomicBool,
+    /// Milliseconds from `opened` to the end of the last request.
+    last_end_ms: AtomicU64,
+}
+
+/// One request in flight; dropped when its response is ready or when hyper drops the request
+/// (a reset stream), so an abandoned request never keeps the connection busy.
+struct InFlight(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            requested: AtomicBool::new(false),
+            last_end_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.requested.store(true, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    fn requested(&self) -> bool {
+        self.requested.load(Ordering::Relaxed)
+    }
+
+    /// How long the connection has had no request in flight; `None` while one is.
+    fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last_end = Duration::from_millis(self.last_end_ms.load(Ordering::Relaxed));
+        Some(self.opened.elapsed().saturating_sub(last_end))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let ms = u64::try_from(self.0.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.last_end_ms.fetch_max(ms, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Routes one request; every outcome is a response, never a panic.
