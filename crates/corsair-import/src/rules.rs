@@ -125,6 +125,13 @@ pub(crate) fn lower(mut d: Draft, ctx: &mut Ctx) -> Option<RouteSpec> {
         return None;
     }
 
+    // Sources that take list items as written (Istio, Envoy Gateway, Traefik) join them with
+    // commas, so an item "A, B" or " A" reaches browsers as names they read apart and trim.
+    for list in [&mut d.methods, &mut d.headers, &mut d.expose] {
+        if let Some(items) = list.take() {
+            *list = Some(items.iter().flat_map(|item| split_list(item)).collect());
+        }
+    }
     let methods_bad = unparsable(d.methods.as_ref());
     if let Some((field, item)) = methods_bad
         .map(|item| (&f.methods, item))
@@ -238,9 +245,9 @@ pub(crate) fn lower(mut d: Draft, ctx: &mut Ctx) -> Option<RouteSpec> {
     })
 }
 
-/// The first item of a method or header list that is not a name (`"X-A X-B"`, which
-/// ingress-nginx's patterns let through and Istio does not check). Browsers refuse the whole
-/// list then: Chromium and Firefox fail the preflight on such an `Access-Control-Allow-Methods`
+/// The first item of a method or header list, split at commas and trimmed, that is not a name
+/// (`"X-A X-B"`, which ingress-nginx's patterns let through and Istio does not check). Browsers
+/// refuse the whole list then: Chromium and Firefox fail the preflight on such an `Access-Control-Allow-Methods`
 /// or `-Headers`, and the Fetch standard exposes nothing from such an `-Expose-Headers`.
 fn unparsable(list: Option<&Vec<String>>) -> Option<&str> {
     list.into_iter()
@@ -306,11 +313,12 @@ pub(crate) fn regex_problem(re: &str) -> Option<String> {
     }
 }
 
-/// Splits a comma-separated header or method list, dropping empty items.
+/// Splits a comma-separated header or method list as browsers do: items trimmed of spaces and
+/// tabs, empty ones dropped.
 pub(crate) fn split_list(value: &str) -> Vec<String> {
     value
         .split(',')
-        .map(str::trim)
+        .map(|item| item.trim_matches([' ', '\t']))
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect()

@@ -91,13 +91,15 @@ enum Outcome {
     },
 }
 
-fn list(value: Option<&str>) -> Vec<String> {
+/// A list header as Chromium and Firefox read it: split at commas, trimmed, empty items
+/// skipped; `None` (the whole list refused) when an item is not a token.
+fn list(value: Option<&str>) -> Option<Vec<String>> {
     value
         .unwrap_or_default()
         .split(',')
-        .map(str::trim)
+        .map(|item| item.trim_matches([' ', '\t']))
         .filter(|s| !s.is_empty())
-        .map(str::to_owned)
+        .map(|s| corsair_policy::is_token(s).then(|| s.to_owned()))
         .collect()
 }
 
@@ -123,12 +125,17 @@ fn browser(model: &dyn Fn(&Exchange<'_>) -> Resp, c: &Case) -> Outcome {
         if !(200..300).contains(&r.status) || !cors_check(&r, c.origin, c.credentials) {
             return Outcome::Blocked;
         }
-        let methods = list(r.get("access-control-allow-methods"));
+        // A list that does not parse fails the preflight.
+        let (Some(methods), Some(names)) = (
+            list(r.get("access-control-allow-methods")),
+            list(r.get("access-control-allow-headers")),
+        ) else {
+            return Outcome::Blocked;
+        };
         let star_m = methods.iter().any(|m| m == "*") && !c.credentials;
         if !(methods.iter().any(|m| m == c.method) || SAFELISTED.contains(&c.method) || star_m) {
             return Outcome::Blocked;
         }
-        let names = list(r.get("access-control-allow-headers"));
         let star_h = names.iter().any(|h| h == "*") && !c.credentials;
         for h in &c.headers {
             let listed = names.iter().any(|n| n.eq_ignore_ascii_case(h));
@@ -151,7 +158,8 @@ fn browser(model: &dyn Fn(&Exchange<'_>) -> Resp, c: &Case) -> Outcome {
     if !cors_check(&r, c.origin, c.credentials) {
         return Outcome::Blocked;
     }
-    let expose = list(r.get("access-control-expose-headers"));
+    // A list that does not parse exposes nothing.
+    let expose = list(r.get("access-control-expose-headers")).unwrap_or_default();
     let star = expose.iter().any(|e| e == "*") && !c.credentials;
     let exposed = RESPONSE_HEADERS
         .iter()
@@ -871,6 +879,48 @@ fn ingress_nginx_agrees() {
             &["/", "/x"],
         );
     }
+}
+
+/// Lists browsers cannot parse (`"X-A X-B"`), which ingress-nginx and Istio send as written:
+/// the policies block what the browsers blocked and expose what they exposed.
+#[test]
+fn unparsable_lists_agree() {
+    let ingress = |annotations: &str| {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: i\n  annotations:\n    nginx.ingress.kubernetes.io/enable-cors: \"true\"\n    nginx.ingress.kubernetes.io/cors-allow-origin: https://shop.example.com\n{annotations}spec: {{}}\n"
+        )
+    };
+    for text in [
+        ingress(
+            "    nginx.ingress.kubernetes.io/cors-allow-headers: \"X-Request-Id Authorization\"\n",
+        ),
+        ingress("    nginx.ingress.kubernetes.io/cors-allow-methods: \"PUT DELETE\"\n"),
+        ingress("    nginx.ingress.kubernetes.io/cors-expose-headers: \"X-Request-Id X-Other\"\n"),
+    ] {
+        let doc: Value = serde_saphyr::from_str(&text).unwrap();
+        let out = import(text.as_bytes()).unwrap();
+        let c = &out.policies[0];
+        assert!(c.findings.iter().any(|f| f.code == "unparsable-list"));
+        compare(&text, c, &nginx_model(&doc), &["/"]);
+    }
+    // Items Istio joins with commas: "A, B" and " A" are lists browsers read.
+    let text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec:\n  http:\n  - corsPolicy:\n      allowOrigins: [{exact: \"https://shop.example.com\"}]\n      allowMethods: [PUT]\n      allowHeaders: [\"X-Request-Id, Authorization\", \" Content-Type\"]\n      exposeHeaders: [\"X-Request-Id X-Other\"]\n";
+    let doc: Value = serde_saphyr::from_str(text).unwrap();
+    let out = import(text.as_bytes()).unwrap();
+    let c = &out.policies[0];
+    compare("VirtualService v", c, &istio_model(&doc), &["/"]);
+    let route = &c.document.spec.routes[0];
+    assert_eq!(
+        route.allow_headers.as_deref(),
+        Some(
+            &[
+                "X-Request-Id".to_owned(),
+                "Authorization".to_owned(),
+                "Content-Type".to_owned()
+            ][..]
+        )
+    );
+    assert_eq!(route.expose_headers, None);
 }
 
 #[test]
