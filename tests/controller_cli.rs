@@ -92,6 +92,15 @@ fn bad_sidecar_resources_are_refused_before_anything_starts() {
         stderr.contains("--sidecar-cpu-request 1 is above --sidecar-cpu-limit 500m"),
         "{stderr}"
     );
+    // 0 is a limit of zero, not none, and the message says how to leave it out.
+    let out = controller(&["--sidecar-cpu-limit", "0"], &no_cluster);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--sidecar-cpu-request 50m is above --sidecar-cpu-limit 0")
+            && stderr.contains("an empty value, not 0, leaves a limit out"),
+        "{stderr}"
+    );
     // Without a limit there is nothing to be above: the controller goes on to look for its
     // cluster.
     let out = controller(

@@ -27,13 +27,15 @@ pub struct SidecarArgs {
     /// Log filter of the sidecar (`RUST_LOG` syntax); per pod: annotation corsair.dev/log-level.
     #[arg(long, default_value = "info")]
     sidecar_log_level: String,
-    /// CPU request of the sidecar; empty (`--sidecar-cpu-request=`) for none.
+    /// CPU request of the sidecar; empty (`--sidecar-cpu-request=`) for none (Kubernetes then
+    /// sets it to the limit, if there is one).
     #[arg(long, default_value = "50m", value_parser = parse_quantity)]
     sidecar_cpu_request: Quantity,
     /// CPU limit of the sidecar; empty (`--sidecar-cpu-limit=`) for none.
     #[arg(long, default_value = "500m", value_parser = parse_quantity)]
     sidecar_cpu_limit: Quantity,
-    /// Memory request of the sidecar; empty for none.
+    /// Memory request of the sidecar; empty for none (Kubernetes then sets it to the limit, if
+    /// there is one).
     #[arg(long, default_value = "32Mi", value_parser = parse_quantity)]
     sidecar_memory_request: Quantity,
     /// Memory limit of the sidecar; empty for none.
@@ -95,9 +97,15 @@ impl SidecarArgs {
             // The webhook would refuse every pod that takes both defaults, naming annotations
             // nobody set.
             if let (Some(request), Some(limit)) = (request, limit) {
+                let limit_value = webhook::quantity_value(limit);
                 anyhow::ensure!(
-                    webhook::quantity_value(request) <= webhook::quantity_value(limit),
-                    "{request_flag} {request} is above {limit_flag} {limit}"
+                    webhook::quantity_value(request) <= limit_value,
+                    "{request_flag} {request} is above {limit_flag} {limit}{}",
+                    if limit_value == Some(0.0) {
+                        " (an empty value, not 0, leaves a limit out)"
+                    } else {
+                        ""
+                    }
                 );
             }
         }

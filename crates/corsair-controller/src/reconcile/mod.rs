@@ -215,6 +215,13 @@ impl Context {
         self
     }
 
+    /// Whether the webhook is configured to leave the pods of `namespace` alone.
+    pub(crate) fn excluded_namespace(&self, namespace: &str) -> bool {
+        self.inject
+            .as_ref()
+            .is_some_and(|config| config.excluded_namespaces.contains(namespace))
+    }
+
     /// The status this term last wrote for the policy with `uid`, if any.
     pub(crate) fn written_status(&self, uid: &str) -> Option<CorsPolicyStatus> {
         let written = self.written.lock().unwrap_or_else(|p| p.into_inner());

@@ -588,25 +588,39 @@ async fn a_workload_whose_pods_would_be_refused_is_not_opted_in() {
 }
 
 /// The webhook never sees pods in an excluded namespace: opting a workload in there would roll
-/// it out into pods without the proxy. A Warning says so instead.
+/// it out into pods without the proxy. A Warning says so instead, without reading the workload;
+/// also for one opted in before its namespace was excluded, which keeps its template.
 #[tokio::test]
 async fn a_workload_in_an_excluded_namespace_is_not_opted_in() {
     let inject = InjectConfig {
         excluded_namespaces: [NS.to_owned()].into(),
         ..InjectConfig::default()
     };
-    let (ctx, verifier) = context_injecting(StaticIndex::with_policies(NS, &["api"]), inject);
-    let action = run(
-        reconcile_deployment(&deployment(Some("api"), None), ctx),
-        verifier,
-        Scenario::WorkloadInjectionRefused {
-            stored: admissible_deployment(),
-            reason: "InjectionSkipped",
-            cause: "does not inject pods in namespace shop",
-        },
-    )
-    .await;
-    assert_eq!(action, Action::await_change());
+    let mut placed = deployment(Some("api"), Some(labelled_template("api")));
+    placed.metadata.managed_fields = Some(vec![ours()]);
+    for (workload, kept) in [
+        (
+            deployment(Some("api"), None),
+            "the pod template is left as it is",
+        ),
+        (placed, "the pod template keeps corsair.dev/policy \"api\""),
+    ] {
+        let index = StaticIndex::with_policies(NS, &["api"]);
+        let (ctx, mut verifier) = context_injecting(index, inject.clone());
+        let server = tokio::spawn(async move {
+            let note = verifier
+                .event("Warning", "InjectionSkipped", "deployments", "web")
+                .await;
+            assert!(
+                note.contains("does not inject pods in namespace shop") && note.contains(kept),
+                "{note}"
+            );
+            verifier.expect_no_more_calls().await;
+        });
+        let action = reconcile_deployment(&workload, ctx).await;
+        assert!(matches!(action, Ok(a) if a == Action::await_change()));
+        joined(server).await;
+    }
 }
 
 /// `kubectl annotate deployment web corsair.dev/port=8080` puts a pod annotation where the

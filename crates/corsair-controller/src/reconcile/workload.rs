@@ -257,14 +257,28 @@ pub async fn reconcile<K: Workload>(
                 ctx.publish_once(obj.as_ref(), REASON_MISPLACED_ANNOTATION, note)
                     .await;
             }
+            let kept = || match facts.annotation.as_deref() {
+                Some(current) if facts.managed_by_us => {
+                    format!("the pod template keeps {POLICY_ANNOTATION} {current:?}")
+                }
+                _ => "the pod template is left as it is".to_owned(),
+            };
+            // Also for a workload opted in before its namespace was excluded: its pods lost
+            // the proxy at their last rollout.
+            if ctx.excluded_namespace(&namespace) {
+                let note = format!(
+                    "the corsair webhook does not inject pods in namespace {namespace} (excluded \
+                     from injection: the chart's webhook.excludedNamespaces, or Corsair's own \
+                     namespace), so this workload's pods run without the proxy; {}",
+                    kept()
+                );
+                ctx.publish_once(obj.as_ref(), REASON_INJECTION_SKIPPED, note)
+                    .await;
+                succeeded(&ctx, obj.as_ref());
+                return Ok(action);
+            }
             if !facts.in_place(policy) {
                 // Same reason as above: a rollout into pods the webhook refuses costs capacity.
-                let kept = || match facts.annotation.as_deref() {
-                    Some(current) if facts.managed_by_us => {
-                        format!("the pod template keeps {POLICY_ANNOTATION} {current:?}")
-                    }
-                    _ => "the pod template is left as it is".to_owned(),
-                };
                 let warning = match preview::<K>(&ctx, &namespace, &name, policy).await {
                     Preview::Admitted => None,
                     // Deleted since the watch saw it: nothing to write to.
@@ -287,15 +301,6 @@ pub async fn reconcile<K: Workload>(
                             "the corsair webhook would admit this workload's pods without the \
                              proxy: spec.template.spec.hostNetwork is true, and the proxy's ports \
                              would be taken on the node; {}",
-                            kept()
-                        ),
-                    )),
-                    Preview::ExcludedNamespace => Some((
-                        REASON_INJECTION_SKIPPED,
-                        format!(
-                            "the corsair webhook does not inject pods in namespace {namespace} \
-                             (excluded from injection: the chart's webhook.excludedNamespaces, \
-                             or Corsair's own namespace); {}",
                             kept()
                         ),
                     )),
@@ -368,8 +373,6 @@ enum Preview {
     Refused(String),
     /// Admit them without the proxy: they use the host network.
     HostNetwork,
-    /// Never see them: the namespace is excluded from injection.
-    ExcludedNamespace,
     /// The workload is gone.
     Gone,
 }
@@ -396,9 +399,6 @@ async fn preview<K: Workload>(ctx: &Context, namespace: &str, name: &str, policy
         Err(err) => Preview::Refused(err.to_string()),
         Ok(injection) if injection.outcome == InjectOutcome::SkippedHostNetwork => {
             Preview::HostNetwork
-        }
-        Ok(injection) if injection.outcome == InjectOutcome::SkippedExcludedNamespace => {
-            Preview::ExcludedNamespace
         }
         Ok(_) => Preview::Admitted,
     }
