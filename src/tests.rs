@@ -16,7 +16,11 @@ fn injected_sidecar(mode: SidecarMode) -> Container {
         "kind": "Pod",
         "metadata": {
             "name": "web",
-            "annotations": {"corsair.dev/policy": "api", "corsair.dev/log-level": "corsair_proxy=debug"}
+            "annotations": {
+                "corsair.dev/policy": "api",
+                "corsair.dev/log-level": "corsair_proxy=debug",
+                "corsair.dev/shutdown-delay": "10"
+            }
         },
         "spec": {"containers": [{
             "name": "app",
@@ -53,6 +57,13 @@ fn the_injected_command_line_is_one_corsair_proxy_accepts() {
             "the slim binary, whatever the image"
         );
         let args = sidecar.args.expect("args");
+        // A regular container is stopped with the app, and gets the delay; a native one is not.
+        let delayed = args.windows(2).any(|w| w == ["--shutdown-delay", "10"]);
+        assert_eq!(
+            delayed,
+            mode == SidecarMode::Container,
+            "{mode:?}: {args:?}"
+        );
         corsair_proxy::cli::Cli::try_parse_from(command.iter().chain(&args))
             .unwrap_or_else(|e| panic!("`corsair-proxy {}` is refused: {e}", args.join(" ")));
         // The same flags work as `corsair proxy`, for an image that wraps the full binary.

@@ -26,6 +26,9 @@ pub const CPU_LIMIT_ANNOTATION: &str = "corsair.dev/proxy-cpu-limit";
 pub const MEMORY_REQUEST_ANNOTATION: &str = "corsair.dev/proxy-memory-request";
 /// Per-pod override of the sidecar's memory limit.
 pub const MEMORY_LIMIT_ANNOTATION: &str = "corsair.dev/proxy-memory-limit";
+/// Per-pod: seconds a regular-container sidecar keeps accepting after SIGTERM, as the app does
+/// behind a preStop sleep, before it drains.
+pub const SHUTDOWN_DELAY_ANNOTATION: &str = "corsair.dev/shutdown-delay";
 /// Written by the webhook: what it injected (JSON), so a second pass yields the same pod.
 pub const INJECTED_ANNOTATION: &str = "corsair.dev/injected";
 

@@ -68,7 +68,12 @@ pub struct Args {
         default_value_t = 65536
     )]
     max_header_bytes: usize,
-    /// Seconds in-flight requests get to finish after SIGTERM.
+    /// Seconds the proxy keeps accepting after SIGTERM, reporting not ready, before it drains:
+    /// for a sidecar stopped together with an application that keeps serving while Kubernetes
+    /// stops sending it traffic (a preStop sleep). Per pod: annotation corsair.dev/shutdown-delay.
+    #[arg(long, env = "CORSAIR_SHUTDOWN_DELAY", value_name = "SECONDS", default_value_t = 0.0, value_parser = seconds)]
+    shutdown_delay: f64,
+    /// Seconds in-flight requests get to finish after SIGTERM (and the shutdown delay).
     #[arg(long, env = "CORSAIR_DRAIN_TIMEOUT", value_name = "SECONDS", default_value_t = 25.0, value_parser = seconds)]
     drain_timeout: f64,
     /// Threads serving requests, each a single-threaded runtime with its own listener on the
@@ -134,6 +139,7 @@ impl Args {
         config.upstream_timeout = Duration::from_secs_f64(self.upstream_timeout);
         config.idle_timeout = Duration::from_secs_f64(self.idle_timeout);
         config.max_header_bytes = self.max_header_bytes;
+        config.shutdown_delay = Duration::from_secs_f64(self.shutdown_delay);
         config.drain_timeout = Duration::from_secs_f64(self.drain_timeout);
         config.worker_threads = match self.worker_threads {
             Some(n) => usize::from(n),

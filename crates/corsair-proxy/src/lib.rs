@@ -72,6 +72,10 @@ pub struct ProxyConfig {
     pub idle_timeout: Duration,
     /// Limit on the total size of a request's headers (431 beyond it). At least 8 KiB.
     pub max_header_bytes: usize,
+    /// On shutdown, how long the proxy keeps accepting (not ready) before it drains: the time
+    /// Kubernetes takes to stop sending new connections to a terminating pod, for a sidecar
+    /// stopped together with an application that keeps serving that long.
+    pub shutdown_delay: Duration,
     /// On shutdown, how long in-flight requests may take before their connections are dropped.
     pub drain_timeout: Duration,
     /// Threads serving the proxy port, each a single-threaded runtime with its own listener.
@@ -99,6 +103,7 @@ impl ProxyConfig {
             upstream_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(300),
             max_header_bytes: 64 * 1024,
+            shutdown_delay: Duration::ZERO,
             drain_timeout: Duration::from_secs(25),
             worker_threads: 1,
             reload_poll_interval: Duration::from_secs(1),
@@ -135,6 +140,7 @@ pub enum ProxyError {
 pub struct Proxy {
     listen_addr: SocketAddr,
     admin_addr: SocketAddr,
+    shutdown_delay: Duration,
     drain_timeout: Duration,
     /// Stops accepting and asks connections to finish their current request.
     shutdown: CancellationToken,
@@ -245,6 +251,7 @@ impl Proxy {
         Ok(Proxy {
             listen_addr,
             admin_addr,
+            shutdown_delay: config.shutdown_delay,
             drain_timeout: config.drain_timeout,
             shutdown,
             abort,
@@ -265,11 +272,16 @@ impl Proxy {
         self.admin_addr
     }
 
-    /// Stops accepting, lets in-flight requests finish within the drain timeout, and returns.
-    /// Connections still open at the deadline are closed and reported as an error.
+    /// Reports not ready, keeps serving for the shutdown delay, then stops accepting, lets
+    /// in-flight requests finish within the drain timeout, and returns. Connections still open
+    /// at the deadline are closed and reported as an error.
     pub async fn shutdown(self) -> Result<(), ProxyError> {
-        tracing::info!(drain_timeout = ?self.drain_timeout, "draining connections");
         self.state.set_listening(false);
+        if !self.shutdown_delay.is_zero() {
+            tracing::info!(shutdown_delay = ?self.shutdown_delay, "still serving before the drain");
+            tokio::time::sleep(self.shutdown_delay).await;
+        }
+        tracing::info!(drain_timeout = ?self.drain_timeout, "draining connections");
         self.shutdown.cancel();
         self.tasks.close();
         let drained = tokio::time::timeout(self.drain_timeout, self.tasks.wait())

@@ -108,6 +108,8 @@ impl Drop for Killed {
     }
 }
 
+/// The binary as the webhook injects it into a regular container: it enforces the policy, and
+/// on SIGTERM it keeps serving (not ready) for `CORSAIR_SHUTDOWN_DELAY`, then drains and exits 0.
 #[test]
 fn enforces_a_policy_and_drains_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -120,6 +122,7 @@ fn enforces_a_policy_and_drains_on_sigterm() {
             .args(["--log-format", "json"])
             .env("CORSAIR_POLICY", &policy)
             .env("CORSAIR_UPSTREAM", format!("http://{upstream}"))
+            .env("CORSAIR_SHUTDOWN_DELAY", "1.5")
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn corsair-proxy"),
@@ -163,6 +166,19 @@ fn enforces_a_policy_and_drains_on_sigterm() {
         .status()
         .expect("the `kill` command (procps)");
     assert!(killed.success());
+    let signalled = Instant::now();
+    thread::sleep(Duration::from_millis(300));
+    let ready = http_get(addr("admin"), "/readyz", "");
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    let response = http_get(addr("listen"), "/", "Origin: https://evil.example.net\r\n");
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "served in the shutdown delay: {response}"
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_millis(1500),
+        "too slow to tell"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(status) = child.0.try_wait().expect("wait") {
@@ -172,4 +188,9 @@ fn enforces_a_policy_and_drains_on_sigterm() {
         thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(0), "{status}");
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(1500),
+        "exited before the shutdown delay: {:?}",
+        signalled.elapsed()
+    );
 }

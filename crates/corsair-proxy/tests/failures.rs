@@ -522,6 +522,46 @@ async fn shutdown_drains_an_in_flight_request_and_reports_not_ready() {
     );
 }
 
+/// With a shutdown delay the proxy reports not ready at once but keeps accepting and serving
+/// for that long (Kubernetes still sends a terminating pod new connections for a while), then
+/// drains as without one.
+#[tokio::test]
+async fn the_shutdown_delay_keeps_serving_while_not_ready() {
+    let delay = Duration::from_millis(1500);
+    let h = harness_with(POLICY, |c| c.shutdown_delay = delay).await;
+    let (addr, admin_addr) = (h.proxy.listen_addr(), h.proxy.admin_addr());
+    let started = Instant::now();
+    let shutdown = tokio::spawn(h.proxy.shutdown());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let readyz = send(admin_addr, request("GET", "/readyz")).await;
+    assert_eq!(readyz.status(), 503, "not ready once asked to stop");
+    assert!(
+        listening_here(addr),
+        "stopped accepting before the delay ended"
+    );
+    // A new connection in the delay is served end to end.
+    let response = send(
+        addr,
+        request("GET", "/").header("origin", "https://app.example.com"),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        started.elapsed() < delay,
+        "the request took the whole delay"
+    );
+    timeout(Duration::from_secs(5), shutdown)
+        .await
+        .expect("shutdown finished")
+        .expect("shutdown task")
+        .expect("drained");
+    assert!(
+        started.elapsed() >= delay,
+        "stopped before the delay: {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn the_drain_timeout_bounds_shutdown() {
     let h = harness_with(POLICY, |c| c.drain_timeout = Duration::from_millis(300)).await;

@@ -342,9 +342,10 @@ pub fn inject(
     check_port_conflicts(spec, &target, proxy_port, admin_port)?;
     check_shared_port_name(spec, &target, config.sidecar_mode.is_native())?;
     let namespace = namespace.or(pod.metadata.namespace.as_deref());
-    let warnings = warnings(lookup, namespace, policy, &target, proxy_port);
-
+    let mut warnings = warnings(lookup, namespace, policy, &target, proxy_port);
     let mode = config.sidecar_mode;
+    let shutdown_delay = shutdown_delay(spec, overrides.shutdown_delay, mode, &mut warnings);
+
     let record = InjectedRecord {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         mode: if mode.is_native() {
@@ -364,6 +365,7 @@ pub fn inject(
         &overrides.resources,
         &record,
         &overrides.log_level,
+        shutdown_delay,
         mode.is_native(),
     );
 
@@ -449,6 +451,8 @@ struct Overrides {
     resources: SidecarResources,
     proxy_port: u16,
     admin_port: u16,
+    /// Whole seconds; `None` when the annotation is absent.
+    shutdown_delay: Option<u32>,
 }
 
 impl Overrides {
@@ -538,12 +542,26 @@ impl Overrides {
         if proxy_port == admin_port {
             return Err(InjectError::SamePorts(proxy_port));
         }
+        let shutdown_delay = match annotation(names::SHUTDOWN_DELAY_ANNOTATION) {
+            None => None,
+            Some(v) => match v.parse::<u32>() {
+                Ok(seconds) if seconds <= MAX_SHUTDOWN_DELAY => Some(seconds),
+                _ => {
+                    return Err(InjectError::InvalidAnnotation {
+                        key: names::SHUTDOWN_DELAY_ANNOTATION,
+                        value: v.to_owned(),
+                        reason: "is not a whole number of seconds from 0 to 600",
+                    });
+                }
+            },
+        };
         Ok(Overrides {
             image,
             log_level,
             resources,
             proxy_port,
             admin_port,
+            shutdown_delay,
         })
     }
 }
@@ -575,6 +593,38 @@ fn warnings(
         ));
     }
     warnings
+}
+
+/// Longest `corsair.dev/shutdown-delay`: ten minutes, far above any endpoint propagation.
+const MAX_SHUTDOWN_DELAY: u32 = 600;
+
+/// The shutdown delay the sidecar gets: only a regular container, which receives SIGTERM with
+/// the app, needs one (a native sidecar is stopped after the app has exited). Says so, and
+/// when the delay leaves the proxy no time to drain within the pod's grace period.
+fn shutdown_delay(
+    spec: &PodSpec,
+    delay: Option<u32>,
+    mode: SidecarMode,
+    warnings: &mut Vec<String>,
+) -> Option<u32> {
+    let delay = delay?;
+    let key = names::SHUTDOWN_DELAY_ANNOTATION;
+    if mode.is_native() {
+        warnings.push(format!(
+            "{key} is not used: the corsair proxy is a native sidecar, which Kubernetes stops only \
+             after the application containers have exited"
+        ));
+        return None;
+    }
+    // Kubernetes' default grace period.
+    let grace = spec.termination_grace_period_seconds.unwrap_or(30);
+    if i64::from(delay) >= grace {
+        warnings.push(format!(
+            "{key} ({delay} s) is not below spec.terminationGracePeriodSeconds ({grace} s): the \
+             kubelet kills the corsair proxy before it has drained its connections"
+        ));
+    }
+    Some(delay)
 }
 
 /// The app's port gives up its name (the Service resolves a named targetPort over regular
@@ -994,6 +1044,7 @@ fn sidecar_container(
     res: &SidecarResources,
     record: &InjectedRecord,
     log_level: &str,
+    shutdown_delay: Option<u32>,
     native: bool,
 ) -> Container {
     let admin_probe = |path: &str, period: i32, failures: i32| Probe {
@@ -1036,7 +1087,13 @@ fn sidecar_container(
                 format!("[::]:{}", record.admin_port),
                 "--allow-missing-policy".to_owned(),
             ]
-            .into(),
+            .into_iter()
+            .chain(
+                shutdown_delay
+                    .into_iter()
+                    .flat_map(|s| ["--shutdown-delay".to_owned(), s.to_string()]),
+            )
+            .collect(),
         ),
         env: Some(vec![EnvVar {
             name: "CORSAIR_LOG".to_owned(),

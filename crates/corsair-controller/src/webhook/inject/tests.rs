@@ -264,6 +264,51 @@ fn goes_after_existing_init_containers_and_native_sidecars() {
     assert_eq!(volumes, ["data", "corsair-policy"]);
 }
 
+/// `corsair.dev/shutdown-delay` reaches a regular-container sidecar, which is stopped with
+/// the app; a native one, stopped after the app, does without it, and the answer says so.
+#[test]
+fn the_shutdown_delay_goes_to_a_regular_container_only() {
+    let mut pod = web_pod();
+    pod["metadata"]["annotations"]["corsair.dev/shutdown-delay"] = json!("10");
+    let delay_args = |pod: &Value, config: &InjectConfig| {
+        let injection = run(pod, config).expect("injects");
+        let args = sidecar_of(&apply(pod, &injection)).args.expect("args");
+        let delay = args
+            .iter()
+            .position(|a| a == "--shutdown-delay")
+            .map(|i| args[i + 1].clone());
+        (delay, injection.warnings)
+    };
+    let (delay, warnings) = delay_args(&pod, &container());
+    assert_eq!(delay.as_deref(), Some("10"));
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let (delay, warnings) = delay_args(&pod, &native());
+    assert_eq!(delay, None);
+    assert!(
+        warnings.len() == 1
+            && warnings[0].contains("corsair.dev/shutdown-delay")
+            && warnings[0].contains("native sidecar"),
+        "{warnings:?}"
+    );
+    // A delay that leaves no time to drain within the grace period is passed on, with a warning.
+    pod["spec"]["terminationGracePeriodSeconds"] = json!(10);
+    let (delay, warnings) = delay_args(&pod, &container());
+    assert_eq!(delay.as_deref(), Some("10"));
+    assert!(
+        warnings.len() == 1 && warnings[0].contains("terminationGracePeriodSeconds (10 s)"),
+        "{warnings:?}"
+    );
+    for bad in ["", "ten", "-1", "1.5", "601", "99999999999"] {
+        pod["metadata"]["annotations"]["corsair.dev/shutdown-delay"] = json!(bad);
+        match run(&pod, &container()) {
+            Err(InjectError::InvalidAnnotation { key, value, .. }) => {
+                assert_eq!((key, value.as_str()), ("corsair.dev/shutdown-delay", bad));
+            }
+            other => panic!("{bad:?} was not refused: {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn container_mode_appends_a_regular_container() {
     let config = container();
