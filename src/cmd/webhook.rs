@@ -59,8 +59,9 @@ pub struct LimitArgs {
     /// Seconds a request body may take to arrive after its head; a slower one gets 408.
     #[arg(long, default_value_t = Limits::DEFAULT_BODY_TIMEOUT.as_secs())]
     request_timeout: u64,
-    /// Seconds a webhook connection may stay open without a request in flight before it is
-    /// closed, so that idle clients cannot hold every connection slot.
+    /// Seconds an HTTP/2 webhook connection may stay open without a request in flight before it
+    /// is closed with a GOAWAY, so that idle clients cannot hold every connection slot (an
+    /// HTTP/1.1 one is closed after 10 s idle).
     #[arg(long, default_value_t = Limits::DEFAULT_IDLE_TIMEOUT.as_secs())]
     idle_timeout: u64,
 }
@@ -89,7 +90,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 async fn serve(args: Args) -> anyhow::Result<()> {
     // Installed first, so a SIGTERM during start-up still stops cleanly.
-    let signals = ShutdownSignals::install()?;
+    let mut signals = ShutdownSignals::install()?;
     // No API server to ask: `auto` means native sidecars.
     let config = args
         .sidecar

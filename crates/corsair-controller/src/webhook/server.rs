@@ -90,6 +90,9 @@ pub async fn serve(
                                 return;
                             }
                         };
+                        // HTTP/1.1 needs no idle check of ours: hyper's header timeout also runs
+                        // while a kept-alive connection waits for its next request.
+                        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                         let activity = Arc::new(Activity::new());
                         let service = service_fn({
                             let activity = activity.clone();
@@ -105,13 +108,15 @@ pub async fn serve(
                         });
                         let conn = builder.serve_connection(TokioIo::new(tls), service);
                         tokio::pin!(conn);
-                        // The handshake timeout until the first request, then the idle timeout.
+                        // The handshake timeout until the first request, then, over HTTP/2, the
+                        // idle timeout.
                         let check = tokio::time::sleep(HANDSHAKE_TIMEOUT.min(limits.idle_timeout));
                         tokio::pin!(check);
+                        let mut checking = true;
                         let result = loop {
                             tokio::select! {
                                 result = conn.as_mut() => break result,
-                                () = &mut check => {
+                                () = &mut check, if checking => {
                                     let now = tokio::time::Instant::now();
                                     let next = match activity.idle_for() {
                                         _ if !activity.requested() => {
@@ -122,7 +127,7 @@ pub async fn serve(
                                             }
                                             now + HANDSHAKE_TIMEOUT - waited
                                         }
-                                        Some(idle) if idle >= limits.idle_timeout => {
+                                        Some(idle) if h2 && idle >= limits.idle_timeout => {
                                             tracing::debug!(%peer, "idle; closing");
                                             conn.as_mut().graceful_shutdown();
                                             // HTTP/2 waits for the client's answer to a PING.
@@ -130,6 +135,10 @@ pub async fn serve(
                                                 Ok(result) => break result,
                                                 Err(_) => return,
                                             }
+                                        }
+                                        _ if !h2 => {
+                                            checking = false;
+                                            continue;
                                         }
                                         idle => now + limits.idle_timeout - idle.unwrap_or_default(),
                                     };
