@@ -73,7 +73,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 async fn run_demo(args: Args) -> anyhow::Result<()> {
     // Installed first: Ctrl-C during start-up stops the demo cleanly instead of killing it.
-    let signals = ShutdownSignals::install()?;
+    let mut signals = ShutdownSignals::install()?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let upstream_listener = bind(0, "upstream").await?;

@@ -99,7 +99,7 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// Runs the controller until SIGTERM (or Ctrl-C), then shuts down gracefully.
 pub async fn run(config: Config) -> Result<(), RuntimeError> {
     // Installed first, so that a SIGTERM during start still shuts down gracefully.
-    let signals = corsair_runtime::ShutdownSignals::install().map_err(RuntimeError::Signals)?;
+    let mut signals = corsair_runtime::ShutdownSignals::install().map_err(RuntimeError::Signals)?;
     let mut inject = config.inject.clone();
     let client = Client::try_default().await.map_err(RuntimeError::Client)?;
     let sidecar_mode = resolve_sidecar_mode(&client, inject.sidecar_mode).await;

@@ -164,10 +164,13 @@ pub fn run(args: Args) -> Result<(), CliError> {
         .map_err(CliError::Runtime)?;
     runtime.block_on(async move {
         // Installed before the proxy announces itself, so an early SIGTERM still drains.
-        let signals = ShutdownSignals::install()?;
+        let mut signals = ShutdownSignals::install()?;
         let proxy = Proxy::start(config).await?;
         signals.recv().await;
-        match proxy.shutdown().await {
+        let second = async move {
+            signals.recv().await;
+        };
+        match proxy.shutdown_unless(second).await {
             Ok(()) | Err(ProxyError::DrainTimeout(_)) => Ok(()),
             Err(err) => Err(err.into()),
         }

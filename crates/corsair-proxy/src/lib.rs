@@ -276,10 +276,22 @@ impl Proxy {
     /// in-flight requests finish within the drain timeout, and returns. Connections still open
     /// at the deadline are closed and reported as an error.
     pub async fn shutdown(self) -> Result<(), ProxyError> {
+        self.shutdown_unless(std::future::pending()).await
+    }
+
+    /// [`Proxy::shutdown`], with the shutdown delay cut short when `hurry` completes (a second
+    /// signal).
+    pub async fn shutdown_unless(
+        self,
+        hurry: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ProxyError> {
         self.state.set_listening(false);
         if !self.shutdown_delay.is_zero() {
             tracing::info!(shutdown_delay = ?self.shutdown_delay, "still serving before the drain");
-            tokio::time::sleep(self.shutdown_delay).await;
+            tokio::select! {
+                () = tokio::time::sleep(self.shutdown_delay) => {}
+                () = hurry => tracing::info!("shutdown delay cut short"),
+            }
         }
         tracing::info!(drain_timeout = ?self.drain_timeout, "draining connections");
         self.shutdown.cancel();

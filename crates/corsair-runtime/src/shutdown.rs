@@ -58,8 +58,9 @@ impl ShutdownSignals {
         })
     }
 
-    /// Completes at the first SIGTERM or SIGINT, which it logs.
-    pub async fn recv(mut self) -> Signal {
+    /// Completes at the next SIGTERM or SIGINT, which it logs: a second one can cut a graceful
+    /// stop short.
+    pub async fn recv(&mut self) -> Signal {
         let signal = tokio::select! {
             _ = self.term.recv() => Signal::Terminate,
             _ = self.int.recv() => Signal::Interrupt,
@@ -69,7 +70,7 @@ impl ShutdownSignals {
     }
 
     /// A token cancelled at the first SIGTERM or SIGINT (a task waits for it).
-    pub fn into_token(self) -> CancellationToken {
+    pub fn into_token(mut self) -> CancellationToken {
         let token = CancellationToken::new();
         let cancel = token.clone();
         tokio::spawn(async move {
@@ -96,7 +97,7 @@ mod tests {
     /// kills it. One test, so that no other test's signal is received here.
     #[tokio::test]
     async fn sigint_and_sigterm_are_received() {
-        let signals = ShutdownSignals::install().expect("install");
+        let mut signals = ShutdownSignals::install().expect("install");
         kill("-INT");
         let got = tokio::time::timeout(std::time::Duration::from_secs(10), signals.recv()).await;
         assert_eq!(got.ok(), Some(Signal::Interrupt));
@@ -107,6 +108,9 @@ mod tests {
         let cancelled =
             tokio::time::timeout(std::time::Duration::from_secs(10), token.cancelled()).await;
         assert!(cancelled.is_ok(), "SIGTERM cancels the token");
+        // The first handlers still listen: that SIGTERM is their second signal.
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), signals.recv()).await;
+        assert_eq!(got.ok(), Some(Signal::Terminate));
     }
 
     #[test]

@@ -344,7 +344,7 @@ pub fn inject(
     let namespace = namespace.or(pod.metadata.namespace.as_deref());
     let mut warnings = warnings(lookup, namespace, policy, &target, proxy_port);
     let mode = config.sidecar_mode;
-    let shutdown_delay = shutdown_delay(spec, overrides.shutdown_delay, mode, &mut warnings);
+    let stop = stop_timing(spec, &target, overrides.shutdown_delay, mode, &mut warnings);
 
     let record = InjectedRecord {
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -365,7 +365,7 @@ pub fn inject(
         &overrides.resources,
         &record,
         &overrides.log_level,
-        shutdown_delay,
+        stop,
         mode.is_native(),
     );
 
@@ -544,13 +544,13 @@ impl Overrides {
         }
         let shutdown_delay = match annotation(names::SHUTDOWN_DELAY_ANNOTATION) {
             None => None,
-            Some(v) => match v.parse::<u32>() {
+            Some(v) => match v.strip_suffix('s').unwrap_or(v).parse::<u32>() {
                 Ok(seconds) if seconds <= MAX_SHUTDOWN_DELAY => Some(seconds),
                 _ => {
                     return Err(InjectError::InvalidAnnotation {
                         key: names::SHUTDOWN_DELAY_ANNOTATION,
                         value: v.to_owned(),
-                        reason: "is not a whole number of seconds from 0 to 600",
+                        reason: "is not whole seconds from 0 to 600, such as `10` or `10s`",
                     });
                 }
             },
@@ -598,33 +598,80 @@ fn warnings(
 /// Longest `corsair.dev/shutdown-delay`: ten minutes, far above any endpoint propagation.
 const MAX_SHUTDOWN_DELAY: u32 = 600;
 
-/// The shutdown delay the sidecar gets: only a regular container, which receives SIGTERM with
-/// the app, needs one (a native sidecar is stopped after the app has exited). Says so, and
-/// when the delay leaves the proxy no time to drain within the pod's grace period.
-fn shutdown_delay(
+/// How a regular-container sidecar stops, when it needs to be told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StopTiming {
+    /// Seconds it keeps accepting after SIGTERM.
+    delay: u32,
+    /// Seconds its in-flight requests get after that, when the grace period leaves fewer than
+    /// the proxy's default (25).
+    drain: Option<u32>,
+}
+
+/// The proxy's own drain timeout (`--drain-timeout`).
+const DEFAULT_DRAIN: i64 = 25;
+
+/// How the sidecar stops. Only a regular container, which gets SIGTERM together with the app,
+/// needs a shutdown delay (a native sidecar is stopped after the app has exited): the
+/// annotation's, or else as long as the app's own `preStop` sleep, during which the app still
+/// serves. The drain then gets what the pod's grace period leaves, so that the proxy closes
+/// its connections itself rather than being killed.
+fn stop_timing(
     spec: &PodSpec,
-    delay: Option<u32>,
+    target: &Target,
+    annotated: Option<u32>,
     mode: SidecarMode,
     warnings: &mut Vec<String>,
-) -> Option<u32> {
-    let delay = delay?;
+) -> Option<StopTiming> {
     let key = names::SHUTDOWN_DELAY_ANNOTATION;
     if mode.is_native() {
-        warnings.push(format!(
-            "{key} is not used: the corsair proxy is a native sidecar, which Kubernetes stops only \
-             after the application containers have exited"
-        ));
+        if annotated.is_some_and(|d| d > 0) {
+            warnings.push(format!(
+                "{key} is not used: the corsair proxy is a native sidecar, which Kubernetes \
+                 stops only after the application containers have exited"
+            ));
+        }
         return None;
     }
+    let delay = annotated
+        .or_else(|| pre_stop_sleep(&spec.containers[target.container]))
+        .filter(|d| *d > 0)?;
     // Kubernetes' default grace period.
     let grace = spec.termination_grace_period_seconds.unwrap_or(30);
-    if i64::from(delay) >= grace {
+    let room = grace - i64::from(delay) - 1;
+    if room < 1 {
         warnings.push(format!(
-            "{key} ({delay} s) is not below spec.terminationGracePeriodSeconds ({grace} s): the \
-             kubelet kills the corsair proxy before it has drained its connections"
+            "the corsair proxy's shutdown delay ({delay} s, {key} or the app's preStop sleep) \
+             leaves no time to drain within spec.terminationGracePeriodSeconds ({grace} s): the \
+             kubelet kills it with requests in flight"
         ));
     }
-    Some(delay)
+    let drain = (room < DEFAULT_DRAIN).then(|| u32::try_from(room.max(1)).unwrap_or(1));
+    Some(StopTiming { delay, drain })
+}
+
+/// Seconds of the container's `preStop` sleep: the `sleep` action, or an `exec` of `sleep N`
+/// (directly or through `sh -c`), the common ways to keep serving while Kubernetes stops
+/// sending traffic.
+fn pre_stop_sleep(container: &Container) -> Option<u32> {
+    let pre_stop = container.lifecycle.as_ref()?.pre_stop.as_ref()?;
+    if let Some(sleep) = &pre_stop.sleep {
+        return u32::try_from(sleep.seconds).ok();
+    }
+    let command = pre_stop.exec.as_ref()?.command.as_ref()?;
+    let words: Vec<&str> = match command.as_slice() {
+        [shell, flag, script] if shell.ends_with("sh") && flag == "-c" => {
+            script.split_whitespace().collect()
+        }
+        _ => command.iter().map(String::as_str).collect(),
+    };
+    match words.as_slice() {
+        [sleep, seconds] if sleep.rsplit('/').next() == Some("sleep") => seconds
+            .parse::<u32>()
+            .ok()
+            .filter(|s| *s <= MAX_SHUTDOWN_DELAY),
+        _ => None,
+    }
 }
 
 /// The app's port gives up its name (the Service resolves a named targetPort over regular
@@ -1044,7 +1091,7 @@ fn sidecar_container(
     res: &SidecarResources,
     record: &InjectedRecord,
     log_level: &str,
-    shutdown_delay: Option<u32>,
+    stop: Option<StopTiming>,
     native: bool,
 ) -> Container {
     let admin_probe = |path: &str, period: i32, failures: i32| Probe {
@@ -1088,11 +1135,13 @@ fn sidecar_container(
                 "--allow-missing-policy".to_owned(),
             ]
             .into_iter()
-            .chain(
-                shutdown_delay
-                    .into_iter()
-                    .flat_map(|s| ["--shutdown-delay".to_owned(), s.to_string()]),
-            )
+            .chain(stop.into_iter().flat_map(|stop| {
+                let delay = ["--shutdown-delay".to_owned(), stop.delay.to_string()];
+                let drain = stop
+                    .drain
+                    .map(|d| ["--drain-timeout".to_owned(), d.to_string()]);
+                delay.into_iter().chain(drain.into_iter().flatten())
+            }))
             .collect(),
         ),
         env: Some(vec![EnvVar {

@@ -264,41 +264,60 @@ fn goes_after_existing_init_containers_and_native_sidecars() {
     assert_eq!(volumes, ["data", "corsair-policy"]);
 }
 
+/// The stop flags of the sidecar and the warnings of its injection.
+fn stop_args(pod: &Value, config: &InjectConfig) -> (Vec<String>, Vec<String>) {
+    let injection = run(pod, config).expect("injects");
+    let args = sidecar_of(&apply(pod, &injection)).args.expect("args");
+    let stop = args
+        .iter()
+        .position(|a| a == "--shutdown-delay")
+        .map(|i| args[i..].to_vec())
+        .unwrap_or_default();
+    (stop, injection.warnings)
+}
+
 /// `corsair.dev/shutdown-delay` reaches a regular-container sidecar, which is stopped with
-/// the app; a native one, stopped after the app, does without it, and the answer says so.
+/// the app, with the drain cut to what the grace period leaves; a native one, stopped after
+/// the app, does without it, and the answer says so.
 #[test]
 fn the_shutdown_delay_goes_to_a_regular_container_only() {
     let mut pod = web_pod();
-    pod["metadata"]["annotations"]["corsair.dev/shutdown-delay"] = json!("10");
-    let delay_args = |pod: &Value, config: &InjectConfig| {
-        let injection = run(pod, config).expect("injects");
-        let args = sidecar_of(&apply(pod, &injection)).args.expect("args");
-        let delay = args
-            .iter()
-            .position(|a| a == "--shutdown-delay")
-            .map(|i| args[i + 1].clone());
-        (delay, injection.warnings)
-    };
-    let (delay, warnings) = delay_args(&pod, &container());
-    assert_eq!(delay.as_deref(), Some("10"));
-    assert!(warnings.is_empty(), "{warnings:?}");
-    let (delay, warnings) = delay_args(&pod, &native());
-    assert_eq!(delay, None);
+    for written in ["10", "10s"] {
+        pod["metadata"]["annotations"]["corsair.dev/shutdown-delay"] = json!(written);
+        let (stop, warnings) = stop_args(&pod, &container());
+        // 30 s of grace: 10 s delay, 19 s drain, a second to spare.
+        assert_eq!(
+            stop,
+            ["--shutdown-delay", "10", "--drain-timeout", "19"],
+            "{written}"
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+    let (stop, warnings) = stop_args(&pod, &native());
+    assert!(stop.is_empty(), "{stop:?}");
     assert!(
         warnings.len() == 1
             && warnings[0].contains("corsair.dev/shutdown-delay")
             && warnings[0].contains("native sidecar"),
         "{warnings:?}"
     );
-    // A delay that leaves no time to drain within the grace period is passed on, with a warning.
+    // A short delay in a long grace period leaves the proxy's own drain timeout.
+    pod["metadata"]["annotations"]["corsair.dev/shutdown-delay"] = json!("3");
+    pod["spec"]["terminationGracePeriodSeconds"] = json!(60);
+    assert_eq!(stop_args(&pod, &container()).0, ["--shutdown-delay", "3"]);
+    // A delay that leaves no time to drain is passed on, with a second to drain and a warning.
+    pod["metadata"]["annotations"]["corsair.dev/shutdown-delay"] = json!("10");
     pod["spec"]["terminationGracePeriodSeconds"] = json!(10);
-    let (delay, warnings) = delay_args(&pod, &container());
-    assert_eq!(delay.as_deref(), Some("10"));
+    let (stop, warnings) = stop_args(&pod, &container());
+    assert_eq!(stop, ["--shutdown-delay", "10", "--drain-timeout", "1"]);
     assert!(
         warnings.len() == 1 && warnings[0].contains("terminationGracePeriodSeconds (10 s)"),
         "{warnings:?}"
     );
-    for bad in ["", "ten", "-1", "1.5", "601", "99999999999"] {
+    // 0 is no delay at all.
+    pod["metadata"]["annotations"]["corsair.dev/shutdown-delay"] = json!("0");
+    assert_eq!(stop_args(&pod, &container()), (vec![], vec![]));
+    for bad in ["", "ten", "-1", "1.5", "601", "10m", "99999999999"] {
         pod["metadata"]["annotations"]["corsair.dev/shutdown-delay"] = json!(bad);
         match run(&pod, &container()) {
             Err(InjectError::InvalidAnnotation { key, value, .. }) => {
@@ -307,6 +326,44 @@ fn the_shutdown_delay_goes_to_a_regular_container_only() {
             other => panic!("{bad:?} was not refused: {other:?}"),
         }
     }
+}
+
+/// Without the annotation, a regular-container sidecar waits as long as the app's own preStop
+/// sleep, during which the app still serves; the annotation wins over it.
+#[test]
+fn the_apps_pre_stop_sleep_is_the_default_shutdown_delay() {
+    for (pre_stop, delay) in [
+        (json!({"sleep": {"seconds": 15}}), Some("15")),
+        (json!({"exec": {"command": ["sleep", "5"]}}), Some("5")),
+        (
+            json!({"exec": {"command": ["/bin/sh", "-c", "sleep 7"]}}),
+            Some("7"),
+        ),
+        (
+            json!({"exec": {"command": ["/usr/bin/sleep", "8"]}}),
+            Some("8"),
+        ),
+        // Anything else is the app's own business.
+        (
+            json!({"exec": {"command": ["sh", "-c", "sleep 5 && nginx -s quit"]}}),
+            None,
+        ),
+        (json!({"exec": {"command": ["/drain"]}}), None),
+        (json!({"httpGet": {"path": "/drain", "port": 8080}}), None),
+        (json!({"sleep": {"seconds": 0}}), None),
+    ] {
+        let mut pod = web_pod();
+        pod["spec"]["containers"][0]["lifecycle"] = json!({"preStop": pre_stop});
+        let (stop, warnings) = stop_args(&pod, &container());
+        assert_eq!(stop.get(1).map(String::as_str), delay, "{pre_stop}");
+        assert!(warnings.is_empty(), "{pre_stop}: {warnings:?}");
+        // A native sidecar outlives the app: nothing to wait for.
+        assert_eq!(stop_args(&pod, &native()), (vec![], vec![]), "{pre_stop}");
+    }
+    let mut pod = web_pod();
+    pod["spec"]["containers"][0]["lifecycle"] = json!({"preStop": {"sleep": {"seconds": 15}}});
+    pod["metadata"]["annotations"]["corsair.dev/shutdown-delay"] = json!("2");
+    assert_eq!(stop_args(&pod, &container()).0, ["--shutdown-delay", "2"]);
 }
 
 #[test]
