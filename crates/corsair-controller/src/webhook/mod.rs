@@ -43,8 +43,9 @@ pub struct Limits {
     pub body_timeout: std::time::Duration,
     /// HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
-    /// A connection without a request in flight for this long is closed (HTTP/2 with GOAWAY),
-    /// so that idle clients cannot keep every connection slot.
+    /// An HTTP/2 connection without a request in flight for this long is closed with a GOAWAY,
+    /// so that idle clients cannot keep every connection slot (an idle HTTP/1.1 one is closed
+    /// by hyper's header timeout).
     pub idle_timeout: std::time::Duration,
 }
 
