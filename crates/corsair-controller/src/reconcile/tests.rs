@@ -623,6 +623,32 @@ async fn a_workload_in_an_excluded_namespace_is_not_opted_in() {
     }
 }
 
+/// The webhook's warnings reach only whoever creates a pod, for a Deployment the ReplicaSet
+/// controller: at opt-in the workload gets them as a Warning Event. An unnamed app port is the
+/// one that matters most: a Service that targets its number goes past the proxy.
+#[tokio::test]
+async fn the_webhooks_warnings_reach_the_workload_at_opt_in() {
+    let (ctx, mut verifier) = context(StaticIndex::with_policies(NS, &["api"]));
+    let server = tokio::spawn(async move {
+        let unnamed = stored_deployment(
+            json!([{"name": "app", "image": "app", "ports": [{"containerPort": 8080}]}]),
+        );
+        verifier.workload_get(&unnamed).await;
+        verifier.workload_apply().await;
+        let note = verifier
+            .event("Warning", "InjectionWarning", "deployments", "web")
+            .await;
+        assert!(
+            note.contains("port 8080 has no name") && note.contains("corsair-http"),
+            "{note}"
+        );
+        verifier.expect_no_more_calls().await;
+    });
+    let action = reconcile_deployment(&deployment(Some("api"), None), ctx).await;
+    assert!(matches!(action, Ok(a) if a == Action::await_change()));
+    joined(server).await;
+}
+
 /// `kubectl annotate deployment web corsair.dev/port=8080` puts a pod annotation where the
 /// webhook never sees it: a Warning Event says so, and the opt-in goes on.
 #[tokio::test]

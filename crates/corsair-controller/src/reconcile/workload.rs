@@ -37,6 +37,9 @@ pub const REASON_INJECTION_REFUSED: &str = "InjectionRefused";
 /// Reason of the Warning Event on a workload whose pods the webhook would leave without the
 /// proxy (host network).
 pub const REASON_INJECTION_SKIPPED: &str = "InjectionSkipped";
+/// Reason of the Warning Event on a workload whose pods the webhook injects with warnings, which
+/// only whoever creates a pod sees (for a Deployment, the ReplicaSet controller).
+pub const REASON_INJECTION_WARNING: &str = "InjectionWarning";
 /// Reason of the Warning Event on a workload that carries pod annotations on its own metadata.
 pub const REASON_MISPLACED_ANNOTATION: &str = "MisplacedAnnotation";
 /// The opt-in check's verdicts, published at most once per note (see
@@ -279,8 +282,12 @@ pub async fn reconcile<K: Workload>(
             }
             if !facts.in_place(policy) {
                 // Same reason as above: a rollout into pods the webhook refuses costs capacity.
+                let mut admitted_with = Vec::new();
                 let warning = match preview::<K>(&ctx, &namespace, &name, policy).await {
-                    Preview::Admitted => None,
+                    Preview::Admitted(warnings) => {
+                        admitted_with = warnings;
+                        None
+                    }
                     // Deleted since the watch saw it: nothing to write to.
                     Preview::Gone => {
                         succeeded(&ctx, obj.as_ref());
@@ -316,6 +323,15 @@ pub async fn reconcile<K: Workload>(
                     .map_err(Error::kube("apply pod template label"))?;
                 tracing::info!(policy, "opted in");
                 ctx.forget_said(obj.as_ref(), &VERDICT_REASONS);
+                if !admitted_with.is_empty() {
+                    let note = format!(
+                        "the corsair webhook injects this workload's pods with warnings that no \
+                         kubectl output shows for them (pod fields: under spec.template here): {}",
+                        admitted_with.join("; ")
+                    );
+                    ctx.publish_once(obj.as_ref(), REASON_INJECTION_WARNING, note)
+                        .await;
+                }
             }
             if !ctx.index.policy_exists(&namespace, policy) {
                 if ctx.index.policies_synced() {
@@ -366,9 +382,9 @@ fn misplaced_annotations<K: Workload>(obj: &WorkloadMeta<K>) -> Vec<String> {
 
 /// What the webhook would do with a workload's pods.
 enum Preview {
-    /// Inject them, or no check could be made (no configuration, the read failed, no pod spec):
-    /// the webhook then still judges each pod.
-    Admitted,
+    /// Inject them, with these warnings; or no check could be made (no configuration, the read
+    /// failed, no pod spec, and no warnings): the webhook then still judges each pod.
+    Admitted(Vec<String>),
     /// Refuse them, for this reason.
     Refused(String),
     /// Admit them without the proxy: they use the host network.
@@ -381,7 +397,7 @@ enum Preview {
 /// the whole object: the caches keep only metadata, so it is read here, once per check.
 async fn preview<K: Workload>(ctx: &Context, namespace: &str, name: &str, policy: &str) -> Preview {
     let Some(config) = ctx.inject.as_ref() else {
-        return Preview::Admitted;
+        return Preview::Admitted(Vec::new());
     };
     let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
     let obj = match api.get_opt(name).await {
@@ -389,18 +405,18 @@ async fn preview<K: Workload>(ctx: &Context, namespace: &str, name: &str, policy
         Ok(None) => return Preview::Gone,
         Err(err) => {
             tracing::warn!(%err, "cannot read the workload to check its pod template");
-            return Preview::Admitted;
+            return Preview::Admitted(Vec::new());
         }
     };
     let Some(pod) = template_pod(&obj, namespace, policy) else {
-        return Preview::Admitted;
+        return Preview::Admitted(Vec::new());
     };
     match inject(&pod, Some(namespace), config, None) {
         Err(err) => Preview::Refused(err.to_string()),
         Ok(injection) if injection.outcome == InjectOutcome::SkippedHostNetwork => {
             Preview::HostNetwork
         }
-        Ok(_) => Preview::Admitted,
+        Ok(injection) => Preview::Admitted(injection.warnings),
     }
 }
 
