@@ -80,7 +80,12 @@ fn client_tls(ca: &CertificateDer<'static>, alpn: &[u8]) -> TlsConnector {
     .expect("TLS versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
-    config.alpn_protocols = vec![alpn.to_vec()];
+    // Empty: offer no ALPN at all.
+    config.alpn_protocols = if alpn.is_empty() {
+        Vec::new()
+    } else {
+        vec![alpn.to_vec()]
+    };
     // Every connection does a full handshake, so each one sees the certificate served now.
     config.resumption = rustls::client::Resumption::disabled();
     TlsConnector::from(Arc::new(config))
@@ -1293,10 +1298,13 @@ async fn slow_and_oversized_bodies_are_cut_off() {
 async fn a_silent_connection_gives_its_slot_back() {
     use tokio::io::AsyncWriteExt;
     let webhook = start(&["--max-connections", "1"]);
-    for sent in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+    for (alpn, sent) in [(&b"http/1.1"[..], &b""[..]), (b"h2", b"PRI * HTTP/2.0\r\n")] {
         let tcp = TcpStream::connect(webhook.addr).await.expect("connect");
         let name = ServerName::try_from("localhost").expect("name");
-        let mut silent = webhook.tls.connect(name, tcp).await.expect("TLS");
+        let mut silent = client_tls(&webhook.ca, alpn)
+            .connect(name, tcp)
+            .await
+            .expect("TLS");
         silent.write_all(sent).await.expect("write");
         silent.flush().await.expect("flush");
         let body = fixture("pod-named-port").to_string().into_bytes();
@@ -1400,6 +1408,81 @@ async fn an_idle_connection_gives_its_slot_back() {
             .unwrap_or_else(|_| panic!("{alpn:?}: the server did not close the idle connection"))
             .expect("connection task");
     }
+}
+
+/// The protocol is the one ALPN agreed, not a guess from the first bytes: without ALPN a client
+/// is served HTTP/1.1, and one that speaks HTTP/2 there is not served (an HTTP/2 connection
+/// served without ALPN would escape the HTTP/2 idle check).
+#[tokio::test]
+async fn the_protocol_is_the_one_alpn_agreed() {
+    let webhook = start(&[]);
+    let no_alpn = client_tls(&webhook.ca, b"");
+    let body = fixture("pod-named-port").to_string().into_bytes();
+    let (status, _) = send(
+        &no_alpn,
+        webhook.addr,
+        Method::POST,
+        "/inject",
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let tcp = TcpStream::connect(webhook.addr).await.expect("connect");
+    let name = ServerName::try_from("localhost").expect("name");
+    let stream = no_alpn.connect(name, tcp).await.expect("TLS");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), None);
+    let answered = tokio::time::timeout(Duration::from_secs(5), async move {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await?;
+        tokio::spawn(conn);
+        let request = Request::post(format!("https://localhost:{}/inject", webhook.addr.port()))
+            .body(Full::new(Bytes::from(body)))
+            .expect("request");
+        sender.send_request(request).await
+    })
+    .await
+    .expect("the HTTP/2 attempt ends within 5 s");
+    assert!(
+        answered.is_err(),
+        "HTTP/2 without ALPN was served: {answered:?}"
+    );
+}
+
+/// Reads one answer of the webhook's 404, whose body is "not found\n".
+async fn read_not_found(tls: &mut tokio_rustls::client::TlsStream<TcpStream>) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut read = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !read.ends_with(b"not found\n") {
+        let n = tls.read(&mut buf).await.expect("read");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&read));
+        read.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8(read).expect("text")
+}
+
+/// Over HTTP/1.1 nothing of ours closes a connection between requests (hyper's 10 s header
+/// timeout does): a next request whose head arrives slowly, after --idle-timeout, is served.
+#[tokio::test]
+async fn a_slow_next_request_head_is_served_over_http1() {
+    use tokio::io::AsyncWriteExt;
+    let webhook = start(&["--idle-timeout", "1"]);
+    let tcp = TcpStream::connect(webhook.addr).await.expect("connect");
+    let name = ServerName::try_from("localhost").expect("name");
+    let mut tls = webhook.tls.connect(name, tcp).await.expect("TLS");
+    tls.write_all(b"GET /a HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    assert!(read_not_found(&mut tls).await.starts_with("HTTP/1.1 404"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tls.write_all(b"GET /b HTTP/1.1\r\n").await.expect("write");
+    tls.flush().await.expect("flush");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tls.write_all(b"Host: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    assert!(read_not_found(&mut tls).await.starts_with("HTTP/1.1 404"));
 }
 
 /// With --max-connections 2, a third connection is not served while two are open, and is

@@ -54,6 +54,9 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams);
+    // The protocol is the one ALPN agreed (RFC 9113 §3.2), not a guess from the first bytes:
+    // the idle check below depends on knowing it.
+    let (h1_builder, h2_builder) = (builder.clone().http1_only(), builder.http2_only());
     // A permit per connection: at the cap, new connections wait in the listen backlog.
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let (stop, stopping) = watch::channel(false);
@@ -74,7 +77,7 @@ pub async fn serve(
                     let peer = corsair_runtime::listen::canonical(peer);
                     let _ = tcp.set_nodelay(true);
                     let acceptor = acceptor.clone();
-                    let builder = builder.clone();
+                    let (h1_builder, h2_builder) = (h1_builder.clone(), h2_builder.clone());
                     let state = state.clone();
                     let mut stopping = stopping.clone();
                     connections.spawn(async move {
@@ -93,6 +96,7 @@ pub async fn serve(
                         // HTTP/1.1 needs no idle check of ours: hyper's header timeout also runs
                         // while a kept-alive connection waits for its next request.
                         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let builder = if h2 { h2_builder } else { h1_builder };
                         let activity = Arc::new(Activity::new());
                         let service = service_fn({
                             let activity = activity.clone();
