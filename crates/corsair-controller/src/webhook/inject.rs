@@ -602,7 +602,7 @@ const MAX_SHUTDOWN_DELAY: u32 = 600;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct StopTiming {
     /// Seconds it keeps accepting after SIGTERM.
-    delay: u32,
+    delay: Option<u32>,
     /// Seconds its in-flight requests get after that, when the grace period leaves fewer than
     /// the proxy's default (25).
     drain: Option<u32>,
@@ -611,11 +611,11 @@ struct StopTiming {
 /// The proxy's own drain timeout (`--drain-timeout`).
 const DEFAULT_DRAIN: i64 = 25;
 
-/// How the sidecar stops. Only a regular container, which gets SIGTERM together with the app,
-/// needs a shutdown delay (a native sidecar is stopped after the app has exited): the
-/// annotation's, or else as long as the app's own `preStop` sleep, during which the app still
-/// serves. The drain then gets what the pod's grace period leaves, so that the proxy closes
-/// its connections itself rather than being killed.
+/// How the sidecar stops. Only a regular container gets SIGTERM together with the app, with
+/// the whole grace period from then on; a native sidecar is stopped after the app has exited,
+/// on what is left, and is not told. Its delay is the annotation's, or else as long as the
+/// app's own `preStop` sleep, during which the app still serves. Its drain gets what the grace
+/// period leaves, so that the proxy closes its connections itself rather than being killed.
 fn stop_timing(
     spec: &PodSpec,
     target: &Target,
@@ -633,13 +633,16 @@ fn stop_timing(
         }
         return None;
     }
+    // An annotation of 0 also turns off the delay taken from the app's preStop sleep.
     let delay = annotated
         .or_else(|| pre_stop_sleep(&spec.containers[target.container]))
-        .filter(|d| *d > 0)?;
+        .filter(|d| *d > 0);
     // Kubernetes' default grace period.
     let grace = spec.termination_grace_period_seconds.unwrap_or(30);
-    let room = grace - i64::from(delay) - 1;
-    if room < 1 {
+    let room = grace - i64::from(delay.unwrap_or(0)) - 1;
+    if let Some(delay) = delay
+        && room < 1
+    {
         warnings.push(format!(
             "the corsair proxy's shutdown delay ({delay} s, {key} or the app's preStop sleep) \
              leaves no time to drain within spec.terminationGracePeriodSeconds ({grace} s): the \
@@ -647,31 +650,53 @@ fn stop_timing(
         ));
     }
     let drain = (room < DEFAULT_DRAIN).then(|| u32::try_from(room.max(1)).unwrap_or(1));
-    Some(StopTiming { delay, drain })
+    (delay.is_some() || drain.is_some()).then_some(StopTiming { delay, drain })
 }
 
 /// Seconds of the container's `preStop` sleep: the `sleep` action, or an `exec` of `sleep N`
-/// (directly or through `sh -c`), the common ways to keep serving while Kubernetes stops
-/// sending traffic.
+/// (`5` or `5s`), directly or at the start of a shell script (`sh -c "sleep 5 && nginx -s
+/// quit"`): the common ways to keep serving while Kubernetes stops sending traffic.
 fn pre_stop_sleep(container: &Container) -> Option<u32> {
     let pre_stop = container.lifecycle.as_ref()?.pre_stop.as_ref()?;
-    if let Some(sleep) = &pre_stop.sleep {
-        return u32::try_from(sleep.seconds).ok();
-    }
-    let command = pre_stop.exec.as_ref()?.command.as_ref()?;
-    let words: Vec<&str> = match command.as_slice() {
-        [shell, flag, script] if shell.ends_with("sh") && flag == "-c" => {
-            script.split_whitespace().collect()
+    let seconds = if let Some(sleep) = &pre_stop.sleep {
+        u32::try_from(sleep.seconds).ok()?
+    } else {
+        let command = pre_stop.exec.as_ref()?.command.as_ref()?;
+        let (program, argument) = match command.as_slice() {
+            // `-c`, `-ec`, `-lc`…: the script is the next argument.
+            [shell, flags, script]
+                if shell.ends_with("sh") && flags.starts_with('-') && flags.ends_with('c') =>
+            {
+                let (program, rest) = script.trim_start().split_once(char::is_whitespace)?;
+                let rest = rest.trim_start();
+                let end = rest
+                    .find(|c: char| c.is_whitespace() || ";&|".contains(c))
+                    .unwrap_or(rest.len());
+                let (argument, after) = rest.split_at(end);
+                // Only a sleep that the rest of the script waits for (not `sleep 5 &`).
+                let after = after.trim_start();
+                let waited = after.is_empty()
+                    || after.starts_with(';')
+                    || after.starts_with("&&")
+                    || after.starts_with("||");
+                if !waited {
+                    return None;
+                }
+                (program, argument)
+            }
+            [program, argument] => (program.as_str(), argument.as_str()),
+            _ => return None,
+        };
+        if program.rsplit('/').next() != Some("sleep") {
+            return None;
         }
-        _ => command.iter().map(String::as_str).collect(),
+        argument
+            .strip_suffix('s')
+            .unwrap_or(argument)
+            .parse()
+            .ok()?
     };
-    match words.as_slice() {
-        [sleep, seconds] if sleep.rsplit('/').next() == Some("sleep") => seconds
-            .parse::<u32>()
-            .ok()
-            .filter(|s| *s <= MAX_SHUTDOWN_DELAY),
-        _ => None,
-    }
+    (seconds <= MAX_SHUTDOWN_DELAY).then_some(seconds)
 }
 
 /// The app's port gives up its name (the Service resolves a named targetPort over regular
@@ -1136,11 +1161,12 @@ fn sidecar_container(
             ]
             .into_iter()
             .chain(stop.into_iter().flat_map(|stop| {
-                let delay = ["--shutdown-delay".to_owned(), stop.delay.to_string()];
-                let drain = stop
-                    .drain
-                    .map(|d| ["--drain-timeout".to_owned(), d.to_string()]);
-                delay.into_iter().chain(drain.into_iter().flatten())
+                let flag = |name: &str, seconds: Option<u32>| {
+                    seconds.map(|s| [name.to_owned(), s.to_string()])
+                };
+                let delay = flag("--shutdown-delay", stop.delay);
+                let drain = flag("--drain-timeout", stop.drain);
+                delay.into_iter().chain(drain).flatten()
             }))
             .collect(),
         ),

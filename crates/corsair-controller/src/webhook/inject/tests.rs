@@ -270,7 +270,7 @@ fn stop_args(pod: &Value, config: &InjectConfig) -> (Vec<String>, Vec<String>) {
     let args = sidecar_of(&apply(pod, &injection)).args.expect("args");
     let stop = args
         .iter()
-        .position(|a| a == "--shutdown-delay")
+        .position(|a| a == "--shutdown-delay" || a == "--drain-timeout")
         .map(|i| args[i..].to_vec())
         .unwrap_or_default();
     (stop, injection.warnings)
@@ -314,8 +314,10 @@ fn the_shutdown_delay_goes_to_a_regular_container_only() {
         warnings.len() == 1 && warnings[0].contains("terminationGracePeriodSeconds (10 s)"),
         "{warnings:?}"
     );
-    // 0 is no delay at all.
+    // 0 is no delay; the drain still fits the grace period (here 10 s).
     pod["metadata"]["annotations"]["corsair.dev/shutdown-delay"] = json!("0");
+    assert_eq!(stop_args(&pod, &container()).0, ["--drain-timeout", "9"]);
+    pod["spec"]["terminationGracePeriodSeconds"] = json!(30);
     assert_eq!(stop_args(&pod, &container()), (vec![], vec![]));
     for bad in ["", "ten", "-1", "1.5", "601", "10m", "99999999999"] {
         pod["metadata"]["annotations"]["corsair.dev/shutdown-delay"] = json!(bad);
@@ -332,23 +334,22 @@ fn the_shutdown_delay_goes_to_a_regular_container_only() {
 /// sleep, during which the app still serves; the annotation wins over it.
 #[test]
 fn the_apps_pre_stop_sleep_is_the_default_shutdown_delay() {
+    let exec = |command: &[&str]| json!({"exec": {"command": command}});
     for (pre_stop, delay) in [
         (json!({"sleep": {"seconds": 15}}), Some("15")),
-        (json!({"exec": {"command": ["sleep", "5"]}}), Some("5")),
-        (
-            json!({"exec": {"command": ["/bin/sh", "-c", "sleep 7"]}}),
-            Some("7"),
-        ),
-        (
-            json!({"exec": {"command": ["/usr/bin/sleep", "8"]}}),
-            Some("8"),
-        ),
+        (exec(&["sleep", "5"]), Some("5")),
+        (exec(&["/bin/sh", "-c", "sleep 7"]), Some("7")),
+        (exec(&["/usr/bin/sleep", "8"]), Some("8")),
+        (exec(&["sleep", "9s"]), Some("9")),
+        // The app serves until the script goes on, whatever it then does.
+        (exec(&["sh", "-c", "sleep 5 && nginx -s quit"]), Some("5")),
+        (exec(&["/bin/bash", "-ec", "sleep 6; kill 1"]), Some("6")),
         // Anything else is the app's own business.
-        (
-            json!({"exec": {"command": ["sh", "-c", "sleep 5 && nginx -s quit"]}}),
-            None,
-        ),
-        (json!({"exec": {"command": ["/drain"]}}), None),
+        (exec(&["sh", "-c", "sleep 5 & nginx -s quit"]), None),
+        (exec(&["sh", "-c", "echo bye; sleep 5"]), None),
+        (exec(&["sleep", "infinity"]), None),
+        (exec(&["sleep", "601"]), None),
+        (exec(&["/drain"]), None),
         (json!({"httpGet": {"path": "/drain", "port": 8080}}), None),
         (json!({"sleep": {"seconds": 0}}), None),
     ] {
