@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use corsair_controller::crd::CorsPolicy;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -114,6 +114,18 @@ async fn annotated_web(
     ns: &TestNamespace,
     port: serde_json::Value,
 ) -> Api<Deployment> {
+    let container = json!({
+        "name": "app", "image": "nginxinc/nginx-unprivileged:1.27-alpine", "ports": [port],
+    });
+    annotated_web_running(client, ns, container).await
+}
+
+/// [`annotated_web`] with the whole app container given.
+async fn annotated_web_running(
+    client: &Client,
+    ns: &TestNamespace,
+    container: serde_json::Value,
+) -> Api<Deployment> {
     create_api_policy(client, ns).await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     let deployment: Deployment = serde_json::from_value(json!({
@@ -123,10 +135,7 @@ async fn annotated_web(
             "selector": {"matchLabels": {"app": "web"}},
             "template": {
                 "metadata": {"labels": {"app": "web"}},
-                "spec": {"containers": [{
-                    "name": "app", "image": "nginxinc/nginx-unprivileged:1.27-alpine",
-                    "ports": [port],
-                }]},
+                "spec": {"containers": [container]},
             },
         },
     }))
@@ -136,6 +145,46 @@ async fn annotated_web(
         .await
         .expect("creating the deployment");
     deployments
+}
+
+/// The message of the first Event with `reason` on the object named `name`, once there is one.
+async fn event_note(client: &Client, ns: &TestNamespace, reason: &str, name: &str) -> String {
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns.name);
+    eventually(&format!("a {reason} Event on {name}"), || async {
+        let list = events
+            .list(&ListParams::default().fields(&format!("reason={reason}")))
+            .await
+            .ok()?;
+        list.items
+            .into_iter()
+            .find(|e| e.involved_object.name.as_deref() == Some(name))
+            .and_then(|e| e.message)
+    })
+    .await
+}
+
+/// The injected sidecar of the first pod of `web` that has one, and whether it is native.
+async fn injected_sidecar(client: &Client, ns: &TestNamespace) -> (Container, bool) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    eventually("a pod with the corsair-proxy sidecar", || async {
+        let list = pods
+            .list(&ListParams::default().labels("app=web,corsair.dev/inject=enabled"))
+            .await
+            .ok()?;
+        list.items.into_iter().find_map(|p| {
+            let spec = p.spec?;
+            let native = spec
+                .init_containers
+                .into_iter()
+                .flatten()
+                .map(|c| (c, true));
+            let regular = spec.containers.into_iter().map(|c| (c, false));
+            native
+                .chain(regular)
+                .find(|(c, _)| c.name == "corsair-proxy")
+        })
+    })
+    .await
 }
 
 fn ready_status(policy: &CorsPolicy) -> Option<String> {
@@ -222,26 +271,7 @@ async fn annotated_deployment_gets_the_sidecar_and_loses_it() {
     })
     .await;
 
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    eventually("a pod with the corsair-proxy sidecar", || async {
-        let list = pods
-            .list(&ListParams::default().labels("app=web,corsair.dev/inject=enabled"))
-            .await
-            .ok()?;
-        list.items
-            .iter()
-            .any(|p| {
-                let spec = p.spec.as_ref();
-                let in_init = spec
-                    .and_then(|s| s.init_containers.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.name == "corsair-proxy"));
-                let in_main =
-                    spec.is_some_and(|s| s.containers.iter().any(|c| c.name == "corsair-proxy"));
-                in_init || in_main
-            })
-            .then_some(())
-    })
-    .await;
+    injected_sidecar(&client, &ns).await;
 
     // The Service's named targetPort reaches the proxy and the pod is ready behind it. (Before
     // Kubernetes 1.33 a named port on a native sidecar never reached the EndpointSlice:
@@ -302,18 +332,7 @@ async fn a_deployment_whose_pods_would_be_refused_is_not_rolled() {
         json!({"name": "https", "containerPort": 8443}),
     )
     .await;
-    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns.name);
-    let note = eventually("an InjectionRefused Event on the Deployment", || async {
-        let list = events
-            .list(&ListParams::default().fields("reason=InjectionRefused"))
-            .await
-            .ok()?;
-        list.items
-            .into_iter()
-            .find(|e| e.involved_object.name.as_deref() == Some("web"))
-            .and_then(|e| e.message)
-    })
-    .await;
+    let note = event_note(&client, &ns, "InjectionRefused", "web").await;
     assert!(note.contains("spec.containers[0].ports[0]"), "{note}");
     let d = deployments.get("web").await.expect("the deployment");
     let labels = d
@@ -325,4 +344,41 @@ async fn a_deployment_whose_pods_would_be_refused_is_not_rolled() {
         !labels.contains_key("corsair.dev/inject"),
         "the template was left as it is: {labels:?}"
     );
+}
+
+/// An app port without a name: the pods are injected, and the webhook's warning (a Service by
+/// port number would go past the proxy), which kubectl shows only to the ReplicaSet
+/// controller, reaches the Deployment as an Event.
+#[tokio::test]
+#[ignore = "needs cluster: set KUBECONFIG and run with --ignored"]
+async fn an_unnamed_port_is_warned_about_on_the_deployment() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "unnamed").await;
+    annotated_web(&client, &ns, json!({"containerPort": 8080})).await;
+    let note = event_note(&client, &ns, "InjectionWarning", "web").await;
+    assert!(
+        note.contains("port 8080 has no name") && note.contains("corsair-http"),
+        "{note}"
+    );
+    injected_sidecar(&client, &ns).await;
+}
+
+/// An app that serves through a preStop sleep: a regular-container sidecar is told to keep
+/// accepting as long (and the API server takes the pod); a native one, stopped after the app,
+/// is not.
+#[tokio::test]
+#[ignore = "needs cluster: set KUBECONFIG and run with --ignored"]
+async fn the_sidecar_waits_as_long_as_the_apps_pre_stop_sleep() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "prestop").await;
+    let container = json!({
+        "name": "app", "image": "nginxinc/nginx-unprivileged:1.27-alpine",
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}},
+    });
+    annotated_web_running(&client, &ns, container).await;
+    let (sidecar, native) = injected_sidecar(&client, &ns).await;
+    let args = sidecar.args.unwrap_or_default();
+    let delayed = args.windows(2).any(|w| w == ["--shutdown-delay", "5"]);
+    assert_eq!(delayed, !native, "native: {native}, args: {args:?}");
 }
