@@ -119,7 +119,8 @@ async fn an_unreadable_policy_file_is_reported_once_and_the_last_good_policy_sta
     assert_eq!(allowed_origin(&mut conn, NEW).await, None);
 
     std::fs::remove_dir(&h.policy.path).expect("remove the directory");
-    std::fs::write(&h.policy.path, manifest(NEW_POLICY, 2)).expect("write policy");
+    // Whole at once, so that no check reads it half written.
+    replace(&h.policy.path, &manifest(NEW_POLICY, 2));
     wait_until_allowed(&mut conn, NEW, Duration::from_secs(2)).await;
     assert_eq!(metric(&h.proxy, failed).await, 1.0);
     h.proxy.shutdown().await.expect("clean shutdown");
@@ -189,24 +190,40 @@ async fn wait_for_metric(proxy: &Proxy, series: &str, value: f64) {
 
 /// Lays out a directory the way the kubelet does for a ConfigMap volume: the real files in a
 /// timestamped directory, `..data` pointing at it, and `policy.yaml` pointing into `..data`.
-fn kubelet_write(dir: &Path, version: &str, content: &str) {
+/// `None` is what an optional volume gets while its ConfigMap does not exist: an empty
+/// directory, and no `policy.yaml`.
+fn kubelet_write(dir: &Path, version: &str, content: Option<&str>) {
     let real = dir.join(format!("..2026_11_25_{version}"));
     std::fs::create_dir(&real).expect("create timestamped dir");
-    std::fs::write(real.join("policy.yaml"), content).expect("write policy");
+    if let Some(content) = content {
+        std::fs::write(real.join("policy.yaml"), content).expect("write policy");
+    }
     let tmp = dir.join("..data_tmp");
     std::os::unix::fs::symlink(real.file_name().expect("name"), &tmp).expect("symlink");
     std::fs::rename(&tmp, dir.join("..data")).expect("atomic swap of ..data");
     let link = dir.join("policy.yaml");
-    if std::fs::symlink_metadata(&link).is_err() {
+    let linked = std::fs::symlink_metadata(&link).is_ok();
+    if content.is_some() && !linked {
         std::os::unix::fs::symlink("..data/policy.yaml", &link).expect("policy symlink");
+    } else if content.is_none() && linked {
+        std::fs::remove_file(&link).expect("remove policy symlink");
     }
 }
 
+/// The kubelet removes the previous timestamped directory once `..data` points at the new one.
+fn kubelet_clean(dir: &Path, version: &str) {
+    std::fs::remove_dir_all(dir.join(format!("..2026_11_25_{version}"))).expect("old dir removed");
+}
+
+/// Every kubelet update is seen, once, by the directory watch alone (the poll is a minute):
+/// three swaps in a row, each followed by the removal of the old directory (which a watch on
+/// the file itself would have taken for the one change it ever sees). Then the ConfigMap is
+/// deleted (an empty directory, no `policy.yaml`): the last good policy stays, with no failure.
 #[tokio::test]
 async fn a_kubernetes_configmap_symlink_swap_is_seen() {
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    kubelet_write(dir.path(), "1", &manifest(OLD_POLICY, 1));
+    kubelet_write(dir.path(), "1", Some(&manifest(OLD_POLICY, 1)));
     let path = dir.path().join("policy.yaml");
     let mut cfg = config(&path, &up);
     cfg.reload_poll_interval = Duration::from_secs(60);
@@ -214,10 +231,57 @@ async fn a_kubernetes_configmap_symlink_swap_is_seen() {
     let mut conn = Conn::open(proxy.listen_addr()).await;
     assert_eq!(allowed_origin(&mut conn, APP).await.as_deref(), Some(APP));
 
-    kubelet_write(dir.path(), "2", &manifest(NEW_POLICY, 2));
-    std::fs::remove_dir_all(dir.path().join("..2026_11_25_1")).expect("old dir removed");
-    wait_until_allowed(&mut conn, NEW, Duration::from_secs(2)).await;
+    let generation = "corsair_proxy_policy_generation";
+    for version in 2..=4_i64 {
+        let policy = if version % 2 == 0 {
+            NEW_POLICY
+        } else {
+            OLD_POLICY
+        };
+        kubelet_write(
+            dir.path(),
+            &version.to_string(),
+            Some(&manifest(policy, version)),
+        );
+        wait_for_metric(&proxy, generation, version as f64).await;
+        kubelet_clean(dir.path(), &(version - 1).to_string());
+    }
+    // Version 4 is the new policy.
+    assert_eq!(allowed_origin(&mut conn, NEW).await.as_deref(), Some(NEW));
     assert_eq!(allowed_origin(&mut conn, APP).await, None);
+    let ok = "corsair_proxy_policy_reloads_total{result=\"ok\"}";
+    let failed = "corsair_proxy_policy_reloads_total{result=\"failed\"}";
+    assert_eq!(metric(&proxy, ok).await, 3.0, "one reload per update");
+
+    kubelet_write(dir.path(), "5", None);
+    kubelet_clean(dir.path(), "4");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(allowed_origin(&mut conn, NEW).await.as_deref(), Some(NEW));
+    assert_eq!(metric(&proxy, generation).await, 4.0);
+    assert_eq!(
+        (metric(&proxy, ok).await, metric(&proxy, failed).await),
+        (3.0, 0.0)
+    );
+    proxy.shutdown().await.expect("clean shutdown");
+}
+
+/// An optional volume whose ConfigMap is created after the pod started: an empty directory
+/// first, then the kubelet's first swap, seen by the watch alone.
+#[tokio::test]
+async fn a_configmap_created_later_is_seen() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    kubelet_write(dir.path(), "1", None);
+    let path = dir.path().join("policy.yaml");
+    let mut cfg = config(&path, &up);
+    cfg.allow_missing_policy = true;
+    cfg.reload_poll_interval = Duration::from_secs(60);
+    let proxy = Proxy::start(cfg).await.expect("starts without the policy");
+    let mut conn = Conn::open(proxy.listen_addr()).await;
+    assert_eq!(allowed_origin(&mut conn, APP).await, None);
+    kubelet_write(dir.path(), "2", Some(&manifest(OLD_POLICY, 1)));
+    kubelet_clean(dir.path(), "1");
+    wait_until_allowed(&mut conn, APP, Duration::from_secs(2)).await;
     proxy.shutdown().await.expect("clean shutdown");
 }
 
