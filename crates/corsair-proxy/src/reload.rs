@@ -72,7 +72,8 @@ impl Reloader {
         async move {
             // Keep the watcher alive as long as the task.
             let _watcher = watcher;
-            let mut ticker = tokio::time::interval(interval);
+            // A zero interval (a library caller's config) would panic in `interval`.
+            let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(1)));
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {

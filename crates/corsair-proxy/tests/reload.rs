@@ -126,6 +126,17 @@ async fn an_unreadable_policy_file_is_reported_once_and_the_last_good_policy_sta
     h.proxy.shutdown().await.expect("clean shutdown");
 }
 
+/// A zero poll interval (only a library caller can set one) polls as often as it can instead
+/// of ending the reload task with a panic.
+#[tokio::test]
+async fn a_zero_poll_interval_still_reloads() {
+    let h = harness_with(OLD_POLICY, |c| c.reload_poll_interval = Duration::ZERO).await;
+    let mut conn = Conn::open(h.proxy.listen_addr()).await;
+    replace(&h.policy.path, &manifest(NEW_POLICY, 2));
+    wait_until_allowed(&mut conn, NEW, Duration::from_secs(2)).await;
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
+
 #[tokio::test]
 async fn an_invalid_policy_is_refused_and_the_last_good_one_stays() {
     let h = harness(OLD_POLICY).await;
