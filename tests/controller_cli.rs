@@ -52,50 +52,43 @@ fn no_kubeconfig_is_a_clear_error() {
 
 #[test]
 fn clashing_sidecar_ports_are_refused_before_anything_starts() {
-    let out = controller(
-        &[
-            "--sidecar-proxy-port",
-            "9000",
-            "--sidecar-admin-port",
-            "9000",
-        ],
-        &[("KUBECONFIG", "/nonexistent/kubeconfig")],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = exits_2(&[
+        "--sidecar-proxy-port",
+        "9000",
+        "--sidecar-admin-port",
+        "9000",
+    ]);
     assert!(
         stderr.contains("--sidecar-proxy-port and --sidecar-admin-port are both 9000"),
         "{stderr}"
     );
 }
 
+/// Standard error of `corsair controller ARGS` without a cluster, which must exit with 2.
+fn exits_2(args: &[&str]) -> String {
+    let out = controller(args, &[("KUBECONFIG", "/nonexistent/kubeconfig")]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    stderr
+}
+
 /// A sidecar default the API server would refuse in every pod (`128MB`), or one the webhook
 /// would (a request above its limit), stops the controller at start, naming the flags.
 #[test]
 fn bad_sidecar_resources_are_refused_before_anything_starts() {
-    let no_cluster = [("KUBECONFIG", "/nonexistent/kubeconfig")];
-    let out = controller(&["--sidecar-memory-limit", "128MB"], &no_cluster);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = exits_2(&["--sidecar-memory-limit", "128MB"]);
     assert!(
         stderr.contains("'128MB' for '--sidecar-memory-limit")
             && stderr.contains("not a Kubernetes quantity"),
         "{stderr}"
     );
-    let out = controller(
-        &["--sidecar-cpu-request", "1", "--sidecar-cpu-limit", "500m"],
-        &no_cluster,
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = exits_2(&["--sidecar-cpu-request", "1", "--sidecar-cpu-limit", "500m"]);
     assert!(
         stderr.contains("--sidecar-cpu-request 1 is above --sidecar-cpu-limit 500m"),
         "{stderr}"
     );
     // 0 is a limit of zero, not none, and the message says how to leave it out.
-    let out = controller(&["--sidecar-cpu-limit", "0"], &no_cluster);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = exits_2(&["--sidecar-cpu-limit", "0"]);
     assert!(
         stderr.contains("--sidecar-cpu-request 50m is above --sidecar-cpu-limit 0")
             && stderr.contains("an empty value, not 0, leaves a limit out"),
@@ -103,12 +96,7 @@ fn bad_sidecar_resources_are_refused_before_anything_starts() {
     );
     // Without a limit there is nothing to be above: the controller goes on to look for its
     // cluster.
-    let out = controller(
-        &["--sidecar-cpu-request", "1", "--sidecar-cpu-limit="],
-        &no_cluster,
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = exits_2(&["--sidecar-cpu-request", "1", "--sidecar-cpu-limit="]);
     assert!(
         stderr.contains("cannot configure the Kubernetes client") && !stderr.contains("above"),
         "{stderr}"

@@ -17,6 +17,25 @@ fn inline(yaml: &str) -> Import {
     import(yaml.as_bytes()).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
 }
 
+/// An Ingress `i` with CORS enabled and these `nginx.ingress.kubernetes.io/` annotations, each
+/// value written as YAML.
+fn ingress(annotations: &[(&str, &str)]) -> Import {
+    let lines: String = annotations
+        .iter()
+        .map(|(key, value)| format!("    nginx.ingress.kubernetes.io/{key}: {value}\n"))
+        .collect();
+    inline(&format!(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: i\n  annotations:\n    nginx.ingress.kubernetes.io/enable-cors: \"true\"\n{lines}spec: {{}}\n"
+    ))
+}
+
+/// A VirtualService `v` with one route whose `corsPolicy` is `cors` (lines indented by six).
+fn virtual_service(cors: &str) -> Import {
+    inline(&format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v}}\nspec:\n  http:\n  - corsPolicy:\n{cors}"
+    ))
+}
+
 fn policy<'a>(out: &'a Import, name: &str) -> &'a Converted {
     out.policies
         .iter()
@@ -150,17 +169,18 @@ fn ingress_nginx() {
 /// refused by the annotation validator; empty items between commas are dropped.
 #[test]
 fn ingress_nginx_lists_are_checked_as_ingress_nginx_does() {
-    let ingress = |annotation: &str, value: &str| {
-        inline(&format!(
-            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: i\n  annotations:\n    nginx.ingress.kubernetes.io/enable-cors: \"true\"\n    nginx.ingress.kubernetes.io/cors-allow-origin: https://a.example.com\n    nginx.ingress.kubernetes.io/{annotation}: {value}\nspec: {{}}\n"
-        ))
+    let with = |annotation: &str, value: &str| {
+        ingress(&[
+            ("cors-allow-origin", "https://a.example.com"),
+            (annotation, value),
+        ])
     };
     for value in [
         r#""Content-Type ,X-Api-Key""#,
         r#""Content-Type,  X-Api-Key""#,
         r#""Content-Type,,X-Api-Key""#,
     ] {
-        let out = ingress("cors-allow-headers", value);
+        let out = with("cors-allow-headers", value);
         assert_usable(&out);
         let p = policy(&out, "i");
         assert_eq!(
@@ -170,26 +190,26 @@ fn ingress_nginx_lists_are_checked_as_ingress_nginx_does() {
         );
         assert!(!has(p, "invalid-value"), "{value}: {:?}", codes(p));
     }
-    let p = &ingress("cors-allow-headers", r#""Content-Type ,X-Api-Key""#).policies[0];
+    let p = &with("cors-allow-headers", r#""Content-Type ,X-Api-Key""#).policies[0];
     let older = finding(p, "version-dependent");
     assert_eq!(
         older.field,
         "metadata.annotations[nginx.ingress.kubernetes.io/cors-allow-headers]"
     );
     // A value every version accepts says nothing about versions.
-    let p = &ingress("cors-allow-headers", r#""Content-Type, X-Api-Key""#).policies[0];
+    let p = &with("cors-allow-headers", r#""Content-Type, X-Api-Key""#).policies[0];
     assert!(!has(p, "version-dependent"), "{:?}", codes(p));
 
     // Leading and trailing blanks are trimmed before the check.
-    let p = &ingress("cors-allow-methods", r#"" PUT, DELETE ""#).policies[0];
+    let p = &with("cors-allow-methods", r#"" PUT, DELETE ""#).policies[0];
     assert_eq!(
         p.document.spec.allow_methods,
         strs(&["PUT", "DELETE", "GET", "HEAD", "POST"])
     );
-    let p = &ingress("cors-expose-headers", r#"" X-Request-Id""#).policies[0];
+    let p = &with("cors-expose-headers", r#"" X-Request-Id""#).policies[0];
     assert_eq!(p.document.spec.expose_headers, strs(&["X-Request-Id"]));
     // A line break fails the validator: the default list.
-    let p = &ingress("cors-allow-methods", r#""PUT,\nDELETE""#).policies[0];
+    let p = &with("cors-allow-methods", r#""PUT,\nDELETE""#).policies[0];
     assert!(has(p, "invalid-value"), "{:?}", codes(p));
     assert_eq!(
         p.document.spec.allow_methods,
@@ -203,16 +223,18 @@ fn ingress_nginx_lists_are_checked_as_ingress_nginx_does() {
 /// field, and `corsair check` accepts it.
 #[test]
 fn unparsable_lists_do_what_browsers_did_with_a_warning() {
-    let ingress = |annotation: &str, value: &str, expose: &str| {
-        inline(&format!(
-            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: i\n  annotations:\n    nginx.ingress.kubernetes.io/enable-cors: \"true\"\n    nginx.ingress.kubernetes.io/cors-allow-origin: https://a.example.com\n    nginx.ingress.kubernetes.io/cors-expose-headers: {expose}\n    nginx.ingress.kubernetes.io/{annotation}: {value}\nspec: {{}}\n"
-        ))
+    let with = |annotation: &str, value: &str, expose: &str| {
+        ingress(&[
+            ("cors-allow-origin", "https://a.example.com"),
+            ("cors-expose-headers", expose),
+            (annotation, value),
+        ])
     };
     for (annotation, value) in [
         ("cors-allow-headers", r#""X-A X-B, Content-Type""#),
         ("cors-allow-methods", r#""PUT DELETE""#),
     ] {
-        let out = ingress(annotation, value, "X-Id");
+        let out = with(annotation, value, "X-Id");
         assert_usable(&out);
         let p = policy(&out, "i");
         let spec = &p.document.spec;
@@ -234,7 +256,7 @@ fn unparsable_lists_do_what_browsers_did_with_a_warning() {
             found.message
         );
     }
-    let out = ingress(
+    let out = with(
         "cors-allow-headers",
         "X-A",
         r#""X-Request-Id X-Trace, X-Id""#,
@@ -250,8 +272,8 @@ fn unparsable_lists_do_what_browsers_did_with_a_warning() {
     );
     // Istio takes list items as they are; a name that is fine alone says nothing.
     let vs = |headers: &str| {
-        inline(&format!(
-            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v}}\nspec:\n  http:\n  - corsPolicy:\n      allowOrigins: [{{exact: \"https://a.example.com\"}}]\n      allowMethods: [PUT]\n      allowHeaders: {headers}\n"
+        virtual_service(&format!(
+            "      allowOrigins: [{{exact: \"https://a.example.com\"}}]\n      allowMethods: [PUT]\n      allowHeaders: {headers}\n"
         ))
     };
     let out = vs(r#"["X-A;B"]"#);
@@ -271,9 +293,7 @@ fn unparsable_lists_do_what_browsers_did_with_a_warning() {
 #[test]
 fn ingress_nginx_empty_origin_is_the_default() {
     for value in [r#""""#, r#""  ""#] {
-        let out = inline(&format!(
-            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: i\n  annotations:\n    nginx.ingress.kubernetes.io/enable-cors: \"true\"\n    nginx.ingress.kubernetes.io/cors-allow-origin: {value}\nspec: {{}}\n"
-        ));
+        let out = ingress(&[("cors-allow-origin", value)]);
         assert_usable(&out);
         let p = policy(&out, "i");
         assert_eq!(p.document.spec.allow_origins, strs(&["*"]), "{value}");
@@ -521,14 +541,9 @@ fn istio() {
 /// `allowOrigin: ["*"]` beside a strict `allowOrigins` never opened anything.
 #[test]
 fn istio_deprecated_allow_origin_only_without_allow_origins() {
-    let vs = |cors: &str| {
-        format!(
-            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v}}\nspec:\n  http:\n  - corsPolicy:\n{cors}"
-        )
-    };
-    let out = inline(&vs(
+    let out = virtual_service(
         "      allowOrigins: [{exact: \"https://a.example.com\"}]\n      allowOrigin: [\"*\"]\n",
-    ));
+    );
     assert_usable(&out);
     let p = policy(&out, "v");
     let route = &p.document.spec.routes[0];
@@ -543,7 +558,7 @@ fn istio_deprecated_allow_origin_only_without_allow_origins() {
     );
 
     // Alone, it is read (exact matches).
-    let out = inline(&vs("      allowOrigin: [\"https://b.example.com\"]\n"));
+    let out = virtual_service("      allowOrigin: [\"https://b.example.com\"]\n");
     let p = policy(&out, "v");
     assert_eq!(
         p.document.spec.routes[0].allow_origins,

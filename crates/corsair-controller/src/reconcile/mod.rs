@@ -219,7 +219,7 @@ impl Context {
     pub(crate) fn excluded_namespace(&self, namespace: &str) -> bool {
         self.inject
             .as_ref()
-            .is_some_and(|config| config.excluded_namespaces.contains(namespace))
+            .is_some_and(|config| config.excludes(namespace))
     }
 
     /// The status this term last wrote for the policy with `uid`, if any.

@@ -148,6 +148,13 @@ pub struct InjectConfig {
     pub excluded_namespaces: BTreeSet<String>,
 }
 
+impl InjectConfig {
+    /// Whether the pods of `namespace` are never injected.
+    pub fn excludes(&self, namespace: &str) -> bool {
+        self.excluded_namespaces.contains(namespace)
+    }
+}
+
 impl Default for InjectConfig {
     fn default() -> Self {
         Self {
@@ -331,7 +338,7 @@ pub fn inject(
     }
     let annotations = pod.metadata.annotations.as_ref();
     let annotation = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
-    let excluded = namespace.filter(|ns| config.excluded_namespaces.contains(*ns));
+    let excluded = namespace.filter(|ns| config.excludes(ns));
     let policy = match skip(spec, excluded, annotation(names::POLICY_ANNOTATION))? {
         Ok(policy) => policy,
         Err(skipped) => return Ok(skipped),
