@@ -96,18 +96,17 @@ impl SidecarArgs {
         ] {
             // The webhook would refuse every pod that takes both defaults, naming annotations
             // nobody set.
-            if let (Some(request), Some(limit)) = (request, limit) {
-                let limit_value = webhook::quantity_value(limit);
-                anyhow::ensure!(
-                    webhook::quantity_value(request) <= limit_value,
-                    "{request_flag} {request} is above {limit_flag} {limit}{}",
-                    if limit_value == Some(0.0) {
-                        " (an empty value, not 0, leaves a limit out)"
-                    } else {
-                        ""
-                    }
-                );
-            }
+            let (request, limit) = (request.as_deref(), limit.as_deref());
+            let (shown_request, shown_limit) = (request.unwrap_or(""), limit.unwrap_or(""));
+            anyhow::ensure!(
+                !webhook::above_limit(request, limit),
+                "{request_flag} {shown_request} is above {limit_flag} {shown_limit}{}",
+                if limit.and_then(webhook::quantity_value) == Some(0.0) {
+                    " (an empty value, not 0, leaves a limit out)"
+                } else {
+                    ""
+                }
+            );
         }
         Ok(InjectConfig {
             image: self

@@ -523,16 +523,12 @@ impl Overrides {
                 &resources.memory_limit,
             ),
         ] {
-            if let (Some(request), Some(limit)) = (request, limit)
-                && let (Some(request_value), Some(limit_value)) =
-                    (quantity_value(request), quantity_value(limit))
-                && request_value > limit_value
-            {
+            if above_limit(request.as_deref(), limit.as_deref()) {
                 return Err(InjectError::RequestAboveLimit {
                     request_key,
-                    request: request.clone(),
+                    request: request.clone().unwrap_or_default(),
                     limit_key,
-                    limit: limit.clone(),
+                    limit: limit.clone().unwrap_or_default(),
                 });
             }
         }
@@ -1072,6 +1068,18 @@ fn policy_volume(policy: &str) -> Volume {
 }
 
 /// The proxy container, restricted by the Pod Security Standard `restricted`.
+/// Whether a container's `request` is above its `limit`, which Kubernetes refuses; a side left
+/// unset (or not a quantity) is never above.
+pub fn above_limit(request: Option<&str>, limit: Option<&str>) -> bool {
+    match (
+        request.and_then(quantity_value),
+        limit.and_then(quantity_value),
+    ) {
+        (Some(request), Some(limit)) => request > limit,
+        _ => false,
+    }
+}
+
 /// The value of a Kubernetes resource quantity (`100m`, `0.5`, `64Mi`, `1e3`, `+1`, `500n`), or
 /// `None` when `v` is not one, or is negative (no resource is). A float: the values compared are
 /// written by people, never within its precision of each other.

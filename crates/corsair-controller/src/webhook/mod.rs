@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 pub use inject::{
     InjectConfig, InjectError, InjectOutcome, InjectedRecord, Injection, ParseSidecarModeError,
-    PolicyLookup, PolicyPresence, SidecarMode, SidecarResources, inject, native_sidecars_supported,
-    quantity_value,
+    PolicyLookup, PolicyPresence, SidecarMode, SidecarResources, above_limit, inject,
+    native_sidecars_supported, quantity_value,
 };
 pub use metrics::Metrics;
 pub use probe::{ProbeError, ProbeTarget, probe};

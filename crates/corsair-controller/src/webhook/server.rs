@@ -131,7 +131,11 @@ pub async fn serve(
                                             }
                                             now + HANDSHAKE_TIMEOUT - waited
                                         }
-                                        Some(idle) if h2 && idle >= limits.idle_timeout => {
+                                        _ if !h2 => {
+                                            checking = false;
+                                            continue;
+                                        }
+                                        Some(idle) if idle >= limits.idle_timeout => {
                                             tracing::debug!(%peer, "idle; closing");
                                             conn.as_mut().graceful_shutdown();
                                             // HTTP/2 waits for the client's answer to a PING.
@@ -139,10 +143,6 @@ pub async fn serve(
                                                 Ok(result) => break result,
                                                 Err(_) => return,
                                             }
-                                        }
-                                        _ if !h2 => {
-                                            checking = false;
-                                            continue;
                                         }
                                         idle => now + limits.idle_timeout - idle.unwrap_or_default(),
                                     };
