@@ -56,7 +56,8 @@ pub struct ProxyConfig {
     /// Where the admin endpoints (`/healthz`, `/readyz`, `/metrics`, `/policy`) listen.
     pub admin: SocketAddr,
     /// Start even when the policy file does not exist yet (the operator mounts an optional
-    /// ConfigMap volume); until it appears, no origin is allowed.
+    /// ConfigMap volume). No origin is allowed while it is missing, also when it is removed
+    /// later (its ConfigMap deleted); without this, a removed file leaves the last good policy.
     pub allow_missing_policy: bool,
     /// Time a client has to send a request's headers, including the wait for the first bytes on
     /// a new connection and for the next request on an idle HTTP/1.1 keep-alive connection.

@@ -105,6 +105,9 @@ impl ActivePolicy {
 #[derive(Debug)]
 pub struct PolicyStore {
     path: PathBuf,
+    /// A missing file means "allow no origin" (at start and when it is removed later) rather
+    /// than an error at start and "keep the last good policy" later.
+    allow_missing: bool,
     active: ArcSwap<ActivePolicy>,
 }
 
@@ -134,12 +137,17 @@ impl PolicyStore {
         };
         Ok(PolicyStore {
             path: path.to_owned(),
+            allow_missing,
             active: ArcSwap::from_pointee(active),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub fn allows_missing(&self) -> bool {
+        self.allow_missing
     }
 
     /// The policy to apply to the next request.

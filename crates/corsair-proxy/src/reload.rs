@@ -114,7 +114,7 @@ impl Reloader {
         }
         self.last_seen = content.clone();
         let Some(raw) = content else {
-            tracing::warn!(policy = %path.display(), "policy file disappeared; keeping the last good policy");
+            self.removed(&path);
             return;
         };
         match ActivePolicy::parse(&path, raw) {
@@ -127,6 +127,33 @@ impl Reloader {
             Err(err) => {
                 self.metrics.reload_failed();
                 tracing::error!(error = %err, "new policy refused; keeping the last good policy");
+            }
+        }
+    }
+}
+
+impl Reloader {
+    /// The file is gone. With `--allow-missing-policy` (what the webhook sets) that is the
+    /// state a proxy starting now would see, its ConfigMap deleted: allow no origin, so that
+    /// old and new pods of a workload agree. Without it a missing file is an operator's
+    /// mistake, and the last good policy stays.
+    fn removed(&self, path: &Path) {
+        if !self.store.allows_missing() {
+            tracing::warn!(policy = %path.display(), "policy file disappeared; keeping the last good policy");
+            return;
+        }
+        match ActivePolicy::deny_all() {
+            Ok(policy) => {
+                self.store.replace(policy);
+                self.metrics.set_generation(0);
+                tracing::warn!(
+                    policy = %path.display(),
+                    "policy file removed (its ConfigMap deleted?); allowing no origin until it comes back"
+                );
+            }
+            Err(err) => {
+                self.metrics.reload_failed();
+                tracing::error!(error = %err, "keeping the last good policy");
             }
         }
     }

@@ -228,8 +228,9 @@ fn kubelet_clean(dir: &Path, version: &str) {
 
 /// Every kubelet update is seen, once, by the directory watch alone (the poll is a minute):
 /// three swaps in a row, each followed by the removal of the old directory (which a watch on
-/// the file itself would have taken for the one change it ever sees). Then the ConfigMap is
-/// deleted (an empty directory, no `policy.yaml`): the last good policy stays, with no failure.
+/// the file itself would have taken for the one change it ever sees). Then the file is removed,
+/// which without `--allow-missing-policy` is no policy's state: the last good one stays, with no
+/// failure.
 #[tokio::test]
 async fn a_kubernetes_configmap_symlink_swap_is_seen() {
     let up = Upstream::start().await;
@@ -272,6 +273,55 @@ async fn a_kubernetes_configmap_symlink_swap_is_seen() {
     assert_eq!(
         (metric(&proxy, ok).await, metric(&proxy, failed).await),
         (3.0, 0.0)
+    );
+    proxy.shutdown().await.expect("clean shutdown");
+}
+
+/// The webhook's sidecar (`--allow-missing-policy`) whose ConfigMap is deleted (its
+/// CorsPolicy was): the kubelet empties the optional volume, and the proxy allows no origin, as
+/// a pod started now would, instead of keeping the old policy until it restarts. The policy
+/// created again is taken again.
+#[tokio::test]
+async fn a_deleted_configmap_allows_no_origin_as_a_new_pod_would() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    kubelet_write(dir.path(), "1", Some(&manifest(OLD_POLICY, 7)));
+    let path = dir.path().join("policy.yaml");
+    let mut cfg = config(&path, &up);
+    cfg.allow_missing_policy = true;
+    cfg.reload_poll_interval = Duration::from_secs(60);
+    let proxy = Proxy::start(cfg).await.expect("proxy starts");
+    let mut conn = Conn::open(proxy.listen_addr()).await;
+    assert_eq!(allowed_origin(&mut conn, APP).await.as_deref(), Some(APP));
+    let generation = "corsair_proxy_policy_generation";
+    assert_eq!(metric(&proxy, generation).await, 7.0);
+
+    kubelet_write(dir.path(), "2", None);
+    kubelet_clean(dir.path(), "1");
+    wait_for_metric(&proxy, generation, 0.0).await;
+    assert_eq!(allowed_origin(&mut conn, APP).await, None);
+    let preflight = request("OPTIONS", "/")
+        .header("origin", APP)
+        .header("access-control-request-method", "GET")
+        .body(empty())
+        .expect("valid request");
+    assert_eq!(conn.send(preflight).await.status(), 403);
+    let (status, body) = admin(&proxy, "/policy").await;
+    assert_eq!(status, 404, "no policy is shown: {body}");
+    let failed = "corsair_proxy_policy_reloads_total{result=\"failed\"}";
+    assert_eq!(
+        metric(&proxy, failed).await,
+        0.0,
+        "a removal is not a failure"
+    );
+
+    kubelet_write(dir.path(), "3", Some(&manifest(OLD_POLICY, 8)));
+    kubelet_clean(dir.path(), "2");
+    wait_until_allowed(&mut conn, APP, Duration::from_secs(2)).await;
+    assert_eq!(metric(&proxy, generation).await, 8.0);
+    assert!(
+        !conn.is_closed(),
+        "the keep-alive connection was kept throughout"
     );
     proxy.shutdown().await.expect("clean shutdown");
 }

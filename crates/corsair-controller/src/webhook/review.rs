@@ -286,9 +286,9 @@ fn validate_response(state: &WebhookState, req: &IncomingRequest) -> Outgoing {
     response
 }
 
-/// A deletion is never refused, but deleting a policy that workloads still name leaves them
-/// split: their running proxies keep its last version, new pods and restarted proxies get
-/// none. The count is the one the controller last wrote into the policy's status.
+/// A deletion is never refused, but deleting a policy that workloads still name leaves their
+/// proxies, running and new alike, allowing no origin. The count is the one the controller last
+/// wrote into the policy's status.
 fn in_use_warning(req: &IncomingRequest) -> Option<String> {
     let old = req.old_object.as_ref()?;
     let workloads = old
@@ -307,10 +307,10 @@ fn in_use_warning(req: &IncomingRequest) -> Option<String> {
     };
     Some(format!(
         "status.workloads: CorsPolicy {namespace}/{name} is named by {workloads} workload{s} in \
-         annotation {annotation}: their running proxies keep enforcing its last version until \
-         they restart, while new pods (a rollout, a scale-up, a rescheduling) and restarted \
-         proxies allow no origin until a CorsPolicy of this name exists again; to stop \
-         enforcing CORS there, remove the annotation from {them} instead",
+         annotation {annotation}: their proxies will allow no origin (new pods at once, \
+         running ones when the kubelet next syncs their policy volume, within about a minute) \
+         until a CorsPolicy of this name exists again; to stop enforcing CORS there, remove the \
+         annotation from {them} instead",
         annotation = crate::names::POLICY_ANNOTATION,
     ))
 }
