@@ -363,6 +363,36 @@ async fn an_unnamed_port_is_warned_about_on_the_deployment() {
     injected_sidecar(&client, &ns).await;
 }
 
+/// A template changed after the opt-in so that the webhook refuses its pods (a second
+/// container with the same port name): the rollout's new pods are refused, and the
+/// Deployment, not only its ReplicaSet, says why; the running pod keeps its sidecar.
+#[tokio::test]
+#[ignore = "needs cluster: set KUBECONFIG and run with --ignored"]
+async fn a_template_broken_after_the_opt_in_is_refused_on_the_deployment() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "broken").await;
+    let deployments =
+        annotated_web(&client, &ns, json!({"name": "http", "containerPort": 8080})).await;
+    injected_sidecar(&client, &ns).await;
+    let shared = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "app", "image": "nginxinc/nginx-unprivileged:1.27-alpine",
+         "ports": [{"name": "http", "containerPort": 8080}]},
+        {"name": "metrics", "image": "nginxinc/nginx-unprivileged:1.27-alpine",
+         "ports": [{"name": "http", "containerPort": 9090}]},
+    ]}}}});
+    deployments
+        .patch("web", &PatchParams::default(), &Patch::Merge(&shared))
+        .await
+        .expect("patching the template");
+    let note = event_note(&client, &ns, "InjectionRefused", "web").await;
+    assert!(
+        note.contains("refuses this workload's new pods")
+            && note.contains("spec.containers[1].ports[0].name"),
+        "{note}"
+    );
+    injected_sidecar(&client, &ns).await;
+}
+
 /// An app that serves through a preStop sleep: a regular-container sidecar is told to keep
 /// accepting as long (and the API server takes the pod); a native one, stopped after the app,
 /// is not.

@@ -705,11 +705,14 @@ async fn an_invalid_policy_name_is_said_once_per_occurrence() {
     let (ctx, mut verifier) = context(StaticIndex::with_policies(NS, &["api"]));
     let (placed, typo) = in_place_and_annotated("corsair.dev/policy", "My API");
     let server = tokio::spawn(async move {
-        for _ in 0..2 {
-            verifier
-                .event("Warning", "InvalidPolicyName", "deployments", "web")
-                .await;
-        }
+        verifier
+            .event("Warning", "InvalidPolicyName", "deployments", "web")
+            .await;
+        // The fixed name is in place: its template is checked, nothing written.
+        verifier.workload_get(&admissible_deployment()).await;
+        verifier
+            .event("Warning", "InvalidPolicyName", "deployments", "web")
+            .await;
         verifier.expect_no_more_calls().await;
     });
     reconcile_in_turn(&ctx, [&typo, &typo, &placed, &typo], server).await;
@@ -743,8 +746,8 @@ async fn reconcile_in_turn<const N: usize>(
     joined(server).await;
 }
 
-/// A pod annotation put on a workload already opted in is said too (it needs no GET: nothing
-/// is written), once; taken off and put back, it is news again.
+/// A pod annotation put on a workload already opted in is said too, once; taken off and put
+/// back, it is news again. (Each reconcile reads the workload for the template check.)
 #[tokio::test]
 async fn a_misplaced_annotation_on_a_workload_in_place_is_said_once() {
     let (ctx, mut verifier) = context(StaticIndex::with_policies(NS, &["api"]));
@@ -757,10 +760,14 @@ async fn a_misplaced_annotation_on_a_workload_in_place_is_said_once() {
             note.starts_with("corsair.dev/port on the Deployment"),
             "{note}"
         );
+        for _ in 0..3 {
+            verifier.workload_get(&admissible_deployment()).await;
+        }
         // Said again only after the annotation went away and came back.
         verifier
             .event("Warning", "MisplacedAnnotation", "deployments", "web")
             .await;
+        verifier.workload_get(&admissible_deployment()).await;
         verifier.expect_no_more_calls().await;
     });
     reconcile_in_turn(&ctx, [&annotated, &annotated, &placed, &annotated], server).await;
@@ -951,14 +958,65 @@ async fn removed_annotation_releases_the_fields() {
     .await;
 }
 
+/// In place, with a template the webhook admits without a word: one read, no write.
 #[tokio::test]
-async fn workload_already_in_place_makes_no_call() {
-    let (ctx, verifier) = context(StaticIndex::with_policies(NS, &["api"]));
+async fn a_workload_already_in_place_is_read_and_not_written() {
+    let (ctx, mut verifier) = context(StaticIndex::with_policies(NS, &["api"]));
     let mut workload = deployment(Some("api"), Some(labelled_template("api")));
     workload.metadata.managed_fields = Some(vec![ours()]);
+    let server = tokio::spawn(async move {
+        verifier.workload_get(&admissible_deployment()).await;
+        verifier.expect_no_more_calls().await;
+    });
     let action = reconcile_deployment(&workload, ctx).await;
     assert!(matches!(action, Ok(a) if a == Action::await_change()));
-    verifier.expect_no_more_calls().await;
+    joined(server).await;
+}
+
+/// A template changed after the opt-in is checked again (a new generation wakes the
+/// workload): what the webhook would now say reaches the workload as a Warning, once, which
+/// otherwise only the ReplicaSet controller would hear, in a rollout that stalls on refused
+/// pods. A template fixed and broken again is news again. Nothing is written to the workload.
+#[tokio::test]
+async fn a_template_changed_after_the_opt_in_is_checked_again() {
+    let (ctx, mut verifier) = context(StaticIndex::with_policies(NS, &["api"]));
+    let mut placed = deployment(Some("api"), Some(labelled_template("api")));
+    placed.metadata.managed_fields = Some(vec![ours()]);
+    let unnamed = stored_deployment(
+        json!([{"name": "app", "image": "app", "ports": [{"containerPort": 8080}]}]),
+    );
+    let shared = stored_deployment(json!([
+        {"name": "app", "image": "app", "ports": [{"name": "http", "containerPort": 8080}]},
+        {"name": "metrics", "image": "m", "ports": [{"name": "http", "containerPort": 9090}]}
+    ]));
+    let server = tokio::spawn(async move {
+        verifier.workload_get(&unnamed).await;
+        let note = verifier
+            .event("Warning", "InjectionWarning", "deployments", "web")
+            .await;
+        assert!(note.contains("port 8080 has no name"), "{note}");
+        // The same template again (a scale): read, not said again.
+        verifier.workload_get(&unnamed).await;
+        verifier.workload_get(&shared).await;
+        let note = verifier
+            .event("Warning", "InjectionRefused", "deployments", "web")
+            .await;
+        assert!(
+            note.contains("refuses this workload's new pods")
+                && note.contains("spec.containers[1].ports[0].name")
+                && note.contains("pods running now keep the proxy"),
+            "{note}"
+        );
+        verifier.workload_get(&shared).await;
+        // Fixed, then the unnamed port again: news again.
+        verifier.workload_get(&admissible_deployment()).await;
+        verifier.workload_get(&unnamed).await;
+        verifier
+            .event("Warning", "InjectionWarning", "deployments", "web")
+            .await;
+        verifier.expect_no_more_calls().await;
+    });
+    reconcile_in_turn(&ctx, [&placed; 6], server).await;
 }
 
 #[tokio::test]
@@ -1218,10 +1276,11 @@ fn an_annotation_change_wakes_the_workload_and_both_policies() {
     assert!(triggers::workload_names_changed(&change).is_empty());
 }
 
-/// A workload left out because its pods would be refused is looked at again when its spec
-/// changes (a new generation), since the fix is usually there; one in place is not.
+/// A workload that asks for a policy is looked at again when its spec changes (a new
+/// generation): one left out because its pods would be refused, since the fix is usually there,
+/// and one in place, whose new template may now be refused or warned about.
 #[test]
-fn a_new_spec_wakes_a_workload_that_is_not_opted_in_yet() {
+fn a_new_spec_wakes_a_workload_that_asks_for_a_policy() {
     let mut pending = deployment(Some("api"), None);
     pending.metadata.generation = Some(1);
     let mut fixed = pending.clone();
@@ -1236,14 +1295,17 @@ fn a_new_spec_wakes_a_workload_that_is_not_opted_in_yet() {
         triggers::workload_changed(&updated(pruned(&typo), pruned(&respecced))),
         None
     );
-    // In place: a rollout is none of our business.
     let mut placed = deployment(Some("api"), Some(labelled_template("api")));
     placed.metadata.managed_fields = Some(vec![ours()]);
     placed.metadata.generation = Some(1);
     let mut rolled = placed.clone();
     rolled.metadata.generation = Some(2);
+    assert!(triggers::workload_changed(&updated(pruned(&placed), pruned(&rolled))).is_some());
+    // A status change (same generation) wakes nothing.
+    let mut status_only = placed.clone();
+    status_only.metadata.resource_version = Some("2".into());
     assert_eq!(
-        triggers::workload_changed(&updated(pruned(&placed), pruned(&rolled))),
+        triggers::workload_changed(&updated(pruned(&placed), pruned(&status_only))),
         None
     );
 }

@@ -2,8 +2,8 @@
 //!
 //! Each function maps one [`Change`] to the objects to reconcile, and maps to nothing when
 //! what changed does not matter to that reconciler: a CorsPolicy's status (our own write), a
-//! workload's image, replicas or status once it is opted in (before, while its pods would be
-//! refused, a new generation is looked at again: see [`Facts`]).
+//! workload's status, or its labels and annotations other than ours. A workload that asks for
+//! a policy is looked at again on a new generation, to check its pod template: see [`Facts`].
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::RwLock;

@@ -42,8 +42,8 @@ pub const REASON_INJECTION_SKIPPED: &str = "InjectionSkipped";
 pub const REASON_INJECTION_WARNING: &str = "InjectionWarning";
 /// Reason of the Warning Event on a workload that carries pod annotations on its own metadata.
 pub const REASON_MISPLACED_ANNOTATION: &str = "MisplacedAnnotation";
-/// The opt-in check's verdicts, published at most once per note (see
-/// [`Context::publish_once`]) and forgotten once the workload is opted in.
+/// The template check's verdicts, published at most once per note (see
+/// [`Context::publish_once`]) and forgotten once the webhook would admit the pods.
 pub(crate) const VERDICT_REASONS: [&str; 2] = [REASON_INJECTION_REFUSED, REASON_INJECTION_SKIPPED];
 
 /// A kind of workload whose pod template the controller labels.
@@ -129,11 +129,12 @@ pub struct Facts {
     label: Option<String>,
     annotation: Option<String>,
     managed_by_us: bool,
-    /// The generation of a workload that asks for a policy it does not have in place yet (its
-    /// pods would be refused or skipped): a new spec may pass now, so it is looked at again.
-    /// `None` once in place, where a rollout changes nothing for us. (A scale moves the
-    /// generation too: the check is then made again, and its Event not repeated.)
-    pending_generation: Option<i64>,
+    /// The generation of a workload that asks for a policy: its pod template is checked again
+    /// on a new spec. Before the opt-in a template the webhook would refuse may pass now;
+    /// after it, a changed template may be refused or warned about, which otherwise only the
+    /// ReplicaSet controller would hear. (A scale moves the generation too: the check is then
+    /// made again, one read, and its Event not repeated.)
+    generation: Option<i64>,
     /// The pod annotations on the workload's own metadata (see [`misplaced_annotations`]): one
     /// added to a workload already opted in is said too.
     misplaced: Vec<String>,
@@ -154,16 +155,12 @@ impl Facts {
                 .and_then(|a| a.get(POLICY_ANNOTATION))
                 .cloned(),
             managed_by_us: obj.managed_by_us,
-            pending_generation: None,
+            generation: None,
             misplaced: misplaced_annotations(obj),
         };
         // An annotation that is not a name waits for the annotation to change, not the spec.
-        if facts
-            .desired
-            .as_deref()
-            .is_some_and(|p| names::is_policy_name(p) && !facts.in_place(p))
-        {
-            facts.pending_generation = obj.metadata.generation;
+        if facts.desired.as_deref().is_some_and(names::is_policy_name) {
+            facts.generation = obj.metadata.generation;
         }
         facts
     }
@@ -280,58 +277,73 @@ pub async fn reconcile<K: Workload>(
                 succeeded(&ctx, obj.as_ref());
                 return Ok(action);
             }
-            if !facts.in_place(policy) {
-                // Same reason as above: a rollout into pods the webhook refuses costs capacity.
-                let mut admitted_with = Vec::new();
-                let warning = match preview::<K>(&ctx, &namespace, &name, policy).await {
-                    Preview::Admitted(warnings) => {
-                        admitted_with = warnings;
-                        None
-                    }
-                    // Deleted since the watch saw it: nothing to write to.
-                    Preview::Gone => {
-                        succeeded(&ctx, obj.as_ref());
-                        return Ok(action);
-                    }
-                    Preview::Refused(why) => Some((
-                        REASON_INJECTION_REFUSED,
+            // Before the opt-in: a rollout into pods the webhook refuses costs capacity, so
+            // nothing is written. After it: the pods of the next rollout would be refused, and
+            // only the ReplicaSet controller would hear why.
+            let in_place = facts.in_place(policy);
+            let admitted_with = match preview::<K>(&ctx, &namespace, &name, policy).await {
+                Preview::Admitted(warnings) => warnings,
+                // Deleted since the watch saw it: nothing to write to.
+                Preview::Gone => {
+                    succeeded(&ctx, obj.as_ref());
+                    return Ok(action);
+                }
+                Preview::Refused(why) => {
+                    let note = if in_place {
+                        format!(
+                            "the corsair webhook refuses this workload's new pods: {why} (pod \
+                             fields: under spec.template here); pods running now keep the proxy, \
+                             new ones (a rollout, a scale-up, a rescheduling) are not created \
+                             until the template is fixed or {POLICY_ANNOTATION} removed"
+                        )
+                    } else {
                         format!(
                             "the corsair webhook would refuse this workload's pods with \
                              {POLICY_ANNOTATION} {policy:?}: {why} (pod fields: under \
                              spec.template here); {}",
                             kept()
-                        ),
-                    )),
-                    Preview::HostNetwork => Some((
-                        REASON_INJECTION_SKIPPED,
-                        format!(
-                            "the corsair webhook would admit this workload's pods without the \
-                             proxy: spec.template.spec.hostNetwork is true, and the proxy's ports \
-                             would be taken on the node; {}",
-                            kept()
-                        ),
-                    )),
-                };
-                if let Some((reason, note)) = warning {
-                    ctx.publish_once(obj.as_ref(), reason, note).await;
+                        )
+                    };
+                    ctx.publish_once(obj.as_ref(), REASON_INJECTION_REFUSED, note)
+                        .await;
                     succeeded(&ctx, obj.as_ref());
                     return Ok(action);
                 }
+                Preview::HostNetwork => {
+                    let note = format!(
+                        "the corsair webhook admits this workload's pods without the proxy: \
+                         spec.template.spec.hostNetwork is true, and the proxy's ports would be \
+                         taken on the node; {}",
+                        if in_place {
+                            "pods running now keep the proxy, new ones get none".to_owned()
+                        } else {
+                            kept()
+                        }
+                    );
+                    ctx.publish_once(obj.as_ref(), REASON_INJECTION_SKIPPED, note)
+                        .await;
+                    succeeded(&ctx, obj.as_ref());
+                    return Ok(action);
+                }
+            };
+            if !in_place {
                 let patch = apply_patch::<K>(&name, &namespace, Some(policy));
                 api.patch(&name, &params, &Patch::Apply(&patch))
                     .await
                     .map_err(Error::kube("apply pod template label"))?;
                 tracing::info!(policy, "opted in");
-                ctx.forget_said(obj.as_ref(), &VERDICT_REASONS);
-                if !admitted_with.is_empty() {
-                    let note = format!(
-                        "the corsair webhook injects this workload's pods with warnings that no \
-                         kubectl output shows for them (pod fields: under spec.template here): {}",
-                        admitted_with.join("; ")
-                    );
-                    ctx.publish_once(obj.as_ref(), REASON_INJECTION_WARNING, note)
-                        .await;
-                }
+            }
+            ctx.forget_said(obj.as_ref(), &VERDICT_REASONS);
+            if admitted_with.is_empty() {
+                ctx.forget_said(obj.as_ref(), &[REASON_INJECTION_WARNING]);
+            } else {
+                let note = format!(
+                    "the corsair webhook injects this workload's pods with warnings that no \
+                     kubectl output shows for them (pod fields: under spec.template here): {}",
+                    admitted_with.join("; ")
+                );
+                ctx.publish_once(obj.as_ref(), REASON_INJECTION_WARNING, note)
+                    .await;
             }
             if !ctx.index.policy_exists(&namespace, policy) {
                 if ctx.index.policies_synced() {
