@@ -698,6 +698,55 @@ async fn pod_annotations_on_the_workload_itself_get_a_warning() {
     .await;
 }
 
+/// An opted-in workload whose template is now refused still hears that its policy is missing
+/// (its running proxies allow no origin); a read that fails says nothing and forgets nothing,
+/// so the next good read does not say the refusal again; a template on the host network is
+/// said to lose the proxy at its rollout. Each note once, however often the workload is woken.
+#[tokio::test]
+async fn an_opted_in_workload_hears_each_problem_once_and_a_failed_read_forgets_nothing() {
+    let (ctx, mut verifier) = context(StaticIndex::default());
+    let mut placed = deployment(Some("api"), Some(labelled_template("api")));
+    placed.metadata.managed_fields = Some(vec![ours()]);
+    let shared = stored_deployment(json!([
+        {"name": "app", "image": "app", "ports": [{"name": "http", "containerPort": 8080}]},
+        {"name": "metrics", "image": "m", "ports": [{"name": "http", "containerPort": 9090}]}
+    ]));
+    let host_network = {
+        let mut d = admissible_deployment();
+        d["spec"]["template"]["spec"]["hostNetwork"] = json!(true);
+        d
+    };
+    let server = tokio::spawn(async move {
+        verifier.workload_get(&shared).await;
+        let note = verifier
+            .event("Warning", "InjectionRefused", "deployments", "web")
+            .await;
+        assert!(note.contains("spec.containers[1].ports[0].name"), "{note}");
+        let note = verifier
+            .event("Warning", "PolicyNotFound", "deployments", "web")
+            .await;
+        assert!(note.contains("allows no origin"), "{note}");
+        verifier
+            .workload_get_answered(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &failure(503, "ServiceUnavailable", None),
+            )
+            .await;
+        verifier.workload_get(&shared).await;
+        verifier.workload_get(&host_network).await;
+        let note = verifier
+            .event("Warning", "InjectionSkipped", "deployments", "web")
+            .await;
+        assert!(
+            note.contains("hostNetwork is true")
+                && note.contains("replaces the pods with ones that have no proxy"),
+            "{note}"
+        );
+        verifier.expect_no_more_calls().await;
+    });
+    reconcile_in_turn(&ctx, [&placed; 4], server).await;
+}
+
 /// An invalid policy name is said once, not at every reconcile (a misplaced annotation wakes
 /// one too); fixed and then broken the same way again, it is news again.
 #[tokio::test]
@@ -1002,9 +1051,9 @@ async fn a_template_changed_after_the_opt_in_is_checked_again() {
             .event("Warning", "InjectionRefused", "deployments", "web")
             .await;
         assert!(
-            note.contains("refuses this workload's new pods")
+            note.contains("refuses the pods of this workload's pod template")
                 && note.contains("spec.containers[1].ports[0].name")
-                && note.contains("pods running now keep the proxy"),
+                && note.contains("stalls"),
             "{note}"
         );
         verifier.workload_get(&shared).await;

@@ -71,7 +71,7 @@ pub fn workload_names_changed<K: Workload>(
 
 /// A workload needs reconciling when it appears or its [`Facts`] (the policy it asks for,
 /// the template's label and annotation, our ownership, pod annotations put on the workload
-/// itself) change, and only when the reconciler
+/// itself, and its generation while it asks for a policy) change, and only when the reconciler
 /// has something to do: it asks for a policy, or we own something in it to release. The
 /// thousands of workloads that have nothing to do with Corsair never enter the queue.
 pub fn workload_changed<K: Workload>(

@@ -15,7 +15,6 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, Volume};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -278,53 +277,68 @@ pub async fn reconcile<K: Workload>(
                 return Ok(action);
             }
             // Before the opt-in: a rollout into pods the webhook refuses costs capacity, so
-            // nothing is written. After it: the pods of the next rollout would be refused, and
-            // only the ReplicaSet controller would hear why.
+            // nothing is written. After it: the rollout of this template would stall on refused
+            // pods, and only the ReplicaSet controller would hear why.
             let in_place = facts.in_place(policy);
-            let admitted_with = match preview::<K>(&ctx, &namespace, &name, policy).await {
-                Preview::Admitted(warnings) => warnings,
+            let verdict = match preview::<K>(&ctx, &namespace, &name, policy).await {
+                Preview::Admitted(warnings) => Some(Ok(warnings)),
+                Preview::Unchecked => None,
                 // Deleted since the watch saw it: nothing to write to.
                 Preview::Gone => {
                     succeeded(&ctx, obj.as_ref());
                     return Ok(action);
                 }
-                Preview::Refused(why) => {
-                    let note = if in_place {
-                        format!(
-                            "the corsair webhook refuses this workload's new pods: {why} (pod \
-                             fields: under spec.template here); pods running now keep the proxy, \
-                             new ones (a rollout, a scale-up, a rescheduling) are not created \
-                             until the template is fixed or {POLICY_ANNOTATION} removed"
-                        )
-                    } else {
-                        format!(
-                            "the corsair webhook would refuse this workload's pods with \
-                             {POLICY_ANNOTATION} {policy:?}: {why} (pod fields: under \
-                             spec.template here); {}",
-                            kept()
-                        )
-                    };
-                    ctx.publish_once(obj.as_ref(), REASON_INJECTION_REFUSED, note)
-                        .await;
-                    succeeded(&ctx, obj.as_ref());
-                    return Ok(action);
+                Preview::Refused(why) if in_place => Some(Err((
+                    REASON_INJECTION_REFUSED,
+                    format!(
+                        "the corsair webhook refuses the pods of this workload's pod template: \
+                         {why} (pod fields: under spec.template here); a rollout to it cannot \
+                         create its new pods and stalls (a Deployment may already have removed \
+                         up to maxUnavailable old ones) until the template is fixed or \
+                         {POLICY_ANNOTATION} removed"
+                    ),
+                ))),
+                Preview::Refused(why) => Some(Err((
+                    REASON_INJECTION_REFUSED,
+                    format!(
+                        "the corsair webhook would refuse this workload's pods with \
+                         {POLICY_ANNOTATION} {policy:?}: {why} (pod fields: under \
+                         spec.template here); {}",
+                        kept()
+                    ),
+                ))),
+                Preview::HostNetwork if in_place => Some(Err((
+                    REASON_INJECTION_SKIPPED,
+                    "the corsair webhook admits the pods of this workload's pod template without \
+                     the proxy: spec.template.spec.hostNetwork is true, and the proxy's ports \
+                     would be taken on the node; a rollout to it replaces the pods with ones \
+                     that have no proxy"
+                        .to_owned(),
+                ))),
+                Preview::HostNetwork => Some(Err((
+                    REASON_INJECTION_SKIPPED,
+                    format!(
+                        "the corsair webhook would admit this workload's pods without the \
+                         proxy: spec.template.spec.hostNetwork is true, and the proxy's ports \
+                         would be taken on the node; {}",
+                        kept()
+                    ),
+                ))),
+            };
+            // `None`: refused or skipped, or no verdict (the read failed: what was said stands,
+            // and the webhook still judges each pod).
+            let admitted_with = match verdict {
+                Some(Ok(warnings)) => Some(warnings),
+                Some(Err((reason, note))) => {
+                    ctx.publish_once(obj.as_ref(), reason, note).await;
+                    // Not opted in: no pods of ours, nothing more to say.
+                    if !in_place {
+                        succeeded(&ctx, obj.as_ref());
+                        return Ok(action);
+                    }
+                    None
                 }
-                Preview::HostNetwork => {
-                    let note = format!(
-                        "the corsair webhook admits this workload's pods without the proxy: \
-                         spec.template.spec.hostNetwork is true, and the proxy's ports would be \
-                         taken on the node; {}",
-                        if in_place {
-                            "pods running now keep the proxy, new ones get none".to_owned()
-                        } else {
-                            kept()
-                        }
-                    );
-                    ctx.publish_once(obj.as_ref(), REASON_INJECTION_SKIPPED, note)
-                        .await;
-                    succeeded(&ctx, obj.as_ref());
-                    return Ok(action);
-                }
+                None => None,
             };
             if !in_place {
                 let patch = apply_patch::<K>(&name, &namespace, Some(policy));
@@ -333,31 +347,32 @@ pub async fn reconcile<K: Workload>(
                     .map_err(Error::kube("apply pod template label"))?;
                 tracing::info!(policy, "opted in");
             }
-            ctx.forget_said(obj.as_ref(), &VERDICT_REASONS);
-            if admitted_with.is_empty() {
-                ctx.forget_said(obj.as_ref(), &[REASON_INJECTION_WARNING]);
-            } else {
-                let note = format!(
-                    "the corsair webhook injects this workload's pods with warnings that no \
-                     kubectl output shows for them (pod fields: under spec.template here): {}",
-                    admitted_with.join("; ")
-                );
-                ctx.publish_once(obj.as_ref(), REASON_INJECTION_WARNING, note)
-                    .await;
+            if let Some(warnings) = admitted_with {
+                ctx.forget_said(obj.as_ref(), &VERDICT_REASONS);
+                if warnings.is_empty() {
+                    ctx.forget_said(obj.as_ref(), &[REASON_INJECTION_WARNING]);
+                } else {
+                    let note = format!(
+                        "the corsair webhook injects this workload's pods with warnings that no \
+                         kubectl output shows for them (pod fields: under spec.template here): \
+                         {}",
+                        warnings.join("; ")
+                    );
+                    ctx.publish_once(obj.as_ref(), REASON_INJECTION_WARNING, note)
+                        .await;
+                }
             }
-            if !ctx.index.policy_exists(&namespace, policy) {
+            if ctx.index.policy_exists(&namespace, policy) {
+                ctx.forget_said(obj.as_ref(), &[REASON_POLICY_NOT_FOUND]);
+            } else {
                 if ctx.index.policies_synced() {
+                    // Once per quarter of an hour: a new generation (a scale) wakes it too.
                     let note = format!(
                         "CorsPolicy {policy:?} not found in namespace {namespace}: pods get the \
-                         proxy, which applies no CORS until the policy exists"
+                         proxy, which allows no origin until the policy exists"
                     );
-                    ctx.publish(
-                        obj.as_ref(),
-                        EventType::Warning,
-                        REASON_POLICY_NOT_FOUND,
-                        note,
-                    )
-                    .await;
+                    ctx.publish_once(obj.as_ref(), REASON_POLICY_NOT_FOUND, note)
+                        .await;
                 } else {
                     // The policy watch has not listed yet: ask again instead of a false alarm.
                     action = Action::requeue(Duration::from_secs(2));
@@ -394,9 +409,11 @@ fn misplaced_annotations<K: Workload>(obj: &WorkloadMeta<K>) -> Vec<String> {
 
 /// What the webhook would do with a workload's pods.
 enum Preview {
-    /// Inject them, with these warnings; or no check could be made (no configuration, the read
-    /// failed, no pod spec, and no warnings): the webhook then still judges each pod.
+    /// Inject them, with these warnings.
     Admitted(Vec<String>),
+    /// No check could be made (no configuration, the read failed, no pod spec): the webhook
+    /// still judges each pod, and what was said before stands.
+    Unchecked,
     /// Refuse them, for this reason.
     Refused(String),
     /// Admit them without the proxy: they use the host network.
@@ -409,7 +426,7 @@ enum Preview {
 /// the whole object: the caches keep only metadata, so it is read here, once per check.
 async fn preview<K: Workload>(ctx: &Context, namespace: &str, name: &str, policy: &str) -> Preview {
     let Some(config) = ctx.inject.as_ref() else {
-        return Preview::Admitted(Vec::new());
+        return Preview::Unchecked;
     };
     let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
     let obj = match api.get_opt(name).await {
@@ -417,11 +434,11 @@ async fn preview<K: Workload>(ctx: &Context, namespace: &str, name: &str, policy
         Ok(None) => return Preview::Gone,
         Err(err) => {
             tracing::warn!(%err, "cannot read the workload to check its pod template");
-            return Preview::Admitted(Vec::new());
+            return Preview::Unchecked;
         }
     };
     let Some(pod) = template_pod(&obj, namespace, policy) else {
-        return Preview::Admitted(Vec::new());
+        return Preview::Unchecked;
     };
     match inject(&pod, Some(namespace), config, None) {
         Err(err) => Preview::Refused(err.to_string()),

@@ -459,6 +459,7 @@ mod tests {
             "3 workloads",
             "corsair.dev/policy",
             "allow no origin",
+            "running ones when the kubelet next syncs",
             "from them",
         ] {
             assert!(three[0].contains(part), "{part}: {three:?}");
