@@ -35,13 +35,13 @@ impl MetricsSource for Metrics {
     }
 }
 
-/// The active policy document as JSON; 404 while no policy file has been loaded.
+/// The active policy document as JSON; 404 while there is none (the file is missing).
 fn policy(state: &State) -> http::Response<http_body_util::Full<bytes::Bytes>> {
     let active = state.store.current();
     let Some(document) = &active.document else {
         return text(
             StatusCode::NOT_FOUND,
-            "no policy file loaded yet: no origin is allowed\n",
+            "no policy file (not there yet, or removed): no origin is allowed\n",
         );
     };
     match serde_json::to_vec_pretty(document) {

@@ -20,6 +20,10 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 use crate::policy::{ActivePolicy, PolicyStore};
 
+/// How long a policy file must stay missing to count as removed. A read during the kubelet's
+/// swap can miss it once (`..data` resolved to the old directory just as that is deleted).
+const REMOVAL_CONFIRMATION: Duration = Duration::from_secs(1);
+
 pub struct Reloader {
     store: Arc<PolicyStore>,
     metrics: Arc<Metrics>,
@@ -86,26 +90,20 @@ impl Reloader {
         }
     }
 
-    /// Reads the file and applies it if it changed and is valid.
+    /// Reads the file and applies it if it changed and is valid. A file gone counts only once
+    /// it has stayed gone for [`REMOVAL_CONFIRMATION`].
     async fn check(&mut self) {
         let path = self.store.path().to_owned();
-        let content = match tokio::fs::read(&path).await {
-            Ok(raw) => Some(raw),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
-            Err(err) => {
-                let error = err.to_string();
-                if self.unreadable.as_ref() != Some(&error) {
-                    self.metrics.reload_failed();
-                    tracing::error!(
-                        policy = %path.display(),
-                        %error,
-                        "cannot read the policy file; keeping the last good policy"
-                    );
-                    self.unreadable = Some(error);
-                }
-                return;
-            }
+        let Ok(mut content) = self.read(&path).await else {
+            return;
         };
+        if content.is_none() && self.last_seen.is_some() {
+            tokio::time::sleep(REMOVAL_CONFIRMATION).await;
+            let Ok(again) = self.read(&path).await else {
+                return;
+            };
+            content = again;
+        }
         if self.unreadable.take().is_some() && content.is_some() {
             tracing::info!(policy = %path.display(), "the policy file can be read again");
         }
@@ -130,9 +128,7 @@ impl Reloader {
             }
         }
     }
-}
 
-impl Reloader {
     /// The file is gone. With `--allow-missing-policy` (what the webhook sets) that is the
     /// state a proxy starting now would see, its ConfigMap deleted: allow no origin, so that
     /// old and new pods of a workload agree. Without it a missing file is an operator's
@@ -154,6 +150,28 @@ impl Reloader {
             Err(err) => {
                 self.metrics.reload_failed();
                 tracing::error!(error = %err, "keeping the last good policy");
+            }
+        }
+    }
+
+    /// The file's content, `None` when it does not exist; `Err` when it cannot be read, which
+    /// is reported once per cause.
+    async fn read(&mut self, path: &Path) -> Result<Option<Vec<u8>>, ()> {
+        match tokio::fs::read(path).await {
+            Ok(raw) => Ok(Some(raw)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => {
+                let error = err.to_string();
+                if self.unreadable.as_ref() != Some(&error) {
+                    self.metrics.reload_failed();
+                    tracing::error!(
+                        policy = %path.display(),
+                        %error,
+                        "cannot read the policy file; keeping the last good policy"
+                    );
+                    self.unreadable = Some(error);
+                }
+                Err(())
             }
         }
     }
