@@ -365,7 +365,8 @@ async fn an_unnamed_port_is_warned_about_on_the_deployment() {
 
 /// A template changed after the opt-in so that the webhook refuses its pods (a second
 /// container with the same port name): the rollout's new pods are refused, and the
-/// Deployment, not only its ReplicaSet, says why; the running pod keeps its sidecar.
+/// Deployment, not only its ReplicaSet, says why; the running pod keeps its sidecar (with one
+/// replica, `maxUnavailable` 25 % removes none before a new one is ready).
 #[tokio::test]
 #[ignore = "needs cluster: set KUBECONFIG and run with --ignored"]
 async fn a_template_broken_after_the_opt_in_is_refused_on_the_deployment() {
@@ -386,7 +387,7 @@ async fn a_template_broken_after_the_opt_in_is_refused_on_the_deployment() {
         .expect("patching the template");
     let note = event_note(&client, &ns, "InjectionRefused", "web").await;
     assert!(
-        note.contains("refuses this workload's new pods")
+        note.contains("refuses the pods of this workload's pod template")
             && note.contains("spec.containers[1].ports[0].name"),
         "{note}"
     );

@@ -352,7 +352,11 @@ async fn a_file_missing_for_a_moment_changes_nothing() {
             replace(&path, &content);
             put_back = true;
         }
-        assert_eq!(metric(&proxy, generation).await, 7.0, "the policy was dropped");
+        assert_eq!(
+            metric(&proxy, generation).await,
+            7.0,
+            "the policy was dropped"
+        );
         assert_eq!(allowed_origin(&mut conn, APP).await.as_deref(), Some(APP));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
