@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::event::{AccessKind, AccessMode};
+use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -76,8 +76,12 @@ impl Reloader {
         async move {
             // Keep the watcher alive as long as the task.
             let _watcher = watcher;
-            // A zero interval (a library caller's config) would panic in `interval`.
-            let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(1)));
+            // A zero interval (a library caller's config) would panic in `interval`. The first
+            // poll comes one interval in: the file was just read, and a tick at once, whenever
+            // the runtime first ran this task, could read a write in place half done.
+            let interval = interval.max(Duration::from_millis(1));
+            let mut ticker =
+                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
@@ -180,11 +184,14 @@ impl Reloader {
 /// Whether an event can mean new content. inotify also reports opens (notify watches
 /// `IN_OPEN`), and the check itself opens the file: reacting to those made each check trigger
 /// the next, re-reading the policy thousands of times a second. A reader closing the file
-/// changes nothing either; a writer closing it does.
+/// changes nothing either; a writer closing it does. A write in place (an editor that does not
+/// rename, `>` in a shell) is looked at when its writer closes the file, not at each write,
+/// where the check read it truncated or half written. (Where the platform reports no close,
+/// the poll sees such a write.)
 fn may_change_content(kind: &EventKind) -> bool {
     match kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) => false,
+        EventKind::Access(_) | EventKind::Modify(ModifyKind::Data(_)) => false,
         EventKind::Any
         | EventKind::Create(_)
         | EventKind::Modify(_)
@@ -215,6 +222,8 @@ mod tests {
             EventKind::Access(AccessKind::Read),
             EventKind::Access(AccessKind::Close(AccessMode::Read)),
             EventKind::Access(AccessKind::Any),
+            // Each write of a writer in place: its close is the event.
+            EventKind::Modify(ModifyKind::Data(notify::event::DataChange::Any)),
         ];
         for kind in ignored {
             assert!(!may_change_content(&kind), "{kind:?} should be ignored");
@@ -227,7 +236,8 @@ mod tests {
             EventKind::Access(AccessKind::Close(AccessMode::Write)),
             EventKind::Create(CreateKind::Any),
             EventKind::Modify(ModifyKind::Name(RenameMode::To)),
-            EventKind::Modify(ModifyKind::Data(notify::event::DataChange::Any)),
+            // A permission fixed on an unreadable file.
+            EventKind::Modify(ModifyKind::Metadata(notify::event::MetadataKind::Any)),
             EventKind::Remove(RemoveKind::Any),
             EventKind::Any,
             EventKind::Other,

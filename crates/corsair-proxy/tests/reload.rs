@@ -98,6 +98,46 @@ async fn an_in_place_write_is_seen() {
     h.proxy.shutdown().await.expect("clean shutdown");
 }
 
+/// A file rewritten in place (an editor that does not rename, `>` in a shell) is read once its
+/// writer closes it, never half written: until then the old policy stays, and nothing is
+/// counted as failed. The poll is a minute, so the watch alone decides when to read.
+#[tokio::test]
+async fn an_in_place_write_is_read_when_its_writer_closes_the_file() {
+    use std::io::Write;
+
+    let h = harness_with(OLD_POLICY, |c| {
+        c.reload_poll_interval = Duration::from_secs(60)
+    })
+    .await;
+    let mut conn = Conn::open(h.proxy.listen_addr()).await;
+    let new = manifest(NEW_POLICY, 2);
+    let (first, rest) = new.split_at(new.len() / 2);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&h.policy.path)
+        .expect("open the policy to rewrite it");
+    file.write_all(first.as_bytes()).expect("first half");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        allowed_origin(&mut conn, APP).await.as_deref(),
+        Some(APP),
+        "the old policy stays while the file is being written"
+    );
+    file.write_all(rest.as_bytes()).expect("the rest");
+    drop(file);
+    wait_until_allowed(&mut conn, NEW, Duration::from_secs(2)).await;
+    let reloads = "corsair_proxy_policy_reloads_total";
+    assert_eq!(
+        (
+            metric(&h.proxy, &format!("{reloads}{{result=\"ok\"}}")).await,
+            metric(&h.proxy, &format!("{reloads}{{result=\"failed\"}}")).await
+        ),
+        (1.0, 0.0)
+    );
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
+
 /// A file that cannot be read (here a directory in its place; a permission denied does the
 /// same, but these tests may run as root) is counted and logged once, not at every poll, and
 /// the last good policy stays until the file can be read again.
