@@ -77,19 +77,25 @@ impl Reloader {
             // Keep the watcher alive as long as the task.
             let _watcher = watcher;
             // A zero interval (a library caller's config) would panic in `interval`. The first
-            // poll comes one interval in: the file was just read, and a tick at once, whenever
-            // the runtime first ran this task, could read a write in place half done.
+            // poll comes one interval in: the file was just read.
             let interval = interval.max(Duration::from_millis(1));
             let mut ticker =
                 tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
+                    biased;
                     () = shutdown.cancelled() => return,
                     _ = ticker.tick() => {}
                     Some(()) = rx.recv() => {}
                 }
-                reloader.check().await;
+                // Nothing changes before the check's last await: a shutdown may cut it short
+                // (a removal is not applied while the proxy drains).
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return,
+                    () = reloader.check() => {}
+                }
             }
         }
     }

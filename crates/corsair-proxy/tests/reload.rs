@@ -159,9 +159,10 @@ async fn an_unreadable_policy_file_is_reported_once_and_the_last_good_policy_sta
     assert_eq!(allowed_origin(&mut conn, NEW).await, None);
 
     std::fs::remove_dir(&h.policy.path).expect("remove the directory");
-    // Whole at once, so that no check reads it half written.
+    // Whole at once, so that no check reads it half written. A check between the two steps
+    // sees no file and waits the removal's confirmation second first.
     replace(&h.policy.path, &manifest(NEW_POLICY, 2));
-    wait_until_allowed(&mut conn, NEW, Duration::from_secs(2)).await;
+    wait_until_allowed(&mut conn, NEW, Duration::from_secs(4)).await;
     assert_eq!(metric(&h.proxy, failed).await, 1.0);
     h.proxy.shutdown().await.expect("clean shutdown");
 }
@@ -400,6 +401,7 @@ async fn a_file_missing_for_a_moment_changes_nothing() {
         assert_eq!(allowed_origin(&mut conn, APP).await.as_deref(), Some(APP));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(put_back, "the file was put back");
     let reloads = "corsair_proxy_policy_reloads_total";
     assert_eq!(
         (
@@ -408,6 +410,9 @@ async fn a_file_missing_for_a_moment_changes_nothing() {
         ),
         (0.0, 0.0)
     );
+    // The watch works here: a removal that lasts is applied.
+    std::fs::remove_file(&path).expect("remove policy again");
+    wait_for_metric(&proxy, generation, 0.0).await;
     proxy.shutdown().await.expect("clean shutdown");
 }
 
