@@ -293,9 +293,9 @@ pub async fn reconcile<K: Workload>(
                     format!(
                         "the corsair webhook refuses the pods of this workload's pod template: \
                          {why} (pod fields: under spec.template here); a rollout to it cannot \
-                         create its new pods and stalls (a Deployment may already have removed \
-                         up to maxUnavailable old ones) until the template is fixed or \
-                         {POLICY_ANNOTATION} removed"
+                         create its new pods and stalls, with the old pods it has already \
+                         removed missing (up to maxUnavailable; for a StatefulSet, the pod it \
+                         replaces), until the template is fixed or {POLICY_ANNOTATION} removed"
                     ),
                 ))),
                 Preview::Refused(why) => Some(Err((
