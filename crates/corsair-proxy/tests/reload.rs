@@ -241,6 +241,15 @@ async fn wait_for_metric(proxy: &Proxy, series: &str, value: f64) {
     }
 }
 
+/// A proxy on `path` whose poll is a minute away, so that only the directory watch sees a
+/// change within a test; `allow_missing` as the webhook's sidecar (`--allow-missing-policy`).
+async fn watched_proxy(path: &Path, up: &Upstream, allow_missing: bool) -> Proxy {
+    let mut cfg = config(path, up);
+    cfg.allow_missing_policy = allow_missing;
+    cfg.reload_poll_interval = Duration::from_secs(60);
+    Proxy::start(cfg).await.expect("proxy starts")
+}
+
 /// Lays out a directory the way the kubelet does for a ConfigMap volume: the real files in a
 /// timestamped directory, `..data` pointing at it, and `policy.yaml` pointing into `..data`.
 /// `None` is what an optional volume gets while its ConfigMap does not exist: an empty
@@ -279,9 +288,7 @@ async fn a_kubernetes_configmap_symlink_swap_is_seen() {
     let dir = tempfile::tempdir().expect("tempdir");
     kubelet_write(dir.path(), "1", Some(&manifest(OLD_POLICY, 1)));
     let path = dir.path().join("policy.yaml");
-    let mut cfg = config(&path, &up);
-    cfg.reload_poll_interval = Duration::from_secs(60);
-    let proxy = Proxy::start(cfg).await.expect("proxy starts");
+    let proxy = watched_proxy(&path, &up, false).await;
     let mut conn = Conn::open(proxy.listen_addr()).await;
     assert_eq!(allowed_origin(&mut conn, APP).await.as_deref(), Some(APP));
 
@@ -329,10 +336,7 @@ async fn a_deleted_configmap_allows_no_origin_as_a_new_pod_would() {
     let dir = tempfile::tempdir().expect("tempdir");
     kubelet_write(dir.path(), "1", Some(&manifest(OLD_POLICY, 7)));
     let path = dir.path().join("policy.yaml");
-    let mut cfg = config(&path, &up);
-    cfg.allow_missing_policy = true;
-    cfg.reload_poll_interval = Duration::from_secs(60);
-    let proxy = Proxy::start(cfg).await.expect("proxy starts");
+    let proxy = watched_proxy(&path, &up, true).await;
     let mut conn = Conn::open(proxy.listen_addr()).await;
     assert_eq!(allowed_origin(&mut conn, APP).await.as_deref(), Some(APP));
     let generation = "corsair_proxy_policy_generation";
@@ -377,10 +381,7 @@ async fn a_file_missing_for_a_moment_changes_nothing() {
     let path = dir.path().join("policy.yaml");
     let content = manifest(OLD_POLICY, 7);
     std::fs::write(&path, &content).expect("write policy");
-    let mut cfg = config(&path, &up);
-    cfg.allow_missing_policy = true;
-    cfg.reload_poll_interval = Duration::from_secs(60);
-    let proxy = Proxy::start(cfg).await.expect("proxy starts");
+    let proxy = watched_proxy(&path, &up, true).await;
     let mut conn = Conn::open(proxy.listen_addr()).await;
     let generation = "corsair_proxy_policy_generation";
 
@@ -424,10 +425,7 @@ async fn a_configmap_created_later_is_seen() {
     let dir = tempfile::tempdir().expect("tempdir");
     kubelet_write(dir.path(), "1", None);
     let path = dir.path().join("policy.yaml");
-    let mut cfg = config(&path, &up);
-    cfg.allow_missing_policy = true;
-    cfg.reload_poll_interval = Duration::from_secs(60);
-    let proxy = Proxy::start(cfg).await.expect("starts without the policy");
+    let proxy = watched_proxy(&path, &up, true).await;
     let mut conn = Conn::open(proxy.listen_addr()).await;
     assert_eq!(allowed_origin(&mut conn, APP).await, None);
     kubelet_write(dir.path(), "2", Some(&manifest(OLD_POLICY, 1)));

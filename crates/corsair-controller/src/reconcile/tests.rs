@@ -110,6 +110,13 @@ fn labelled_template(policy: &str) -> PodTemplateSpec {
     }
 }
 
+/// A Deployment opted in for `api`: what we apply, in place, under our manager.
+fn opted_in() -> Deployment {
+    let mut placed = deployment(Some("api"), Some(labelled_template("api")));
+    placed.metadata.managed_fields = Some(vec![ours()]);
+    placed
+}
+
 fn ours() -> ManagedFieldsEntry {
     ManagedFieldsEntry {
         manager: Some(WORKLOAD_MANAGER.into()),
@@ -161,6 +168,14 @@ fn stored_deployment(containers: Value) -> Value {
             }
         }
     })
+}
+
+/// A Deployment whose pods the webhook refuses: two containers with a port named `http`.
+fn shared_port_name() -> Value {
+    stored_deployment(json!([
+        {"name": "app", "image": "app", "ports": [{"name": "http", "containerPort": 8080}]},
+        {"name": "metrics", "image": "m", "ports": [{"name": "http", "containerPort": 9090}]}
+    ]))
 }
 
 /// A Deployment whose pods the webhook admits: one container with a port named `http`.
@@ -561,10 +576,7 @@ async fn a_workload_whose_pods_would_be_refused_is_not_opted_in() {
             "spec.containers[0].ports[0]",
         ),
         (
-            stored_deployment(json!([
-                {"name": "app", "image": "app", "ports": [{"name": "http", "containerPort": 8080}]},
-                {"name": "metrics", "image": "m", "ports": [{"name": "http", "containerPort": 9090}]}
-            ])),
+            shared_port_name(),
             "InjectionRefused",
             "spec.containers[1].ports[0].name",
         ),
@@ -596,8 +608,7 @@ async fn a_workload_in_an_excluded_namespace_is_not_opted_in() {
         excluded_namespaces: [NS.to_owned()].into(),
         ..InjectConfig::default()
     };
-    let mut placed = deployment(Some("api"), Some(labelled_template("api")));
-    placed.metadata.managed_fields = Some(vec![ours()]);
+    let placed = opted_in();
     for (workload, kept) in [
         (
             deployment(Some("api"), None),
@@ -705,12 +716,8 @@ async fn pod_annotations_on_the_workload_itself_get_a_warning() {
 #[tokio::test]
 async fn an_opted_in_workload_hears_each_problem_once_and_a_failed_read_forgets_nothing() {
     let (ctx, mut verifier) = context(StaticIndex::default());
-    let mut placed = deployment(Some("api"), Some(labelled_template("api")));
-    placed.metadata.managed_fields = Some(vec![ours()]);
-    let shared = stored_deployment(json!([
-        {"name": "app", "image": "app", "ports": [{"name": "http", "containerPort": 8080}]},
-        {"name": "metrics", "image": "m", "ports": [{"name": "http", "containerPort": 9090}]}
-    ]));
+    let placed = opted_in();
+    let shared = shared_port_name();
     let host_network = {
         let mut d = admissible_deployment();
         d["spec"]["template"]["spec"]["hostNetwork"] = json!(true);
@@ -770,8 +777,7 @@ async fn an_invalid_policy_name_is_said_once_per_occurrence() {
 /// A Deployment opted in for `api` (what we apply, in place), and the same with `key: value`
 /// on its own metadata.
 fn in_place_and_annotated(key: &str, value: &str) -> (Deployment, Deployment) {
-    let mut placed = deployment(Some("api"), Some(labelled_template("api")));
-    placed.metadata.managed_fields = Some(vec![ours()]);
+    let placed = opted_in();
     let mut annotated = placed.clone();
     annotated
         .metadata
@@ -1011,8 +1017,7 @@ async fn removed_annotation_releases_the_fields() {
 #[tokio::test]
 async fn a_workload_already_in_place_is_read_and_not_written() {
     let (ctx, mut verifier) = context(StaticIndex::with_policies(NS, &["api"]));
-    let mut workload = deployment(Some("api"), Some(labelled_template("api")));
-    workload.metadata.managed_fields = Some(vec![ours()]);
+    let workload = opted_in();
     let server = tokio::spawn(async move {
         verifier.workload_get(&admissible_deployment()).await;
         verifier.expect_no_more_calls().await;
@@ -1029,15 +1034,11 @@ async fn a_workload_already_in_place_is_read_and_not_written() {
 #[tokio::test]
 async fn a_template_changed_after_the_opt_in_is_checked_again() {
     let (ctx, mut verifier) = context(StaticIndex::with_policies(NS, &["api"]));
-    let mut placed = deployment(Some("api"), Some(labelled_template("api")));
-    placed.metadata.managed_fields = Some(vec![ours()]);
+    let placed = opted_in();
     let unnamed = stored_deployment(
         json!([{"name": "app", "image": "app", "ports": [{"containerPort": 8080}]}]),
     );
-    let shared = stored_deployment(json!([
-        {"name": "app", "image": "app", "ports": [{"name": "http", "containerPort": 8080}]},
-        {"name": "metrics", "image": "m", "ports": [{"name": "http", "containerPort": 9090}]}
-    ]));
+    let shared = shared_port_name();
     let server = tokio::spawn(async move {
         verifier.workload_get(&unnamed).await;
         let note = verifier
@@ -1344,8 +1345,7 @@ fn a_new_spec_wakes_a_workload_that_asks_for_a_policy() {
         triggers::workload_changed(&updated(pruned(&typo), pruned(&respecced))),
         None
     );
-    let mut placed = deployment(Some("api"), Some(labelled_template("api")));
-    placed.metadata.managed_fields = Some(vec![ours()]);
+    let mut placed = opted_in();
     placed.metadata.generation = Some(1);
     let mut rolled = placed.clone();
     rolled.metadata.generation = Some(2);

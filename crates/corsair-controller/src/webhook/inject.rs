@@ -1067,7 +1067,6 @@ fn policy_volume(policy: &str) -> Volume {
     }
 }
 
-/// The proxy container, restricted by the Pod Security Standard `restricted`.
 /// Whether a container's `request` is above its `limit`, which Kubernetes refuses; a side left
 /// unset (or not a quantity) is never above.
 pub fn above_limit(request: Option<&str>, limit: Option<&str>) -> bool {
@@ -1127,6 +1126,7 @@ pub fn quantity_value(v: &str) -> Option<f64> {
     Some(mantissa * scale)
 }
 
+/// The proxy container, restricted by the Pod Security Standard `restricted`.
 fn sidecar_container(
     res: &SidecarResources,
     record: &InjectedRecord,
