@@ -457,6 +457,7 @@ async fn forward(state: &State, conn: &Conn, mut req: Request<Incoming>) -> Resp
         return text(StatusCode::BAD_REQUEST, "chunked applied more than once\n");
     }
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let http1 = req.version() < Version::HTTP_2;
     let Some(request) = to_upstream(req, conn, upgrade.as_ref()) else {
         return text(StatusCode::BAD_REQUEST, "invalid request target\n");
     };
@@ -498,6 +499,9 @@ async fn forward(state: &State, conn: &Conn, mut req: Request<Incoming>) -> Resp
     } else {
         None
     };
+    if http1 {
+        response.body_mut().fail_after(&conn.flush);
+    }
     headers::strip_hop_by_hop(response.headers_mut(), response_upgrade.as_ref());
     response.map(Either::Left)
 }

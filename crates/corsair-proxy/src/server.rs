@@ -23,7 +23,7 @@ use crate::head_timer::{HeadDeadline, HeadTimer};
 use crate::metrics::Metrics;
 use crate::on_wake::OnWake;
 use crate::policy::PolicyStore;
-use crate::upstream::{Lane, Upstream};
+use crate::upstream::{ClientFlush, Lane, Upstream};
 
 /// What the requests of one client connection share.
 pub struct Conn {
@@ -32,6 +32,8 @@ pub struct Conn {
     pub activity: Activity,
     /// This connection's own connections to the upstream.
     pub lane: Lane,
+    /// The client socket's flushes, which a failed HTTP/1 response body waits for.
+    pub flush: Arc<ClientFlush>,
 }
 
 /// What every connection and request shares.
@@ -143,16 +145,33 @@ async fn serve_connection(
         }
         () = shutdown.cancelled() => return,
     }
+    serve_known(stream, peer, state, shutdown, abort).await;
+}
+
+/// Serves a connection whose protocol its first bytes decide, over any byte stream (a
+/// `TcpStream` but in tests).
+async fn serve_known<S>(
+    stream: S,
+    peer: SocketAddr,
+    state: Arc<State>,
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Activity::new();
+    let flush = Arc::new(ClientFlush::default());
     let io = TokioIo::new(IdleIo {
         inner: stream,
         activity: activity.clone(),
+        flush: flush.clone(),
     });
     let service_state = state.clone();
     let conn_state = Arc::new(Conn {
         forwarded_for: crate::headers::forwarded_for(peer.ip()),
         activity: activity.clone(),
         lane: Lane::default(),
+        flush,
     });
     let service = service_fn(move |req| {
         crate::handler::handle(service_state.clone(), conn_state.clone(), req)
@@ -296,13 +315,15 @@ impl Activity {
     }
 }
 
-/// A TCP stream that records when it last read or wrote, for the idle timeout.
-struct IdleIo {
-    inner: TcpStream,
+/// A client's stream that records when it last read or wrote, for the idle timeout, and tells
+/// a failed response body when hyper has flushed it.
+struct IdleIo<S> {
+    inner: S,
     activity: Activity,
+    flush: Arc<ClientFlush>,
 }
 
-impl AsyncRead for IdleIo {
+impl<S: AsyncRead + Unpin> AsyncRead for IdleIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -316,7 +337,7 @@ impl AsyncRead for IdleIo {
     }
 }
 
-impl AsyncWrite for IdleIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -346,10 +367,18 @@ impl AsyncWrite for IdleIo {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        if poll.is_ready() {
+            // hyper's HTTP/1 server flushes the socket only once its own buffer is empty.
+            self.flush.flushed(cx);
+        }
+        poll
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests;

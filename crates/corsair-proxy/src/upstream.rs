@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 
 use crate::{ProxyConfig, ProxyError};
 pub(crate) use http1::Switched;
-pub use http1::UpstreamBody;
+pub use http1::{ClientFlush, UpstreamBody};
 use http1::{Connection, Outgoing, RequestFraming, Sent, Upload};
 
 /// A response head from the upstream this large or larger is a 502: hyper's client limit

@@ -45,6 +45,7 @@ fn conn() -> Conn {
         forwarded_for: crate::headers::forwarded_for("10.0.0.7".parse().expect("literal")),
         activity: Activity::new(),
         lane: Lane::default(),
+        flush: Arc::default(),
     }
 }
 

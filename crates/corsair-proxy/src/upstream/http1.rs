@@ -11,6 +11,8 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -705,8 +707,35 @@ pub struct UpstreamBody {
     quiet: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Bytes moved either way since `quiet` was last set.
     moved: bool,
-    /// The error the body ends with, given at the poll after it was found (see `fail`).
+    /// The error the body ends with, given at a later poll than the one that found it (see
+    /// `fail`).
     failed: Option<io::Error>,
+    /// The HTTP/1 client connection's flush, which a failure waits for (see `fail`).
+    flush: Option<Arc<ClientFlush>>,
+}
+
+/// Tells a failed response body that hyper's HTTP/1 server has written all it holds to the
+/// client's socket. hyper drops what it still holds when a body fails, and it flushes the
+/// socket only once its own buffer is empty, so the failure waits for that flush.
+#[derive(Debug, Default)]
+pub struct ClientFlush {
+    awaited: AtomicBool,
+}
+
+impl ClientFlush {
+    /// Called by the client connection's socket at each flush that completed. The waker is the
+    /// connection's task, the one that polls an HTTP/1 response body.
+    pub(crate) fn flushed(&self, cx: &mut Context<'_>) {
+        // A load first: this runs for every response, and a body rarely waits.
+        if self.awaited.load(Ordering::Relaxed) {
+            self.awaited.store(false, Ordering::Relaxed);
+            cx.waker().wake_by_ref();
+        }
+    }
+
+    fn awaited(&self) -> bool {
+        self.awaited.load(Ordering::Relaxed)
+    }
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -748,11 +777,18 @@ impl UpstreamBody {
             quiet: None,
             moved: false,
             failed: None,
+            flush: None,
         };
         if framing == Framing::Done && head.status != StatusCode::SWITCHING_PROTOCOLS {
             body.finish();
         }
         Ok(body)
+    }
+
+    /// Makes a failure wait for `flush`: for an HTTP/1 client, whose connection's task polls
+    /// this body. (An HTTP/2 stream's body is polled on a task of its own.)
+    pub(crate) fn fail_after(&mut self, flush: &Arc<ClientFlush>) {
+        self.flush = Some(Arc::clone(flush));
     }
 
     /// The connection of a 101 response, for the tunnel.
@@ -779,11 +815,14 @@ impl UpstreamBody {
         }
     }
 
-    /// Ends the body with `error` at the next poll, not this one. hyper's HTTP/1 server drops
+    /// Ends the body with `error` at a later poll, not this one. hyper's HTTP/1 server drops
     /// the client's connection at a body's error with what it has buffered still unsent: an
-    /// upstream that closed right after its head would leave the client with nothing at all.
-    /// Pending once, hyper flushes the head and the frames before it polls again, so the client
-    /// sees the response begin and then cut short, as behind nginx.
+    /// upstream that closed right after its head would leave the client with nothing at all,
+    /// and one that closed while the client's socket was full, without the bytes hyper held.
+    /// With a [`ClientFlush`] the error waits until hyper has written all it holds (for as long
+    /// as the client takes to read it, within the idle timeout); without one, Pending once lets
+    /// hyper write what the socket takes before it polls again. Either way the client sees the
+    /// response begin and then cut short, as behind nginx.
     fn fail(
         &mut self,
         error: io::Error,
@@ -794,7 +833,10 @@ impl UpstreamBody {
         self.upload = None;
         self.quiet = None;
         self.failed = Some(error);
-        cx.waker().wake_by_ref();
+        match &self.flush {
+            Some(flush) => flush.awaited.store(true, Ordering::Relaxed),
+            None => cx.waker().wake_by_ref(),
+        }
         Poll::Pending
     }
 
@@ -952,8 +994,11 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
-        if let Some(error) = this.failed.take() {
-            return Poll::Ready(Some(Err(error)));
+        if this.failed.is_some() {
+            if this.flush.as_ref().is_some_and(|flush| flush.awaited()) {
+                return Poll::Pending;
+            }
+            return Poll::Ready(this.failed.take().map(Err));
         }
         loop {
             let Some(connection) = this.connection.as_mut() else {
