@@ -833,10 +833,12 @@ impl UpstreamBody {
         self.upload = None;
         self.quiet = None;
         self.failed = Some(error);
-        match &self.flush {
-            Some(flush) => flush.awaited.store(true, Ordering::Relaxed),
-            None => cx.waker().wake_by_ref(),
+        if let Some(flush) = &self.flush {
+            flush.awaited.store(true, Ordering::Relaxed);
         }
+        // Polled again, whatever else hyper does in this poll: hyper flushes after a body that
+        // stays Pending only when it holds bytes, and the next poll then reaches a flush.
+        cx.waker().wake_by_ref();
         Poll::Pending
     }
 
