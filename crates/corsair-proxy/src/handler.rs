@@ -400,7 +400,7 @@ pub(crate) fn to_upstream<B>(
         }
         None => parts.headers.get(header::HOST).cloned(),
     };
-    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::strip_hop_by_hop(&mut parts.headers, headers::Direction::ToUpstream, upgrade);
     // hyper already answered `Expect: 100-continue` towards the client.
     parts.headers.remove(header::EXPECT);
     headers::add_forwarded(&mut parts.headers, &conn.forwarded_for, host.as_ref());
@@ -502,7 +502,11 @@ async fn forward(state: &State, conn: &Conn, mut req: Request<Incoming>) -> Resp
     if http1 {
         response.body_mut().fail_after(&conn.flush);
     }
-    headers::strip_hop_by_hop(response.headers_mut(), response_upgrade.as_ref());
+    headers::strip_hop_by_hop(
+        response.headers_mut(),
+        headers::Direction::ToClient,
+        response_upgrade.as_ref(),
+    );
     response.map(Either::Left)
 }
 

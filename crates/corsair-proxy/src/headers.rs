@@ -16,17 +16,35 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, not the message: never forwarded. `Proxy-*` are
 /// included because the proxy authenticates nobody and the application must not see them.
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// `Trailer` (last) goes from requests only: see [`Direction`].
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,
     header::PROXY_AUTHENTICATE,
+    header::TRAILER,
 ];
+
+const HOP_BY_HOP_COUNT: usize = 9;
+
+/// `Trailer`'s bit among [`HOP_BY_HOP`].
+const TRAILER_BIT: u32 = 1 << (HOP_BY_HOP_COUNT - 1);
+
+/// Which way a message goes through the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// A request: its trailers are not sent on (the upstream hop sends a body without them), so
+    /// its `Trailer` field, which would announce them, goes too.
+    ToUpstream,
+    /// A response: its trailers are passed on, so `Trailer`, which declares them end to end
+    /// (RFC 9110 §6.6.2), stays. hyper's HTTP/1 server sends a client only the trailer fields
+    /// it declares, and only to a client that sent `TE: trailers`.
+    ToClient,
+}
 
 /// The `Access-Control-*` response headers of the Fetch standard and Private Network Access.
 const ACCESS_CONTROL: [HeaderName; 7] = [
@@ -66,10 +84,17 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 /// Removes the hop-by-hop headers and every header named in `Connection`. When `upgrade` is
 /// set, the request or 101 response is an upgrade: `Upgrade` and `Connection: upgrade` are
 /// put back, since the tunnel only works if both hops agree on it.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
+pub fn strip_hop_by_hop(
+    headers: &mut HeaderMap,
+    direction: Direction,
+    upgrade: Option<&HeaderValue>,
+) {
     // One pass over the names finds which are present; only those are looked up to be removed
     // (a kept-alive upstream's response carries `Connection` and nothing else of the list).
-    let (present, _) = present_of(headers, &HOP_BY_HOP, |_| false);
+    let (mut present, _) = present_of(headers, &HOP_BY_HOP, |_| false);
+    if direction == Direction::ToClient {
+        present &= !TRAILER_BIT;
+    }
     if present == 0 {
         return;
     }

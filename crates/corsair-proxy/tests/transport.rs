@@ -703,3 +703,78 @@ async fn the_default_address_takes_ipv4_and_ipv6_clients() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     h.proxy.shutdown().await.expect("clean shutdown");
 }
+
+/// The upstream's response trailers reach an HTTP/2 client, and an HTTP/1.1 client that said
+/// it takes them (`TE: trailers`), as the fields the response's `Trailer` header declares
+/// (hyper's rule); an HTTP/1.1 client that did not say so gets the body whole without them.
+#[tokio::test]
+async fn response_trailers_reach_the_clients_that_take_them() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\
+                          Trailer: x-checksum\r\nConnection: close\r\n\r\n\
+                          5\r\nhello\r\n0\r\nx-checksum: abc123\r\nx-undeclared: no\r\n\r\n",
+                    )
+                    .await;
+            });
+        }
+    });
+    let policy = support::policy_file(POLICY);
+    let proxy = corsair_proxy::Proxy::start(support::config_at(&policy.path, addr))
+        .await
+        .expect("starts");
+
+    for (te, expect_trailer) in [("TE: trailers\r\n", true), ("", false)] {
+        let mut stream = TcpStream::connect(proxy.listen_addr())
+            .await
+            .expect("connect");
+        let head = format!("GET / HTTP/1.1\r\nHost: api.test\r\n{te}Connection: close\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.expect("write");
+        let out = support::read_to_close(&mut stream).await;
+        let (_, body) = out.split_once("\r\n\r\n").expect("a head");
+        let whole = if expect_trailer {
+            "5\r\nhello\r\n0\r\nx-checksum: abc123\r\n\r\n"
+        } else {
+            "5\r\nhello\r\n0\r\n\r\n"
+        };
+        assert_eq!(body, whole, "{te:?}");
+    }
+
+    let stream = TcpStream::connect(proxy.listen_addr())
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri("http://api.test/")
+        .body(empty())
+        .expect("valid request");
+    let response = sender.send_request(req).await.expect("a response");
+    assert_eq!(response.status(), 200);
+    let collected = timeout(Duration::from_secs(5), response.into_body().collect())
+        .await
+        .expect("the body ends")
+        .expect("a whole body");
+    let trailers = collected.trailers().cloned().expect("trailers over h2");
+    assert_eq!(values(&trailers, "x-checksum"), ["abc123"]);
+    assert_eq!(collected.to_bytes(), "hello");
+    proxy.shutdown().await.expect("clean shutdown");
+}

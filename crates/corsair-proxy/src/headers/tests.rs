@@ -36,10 +36,17 @@ fn hop_by_hop_and_connection_named_headers_are_removed() {
         ("x-kept", "3"),
         ("accept", "*/*"),
     ]);
-    strip_hop_by_hop(&mut headers, None);
+    let mut response = headers.clone();
+    strip_hop_by_hop(&mut headers, Direction::ToUpstream, None);
     let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
     names.sort_unstable();
     assert_eq!(names, ["accept", "x-kept"]);
+    // A response keeps `Trailer`, which declares the trailers passed on with it.
+    strip_hop_by_hop(&mut response, Direction::ToClient, None);
+    let mut names: Vec<&str> = response.keys().map(HeaderName::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["accept", "trailer", "x-kept"]);
+    assert_eq!(values(&response, "trailer"), ["x-checksum"]);
 }
 
 #[test]
@@ -52,7 +59,7 @@ fn an_upgrade_keeps_upgrade_and_connection_upgrade_only() {
     ]);
     let protocol = upgrade_protocol(&headers);
     assert_eq!(protocol, Some(HeaderValue::from_static("websocket")));
-    strip_hop_by_hop(&mut headers, protocol.as_ref());
+    strip_hop_by_hop(&mut headers, Direction::ToUpstream, protocol.as_ref());
     assert_eq!(values(&headers, "connection"), ["upgrade"]);
     assert_eq!(values(&headers, "upgrade"), ["websocket"]);
     assert!(!headers.contains_key("x-hop"));
