@@ -524,6 +524,27 @@ async fn head_or_close(stream: &mut TcpStream) -> Option<String> {
     Some(String::from_utf8_lossy(&head).into_owned())
 }
 
+/// An upstream that reads the first request head of each connection, writes `answer`, and
+/// holds the connection, reading nothing more, for `hold` before it closes it.
+async fn answers_each_connection(answer: &'static [u8], hold: Duration) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if head_or_close(&mut stream).await.is_none() {
+                    return;
+                }
+                let _ = stream.write_all(answer).await;
+                tokio::time::sleep(hold).await;
+            });
+        }
+    });
+    addr
+}
+
 /// An upstream that answers a POST with a 413 as soon as it has the head, then reads the whole
 /// body anyway (as servers that reject an upload and drain it do), and reports how much came.
 /// Later requests on the connection get a 200.
@@ -621,23 +642,11 @@ async fn an_upstream_that_answers_an_upload_early_still_gets_all_of_it() {
 #[tokio::test]
 async fn an_upload_refused_by_an_upstream_that_reads_no_more_gets_its_answer_at_once() {
     // The upstream answers 401 to the head and does not read the body for three seconds.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if head_or_close(&mut stream).await.is_none() {
-                    return;
-                }
-                let _ = stream
-                    .write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n")
-                    .await;
-                tokio::time::sleep(Duration::from_secs(3)).await;
-            });
-        }
-    });
+    let addr = answers_each_connection(
+        b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
     let policy = support::policy_file(POLICY);
     let mut config = support::config_at(&policy.path, addr);
     config.upstream_timeout = Duration::from_millis(500);
@@ -709,31 +718,13 @@ async fn the_default_address_takes_ipv4_and_ipv6_clients() {
 /// (hyper's rule); an HTTP/1.1 client that did not say so gets the body whole without them.
 #[tokio::test]
 async fn response_trailers_reach_the_clients_that_take_them() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = stream
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\
-                          Trailer: x-checksum\r\nConnection: close\r\n\r\n\
-                          5\r\nhello\r\n0\r\nx-checksum: abc123\r\nx-undeclared: no\r\n\r\n",
-                    )
-                    .await;
-            });
-        }
-    });
+    let addr = answers_each_connection(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\
+          Trailer: x-checksum\r\nConnection: close\r\n\r\n\
+          5\r\nhello\r\n0\r\nx-checksum: abc123\r\nx-undeclared: no\r\n\r\n",
+        Duration::ZERO,
+    )
+    .await;
     let policy = support::policy_file(POLICY);
     let proxy = corsair_proxy::Proxy::start(support::config_at(&policy.path, addr))
         .await
