@@ -404,6 +404,9 @@ pub(crate) fn to_upstream<B>(
     // hyper already answered `Expect: 100-continue` towards the client.
     parts.headers.remove(header::EXPECT);
     headers::add_forwarded(&mut parts.headers, &conn.forwarded_for, host.as_ref());
+    if parts.version == Version::HTTP_2 {
+        headers::join_cookies(&mut parts.headers);
+    }
     // An HTTP/1.1 request must carry `Host` (RFC 9112 §3.2): again when the client's
     // `Connection` named it, and empty for an HTTP/1.0 request that had none (`handle` has
     // refused an HTTP/1.1 one without).

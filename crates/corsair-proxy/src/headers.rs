@@ -173,6 +173,29 @@ pub fn forwarded_for(client: IpAddr) -> HeaderValue {
     value
 }
 
+/// Joins a request's `Cookie` fields into one line, as an HTTP/2 request's must be before it
+/// goes on as HTTP/1.1 (RFC 9113 §8.2.3): HTTP/2 clients may send each cookie as a field of
+/// its own, and an application that reads one `Cookie` line would see only the first.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut lines = headers.get_all(header::COOKIE).iter();
+    if lines.next().is_none() || lines.next().is_none() {
+        return;
+    }
+    let joined = build_value(|buf| {
+        for (i, value) in headers.get_all(header::COOKIE).iter().enumerate() {
+            if i > 0 {
+                buf.extend_from_slice(b"; ");
+            }
+            buf.extend_from_slice(value.as_bytes());
+        }
+        Ok(())
+    });
+    // Valid values joined by `; ` make a valid value: `None` cannot happen.
+    if let Some(joined) = joined {
+        headers.insert(header::COOKIE, joined);
+    }
+}
+
 /// Appends the client address to `X-Forwarded-For`, and adds `X-Forwarded-Proto` and
 /// `X-Forwarded-Host` when absent. Values already present (set by an ingress in front of the
 /// pod) are kept: they describe the original request better than this last hop does.

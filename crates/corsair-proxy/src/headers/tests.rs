@@ -136,3 +136,17 @@ fn access_control_names_no_standard_defines_are_stripped_too() {
     let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
     assert_eq!(names, ["vary"]);
 }
+
+#[test]
+fn cookie_fields_are_joined_into_one_line() {
+    let mut split = map(&[("cookie", "a=1"), ("accept", "*/*"), ("cookie", "b=2; c=3")]);
+    join_cookies(&mut split);
+    assert_eq!(values(&split, "cookie"), ["a=1; b=2; c=3"]);
+    assert_eq!(values(&split, "accept"), ["*/*"]);
+    let mut one = map(&[("cookie", "a=1")]);
+    join_cookies(&mut one);
+    assert_eq!(values(&one, "cookie"), ["a=1"]);
+    let mut none = map(&[("accept", "*/*")]);
+    join_cookies(&mut none);
+    assert!(!none.contains_key("cookie"));
+}
