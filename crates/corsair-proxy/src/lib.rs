@@ -159,7 +159,10 @@ impl Proxy {
     /// Binds both listeners, loads the policy (error if invalid, or missing unless allowed),
     /// starts the hot reload and starts serving.
     pub async fn start(config: ProxyConfig) -> Result<Proxy, ProxyError> {
-        let upstream = upstream::Upstream::new(&config)?;
+        let shutdown = CancellationToken::new();
+        let abort = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let upstream = upstream::Upstream::new(&config, &tasks, &abort)?;
         if config.max_header_bytes < 8192 {
             return Err(ProxyError::HeaderLimit(config.max_header_bytes));
         }
@@ -186,9 +189,6 @@ impl Proxy {
         let admin_listener = bind(config.admin, "admin")?;
         let admin_addr = local_addr(&admin_listener, config.admin, "admin")?;
 
-        let shutdown = CancellationToken::new();
-        let abort = CancellationToken::new();
-        let tasks = TaskTracker::new();
         let state = Arc::new(server::State::new(
             config.clone(),
             store.clone(),

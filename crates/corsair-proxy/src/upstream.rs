@@ -24,6 +24,8 @@ use http::{Request, Response, StatusCode};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::{ProxyConfig, ProxyError};
 pub(crate) use http1::Switched;
@@ -45,6 +47,10 @@ pub struct Upstream {
     timeout: Duration,
     /// Learned: the upstream holds back part of a response until it is acknowledged.
     nagles: Arc<AtomicBool>,
+    /// The rest of an early-answered upload is sent on a task of its own, tracked here so that
+    /// a drain waits for it, and stopped at the drain deadline.
+    tasks: TaskTracker,
+    abort: CancellationToken,
 }
 
 /// Idle upstream connections a client connection keeps. An HTTP/1.1 client needs one; an h2c
@@ -75,8 +81,14 @@ impl Failed {
 }
 
 impl Upstream {
-    /// Checks that `config.upstream` is `http://host[:port]` and nothing else.
-    pub fn new(config: &ProxyConfig) -> Result<Upstream, ProxyError> {
+    /// Checks that `config.upstream` is `http://host[:port]` and nothing else. Uploads that go
+    /// on after their response (see [`Upstream::send`]) are tracked by `tasks` and stopped by
+    /// `abort`, as connections are.
+    pub fn new(
+        config: &ProxyConfig,
+        tasks: &TaskTracker,
+        abort: &CancellationToken,
+    ) -> Result<Upstream, ProxyError> {
         let uri = &config.upstream;
         let bad = |reason| ProxyError::Upstream {
             uri: uri.to_string(),
@@ -103,6 +115,8 @@ impl Upstream {
             connect_timeout: config.connect_timeout,
             timeout: config.upstream_timeout,
             nagles: Arc::default(),
+            tasks: tasks.clone(),
+            abort: abort.clone(),
         })
     }
 
@@ -140,7 +154,12 @@ impl Upstream {
             {
                 Ok(head) => {
                     let upload = match head.sent {
-                        Sent::Partly => Some(Box::new(Upload::new(body, out, self.timeout))),
+                        Sent::Partly => Some(Box::new(Upload::new(
+                            body,
+                            out,
+                            self.timeout,
+                            (&self.tasks, &self.abort),
+                        ))),
                         Sent::Whole | Sent::Broken => None,
                     };
                     let body = UpstreamBody::new(

@@ -100,15 +100,16 @@ async fn client(idle_timeout: Duration, writes: Writes) -> DuplexStream {
     config.idle_timeout = idle_timeout;
     // No policy file: no origin is allowed, and a request without `Origin` is proxied.
     let store = Arc::new(PolicyStore::load(&config.policy_path, true).expect("no policy yet"));
-    let upstream = Upstream::new(&config).expect("an upstream");
     let abort = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let upstream = Upstream::new(&config, &tasks, &abort).expect("an upstream");
     let state = Arc::new(State::new(
         config,
         store,
         Arc::new(Metrics::new()),
         upstream,
         abort.clone(),
-        TaskTracker::new(),
+        tasks,
     ));
     let (client, server) = tokio::io::duplex(4096);
     let peer = "10.0.0.7:40000".parse().expect("addr");

@@ -22,6 +22,8 @@ use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{Lane, QuickAck};
 
@@ -533,11 +535,20 @@ pub(crate) struct Upload {
     out: Outgoing,
     /// Once the response has ended, how long the upload may make no progress.
     stall: std::time::Duration,
+    /// Where the rest is sent once the response has ended: a tracked task, so that a drain
+    /// waits for it, stopped at the drain deadline.
+    tasks: TaskTracker,
+    abort: CancellationToken,
 }
 
 impl Upload {
     /// What is left of `body`, and of the frame `out` was writing.
-    pub(crate) fn new<B>(body: B, out: Outgoing, stall: std::time::Duration) -> Upload
+    pub(crate) fn new<B>(
+        body: B,
+        out: Outgoing,
+        stall: std::time::Duration,
+        (tasks, abort): (&TaskTracker, &CancellationToken),
+    ) -> Upload
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -546,7 +557,22 @@ impl Upload {
             body: body.map_err(Into::into).boxed_unsync(),
             out,
             stall,
+            tasks: tasks.clone(),
+            abort: abort.clone(),
         }
+    }
+
+    /// Sends the rest after the response has ended, on a tracked task of its own, then closes
+    /// the connection.
+    fn spawn_finish(self: Box<Self>, connection: Connection) {
+        let tasks = self.tasks.clone();
+        let abort = self.abort.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                () = self.finish(connection) => {}
+                () = abort.cancelled() => {}
+            }
+        });
     }
 
     fn poll_send(&mut self, io: &mut QuickAck, cx: &mut Context<'_>) -> Poll<Result<(), Stop>> {
@@ -809,7 +835,7 @@ impl UpstreamBody {
             return;
         };
         if let Some(upload) = self.upload.take() {
-            tokio::spawn(upload.finish(connection));
+            upload.spawn_finish(connection);
         } else if let Some(lane) = self.lane.take().filter(|_| connection.read.is_empty()) {
             lane.give_back(connection);
         }

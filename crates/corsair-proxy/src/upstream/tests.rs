@@ -10,7 +10,11 @@ fn config(upstream: &str) -> ProxyConfig {
 }
 
 fn reason(upstream: &str) -> Option<&'static str> {
-    match Upstream::new(&config(upstream)) {
+    match Upstream::new(
+        &config(upstream),
+        &TaskTracker::new(),
+        &CancellationToken::new(),
+    ) {
         Ok(_) => None,
         Err(ProxyError::Upstream { reason, .. }) => Some(reason),
         Err(other) => panic!("unexpected error {other}"),
@@ -34,7 +38,12 @@ async fn a_lane_keeps_at_most_max_idle_connections_and_closes_the_rest() {
             });
         }
     });
-    let upstream = Upstream::new(&config(&format!("http://{addr}"))).expect("an upstream");
+    let upstream = Upstream::new(
+        &config(&format!("http://{addr}")),
+        &TaskTracker::new(),
+        &CancellationToken::new(),
+    )
+    .expect("an upstream");
     let lane = Lane::default();
     let mut open = Vec::new();
     for _ in 0..MAX_IDLE + 4 {
@@ -64,7 +73,10 @@ async fn only_a_plain_http_authority_is_an_upstream() {
 
 #[test]
 fn the_one_upstream_address_has_a_port() {
-    let address = |uri: &str| Upstream::new(&config(uri)).map(|u| u.address);
+    let address = |uri: &str| {
+        Upstream::new(&config(uri), &TaskTracker::new(), &CancellationToken::new())
+            .map(|u| u.address)
+    };
     assert_eq!(
         address("http://127.0.0.1:8080").ok().as_deref(),
         Some("127.0.0.1:8080")

@@ -382,7 +382,12 @@ fn upstream_config(addr: SocketAddr) -> ProxyConfig {
 }
 
 fn proxy_upstream(addr: SocketAddr) -> Upstream {
-    Upstream::new(&upstream_config(addr)).expect("an upstream")
+    Upstream::new(
+        &upstream_config(addr),
+        &TaskTracker::new(),
+        &CancellationToken::new(),
+    )
+    .expect("an upstream")
 }
 
 fn get() -> Request<Empty<Bytes>> {
@@ -594,7 +599,8 @@ async fn a_response_body_may_pause_but_not_stall_for_the_upstream_timeout() {
     });
     let mut config = upstream_config(addr);
     config.upstream_timeout = Duration::from_millis(500);
-    let upstream = Upstream::new(&config).expect("an upstream");
+    let upstream = Upstream::new(&config, &TaskTracker::new(), &CancellationToken::new())
+        .expect("an upstream");
     let lane = Lane::default();
     let (_, _, body, _) = exchange(&upstream, &lane, get()).await.expect("a response");
     assert_eq!(
@@ -1222,7 +1228,8 @@ async fn an_upload_that_stalls_after_the_answer_is_given_up_with_its_connection(
     let (addr, rx) = answers_early_and_stops_reading();
     let mut config = upstream_config(addr);
     config.upstream_timeout = Duration::from_millis(300);
-    let upstream = Upstream::new(&config).expect("an upstream");
+    let upstream = Upstream::new(&config, &TaskTracker::new(), &CancellationToken::new())
+        .expect("an upstream");
     let lane = Lane::default();
     let response = upstream
         .send(&lane, a_large_upload())
@@ -1242,6 +1249,43 @@ async fn an_upload_that_stalls_after_the_answer_is_given_up_with_its_connection(
     assert!(ended, "the connection was not closed ({read} bytes read)");
     assert!(read < 64 << 20, "the whole body went: {read} bytes");
     assert_eq!(idle(&lane), 0, "the stalled connection was kept");
+}
+
+/// The rest of an early-answered upload outlives the response, and the client's connection
+/// with it: it is a tracked task, which a drain waits for and its deadline stops.
+#[tokio::test]
+async fn the_rest_of_an_upload_after_its_answer_is_tracked_and_stopped_at_the_drain_deadline() {
+    let (addr, rx) = answers_early_and_stops_reading();
+    let (tasks, abort) = (TaskTracker::new(), CancellationToken::new());
+    let upstream = Upstream::new(&upstream_config(addr), &tasks, &abort).expect("an upstream");
+    let response = upstream
+        .send(&Lane::default(), a_large_upload())
+        .await
+        .expect("the answer");
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        body_of(response.map(|b| b.map_err(Into::into).boxed_unsync()))
+            .await
+            .as_deref(),
+        Ok(&b"big!"[..])
+    );
+    assert_eq!(tasks.len(), 1, "the rest of the upload is not tracked");
+    tasks.close();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), tasks.wait())
+            .await
+            .is_err(),
+        "the drain did not wait for the rest of the upload"
+    );
+    abort.cancel();
+    tokio::time::timeout(Duration::from_secs(1), tasks.wait())
+        .await
+        .expect("the drain deadline stops the upload");
+    // The upstream reads again after two seconds: the connection was closed, short of 64 MiB.
+    let (read, ended) = upstream_read(&rx).await;
+    let read = usize::from_le_bytes(read.try_into().expect("a count"));
+    assert!(ended, "the connection was not closed ({read} bytes read)");
+    assert!(read < 64 << 20, "the whole body went: {read} bytes");
 }
 
 #[tokio::test]
