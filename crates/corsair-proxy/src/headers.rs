@@ -177,12 +177,12 @@ pub fn forwarded_for(client: IpAddr) -> HeaderValue {
 /// goes on as HTTP/1.1 (RFC 9113 §8.2.3): HTTP/2 clients may send each cookie as a field of
 /// its own, and an application that reads one `Cookie` line would see only the first.
 pub fn join_cookies(headers: &mut HeaderMap) {
-    let mut lines = headers.get_all(header::COOKIE).iter();
-    if lines.next().is_none() || lines.next().is_none() {
+    let lines = headers.get_all(header::COOKIE);
+    if lines.iter().nth(1).is_none() {
         return;
     }
     let joined = build_value(|buf| {
-        for (i, value) in headers.get_all(header::COOKIE).iter().enumerate() {
+        for (i, value) in lines.iter().enumerate() {
             if i > 0 {
                 buf.extend_from_slice(b"; ");
             }

@@ -158,7 +158,8 @@ impl Upstream {
                             body,
                             out,
                             self.timeout,
-                            (&self.tasks, &self.abort),
+                            &self.tasks,
+                            &self.abort,
                         ))),
                         Sent::Whole | Sent::Broken => None,
                     };

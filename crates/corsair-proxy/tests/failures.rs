@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use corsair_proxy::Proxy;
 use corsair_runtime::testing::listening_here;
+use corsair_runtime::testing::upstream::answers_each_connection;
 use support::{
     Conn, Harness, admin, empty, harness, harness_with, metric, policy_file, read_to_close,
     request, send, values,
@@ -124,24 +125,10 @@ async fn an_upstream_that_cannot_be_connected_in_time_is_a_504() {
     proxy.shutdown().await.expect("clean shutdown");
 }
 
-/// An upstream that reads each request's first bytes, writes `answer` and closes.
-async fn upstream_that_closes_after(answer: &'static [u8]) -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let mut buf = [0u8; 1024];
-            let _ = stream.read(&mut buf).await;
-            let _ = stream.write_all(answer).await;
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn an_upstream_that_resets_is_a_502() {
     // Closes after reading the request, without a response.
-    let addr = upstream_that_closes_after(b"").await;
+    let addr = answers_each_connection(b"", Duration::ZERO).await;
     let policy = policy_file(POLICY);
     let config = support::config_at(&policy.path, addr);
     let proxy = Proxy::start(config).await.expect("starts");
@@ -663,7 +650,7 @@ async fn an_upstream_that_dies_right_after_its_head_still_gives_the_client_that_
         &b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello"[..],
         &b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"[..],
     ] {
-        let addr = upstream_that_closes_after(answer).await;
+        let addr = answers_each_connection(answer, Duration::ZERO).await;
         let policy = policy_file(POLICY);
         let proxy = Proxy::start(support::config_at(&policy.path, addr))
             .await

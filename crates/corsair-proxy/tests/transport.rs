@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use corsair_runtime::testing::upstream::CHUNK;
+use corsair_runtime::testing::upstream::{CHUNK, answers_each_connection};
 use http::{Request, Version};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
@@ -527,27 +527,6 @@ async fn head_or_close(stream: &mut TcpStream) -> Option<String> {
         }
     }
     Some(String::from_utf8_lossy(&head).into_owned())
-}
-
-/// An upstream that reads the first request head of each connection, writes `answer`, and
-/// holds the connection, reading nothing more, for `hold` before it closes it.
-async fn answers_each_connection(answer: &'static [u8], hold: Duration) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if head_or_close(&mut stream).await.is_none() {
-                    return;
-                }
-                let _ = stream.write_all(answer).await;
-                tokio::time::sleep(hold).await;
-            });
-        }
-    });
-    addr
 }
 
 /// An upstream that answers a POST with a 413 as soon as it has the head, then reads the whole

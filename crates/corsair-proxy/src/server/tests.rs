@@ -20,19 +20,10 @@ fn byte(i: usize) -> u8 {
 /// An upstream that answers every request with a head promising `4 * SENT` bytes, then sends
 /// `SENT` of them and closes.
 async fn upstream_that_dies_mid_body() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let mut buf = [0u8; 1024];
-            let _ = stream.read(&mut buf).await;
-            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", 4 * SENT);
-            let body: Vec<u8> = (0..SENT).map(byte).collect();
-            let _ = stream.write_all(head.as_bytes()).await;
-            let _ = stream.write_all(&body).await;
-        }
-    });
-    addr
+    let mut answer =
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", 4 * SENT).into_bytes();
+    answer.extend((0..SENT).map(byte));
+    corsair_runtime::testing::upstream::answers_each_connection(answer, Duration::ZERO).await
 }
 
 /// The client's stream as the proxy sees a `TcpStream`: it takes vectored writes, so hyper

@@ -547,7 +547,8 @@ impl Upload {
         body: B,
         out: Outgoing,
         stall: std::time::Duration,
-        (tasks, abort): (&TaskTracker, &CancellationToken),
+        tasks: &TaskTracker,
+        abort: &CancellationToken,
     ) -> Upload
     where
         B: Body<Data = Bytes> + Send + 'static,

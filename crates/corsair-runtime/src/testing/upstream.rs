@@ -310,3 +310,36 @@ async fn route(
     };
     Ok(response.expect("valid response"))
 }
+
+/// A raw upstream, for answers no HTTP server library would send (a body cut short, a reset):
+/// on each connection it reads one request head, writes `answer` as it is, holds the
+/// connection for `hold` without reading more, then closes it.
+///
+/// # Panics
+///
+/// When it cannot listen on 127.0.0.1.
+pub async fn answers_each_connection(answer: impl AsRef<[u8]>, hold: Duration) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let answer = Bytes::copy_from_slice(answer.as_ref());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                // Byte by byte, so that nothing after the head is read with it.
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read_exact(&mut byte).await.is_err() {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = stream.write_all(&answer).await;
+                tokio::time::sleep(hold).await;
+            });
+        }
+    });
+    addr
+}
