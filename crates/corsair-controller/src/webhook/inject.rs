@@ -878,8 +878,9 @@ fn find_target(spec: &PodSpec, annotation: Option<&str>) -> Result<Target, Injec
 }
 
 /// Why a port is plainly not one the proxy can speak to: port 443 or 8443, or a name that says
-/// HTTPS, TLS or gRPC, read as Istio reads port names (`https`, `https-web`, `tls`, `grpcs`,
-/// `grpc`, `grpc-api`; `grpc-web` is gRPC-Web, which HTTP/1.1 carries).
+/// HTTPS, TLS, gRPC or HTTP/2 in clear, read as Istio reads port names (`https`, `https-web`,
+/// `tls`, `grpcs`, `grpc`, `grpc-api`, `http2`, `h2c`; `grpc-web` is gRPC-Web, which HTTP/1.1
+/// carries).
 fn not_plain_http(number: u16, name: Option<&str>) -> Option<&'static str> {
     let name = name.unwrap_or_default();
     let protocol = name.split('-').next().unwrap_or_default();
@@ -892,6 +893,8 @@ fn not_plain_http(number: u16, name: Option<&str>) -> Option<&'static str> {
             .is_some_and(|n| n.eq_ignore_ascii_case("grpc-web"))
     {
         Some("is named for gRPC, which needs HTTP/2")
+    } else if is("http2") || is("h2c") {
+        Some("is named for HTTP/2 in clear (h2c)")
     } else {
         None
     }

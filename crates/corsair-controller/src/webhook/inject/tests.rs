@@ -480,6 +480,8 @@ fn the_first_port_guess_refuses_a_tls_port() {
             json!({"name": "GRPC-api", "containerPort": 8000}),
             "\"GRPC-api\"",
         ),
+        (json!({"name": "http2", "containerPort": 8000}), "\"http2\""),
+        (json!({"name": "h2c-api", "containerPort": 8000}), "\"h2c-api\""),
     ] {
         let mut pod = web_pod();
         pod["spec"]["containers"] = json!([{"name": "app", "image": "app", "ports": [port, {"name": "metrics", "containerPort": 9090}]}]);
@@ -510,7 +512,7 @@ fn the_first_port_guess_refuses_a_tls_port() {
             .contains(&"http://127.0.0.1:8080".to_owned())
     );
     // gRPC-Web travels over HTTP/1.1, and a name that only starts like a protocol is no sign.
-    for name in ["grpc-web", "grpcweb", "tlsx", "web"] {
+    for name in ["grpc-web", "grpcweb", "tlsx", "http20", "web"] {
         let mut pod = web_pod();
         pod["spec"]["containers"] = json!([{"name": "app", "image": "app", "ports": [
             {"name": name, "containerPort": 8000}
