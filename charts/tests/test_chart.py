@@ -227,6 +227,15 @@ def test_cert_manager_mode_mounts_the_issued_secret():
         assert hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].endswith(
             cert["metadata"]["name"]
         )
+    # cainjector writes the caBundle: the controller gets no right to patch the webhook
+    # configurations, nor any Secret rule, which only the self-managed CA needs.
+    def rules(docs):
+        return [r for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role") for r in role["rules"]]
+
+    assert [r for r in rules(docs) if r["apiGroups"] == ["admissionregistration.k8s.io"]] == []
+    assert [r for r in rules(docs) if "secrets" in r["resources"]] == []
+    (own,) = [r for r in rules(render()) if r["apiGroups"] == ["admissionregistration.k8s.io"]]
+    assert own["verbs"] == ["get", "patch"] and len(own["resourceNames"]) == 2
 
 
 def test_the_disruption_budget_never_blocks_a_node_drain():
