@@ -168,6 +168,12 @@ def test_the_controller_knows_the_namespaces_the_webhook_leaves_out():
         assert expression["key"] == "kubernetes.io/metadata.name" and expression["operator"] == "NotIn"
         assert flag.split("=", 1)[1].split(",") == expression["values"]
         assert namespace in expression["values"]
+    # null (Helm drops the key) leaves out the release namespace alone, in both places.
+    docs = render({"webhook": {"excludedNamespaces": None}}, namespace="cors")
+    (deploy,) = by_kind(docs, "Deployment")
+    assert "--excluded-namespaces=cors" in deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    (mutating,) = by_kind(docs, "MutatingWebhookConfiguration")
+    assert mutating["webhooks"][0]["namespaceSelector"]["matchExpressions"][0]["values"] == ["cors"]
     # The plain manifests agree with themselves the same way.
     plain = [d for d in yaml.safe_load_all((ROOT / "deploy" / "corsair.yaml").read_text()) if d]
     (deploy,) = by_kind(plain, "Deployment")
@@ -259,6 +265,18 @@ def test_the_disruption_budget_never_blocks_a_node_drain():
         with pytest.raises(helm.HelmError) as err:
             render({"replicaCount": 2, "podDisruptionBudget": {"minAvailable": odd}})
         assert f"podDisruptionBudget.minAvailable ({odd}) is neither a whole number nor a percentage" in str(err.value)
+
+
+def test_two_ports_the_same_are_refused_at_render():
+    """Otherwise the controller crash-loops (sidecar ports) or cannot bind (its own ports)."""
+    for values, message in [
+        ({"sidecar": {"proxyPort": 15381}}, "sidecar.proxyPort and sidecar.adminPort are both 15381"),
+        ({"webhook": {"port": 8080}}, "webhook.port and controller.adminPort are both 8080"),
+    ]:
+        with pytest.raises(helm.HelmError) as err:
+            render(values)
+        assert message in str(err.value)
+    by_kind(render({"sidecar": {"proxyPort": 15390}, "webhook": {"port": 9443}}), "Deployment")
 
 
 def test_schema_rejects_a_mistyped_value():
