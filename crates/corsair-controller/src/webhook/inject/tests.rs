@@ -481,7 +481,10 @@ fn the_first_port_guess_refuses_a_tls_port() {
             "\"GRPC-api\"",
         ),
         (json!({"name": "http2", "containerPort": 8000}), "\"http2\""),
-        (json!({"name": "h2c-api", "containerPort": 8000}), "\"h2c-api\""),
+        (
+            json!({"name": "h2c-api", "containerPort": 8000}),
+            "\"h2c-api\"",
+        ),
     ] {
         let mut pod = web_pod();
         pod["spec"]["containers"] = json!([{"name": "app", "image": "app", "ports": [port, {"name": "metrics", "containerPort": 9090}]}]);
