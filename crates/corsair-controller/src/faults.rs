@@ -362,6 +362,7 @@ async fn losing_the_lease_stops_every_write_at_once() {
         reporter: reporter(),
         metrics: metrics.clone(),
         inject: crate::webhook::InjectConfig::default(),
+        webhook_check: None,
         certs: None,
     };
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();

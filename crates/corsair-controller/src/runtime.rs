@@ -212,6 +212,7 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
         reporter,
         metrics,
         inject,
+        webhook_check: Some(config.namespace.clone()),
         certs: managed_certs.then_some(cert_config),
     };
     let leader = tokio::spawn(lead(leader, lease, stopped()));
@@ -270,6 +271,9 @@ pub(crate) struct Leader {
     pub metrics: Metrics,
     /// What the webhook injects: the workload reconciler checks pod templates against it.
     pub inject: InjectConfig,
+    /// The controller's namespace, where a dry run checks that the API server reaches the
+    /// webhooks before a workload is rolled; `None`: no check.
+    pub webhook_check: Option<String>,
     /// Where the self-managed webhook certificate lives; `None` with mounted files.
     pub certs: Option<CertConfig>,
 }
@@ -306,6 +310,7 @@ impl Leader {
                 self.reporter.clone(),
                 self.metrics.clone(),
                 self.inject.clone(),
+                self.webhook_check.clone(),
                 stop_rx.clone(),
             ));
             let upkeep = self.certs.clone().map(|config| {

@@ -5,6 +5,7 @@
 //! matter to it ([`triggers`]), and stops them all when told to, which is how leader election
 //! hands the reconcilers from one replica to another.
 
+pub(crate) mod gate;
 pub mod policy;
 pub mod pruned;
 mod recent;
@@ -188,6 +189,9 @@ pub struct Context {
     /// What the mutating webhook injects, to check a workload's pod template before opting it
     /// in; `None` skips the check (the webhook still refuses such pods one by one).
     inject: Option<InjectConfig>,
+    /// Asks whether the API server reaches the webhooks before a write that rolls pods; `None`
+    /// writes without asking.
+    gate: Option<gate::WebhookGate>,
 }
 
 impl Context {
@@ -206,6 +210,22 @@ impl Context {
             written: Mutex::default(),
             said: Mutex::default(),
             inject: None,
+            gate: None,
+        }
+    }
+
+    /// Before a write that rolls pods, checks with a dry run in `namespace` (the controller's
+    /// own) that the API server reaches the webhooks.
+    pub fn with_webhook_check(mut self, namespace: String) -> Self {
+        self.gate = Some(gate::WebhookGate::new(namespace));
+        self
+    }
+
+    /// Whether a write that rolls pods may go ahead; always, without a check.
+    pub(crate) async fn webhook_reached(&self) -> Result<(), gate::Unreached> {
+        match &self.gate {
+            Some(gate) => gate.admits(&self.client).await,
+            None => Ok(()),
         }
     }
 
@@ -396,6 +416,7 @@ pub async fn run(
     reporter: Reporter,
     metrics: Metrics,
     inject: InjectConfig,
+    webhook_check: Option<String>,
     stop: watch::Receiver<bool>,
 ) -> crate::Result<()> {
     let stopped = || {
@@ -405,7 +426,11 @@ pub async fn run(
             let _ = stop.wait_for(|s| *s).await;
         }
     };
-    let ctx = Arc::new(Context::new(client, reporter, metrics, caches.clone()).with_inject(inject));
+    let mut ctx = Context::new(client, reporter, metrics, caches.clone()).with_inject(inject);
+    if let Some(namespace) = webhook_check {
+        ctx = ctx.with_webhook_check(namespace);
+    }
+    let ctx = Arc::new(ctx);
 
     // Subscribed before waiting, so that nothing between the list and the start is missed.
     let policy_triggers = futures::stream::select_all([

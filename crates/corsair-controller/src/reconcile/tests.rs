@@ -1674,6 +1674,7 @@ async fn the_start_pass_skips_workloads_that_do_not_concern_corsair() {
         },
         metrics.clone(),
         InjectConfig::default(),
+        None,
         stop_rx,
     ));
     let reconciled = || {
@@ -1701,4 +1702,218 @@ async fn the_start_pass_skips_workloads_that_do_not_concern_corsair() {
     stop_tx.send_replace(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), run).await;
     drop(watches);
+}
+
+/// The controller's namespace in the webhook-check tests.
+const OWN_NS: &str = "corsair-system";
+
+fn context_checking_the_webhook(index: StaticIndex) -> (Arc<Context>, ApiServerVerifier) {
+    let (client, verifier) = mock_client();
+    let reporter = Reporter {
+        controller: super::REPORTER.into(),
+        instance: Some("test".into()),
+    };
+    let ctx = Context::new(client, reporter, Metrics::default(), Arc::new(index))
+        .with_inject(InjectConfig::default())
+        .with_webhook_check(OWN_NS.into());
+    (Arc::new(ctx), verifier)
+}
+
+/// How the mock API server answers the webhook check's dry run.
+enum DryRun {
+    /// The validating webhook refused the policy: it was reached.
+    Denied,
+    /// Stored (dry): the API server did not call the webhook, and ignored that.
+    Admitted,
+    /// `failurePolicy: Fail` with no endpoint behind the Service.
+    FailedCalling,
+    /// No right to create CorsPolicies (RBAC of an older release).
+    Forbidden,
+}
+
+impl ApiServerVerifier {
+    /// Asserts the webhook check's dry-run create, and answers it as `answer`.
+    async fn webhook_check(&mut self, answer: DryRun) {
+        let call = self.next_call().await;
+        call.expect(
+            Method::POST,
+            &format!("/apis/corsair.dev/v1alpha1/namespaces/{OWN_NS}/corspolicies"),
+        );
+        assert_eq!(
+            call.query.get("dryRun").map(String::as_str),
+            Some("All"),
+            "the check stores nothing"
+        );
+        assert_eq!(call.body["metadata"]["name"], super::gate::CHECK_NAME);
+        assert_eq!(
+            call.body["spec"]["allowOrigins"],
+            json!([super::gate::CHECK_ORIGIN])
+        );
+        // The CRD's own rules (the API server's, evaluated here with kube's CEL) admit it, and
+        // the validating webhook refuses it: only a webhook that was called says no.
+        let origin = super::gate::CHECK_ORIGIN;
+        let policy: CorsPolicy = serde_json::from_value(call.body.clone()).expect("a CorsPolicy");
+        assert!(
+            kube::core::cel::validate_cel(&policy).is_ok(),
+            "the CRD's CEL rules admit the check's policy"
+        );
+        let verdict = crate::webhook::validate_policy(&call.body);
+        assert_eq!(verdict.outcome, crate::webhook::ValidationOutcome::Denied);
+        assert!(
+            verdict
+                .errors
+                .iter()
+                .any(|e| e.contains("spec.allowOrigins[0]")),
+            "the webhook refuses the check's policy: {:?}",
+            verdict.errors
+        );
+        match answer {
+            DryRun::Denied => call.respond(
+                StatusCode::BAD_REQUEST,
+                &json!({
+                    "apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 400,
+                    "reason": "BadRequest",
+                    "message": format!("admission webhook \"validate.corsair.dev\" denied the request: spec.allowOrigins[0]: {origin:?} is not an origin"),
+                }),
+            ),
+            DryRun::Admitted => {
+                let body = call.body.clone();
+                call.respond(StatusCode::CREATED, &body)
+            }
+            DryRun::FailedCalling => call.respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({
+                    "apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 500,
+                    "reason": "InternalError",
+                    "message": "Internal error occurred: failed calling webhook \"validate.corsair.dev\": failed to call webhook: Post \"https://corsair-webhook.corsair-system.svc:443/validate?timeout=5s\": no endpoints available for service \"corsair-webhook\"",
+                }),
+            ),
+            DryRun::Forbidden => call.respond(
+                StatusCode::FORBIDDEN,
+                &failure(403, "Forbidden", None),
+            ),
+        }
+    }
+}
+
+/// A reconcile of `workload` that calls the mock API server as `calls` expects.
+async fn reconcile_against<F>(
+    workload: &Deployment,
+    ctx: &Arc<Context>,
+    verifier: ApiServerVerifier,
+    calls: impl FnOnce(ApiServerVerifier) -> F,
+) -> (Action, ApiServerVerifier)
+where
+    F: std::future::Future<Output = ApiServerVerifier> + Send + 'static,
+{
+    let server = tokio::spawn(calls(verifier));
+    let action = reconcile_deployment(workload, ctx.clone()).await;
+    let verifier = joined(server).await;
+    match action {
+        Ok(action) => (action, verifier),
+        Err(err) => panic!("reconcile failed: {err}"),
+    }
+}
+
+/// At a fresh install the leader lists annotated workloads seconds before the API server can
+/// call its webhooks; a rollout then would start pods without the proxy, for good. The opt-in
+/// waits, asking with one dry run that several workloads share, and says so on the workload
+/// when the wait lasts.
+#[tokio::test(start_paused = true)]
+async fn a_workload_is_rolled_only_once_the_api_server_reaches_the_webhooks() {
+    let (ctx, verifier) = context_checking_the_webhook(StaticIndex::with_policies(NS, &["api"]));
+    let workload = deployment(Some("api"), None);
+    let waiting = Action::requeue(std::time::Duration::from_secs(5));
+
+    // Not reached: the invalid policy was let through. No write, a retry in a few seconds.
+    let (action, verifier) = reconcile_against(&workload, &ctx, verifier, |mut v| async move {
+        v.workload_get(&admissible_deployment()).await;
+        v.webhook_check(DryRun::Admitted).await;
+        v
+    })
+    .await;
+    assert_eq!(action, waiting);
+    // The answer holds a few seconds for every workload: no second dry run.
+    let (action, verifier) = reconcile_against(&workload, &ctx, verifier, |mut v| async move {
+        v.workload_get(&admissible_deployment()).await;
+        v
+    })
+    .await;
+    assert_eq!(action, waiting);
+    // Half a minute on, still out of reach: the workload hears why, once.
+    tokio::time::advance(std::time::Duration::from_secs(31)).await;
+    let (action, verifier) = reconcile_against(&workload, &ctx, verifier, |mut v| async move {
+        v.workload_get(&admissible_deployment()).await;
+        v.webhook_check(DryRun::FailedCalling).await;
+        let note = v
+            .event("Warning", "WebhookUnreachable", "deployments", "web")
+            .await;
+        assert!(
+            note.contains("no endpoints available for service")
+                && note.contains("without the proxy")
+                && note.contains("left as it is"),
+            "the note gives the API server's cause and what waits: {note}"
+        );
+        v
+    })
+    .await;
+    assert_eq!(action, waiting);
+    tokio::time::advance(std::time::Duration::from_secs(6)).await;
+    let (action, verifier) = reconcile_against(&workload, &ctx, verifier, |mut v| async move {
+        v.workload_get(&admissible_deployment()).await;
+        v.webhook_check(DryRun::FailedCalling).await;
+        v
+    })
+    .await;
+    assert_eq!(action, waiting, "said once: no second Event");
+    // Reached: the opt-in goes ahead, and the next workload trusts the answer for a while.
+    tokio::time::advance(std::time::Duration::from_secs(6)).await;
+    let (action, verifier) = reconcile_against(&workload, &ctx, verifier, |mut v| async move {
+        v.workload_get(&admissible_deployment()).await;
+        v.webhook_check(DryRun::Denied).await;
+        let patch = v.workload_apply().await;
+        assert_eq!(
+            patch,
+            workload::apply_patch::<Deployment>("web", NS, Some("api"))
+        );
+        v
+    })
+    .await;
+    assert_eq!(action, Action::await_change());
+    let (action, verifier) = reconcile_against(&workload, &ctx, verifier, |mut v| async move {
+        v.workload_get(&admissible_deployment()).await;
+        v.workload_apply().await;
+        v
+    })
+    .await;
+    assert_eq!(action, Action::await_change());
+    verifier.expect_no_more_calls().await;
+}
+
+/// A check that cannot be made (RBAC of an older release) does not hold workloads back: they
+/// are rolled as before the check existed, and the webhook still judges each pod. A workload
+/// already in place is never checked: nothing of it is rolled.
+#[tokio::test]
+async fn a_webhook_check_that_cannot_be_made_holds_nothing_back() {
+    let (ctx, verifier) = context_checking_the_webhook(StaticIndex::with_policies(NS, &["api"]));
+    let (action, verifier) = reconcile_against(
+        &deployment(Some("api"), None),
+        &ctx,
+        verifier,
+        |mut v| async move {
+            v.workload_get(&admissible_deployment()).await;
+            v.webhook_check(DryRun::Forbidden).await;
+            v.workload_apply().await;
+            v
+        },
+    )
+    .await;
+    assert_eq!(action, Action::await_change());
+    let (action, verifier) = reconcile_against(&opted_in(), &ctx, verifier, |mut v| async move {
+        v.workload_get(&admissible_deployment()).await;
+        v
+    })
+    .await;
+    assert_eq!(action, Action::await_change());
+    verifier.expect_no_more_calls().await;
 }

@@ -41,6 +41,14 @@ pub const REASON_INJECTION_SKIPPED: &str = "InjectionSkipped";
 pub const REASON_INJECTION_WARNING: &str = "InjectionWarning";
 /// Reason of the Warning Event on a workload that carries pod annotations on its own metadata.
 pub const REASON_MISPLACED_ANNOTATION: &str = "MisplacedAnnotation";
+/// Reason of the Warning Event on a workload left as it is because the API server has not
+/// reached the webhooks for a while.
+pub const REASON_WEBHOOK_UNREACHABLE: &str = "WebhookUnreachable";
+/// How long the API server may miss the webhooks before the workloads waiting for them hear of
+/// it: a fresh install takes a few seconds to have a ready endpoint and a `caBundle`.
+const UNREACHED_SAID_AFTER: Duration = Duration::from_secs(30);
+/// When a workload waiting for the webhooks is reconciled again.
+const UNREACHED_RETRY: Duration = Duration::from_secs(5);
 /// The template check's verdicts, published at most once per note (see
 /// [`Context::publish_once`]) and forgotten once the webhook would admit the pods.
 pub(crate) const VERDICT_REASONS: [&str; 2] = [REASON_INJECTION_REFUSED, REASON_INJECTION_SKIPPED];
@@ -340,12 +348,35 @@ pub async fn reconcile<K: Workload>(
                 }
                 None => None,
             };
+            // The write rolls the pods: not before the API server can have the webhook inject
+            // them, or they would start without the proxy and stay so.
             if !in_place {
-                let patch = apply_patch::<K>(&name, &namespace, Some(policy));
-                api.patch(&name, &params, &Patch::Apply(&patch))
-                    .await
-                    .map_err(Error::kube("apply pod template label"))?;
-                tracing::info!(policy, "opted in");
+                match ctx.webhook_reached().await {
+                    Ok(()) => {
+                        ctx.forget_said(obj.as_ref(), &[REASON_WEBHOOK_UNREACHABLE]);
+                        let patch = apply_patch::<K>(&name, &namespace, Some(policy));
+                        api.patch(&name, &params, &Patch::Apply(&patch))
+                            .await
+                            .map_err(Error::kube("apply pod template label"))?;
+                        tracing::info!(policy, "opted in");
+                    }
+                    Err(unreached) => {
+                        if unreached.since >= UNREACHED_SAID_AFTER {
+                            // Said once per cause: no changing figure in it.
+                            let note = format!(
+                                "the API server has not reached the corsair webhooks for more \
+                                 than {} s ({}), and pods created now would run without the \
+                                 proxy; {} until it does (checked every few seconds)",
+                                UNREACHED_SAID_AFTER.as_secs(),
+                                unreached.why,
+                                kept()
+                            );
+                            ctx.publish_once(obj.as_ref(), REASON_WEBHOOK_UNREACHABLE, note)
+                                .await;
+                        }
+                        action = Action::requeue(UNREACHED_RETRY);
+                    }
+                }
             }
             if let Some(warnings) = admitted_with {
                 ctx.forget_said(obj.as_ref(), &VERDICT_REASONS);
