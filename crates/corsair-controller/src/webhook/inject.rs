@@ -753,7 +753,7 @@ fn volume_op(spec: &PodSpec, policy: &str) -> Result<Option<PatchOperation>, Inj
         Some(volumes) => match volumes.iter().position(|v| v.name == names::POLICY_VOLUME) {
             None => Ok(Some(add(ptr(["spec", "volumes", "-"]), value_of(&volume)))),
             // Left by an earlier injection of this pod whose sidecar was since removed.
-            Some(_) if volumes.contains(&volume) => Ok(None),
+            Some(i) if without_defaults(&volumes[i]) == volume => Ok(None),
             Some(i) => Err(InjectError::VolumeConflict {
                 field: format!("spec.volumes[{i}]"),
                 name: names::POLICY_VOLUME,
@@ -1055,6 +1055,18 @@ fn port_annotation(
                 })
         }
     }
+}
+
+/// `volume` without what the API server fills in before admission (a ConfigMap volume's
+/// `defaultMode` 0644), to compare it with one the webhook builds.
+fn without_defaults(volume: &Volume) -> Volume {
+    let mut volume = volume.clone();
+    if let Some(config_map) = volume.config_map.as_mut()
+        && config_map.default_mode == Some(0o644)
+    {
+        config_map.default_mode = None;
+    }
+    volume
 }
 
 fn policy_volume(policy: &str) -> Volume {

@@ -750,6 +750,8 @@ fn stale_record_without_sidecar_is_injected_again() {
         .as_object_mut()
         .expect("map")
         .remove("initContainers");
+    // As the API server hands it over: its defaults filled in before admission.
+    copy["spec"]["volumes"][0]["configMap"]["defaultMode"] = json!(420);
     let again = run(&copy, &native()).expect("injects");
     assert_eq!(again.outcome, InjectOutcome::Injected);
     let out = apply(&copy, &again);
@@ -758,6 +760,10 @@ fn stale_record_without_sidecar_is_injected_again() {
         out["spec"]["initContainers"].as_array().map(Vec::len),
         Some(1)
     );
+    // The same name with another mode is not ours to reuse.
+    copy["spec"]["volumes"][0]["configMap"]["defaultMode"] = json!(256);
+    let err = run(&copy, &native()).expect_err("another volume of that name");
+    assert!(err.to_string().contains("spec.volumes[0]"), "{err}");
 }
 
 #[test]
