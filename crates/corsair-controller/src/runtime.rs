@@ -408,13 +408,29 @@ fn policy_presence(store: &Store<CorsPolicy>, namespace: &str, name: &str) -> Po
     }
 }
 
+/// Waits before the second and third read of the API server version.
+const VERSION_RETRIES: [Duration; 2] = [Duration::from_millis(500), Duration::from_secs(1)];
+
 /// Resolves `auto` from the API server version; a failure falls back to a regular container,
 /// which works on every version. An explicit `native` on an older cluster is kept, and said.
+/// The version is read up to three times: each replica resolves the mode once for its life, and
+/// one that fell back on a passing error would inject other pods than its peers.
 async fn resolve_sidecar_mode(client: &Client, mode: SidecarMode) -> SidecarMode {
     if mode == SidecarMode::Container {
         return mode;
     }
-    match client.apiserver_version().await {
+    let mut version = client.apiserver_version().await;
+    for wait in VERSION_RETRIES {
+        match &version {
+            Err(err) => {
+                tracing::info!(%err, "cannot read the API server version; again in {wait:?}");
+                tokio::time::sleep(wait).await;
+                version = client.apiserver_version().await;
+            }
+            Ok(_) => break,
+        }
+    }
+    match version {
         Ok(info) => {
             let native = webhook::native_sidecars_supported(&info.major, &info.minor);
             if mode == SidecarMode::Native && !native {
@@ -456,4 +472,49 @@ fn listen(addr: SocketAddr, flag: &'static str) -> Result<tokio::net::TcpListene
         addr,
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{Method, StatusCode};
+    use serde_json::json;
+
+    use super::resolve_sidecar_mode;
+    use crate::fixtures::{failure, mock_client};
+    use crate::webhook::SidecarMode;
+
+    /// A passing error at start does not leave a replica injecting plain containers for its
+    /// life while its peers inject native sidecars; a lasting one does, which works everywhere.
+    #[tokio::test(start_paused = true)]
+    async fn the_sidecar_mode_survives_a_passing_error_reading_the_version() {
+        let version = json!({
+            "major": "1", "minor": "33", "gitVersion": "v1.33.1", "gitCommit": "", "gitTreeState": "",
+            "buildDate": "", "goVersion": "", "compiler": "", "platform": "linux/amd64",
+        });
+        for (failures, resolved) in [(2, SidecarMode::Native), (3, SidecarMode::Container)] {
+            let (client, mut verifier) = mock_client();
+            let answers = version.clone();
+            let server = tokio::spawn(async move {
+                for _ in 0..failures {
+                    let call = verifier.next_call().await;
+                    call.expect(Method::GET, "/version");
+                    call.respond(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &failure(503, "ServiceUnavailable", None),
+                    );
+                }
+                if failures < 3 {
+                    let call = verifier.next_call().await;
+                    call.expect(Method::GET, "/version");
+                    call.respond(StatusCode::OK, &answers);
+                }
+                verifier.expect_no_more_calls().await;
+            });
+            let mode = resolve_sidecar_mode(&client, SidecarMode::Auto).await;
+            assert_eq!(mode, resolved, "after {failures} failed reads");
+            if let Err(err) = server.await {
+                std::panic::resume_unwind(err.into_panic());
+            }
+        }
+    }
 }
