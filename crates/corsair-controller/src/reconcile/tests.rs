@@ -1054,7 +1054,8 @@ async fn a_template_changed_after_the_opt_in_is_checked_again() {
         assert!(
             note.contains("refuses the pods of this workload's pod template")
                 && note.contains("spec.containers[1].ports[0].name")
-                && note.contains("stalls, with the old pods it has already removed missing"),
+                && note.contains("stalls, with the old pods it has already removed missing")
+                && note.contains("the replacement of an evicted or lost pod"),
             "{note}"
         );
         verifier.workload_get(&shared).await;

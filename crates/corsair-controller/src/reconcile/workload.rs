@@ -303,7 +303,9 @@ pub async fn reconcile<K: Workload>(
                          {why} (pod fields: under spec.template here); a rollout to it cannot \
                          create its new pods and stalls, with the old pods it has already \
                          removed missing (up to maxUnavailable; for a StatefulSet, the pod it \
-                         replaces), until the template is fixed or {POLICY_ANNOTATION} removed"
+                         replaces), and no other pod of it can be created either (a scale-up, \
+                         the replacement of an evicted or lost pod), until the template is \
+                         fixed or {POLICY_ANNOTATION} removed"
                     ),
                 ))),
                 Preview::Refused(why) => Some(Err((
