@@ -154,6 +154,22 @@ fn unreadable_or_malformed_input_exits_1_and_says_where() {
     // The good file is still converted.
     assert!(text(&out.stdout).contains("name: cors-headers"));
 
+    // A stray document inside a file: named, and the file's other documents still converted.
+    let stray = dir.path().join("stray.yaml");
+    let traefik = std::fs::read_to_string(fixture("traefik.yaml")).unwrap();
+    std::fs::write(&stray, format!("just a stray scalar\n---\n{traefik}")).unwrap();
+    let out = corsair(&["import", stray.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}: error: document 1: is not a mapping",
+            stray.display()
+        )),
+        "{stderr}"
+    );
+    assert!(text(&out.stdout).contains("name: cors-headers"));
+
     let missing = dir.path().join("missing.yaml");
     let out = corsair(&["import", missing.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));

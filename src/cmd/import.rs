@@ -17,7 +17,7 @@ Standard output: one CorsPolicy per source object, as YAML that kubectl apply -f
 check accept, each followed by a comment saying how to opt the workloads in. Standard error: \
 every finding, naming the file, the object and the annotation, flag or field.
 
-Exit status: 0 when at least one policy was produced, 1 on unreadable or malformed input, 2 when \
+Exit status: 0 when at least one policy was produced, 1 on unreadable or malformed input (the policies of the other documents and files are written all the same), 2 when \
 nothing convertible was found.")]
 pub struct Args {
     /// Manifest files (multi-document YAML or JSON); `-` reads standard input.
@@ -48,6 +48,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 continue;
             }
         };
+        for error in &result.errors {
+            writeln!(stderr, "{name}: error: {error}")?;
+            failed = true;
+        }
         for skipped in &result.skipped {
             writeln!(
                 stderr,

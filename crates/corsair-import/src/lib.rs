@@ -26,7 +26,9 @@ pub use render::{finding_line, render};
 pub enum Severity {
     /// The policy says it differently, but browsers see no difference.
     Note,
-    /// Browsers see a difference (always towards less open), or part of the source was not converted.
+    /// Browsers see a difference (towards less open, unless the message says MORE open: what a
+    /// policy cannot express, such as Istio's string prefixes), or part of the source was not
+    /// converted.
     Warning,
     /// The policy is left incomplete on purpose; `corsair check` refuses it until it is completed.
     Incomplete,
@@ -106,10 +108,13 @@ pub struct Skipped {
 pub struct Import {
     pub policies: Vec<Converted>,
     pub skipped: Vec<Skipped>,
+    /// Documents that are not Kubernetes objects at all ([`ImportError::NotAnObject`]); the
+    /// file's other documents are converted all the same.
+    pub errors: Vec<ImportError>,
 }
 
-/// The file could not be read as Kubernetes manifests.
-#[derive(Debug, thiserror::Error)]
+/// The file could not be read as Kubernetes manifests, or one of its documents is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ImportError {
     #[error("not UTF-8 text: {0}")]
     NotText(#[from] std::str::Utf8Error),
@@ -127,13 +132,14 @@ pub fn import(bytes: &[u8]) -> Result<Import, ImportError> {
     let docs = parse_documents(text)?;
     let mut out = Import::default();
     for (index, doc) in docs.iter().enumerate() {
-        convert_document(index, doc, &mut out)?;
+        convert_document(index, doc, &mut out);
     }
     dedupe_names(&mut out.policies);
     Ok(out)
 }
 
-/// Multi-document YAML (JSON is YAML); `kind: List` (and `*List`) documents are expanded.
+/// Multi-document YAML (JSON is YAML); `kind: List` (and `*List`) documents and top-level
+/// sequences, in YAML as in JSON, are expanded.
 fn parse_documents(text: &str) -> Result<Vec<Value>, ImportError> {
     let trimmed = text.trim_start();
     let raw: Vec<Value> = if trimmed.starts_with('{') || trimmed.starts_with('[') {
@@ -147,8 +153,16 @@ fn parse_documents(text: &str) -> Result<Vec<Value>, ImportError> {
         }
         values
     } else {
-        serde_saphyr::from_multiple::<Value>(text)
+        let mut values = Vec::new();
+        for value in serde_saphyr::from_multiple::<Value>(text)
             .map_err(|e| ImportError::Syntax(e.to_string()))?
+        {
+            match value {
+                Value::Array(items) => values.extend(items),
+                other => values.push(other),
+            }
+        }
+        values
     };
     let mut docs = Vec::new();
     for value in raw {
@@ -164,15 +178,16 @@ fn parse_documents(text: &str) -> Result<Vec<Value>, ImportError> {
     Ok(docs)
 }
 
-fn convert_document(index: usize, doc: &Value, out: &mut Import) -> Result<(), ImportError> {
+fn convert_document(index: usize, doc: &Value, out: &mut Import) {
     if doc.is_null() {
-        return Ok(());
+        return;
     }
     if !doc.is_object() {
-        return Err(ImportError::NotAnObject {
+        out.errors.push(ImportError::NotAnObject {
             document: index,
             message: "is not a mapping with apiVersion, kind and metadata".to_owned(),
         });
+        return;
     }
     let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
     let api_version = doc
@@ -222,7 +237,6 @@ fn convert_document(index: usize, doc: &Value, out: &mut Import) -> Result<(), I
             }
         }
     }
-    Ok(())
 }
 
 /// Wraps a converted spec into a manifest and checks it with the policy engine, so that a policy
@@ -292,10 +306,33 @@ pub fn dedupe_names(policies: &mut [Converted]) {
                 ),
             });
             p.document.metadata.name = Some(renamed.clone());
+            rename_in_opt_in(&mut p.opt_in, &name, &renamed);
             seen.push((ns, renamed));
         } else {
             seen.push((ns, name));
         }
+    }
+}
+
+/// The opt-in of a renamed policy names it by its new name: following the old one would attach
+/// the other source's policy, with its origins and credentials.
+fn rename_in_opt_in(opt_in: &mut OptIn, old: &str, new: &str) {
+    // `corsair.dev/policy=NAME` (kubectl) or `corsair.dev/policy: NAME` (a manifest), NAME whole.
+    let pattern = format!(
+        r"(corsair\.dev/policy(?:=|: )){}($|[^a-z0-9.-])",
+        regex::escape(old)
+    );
+    let Ok(re) = regex::Regex::new(&pattern) else {
+        return;
+    };
+    let replace = |text: &mut String| {
+        *text = re
+            .replace_all(text, format!("${{1}}{new}${{2}}"))
+            .into_owned();
+    };
+    match opt_in {
+        OptIn::Command(command) => replace(command),
+        OptIn::Note(lines) => lines.iter_mut().for_each(replace),
     }
 }
 

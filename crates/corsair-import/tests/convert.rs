@@ -837,13 +837,53 @@ fn json_lists_and_renamed_duplicates() {
         .collect();
     assert_eq!(names, ["web", "web-securitypolicy"]);
     assert!(has(&out.policies[1], "renamed"));
+    // Its opt-in names it by its new name: the old one is the other source's policy.
+    let opt_in = |p: &corsair_import::Converted| match &p.opt_in {
+        corsair_import::OptIn::Command(c) => c.clone(),
+        corsair_import::OptIn::Note(lines) => lines.join("\n"),
+    };
+    let renamed = opt_in(&out.policies[1]);
+    assert!(
+        renamed.contains("corsair.dev/policy=web-securitypolicy\n")
+            || renamed.ends_with("corsair.dev/policy=web-securitypolicy"),
+        "{renamed}"
+    );
+    assert!(
+        !renamed.contains("corsair.dev/policy=web\n")
+            && !renamed.ends_with("corsair.dev/policy=web"),
+        "{renamed}"
+    );
+    assert!(opt_in(&out.policies[0]).contains("corsair.dev/policy=web\n"));
 }
 
 #[test]
 fn malformed_input_says_where() {
     let err = import(b"apiVersion: v1\nkind: [Ingress\nmetadata: {}\n").unwrap_err();
     assert!(err.to_string().contains("line"), "{err}");
-    let err = import(b"- just\n- a list\n").unwrap_err();
-    assert!(err.to_string().contains("document 1"), "{err}");
+    // A sequence is a list of documents, in YAML as in JSON; each item that is not an object
+    // is named, and nothing else of the file is lost.
+    let out = import(b"- just\n- a list\n").unwrap();
+    let errors: Vec<String> = out.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0].starts_with("document 1: is not a mapping"),
+        "{errors:?}"
+    );
+    assert!(errors[1].starts_with("document 2: "), "{errors:?}");
+    let middle = b"apiVersion: traefik.io/v1alpha1\nkind: Middleware\nmetadata: {name: a, namespace: x}\nspec: {headers: {accessControlAllowOriginList: [\"https://a.example.com\"]}}\n---\njust a stray scalar\n---\napiVersion: traefik.io/v1alpha1\nkind: Middleware\nmetadata: {name: b, namespace: x}\nspec: {headers: {accessControlAllowOriginList: [\"https://b.example.com\"]}}\n";
+    let out = import(middle).unwrap();
+    assert_eq!(
+        out.policies.len(),
+        2,
+        "both objects around the stray document are converted"
+    );
+    assert_eq!(out.errors.len(), 1);
+    assert!(
+        out.errors[0].to_string().starts_with("document 2: "),
+        "{:?}",
+        out.errors
+    );
+    let json = import(b"[\"just\", {\"kind\": \"Unknown\"}]").unwrap();
+    assert_eq!(json.errors.len(), 1);
     assert!(import(b"\xff\xfe").is_err());
 }

@@ -817,10 +817,21 @@ fn compare(name: &str, c: &Converted, source: &Model, paths: &[&'static str]) ->
                         if s == p {
                             continue;
                         }
+                        // The one kind of difference that may be more open: a path that an
+                        // Istio string prefix without CORS took, which a route cannot, said so.
+                        let wider = c.findings.iter().any(|f| {
+                            f.code == "string-prefix-wider"
+                                && f.message.contains("MORE open")
+                                && path.starts_with(f.message.split('"').nth(1).unwrap_or("\u{0}"))
+                        });
                         assert!(
-                            less_open(&p, &s),
+                            less_open(&p, &s) || wider,
                             "{name}: the policy is MORE open than the source for {case:?}: source {s:?}, policy {p:?}"
                         );
+                        if wider && !less_open(&p, &s) {
+                            explained += 1;
+                            continue;
+                        }
                         // A plain GET from the origin, no credentials: is the origin itself refused?
                         let origin_refused = matches!(
                             browser(
@@ -837,7 +848,10 @@ fn compare(name: &str, c: &Converted, source: &Model, paths: &[&'static str]) ->
                         );
                         let named = (origin_refused
                             && codes.iter().any(|c| ORIGIN_CODES.contains(c)))
-                            || (origin == "null" && codes.contains(&"null-origin-not-covered"));
+                            || (origin == "null" && codes.contains(&"null-origin-not-covered"))
+                            // A `*` in a list sent as text: a wildcard for requests without
+                            // credentials only, which no policy can answer by.
+                            || (!credentials && codes.contains(&"star-sent-literally"));
                         assert!(
                             named,
                             "{name}: outcomes differ for {case:?} (source {s:?}, policy {p:?}) and no finding names it: {codes:?}"
@@ -983,4 +997,45 @@ fn esp_agrees() {
             &["/"],
         );
     }
+}
+
+#[test]
+fn istio_edges_agree() {
+    let (docs, policies) = load("istio-edges.yaml");
+    let names: Vec<_> = policies
+        .iter()
+        .map(|p| p.document.metadata.name.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "mixed-star",
+            "mixed-star-anonymous",
+            "string-prefix",
+            "no-origin-rule"
+        ]
+    );
+    for (policy, paths) in policies.iter().zip([
+        &["/"][..],
+        &["/"],
+        &["/api-v2/x", "/api/x", "/other"],
+        &["/api/internal/users", "/api/x"],
+    ]) {
+        let name = policy.document.metadata.name.as_deref().unwrap_or_default();
+        compare(name, policy, &istio_model(doc_of(&docs, policy)), paths);
+    }
+}
+
+#[test]
+fn gateway_api_edges_agree() {
+    let (docs, policies) = load("gateway-api-edges.yaml");
+    let [policy] = &policies[..] else {
+        panic!("one policy: {policies:?}")
+    };
+    compare(
+        "no-origin-rule",
+        policy,
+        &gateway_model(doc_of(&docs, policy)),
+        &["/api/internal/users", "/api/x"],
+    );
 }

@@ -107,8 +107,7 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
             }
             level = rules::lower(draft(&cors, &base, &mut ctx), &mut ctx);
             if level.is_none() {
-                ctx.findings.push(super::no_origin_left());
-                continue;
+                ctx.findings.push(super::rule_allows_no_origin(&base));
             }
         }
         let matches = at(rule, &["matches"])

@@ -80,6 +80,18 @@ pub(crate) fn no_origin_left() -> Finding {
     }
 }
 
+/// A routing rule whose CORS configuration allows no origin a browser sends: browsers were
+/// refused there, so its paths stay in the policy as paths without CORS, never left to a
+/// broader route's rules.
+pub(crate) fn rule_allows_no_origin(field: &str) -> Finding {
+    Finding {
+        severity: crate::Severity::Note,
+        code: "rule-allows-no-origin",
+        field: field.to_owned(),
+        message: "allows no origin a browser sends, so browsers were refused on this rule's paths: they are kept as paths without CORS (a route with mode off where a broader route would cover them), and no broader route's origins reach them".to_owned(),
+    }
+}
+
 /// `.a.b` of a JSON value, or `Null`.
 pub(crate) fn at<'v>(value: &'v Value, path: &[&str]) -> &'v Value {
     let mut v = value;
@@ -231,7 +243,8 @@ pub(crate) fn assemble_routes(
     for entry in entries {
         let earlier = taken.iter().find(|(prefix, _, _)| {
             if first_match_wins {
-                under(&entry.prefix, prefix)
+                // Istio's prefixes are string prefixes: `/api` takes `/api-v2` too.
+                entry.prefix.starts_with(prefix.as_str())
             } else {
                 prefix.trim_end_matches('/') == entry.prefix.trim_end_matches('/')
             }
@@ -292,6 +305,15 @@ pub(crate) fn assemble_routes(
                 &entry.field,
                 format!("{:?} had no CORS configuration but lies under the route {:?}: it becomes a route with mode off, so the policy adds no CORS there either", entry.prefix, cover.path_prefix),
             );
+            // Istio's string prefix also took paths that only start with it, which a route,
+            // matching whole segments, cannot take.
+            if first_match_wins && !entry.prefix.ends_with('/') {
+                ctx.warn(
+                    "string-prefix-wider",
+                    &entry.field,
+                    format!("Istio sent every path that starts with {p:?} here, without CORS ({p}-v2 and {p}x too), but a route takes only {p:?} and {p}/…: other paths that start with {p:?} get the CORS rules of the route {:?}, MORE open than the source. Add a route with mode: Disabled for each such path the application serves", cover.path_prefix, p = entry.prefix),
+                );
+            }
             extra.push(corsair_policy::RouteSpec {
                 path_prefix: entry.prefix,
                 mode: Some(corsair_policy::Mode::Disabled),
