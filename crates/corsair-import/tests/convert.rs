@@ -768,7 +768,14 @@ fn rules_table() {
         // ingress-nginx
         (nginx("    nginx.ingress.kubernetes.io/enable-cors: \"false\"\n    nginx.ingress.kubernetes.io/cors-allow-origin: https://a.example.com"), None, &["cors-disabled"], false, None),
         (nginx("    nginx.ingress.kubernetes.io/enable-cors: \"true\"\n    nginx.ingress.kubernetes.io/cors-allow-origin: \"https://a.example.com, null\"\n    nginx.ingress.kubernetes.io/cors-allow-credentials: \"false\""), Some("i"), &["origin-anchored"], false, Some(&["https://a.example.com"])),
-        (nginx("    nginx.ingress.kubernetes.io/enable-cors: \"true\"\n    nginx.ingress.kubernetes.io/cors-allow-origin: \"https://a.example.com/, https://b.example.com, *\""), Some("i"), &["origin-ignored", "wildcard-credentials-dropped"], false, Some(&["*"])),
+        (nginx("    nginx.ingress.kubernetes.io/enable-cors: \"true\"\n    nginx.ingress.kubernetes.io/cors-allow-origin: \"https://a.example.com/, https://b.example.com, *\""), Some("i"), &["origin-annotation-refused", "wildcard-credentials-dropped"], false, Some(&["*"])),
+        // One entry the validator refuses (v1.9+) makes the whole value "*": with the default
+        // credentials browsers refused credentialed reads, so no origin gets them here either.
+        (nginx("    nginx.ingress.kubernetes.io/enable-cors: \"true\"\n    nginx.ingress.kubernetes.io/cors-allow-origin: \"https://app.example.com, https://old.example.com/\""), Some("i"), &["origin-annotation-refused", "wildcard-credentials-dropped"], false, Some(&["*"])),
+        // An entry the validator lets through and the parser does not read is skipped alone.
+        (nginx("    nginx.ingress.kubernetes.io/enable-cors: \"true\"\n    nginx.ingress.kubernetes.io/cors-allow-origin: \"app.example.com, https://b.example.com\""), Some("i"), &["origin-ignored"], false, Some(&["https://b.example.com"])),
+        // A canary's own annotations are never applied.
+        (nginx("    nginx.ingress.kubernetes.io/canary: \"true\"\n    nginx.ingress.kubernetes.io/enable-cors: \"true\"\n    nginx.ingress.kubernetes.io/cors-allow-origin: https://staging.example.net"), None, &["canary-ignored"], false, None),
         (nginx("    nginx.ingress.kubernetes.io/enable-cors: \"true\"\n    nginx.ingress.kubernetes.io/cors-allow-origin: \"https://a.example.com:443\""), None, &["origin-never-matched", "no-origin-left"], false, None),
         (nginx("    nginx.ingress.kubernetes.io/enable-cors: \"true\"\n    nginx.ingress.kubernetes.io/cors-allow-origin: \"https://a.example.com\"\n    nginx.ingress.kubernetes.io/cors-allow-headers: \"X-A, *\"\n    nginx.ingress.kubernetes.io/cors-max-age: \"soon\""), Some("i"), &["invalid-value"], false, Some(&["https://a.example.com"])),
         (nginx("    nginx.ingress.kubernetes.io/configuration-snippet: |\n      more_set_headers \"Access-Control-Allow-Origin: $http_origin\";"), None, &["snippet-not-converted"], false, None),

@@ -278,11 +278,17 @@ fn nginx_model(doc: &Value) -> Model {
         .as_str()
         .map(str::to_owned)
     };
+    // corsOriginRegexValidator (v1.9+, validation on by default) judges the whole value, spaces
+    // removed: a value it refuses is "*". Then corsOriginRegex skips the entries it cannot read.
+    let validator =
+        Regex::new(r"^((((([a-z]+://)?(\*\.)?[A-Za-z0-9\-.]*(:\d+)?,?)|null)+)|\*)?$").unwrap();
+    let entry = Regex::new(r"^([a-z]+://(\*\.)?[A-Za-z0-9\-.]*(:\d+)?|\*|null)?$").unwrap();
     let origins: Vec<String> = ann("cors-allow-origin")
+        .filter(|v| validator.is_match(&v.replace(' ', "")))
         .unwrap_or_else(|| "*".into())
         .split(',')
         .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
+        .filter(|s| !s.is_empty() && entry.is_match(s))
         .collect();
     let star = origins.iter().any(|o| o == "*");
     // buildOriginRegex: QuoteMeta, first `\*` → one label; the whole list `(...)$`, `~*`.
@@ -1038,4 +1044,18 @@ fn gateway_api_edges_agree() {
         &gateway_model(doc_of(&docs, policy)),
         &["/api/internal/users", "/api/x"],
     );
+}
+
+#[test]
+fn ingress_nginx_edges_agree() {
+    let (docs, policies) = load("ingress-nginx-edges.yaml");
+    let names: Vec<_> = policies
+        .iter()
+        .map(|p| p.document.metadata.name.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(names, ["refused-list", "scheme-less-entry"]);
+    for policy in &policies {
+        let name = policy.document.metadata.name.as_deref().unwrap_or_default();
+        compare(name, policy, &nginx_model(doc_of(&docs, policy)), &["/"]);
+    }
 }

@@ -1,7 +1,8 @@
 //! ingress-nginx: `Ingress` with `nginx.ingress.kubernetes.io/enable-cors` and the `cors-*` annotations.
 //!
 //! What ingress-nginx does (its cors annotation parser and template):
-//! - absent or invalid annotations take its defaults: origin `*`, methods
+//! - absent or invalid annotations take its defaults (since v1.9 the annotation validator, on by
+//!   default, judges `cors-allow-origin` whole: one entry it cannot read makes it `*`): origin `*`, methods
 //!   `GET, PUT, POST, DELETE, PATCH, OPTIONS`, a fixed header list, no exposed headers,
 //!   credentials `true`, max age 1728000;
 //! - origin `*` (anywhere in the list) sends `Access-Control-Allow-Origin: *` literally, beside
@@ -11,7 +12,9 @@
 //!   label (`[A-Za-z0-9-]+`); a match echoes the origin, anything else gets no CORS headers and
 //!   preflights go on to the backend;
 //! - the preflight answer lists the configured methods and headers without checking the request:
-//!   the browser does the checking.
+//!   the browser does the checking;
+//! - a canary Ingress (`canary: "true"`) ignores its other annotations, CORS included: its
+//!   traffic is served with the main Ingress's.
 
 use corsair_policy::UnmatchedPreflights;
 use serde_json::Value;
@@ -81,6 +84,14 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
         }
     }
 
+    if get("canary").as_deref().and_then(go_bool) == Some(true) {
+        ctx.warn(
+            "canary-ignored",
+            &field("canary"),
+            "a canary Ingress: ingress-nginx ignores its other annotations, so these CORS annotations were never applied and are not converted; its traffic got the CORS rules of the main Ingress of the same host and path, so give the canary's workloads the policy converted from that Ingress".to_owned(),
+        );
+        return Outcome::Nothing(ctx.findings);
+    }
     let fields = Fields {
         origins: field("cors-allow-origin"),
         credentials: field("cors-allow-credentials"),
@@ -167,6 +178,14 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
         }
     };
 
+    let scoped = scoped_paths(doc);
+    if !scoped.is_empty() {
+        ctx.warn(
+            "paths-not-routes",
+            "spec.rules",
+            format!("ingress-nginx added these CORS headers only on this Ingress's paths ({}); the policy applies to every path of the workloads you annotate, so paths they serve through other Ingresses without CORS get it too, MORE open than before: add a route with mode: Disabled for each of those", scoped.join(", ")),
+        );
+    }
     let spec = rules::lower(d, &mut ctx).map(rules::top_level);
     let opt_in = services_note(source, &source.name, &backend_services(doc));
     single(source, spec, ctx, opt_in)
@@ -185,9 +204,21 @@ fn origins(value: Option<String>, field: &str, d: &mut Draft, ctx: &mut Ctx) {
         d.any_origin = Some(field.to_owned());
         return;
     };
-    let valid = regex::Regex::new(r"^([a-z]+://(\*\.)?[A-Za-z0-9\-.]*(:\d+)?|\*|null)?$")
-        .expect("constant regex");
-    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+    // v1.9 and later: the whole value, spaces removed, or ingress-nginx uses "*" instead.
+    if !matches(ORIGINS_VALIDATOR, &value.replace(' ', "")) {
+        let read = origin_entries(value)
+            .filter(|e| matches(ORIGIN_PATTERN, e))
+            .collect::<Vec<_>>();
+        ctx.warn(
+            "origin-annotation-refused",
+            field,
+            format!("{value:?} does not pass ingress-nginx's validation (v1.9 and later, where annotation validation is on by default), so it used its default, \"*\", and the policy does the same; before v1.9 it skipped only the entries it could not read and allowed {read:?}"),
+        );
+        d.any_origin = Some(field.to_owned());
+        return;
+    }
+    let valid = regex::Regex::new(ORIGIN_PATTERN).expect("constant regex");
+    for entry in origin_entries(value) {
         if entry == "*" {
             d.any_origin = Some(field.to_owned());
             d.origins.clear();
@@ -199,7 +230,7 @@ fn origins(value: Option<String>, field: &str, d: &mut Draft, ctx: &mut Ctx) {
             ctx.warn(
                 "origin-ignored",
                 field,
-                format!("{entry:?} is not an origin ingress-nginx accepts (scheme://host[:port], *.host, null or *): older ingress-nginx skipped it, newer ones refuse the whole annotation and fall back to \"*\"; the policy leaves it out"),
+                format!("{entry:?} is not an origin ingress-nginx's parser reads (scheme://host[:port], scheme://*.host, null or *), so it skipped the entry; the policy leaves it out"),
             );
             continue;
         }
@@ -246,6 +277,36 @@ fn origins(value: Option<String>, field: &str, d: &mut Draft, ctx: &mut Ctx) {
         }
         d.origins.push(lower);
     }
+}
+
+/// `corsOriginRegexValidator`: what the whole `cors-allow-origin` value, spaces removed, must
+/// match since v1.9.
+const ORIGINS_VALIDATOR: &str = r"^((((([a-z]+://)?(\*\.)?[A-Za-z0-9\-.]*(:\d+)?,?)|null)+)|\*)?$";
+/// `corsOriginRegex`: what each entry must match to be kept.
+const ORIGIN_PATTERN: &str = r"^([a-z]+://(\*\.)?[A-Za-z0-9\-.]*(:\d+)?|\*|null)?$";
+
+/// The entries of `cors-allow-origin`, as ingress-nginx splits and trims them.
+fn origin_entries(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|e| !e.is_empty())
+}
+
+/// The paths an Ingress serves when they are not all of them (`/`), for the finding that the
+/// policy is not limited to them.
+fn scoped_paths(doc: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for rule in at(doc, &["spec", "rules"]).as_array().into_iter().flatten() {
+        for path in at(rule, &["http", "paths"])
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let p = at(path, &["path"]).as_str().unwrap_or("/");
+            if p != "/" && !p.is_empty() {
+                super::push_unique(&mut out, p.to_owned());
+            }
+        }
+    }
+    out
 }
 
 /// ingress-nginx's patterns for the list annotations (`\s` spelled as Go's ASCII class).
