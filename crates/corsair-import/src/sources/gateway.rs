@@ -117,6 +117,7 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
         if matches.is_empty() {
             entries.push(PathEntry {
                 prefix: "/".to_owned(),
+                exact: false,
                 field: format!("spec.rules[{i}]"),
                 rules: level.clone(),
             });
@@ -158,6 +159,7 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
             }
             entries.push(PathEntry {
                 prefix: value,
+                exact: kind == "Exact",
                 field: f,
                 rules: level.clone(),
             });

@@ -58,6 +58,7 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
         if matches.is_empty() {
             entries.push(PathEntry {
                 prefix: "/".to_owned(),
+                exact: false,
                 field: format!("spec.http[{i}]"),
                 rules: level.clone(),
             });
@@ -81,6 +82,7 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
                 );
             }
             let uri = at(m, &["uri"]);
+            let exact = at(uri, &["prefix"]).is_null() && at(uri, &["exact"]).is_string();
             let (prefix, f) = if let Some(p) = at(uri, &["prefix"]).as_str() {
                 (p.to_owned(), format!("{f}.uri.prefix"))
             } else if let Some(p) = at(uri, &["exact"]).as_str() {
@@ -105,7 +107,7 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
                 continue;
             };
             // Istio's prefix is a plain string prefix; Corsair's matches whole segments.
-            if !prefix.ends_with('/') && level.is_some() {
+            if !exact && !prefix.ends_with('/') && level.is_some() {
                 ctx.note(
                     "segment-prefix",
                     &f,
@@ -114,6 +116,7 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
             }
             entries.push(PathEntry {
                 prefix,
+                exact,
                 field: f,
                 rules: level.clone(),
             });

@@ -183,6 +183,8 @@ pub(crate) fn push_unique(list: &mut Vec<String>, item: String) {
 /// One path match of a routing rule, with the CORS rules it had (`None`: the rule had no CORS).
 pub(crate) struct PathEntry {
     pub prefix: String,
+    /// The source matched this one path only (Istio `exact`, Gateway API `Exact`).
+    pub exact: bool,
     pub field: String,
     pub rules: Option<corsair_policy::RouteSpec>,
 }
@@ -236,20 +238,24 @@ pub(crate) fn assemble_routes(
     first_match_wins: bool,
     ctx: &mut Ctx,
 ) -> Vec<corsair_policy::RouteSpec> {
-    // Each path taken: its prefix, its field, whether it has CORS rules.
-    let mut taken: Vec<(String, String, Option<corsair_policy::RouteSpec>)> = Vec::new();
+    // Each path taken: its prefix, whether it was exact, its field, its CORS rules.
+    type Taken = (String, bool, String, Option<corsair_policy::RouteSpec>);
+    let mut taken: Vec<Taken> = Vec::new();
     let mut routes: Vec<corsair_policy::RouteSpec> = Vec::new();
     let mut without: Vec<PathEntry> = Vec::new();
     for entry in entries {
-        let earlier = taken.iter().find(|(prefix, _, _)| {
-            if first_match_wins {
+        let earlier = taken.iter().find(|(prefix, exact, _, _)| {
+            if first_match_wins && *exact {
+                // An exact match takes its one path.
+                entry.exact && entry.prefix == *prefix
+            } else if first_match_wins {
                 // Istio's prefixes are string prefixes: `/api` takes `/api-v2` too.
                 entry.prefix.starts_with(prefix.as_str())
             } else {
                 prefix.trim_end_matches('/') == entry.prefix.trim_end_matches('/')
             }
         });
-        if let Some((_, earlier_field, earlier_rules)) = earlier {
+        if let Some((_, _, earlier_field, earlier_rules)) = earlier {
             let this = if entry.rules.is_some() {
                 "CORS configuration"
             } else {
@@ -282,6 +288,7 @@ pub(crate) fn assemble_routes(
         }
         taken.push((
             entry.prefix.clone(),
+            entry.exact,
             entry.field.clone(),
             entry.rules.clone(),
         ));
@@ -307,7 +314,7 @@ pub(crate) fn assemble_routes(
             );
             // Istio's string prefix also took paths that only start with it, which a route,
             // matching whole segments, cannot take.
-            if first_match_wins && !entry.prefix.ends_with('/') {
+            if first_match_wins && !entry.exact && !entry.prefix.ends_with('/') {
                 ctx.warn(
                     "string-prefix-wider",
                     &entry.field,

@@ -178,15 +178,15 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
         }
     };
 
+    let spec = rules::lower(d, &mut ctx).map(rules::top_level);
     let scoped = scoped_paths(doc);
-    if !scoped.is_empty() {
+    if spec.is_some() && !scoped.is_empty() {
         ctx.warn(
             "paths-not-routes",
             "spec.rules",
             format!("ingress-nginx added these CORS headers only on this Ingress's paths ({}); the policy applies to every path of the workloads you annotate, so paths they serve through other Ingresses without CORS get it too, MORE open than before: add a route with mode: Disabled for each of those", scoped.join(", ")),
         );
     }
-    let spec = rules::lower(d, &mut ctx).map(rules::top_level);
     let opt_in = services_note(source, &source.name, &backend_services(doc));
     single(source, spec, ctx, opt_in)
 }
