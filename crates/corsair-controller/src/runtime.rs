@@ -102,8 +102,6 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     let mut signals = corsair_runtime::ShutdownSignals::install().map_err(RuntimeError::Signals)?;
     let mut inject = config.inject.clone();
     let client = Client::try_default().await.map_err(RuntimeError::Client)?;
-    let sidecar_mode = resolve_sidecar_mode(&client, inject.sidecar_mode).await;
-    inject.sidecar_mode = sidecar_mode;
     let identity = match config.pod_name.clone() {
         Some(name) => name,
         None => hostname(),
@@ -128,6 +126,10 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     let admin = tokio::spawn(
         admin::admin(registry.clone(), health.clone()).serve(admin_listener, admin_stop.clone()),
     );
+    // After the admin port: its reads may take a while, and the liveness probe must not
+    // restart the pod meanwhile.
+    let sidecar_mode = resolve_sidecar_mode(&client, inject.sidecar_mode).await;
+    inject.sidecar_mode = sidecar_mode;
 
     // The webhook certificate: mounted files, or the Secret the leader maintains.
     let cert_config = CertConfig {

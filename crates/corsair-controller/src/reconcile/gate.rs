@@ -39,10 +39,12 @@ const UNCHECKED_HOLDS: Duration = Duration::from_secs(60);
 pub(crate) enum Verdict {
     /// The validating webhook answered it.
     Reached,
-    /// The API server did not reach the webhook: why, in its words.
+    /// The API server did not reach the webhook, or the check failed for a reason that may
+    /// pass (throttling, a server error, the connection): why, in the API server's words.
     NotReached(String),
-    /// The check could not be made (no right to create CorsPolicies, an API error): the write
-    /// goes ahead as it did before this check existed, and the webhook still judges each pod.
+    /// The check cannot be made (no right to create CorsPolicies: the RBAC of an older
+    /// release): the write goes ahead as it did before this check existed, and the webhook
+    /// still judges each pod.
     Unchecked(String),
 }
 
@@ -78,9 +80,15 @@ impl WebhookGate {
     }
 
     /// `Ok` when a write that rolls pods may go ahead: the webhook was reached, or could not be
-    /// checked.
+    /// checked. While another reconcile's check is in flight (up to the webhooks' timeout, 30 s
+    /// at most), the answer is "not yet", at once: reconcilers are not held waiting for it.
     pub(crate) async fn admits(&self, client: &Client) -> Result<(), Unreached> {
-        let mut state = self.state.lock().await;
+        let Ok(mut state) = self.state.try_lock() else {
+            return Err(Unreached {
+                why: "a check is in flight".to_owned(),
+                since: Duration::ZERO,
+            });
+        };
         let fresh = state.last.as_ref().filter(|(at, verdict)| {
             let holds = match verdict {
                 Verdict::Reached => REACHED_HOLDS,
@@ -157,11 +165,19 @@ fn read(answer: Result<CorsPolicy, kube::Error>) -> Verdict {
         Err(kube::Error::Api(status)) if status.message.contains("failed calling webhook") => {
             Verdict::NotReached(status.message.clone())
         }
-        Err(kube::Error::Api(status)) => Verdict::Unchecked(format!(
+        // Lasting, and a matter of configuration: say it and go on as before the check.
+        Err(kube::Error::Api(status)) if status.code == 403 => Verdict::Unchecked(format!(
+            "no right to create CorsPolicy {CHECK_NAME} as a dry run (the Role of an older \
+             release?): {}",
+            status.message
+        )),
+        // Anything else may pass: a rollout waits for it rather than risk pods without the
+        // proxy, and the workload hears the cause if it lasts.
+        Err(kube::Error::Api(status)) => Verdict::NotReached(format!(
             "the dry-run create of CorsPolicy {CHECK_NAME} was answered {} {}: {}",
             status.code, status.reason, status.message
         )),
-        Err(err) => Verdict::Unchecked(format!(
+        Err(err) => Verdict::NotReached(format!(
             "the dry-run create of CorsPolicy {CHECK_NAME} failed: {err}"
         )),
         // `failurePolicy: Ignore` hides the failure: only an invalid policy let through shows it.

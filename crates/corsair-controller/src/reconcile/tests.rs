@@ -1721,6 +1721,7 @@ fn context_checking_the_webhook(index: StaticIndex) -> (Arc<Context>, ApiServerV
 }
 
 /// How the mock API server answers the webhook check's dry run.
+#[derive(Clone, Copy)]
 enum DryRun {
     /// The validating webhook refused the policy: it was reached.
     Denied,
@@ -1730,6 +1731,8 @@ enum DryRun {
     FailedCalling,
     /// No right to create CorsPolicies (RBAC of an older release).
     Forbidden,
+    /// Throttled: an error that may pass.
+    Throttled,
 }
 
 impl ApiServerVerifier {
@@ -1793,6 +1796,10 @@ impl ApiServerVerifier {
                 StatusCode::FORBIDDEN,
                 &failure(403, "Forbidden", None),
             ),
+            DryRun::Throttled => call.respond(
+                StatusCode::TOO_MANY_REQUESTS,
+                &failure(429, "TooManyRequests", None),
+            ),
         }
     }
 }
@@ -1825,6 +1832,8 @@ async fn a_workload_is_rolled_only_once_the_api_server_reaches_the_webhooks() {
     let (ctx, verifier) = context_checking_the_webhook(StaticIndex::with_policies(NS, &["api"]));
     let workload = deployment(Some("api"), None);
     let waiting = Action::requeue(std::time::Duration::from_secs(5));
+    // Once said, less often: each retry reads the workload again.
+    let waiting_long = Action::requeue(std::time::Duration::from_secs(30));
 
     // Not reached: the invalid policy was let through. No write, a retry in a few seconds.
     let (action, verifier) = reconcile_against(&workload, &ctx, verifier, |mut v| async move {
@@ -1858,7 +1867,7 @@ async fn a_workload_is_rolled_only_once_the_api_server_reaches_the_webhooks() {
         v
     })
     .await;
-    assert_eq!(action, waiting);
+    assert_eq!(action, waiting_long);
     tokio::time::advance(std::time::Duration::from_secs(6)).await;
     let (action, verifier) = reconcile_against(&workload, &ctx, verifier, |mut v| async move {
         v.workload_get(&admissible_deployment()).await;
@@ -1866,7 +1875,7 @@ async fn a_workload_is_rolled_only_once_the_api_server_reaches_the_webhooks() {
         v
     })
     .await;
-    assert_eq!(action, waiting, "said once: no second Event");
+    assert_eq!(action, waiting_long, "said once: no second Event");
     // Reached: the opt-in goes ahead, and the next workload trusts the answer for a while.
     tokio::time::advance(std::time::Duration::from_secs(6)).await;
     let (action, verifier) = reconcile_against(&workload, &ctx, verifier, |mut v| async move {
@@ -1889,6 +1898,47 @@ async fn a_workload_is_rolled_only_once_the_api_server_reaches_the_webhooks() {
     .await;
     assert_eq!(action, Action::await_change());
     verifier.expect_no_more_calls().await;
+}
+
+/// An error that may pass (throttling) holds the rollout like an unreached webhook; a
+/// reconcile that finds a check in flight does not wait for it.
+#[tokio::test]
+async fn a_passing_error_holds_the_rollout_and_a_check_in_flight_is_not_waited_for() {
+    let (ctx, verifier) = context_checking_the_webhook(StaticIndex::with_policies(NS, &["api"]));
+    let workload = deployment(Some("api"), None);
+    let waiting = Action::requeue(std::time::Duration::from_secs(5));
+    let (action, verifier) = reconcile_against(&workload, &ctx, verifier, |mut v| async move {
+        v.workload_get(&admissible_deployment()).await;
+        v.webhook_check(DryRun::Throttled).await;
+        v
+    })
+    .await;
+    assert_eq!(action, waiting, "a 429 is no licence to roll");
+    verifier.expect_no_more_calls().await;
+
+    // A check held in flight by the API server: another workload's reconcile does not wait.
+    let (ctx, mut held) = context_checking_the_webhook(StaticIndex::with_policies(NS, &["api"]));
+    let meta = Arc::new(WorkloadMeta::from_object(&workload));
+    let first = tokio::spawn(workload::reconcile(meta.clone(), ctx.clone()));
+    held.workload_get(&admissible_deployment()).await;
+    let check = held.next_call().await;
+    check.expect(
+        Method::POST,
+        &format!("/apis/corsair.dev/v1alpha1/namespaces/{OWN_NS}/corspolicies"),
+    );
+    let second = tokio::spawn(workload::reconcile(meta, ctx.clone()));
+    held.workload_get(&admissible_deployment()).await;
+    let second = second.await.expect("joined").expect("reconciled");
+    assert_eq!(second, waiting, "no second dry run, no write: later");
+    check.respond(
+        StatusCode::BAD_REQUEST,
+        &json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 400,
+                "message": "admission webhook \"validate.corsair.dev\" denied the request: spec.allowOrigins[0]"}),
+    );
+    held.workload_apply().await;
+    let first = first.await.expect("joined").expect("reconciled");
+    assert_eq!(first, Action::await_change());
+    held.expect_no_more_calls().await;
 }
 
 /// A check that cannot be made (RBAC of an older release) does not hold workloads back: they

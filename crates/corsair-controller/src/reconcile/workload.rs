@@ -47,8 +47,10 @@ pub const REASON_WEBHOOK_UNREACHABLE: &str = "WebhookUnreachable";
 /// How long the API server may miss the webhooks before the workloads waiting for them hear of
 /// it: a fresh install takes a few seconds to have a ready endpoint and a `caBundle`.
 const UNREACHED_SAID_AFTER: Duration = Duration::from_secs(30);
-/// When a workload waiting for the webhooks is reconciled again.
+/// When a workload waiting for the webhooks is reconciled again: soon at first (a fresh
+/// install takes seconds), then less often, since each retry reads the workload again.
 const UNREACHED_RETRY: Duration = Duration::from_secs(5);
+const UNREACHED_RETRY_LATER: Duration = Duration::from_secs(30);
 /// The template check's verdicts, published at most once per note (see
 /// [`Context::publish_once`]) and forgotten once the webhook would admit the pods.
 pub(crate) const VERDICT_REASONS: [&str; 2] = [REASON_INJECTION_REFUSED, REASON_INJECTION_SKIPPED];
@@ -363,7 +365,8 @@ pub async fn reconcile<K: Workload>(
                         tracing::info!(policy, "opted in");
                     }
                     Err(unreached) => {
-                        if unreached.since >= UNREACHED_SAID_AFTER {
+                        let said = unreached.since >= UNREACHED_SAID_AFTER;
+                        if said {
                             // Said once per cause: no changing figure in it.
                             let note = format!(
                                 "the API server has not reached the corsair webhooks for more \
@@ -376,7 +379,11 @@ pub async fn reconcile<K: Workload>(
                             ctx.publish_once(obj.as_ref(), REASON_WEBHOOK_UNREACHABLE, note)
                                 .await;
                         }
-                        action = Action::requeue(UNREACHED_RETRY);
+                        action = Action::requeue(if said {
+                            UNREACHED_RETRY_LATER
+                        } else {
+                            UNREACHED_RETRY
+                        });
                     }
                 }
             }
