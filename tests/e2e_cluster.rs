@@ -246,6 +246,38 @@ async fn api_server_refuses_wildcard_with_credentials() {
     assert!(err.to_string().contains("allowCredentials"), "{err}");
 }
 
+/// The check the leader makes before it rolls a workload, made as its ServiceAccount: the
+/// Role lets it, the CRD's rules admit the policy, and the validating webhook refuses it.
+#[tokio::test]
+#[ignore = "needs cluster: set KUBECONFIG and run with --ignored"]
+async fn the_leaders_webhook_check_is_answered_by_the_webhook() {
+    use corsair_controller::reconcile::gate::{CHECK_NAME, CHECK_ORIGIN};
+    let mut config = kube::Config::infer()
+        .await
+        .expect("a kubeconfig (KUBECONFIG) for the test cluster");
+    config.auth_info.impersonate =
+        Some("system:serviceaccount:corsair-system:corsair-controller".to_owned());
+    let client = Client::try_from(config).expect("an impersonating client");
+    let policies: Api<CorsPolicy> = Api::namespaced(client, "corsair-system");
+    let params = PostParams {
+        dry_run: true,
+        field_manager: None,
+    };
+    let err = policies
+        .create(
+            &params,
+            &policy(CHECK_NAME, json!({"allowOrigins": [CHECK_ORIGIN]})),
+        )
+        .await
+        .expect_err("the validating webhook refuses the check's policy");
+    let message = err.to_string();
+    assert!(
+        message.contains("admission webhook \"validate.corsair.dev\" denied the request")
+            && message.contains("spec.allowOrigins[0]"),
+        "{message}"
+    );
+}
+
 #[tokio::test]
 #[ignore = "needs cluster: set KUBECONFIG and run with --ignored"]
 async fn annotated_deployment_gets_the_sidecar_and_loses_it() {

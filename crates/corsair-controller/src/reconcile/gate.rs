@@ -21,9 +21,9 @@ use crate::crd::CorsPolicy;
 use crate::names::WORKLOAD_MANAGER;
 
 /// Name of the dry-run CorsPolicy.
-pub(crate) const CHECK_NAME: &str = "corsair-webhook-check";
+pub const CHECK_NAME: &str = "corsair-webhook-check";
 /// Its one origin: past the CRD's pattern, refused by the webhook (`99999` is not a port).
-pub(crate) const CHECK_ORIGIN: &str = "https://webhook-check.corsair.invalid:99999";
+pub const CHECK_ORIGIN: &str = "https://webhook-check.corsair.invalid:99999";
 /// The validating webhook's name, as the API server quotes it in a denial.
 const VALIDATING_WEBHOOK: &str = "validate.corsair.dev";
 

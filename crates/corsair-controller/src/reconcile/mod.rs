@@ -5,7 +5,7 @@
 //! matter to it ([`triggers`]), and stops them all when told to, which is how leader election
 //! hands the reconcilers from one replica to another.
 
-pub(crate) mod gate;
+pub mod gate;
 pub mod policy;
 pub mod pruned;
 mod recent;
