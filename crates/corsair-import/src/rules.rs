@@ -174,7 +174,7 @@ pub(crate) fn lower(mut d: Draft, ctx: &mut Ctx) -> Option<RouteSpec> {
                     "safelisted-methods-added",
                     &f.methods,
                     format!(
-                        "{} added: browsers allow them after any successful preflight whatever the list says, and Corsair answers 403 to a preflight for a method it does not list",
+                        "{} added: browsers allow them after any successful preflight whatever the list says, and so does Corsair; listed, the policy says what browsers saw",
                         added.join(", ")
                     ),
                 );

@@ -69,7 +69,8 @@ macro_rules! with_cors_rules {
             /// Whether `Origin: null` (sandboxed iframes, `file:` pages) may be allowed. Default false.
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub allow_null_origin: Option<bool>,
-            /// Method tokens, matched case-sensitively, or `*`.
+            /// Method tokens, matched case-sensitively, or `*`. GET, HEAD and POST pass a preflight
+            /// whatever the list says, as browsers allow them after any successful preflight.
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub allow_methods: Option<Vec<String>>,
             /// Header names, matched case-insensitively, or `*` (which never covers `Authorization`).

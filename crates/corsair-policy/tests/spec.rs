@@ -114,6 +114,36 @@ fn rows() -> Vec<Row> {
             headers: &[("vary", VARY_PREFLIGHT)],
         },
         Row {
+            rule: "GET, HEAD and POST pass a preflight whatever allowMethods lists, as browsers pass them after any successful preflight (a JSON POST, as the same page's form POST)",
+            policy: "allowOrigins: [\"https://app.example.com\"]\nallowMethods: [PUT, DELETE]\nallowHeaders: [Content-Type]",
+            req: preflight("https://app.example.com", "POST", &["content-type"]),
+            out: Out::Respond(200),
+            headers: &[
+                ("access-control-allow-origin", "https://app.example.com"),
+                ("access-control-allow-methods", "PUT, DELETE"),
+                ("access-control-allow-headers", "Content-Type"),
+                ("vary", VARY_PREFLIGHT),
+            ],
+        },
+        Row {
+            rule: "an empty allowMethods still passes a GET preflight (a custom header), and refuses the others",
+            policy: "allowOrigins: [\"https://app.example.com\"]\nallowMethods: []\nallowHeaders: [X-Token]",
+            req: preflight("https://app.example.com", "GET", &["x-token"]),
+            out: Out::Respond(200),
+            headers: &[
+                ("access-control-allow-origin", "https://app.example.com"),
+                ("access-control-allow-headers", "X-Token"),
+                ("vary", VARY_PREFLIGHT),
+            ],
+        },
+        Row {
+            rule: "a method browsers do not normalise keeps its case: `patch` is not PATCH",
+            policy: "allowOrigins: [\"https://app.example.com\"]\nallowMethods: [PATCH]",
+            req: preflight("https://app.example.com", "patch", &[]),
+            out: Out::Respond(403),
+            headers: &[("vary", VARY_PREFLIGHT)],
+        },
+        Row {
             rule: "an OPTIONS without Access-Control-Request-Method is an ordinary request",
             policy: BASIC,
             req: get("https://app.example.com").method("OPTIONS"),

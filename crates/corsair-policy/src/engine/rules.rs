@@ -270,8 +270,14 @@ impl Rules {
     /// Everything but the origin, which the caller checked.
     fn check_preflight<'a>(&'a self, req: &RequestInfo<'a>) -> Result<(), DenyReason<'a>> {
         let method = req.request_method.unwrap_or_default();
-        // Listed methods are tokens; only `*` needs the request's checked.
-        if !self.methods.allows_method(method) || (self.methods.any && !is_token(method)) {
+        // GET, HEAD and POST pass after any successful preflight, whatever the answer lists
+        // (Fetch, CORS-preflight fetch): refusing them would refuse a page's JSON POST while its
+        // form POST, never preflighted, goes through. Listed methods are tokens; only `*`
+        // needs the request's checked.
+        let safelisted = matches!(method, "GET" | "HEAD" | "POST");
+        if !safelisted
+            && (!self.methods.allows_method(method) || (self.methods.any && !is_token(method)))
+        {
             return Err(DenyReason::MethodNotAllowed(method));
         }
         for name in request_header_names(req.request_headers) {
