@@ -1,6 +1,6 @@
 //! Validation errors and lints, each naming the field path and the value.
 
-use crate::engine::{is_token, normalize_prefix};
+use crate::engine::{canonical_path, is_token, needs_canonical, normalize_prefix};
 use crate::model::{CorsPolicySpec, RouteSpec};
 use crate::origin::{OriginPattern, parse_config_origin};
 
@@ -76,6 +76,17 @@ pub fn validate(spec: &CorsPolicySpec) -> Report {
                 format!("{prefix:?} is not a path prefix: it has a query or fragment"),
             );
         } else {
+            // Requests are routed on their decoded, normalised path (`engine::route_path`).
+            if needs_canonical(prefix) {
+                let canonical = canonical_path(prefix);
+                if canonical != normalize_prefix(prefix) {
+                    out.warn(
+                        &path,
+                        "route-never-matches",
+                        format!("{prefix:?} never matches: requests are routed on their decoded, normalised path (escapes decoded, `;` parameters, `.` and `..` segments resolved), so write it as {canonical:?}"),
+                    );
+                }
+            }
             let normalized = normalize_prefix(prefix);
             if let Some((_, first)) = seen.iter().find(|(p, _)| *p == normalized) {
                 out.error(
@@ -204,6 +215,20 @@ fn check_level(out: &mut Findings, level: &Level<'_>, top: Option<&Level<'_>>, h
             "invalid-method",
             "method",
         );
+        // Fetch uppercases these six in Access-Control-Request-Method; any other is sent as
+        // written, so only these spellings are sure never to match.
+        for (i, method) in methods.iter().enumerate() {
+            let upper = method.to_ascii_uppercase();
+            if upper != *method
+                && ["DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT"].contains(&upper.as_str())
+            {
+                out.warn(
+                    &format!("{base}.allowMethods[{i}]"),
+                    "method-never-matches",
+                    format!("{method:?} never matches: browsers send it as {upper:?} (the Fetch standard uppercases DELETE, GET, HEAD, OPTIONS, POST and PUT); write {upper:?}"),
+                );
+            }
+        }
     }
     if let Some(headers) = own.allow_headers {
         check_tokens(

@@ -15,10 +15,8 @@ use tokens::request_header_names;
 use crate::decision::Decision;
 use crate::model::CorsPolicySpec;
 use crate::validate::{self, Finding, Report, Severity};
-#[cfg(test)]
-use path::canonical_path;
 pub use path::route_path;
-pub(crate) use path::{normalize_prefix, prefix_matches};
+pub(crate) use path::{canonical_path, needs_canonical, normalize_prefix, prefix_matches};
 use rules::Rules;
 
 /// The parts of a request that CORS looks at. Header values are raw field values.
@@ -128,7 +126,7 @@ impl Engine {
         if self.routes.is_empty() {
             return (None, &self.top);
         }
-        if path::needs_canonical(path) {
+        if needs_canonical(path) {
             return self.rules_for_canonical(path);
         }
         self.route_of(path)

@@ -12,7 +12,7 @@ pub fn route_path(path: &str) -> std::borrow::Cow<'_, str> {
 
 /// Whether `path` could name, to the application, a different path than it spells: a
 /// percent-escape, a `;` parameter, an empty, `.` or `..` segment.
-pub(super) fn needs_canonical(path: &str) -> bool {
+pub(crate) fn needs_canonical(path: &str) -> bool {
     let bytes = path.as_bytes();
     bytes.iter().enumerate().any(|(i, &b)| {
         b == b'%' || b == b';' || (b == b'/' && matches!(bytes.get(i + 1), Some(b'/' | b'.')))

@@ -25,3 +25,37 @@ fn findings_are_reported_once_for_an_inherited_mistake() {
     let paths: Vec<_> = report.errors().map(|f| f.path.as_str()).collect();
     assert_eq!(paths, ["spec.allowOrigins[0]"]);
 }
+
+#[test]
+fn prefixes_and_methods_that_never_match_are_said() {
+    let spec: CorsPolicySpec = serde_json::from_str(
+        r#"{"allowOrigins":["https://a.example.com"],"allowMethods":["delete","patch","PUT"],
+            "routes":[{"pathPrefix":"/caf%C3%A9"},{"pathPrefix":"/a/../b"},{"pathPrefix":"/c;v=1"},
+                      {"pathPrefix":"/my files"},{"pathPrefix":"/api/"},{"pathPrefix":"/x//y"}]}"#,
+    )
+    .expect("test JSON");
+    let report = validate(&spec);
+    let warned: Vec<_> = report
+        .warnings()
+        .filter(|f| f.code == "route-never-matches" || f.code == "method-never-matches")
+        .map(|f| (f.path.as_str(), f.message.as_str()))
+        .collect();
+    let paths: Vec<_> = warned.iter().map(|(p, _)| *p).collect();
+    assert_eq!(
+        paths,
+        [
+            "spec.allowMethods[0]",
+            "spec.routes[0].pathPrefix",
+            "spec.routes[1].pathPrefix",
+            "spec.routes[2].pathPrefix",
+            "spec.routes[5].pathPrefix",
+        ],
+        "{warned:?}"
+    );
+    assert!(warned[0].1.contains("\"DELETE\""), "{warned:?}");
+    assert!(warned[1].1.contains("\"/café\""), "{warned:?}");
+    assert!(warned[2].1.contains("\"/b\""), "{warned:?}");
+    assert!(warned[3].1.contains("\"/c\""), "{warned:?}");
+    assert!(warned[4].1.contains("\"/x/y\""), "{warned:?}");
+    assert!(!report.has_errors(), "warnings only: {report:?}");
+}
