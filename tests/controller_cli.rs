@@ -64,6 +64,21 @@ fn clashing_sidecar_ports_are_refused_before_anything_starts() {
     );
 }
 
+/// A sidecar log filter the proxy cannot parse would stop every injected proxy at start.
+#[test]
+fn a_sidecar_log_filter_the_proxy_cannot_parse_is_refused_before_anything_starts() {
+    let stderr = exits_2(&["--sidecar-log-level", "info,foo=bar"]);
+    assert!(
+        stderr.contains("--sidecar-log-level") && stderr.contains("info,foo=bar"),
+        "{stderr}"
+    );
+    let stderr = exits_2(&["--sidecar-log-level", "info,corsair_proxy=debug"]);
+    assert!(
+        stderr.contains("cannot configure the Kubernetes client"),
+        "{stderr}"
+    );
+}
+
 /// Standard error of `corsair controller ARGS` without a cluster, which must exit with 2.
 fn exits_2(args: &[&str]) -> String {
     let out = controller(args, &[("KUBECONFIG", "/nonexistent/kubeconfig")]);

@@ -108,6 +108,9 @@ impl SidecarArgs {
                 }
             );
         }
+        // Every injected proxy would exit at start on a filter it cannot parse.
+        corsair_runtime::logging::check_filter(&self.sidecar_log_level)
+            .map_err(|e| anyhow::anyhow!("--sidecar-log-level: {e}"))?;
         Ok(InjectConfig {
             image: self
                 .sidecar_image

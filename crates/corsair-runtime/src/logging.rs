@@ -66,6 +66,17 @@ pub fn filter(args: &LogArgs) -> Result<EnvFilter, LoggingError> {
     })
 }
 
+/// Whether `directive` is a filter the logger takes: checked where a process hands one to
+/// another (the webhook, for the sidecar it injects), since a bad one stops that process at start.
+pub fn check_filter(directive: &str) -> Result<(), LoggingError> {
+    EnvFilter::try_new(directive)
+        .map(drop)
+        .map_err(|error| LoggingError::Filter {
+            directive: directive.to_owned(),
+            error,
+        })
+}
+
 /// Installs the global subscriber.
 pub fn init(args: &LogArgs) -> Result<(), LoggingError> {
     let builder = tracing_subscriber::fmt()

@@ -481,11 +481,16 @@ impl Overrides {
             None => config.image.clone(),
         };
         let log_level = match annotation(names::LOG_LEVEL_ANNOTATION) {
-            Some(v) if v.trim().is_empty() || v.chars().any(char::is_control) => {
+            // The proxy parses it at start and exits on a bad one: refused here instead.
+            Some(v)
+                if v.trim().is_empty()
+                    || v.chars().any(char::is_control)
+                    || corsair_runtime::logging::check_filter(v).is_err() =>
+            {
                 return Err(InjectError::InvalidAnnotation {
                     key: names::LOG_LEVEL_ANNOTATION,
                     value: v.to_owned(),
-                    reason: "is not a log filter such as `info` or `corsair=debug`",
+                    reason: "is not a log filter such as `info` or `info,corsair_proxy=debug` (the proxy would not start)",
                 });
             }
             Some(v) => v.to_owned(),

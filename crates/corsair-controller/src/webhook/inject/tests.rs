@@ -651,6 +651,9 @@ fn bad_annotations_are_refused_with_the_annotation_named() {
         ("corsair.dev/admin-port", "http"),
         ("corsair.dev/image", "has space"),
         ("corsair.dev/log-level", " "),
+        // The proxy exits at start on a filter it cannot parse.
+        ("corsair.dev/log-level", "info,foo=bar"),
+        ("corsair.dev/log-level", "corsair=verbose"),
         ("corsair.dev/port", "70000"),
         ("corsair.dev/port", "grpc"),
         ("corsair.dev/policy", "Not_A_Name"),
