@@ -100,7 +100,7 @@ def corspolicy_section(binary):
         + ". From `corsair crd` (the Rust types); defaults are applied when the policy is compiled, "
         "so a field left out of a route is inherited from the top level.",
         "",
-        "| field | type | default | limits | meaning |",
+        "| field | type | default | limits (the schema's; the CEL rules below narrow some) | meaning |",
         "|---|---|---|---|---|",
     ]
     rows = []
