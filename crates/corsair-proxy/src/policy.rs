@@ -112,9 +112,28 @@ pub struct PolicyStore {
 }
 
 impl PolicyStore {
-    /// Loads `path`; a missing file is an error unless `allow_missing`.
+    /// Loads `path`; a missing file is an error unless `allow_missing`, and so is one that does
+    /// not load. With `allow_missing` (the injected sidecar's) both mean "allow no origin": a
+    /// file this proxy cannot read, such as one a newer controller wrote with a field an older
+    /// sidecar does not know, would otherwise stop the pod at every start, where a reload keeps
+    /// the last good policy instead.
     pub fn load(path: &Path, allow_missing: bool) -> Result<PolicyStore, PolicyError> {
         let active = match std::fs::read(path) {
+            Ok(raw) if allow_missing => match ActivePolicy::parse(path, raw.clone()) {
+                Ok(policy) => policy,
+                Err(err) => {
+                    tracing::error!(
+                        error = %err,
+                        "the policy file does not load; allowing no origin until one that does \
+                         appears (a sidecar older than the controller that wrote it?)"
+                    );
+                    // Its bytes count as seen, so the reloader waits for new ones.
+                    ActivePolicy {
+                        raw: Some(raw),
+                        ..ActivePolicy::deny_all()?
+                    }
+                }
+            },
             Ok(raw) => ActivePolicy::parse(path, raw)?,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound && allow_missing => {
                 tracing::warn!(

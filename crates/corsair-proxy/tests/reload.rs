@@ -486,6 +486,44 @@ async fn a_missing_policy_allows_no_origin_until_it_appears() {
     proxy.shutdown().await.expect("clean shutdown");
 }
 
+/// With the flag a file that does not load (here: a field this proxy does not know, as a newer
+/// controller may write for an older sidecar) starts the proxy allowing no origin, as a missing
+/// one does, instead of stopping the pod at every start; a loadable file then takes over.
+#[tokio::test]
+async fn with_the_flag_a_policy_that_does_not_load_allows_no_origin_until_one_does() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("policy.json");
+    let newer = r#"{"apiVersion":"corsair.dev/v1alpha1","kind":"CorsPolicy","metadata":{"name":"api","generation":8},"spec":{"allowOrigins":["https://app.example.com"],"aFieldFromTheFuture":true}}"#;
+    std::fs::write(&path, newer).expect("write policy");
+    let mut cfg = config(&path, &up);
+    cfg.allow_missing_policy = true;
+    let proxy = Proxy::start(cfg)
+        .await
+        .expect("starts on a policy it cannot load");
+    let (status, _) = admin(&proxy, "/readyz").await;
+    assert_eq!(status, 200);
+    let (status, body) = admin(&proxy, "/policy").await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(metric(&proxy, "corsair_proxy_policy_generation").await, 0.0);
+    let mut conn = Conn::open(proxy.listen_addr()).await;
+    assert_eq!(allowed_origin(&mut conn, APP).await, None);
+
+    let json = r#"{"apiVersion":"corsair.dev/v1alpha1","kind":"CorsPolicy","metadata":{"name":"api","generation":9},"spec":{"allowOrigins":["https://app.example.com"]}}"#;
+    std::fs::write(&path, json).expect("write policy");
+    wait_until_allowed(&mut conn, APP, Duration::from_secs(3)).await;
+    assert_eq!(metric(&proxy, "corsair_proxy_policy_generation").await, 9.0);
+    proxy.shutdown().await.expect("clean shutdown");
+
+    // Without the flag the same file is a startup error naming the field.
+    std::fs::write(&path, newer).expect("write policy");
+    let err = Proxy::start(config(&path, &up))
+        .await
+        .err()
+        .expect("refused without the flag");
+    assert!(err.to_string().contains("aFieldFromTheFuture"), "{err}");
+}
+
 #[tokio::test]
 async fn without_the_flag_a_missing_policy_is_a_startup_error() {
     let up = Upstream::start().await;
