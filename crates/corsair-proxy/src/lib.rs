@@ -198,13 +198,20 @@ impl Proxy {
             tasks.clone(),
         ));
 
-        let watcher = reload::Reloader::start(
-            store,
-            metrics,
-            config.reload_poll_interval,
-            shutdown.clone(),
-        );
-        tokio::spawn(watcher);
+        let interval = config.reload_poll_interval;
+        let (reload_shutdown, failed) = (shutdown.clone(), metrics.clone());
+        tokio::spawn(reload::supervised(
+            "policy reloader",
+            move || {
+                reload::Reloader::start(
+                    store.clone(),
+                    metrics.clone(),
+                    interval,
+                    reload_shutdown.clone(),
+                )
+            },
+            move || failed.reload_failed(),
+        ));
         for (i, std_listener) in core_listeners.into_iter().enumerate() {
             let (state, shutdown, abort) = (state.clone(), shutdown.clone(), abort.clone());
             let worker = move || {

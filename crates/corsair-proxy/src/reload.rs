@@ -187,6 +187,26 @@ impl Reloader {
     }
 }
 
+/// Runs the task `make` builds until it ends, building and running it again when it panics
+/// (after `on_panic` and a second's pause): a reloader that died would leave the proxy
+/// enforcing an old policy while `/healthz` stays green.
+pub async fn supervised<F, Fut>(what: &'static str, make: F, on_panic: impl Fn())
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match tokio::spawn(make()).await {
+            Err(err) if err.is_panic() => {
+                on_panic();
+                tracing::error!(task = what, "the task panicked; starting it again in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            _ => return,
+        }
+    }
+}
+
 /// Whether an event can mean new content. inotify also reports opens (notify watches
 /// `IN_OPEN`), and the check itself opens the file: reacting to those made each check trigger
 /// the next, re-reading the policy thousands of times a second. A reader closing the file
@@ -234,6 +254,32 @@ mod tests {
         for kind in ignored {
             assert!(!may_change_content(&kind), "{kind:?} should be ignored");
         }
+    }
+
+    /// A reloader task that panics is started again, and counted; one that ends is not.
+    #[tokio::test(start_paused = true)]
+    async fn a_task_that_panics_is_started_again() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let runs = std::sync::Arc::new(AtomicUsize::new(0));
+        let panics = AtomicUsize::new(0);
+        let make = || {
+            let runs = runs.clone();
+            async move {
+                if runs.fetch_add(1, Ordering::SeqCst) < 2 {
+                    panic!("a reloader bug");
+                }
+            }
+        };
+        super::supervised("test", make, || {
+            panics.fetch_add(1, Ordering::SeqCst);
+        })
+        .await;
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            3,
+            "two panics, then a clean end"
+        );
+        assert_eq!(panics.load(Ordering::SeqCst), 2);
     }
 
     #[test]
