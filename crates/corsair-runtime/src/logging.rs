@@ -60,8 +60,12 @@ pub enum LoggingError {
 
 /// The filter of `args`, or an error naming the directive that did not parse.
 pub fn filter(args: &LogArgs) -> Result<EnvFilter, LoggingError> {
-    EnvFilter::try_new(&args.log_level).map_err(|error| LoggingError::Filter {
-        directive: args.log_level.clone(),
+    parse_filter(&args.log_level)
+}
+
+fn parse_filter(directive: &str) -> Result<EnvFilter, LoggingError> {
+    EnvFilter::try_new(directive).map_err(|error| LoggingError::Filter {
+        directive: directive.to_owned(),
         error,
     })
 }
@@ -69,12 +73,7 @@ pub fn filter(args: &LogArgs) -> Result<EnvFilter, LoggingError> {
 /// Whether `directive` is a filter the logger takes: checked where a process hands one to
 /// another (the webhook, for the sidecar it injects), since a bad one stops that process at start.
 pub fn check_filter(directive: &str) -> Result<(), LoggingError> {
-    EnvFilter::try_new(directive)
-        .map(drop)
-        .map_err(|error| LoggingError::Filter {
-            directive: directive.to_owned(),
-            error,
-        })
+    parse_filter(directive).map(drop)
 }
 
 /// Installs the global subscriber.

@@ -274,7 +274,7 @@ impl Rules {
         // (Fetch, CORS-preflight fetch): refusing them would refuse a page's JSON POST while its
         // form POST, never preflighted, goes through. Listed methods are tokens; only `*`
         // needs the request's checked.
-        let safelisted = matches!(method, "GET" | "HEAD" | "POST");
+        let safelisted = DEFAULT_ALLOW_METHODS.contains(&method);
         if !safelisted
             && (!self.methods.allows_method(method) || (self.methods.any && !is_token(method)))
         {
