@@ -232,5 +232,126 @@ pub(crate) fn parse_config_origin(entry: &str) -> Result<OriginPattern, String> 
     Ok(OriginPattern::Exact)
 }
 
+/// How a browser writes a host that [`parse_config_origin`] accepted, when that is not how the
+/// policy wrote it. Browsers parse a host that ends in a number as an IPv4 address and a
+/// bracketed one as IPv6 (WHATWG URL, "host parsing"), and send the address in one spelling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HostSpelling {
+    /// Browsers send the host as written.
+    AsWritten,
+    /// Browsers send it as this.
+    Browsers(String),
+    /// No browser can send it: it is no valid address. The text says why.
+    Never(&'static str),
+}
+
+/// See [`HostSpelling`]. Names are left to the other checks: only addresses are spelled here.
+pub(crate) fn browser_host(host: &str) -> HostSpelling {
+    let written = |canonical: String| {
+        if canonical == host {
+            HostSpelling::AsWritten
+        } else {
+            HostSpelling::Browsers(canonical)
+        }
+    };
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return match inner.parse::<std::net::Ipv6Addr>() {
+            Ok(addr) => written(format!("[{}]", ipv6_serialized(addr))),
+            Err(_) => HostSpelling::Never("it is not an IPv6 address"),
+        };
+    }
+    if !ends_in_number(host) {
+        return HostSpelling::AsWritten;
+    }
+    match ipv4(host) {
+        Some(addr) => written(std::net::Ipv4Addr::from(addr).to_string()),
+        None => HostSpelling::Never(
+            "a host that ends in a number is an IPv4 address to browsers, and this one is not one",
+        ),
+    }
+}
+
+/// Whether the host's last label is a number, which makes browsers parse it as an IPv4 address.
+pub(crate) fn ends_in_number(host: &str) -> bool {
+    let last = host.rsplit('.').next().unwrap_or(host);
+    match last.strip_prefix("0x").or_else(|| last.strip_prefix("0X")) {
+        Some(hex) => hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        None => !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()),
+    }
+}
+
+/// WHATWG's IPv4 parser: one to four parts, each decimal, octal (`0` first) or hex (`0x`), the
+/// last filling the bytes the others leave.
+fn ipv4(host: &str) -> Option<u32> {
+    let parts: Vec<u64> = host.split('.').map(ipv4_number).collect::<Option<_>>()?;
+    let (last, init) = parts.split_last()?;
+    if parts.len() > 4 || init.iter().any(|&n| n > 255) {
+        return None;
+    }
+    let room = 1u64 << (8 * (5 - parts.len()));
+    if *last >= room {
+        return None;
+    }
+    let high = init
+        .iter()
+        .enumerate()
+        .fold(0u64, |acc, (i, n)| acc | n << (8 * (3 - i)));
+    u32::try_from(high | last).ok()
+}
+
+fn ipv4_number(part: &str) -> Option<u64> {
+    let (digits, radix) = match part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+        Some(hex) => (hex, 16),
+        None if part.len() > 1 && part.starts_with('0') => (&part[1..], 8),
+        None if part.is_empty() => return None,
+        None => (part, 10),
+    };
+    if digits.is_empty() {
+        return Some(0);
+    }
+    if !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    // Only overflow is left to fail: a number that large is out of range anyway.
+    Some(u64::from_str_radix(digits, radix).unwrap_or(u64::MAX))
+}
+
+/// WHATWG's IPv6 serialization: lowercase hex pieces, the first longest run of two or more zero
+/// pieces written `::`, and never a dotted IPv4 tail (which `Ipv6Addr`'s `Display` writes for
+/// `::ffff:a.b.c.d`).
+fn ipv6_serialized(addr: std::net::Ipv6Addr) -> String {
+    let pieces = addr.segments();
+    let (mut best, mut run) = ((0, 0), (0, 0));
+    for (i, &p) in pieces.iter().enumerate() {
+        if p == 0 {
+            run = if run.1 == 0 {
+                (i, 1)
+            } else {
+                (run.0, run.1 + 1)
+            };
+            if run.1 > best.1 {
+                best = run;
+            }
+        } else {
+            run = (0, 0);
+        }
+    }
+    let mut out = String::new();
+    let mut i = 0;
+    while i < pieces.len() {
+        if best.1 >= 2 && i == best.0 {
+            out.push_str(if i == 0 { "::" } else { ":" });
+            i += best.1;
+            continue;
+        }
+        out.push_str(&format!("{:x}", pieces[i]));
+        if i + 1 < pieces.len() {
+            out.push(':');
+        }
+        i += 1;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests;

@@ -2,7 +2,9 @@
 
 use crate::engine::{canonical_path, is_token, needs_canonical, normalize_prefix};
 use crate::model::{CorsPolicySpec, RouteSpec};
-use crate::origin::{OriginPattern, parse_config_origin};
+use crate::origin::{
+    HostSpelling, OriginPattern, browser_host, ends_in_number, parse_config_origin, split_host_port,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
@@ -346,10 +348,43 @@ fn check_origins(out: &mut Findings, base: &str, origins: &[String]) {
                         "third-party-hosting",
                         format!("{entry:?} covers {domain}, where anyone can publish a site: list your own hosts"),
                     );
+                } else if ends_in_number(&suffix) {
+                    out.warn(
+                        &path,
+                        "origin-never-matches",
+                        format!("{entry:?} never matches a host name: browsers read a host that ends in a number as an IPv4 address, so `*` here stands for address bytes; list the addresses"),
+                    );
                 }
             }
-            Ok(_) => {}
+            Ok(OriginPattern::Exact) => lint_address_spelling(out, &path, entry),
+            Ok(OriginPattern::Any) => {}
         }
+    }
+}
+
+/// An exact entry whose host is an IP address spelled otherwise than browsers send it
+/// (`http://127.1`, `http://[0:0::1]`), or no address at all (`http://10.0.0.256`), matches
+/// no request. A lint, not an error: the policy's other entries still work.
+fn lint_address_spelling(out: &mut Findings, path: &str, entry: &str) {
+    let Some((scheme, rest)) = entry.split_once("://") else {
+        return;
+    };
+    let (host, port) = split_host_port(rest);
+    match browser_host(host) {
+        HostSpelling::AsWritten => {}
+        HostSpelling::Browsers(host) => {
+            let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+            out.warn(
+                path,
+                "origin-never-matches",
+                format!("{entry:?} never matches: browsers send this address as \"{scheme}://{host}{port}\", so write it that way"),
+            );
+        }
+        HostSpelling::Never(why) => out.warn(
+            path,
+            "origin-never-matches",
+            format!("{entry:?} never matches: {why}, so no browser can send it"),
+        ),
     }
 }
 
@@ -387,7 +422,7 @@ fn lint_mixed_schemes(out: &mut Findings, base: &str, origins: &[String]) {
         // Loopback origins are potentially trustworthy: no network path to inject into.
         // Browsers resolve every name under `localhost` to loopback too (Secure Contexts).
         let loopback = entry.strip_prefix("http://").is_some_and(|rest| {
-            let (host, _) = crate::origin::split_host_port(rest);
+            let (host, _) = split_host_port(rest);
             host == "localhost"
                 || host.ends_with(".localhost")
                 || host == "[::1]"

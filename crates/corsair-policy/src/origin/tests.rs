@@ -157,3 +157,111 @@ proptest! {
         }
     }
 }
+
+/// How a browser writes the host of `http://{host}/`, from the `url` crate (WHATWG URL):
+/// `None` when it cannot parse the URL.
+fn whatwg_host(host: &str) -> Option<String> {
+    let url = url::Url::parse(&format!("http://{host}/")).ok()?;
+    url.host_str().map(str::to_owned)
+}
+
+fn spelled(host: &str) -> Option<String> {
+    match browser_host(host) {
+        HostSpelling::AsWritten => Some(host.to_owned()),
+        HostSpelling::Browsers(h) => Some(h),
+        HostSpelling::Never(_) => None,
+    }
+}
+
+#[test]
+fn addresses_are_spelled_as_browsers_send_them() {
+    let table = [
+        ("127.0.0.1", Some("127.0.0.1")),
+        ("127.1", Some("127.0.0.1")),
+        ("2130706433", Some("127.0.0.1")),
+        ("0x7f.0.0.1", Some("127.0.0.1")),
+        ("0177.0.0.1", Some("127.0.0.1")),
+        ("10.0.0.0x", Some("10.0.0.0")),
+        ("10.0.0.256", None),
+        ("256.0.0.1", None),
+        ("1.2.3.4.5", None),
+        ("app.123", None),
+        ("08.0.0.1", None),
+        ("app.example.com", Some("app.example.com")),
+        ("123.example", Some("123.example")),
+        ("[::1]", Some("[::1]")),
+        ("[0:0:0:0:0:0:0:1]", Some("[::1]")),
+        ("[::ffff:1.2.3.4]", Some("[::ffff:102:304]")),
+        ("[2001:db8:0:0:1:0:0:1]", Some("[2001:db8::1:0:0:1]")),
+        ("[2001:0db8::1]", Some("[2001:db8::1]")),
+        ("[1:0:2:3:4:5:6:7]", Some("[1:0:2:3:4:5:6:7]")),
+        ("[::1::2]", None),
+    ];
+    for (host, want) in table {
+        assert_eq!(spelled(host).as_deref(), want, "{host:?}");
+        assert_eq!(
+            whatwg_host(host).as_deref(),
+            want,
+            "the url crate on {host:?}"
+        );
+    }
+}
+
+fn ipv4_part() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (0u32..300).prop_map(|n| n.to_string()),
+        (0u32..300).prop_map(|n| format!("0x{n:x}")),
+        (0u32..300).prop_map(|n| format!("0{n:o}")),
+        Just("0x".to_owned()),
+        Just("09".to_owned()),
+        (0u64..1 << 33).prop_map(|n| n.to_string()),
+    ]
+}
+
+fn ipv6_text() -> impl Strategy<Value = String> {
+    // Pieces drawn mostly from zero, so that runs to compress are common.
+    proptest::collection::vec(prop_oneof![3 => Just(0u16), 1 => any::<u16>()], 8).prop_flat_map(
+        |pieces| {
+            let full = pieces
+                .iter()
+                .map(|p| format!("{p:x}"))
+                .collect::<Vec<_>>()
+                .join(":");
+            let padded = pieces
+                .iter()
+                .map(|p| format!("{p:04x}"))
+                .collect::<Vec<_>>()
+                .join(":");
+            let mapped = format!(
+                "::ffff:{}.{}.{}.{}",
+                pieces[6] >> 8,
+                pieces[6] & 0xff,
+                pieces[7] >> 8,
+                pieces[7] & 0xff
+            );
+            let segments: [u16; 8] = pieces.clone().try_into().expect("eight pieces");
+            let addr = std::net::Ipv6Addr::from(segments);
+            prop_oneof![
+                Just(full),
+                Just(padded),
+                Just(mapped),
+                Just(addr.to_string())
+            ]
+        },
+    )
+}
+
+proptest! {
+    /// Every IPv4 spelling, and every IPv6 one, is written as the `url` crate writes it, and
+    /// refused where it refuses.
+    #[test]
+    fn address_spellings_agree_with_whatwg(
+        v4 in proptest::collection::vec(ipv4_part(), 1..6),
+        v6 in ipv6_text(),
+    ) {
+        let v4 = v4.join(".");
+        prop_assert_eq!(spelled(&v4), whatwg_host(&v4), "{}", v4);
+        let v6 = format!("[{v6}]");
+        prop_assert_eq!(spelled(&v6), whatwg_host(&v6), "{}", v6);
+    }
+}

@@ -59,3 +59,36 @@ fn prefixes_and_methods_that_never_match_are_said() {
     assert!(warned[4].1.contains("\"/x/y\""), "{warned:?}");
     assert!(!report.has_errors(), "warnings only: {report:?}");
 }
+
+#[test]
+fn addresses_browsers_never_send_are_said() {
+    let spec: CorsPolicySpec = serde_json::from_str(
+        r#"{"allowOrigins":["http://127.1:8080","https://app.example.com","http://[0:0:0:0:0:0:0:1]",
+                            "http://10.0.0.256","http://127.0.0.1","https://*.0.0.1","https://[::1]"]}"#,
+    )
+    .expect("test JSON");
+    let report = validate(&spec);
+    let warned: Vec<_> = report
+        .warnings()
+        .filter(|f| f.code == "origin-never-matches")
+        .map(|f| (f.path.as_str(), f.message.as_str()))
+        .collect();
+    let paths: Vec<_> = warned.iter().map(|(p, _)| *p).collect();
+    assert_eq!(
+        paths,
+        [
+            "spec.allowOrigins[0]",
+            "spec.allowOrigins[2]",
+            "spec.allowOrigins[3]",
+            "spec.allowOrigins[5]",
+        ],
+        "{warned:?}"
+    );
+    assert!(
+        warned[0].1.contains("\"http://127.0.0.1:8080\""),
+        "{warned:?}"
+    );
+    assert!(warned[1].1.contains("\"http://[::1]\""), "{warned:?}");
+    assert!(warned[2].1.contains("IPv4"), "{warned:?}");
+    assert!(!report.has_errors(), "warnings only: {report:?}");
+}
