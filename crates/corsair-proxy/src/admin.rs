@@ -35,20 +35,46 @@ impl MetricsSource for Metrics {
     }
 }
 
-/// The active policy document as JSON; 404 while there is none (the file is missing).
+/// The active policy document as JSON; 404 while there is none (the file is missing, or was
+/// refused at start). When the file on disk was refused, [`REFUSED_HEADER`] says why.
 fn policy(state: &State) -> http::Response<http_body_util::Full<bytes::Bytes>> {
     let active = state.store.current();
-    let Some(document) = &active.document else {
-        return text(
+    let refused = state.store.refused();
+    let mut answer = match (&active.document, &refused) {
+        (Some(document), _) => match serde_json::to_vec_pretty(document) {
+            Ok(json) => response(StatusCode::OK, "application/json", json),
+            Err(_) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot encode the policy\n",
+            ),
+        },
+        (None, Some(why)) => response(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            format!("the policy file does not load, so no origin is allowed: {why}\n"),
+        ),
+        (None, None) => text(
             StatusCode::NOT_FOUND,
             "no policy file (not there yet, or removed): no origin is allowed\n",
-        );
-    };
-    match serde_json::to_vec_pretty(document) {
-        Ok(json) => response(StatusCode::OK, "application/json", json),
-        Err(_) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "cannot encode the policy\n",
         ),
+    };
+    if let Some(value) = refused.as_deref().map(header_text) {
+        answer
+            .headers_mut()
+            .insert(http::HeaderName::from_static(REFUSED_HEADER), value);
     }
+    answer
+}
+
+/// On `/policy`, why the policy file on disk is not the active policy.
+pub const REFUSED_HEADER: &str = "corsair-policy-file-refused";
+
+/// `why` as one header line: control characters (an error's line breaks) become spaces.
+fn header_text(why: &str) -> http::HeaderValue {
+    let line: String = why
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    http::HeaderValue::from_str(&line)
+        .unwrap_or_else(|_| http::HeaderValue::from_static("the file does not load"))
 }

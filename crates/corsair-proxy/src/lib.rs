@@ -172,6 +172,7 @@ impl Proxy {
             config.allow_missing_policy,
         )?);
         metrics.set_generation(store.current().generation());
+        metrics.set_file_refused(store.refused().is_some());
 
         // Thread per core: each worker thread runs a single-threaded runtime that accepts on its
         // own SO_REUSEPORT listener and serves its connections to the end, with no work

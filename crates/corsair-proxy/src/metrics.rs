@@ -63,6 +63,7 @@ pub struct Metrics {
     upstream_errors: Family<CauseLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     generation: Gauge,
+    file_refused: Gauge,
 }
 
 impl Metrics {
@@ -102,6 +103,12 @@ impl Metrics {
             "metadata.generation of the active policy (0: none loaded)",
             generation.clone(),
         );
+        let file_refused = Gauge::default();
+        registry.register(
+            "policy_file_refused",
+            "1 while the policy file on disk is one this proxy refused (the active policy is an older one, or allows no origin), else 0",
+            file_refused.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -112,6 +119,7 @@ impl Metrics {
             upstream_errors,
             reloads,
             generation,
+            file_refused,
         }
     }
 
@@ -142,6 +150,10 @@ impl Metrics {
         self.reloads
             .get_or_create(&ResultLabels { result: "failed" })
             .inc();
+    }
+
+    pub fn set_file_refused(&self, refused: bool) {
+        self.file_refused.set(i64::from(refused));
     }
 
     pub fn set_generation(&self, generation: i64) {

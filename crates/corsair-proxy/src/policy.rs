@@ -109,6 +109,8 @@ pub struct PolicyStore {
     /// than an error at start and "keep the last good policy" later.
     allow_missing: bool,
     active: ArcSwap<ActivePolicy>,
+    /// Why the file on disk is not the active policy, while it is one this proxy refused.
+    refused: std::sync::Mutex<Option<Arc<str>>>,
 }
 
 impl PolicyStore {
@@ -118,10 +120,12 @@ impl PolicyStore {
     /// sidecar does not know, would otherwise stop the pod at every start, where a reload keeps
     /// the last good policy instead.
     pub fn load(path: &Path, allow_missing: bool) -> Result<PolicyStore, PolicyError> {
+        let mut refused = None;
         let active = match std::fs::read(path) {
             Ok(raw) if allow_missing => match ActivePolicy::parse(path, raw.clone()) {
                 Ok(policy) => policy,
                 Err(err) => {
+                    refused = Some(Arc::from(err.to_string()));
                     tracing::error!(
                         error = %err,
                         "the policy file does not load; allowing no origin until one that does \
@@ -158,6 +162,7 @@ impl PolicyStore {
             path: path.to_owned(),
             allow_missing,
             active: ArcSwap::from_pointee(active),
+            refused: std::sync::Mutex::new(refused),
         })
     }
 
@@ -174,7 +179,24 @@ impl PolicyStore {
         self.active.load_full()
     }
 
+    /// Makes `policy` the active one; the file on disk is then no longer refused.
     pub fn replace(&self, policy: ActivePolicy) {
         self.active.store(Arc::new(policy));
+        self.set_refused(None);
+    }
+
+    /// Why the file on disk was refused, while the active policy is not that file.
+    pub fn refused(&self) -> Option<Arc<str>> {
+        self.refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn set_refused(&self, why: Option<Arc<str>>) {
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = why;
     }
 }

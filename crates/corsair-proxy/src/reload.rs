@@ -130,11 +130,14 @@ impl Reloader {
                 let generation = policy.generation();
                 self.store.replace(policy);
                 self.metrics.reload_ok(generation);
+                self.metrics.set_file_refused(false);
                 tracing::info!(policy = %path.display(), generation, "policy reloaded");
             }
             Err(err) => {
                 self.metrics.reload_failed();
+                self.metrics.set_file_refused(true);
                 tracing::error!(error = %err, "new policy refused; keeping the last good policy");
+                self.store.set_refused(Some(err.to_string().into()));
             }
         }
     }
@@ -144,6 +147,9 @@ impl Reloader {
     /// old and new pods of a workload agree. Without it a missing file is an operator's
     /// mistake, and the last good policy stays.
     fn removed(&self, path: &Path) {
+        // A refused file that is gone is no longer refused, whatever becomes active.
+        self.store.set_refused(None);
+        self.metrics.set_file_refused(false);
         if !self.store.allows_missing() {
             tracing::warn!(policy = %path.display(), "policy file disappeared; keeping the last good policy");
             return;

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use corsair_proxy::{Proxy, ProxyError};
 use support::{
-    Conn, Upstream, admin, config, empty, harness, harness_with, manifest, metric, request, values,
+    Conn, Upstream, admin, config, empty, harness, harness_with, manifest, metric, policy_refused,
+    request, values,
 };
 
 const APP: &str = "https://app.example.com";
@@ -193,16 +194,28 @@ async fn an_invalid_policy_is_refused_and_the_last_good_one_stays() {
     wait_for_metric(&h.proxy, failed, 1.0).await;
     assert_eq!(allowed_origin(&mut conn, APP).await.as_deref(), Some(APP));
     assert_eq!(allowed_origin(&mut conn, NEW).await, None);
+    // `/policy` shows the policy still enforced, and says that the file on disk was refused.
+    let refused = "corsair_proxy_policy_file_refused";
+    assert_eq!(metric(&h.proxy, refused).await, 1.0);
+    let why = policy_refused(&h.proxy).await.expect("the refusal is said");
+    assert!(why.contains("allowOrigins[0]"), "{why}");
 
     // Not even YAML.
     replace(&h.policy.path, "spec: [unclosed");
     wait_for_metric(&h.proxy, failed, 2.0).await;
     assert_eq!(allowed_origin(&mut conn, APP).await.as_deref(), Some(APP));
 
-    // The file vanishing keeps the last good policy too.
+    let why = policy_refused(&h.proxy).await.expect("the refusal is said");
+    assert!(
+        !why.contains("allowOrigins"),
+        "the newer refusal replaces the older: {why}"
+    );
+
+    // The file vanishing keeps the last good policy too; nothing on disk is refused then.
     std::fs::remove_file(&h.policy.path).expect("remove policy");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for_metric(&h.proxy, refused, 0.0).await;
     assert_eq!(allowed_origin(&mut conn, APP).await.as_deref(), Some(APP));
+    assert_eq!(policy_refused(&h.proxy).await, None);
 
     assert_eq!(
         metric(
@@ -505,7 +518,16 @@ async fn with_the_flag_a_policy_that_does_not_load_allows_no_origin_until_one_do
     assert_eq!(status, 200);
     let (status, body) = admin(&proxy, "/policy").await;
     assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("does not load") && body.contains("aFieldFromTheFuture"),
+        "{body}"
+    );
+    assert!(policy_refused(&proxy).await.is_some());
     assert_eq!(metric(&proxy, "corsair_proxy_policy_generation").await, 0.0);
+    assert_eq!(
+        metric(&proxy, "corsair_proxy_policy_file_refused").await,
+        1.0
+    );
     let mut conn = Conn::open(proxy.listen_addr()).await;
     assert_eq!(allowed_origin(&mut conn, APP).await, None);
 
@@ -513,6 +535,11 @@ async fn with_the_flag_a_policy_that_does_not_load_allows_no_origin_until_one_do
     std::fs::write(&path, json).expect("write policy");
     wait_until_allowed(&mut conn, APP, Duration::from_secs(3)).await;
     assert_eq!(metric(&proxy, "corsair_proxy_policy_generation").await, 9.0);
+    assert_eq!(
+        metric(&proxy, "corsair_proxy_policy_file_refused").await,
+        0.0
+    );
+    assert_eq!(policy_refused(&proxy).await, None);
     proxy.shutdown().await.expect("clean shutdown");
 
     // Without the flag the same file is a startup error naming the field.

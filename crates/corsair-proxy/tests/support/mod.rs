@@ -172,6 +172,15 @@ pub async fn admin(proxy: &Proxy, path: &str) -> (StatusCode, String) {
     )
 }
 
+/// Why `/policy` says the policy file on disk was refused, if it does.
+pub async fn policy_refused(proxy: &Proxy) -> Option<String> {
+    let response = send(proxy.admin_addr(), request("GET", "/policy")).await;
+    response
+        .headers()
+        .get("corsair-policy-file-refused")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
 /// The value of a metric line (`name{labels} value`) from `/metrics`, 0 when absent.
 pub async fn metric(proxy: &Proxy, series: &str) -> f64 {
     let (_, body) = admin(proxy, "/metrics").await;
