@@ -388,6 +388,7 @@ async fn leads_serves_and_releases_the_lease_on_sigterm() {
         "/apis/apps/v1/statefulsets",
         "/apis/apps/v1/daemonsets",
         "/api/v1/configmaps",
+        "/api/v1/pods",
     ];
     loop {
         let seen = state.lock().map(|s| s.seen.clone()).unwrap_or_default();
@@ -396,6 +397,11 @@ async fn leads_serves_and_releases_the_lease_on_sigterm() {
                 seen.iter().any(|s| s.contains("/api/v1/configmaps")
                     && s.contains("labelSelector=app.kubernetes.io%2Fmanaged-by%3Dcorsair")),
                 "ConfigMaps are watched by label only: {seen:?}"
+            );
+            assert!(
+                seen.iter().any(|s| s.contains("/api/v1/pods")
+                    && s.contains("labelSelector=corsair.dev%2Finject%3Denabled")),
+                "pods are watched by the opt-in label only: {seen:?}"
             );
             break;
         }

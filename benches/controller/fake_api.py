@@ -27,6 +27,7 @@ KINDS = {
     "daemonsets": ("/apis/apps/v1", "DaemonSet"),
     "corspolicies": ("/apis/corsair.dev/v1alpha1", "CorsPolicy"),
     "configmaps": ("/api/v1", "ConfigMap"),
+    "pods": ("/api/v1", "Pod"),
 }
 
 

@@ -137,6 +137,32 @@ def policy(ns, name, index):
     }
 
 
+def pod(ns, deployment_name, replica):
+    """A running pod of an opted-in Deployment, the proxy injected: what the leader's watch of
+    labelled pods lists (the fake sends whole pods where an API server sends metadata only)."""
+    name = f"{deployment_name}-7d9f8c6b5-{replica:05}"
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "uid": f"uid-{ns}-{name}",
+                     "creationTimestamp": "2026-11-01T10:00:00Z",
+                     "labels": {"app": deployment_name, fake_api.INJECT_LABEL: "enabled",
+                                "pod-template-hash": "7d9f8c6b5"},
+                     "annotations": {fake_api.POLICY_ANNOTATION: "policy-0",
+                                     "corsair.dev/injected": json.dumps(
+                                         {"container": "corsair-proxy", "port": "http"})},
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                          "name": f"{deployment_name}-7d9f8c6b5",
+                                          "uid": f"uid-{ns}-{deployment_name}-rs",
+                                          "controller": True, "blockOwnerDeletion": True}]},
+        "spec": {"containers": [
+            {"name": "app", "image": "registry.example.com/app:1.0",
+             "ports": [{"name": "http", "containerPort": 8080}]},
+            {"name": "corsair-proxy", "image": "ghcr.io/corsair/corsair-proxy:0.1.0",
+             "ports": [{"name": "corsair-http", "containerPort": 15380}]}]},
+        "status": {"phase": "Running", "podIP": "10.0.0.1"},
+    }
+
+
 def populate(store, args):
     per_ns_deploy = args.deployments // args.namespaces
     per_ns_annotated = args.annotated // args.namespaces
@@ -156,6 +182,8 @@ def populate(store, args):
             store.add("deployments", obj)
             if pol:
                 annotated.append((ns, name))
+                for replica in range(2):
+                    store.add("pods", pod(ns, name, replica))
     return annotated, sum(sizes) / max(len(sizes), 1)
 
 

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub duration: Family<ControllerLabels, Histogram>,
     /// 1 while this replica holds the leader lease.
     pub leader: Gauge,
+    /// Pods with the opt-in label that run without the proxy, as the leader last saw them.
+    pub pods_without_proxy: Gauge,
 }
 
 impl Metrics {
@@ -40,6 +42,7 @@ impl Metrics {
                 Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0])
             }),
             leader: Gauge::default(),
+            pods_without_proxy: Gauge::default(),
         };
         let sub = registry.sub_registry_with_prefix("corsair_controller");
         sub.register(
@@ -61,6 +64,11 @@ impl Metrics {
             "leader",
             "1 while this replica runs the reconcilers",
             metrics.leader.clone(),
+        );
+        sub.register(
+            "pods_without_proxy",
+            "Pods with the opt-in label that run without the proxy (admitted while the injection webhook was unreachable), as the leader last saw them",
+            metrics.pods_without_proxy.clone(),
         );
         metrics
     }

@@ -5,6 +5,7 @@
 //! matter to it ([`triggers`]), and stops them all when told to, which is how leader election
 //! hands the reconcilers from one replica to another.
 
+pub mod bypassed;
 pub mod gate;
 pub mod policy;
 pub mod pruned;
@@ -470,8 +471,10 @@ pub async fn run(
     let statefulsets = workloads(&caches.statefulsets, statefulsets, ctx.clone(), stopped());
     let daemonsets = workloads(&caches.daemonsets, daemonsets, ctx.clone(), stopped());
 
+    let bypassed = bypassed::watch(ctx.clone(), stopped());
+
     tracing::info!("reconcilers started");
-    tokio::join!(policies, deployments, statefulsets, daemonsets);
+    tokio::join!(policies, deployments, statefulsets, daemonsets, bypassed);
     tracing::info!("reconcilers stopped");
     Ok(())
 }

@@ -1,0 +1,213 @@
+//! The watch of labelled pods against a mocked API server: each call asserted in order.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use http::{Method, StatusCode};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::core::PartialObjectMeta;
+use kube::runtime::events::Reporter;
+use kube::runtime::watcher::Event;
+use serde_json::{Value, json};
+
+use super::{Bypassed, REASON_PROXY_MISSING};
+use crate::fixtures::{ApiServerVerifier, StaticIndex, event_response, mock_client};
+use crate::metrics::Metrics;
+use crate::reconcile::Context;
+use crate::webhook::InjectConfig;
+
+fn context() -> (Arc<Context>, ApiServerVerifier) {
+    let (client, verifier) = mock_client();
+    let reporter = Reporter {
+        controller: crate::reconcile::REPORTER.into(),
+        instance: Some("test".into()),
+    };
+    let inject = InjectConfig {
+        excluded_namespaces: ["kube-system".to_owned()].into(),
+        ..InjectConfig::default()
+    };
+    let ctx = Context::new(
+        client,
+        reporter,
+        Metrics::default(),
+        Arc::new(StaticIndex::default()),
+    )
+    .with_inject(inject);
+    (Arc::new(ctx), verifier)
+}
+
+/// The metadata the watch brings of pod `name` in `ns`; `injected` adds the webhook's mark.
+fn meta(ns: &str, name: &str, injected: bool) -> PartialObjectMeta<Pod> {
+    let mut annotations = BTreeMap::from([("corsair.dev/policy".to_owned(), "api".to_owned())]);
+    if injected {
+        annotations.insert("corsair.dev/injected".to_owned(), "{}".to_owned());
+    }
+    PartialObjectMeta {
+        types: None,
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            uid: Some(format!("uid-{name}")),
+            labels: Some(BTreeMap::from([(
+                "corsair.dev/inject".to_owned(),
+                "enabled".to_owned(),
+            )])),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        },
+        _phantom: std::marker::PhantomData,
+    }
+}
+
+/// The whole pod as a GET returns it: the app container, and what `extra` adds to the spec.
+fn pod(name: &str, extra: Value) -> Value {
+    let mut spec = json!({"containers": [{"name": "app", "image": "app:1"}]});
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            spec.insert(k.clone(), v.clone());
+        }
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"),
+                     "labels": {"corsair.dev/inject": "enabled"}},
+        "spec": spec,
+    })
+}
+
+async fn answer_get(verifier: &mut ApiServerVerifier, name: &str, body: Value) {
+    let call = verifier.next_call().await;
+    call.expect(Method::GET, &format!("/api/v1/namespaces/shop/pods/{name}"));
+    call.respond(StatusCode::OK, &body);
+}
+
+/// Asserts the Warning Event about pod `name`; returns its note.
+async fn answer_event(verifier: &mut ApiServerVerifier, name: &str) -> String {
+    let call = verifier.next_call().await;
+    call.expect(
+        Method::POST,
+        "/apis/events.k8s.io/v1/namespaces/shop/events",
+    );
+    assert_eq!(call.body["type"], "Warning");
+    assert_eq!(call.body["reason"], REASON_PROXY_MISSING);
+    assert_eq!(call.body["regarding"]["kind"], "Pod");
+    assert_eq!(call.body["regarding"]["name"], name);
+    let note = call.body["note"].as_str().unwrap_or_default().to_owned();
+    let answer = event_response(&call);
+    call.respond(StatusCode::CREATED, &answer);
+    note
+}
+
+/// Handles `event`, failing the test if that waits for an API call nobody answers (an Event the
+/// test does not expect).
+async fn on(bypassed: &Bypassed, ctx: &Context, event: Event<PartialObjectMeta<Pod>>) {
+    let handled =
+        tokio::time::timeout(crate::fixtures::CALL_TIMEOUT, bypassed.on_event(ctx, event));
+    assert!(
+        handled.await.is_ok(),
+        "the event waited for an unanswered API call"
+    );
+}
+
+fn gauge(ctx: &Context) -> i64 {
+    ctx.metrics.pods_without_proxy.get()
+}
+
+#[tokio::test]
+async fn a_labelled_pod_without_the_proxy_is_said_once_and_forgotten_when_deleted() {
+    let (ctx, mut verifier) = context();
+    let bypassed = Bypassed::default();
+
+    // Seen at the list: read, found without the proxy, said on the pod.
+    let (_, note) = tokio::join!(
+        on(
+            &bypassed,
+            &ctx,
+            Event::InitApply(meta("shop", "web-1", false))
+        ),
+        async {
+            answer_get(&mut verifier, "web-1", pod("web-1", json!({}))).await;
+            answer_event(&mut verifier, "web-1").await
+        }
+    );
+    assert!(
+        note.contains("without the corsair-proxy container")
+            && note.contains("kubectl delete pod -n shop web-1"),
+        "{note}"
+    );
+    on(&bypassed, &ctx, Event::InitDone).await;
+    assert_eq!(gauge(&ctx), 1);
+
+    // Changes of the same pod say nothing again, and cost no read.
+    on(&bypassed, &ctx, Event::Apply(meta("shop", "web-1", false))).await;
+    // Injected pods, pods of excluded namespaces: no read either.
+    on(&bypassed, &ctx, Event::Apply(meta("shop", "web-2", true))).await;
+    on(
+        &bypassed,
+        &ctx,
+        Event::Apply(meta("kube-system", "dns", false)),
+    )
+    .await;
+    assert_eq!(gauge(&ctx), 1);
+
+    on(&bypassed, &ctx, Event::Delete(meta("shop", "web-1", false))).await;
+    assert_eq!(gauge(&ctx), 0);
+    verifier.expect_no_more_calls().await;
+}
+
+#[tokio::test]
+async fn pods_the_webhook_leaves_alone_on_purpose_or_that_have_the_proxy_are_not_said() {
+    let (ctx, mut verifier) = context();
+    let bypassed = Bypassed::default();
+    let cases = [
+        ("host", json!({"hostNetwork": true})),
+        (
+            "native",
+            json!({"initContainers": [{"name": "corsair-proxy", "image": "corsair-proxy:1", "restartPolicy": "Always"}]}),
+        ),
+        (
+            "regular",
+            json!({"containers": [{"name": "app", "image": "app:1"}, {"name": "corsair-proxy", "image": "corsair-proxy:1"}]}),
+        ),
+    ];
+    for (name, extra) in cases {
+        tokio::join!(
+            on(&bypassed, &ctx, Event::Apply(meta("shop", name, false))),
+            answer_get(&mut verifier, name, pod(name, extra)),
+        );
+    }
+    // A pod replaced under the same name between the event and the read is not this pod.
+    let mut other = pod("gone", json!({}));
+    other["metadata"]["uid"] = json!("uid-another");
+    tokio::join!(
+        on(&bypassed, &ctx, Event::Apply(meta("shop", "gone", false))),
+        answer_get(&mut verifier, "gone", other),
+    );
+    assert_eq!(gauge(&ctx), 0);
+    verifier.expect_no_more_calls().await;
+}
+
+/// A re-list (after the watch expired) forgets the pods deleted while no watch ran, and says
+/// again none of those it still finds.
+#[tokio::test]
+async fn a_relist_forgets_pods_deleted_meanwhile_without_saying_the_others_again() {
+    let (ctx, mut verifier) = context();
+    let bypassed = Bypassed::default();
+    for name in ["a", "b"] {
+        tokio::join!(
+            on(&bypassed, &ctx, Event::Apply(meta("shop", name, false))),
+            async {
+                answer_get(&mut verifier, name, pod(name, json!({}))).await;
+                answer_event(&mut verifier, name).await
+            }
+        );
+    }
+    assert_eq!(gauge(&ctx), 2);
+
+    on(&bypassed, &ctx, Event::Init).await;
+    on(&bypassed, &ctx, Event::InitApply(meta("shop", "b", false))).await;
+    on(&bypassed, &ctx, Event::InitDone).await;
+    assert_eq!(gauge(&ctx), 1, "a was deleted while no watch ran");
+    verifier.expect_no_more_calls().await;
+}
