@@ -20,7 +20,10 @@ use kube::runtime::events::EventType;
 use kube::runtime::{WatchStreamExt, watcher};
 
 use super::Context;
-use crate::names::{INJECT_LABEL, INJECT_LABEL_VALUE, INJECTED_ANNOTATION, SIDECAR_NAME};
+use crate::names::{
+    INJECT_LABEL, INJECT_LABEL_VALUE, INJECTED_ANNOTATION, POLICY_ANNOTATION, SIDECAR_NAME,
+};
+use crate::webhook::inject::skip;
 
 /// Reason of the Warning Event on a pod that runs without the proxy.
 pub const REASON_PROXY_MISSING: &str = "ProxyMissing";
@@ -79,15 +82,20 @@ impl Bypassed {
                 return;
             }
         }
-        let injected = meta
-            .annotations
-            .as_ref()
-            .is_some_and(|a| a.contains_key(INJECTED_ANNOTATION));
-        if injected || meta.deletion_timestamp.is_some() || ctx.excluded_namespace(namespace) {
+        let annotated = |key| {
+            meta.annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(key))
+        };
+        // The webhook injects only into pods that name a policy, and marks every one.
+        if annotated(INJECTED_ANNOTATION)
+            || !annotated(POLICY_ANNOTATION)
+            || meta.deletion_timestamp.is_some()
+            || ctx.excluded_namespace(namespace)
+        {
             return;
         }
-        // Rare (the webhook annotates every pod it injects into): read the pod to tell the
-        // ones it admits unchanged on purpose.
+        // Rare: read the pod to tell the ones the webhook admits unchanged on purpose.
         let full = match Api::<Pod>::namespaced(ctx.client.clone(), namespace)
             .get_opt(name)
             .await
@@ -99,7 +107,7 @@ impl Bypassed {
                 return;
             }
         };
-        let Some(note) = bypass_note(&full) else {
+        let Some(note) = bypass_note(&full, ctx.excluded_namespace(namespace)) else {
             return;
         };
         {
@@ -124,19 +132,22 @@ impl Bypassed {
     }
 }
 
-/// Why `pod` runs without the proxy, or `None` when it has it or the webhook leaves it alone
-/// on purpose (the host network: `InjectionSkipped` on its workload says so).
-pub(crate) fn bypass_note(pod: &Pod) -> Option<String> {
+/// Why `pod` runs without the proxy, or `None` when the webhook would have admitted it as it
+/// is: it has the proxy, or the webhook leaves it alone on purpose (the host network, an
+/// excluded namespace, no policy named; `InjectionSkipped` on its workload says so). The
+/// webhook's own rule decides, so the two cannot disagree. A pod the webhook would refuse (a
+/// malformed policy name) is said too: it can only run because the webhook was not called.
+pub(crate) fn bypass_note(pod: &Pod, excluded_namespace: bool) -> Option<String> {
     let spec = pod.spec.as_ref()?;
-    if spec.host_network == Some(true) {
-        return None;
-    }
-    let has_proxy = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .any(|c| c.name == SIDECAR_NAME);
-    if has_proxy {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let policy = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(POLICY_ANNOTATION))
+        .map(String::as_str);
+    let excluded = excluded_namespace.then_some(namespace);
+    if matches!(skip(spec, excluded, policy), Ok(Err(_))) {
         return None;
     }
     Some(format!(
@@ -145,7 +156,7 @@ pub(crate) fn bypass_note(pod: &Pod) -> Option<String> {
          Ignore, while the webhook was unreachable). Its traffic reaches the application without CORS \
          enforcement. Replace it once the webhook is back: `kubectl delete pod -n {ns} {name}` (its \
          controller creates a new one, with the proxy), or `kubectl rollout restart` its workload",
-        ns = pod.metadata.namespace.as_deref().unwrap_or_default(),
+        ns = namespace,
         name = pod.metadata.name.as_deref().unwrap_or_default(),
     ))
 }

@@ -394,7 +394,7 @@ pub fn inject(
 /// The policy the pod names, or why the pod is admitted unchanged (`Ok(Err(..))`): it already
 /// has the proxy, its namespace is `excluded`, it uses the host network, or it names no
 /// policy. A malformed name refuses it.
-fn skip<'a>(
+pub(crate) fn skip<'a>(
     spec: &PodSpec,
     excluded: Option<&str>,
     policy: Option<&'a str>,

@@ -71,7 +71,8 @@ fn pod(name: &str, extra: Value) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"),
-                     "labels": {"corsair.dev/inject": "enabled"}},
+                     "labels": {"corsair.dev/inject": "enabled"},
+                     "annotations": {"corsair.dev/policy": "api"}},
         "spec": spec,
     })
 }
@@ -177,6 +178,12 @@ async fn pods_the_webhook_leaves_alone_on_purpose_or_that_have_the_proxy_are_not
             answer_get(&mut verifier, name, pod(name, extra)),
         );
     }
+    // A label without a policy named: the webhook admits it unchanged, and no read is made.
+    let mut unnamed = meta("shop", "unnamed", false);
+    if let Some(a) = unnamed.metadata.annotations.as_mut() {
+        a.remove("corsair.dev/policy");
+    }
+    on(&bypassed, &ctx, Event::Apply(unnamed)).await;
     // A pod replaced under the same name between the event and the read is not this pod.
     let mut other = pod("gone", json!({}));
     other["metadata"]["uid"] = json!("uid-another");
