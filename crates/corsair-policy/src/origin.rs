@@ -246,7 +246,9 @@ pub(crate) enum HostSpelling {
 }
 
 /// See [`HostSpelling`]. Names are left to the other checks: only addresses are spelled here.
-pub(crate) fn browser_host(host: &str) -> HostSpelling {
+/// Browsers read IPv4 addresses in the hosts of special schemes only (`http`, `https`, `ws`,
+/// `wss`, `ftp`); another scheme's host is opaque to them, save a bracketed IPv6 address.
+pub(crate) fn browser_host(scheme: &str, host: &str) -> HostSpelling {
     let written = |canonical: String| {
         if canonical == host {
             HostSpelling::AsWritten
@@ -260,7 +262,7 @@ pub(crate) fn browser_host(host: &str) -> HostSpelling {
             Err(_) => HostSpelling::Never("it is not an IPv6 address"),
         };
     }
-    if !ends_in_number(host) {
+    if !is_special(scheme) || !ends_in_number(host) {
         return HostSpelling::AsWritten;
     }
     match ipv4(host) {
@@ -269,6 +271,11 @@ pub(crate) fn browser_host(host: &str) -> HostSpelling {
             "a host that ends in a number is an IPv4 address to browsers, and this one is not one",
         ),
     }
+}
+
+/// The WHATWG URL Standard's special schemes that have hosts (`file` aside).
+pub(crate) fn is_special(scheme: &str) -> bool {
+    matches!(scheme, "http" | "https" | "ws" | "wss" | "ftp")
 }
 
 /// Whether the host's last label is a number, which makes browsers parse it as an IPv4 address.

@@ -3,7 +3,8 @@
 use crate::engine::{canonical_path, is_token, needs_canonical, normalize_prefix};
 use crate::model::{CorsPolicySpec, RouteSpec};
 use crate::origin::{
-    HostSpelling, OriginPattern, browser_host, ends_in_number, parse_config_origin, split_host_port,
+    HostSpelling, OriginPattern, browser_host, ends_in_number, is_special, parse_config_origin,
+    split_host_port,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -335,8 +336,18 @@ fn check_origins(out: &mut Findings, base: &str, origins: &[String]) {
         let path = format!("{base}.allowOrigins[{i}]");
         match parse_config_origin(entry) {
             Err(why) => out.error(&path, "invalid-origin", format!("{entry:?} {why}")),
-            Ok(OriginPattern::Wildcard { suffix, .. }) => {
-                if psl::suffix_str(&suffix) == Some(suffix.as_str()) && !is_special_use(&suffix) {
+            Ok(OriginPattern::Wildcard { scheme, suffix, .. }) => {
+                // Before the public-suffix check: psl's default rule makes any unknown last
+                // label, a number included, a public suffix.
+                if is_special(&scheme) && ends_in_number(&suffix) {
+                    out.warn(
+                        &path,
+                        "wildcard-over-address",
+                        format!("{entry:?} matches no host name: browsers read a host that ends in a number as an IPv4 address, so `*` here stands for the first bytes of addresses ending in .{suffix}; list the origins"),
+                    );
+                } else if psl::suffix_str(&suffix) == Some(suffix.as_str())
+                    && !is_special_use(&suffix)
+                {
                     out.warn(
                         &path,
                         "public-suffix-wildcard",
@@ -347,12 +358,6 @@ fn check_origins(out: &mut Findings, base: &str, origins: &[String]) {
                         &path,
                         "third-party-hosting",
                         format!("{entry:?} covers {domain}, where anyone can publish a site: list your own hosts"),
-                    );
-                } else if ends_in_number(&suffix) {
-                    out.warn(
-                        &path,
-                        "origin-never-matches",
-                        format!("{entry:?} never matches a host name: browsers read a host that ends in a number as an IPv4 address, so `*` here stands for address bytes; list the addresses"),
                     );
                 }
             }
@@ -370,7 +375,7 @@ fn lint_address_spelling(out: &mut Findings, path: &str, entry: &str) {
         return;
     };
     let (host, port) = split_host_port(rest);
-    match browser_host(host) {
+    match browser_host(scheme, host) {
         HostSpelling::AsWritten => {}
         HostSpelling::Browsers(host) => {
             let port = port.map(|p| format!(":{p}")).unwrap_or_default();

@@ -166,7 +166,7 @@ fn whatwg_host(host: &str) -> Option<String> {
 }
 
 fn spelled(host: &str) -> Option<String> {
-    match browser_host(host) {
+    match browser_host("http", host) {
         HostSpelling::AsWritten => Some(host.to_owned()),
         HostSpelling::Browsers(h) => Some(h),
         HostSpelling::Never(_) => None,
@@ -204,6 +204,14 @@ fn addresses_are_spelled_as_browsers_send_them() {
             want,
             "the url crate on {host:?}"
         );
+        // Another scheme's host is opaque to browsers, but for IPv6.
+        if !host.starts_with('[') {
+            assert_eq!(
+                browser_host("app", host),
+                HostSpelling::AsWritten,
+                "{host:?}"
+            );
+        }
     }
 }
 
