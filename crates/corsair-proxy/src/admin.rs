@@ -69,12 +69,41 @@ fn policy(state: &State) -> http::Response<http_body_util::Full<bytes::Bytes>> {
 /// On `/policy`, why the policy file on disk is not the active policy.
 pub const REFUSED_HEADER: &str = "corsair-policy-file-refused";
 
-/// `why` as one header line: control characters (an error's line breaks) become spaces.
+const REFUSED_HEADER_MAX: usize = 1024;
+
+/// `why` as one header line of printable ASCII, at most [`REFUSED_HEADER_MAX`] bytes: control
+/// characters (an error's line breaks) become spaces, other characters `?`. The whole reason
+/// is in the error log line.
 fn header_text(why: &str) -> http::HeaderValue {
-    let line: String = why
+    let mut line: String = why
         .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| match c {
+            c if c.is_ascii_control() || c.is_control() => ' ',
+            c if c.is_ascii() => c,
+            _ => '?',
+        })
         .collect();
+    if line.len() > REFUSED_HEADER_MAX {
+        line.truncate(REFUSED_HEADER_MAX - 3);
+        line.push_str("...");
+    }
     http::HeaderValue::from_str(&line)
         .unwrap_or_else(|_| http::HeaderValue::from_static("the file does not load"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{REFUSED_HEADER_MAX, header_text};
+
+    #[test]
+    fn a_refusal_becomes_one_short_printable_line() {
+        let value = header_text("policy file /etc/café.yaml: spec.x\nline 2\tcol\u{7f}");
+        assert_eq!(
+            value.to_str().ok(),
+            Some("policy file /etc/caf?.yaml: spec.x line 2 col ")
+        );
+        let long = header_text(&"é".repeat(5000));
+        assert_eq!(long.len(), REFUSED_HEADER_MAX);
+        assert!(long.to_str().is_ok_and(|s| s.ends_with("...")));
+    }
 }

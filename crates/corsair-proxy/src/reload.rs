@@ -114,8 +114,23 @@ impl Reloader {
             };
             content = again;
         }
-        if self.unreadable.take().is_some() && content.is_some() {
-            tracing::info!(policy = %path.display(), "the policy file can be read again");
+        if self.unreadable.take().is_some() {
+            if content.is_some() {
+                tracing::info!(policy = %path.display(), "the policy file can be read again");
+            }
+            if content.is_some() && content == self.store.current().raw {
+                // Readable again, and what is enforced: nothing on disk is refused.
+                self.store.set_refused(None);
+                self.metrics.set_file_refused(false);
+            } else {
+                // Forget what was seen, so that what is there now is looked at again, even
+                // bytes seen before: its refusal or its removal replaces the read error.
+                self.last_seen = if content.is_some() {
+                    None
+                } else {
+                    Some(Vec::new())
+                };
+            }
         }
         if content == self.last_seen {
             return;
@@ -180,6 +195,9 @@ impl Reloader {
                 let error = err.to_string();
                 if self.unreadable.as_ref() != Some(&error) {
                     self.metrics.reload_failed();
+                    self.metrics.set_file_refused(true);
+                    self.store
+                        .set_refused(Some(format!("cannot read the file: {error}").into()));
                     tracing::error!(
                         policy = %path.display(),
                         %error,

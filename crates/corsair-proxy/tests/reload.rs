@@ -158,10 +158,21 @@ async fn an_unreadable_policy_file_is_reported_once_and_the_last_good_policy_sta
     assert_eq!(metric(&h.proxy, failed).await, 1.0);
     assert_eq!(allowed_origin(&mut conn, APP).await.as_deref(), Some(APP));
     assert_eq!(allowed_origin(&mut conn, NEW).await, None);
+    // What is on disk is not what is enforced, and `/policy` says why.
+    let refused = "corsair_proxy_policy_file_refused";
+    assert_eq!(metric(&h.proxy, refused).await, 1.0);
+    let why = policy_refused(&h.proxy)
+        .await
+        .expect("the read error is said");
+    assert!(why.contains("cannot read"), "{why}");
 
+    // The file the proxy enforces, readable again: nothing is refused any more.
     std::fs::remove_dir(&h.policy.path).expect("remove the directory");
-    // Whole at once, so that no check reads it half written. A check between the two steps
-    // sees no file and waits the removal's confirmation second first.
+    replace(&h.policy.path, &manifest(OLD_POLICY, 1));
+    wait_for_metric(&h.proxy, refused, 0.0).await;
+    assert_eq!(policy_refused(&h.proxy).await, None);
+
+    // Whole at once, so that no check reads it half written.
     replace(&h.policy.path, &manifest(NEW_POLICY, 2));
     wait_until_allowed(&mut conn, NEW, Duration::from_secs(4)).await;
     assert_eq!(metric(&h.proxy, failed).await, 1.0);
