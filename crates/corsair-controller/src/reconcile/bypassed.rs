@@ -9,8 +9,10 @@
 //! gauge `corsair_controller_pods_without_proxy`. It changes nothing itself: deleting a serving
 //! pod is the owner's call.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -18,6 +20,7 @@ use kube::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::EventType;
 use kube::runtime::{WatchStreamExt, watcher};
+use tokio::time::Instant;
 
 use super::Context;
 use crate::names::{
@@ -28,17 +31,36 @@ use crate::webhook::inject::skip;
 /// Reason of the Warning Event on a pod that runs without the proxy.
 pub const REASON_PROXY_MISSING: &str = "ProxyMissing";
 
-/// The pods (by uid) said to run without the proxy, and those a re-list has seen so far.
+/// How often the pods said are looked at again: gone or finished ones leave the gauge, and an
+/// Event that failed is sent again.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5 * 60);
+
+/// After how long a pod still without the proxy is said again: Events expire after an hour.
+pub const SAY_AGAIN_AFTER: Duration = Duration::from_secs(45 * 60);
+
+/// What the leader knows of the labelled pods, by uid.
 #[derive(Debug, Default)]
 pub struct Bypassed {
-    said: Mutex<Said>,
+    state: Mutex<State>,
 }
 
 #[derive(Debug, Default)]
-struct Said {
-    pods: HashSet<String>,
-    /// While the watcher lists again (after a watch expired): the pods of `pods` it has seen.
+struct State {
+    /// Pods found without the proxy, in uid order (a sweep reads them in that order).
+    said: BTreeMap<String, Said>,
+    /// Pods looked at that the webhook admits as they are (the host network, the proxy
+    /// already there, finished): a pod's containers do not change, so they are not read again.
+    cleared: HashSet<String>,
+    /// While the watcher lists again (after a watch expired): the pods it has seen so far.
     relisted: Option<HashSet<String>>,
+}
+
+#[derive(Debug)]
+struct Said {
+    pod: PartialObjectMeta<Pod>,
+    note: String,
+    /// When the Event went out; `None` while it has not.
+    at: Option<Instant>,
 }
 
 impl Bypassed {
@@ -47,18 +69,20 @@ impl Bypassed {
         match event {
             watcher::Event::Init => self.lock().relisted = Some(HashSet::new()),
             watcher::Event::InitDone => {
-                let mut said = self.lock();
-                if let Some(seen) = said.relisted.take() {
+                let mut state = self.lock();
+                if let Some(seen) = state.relisted.take() {
                     // Pods deleted while no watch ran are forgotten.
-                    said.pods.retain(|uid| seen.contains(uid));
+                    state.said.retain(|uid, _| seen.contains(uid));
+                    state.cleared.retain(|uid| seen.contains(uid));
                 }
-                ctx.metrics.pods_without_proxy.set(gauge(said.pods.len()));
+                state.count(ctx);
             }
             watcher::Event::Delete(pod) => {
                 if let Some(uid) = &pod.metadata.uid {
-                    let mut said = self.lock();
-                    said.pods.remove(uid);
-                    ctx.metrics.pods_without_proxy.set(gauge(said.pods.len()));
+                    let mut state = self.lock();
+                    state.said.remove(uid);
+                    state.cleared.remove(uid);
+                    state.count(ctx);
                 }
             }
             watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
@@ -74,11 +98,11 @@ impl Bypassed {
             return;
         };
         {
-            let mut said = self.lock();
-            if said.pods.contains(uid) {
-                if let Some(seen) = said.relisted.as_mut() {
-                    seen.insert(uid.clone());
-                }
+            let mut state = self.lock();
+            if let Some(seen) = state.relisted.as_mut() {
+                seen.insert(uid.clone());
+            }
+            if state.said.contains_key(uid) || state.cleared.contains(uid) {
                 return;
             }
         }
@@ -96,49 +120,129 @@ impl Bypassed {
             return;
         }
         // Rare: read the pod to tell the ones the webhook admits unchanged on purpose.
-        let full = match Api::<Pod>::namespaced(ctx.client.clone(), namespace)
-            .get_opt(name)
-            .await
-        {
-            Ok(Some(full)) if full.metadata.uid.as_deref() == Some(uid) => full,
-            Ok(_) => return,
-            Err(err) => {
-                tracing::warn!(%err, namespace, pod = name, "cannot read a pod that may run without the proxy; it is looked at again when it changes");
-                return;
-            }
-        };
-        let Some(note) = bypass_note(&full, ctx.excluded_namespace(namespace)) else {
+        let Some(full) = read(ctx, namespace, name, uid).await else {
             return;
         };
-        {
-            let mut said = self.lock();
-            said.pods.insert(uid.clone());
-            if let Some(seen) = said.relisted.as_mut() {
-                seen.insert(uid.clone());
-            }
-            ctx.metrics.pods_without_proxy.set(gauge(said.pods.len()));
-        }
+        let Some(note) = bypass_note(&full, ctx.excluded_namespace(namespace)) else {
+            self.lock().cleared.insert(uid.clone());
+            return;
+        };
         tracing::warn!(
             namespace,
             pod = name,
             "a pod of an opted-in workload runs without the proxy"
         );
-        ctx.publish(&full, EventType::Warning, REASON_PROXY_MISSING, note)
-            .await;
+        {
+            let mut state = self.lock();
+            let said = Said {
+                pod: pod.clone(),
+                note: note.clone(),
+                at: None,
+            };
+            state.said.insert(uid.clone(), said);
+            state.count(ctx);
+        }
+        if ctx
+            .publish(&pod, EventType::Warning, REASON_PROXY_MISSING, note)
+            .await
+            && let Some(said) = self.lock().said.get_mut(uid)
+        {
+            said.at = Some(Instant::now());
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Said> {
-        self.said.lock().unwrap_or_else(|p| p.into_inner())
+    /// Reads each pod said again: one gone or finished leaves the count, one still running
+    /// is said again when its Event failed or is older than [`SAY_AGAIN_AFTER`].
+    pub async fn sweep(&self, ctx: &Context) {
+        self.sweep_at(ctx, Instant::now()).await;
+    }
+
+    /// [`Bypassed::sweep`] as if it were `now`.
+    async fn sweep_at(&self, ctx: &Context, now: Instant) {
+        let pods: Vec<(String, PartialObjectMeta<Pod>)> = self
+            .lock()
+            .said
+            .iter()
+            .map(|(uid, said)| (uid.clone(), said.pod.clone()))
+            .collect();
+        for (uid, pod) in pods {
+            let (Some(namespace), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name)
+            else {
+                continue;
+            };
+            let still = match read(ctx, namespace, name, &uid).await {
+                Some(full) => bypass_note(&full, ctx.excluded_namespace(namespace)).is_some(),
+                None => false,
+            };
+            let due = {
+                let mut state = self.lock();
+                if !still {
+                    state.said.remove(&uid);
+                    state.count(ctx);
+                    continue;
+                }
+                state.said.get(&uid).and_then(|said| {
+                    let due = said
+                        .at
+                        .is_none_or(|at| now.saturating_duration_since(at) >= SAY_AGAIN_AFTER);
+                    due.then(|| said.note.clone())
+                })
+            };
+            if let Some(note) = due
+                && ctx
+                    .publish(&pod, EventType::Warning, REASON_PROXY_MISSING, note)
+                    .await
+                && let Some(said) = self.lock().said.get_mut(&uid)
+            {
+                said.at = Some(Instant::now());
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl State {
+    fn count(&self, ctx: &Context) {
+        let n = i64::try_from(self.said.len()).unwrap_or(i64::MAX);
+        ctx.metrics.pods_without_proxy.set(n);
+    }
+}
+
+/// The pod `namespace/name` if it is still the one with `uid`; `None` when it is gone,
+/// replaced, or cannot be read (logged; it is looked at again when it changes).
+async fn read(ctx: &Context, namespace: &str, name: &str, uid: &str) -> Option<Pod> {
+    match Api::<Pod>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(name)
+        .await
+    {
+        Ok(Some(full)) if full.metadata.uid.as_deref() == Some(uid) => Some(full),
+        Ok(_) => None,
+        Err(err) => {
+            tracing::warn!(%err, namespace, pod = name, "cannot read a pod that may run without the proxy");
+            None
+        }
     }
 }
 
 /// Why `pod` runs without the proxy, or `None` when the webhook would have admitted it as it
 /// is: it has the proxy, or the webhook leaves it alone on purpose (the host network, an
-/// excluded namespace, no policy named; `InjectionSkipped` on its workload says so). The
-/// webhook's own rule decides, so the two cannot disagree. A pod the webhook would refuse (a
-/// malformed policy name) is said too: it can only run because the webhook was not called.
+/// excluded namespace, no policy named; `InjectionSkipped` on its workload says so), or it has
+/// finished. The webhook's own rule decides, so the two cannot disagree. A pod the webhook
+/// would refuse (a malformed policy name) is said too: it can only run because the webhook was
+/// not called.
 pub(crate) fn bypass_note(pod: &Pod, excluded_namespace: bool) -> Option<String> {
     let spec = pod.spec.as_ref()?;
+    let finished = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|phase| matches!(phase, "Succeeded" | "Failed"));
+    if finished {
+        return None;
+    }
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
     let policy = pod
         .metadata
@@ -154,35 +258,55 @@ pub(crate) fn bypass_note(pod: &Pod, excluded_namespace: bool) -> Option<String>
         "this pod carries {INJECT_LABEL}={INJECT_LABEL_VALUE} but runs without the {SIDECAR_NAME} container: \
          the API server admitted it without calling Corsair's injection webhook (webhook.failurePolicy \
          Ignore, while the webhook was unreachable). Its traffic reaches the application without CORS \
-         enforcement. Replace it once the webhook is back: `kubectl delete pod -n {ns} {name}` (its \
-         controller creates a new one, with the proxy), or `kubectl rollout restart` its workload",
-        ns = namespace,
+         enforcement. Replace it once the webhook is back: `kubectl delete pod -n {namespace} {name}` \
+         (a workload's controller creates a new one, with the proxy; a bare pod must be created \
+         again), or `kubectl rollout restart` its workload",
         name = pod.metadata.name.as_deref().unwrap_or_default(),
     ))
 }
 
-fn gauge(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
 /// Watches the metadata of labelled pods in every namespace until `stop`, saying the ones
-/// without the proxy. A watch that fails is retried with kube's default backoff.
+/// without the proxy and looking at them again every [`SWEEP_INTERVAL`]. A watch that fails
+/// is retried with kube's default backoff. The gauge is zeroed at the end: only the leader's
+/// counts.
 pub async fn watch(ctx: std::sync::Arc<Context>, stop: impl std::future::Future<Output = ()>) {
-    // An `Api` of `PartialObjectMeta` asks for metadata only.
+    // An `Api` of `PartialObjectMeta` asks for metadata only; from the API server's cache.
     let api = Api::<PartialObjectMeta<Pod>>::all(ctx.client.clone());
     let selector = format!("{INJECT_LABEL}={INJECT_LABEL_VALUE}");
+    let config = watcher::Config::default().labels(&selector).any_semantic();
+    let forbidden_said = AtomicBool::new(false);
+    let mut events = watcher(api, config).default_backoff().boxed();
     let bypassed = Bypassed::default();
-    let events = watcher(api, watcher::Config::default().labels(&selector))
-        .default_backoff()
-        .filter_map(|event| async move {
-            event
-                .inspect_err(|err| tracing::warn!(%err, "watching labelled pods"))
-                .ok()
-        });
-    let run = events.for_each(|event| bypassed.on_event(&ctx, event));
-    tokio::select! {
-        () = run => {}
-        () = stop => {}
+    let mut sweeps = tokio::time::interval_at(Instant::now() + SWEEP_INTERVAL, SWEEP_INTERVAL);
+    sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            _ = sweeps.tick() => bypassed.sweep(&ctx).await,
+            event = events.next() => match event {
+                Some(Ok(event)) => bypassed.on_event(&ctx, event).await,
+                Some(Err(err)) if forbidden(&err) => {
+                    if !forbidden_said.swap(true, Ordering::Relaxed) {
+                        tracing::error!(%err, "the controller may not list pods (a ClusterRole of an older release?): pods running without the proxy are not looked for");
+                    }
+                }
+                Some(Err(err)) => tracing::warn!(%err, "watching labelled pods"),
+                None => break,
+            },
+        }
+    }
+    ctx.metrics.pods_without_proxy.set(0);
+}
+
+/// Whether the watch failed on RBAC.
+fn forbidden(err: &watcher::Error) -> bool {
+    match err {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.is_forbidden(),
+        watcher::Error::WatchError(status) => status.is_forbidden(),
+        _ => false,
     }
 }
 

@@ -255,15 +255,15 @@ impl Context {
         written.insert(uid.to_owned(), status);
     }
 
-    /// Publishes an Event about `obj`. A failed Event is logged, never fails the reconcile:
-    /// the status and the metrics carry the same information.
+    /// Publishes an Event about `obj`; whether it was stored. A failed Event is logged, never
+    /// fails the reconcile: the status and the metrics carry the same information.
     pub(crate) async fn publish<K: Resource<DynamicType = ()>>(
         &self,
         obj: &K,
         type_: EventType,
         reason: &str,
         note: String,
-    ) {
+    ) -> bool {
         let event = Event {
             type_,
             reason: reason.to_owned(),
@@ -272,8 +272,12 @@ impl Context {
             secondary: None,
         };
         let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
-        if let Err(err) = recorder.publish(&event, &obj.object_ref(&())).await {
-            tracing::warn!(%err, reason, "publishing an Event failed");
+        match recorder.publish(&event, &obj.object_ref(&())).await {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(%err, reason, "publishing an Event failed");
+                false
+            }
         }
     }
 

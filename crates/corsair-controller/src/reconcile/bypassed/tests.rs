@@ -11,7 +11,7 @@ use kube::runtime::events::Reporter;
 use kube::runtime::watcher::Event;
 use serde_json::{Value, json};
 
-use super::{Bypassed, REASON_PROXY_MISSING};
+use super::{Bypassed, REASON_PROXY_MISSING, SAY_AGAIN_AFTER};
 use crate::fixtures::{ApiServerVerifier, StaticIndex, event_response, mock_client};
 use crate::metrics::Metrics;
 use crate::reconcile::Context;
@@ -75,6 +75,11 @@ fn pod(name: &str, extra: Value) -> Value {
                      "annotations": {"corsair.dev/policy": "api"}},
         "spec": spec,
     })
+}
+
+fn finished(mut pod: Value) -> Value {
+    pod["status"] = json!({"phase": "Failed", "reason": "Evicted"});
+    pod
 }
 
 async fn answer_get(verifier: &mut ApiServerVerifier, name: &str, body: Value) {
@@ -178,6 +183,15 @@ async fn pods_the_webhook_leaves_alone_on_purpose_or_that_have_the_proxy_are_not
             answer_get(&mut verifier, name, pod(name, extra)),
         );
     }
+    // Looked at once: their changes cost no read again.
+    for name in ["host", "native", "regular"] {
+        on(&bypassed, &ctx, Event::Apply(meta("shop", name, false))).await;
+    }
+    // A finished pod is not said.
+    tokio::join!(
+        on(&bypassed, &ctx, Event::Apply(meta("shop", "done", false))),
+        answer_get(&mut verifier, "done", finished(pod("done", json!({}))),),
+    );
     // A label without a policy named: the webhook admits it unchanged, and no read is made.
     let mut unnamed = meta("shop", "unnamed", false);
     if let Some(a) = unnamed.metadata.annotations.as_mut() {
@@ -217,4 +231,75 @@ async fn a_relist_forgets_pods_deleted_meanwhile_without_saying_the_others_again
     on(&bypassed, &ctx, Event::InitDone).await;
     assert_eq!(gauge(&ctx), 1, "a was deleted while no watch ran");
     verifier.expect_no_more_calls().await;
+}
+
+/// Every sweep reads the pods said: a gone or finished one leaves the count, an Event that
+/// failed is sent again, and one older than `SAY_AGAIN_AFTER` is said again, since Events
+/// expire.
+#[tokio::test]
+async fn a_sweep_says_again_what_expired_or_failed_and_forgets_what_is_gone() {
+    let (ctx, mut verifier) = context();
+    let bypassed = Bypassed::default();
+    tokio::join!(
+        on(&bypassed, &ctx, Event::Apply(meta("shop", "a", false))),
+        async {
+            answer_get(&mut verifier, "a", pod("a", json!({}))).await;
+            answer_event(&mut verifier, "a").await
+        }
+    );
+    // The Event about b fails.
+    tokio::join!(
+        on(&bypassed, &ctx, Event::Apply(meta("shop", "b", false))),
+        async {
+            answer_get(&mut verifier, "b", pod("b", json!({}))).await;
+            let call = verifier.next_call().await;
+            call.expect(
+                Method::POST,
+                "/apis/events.k8s.io/v1/namespaces/shop/events",
+            );
+            call.respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &crate::fixtures::failure(500, "InternalError", None),
+            );
+        }
+    );
+    assert_eq!(gauge(&ctx), 2);
+
+    // a was said just now; b was not said at all.
+    tokio::join!(bypassed.sweep(&ctx), async {
+        answer_get(&mut verifier, "a", pod("a", json!({}))).await;
+        answer_get(&mut verifier, "b", pod("b", json!({}))).await;
+        answer_event(&mut verifier, "b").await
+    });
+
+    // An hour later a's Event has expired; b is gone.
+    let later = tokio::time::Instant::now() + SAY_AGAIN_AFTER;
+    tokio::join!(bypassed.sweep_at(&ctx, later), async {
+        answer_get(&mut verifier, "a", pod("a", json!({}))).await;
+        answer_event(&mut verifier, "a").await;
+        let call = verifier.next_call().await;
+        call.expect(Method::GET, "/api/v1/namespaces/shop/pods/b");
+        call.respond(
+            StatusCode::NOT_FOUND,
+            &crate::fixtures::failure(404, "NotFound", None),
+        );
+    });
+    assert_eq!(gauge(&ctx), 1);
+
+    // a is evicted: it leaves the count.
+    tokio::join!(
+        bypassed.sweep(&ctx),
+        answer_get(&mut verifier, "a", finished(pod("a", json!({})))),
+    );
+    assert_eq!(gauge(&ctx), 0);
+    verifier.expect_no_more_calls().await;
+}
+
+/// The gauge counts for the leader alone: it is zeroed when the watch stops.
+#[tokio::test]
+async fn the_gauge_is_zeroed_when_the_watch_stops() {
+    let (ctx, _verifier) = context();
+    ctx.metrics.pods_without_proxy.set(3);
+    super::watch(ctx.clone(), std::future::ready(())).await;
+    assert_eq!(gauge(&ctx), 0);
 }
