@@ -217,6 +217,15 @@ def make_handler(store):
                 store.count("event", "POST", self.path)
                 body.setdefault("metadata", {})["resourceVersion"] = "1"
                 return self.send_json(201, body)
+            if "/corspolicies" in self.path and "dryRun=All" in self.path:
+                # The leader's check that the API server reaches the webhooks, before it opts
+                # workloads in: answered as a cluster whose validating webhook is reached.
+                store.count("webhook-check", "POST", self.path)
+                return self.send_json(400, {
+                    "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 400,
+                    "reason": "BadRequest",
+                    "message": 'admission webhook "validate.corsair.dev" denied the request: '
+                               'spec.allowOrigins[0]: not an origin'})
             store.count("other", "POST", self.path)
             self.send_json(201, body or {})
 
