@@ -28,6 +28,9 @@ use crate::names::{
 };
 use crate::webhook::inject::skip;
 
+/// What the watch brings of a pod.
+type Meta = PartialObjectMeta<Pod>;
+
 /// Reason of the Warning Event on a pod that runs without the proxy.
 pub const REASON_PROXY_MISSING: &str = "ProxyMissing";
 
@@ -51,6 +54,9 @@ struct State {
     /// Pods looked at that the webhook admits as they are (the host network, the proxy
     /// already there, finished): a pod's containers do not change, so they are not read again.
     cleared: HashSet<String>,
+    /// Pods to look at whose read failed: the next sweep reads them again (a pod that runs on
+    /// unchanged sends no event that would).
+    pending: BTreeMap<String, PartialObjectMeta<Pod>>,
     /// While the watcher lists again (after a watch expired): the pods it has seen so far.
     relisted: Option<HashSet<String>>,
 }
@@ -74,6 +80,7 @@ impl Bypassed {
                     // Pods deleted while no watch ran are forgotten.
                     state.said.retain(|uid, _| seen.contains(uid));
                     state.cleared.retain(|uid| seen.contains(uid));
+                    state.pending.retain(|uid, _| seen.contains(uid));
                 }
                 state.count(ctx);
             }
@@ -82,6 +89,7 @@ impl Bypassed {
                     let mut state = self.lock();
                     state.said.remove(uid);
                     state.cleared.remove(uid);
+                    state.pending.remove(uid);
                     state.count(ctx);
                 }
             }
@@ -120,9 +128,15 @@ impl Bypassed {
             return;
         }
         // Rare: read the pod to tell the ones the webhook admits unchanged on purpose.
-        let Some(full) = read(ctx, namespace, name, uid).await else {
-            return;
+        let full = match read(ctx, namespace, name, uid).await {
+            Read::Found(full) => full,
+            Read::Gone => return,
+            Read::Failed => {
+                self.lock().pending.insert(uid.clone(), pod);
+                return;
+            }
         };
+        self.lock().pending.remove(uid);
         let Some(note) = bypass_note(&full, ctx.excluded_namespace(namespace)) else {
             self.lock().cleared.insert(uid.clone());
             return;
@@ -152,32 +166,47 @@ impl Bypassed {
     }
 
     /// Reads each pod said again: one gone or finished leaves the count, one still running
-    /// is said again when its Event failed or is older than [`SAY_AGAIN_AFTER`].
+    /// is said again when its Event failed or is older than [`SAY_AGAIN_AFTER`]; one that
+    /// cannot be read stays as it is. Pods whose first read failed are looked at again.
     pub async fn sweep(&self, ctx: &Context) {
         self.sweep_at(ctx, Instant::now()).await;
     }
 
     /// [`Bypassed::sweep`] as if it were `now`.
     async fn sweep_at(&self, ctx: &Context, now: Instant) {
-        let pods: Vec<(String, PartialObjectMeta<Pod>)> = self
-            .lock()
-            .said
-            .iter()
-            .map(|(uid, said)| (uid.clone(), said.pod.clone()))
-            .collect();
-        for (uid, pod) in pods {
+        // Taken first: a pending pod said below was just read.
+        let (pending, said) = {
+            let state = self.lock();
+            let pending: Vec<Meta> = state.pending.values().cloned().collect();
+            let said: Vec<(String, Meta)> = state
+                .said
+                .iter()
+                .map(|(uid, said)| (uid.clone(), said.pod.clone()))
+                .collect();
+            (pending, said)
+        };
+        for pod in pending {
+            self.applied(ctx, pod).await;
+        }
+        for (uid, pod) in said {
             let (Some(namespace), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name)
             else {
                 continue;
             };
             let still = match read(ctx, namespace, name, &uid).await {
-                Some(full) => bypass_note(&full, ctx.excluded_namespace(namespace)).is_some(),
-                None => false,
+                Read::Found(full) => {
+                    bypass_note(&full, ctx.excluded_namespace(namespace)).is_some()
+                }
+                Read::Gone => false,
+                // Kept, and said again when due: an API server in trouble is no news that
+                // the pod got the proxy.
+                Read::Failed => true,
             };
             let due = {
                 let mut state = self.lock();
                 if !still {
                     state.said.remove(&uid);
+                    state.cleared.insert(uid.clone());
                     state.count(ctx);
                     continue;
                 }
@@ -194,7 +223,7 @@ impl Bypassed {
                     .await
                 && let Some(said) = self.lock().said.get_mut(&uid)
             {
-                said.at = Some(Instant::now());
+                said.at = Some(now);
             }
         }
     }
@@ -211,18 +240,33 @@ impl State {
     }
 }
 
-/// The pod `namespace/name` if it is still the one with `uid`; `None` when it is gone,
-/// replaced, or cannot be read (logged; it is looked at again when it changes).
-async fn read(ctx: &Context, namespace: &str, name: &str, uid: &str) -> Option<Pod> {
-    match Api::<Pod>::namespaced(ctx.client.clone(), namespace)
-        .get_opt(name)
-        .await
-    {
-        Ok(Some(full)) if full.metadata.uid.as_deref() == Some(uid) => Some(full),
-        Ok(_) => None,
-        Err(err) => {
-            tracing::warn!(%err, namespace, pod = name, "cannot read a pod that may run without the proxy");
-            None
+/// What a read of a pod found.
+enum Read {
+    /// The pod, still the one with the uid asked for.
+    Found(Box<Pod>),
+    /// Gone, or replaced under the same name.
+    Gone,
+    /// The API server did not answer (logged): nothing is known.
+    Failed,
+}
+
+/// How long a read of one pod may take: kube's client sets no read timeout of its own.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn read(ctx: &Context, namespace: &str, name: &str, uid: &str) -> Read {
+    let api = Api::<Pod>::namespaced(ctx.client.clone(), namespace);
+    match tokio::time::timeout(READ_TIMEOUT, api.get_opt(name)).await {
+        Ok(Ok(Some(full))) if full.metadata.uid.as_deref() == Some(uid) => {
+            Read::Found(Box::new(full))
+        }
+        Ok(Ok(_)) => Read::Gone,
+        Ok(Err(err)) => {
+            tracing::warn!(%err, namespace, pod = name, "cannot read a pod that may run without the proxy; the next sweep reads it again");
+            Read::Failed
+        }
+        Err(_) => {
+            tracing::warn!(namespace, pod = name, timeout = ?READ_TIMEOUT, "reading a pod that may run without the proxy timed out; the next sweep reads it again");
+            Read::Failed
         }
     }
 }
@@ -230,7 +274,7 @@ async fn read(ctx: &Context, namespace: &str, name: &str, uid: &str) -> Option<P
 /// Why `pod` runs without the proxy, or `None` when the webhook would have admitted it as it
 /// is: it has the proxy, or the webhook leaves it alone on purpose (the host network, an
 /// excluded namespace, no policy named; `InjectionSkipped` on its workload says so), or it has
-/// finished. The webhook's own rule decides, so the two cannot disagree. A pod the webhook
+/// finished or is going away. The webhook's own rule decides, so the two cannot disagree. A pod the webhook
 /// would refuse (a malformed policy name) is said too: it can only run because the webhook was
 /// not called.
 pub(crate) fn bypass_note(pod: &Pod, excluded_namespace: bool) -> Option<String> {
@@ -240,7 +284,7 @@ pub(crate) fn bypass_note(pod: &Pod, excluded_namespace: bool) -> Option<String>
         .as_ref()
         .and_then(|s| s.phase.as_deref())
         .is_some_and(|phase| matches!(phase, "Succeeded" | "Failed"));
-    if finished {
+    if finished || pod.metadata.deletion_timestamp.is_some() {
         return None;
     }
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
@@ -255,10 +299,11 @@ pub(crate) fn bypass_note(pod: &Pod, excluded_namespace: bool) -> Option<String>
         return None;
     }
     Some(format!(
-        "this pod carries {INJECT_LABEL}={INJECT_LABEL_VALUE} but runs without the {SIDECAR_NAME} container: \
-         the API server admitted it without calling Corsair's injection webhook (webhook.failurePolicy \
-         Ignore, while the webhook was unreachable). Its traffic reaches the application without CORS \
-         enforcement. Replace it once the webhook is back: `kubectl delete pod -n {namespace} {name}` \
+        "this pod carries {INJECT_LABEL}={INJECT_LABEL_VALUE} and names a CorsPolicy but runs without the \
+         {SIDECAR_NAME} container: Corsair's injection webhook was not called when it was created \
+         (webhook.failurePolicy Ignore while the webhook was unreachable), or the pod predates its \
+         opt-in (its policy annotation added to the running pod, its namespace taken off the excluded \
+         list). Its traffic reaches the application without CORS enforcement. Replace it once the webhook is back: `kubectl delete pod -n {namespace} {name}` \
          (a workload's controller creates a new one, with the proxy; a bare pod must be created \
          again), or `kubectl rollout restart` its workload",
         name = pod.metadata.name.as_deref().unwrap_or_default(),
@@ -280,12 +325,20 @@ pub async fn watch(ctx: std::sync::Arc<Context>, stop: impl std::future::Future<
     let mut sweeps = tokio::time::interval_at(Instant::now() + SWEEP_INTERVAL, SWEEP_INTERVAL);
     sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(stop);
+    // Each step races the stop too: a sweep is one read per pod said, and a leader that lost
+    // its Lease must not wait for it.
     loop {
         tokio::select! {
             () = &mut stop => break,
-            _ = sweeps.tick() => bypassed.sweep(&ctx).await,
+            _ = sweeps.tick() => tokio::select! {
+                () = &mut stop => break,
+                () = bypassed.sweep(&ctx) => {}
+            },
             event = events.next() => match event {
-                Some(Ok(event)) => bypassed.on_event(&ctx, event).await,
+                Some(Ok(event)) => tokio::select! {
+                    () = &mut stop => break,
+                    () = bypassed.on_event(&ctx, event) => {}
+                },
                 Some(Err(err)) if forbidden(&err) => {
                     if !forbidden_said.swap(true, Ordering::Relaxed) {
                         tracing::error!(%err, "the controller may not list pods (a ClusterRole of an older release?): pods running without the proxy are not looked for");

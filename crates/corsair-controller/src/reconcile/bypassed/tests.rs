@@ -82,6 +82,21 @@ fn finished(mut pod: Value) -> Value {
     pod
 }
 
+fn succeeded(mut pod: Value) -> Value {
+    pod["status"] = json!({"phase": "Succeeded"});
+    pod
+}
+
+/// Answers the GET of pod `name` with a 500.
+async fn fail_get(verifier: &mut ApiServerVerifier, name: &str) {
+    let call = verifier.next_call().await;
+    call.expect(Method::GET, &format!("/api/v1/namespaces/shop/pods/{name}"));
+    call.respond(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        &crate::fixtures::failure(500, "InternalError", None),
+    );
+}
+
 async fn answer_get(verifier: &mut ApiServerVerifier, name: &str, body: Value) {
     let call = verifier.next_call().await;
     call.expect(Method::GET, &format!("/api/v1/namespaces/shop/pods/{name}"));
@@ -187,10 +202,14 @@ async fn pods_the_webhook_leaves_alone_on_purpose_or_that_have_the_proxy_are_not
     for name in ["host", "native", "regular"] {
         on(&bypassed, &ctx, Event::Apply(meta("shop", name, false))).await;
     }
-    // A finished pod is not said.
+    // Finished pods are not said.
     tokio::join!(
         on(&bypassed, &ctx, Event::Apply(meta("shop", "done", false))),
-        answer_get(&mut verifier, "done", finished(pod("done", json!({}))),),
+        answer_get(&mut verifier, "done", finished(pod("done", json!({})))),
+    );
+    tokio::join!(
+        on(&bypassed, &ctx, Event::Apply(meta("shop", "job", false))),
+        answer_get(&mut verifier, "job", succeeded(pod("job", json!({})))),
     );
     // A label without a policy named: the webhook admits it unchanged, and no read is made.
     let mut unnamed = meta("shop", "unnamed", false);
@@ -230,6 +249,12 @@ async fn a_relist_forgets_pods_deleted_meanwhile_without_saying_the_others_again
     on(&bypassed, &ctx, Event::InitApply(meta("shop", "b", false))).await;
     on(&bypassed, &ctx, Event::InitDone).await;
     assert_eq!(gauge(&ctx), 1, "a was deleted while no watch ran");
+    // b is still known: its changes cost no read. a was forgotten: were it back, it is read.
+    on(&bypassed, &ctx, Event::Apply(meta("shop", "b", false))).await;
+    tokio::join!(
+        on(&bypassed, &ctx, Event::Apply(meta("shop", "a", false))),
+        answer_get(&mut verifier, "a", finished(pod("a", json!({})))),
+    );
     verifier.expect_no_more_calls().await;
 }
 
@@ -286,6 +311,12 @@ async fn a_sweep_says_again_what_expired_or_failed_and_forgets_what_is_gone() {
     });
     assert_eq!(gauge(&ctx), 1);
 
+    // Said again just then: the next sweep reads a but says nothing.
+    tokio::join!(
+        bypassed.sweep_at(&ctx, later + std::time::Duration::from_secs(60)),
+        answer_get(&mut verifier, "a", pod("a", json!({}))),
+    );
+
     // a is evicted: it leaves the count.
     tokio::join!(
         bypassed.sweep(&ctx),
@@ -300,6 +331,41 @@ async fn a_sweep_says_again_what_expired_or_failed_and_forgets_what_is_gone() {
 async fn the_gauge_is_zeroed_when_the_watch_stops() {
     let (ctx, _verifier) = context();
     ctx.metrics.pods_without_proxy.set(3);
-    super::watch(ctx.clone(), std::future::ready(())).await;
+    let stopped = tokio::time::timeout(
+        crate::fixtures::CALL_TIMEOUT,
+        super::watch(ctx.clone(), std::future::ready(())),
+    );
+    assert!(stopped.await.is_ok(), "the watch did not stop");
     assert_eq!(gauge(&ctx), 0);
+}
+
+/// A read that fails is no verdict: a pod met for the first time is read again by the next
+/// sweep, and a pod already said stays counted.
+#[tokio::test]
+async fn a_failed_read_keeps_a_pod_in_view() {
+    let (ctx, mut verifier) = context();
+    let bypassed = Bypassed::default();
+    tokio::join!(
+        on(&bypassed, &ctx, Event::Apply(meta("shop", "a", false))),
+        fail_get(&mut verifier, "a"),
+    );
+    assert_eq!(gauge(&ctx), 0);
+    // The next sweep reads it again, and says it.
+    tokio::join!(bypassed.sweep(&ctx), async {
+        answer_get(&mut verifier, "a", pod("a", json!({}))).await;
+        answer_event(&mut verifier, "a").await
+    });
+    assert_eq!(gauge(&ctx), 1);
+    // A sweep whose read fails keeps it counted, and says nothing.
+    tokio::join!(bypassed.sweep(&ctx), fail_get(&mut verifier, "a"));
+    assert_eq!(gauge(&ctx), 1);
+    // A pod going away is not said.
+    let mut leaving = pod("a", json!({}));
+    leaving["metadata"]["deletionTimestamp"] = json!("2026-11-30T21:00:00Z");
+    tokio::join!(
+        bypassed.sweep(&ctx),
+        answer_get(&mut verifier, "a", leaving)
+    );
+    assert_eq!(gauge(&ctx), 0);
+    verifier.expect_no_more_calls().await;
 }
