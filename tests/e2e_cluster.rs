@@ -445,3 +445,36 @@ async fn the_sidecar_waits_as_long_as_the_apps_pre_stop_sleep() {
     let delayed = args.windows(2).any(|w| w == ["--shutdown-delay", "5"]);
     assert_eq!(delayed, !native, "native: {native}, args: {args:?}");
 }
+
+/// A pod that got the opt-in label after its creation was never seen by the injection webhook
+/// (it acts on CREATE), as a pod admitted while the webhook was unreachable: the leader's
+/// watch of labelled pods says it on the pod.
+#[tokio::test]
+#[ignore = "needs cluster: set KUBECONFIG and run with --ignored"]
+async fn a_labelled_pod_without_the_proxy_is_said_on_the_pod() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "bypassed").await;
+    create_api_policy(&client, &ns).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "bare", "annotations": {"corsair.dev/policy": "api"}},
+        "spec": {"containers": [{
+            "name": "app", "image": "nginxinc/nginx-unprivileged:1.27-alpine",
+            "ports": [{"name": "http", "containerPort": 8080}],
+        }]},
+    }))
+    .expect("pod object");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("creating the pod without the label");
+    let label = json!({"metadata": {"labels": {"corsair.dev/inject": "enabled"}}});
+    pods.patch("bare", &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .expect("labelling the running pod");
+    let note = event_note(&client, &ns, "ProxyMissing", "bare").await;
+    assert!(
+        note.contains("without the corsair-proxy container")
+            && note.contains(&format!("kubectl delete pod -n {} bare", ns.name)),
+        "{note}"
+    );
+}
