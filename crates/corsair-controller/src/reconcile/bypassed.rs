@@ -315,10 +315,12 @@ pub(crate) fn bypass_note(pod: &Pod, excluded_namespace: bool) -> Option<String>
 /// is retried with kube's default backoff. The gauge is zeroed at the end: only the leader's
 /// counts.
 pub async fn watch(ctx: std::sync::Arc<Context>, stop: impl std::future::Future<Output = ()>) {
-    // An `Api` of `PartialObjectMeta` asks for metadata only; from the API server's cache.
+    // An `Api` of `PartialObjectMeta` asks for metadata only. The list is paged, so it is
+    // read from etcd: kube leaves out `resourceVersion=0` (the API server's cache) when it
+    // pages.
     let api = Api::<PartialObjectMeta<Pod>>::all(ctx.client.clone());
     let selector = format!("{INJECT_LABEL}={INJECT_LABEL_VALUE}");
-    let config = watcher::Config::default().labels(&selector).any_semantic();
+    let config = watcher::Config::default().labels(&selector);
     let forbidden_said = AtomicBool::new(false);
     let mut events = watcher(api, config).default_backoff().boxed();
     let bypassed = Bypassed::default();

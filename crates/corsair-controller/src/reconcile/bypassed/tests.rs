@@ -369,3 +369,29 @@ async fn a_failed_read_keeps_a_pod_in_view() {
     assert_eq!(gauge(&ctx), 0);
     verifier.expect_no_more_calls().await;
 }
+
+/// Only RBAC's refusal is said as missing RBAC; other failures are ordinary watch errors.
+#[test]
+fn a_refused_list_is_told_from_other_failures() {
+    use kube::runtime::watcher::Error;
+    let status = |code: u16, reason: &str| {
+        let status: kube::core::Status = serde_json::from_value(json!({
+            "status": "Failure", "code": code, "reason": reason, "message": "pods",
+        }))
+        .expect("status");
+        kube::Error::Api(Box::new(status))
+    };
+    assert!(super::forbidden(&Error::InitialListFailed(status(
+        403,
+        "Forbidden"
+    ))));
+    assert!(super::forbidden(&Error::WatchStartFailed(status(
+        403,
+        "Forbidden"
+    ))));
+    assert!(!super::forbidden(&Error::InitialListFailed(status(
+        500,
+        "InternalError"
+    ))));
+    assert!(!super::forbidden(&Error::NoResourceVersion));
+}
