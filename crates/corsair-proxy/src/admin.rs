@@ -78,7 +78,7 @@ fn header_text(why: &str) -> http::HeaderValue {
     let mut line: String = why
         .chars()
         .map(|c| match c {
-            c if c.is_ascii_control() || c.is_control() => ' ',
+            c if c.is_control() => ' ',
             c if c.is_ascii() => c,
             _ => '?',
         })

@@ -120,8 +120,7 @@ impl Reloader {
             }
             if content.is_some() && content == self.store.current().raw {
                 // Readable again, and what is enforced: nothing on disk is refused.
-                self.store.set_refused(None);
-                self.metrics.set_file_refused(false);
+                self.refused(None);
             } else {
                 // Forget what was seen, so that what is there now is looked at again, even
                 // bytes seen before: its refusal or its removal replaces the read error.
@@ -145,16 +144,21 @@ impl Reloader {
                 let generation = policy.generation();
                 self.store.replace(policy);
                 self.metrics.reload_ok(generation);
-                self.metrics.set_file_refused(false);
+                self.refused(None);
                 tracing::info!(policy = %path.display(), generation, "policy reloaded");
             }
             Err(err) => {
                 self.metrics.reload_failed();
-                self.metrics.set_file_refused(true);
                 tracing::error!(error = %err, "new policy refused; keeping the last good policy");
-                self.store.set_refused(Some(err.to_string().into()));
+                self.refused(Some(err.to_string().into()));
             }
         }
+    }
+
+    /// Records why the file on disk is refused (`None`: it is not), for `/policy` and the gauge.
+    fn refused(&self, why: Option<std::sync::Arc<str>>) {
+        self.metrics.set_file_refused(why.is_some());
+        self.store.set_refused(why);
     }
 
     /// The file is gone. With `--allow-missing-policy` (what the webhook sets) that is the
@@ -163,8 +167,7 @@ impl Reloader {
     /// mistake, and the last good policy stays.
     fn removed(&self, path: &Path) {
         // A refused file that is gone is no longer refused, whatever becomes active.
-        self.store.set_refused(None);
-        self.metrics.set_file_refused(false);
+        self.refused(None);
         if !self.store.allows_missing() {
             tracing::warn!(policy = %path.display(), "policy file disappeared; keeping the last good policy");
             return;
@@ -195,9 +198,7 @@ impl Reloader {
                 let error = err.to_string();
                 if self.unreadable.as_ref() != Some(&error) {
                     self.metrics.reload_failed();
-                    self.metrics.set_file_refused(true);
-                    self.store
-                        .set_refused(Some(format!("cannot read the file: {error}").into()));
+                    self.refused(Some(format!("cannot read the file: {error}").into()));
                     tracing::error!(
                         policy = %path.display(),
                         %error,

@@ -156,12 +156,17 @@ impl Bypassed {
             state.said.insert(uid.clone(), said);
             state.count(ctx);
         }
+        self.say(ctx, uid, &pod, note, Instant::now()).await;
+    }
+
+    /// Publishes the Warning about pod `uid`, and remembers `now` as its time if it went out.
+    async fn say(&self, ctx: &Context, uid: &str, pod: &Meta, note: String, now: Instant) {
         if ctx
-            .publish(&pod, EventType::Warning, REASON_PROXY_MISSING, note)
+            .publish(pod, EventType::Warning, REASON_PROXY_MISSING, note)
             .await
             && let Some(said) = self.lock().said.get_mut(uid)
         {
-            said.at = Some(Instant::now());
+            said.at = Some(now);
         }
     }
 
@@ -217,13 +222,8 @@ impl Bypassed {
                     due.then(|| said.note.clone())
                 })
             };
-            if let Some(note) = due
-                && ctx
-                    .publish(&pod, EventType::Warning, REASON_PROXY_MISSING, note)
-                    .await
-                && let Some(said) = self.lock().said.get_mut(&uid)
-            {
-                said.at = Some(now);
+            if let Some(note) = due {
+                self.say(ctx, &uid, &pod, note, now).await;
             }
         }
     }
