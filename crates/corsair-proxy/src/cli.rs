@@ -39,8 +39,9 @@ pub struct Args {
         default_value = "[::]:15381"
     )]
     admin: SocketAddr,
-    /// Start even if the policy file does not exist yet. No origin is allowed while it is
-    /// missing, also when it is removed later (without this flag, the last good policy stays).
+    /// Start even if the policy file does not exist yet, or cannot be read or loaded. No origin
+    /// is allowed until one loads, also when it is removed later (without this flag, the last
+    /// good policy stays).
     #[arg(long, env = "CORSAIR_ALLOW_MISSING_POLICY")]
     allow_missing_policy: bool,
     /// Seconds a client has to send a request's headers (also the wait for a new connection's

@@ -101,6 +101,20 @@ impl ActivePolicy {
     }
 }
 
+/// How a file that cannot be read is refused, at start and on reload: one wording, so the
+/// reloader can tell the error it inherits from the start from a new one.
+const UNREADABLE: &str = "cannot read the file: ";
+
+/// The refusal's text for a read error whose message is `error`.
+pub(crate) fn unreadable(error: &str) -> String {
+    format!("{UNREADABLE}{error}")
+}
+
+/// The read error a refusal from [`unreadable`] carries, if that is what it is.
+pub(crate) fn unreadable_error(refused: &str) -> Option<&str> {
+    refused.strip_prefix(UNREADABLE)
+}
+
 /// The policy currently enforced, swapped without locks.
 #[derive(Debug)]
 pub struct PolicyStore {
@@ -115,7 +129,8 @@ pub struct PolicyStore {
 
 impl PolicyStore {
     /// Loads `path`; a missing file is an error unless `allow_missing`, and so is one that does
-    /// not load. With `allow_missing` (the injected sidecar's) both mean "allow no origin": a
+    /// not load or cannot be read. With `allow_missing` (the injected sidecar's) all three mean
+    /// "allow no origin": a
     /// file this proxy cannot read, such as one a newer controller wrote with a field an older
     /// sidecar does not know, would otherwise stop the pod at every start, where a reload keeps
     /// the last good policy instead.
@@ -150,6 +165,18 @@ impl PolicyStore {
                 return Err(PolicyError::Missing {
                     path: path.to_owned(),
                 });
+            }
+            Err(err) if allow_missing => {
+                // As a file that does not load: a pod that cannot read its policy (a volume
+                // mounted with the wrong mode, a directory in its place) allows no origin and
+                // says why, rather than failing every start until someone reads its logs.
+                tracing::error!(
+                    policy = %path.display(),
+                    error = %err,
+                    "cannot read the policy file; allowing no origin until it can be read"
+                );
+                refused = Some(Arc::from(unreadable(&err.to_string())));
+                ActivePolicy::deny_all()?
             }
             Err(source) => {
                 return Err(PolicyError::Read {

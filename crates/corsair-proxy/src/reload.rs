@@ -67,11 +67,16 @@ impl Reloader {
         })
         .ok();
         let last_seen = store.current().raw.clone();
+        // A file the start could not read is already counted as refused: the same error at the
+        // first poll is not news.
+        let unreadable = store
+            .refused()
+            .and_then(|why| crate::policy::unreadable_error(&why).map(str::to_owned));
         let mut reloader = Reloader {
             store,
             metrics,
             last_seen,
-            unreadable: None,
+            unreadable,
         };
         async move {
             // Keep the watcher alive as long as the task.

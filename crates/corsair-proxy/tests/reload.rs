@@ -562,6 +562,53 @@ async fn with_the_flag_a_policy_that_does_not_load_allows_no_origin_until_one_do
     assert!(err.to_string().contains("aFieldFromTheFuture"), "{err}");
 }
 
+/// With the flag a file that cannot be read at start (a directory in its place; a permission
+/// denied does the same) starts the proxy allowing no origin and saying why, counted once: the
+/// polls that read the same error add nothing. Once the file can be read it loads.
+#[tokio::test]
+async fn with_the_flag_an_unreadable_policy_at_start_allows_no_origin_until_it_reads() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("policy.json");
+    std::fs::create_dir(&path).expect("a directory in the policy's place");
+    let mut cfg = config(&path, &up);
+    cfg.allow_missing_policy = true;
+    cfg.reload_poll_interval = Duration::from_millis(50);
+    let proxy = Proxy::start(cfg.clone())
+        .await
+        .expect("starts on a policy it cannot read");
+    let (status, body) = admin(&proxy, "/policy").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("cannot read"), "{body}");
+    let refused = "corsair_proxy_policy_file_refused";
+    assert_eq!(metric(&proxy, refused).await, 1.0);
+    let mut conn = Conn::open(proxy.listen_addr()).await;
+    assert_eq!(allowed_origin(&mut conn, APP).await, None);
+    // Twenty polls read the same error: not a new failure.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let failed = "corsair_proxy_policy_reloads_total{result=\"failed\"}";
+    assert_eq!(metric(&proxy, failed).await, 0.0);
+    assert_eq!(metric(&proxy, refused).await, 1.0);
+
+    std::fs::remove_dir(&path).expect("remove the directory");
+    let json = r#"{"apiVersion":"corsair.dev/v1alpha1","kind":"CorsPolicy","metadata":{"name":"api","generation":3},"spec":{"allowOrigins":["https://app.example.com"]}}"#;
+    std::fs::write(&path, json).expect("write policy");
+    wait_until_allowed(&mut conn, APP, Duration::from_secs(3)).await;
+    assert_eq!(metric(&proxy, refused).await, 0.0);
+    assert_eq!(policy_refused(&proxy).await, None);
+    proxy.shutdown().await.expect("clean shutdown");
+
+    // Without the flag the same is a startup error naming the file.
+    std::fs::remove_file(&path).expect("remove policy");
+    std::fs::create_dir(&path).expect("a directory in the policy's place");
+    cfg.allow_missing_policy = false;
+    let err = Proxy::start(cfg)
+        .await
+        .err()
+        .expect("refused without the flag");
+    assert!(err.to_string().contains("cannot read policy file"), "{err}");
+}
+
 #[tokio::test]
 async fn without_the_flag_a_missing_policy_is_a_startup_error() {
     let up = Upstream::start().await;
