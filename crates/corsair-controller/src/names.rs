@@ -32,6 +32,9 @@ pub const SHUTDOWN_DELAY_ANNOTATION: &str = "corsair.dev/shutdown-delay";
 /// Written by the webhook: what it injected (JSON), so a second pass yields the same pod.
 pub const INJECTED_ANNOTATION: &str = "corsair.dev/injected";
 
+/// Set by the kubelet on the API object that mirrors a static pod, which it runs from a file.
+pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
 /// Name of the injected container.
 pub const SIDECAR_NAME: &str = "corsair-proxy";
 /// Name of the volume holding the rendered policy.

@@ -24,7 +24,8 @@ use tokio::time::Instant;
 
 use super::Context;
 use crate::names::{
-    INJECT_LABEL, INJECT_LABEL_VALUE, INJECTED_ANNOTATION, POLICY_ANNOTATION, SIDECAR_NAME,
+    INJECT_LABEL, INJECT_LABEL_VALUE, INJECTED_ANNOTATION, MIRROR_ANNOTATION, POLICY_ANNOTATION,
+    SIDECAR_NAME,
 };
 use crate::webhook::inject::skip;
 
@@ -119,9 +120,11 @@ impl Bypassed {
                 .as_ref()
                 .is_some_and(|a| a.contains_key(key))
         };
-        // The webhook injects only into pods that name a policy, and marks every one.
+        // The webhook injects only into pods that name a policy and mirror no static pod, and
+        // marks every one.
         if annotated(INJECTED_ANNOTATION)
             || !annotated(POLICY_ANNOTATION)
+            || annotated(MIRROR_ANNOTATION)
             || meta.deletion_timestamp.is_some()
             || ctx.excluded_namespace(namespace)
         {
@@ -273,7 +276,8 @@ async fn read(ctx: &Context, namespace: &str, name: &str, uid: &str) -> Read {
 
 /// Why `pod` runs without the proxy, or `None` when the webhook would have admitted it as it
 /// is: it has the proxy, or the webhook leaves it alone on purpose (the host network, an
-/// excluded namespace, no policy named; `InjectionSkipped` on its workload says so), or it has
+/// excluded namespace, no policy named, a static pod's mirror; `InjectionSkipped` on its
+/// workload says so for the first two), or it has
 /// finished or is going away. The webhook's own rule decides, so the two cannot disagree. A pod the webhook
 /// would refuse (a malformed policy name) is said too: it can only run because the webhook was
 /// not called.
@@ -288,14 +292,8 @@ pub(crate) fn bypass_note(pod: &Pod, excluded_namespace: bool) -> Option<String>
         return None;
     }
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-    let policy = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(POLICY_ANNOTATION))
-        .map(String::as_str);
     let excluded = excluded_namespace.then_some(namespace);
-    if matches!(skip(spec, excluded, policy), Ok(Err(_))) {
+    if matches!(skip(&pod.metadata, spec, excluded), Ok(Err(_))) {
         return None;
     }
     Some(format!(

@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::{
     Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -204,6 +205,7 @@ pub enum InjectOutcome {
     SkippedHostNetwork,
     SkippedExcludedNamespace,
     SkippedNoPolicy,
+    SkippedMirrorPod,
 }
 
 impl InjectOutcome {
@@ -214,6 +216,7 @@ impl InjectOutcome {
             InjectOutcome::SkippedHostNetwork => "skipped_host_network",
             InjectOutcome::SkippedExcludedNamespace => "skipped_excluded_namespace",
             InjectOutcome::SkippedNoPolicy => "skipped_no_policy",
+            InjectOutcome::SkippedMirrorPod => "skipped_mirror_pod",
         }
     }
 }
@@ -339,7 +342,7 @@ pub fn inject(
     let annotations = pod.metadata.annotations.as_ref();
     let annotation = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
     let excluded = namespace.filter(|ns| config.excludes(ns));
-    let policy = match skip(spec, excluded, annotation(names::POLICY_ANNOTATION))? {
+    let policy = match skip(&pod.metadata, spec, excluded)? {
         Ok(policy) => policy,
         Err(skipped) => return Ok(skipped),
     };
@@ -350,6 +353,16 @@ pub fn inject(
     check_shared_port_name(spec, &target, config.sidecar_mode.is_native())?;
     let namespace = namespace.or(pod.metadata.namespace.as_deref());
     let mut warnings = warnings(lookup, namespace, policy, &target, proxy_port);
+    if annotation(names::INJECTED_ANNOTATION).is_some() {
+        // Replaced below; but on a template, every pod created while this webhook cannot be
+        // reached would carry it too and look injected to the controller's check.
+        warnings.push(format!(
+            "metadata.annotations[{}] is set before injection (copied from an injected pod?): \
+             it is replaced here, but a pod created with it while the webhook is unreachable \
+             looks injected and is not reported as running without the proxy; remove it",
+            names::INJECTED_ANNOTATION
+        ));
+    }
     let mode = config.sidecar_mode;
     let stop = stop_timing(spec, &target, overrides.shutdown_delay, mode, &mut warnings);
 
@@ -392,13 +405,15 @@ pub fn inject(
 }
 
 /// The policy the pod names, or why the pod is admitted unchanged (`Ok(Err(..))`): it already
-/// has the proxy, its namespace is `excluded`, it uses the host network, or it names no
-/// policy. A malformed name refuses it.
+/// has the proxy, it mirrors a static pod, its namespace is `excluded`, it uses the host
+/// network, or it names no policy. A malformed name refuses it.
 pub(crate) fn skip<'a>(
+    meta: &'a ObjectMeta,
     spec: &PodSpec,
     excluded: Option<&str>,
-    policy: Option<&'a str>,
 ) -> Result<Result<&'a str, Injection>, InjectError> {
+    let annotation = |key: &str| meta.annotations.as_ref().and_then(|a| a.get(key));
+    let policy = annotation(names::POLICY_ANNOTATION).map(String::as_str);
     let has_sidecar = spec
         .containers
         .iter()
@@ -412,6 +427,19 @@ pub(crate) fn skip<'a>(
         return Ok(Err(Injection::unpatched(
             InjectOutcome::AlreadyInjected,
             Vec::new(),
+        )));
+    }
+    // The kubelet runs a static pod from the file on its node; a container added to the API
+    // object that mirrors it would be shown there and never run.
+    if annotation(names::MIRROR_ANNOTATION).is_some() {
+        return Ok(Err(Injection::unpatched(
+            InjectOutcome::SkippedMirrorPod,
+            vec![format!(
+                "metadata.annotations[{}] is set: this pod mirrors a static pod, which the kubelet \
+                 runs from a file on its node, so the corsair proxy was not injected; add it to \
+                 the file instead",
+                names::MIRROR_ANNOTATION
+            )],
         )));
     }
     if let Some(namespace) = excluded {

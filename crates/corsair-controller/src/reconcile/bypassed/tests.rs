@@ -217,6 +217,18 @@ async fn pods_the_webhook_leaves_alone_on_purpose_or_that_have_the_proxy_are_not
         a.remove("corsair.dev/policy");
     }
     on(&bypassed, &ctx, Event::Apply(unnamed)).await;
+    // A static pod's mirror: the webhook leaves it alone (the kubelet runs the file), so its
+    // metadata is enough, and the rule agrees on the whole pod.
+    let mut mirror = meta("shop", "mirror", false);
+    let mirrored = ("kubernetes.io/config.mirror".to_owned(), "0f3a".to_owned());
+    if let Some(a) = mirror.metadata.annotations.as_mut() {
+        a.insert(mirrored.0.clone(), mirrored.1.clone());
+    }
+    on(&bypassed, &ctx, Event::Apply(mirror)).await;
+    let mut whole = pod("mirror", json!({}));
+    whole["metadata"]["annotations"][&mirrored.0] = json!(mirrored.1);
+    let whole: Pod = serde_json::from_value(whole).expect("a pod");
+    assert_eq!(super::bypass_note(&whole, false), None);
     // A pod replaced under the same name between the event and the read is not this pod.
     let mut other = pod("gone", json!({}));
     other["metadata"]["uid"] = json!("uid-another");

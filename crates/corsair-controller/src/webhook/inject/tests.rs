@@ -735,6 +735,57 @@ fn host_network_is_skipped_with_a_warning() {
     assert!(injection.warnings[0].contains("hostNetwork"));
 }
 
+/// The kubelet runs a static pod from its file: a proxy added to the mirror in the API would
+/// be shown there and never run.
+#[test]
+fn a_static_pods_mirror_is_skipped_with_a_warning() {
+    let mut pod = web_pod();
+    pod["metadata"]["annotations"]["kubernetes.io/config.mirror"] = json!("0f3a");
+    let injection = run(&pod, &native()).expect("admits");
+    assert_eq!(injection.outcome, InjectOutcome::SkippedMirrorPod);
+    assert!(injection.patch.0.is_empty());
+    assert!(
+        injection.warnings[0].contains("kubernetes.io/config.mirror"),
+        "{:?}",
+        injection.warnings
+    );
+}
+
+/// A mark copied into a pod (or its template) from an injected pod is replaced by the
+/// webhook's own, with a warning: where the webhook is not called, the copy hides the pod from
+/// the controller's check for pods without the proxy.
+#[test]
+fn a_copied_injection_mark_is_replaced_with_a_warning() {
+    let mut pod = web_pod();
+    pod["metadata"]["annotations"]["corsair.dev/injected"] = json!("{\"version\":\"0.0.1\"}");
+    let injection = run(&pod, &native()).expect("injects");
+    assert_eq!(injection.outcome, InjectOutcome::Injected);
+    assert!(
+        injection
+            .warnings
+            .iter()
+            .any(|w| w.contains("metadata.annotations[corsair.dev/injected]")),
+        "{:?}",
+        injection.warnings
+    );
+    let out = apply(&pod, &injection);
+    let mark = out["metadata"]["annotations"]["corsair.dev/injected"]
+        .as_str()
+        .expect("the mark");
+    let record: InjectedRecord = serde_json::from_str(mark).expect("the webhook's own record");
+    assert_eq!(record.policy, "api");
+    // Without the copy, no such warning.
+    let clean = run(&web_pod(), &native()).expect("injects");
+    assert!(
+        clean
+            .warnings
+            .iter()
+            .all(|w| !w.contains("corsair.dev/injected")),
+        "{:?}",
+        clean.warnings
+    );
+}
+
 #[test]
 fn foreign_volume_named_like_ours_is_refused() {
     let mut pod = web_pod();
