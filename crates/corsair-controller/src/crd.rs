@@ -39,6 +39,8 @@ pub const CONDITION_READY: &str = "Ready";
 pub const REASON_ACCEPTED: &str = "Accepted";
 /// Reason of `Ready=False`.
 pub const REASON_INVALID: &str = "Invalid";
+/// Reason of `Ready=False` for a valid policy too large for the ConfigMap the proxies read.
+pub const REASON_TOO_LARGE: &str = "TooLarge";
 /// Longest CorsPolicy name: [`crate::names::MAX_POLICY_NAME_LEN`].
 pub const MAX_NAME_LEN: usize = crate::names::MAX_POLICY_NAME_LEN;
 

@@ -502,6 +502,36 @@ fn respond(reply: Reply) -> Response<ReplyBody> {
     response
 }
 
+/// A CorsPolicy spec of 64 routes of 128 distinct origins, each `len` bytes long: about as
+/// large as the CRD's list bounds let one be, to try the 1 MiB a ConfigMap holds.
+pub fn large_spec(len: usize) -> Value {
+    const FIXED: usize = "https://r00o000.example.com".len();
+    let routes: Vec<Value> = (0..64)
+        .map(|r| {
+            let origins: Vec<String> = (0..128)
+                .map(|i| {
+                    // Labels of 50 letters, each after a dot.
+                    let mut filler = String::new();
+                    while filler.len() < len.saturating_sub(FIXED) {
+                        filler.push(if filler.len().is_multiple_of(51) {
+                            '.'
+                        } else {
+                            'a'
+                        });
+                    }
+                    if filler.ends_with('.') {
+                        filler.pop();
+                        filler.push('a');
+                    }
+                    format!("https://r{r:02}o{i:03}{filler}.example.com")
+                })
+                .collect();
+            json!({"pathPrefix": format!("/r{r:02}"), "allowOrigins": origins})
+        })
+        .collect();
+    json!({ "routes": routes })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

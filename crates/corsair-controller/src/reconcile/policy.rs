@@ -17,7 +17,10 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use super::{Context, MANAGED_BY_LABEL, MANAGED_BY_VALUE, succeeded, truncate};
-use crate::crd::{CONDITION_READY, CorsPolicy, CorsPolicyStatus, REASON_ACCEPTED, REASON_INVALID};
+use crate::crd::{
+    CONDITION_READY, CorsPolicy, CorsPolicyStatus, REASON_ACCEPTED, REASON_INVALID,
+    REASON_TOO_LARGE,
+};
 use crate::names::{
     POLICY_ANNOTATION, POLICY_CONFIGMAP_KEY, POLICY_MANAGER, policy_configmap_name,
 };
@@ -48,8 +51,18 @@ pub async fn reconcile(policy: Arc<CorsPolicy>, ctx: Arc<Context>) -> Result<Act
     let generation = policy.metadata.generation;
 
     let (ready, reason, message, report) = match Engine::compile(&policy.spec) {
-        Ok((_engine, report)) => {
+        Ok((_engine, report)) => 'valid: {
             let desired = desired_configmap(&policy, &namespace)?;
+            let size = rendered_size(&desired);
+            if size > MAX_CONFIGMAP_DATA {
+                // The API server would refuse the ConfigMap at every retry: a refusal of the
+                // policy, said in its status, not a reconcile error.
+                let message = format!(
+                    "refused: {}; running proxies keep the last accepted version, if any",
+                    too_large(size)
+                );
+                break 'valid (false, REASON_TOO_LARGE, message, report);
+            }
             let stored = ctx
                 .index
                 .configmap(&namespace, &policy_configmap_name(&name));
@@ -126,7 +139,26 @@ pub async fn reconcile(policy: Arc<CorsPolicy>, ctx: Arc<Context>) -> Result<Act
     Ok(Action::requeue(RESYNC))
 }
 
+/// The most a ConfigMap's data may hold: the API server refuses a ConfigMap whose values add
+/// up to more.
+pub const MAX_CONFIGMAP_DATA: usize = 1 << 20;
+
+/// Bytes of `configmap`'s data, as the API server counts them against [`MAX_CONFIGMAP_DATA`].
+fn rendered_size(configmap: &ConfigMap) -> usize {
+    configmap.data.iter().flatten().map(|(_, v)| v.len()).sum()
+}
+
+/// Why a policy rendered into `size` bytes cannot be delivered, and what to do about it.
+pub fn too_large(size: usize) -> String {
+    format!(
+        "rendered for the proxies it takes {size} bytes, more than the {MAX_CONFIGMAP_DATA} a \
+         ConfigMap can hold; split it into several CorsPolicies (one per group of workloads) or \
+         shorten its lists"
+    )
+}
+
 /// The document the proxy loads: the whole manifest, with the generation it was rendered from.
+/// Indented for whoever reads the ConfigMap, unless that would not fit in one.
 pub fn render(policy: &CorsPolicy) -> Result<String> {
     let document = PolicyDocument {
         api_version: API_VERSION.to_owned(),
@@ -138,7 +170,11 @@ pub fn render(policy: &CorsPolicy) -> Result<String> {
         },
         spec: policy.spec.clone(),
     };
-    serde_json::to_string_pretty(&document).map_err(Error::Render)
+    let pretty = serde_json::to_string_pretty(&document).map_err(Error::Render)?;
+    if pretty.len() <= MAX_CONFIGMAP_DATA {
+        return Ok(pretty);
+    }
+    serde_json::to_string(&document).map_err(Error::Render)
 }
 
 /// The ConfigMap `corsair-policy-NAME` as it should be: the rendered policy, owned by the

@@ -137,6 +137,9 @@ enum Scenario {
     PolicyAccepted(CorsPolicy),
     /// An invalid policy: no ConfigMap call, status apply (Ready=False), Warning Event.
     PolicyRefused(CorsPolicy),
+    /// A valid policy too large for a ConfigMap: no ConfigMap write, `Ready=False` and a
+    /// Warning Event, each giving the size.
+    PolicyTooLarge(CorsPolicy),
     /// An annotated workload without the label: apply of label + annotation.
     WorkloadOptIn { policy: &'static str },
     /// An annotated workload whose policy is missing: apply, then a Warning Event.
@@ -221,6 +224,21 @@ impl ApiServerVerifier {
                     .event("Warning", "Invalid", "corspolicies", "api")
                     .await;
                 assert!(note.contains("spec.allowOrigins[0]"), "event note: {note}");
+            }
+            Scenario::PolicyTooLarge(policy) => {
+                let status = self.status_apply(&policy).await;
+                let ready = &status["conditions"][0];
+                assert_eq!(ready["status"], "False");
+                assert_eq!(ready["reason"], "TooLarge");
+                let message = ready["message"].as_str().unwrap_or_default();
+                assert!(
+                    message.contains("1048576") && message.contains("ConfigMap"),
+                    "message gives the limit: {message}"
+                );
+                let note = self
+                    .event("Warning", "TooLarge", "corspolicies", "api")
+                    .await;
+                assert!(note.contains("bytes"), "event note: {note}");
             }
             Scenario::WorkloadOptIn { policy } => {
                 self.workload_get(&admissible_deployment()).await;
@@ -430,6 +448,57 @@ async fn invalid_policy_keeps_the_configmap_and_reports_the_field() {
         Scenario::PolicyRefused(policy),
     )
     .await;
+}
+
+/// The API server would refuse the ConfigMap at every retry: the policy is refused in its
+/// status instead, and no write is tried.
+#[tokio::test]
+async fn a_policy_too_large_for_a_configmap_is_refused_in_its_status() {
+    let (ctx, verifier) = context(StaticIndex::with_policies(NS, &["api"]));
+    let policy = policy("api", crate::fixtures::large_spec(150));
+    let action = run(
+        policy::reconcile(Arc::new(policy.clone()), ctx),
+        verifier,
+        Scenario::PolicyTooLarge(policy),
+    )
+    .await;
+    assert_eq!(action, Action::requeue(policy::RESYNC));
+}
+
+/// Indented for people while that fits in a ConfigMap, on one line when only that does; the
+/// proxy reads both as the same policy.
+#[test]
+fn a_policy_is_rendered_on_one_line_when_only_that_fits() {
+    let small = policy::render(&valid_policy()).expect("renders");
+    assert!(small.contains('\n'), "indented: {small}");
+
+    let large = policy("api", crate::fixtures::large_spec(120));
+    let pretty = serde_json::to_string_pretty(&corsair_policy::PolicyDocument {
+        api_version: corsair_policy::model::API_VERSION.to_owned(),
+        kind: corsair_policy::model::KIND.to_owned(),
+        metadata: corsair_policy::model::DocumentMeta {
+            name: large.metadata.name.clone(),
+            namespace: large.metadata.namespace.clone(),
+            generation: large.metadata.generation,
+        },
+        spec: large.spec.clone(),
+    })
+    .expect("renders");
+    assert!(
+        pretty.len() > policy::MAX_CONFIGMAP_DATA,
+        "{}",
+        pretty.len()
+    );
+    let rendered = policy::render(&large).expect("renders");
+    assert!(
+        rendered.len() <= policy::MAX_CONFIGMAP_DATA,
+        "{}",
+        rendered.len()
+    );
+    assert!(!rendered.contains('\n'));
+    let loaded = corsair_policy::load_document(&rendered).expect("the proxy loads it");
+    assert_eq!(loaded.spec, large.spec);
+    assert_eq!(loaded.metadata.generation, Some(3));
 }
 
 #[tokio::test]

@@ -3,7 +3,9 @@
 use corsair_policy::check_spec;
 use serde_json::Value;
 
+use crate::crd::CorsPolicy;
 use crate::names;
+use crate::reconcile::policy::{MAX_CONFIGMAP_DATA, render, too_large};
 
 /// The verdict on one CorsPolicy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,8 +69,23 @@ pub fn validate_policy(object: &Value) -> PolicyValidation {
     };
     // The same field-by-field check as `corsair check`: every problem in one answer, unknown
     // fields with a did-you-mean.
-    let (_, report) = check_spec(spec);
+    let (typed, report) = check_spec(spec);
     errors.extend(report.errors().map(ToString::to_string));
+    if let (Some(spec), true) = (typed, errors.is_empty()) {
+        // What the controller will render for the proxies must fit in a ConfigMap. Counted
+        // with the longest generation, so whatever is admitted here fits there.
+        let mut policy = CorsPolicy::new(name.unwrap_or_default(), spec);
+        policy.metadata.namespace = object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        policy.metadata.generation = Some(i64::MAX);
+        if let Ok(rendered) = render(&policy)
+            && rendered.len() > MAX_CONFIGMAP_DATA
+        {
+            errors.push(format!("spec: {}", too_large(rendered.len())));
+        }
+    }
     let warnings: Vec<String> = report.warnings().map(ToString::to_string).collect();
     let outcome = if !errors.is_empty() {
         ValidationOutcome::Denied
@@ -81,6 +98,29 @@ pub fn validate_policy(object: &Value) -> PolicyValidation {
         outcome,
         errors,
         warnings,
+    }
+}
+
+#[cfg(test)]
+mod size_limit {
+    use serde_json::json;
+
+    use super::validate_policy;
+    use crate::fixtures::large_spec;
+
+    /// What the controller could not deliver in a ConfigMap is refused at `kubectl apply`;
+    /// a policy just under the limit is not.
+    #[test]
+    fn a_policy_too_large_for_a_configmap_is_refused_with_its_size() {
+        let object = |spec| json!({"metadata": {"name": "api", "namespace": "shop"}, "spec": spec});
+        let refused = validate_policy(&object(large_spec(150)));
+        assert!(
+            refused.message().starts_with("spec: ") && refused.message().contains("1048576"),
+            "{}",
+            refused.message()
+        );
+        let fits = validate_policy(&object(large_spec(120)));
+        assert!(fits.errors.is_empty(), "{}", fits.message());
     }
 }
 
