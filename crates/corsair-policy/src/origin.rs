@@ -128,7 +128,11 @@ pub(crate) fn parse_request_origin(origin: &str) -> Option<OriginParts<'_>> {
         return None;
     }
     let (host, port) = split_host_port(authority);
-    if !is_host(host) || port.is_some_and(|p| !is_port(p)) {
+    // Browsers keep a name's one trailing dot (a page at `https://example.com./` sends
+    // `Origin: https://example.com.`): a valid origin, distinct from the one without, so it
+    // stays in `host` and only `*` and regexes can allow it.
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if !is_host(name) || port.is_some_and(|p| !is_port(p)) {
         return None;
     }
     Some(OriginParts { scheme, host, port })

@@ -1,7 +1,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::decision::Verdict;
+use crate::decision::{DenyReason, Verdict};
 use crate::model::CorsPolicySpec;
 
 fn compile(spec: CorsPolicySpec) -> Engine {
@@ -100,6 +100,34 @@ fn a_path_spelled_otherwise_gets_the_rules_of_the_route_it_names() {
     }
     assert_eq!(canonical_path("/a//b/./c/../d;p=1/%41%zz"), "/a/b/d/A%zz");
     assert_eq!(canonical_path("/../.."), "/");
+}
+
+/// A page at `https://shop.example.com./` sends its origin with the trailing dot. It is another
+/// origin than the one without: `*` allows it, a list of names or a wildcard does not.
+#[test]
+fn an_origin_with_a_trailing_dot_is_an_origin_of_its_own() {
+    let any = compile(origins(&["*"]));
+    assert!(allowed(&any, "https://shop.example.com."));
+    assert!(allowed(&any, "https://shop.example.com.:8443"));
+    assert!(!allowed(&any, "https://shop.example.com.."));
+    let listed = compile(origins(&[
+        "https://shop.example.com",
+        "https://*.example.com",
+    ]));
+    assert!(allowed(&listed, "https://shop.example.com"));
+    assert!(!allowed(&listed, "https://shop.example.com."));
+    assert!(!allowed(&listed, "https://a.shop.example.com."));
+    let req = RequestInfo {
+        method: "GET",
+        path: "/",
+        host: Some("api.internal"),
+        origin: Some("https://shop.example.com."),
+        ..RequestInfo::default()
+    };
+    assert!(matches!(
+        listed.decide(&req).verdict,
+        Verdict::Denied(DenyReason::OriginNotAllowed)
+    ));
 }
 
 /// Found by `fuzz/origin` (its oracle, not the engine, was wrong): a wildcard's suffix can also

@@ -22,7 +22,14 @@ fn request_origins_split_into_scheme_host_port() {
         ("a.test", None),
         ("://a.test", None),
         ("https://a..test", None),
-        ("https://a.test.", None),
+        // A trailing dot is kept by browsers; two, or a dot alone, are no host.
+        ("https://a.test.", Some(("https", "a.test.", None))),
+        (
+            "https://a.test.:8443",
+            Some(("https", "a.test.", Some("8443"))),
+        ),
+        ("https://a.test..", None),
+        ("https://.", None),
         ("https://u@a.test", None),
         ("https://a test", None),
         ("https://[::1", None),
