@@ -636,6 +636,11 @@ async fn a_workload_whose_pods_would_be_refused_is_not_opted_in() {
         d["spec"]["template"]["spec"]["hostNetwork"] = json!(true);
         d
     };
+    let windows = {
+        let mut d = admissible_deployment();
+        d["spec"]["template"]["spec"]["os"] = json!({"name": "windows"});
+        d
+    };
     for (stored, reason, cause) in [
         (
             stored_deployment(
@@ -651,6 +656,7 @@ async fn a_workload_whose_pods_would_be_refused_is_not_opted_in() {
         ),
         // Admitted without the proxy: an opt-in would roll the pods for nothing.
         (host_network, "InjectionSkipped", "spec.hostNetwork is true"),
+        (windows, "InjectionSkipped", "Windows"),
     ] {
         let (ctx, verifier) = context(StaticIndex::with_policies(NS, &["api"]));
         let workload = deployment(Some("api"), None);

@@ -319,20 +319,19 @@ pub async fn reconcile<K: Workload>(
                         kept()
                     ),
                 ))),
-                Preview::HostNetwork if in_place => Some(Err((
+                Preview::Skipped(why) if in_place => Some(Err((
                     REASON_INJECTION_SKIPPED,
-                    "the corsair webhook admits the pods of this workload's pod template without \
-                     the proxy: spec.template.spec.hostNetwork is true, and the proxy's ports \
-                     would be taken on the node; a rollout to it replaces the pods with ones \
-                     that have no proxy"
-                        .to_owned(),
+                    format!(
+                        "the corsair webhook admits the pods of this workload's pod template \
+                         without the proxy: {why}; a rollout to it replaces the pods with ones \
+                         that have no proxy"
+                    ),
                 ))),
-                Preview::HostNetwork => Some(Err((
+                Preview::Skipped(why) => Some(Err((
                     REASON_INJECTION_SKIPPED,
                     format!(
                         "the corsair webhook would admit this workload's pods without the \
-                         proxy: spec.template.spec.hostNetwork is true, and the proxy's ports \
-                         would be taken on the node; {}",
+                         proxy: {why}; {}",
                         kept()
                     ),
                 ))),
@@ -456,8 +455,8 @@ enum Preview {
     Unchecked,
     /// Refuse them, for this reason.
     Refused(String),
-    /// Admit them without the proxy: they use the host network.
-    HostNetwork,
+    /// Admit them without the proxy, for this reason (the host network, Windows).
+    Skipped(&'static str),
     /// The workload is gone.
     Gone,
 }
@@ -483,8 +482,15 @@ async fn preview<K: Workload>(ctx: &Context, namespace: &str, name: &str, policy
     match inject(&pod, Some(namespace), config, None) {
         Err(err) => Preview::Refused(err.to_string()),
         Ok(injection) if injection.outcome == InjectOutcome::SkippedHostNetwork => {
-            Preview::HostNetwork
+            Preview::Skipped(
+                "spec.template.spec.hostNetwork is true, and the proxy's ports would be taken on \
+                 the node",
+            )
         }
+        Ok(injection) if injection.outcome == InjectOutcome::SkippedWindows => Preview::Skipped(
+            "the pod template is for Windows nodes (spec.template.spec.os.name, or its \
+             kubernetes.io/os node selector), and the proxy is a Linux container",
+        ),
         Ok(injection) => Preview::Admitted(injection.warnings),
     }
 }

@@ -206,6 +206,7 @@ pub enum InjectOutcome {
     SkippedExcludedNamespace,
     SkippedNoPolicy,
     SkippedMirrorPod,
+    SkippedWindows,
 }
 
 impl InjectOutcome {
@@ -217,6 +218,7 @@ impl InjectOutcome {
             InjectOutcome::SkippedExcludedNamespace => "skipped_excluded_namespace",
             InjectOutcome::SkippedNoPolicy => "skipped_no_policy",
             InjectOutcome::SkippedMirrorPod => "skipped_mirror_pod",
+            InjectOutcome::SkippedWindows => "skipped_windows",
         }
     }
 }
@@ -451,6 +453,16 @@ pub(crate) fn skip<'a>(
             )],
         )));
     }
+    if runs_on_windows(spec) {
+        return Ok(Err(Injection::unpatched(
+            InjectOutcome::SkippedWindows,
+            vec![
+                "the pod runs on Windows (spec.os.name, or the kubernetes.io/os node selector): \
+                 the corsair proxy is a Linux container, so it was not injected"
+                    .to_owned(),
+            ],
+        )));
+    }
     if spec.host_network == Some(true) {
         return Ok(Err(Injection::unpatched(
             InjectOutcome::SkippedHostNetwork,
@@ -477,6 +489,17 @@ pub(crate) fn skip<'a>(
         });
     }
     Ok(Ok(policy))
+}
+
+/// Whether the pod is for Windows nodes, where a Linux container cannot run (and the API
+/// server refuses the Linux-only security fields the sidecar sets, when `spec.os` says so).
+fn runs_on_windows(spec: &PodSpec) -> bool {
+    spec.os.as_ref().is_some_and(|os| os.name == "windows")
+        || spec
+            .node_selector
+            .as_ref()
+            .and_then(|s| s.get("kubernetes.io/os"))
+            .is_some_and(|os| os == "windows")
 }
 
 /// What the pod's annotations set for its sidecar, defaults filled in from the configuration.
@@ -1077,16 +1100,16 @@ fn port_annotation(
 ) -> Result<u16, InjectError> {
     match value {
         None => Ok(default),
-        Some(v) => {
-            v.parse::<u16>()
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or_else(|| InjectError::InvalidAnnotation {
-                    key,
-                    value: v.to_owned(),
-                    reason: "is not a port number between 1 and 65535",
-                })
-        }
+        Some(v) => v
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p >= names::MIN_SIDECAR_PORT)
+            .ok_or_else(|| InjectError::InvalidAnnotation {
+                key,
+                value: v.to_owned(),
+                reason: "is not a port number between 1024 and 65535 (the proxy runs \
+                             unprivileged, without the capability to bind a lower one)",
+            }),
     }
 }
 

@@ -32,7 +32,7 @@ impl Metrics {
         let metrics = Self::unregistered();
         registry.register(
             "corsair_webhook_injections",
-            "Pods seen by the injecting webhook, by result (injected, already_injected, skipped_host_network, skipped_excluded_namespace, skipped_no_policy, skipped_mirror_pod, denied, error)",
+            "Pods seen by the injecting webhook, by result (injected, already_injected, skipped_host_network, skipped_excluded_namespace, skipped_no_policy, skipped_mirror_pod, skipped_windows, denied, error)",
             metrics.injections.clone(),
         );
         registry.register(

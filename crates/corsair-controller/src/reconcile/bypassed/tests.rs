@@ -229,6 +229,10 @@ async fn pods_the_webhook_leaves_alone_on_purpose_or_that_have_the_proxy_are_not
     whole["metadata"]["annotations"][&mirrored.0] = json!(mirrored.1);
     let whole: Pod = serde_json::from_value(whole).expect("a pod");
     assert_eq!(super::bypass_note(&whole, false), None);
+    // Nor a Windows pod, which the webhook leaves alone too.
+    let windows: Pod =
+        serde_json::from_value(pod("win", json!({"os": {"name": "windows"}}))).expect("a pod");
+    assert_eq!(super::bypass_note(&windows, false), None);
     // A pod replaced under the same name between the event and the read is not this pod.
     let mut other = pod("gone", json!({}));
     other["metadata"]["uid"] = json!("uid-another");

@@ -648,6 +648,9 @@ fn refusals_name_the_cause() {
 fn bad_annotations_are_refused_with_the_annotation_named() {
     let cases = [
         ("corsair.dev/proxy-port", "0"),
+        // The proxy runs unprivileged: it could not bind these.
+        ("corsair.dev/proxy-port", "80"),
+        ("corsair.dev/admin-port", "1023"),
         ("corsair.dev/admin-port", "http"),
         ("corsair.dev/image", "has space"),
         ("corsair.dev/log-level", " "),
@@ -733,6 +736,53 @@ fn host_network_is_skipped_with_a_warning() {
     assert_eq!(injection.outcome, InjectOutcome::SkippedHostNetwork);
     assert!(injection.patch.0.is_empty());
     assert!(injection.warnings[0].contains("hostNetwork"));
+}
+
+/// The lowest port an unprivileged process may bind is the lowest an annotation may name.
+#[test]
+fn a_port_below_1024_is_refused_and_1024_is_not() {
+    let mut pod = web_pod();
+    pod["metadata"]["annotations"]["corsair.dev/proxy-port"] = json!("443");
+    let err = run(&pod, &native())
+        .expect_err("privileged port")
+        .to_string();
+    assert!(err.contains("between 1024 and 65535"), "{err}");
+    pod["metadata"]["annotations"]["corsair.dev/proxy-port"] = json!("1024");
+    let injection = run(&pod, &native()).expect("injects");
+    assert_eq!(injection.outcome, InjectOutcome::Injected);
+}
+
+/// A Linux container cannot run on a Windows node, and the API server refuses the
+/// Linux-only security fields of the sidecar in a pod whose `spec.os` is Windows.
+#[test]
+fn a_windows_pod_is_skipped_with_a_warning() {
+    let by_os = {
+        let mut pod = web_pod();
+        pod["spec"]["os"] = json!({"name": "windows"});
+        pod
+    };
+    let by_selector = {
+        let mut pod = web_pod();
+        pod["spec"]["nodeSelector"] = json!({"kubernetes.io/os": "windows"});
+        pod
+    };
+    for pod in [by_os, by_selector] {
+        let injection = run(&pod, &native()).expect("admits");
+        assert_eq!(injection.outcome, InjectOutcome::SkippedWindows);
+        assert!(injection.patch.0.is_empty());
+        assert!(
+            injection.warnings[0].contains("Windows"),
+            "{:?}",
+            injection.warnings
+        );
+    }
+    let mut linux = web_pod();
+    linux["spec"]["os"] = json!({"name": "linux"});
+    linux["spec"]["nodeSelector"] = json!({"kubernetes.io/os": "linux"});
+    assert_eq!(
+        run(&linux, &native()).expect("injects").outcome,
+        InjectOutcome::Injected
+    );
 }
 
 /// The kubelet runs a static pod from its file: a proxy added to the mirror in the API would
