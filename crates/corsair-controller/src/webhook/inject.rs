@@ -272,6 +272,13 @@ pub enum InjectError {
         names::ADMIN_PORT_ANNOTATION
     )]
     PortConflict { field: String, port: u16 },
+    #[error(
+        "{field}.hostPort: the node's port {host_port} forwards straight to the app's port, so \
+         traffic sent there would bypass the proxy; remove hostPort and reach the pod through a \
+         Service, or set the annotation {} to a port without one",
+        names::PORT_ANNOTATION
+    )]
+    HostPort { field: String, host_port: i32 },
     #[error("{field}: the port name {name:?} is reserved for the corsair proxy")]
     PortNameConflict { field: String, name: &'static str },
     #[error(
@@ -353,6 +360,7 @@ pub fn inject(
     let target = find_target(spec, annotation(names::PORT_ANNOTATION))?;
     check_port_conflicts(spec, &target, proxy_port, admin_port)?;
     check_shared_port_name(spec, &target, config.sidecar_mode.is_native())?;
+    check_host_port(spec, &target)?;
     let namespace = namespace.or(pod.metadata.namespace.as_deref());
     let mut warnings = warnings(lookup, namespace, policy, &target, proxy_port);
     if annotation(names::INJECTED_ANNOTATION).is_some() {
@@ -994,6 +1002,23 @@ fn every_container(spec: &PodSpec) -> impl Iterator<Item = (&'static str, usize,
     containers
         .map(|(i, c)| ("containers", i, c))
         .chain(init.map(|(i, c)| ("initContainers", i, c)))
+}
+
+/// Refuses a taken-over port that the node forwards to (`hostPort`): that path reaches the app
+/// without passing the proxy, whatever the Service does.
+fn check_host_port(spec: &PodSpec, target: &Target) -> Result<(), InjectError> {
+    let host_port = target
+        .port_index
+        .and_then(|i| spec.containers[target.container].ports.as_ref()?.get(i))
+        .and_then(|p| p.host_port)
+        .filter(|p| *p > 0);
+    match host_port {
+        Some(host_port) => Err(InjectError::HostPort {
+            field: target.field(),
+            host_port,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Refuses pods where a container already uses the proxy's ports or port names.

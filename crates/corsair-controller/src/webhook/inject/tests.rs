@@ -738,6 +738,28 @@ fn host_network_is_skipped_with_a_warning() {
     assert!(injection.warnings[0].contains("hostNetwork"));
 }
 
+/// A node port forwarded to the app's port would reach it past the proxy.
+#[test]
+fn a_host_port_on_the_taken_over_port_is_refused() {
+    let mut pod = web_pod();
+    pod["spec"]["containers"][0]["ports"][0]["hostPort"] = json!(8080);
+    let err = run(&pod, &native()).expect_err("bypass").to_string();
+    assert!(
+        err.contains("spec.containers[0].ports[0].hostPort") && err.contains("bypass"),
+        "{err}"
+    );
+    // On another port of the pod it is not the proxy's business.
+    let mut other = web_pod();
+    other["spec"]["containers"][0]["ports"]
+        .as_array_mut()
+        .expect("ports")
+        .push(json!({"name": "debug", "containerPort": 9000, "hostPort": 9000, "protocol": "TCP"}));
+    assert_eq!(
+        run(&other, &native()).expect("injects").outcome,
+        InjectOutcome::Injected
+    );
+}
+
 /// The lowest port an unprivileged process may bind is the lowest an annotation may name.
 #[test]
 fn a_port_below_1024_is_refused_and_1024_is_not() {
