@@ -355,7 +355,7 @@ pub fn inject(
         Ok(policy) => policy,
         Err(skipped) => return Ok(skipped),
     };
-    let overrides = Overrides::read(&annotation, config)?;
+    let overrides = Overrides::read(&annotation, config, has_pod_resources(spec))?;
     let (proxy_port, admin_port) = (overrides.proxy_port, overrides.admin_port);
     let target = find_target(spec, annotation(names::PORT_ANNOTATION))?;
     check_port_conflicts(spec, &target, proxy_port, admin_port)?;
@@ -499,6 +499,14 @@ pub(crate) fn skip<'a>(
     Ok(Ok(policy))
 }
 
+/// Whether the pod sets pod-level requests or limits (`spec.resources`, Kubernetes 1.32 on).
+fn has_pod_resources(spec: &PodSpec) -> bool {
+    spec.resources.as_ref().is_some_and(|r| {
+        r.requests.as_ref().is_some_and(|q| !q.is_empty())
+            || r.limits.as_ref().is_some_and(|q| !q.is_empty())
+    })
+}
+
 /// Whether the pod is for Windows nodes, where a Linux container cannot run (and the API
 /// server refuses the Linux-only security fields the sidecar sets, when `spec.os` says so).
 fn runs_on_windows(spec: &PodSpec) -> bool {
@@ -524,9 +532,15 @@ struct Overrides {
 impl Overrides {
     /// Reads and checks the override annotations, in a fixed order, so that the first bad one
     /// is the one reported.
+    ///
+    /// With `pod_resources` (the pod budgets its containers together in `spec.resources`) the
+    /// sidecar takes its share of that budget: it gets only the quantities its annotations
+    /// set, not the configured defaults, which the API server would refuse once the
+    /// containers' requests add up to more than the pod's, or a limit is above the pod's.
     fn read<'a>(
         annotation: &impl Fn(&str) -> Option<&'a str>,
         config: &InjectConfig,
+        pod_resources: bool,
     ) -> Result<Self, InjectError> {
         let image = match annotation(names::IMAGE_ANNOTATION) {
             Some(v) if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()) => {
@@ -564,7 +578,17 @@ impl Overrides {
             Some(v) => Ok(Some(v.to_owned())),
             None => Ok(default.clone()),
         };
-        let defaults = &config.resources;
+        let none = SidecarResources {
+            cpu_request: None,
+            cpu_limit: None,
+            memory_request: None,
+            memory_limit: None,
+        };
+        let defaults = if pod_resources {
+            &none
+        } else {
+            &config.resources
+        };
         let resources = SidecarResources {
             cpu_request: quantity(names::CPU_REQUEST_ANNOTATION, &defaults.cpu_request)?,
             cpu_limit: quantity(names::CPU_LIMIT_ANNOTATION, &defaults.cpu_limit)?,

@@ -738,6 +738,37 @@ fn host_network_is_skipped_with_a_warning() {
     assert!(injection.warnings[0].contains("hostNetwork"));
 }
 
+/// A pod that budgets its containers together (`spec.resources`) gets a sidecar that takes its
+/// share of the budget: with the configured defaults the containers' requests would add up to
+/// more than the pod's, which the API server refuses. Annotations still set them.
+#[test]
+fn with_pod_level_resources_the_sidecar_shares_the_budget() {
+    let mut pod = web_pod();
+    pod["spec"]["resources"] = json!({"requests": {"cpu": "1"}, "limits": {"cpu": "250m"}});
+    pod["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "1"}});
+    for config in [native(), container()] {
+        let out = apply(&pod, &run(&pod, &config).expect("injects"));
+        let resources = sidecar_of(&out).resources.expect("resources");
+        assert_eq!(resources.requests, None);
+        assert_eq!(resources.limits, None);
+    }
+    pod["metadata"]["annotations"]["corsair.dev/proxy-memory-request"] = json!("16Mi");
+    let out = apply(&pod, &run(&pod, &native()).expect("injects"));
+    let resources = sidecar_of(&out).resources.expect("resources");
+    let requests = resources.requests.expect("the annotation's request");
+    assert_eq!(requests.get("memory").map(|q| q.0.as_str()), Some("16Mi"));
+    assert_eq!(requests.get("cpu"), None);
+    assert_eq!(resources.limits, None);
+    // Without pod-level resources the defaults apply.
+    let plain = web_pod();
+    let out = apply(&plain, &run(&plain, &native()).expect("injects"));
+    let limits = sidecar_of(&out)
+        .resources
+        .and_then(|r| r.limits)
+        .expect("limits");
+    assert_eq!(limits.get("cpu").map(|q| q.0.as_str()), Some("500m"));
+}
+
 /// A node port forwarded to the app's port would reach it past the proxy.
 #[test]
 fn a_host_port_on_the_taken_over_port_is_refused() {
