@@ -408,7 +408,7 @@ fn check_injected(e: &Expect, original: &Pod, pod: &Pod, mode_native: bool) {
             "--policy".to_owned(),
             "/etc/corsair/policy.json".into(),
             "--upstream".into(),
-            format!("http://127.0.0.1:{}", e.upstream),
+            format!("http://localhost:{}", e.upstream),
             "--listen".into(),
             format!("[::]:{}", e.proxy_port),
             "--admin".into(),

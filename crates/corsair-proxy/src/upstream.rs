@@ -12,6 +12,7 @@ mod http1;
 
 use std::error::Error as StdError;
 use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -39,8 +40,7 @@ const MAX_RESPONSE_HEAD: usize = 8192 + 4096 * 100;
 /// Where requests go, and how to connect there.
 #[derive(Debug)]
 pub struct Upstream {
-    /// `host:port`, the port defaulted to 80.
-    address: String,
+    address: Address,
     connect_timeout: Duration,
     /// The upstream timeout: how long a response body or the rest of an early-answered upload
     /// may make no progress (it bounds the whole of every other upload, and the response head).
@@ -51,6 +51,55 @@ pub struct Upstream {
     /// a drain waits for it, and stopped at the drain deadline.
     tasks: TaskTracker,
     abort: CancellationToken,
+}
+
+/// The upstream's address.
+#[derive(Debug)]
+enum Address {
+    /// `host:port` as given, the port defaulted to 80; a name is looked up at each connect.
+    Given(String),
+    /// `localhost`: the loopback of either family, with no name lookup (RFC 6761), because an
+    /// application may listen on one only (nginx's `listen [::]:8080` alone takes no IPv4).
+    /// The family that answered last is tried first.
+    Loopback {
+        v4: SocketAddr,
+        v6: SocketAddr,
+        v6_first: AtomicBool,
+    },
+}
+
+impl Address {
+    fn of(authority: &Authority) -> Address {
+        let port = authority.port_u16().unwrap_or(80);
+        if authority.host().eq_ignore_ascii_case("localhost") {
+            return Address::Loopback {
+                v4: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                v6: SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+                v6_first: AtomicBool::new(false),
+            };
+        }
+        Address::Given(format!("{}:{port}", authority.host()))
+    }
+
+    async fn connect(&self) -> io::Result<TcpStream> {
+        let (v4, v6, v6_first) = match self {
+            Address::Given(address) => return TcpStream::connect(address.as_str()).await,
+            Address::Loopback { v4, v6, v6_first } => (v4, v6, v6_first),
+        };
+        let was_v6 = v6_first.load(Ordering::Relaxed);
+        let (first, second) = if was_v6 { (v6, v4) } else { (v4, v6) };
+        match TcpStream::connect(first).await {
+            Ok(stream) => Ok(stream),
+            Err(first_error) => match TcpStream::connect(second).await {
+                Ok(stream) => {
+                    v6_first.store(!was_v6, Ordering::Relaxed);
+                    Ok(stream)
+                }
+                // The usual family's error says more (the other may simply be absent).
+                Err(_) => Err(first_error),
+            },
+        }
+    }
 }
 
 /// Idle upstream connections a client connection keeps. An HTTP/1.1 client needs one; an h2c
@@ -107,11 +156,7 @@ impl Upstream {
             return Err(bad("it must not have a path or query"));
         }
         Ok(Upstream {
-            address: format!(
-                "{}:{}",
-                authority.host(),
-                authority.port_u16().unwrap_or(80)
-            ),
+            address: Address::of(authority),
             connect_timeout: config.connect_timeout,
             timeout: config.upstream_timeout,
             nagles: Arc::default(),
@@ -192,25 +237,23 @@ impl Upstream {
     }
 
     async fn connect(&self) -> Result<Connection, Failed> {
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.address))
-                .await
-            {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(err)) if err.kind() == io::ErrorKind::TimedOut => {
-                    return Err(Failed {
-                        failure: Failure::ConnectTimeout,
-                        error: Some(Box::new(err)),
-                    });
-                }
-                Ok(Err(err)) => return Err(Failed::new(err)),
-                Err(_) => {
-                    return Err(Failed {
-                        failure: Failure::ConnectTimeout,
-                        error: None,
-                    });
-                }
-            };
+        let stream = match tokio::time::timeout(self.connect_timeout, self.address.connect()).await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) if err.kind() == io::ErrorKind::TimedOut => {
+                return Err(Failed {
+                    failure: Failure::ConnectTimeout,
+                    error: Some(Box::new(err)),
+                });
+            }
+            Ok(Err(err)) => return Err(Failed::new(err)),
+            Err(_) => {
+                return Err(Failed {
+                    failure: Failure::ConnectTimeout,
+                    error: None,
+                });
+            }
+        };
         // Requests are written whole; no reason to wait for more.
         let _ = stream.set_nodelay(true);
         Ok(Connection::new(

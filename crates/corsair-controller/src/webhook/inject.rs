@@ -1287,7 +1287,7 @@ fn sidecar_container(
                     names::POLICY_CONFIGMAP_KEY
                 ),
                 "--upstream".to_owned(),
-                format!("http://127.0.0.1:{}", record.upstream_port),
+                format!("http://localhost:{}", record.upstream_port),
                 "--listen".to_owned(),
                 format!("[::]:{}", record.proxy_port),
                 "--admin".to_owned(),

@@ -60,6 +60,60 @@ async fn a_lane_keeps_at_most_max_idle_connections_and_closes_the_rest() {
     }
 }
 
+/// `localhost` reaches an application that listens on one loopback family only, whichever,
+/// and the next connection goes first to the family that answered.
+#[tokio::test]
+async fn localhost_reaches_an_application_on_either_loopback() {
+    let v6 = tokio::net::TcpListener::bind("[::1]:0")
+        .await
+        .expect("an IPv6 loopback (Linux has one unless booted with ipv6.disable=1)");
+    let port = v6.local_addr().expect("addr").port();
+    let upstream = Upstream::new(
+        &config(&format!("http://localhost:{port}")),
+        &TaskTracker::new(),
+        &CancellationToken::new(),
+    )
+    .expect("an upstream");
+    let accepted = tokio::spawn(async move {
+        let mut peers = Vec::new();
+        for _ in 0..2 {
+            let (_, peer) = v6.accept().await.expect("accept");
+            peers.push(peer);
+        }
+        peers
+    });
+    for _ in 0..2 {
+        upstream.connect().await.expect("the IPv6 loopback answers");
+    }
+    let peers = accepted.await.expect("accepted");
+    assert!(peers.iter().all(std::net::SocketAddr::is_ipv6), "{peers:?}");
+    let Address::Loopback { v6_first, .. } = &upstream.address else {
+        panic!("localhost is the loopback");
+    };
+    assert!(v6_first.load(Ordering::Relaxed), "IPv6 is tried first now");
+
+    // And on IPv4 only, from a fresh start.
+    let v4 = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = v4.local_addr().expect("addr").port();
+    let upstream = Upstream::new(
+        &config(&format!("http://localhost:{port}")),
+        &TaskTracker::new(),
+        &CancellationToken::new(),
+    )
+    .expect("an upstream");
+    let (connected, accepted) = tokio::join!(upstream.connect(), v4.accept());
+    connected.expect("the IPv4 loopback answers");
+    assert!(accepted.expect("accept").1.is_ipv4());
+    // Nothing listening: the error is the one of the family tried first.
+    drop(v4);
+    let Err(failed) = upstream.connect().await else {
+        panic!("nothing listens");
+    };
+    assert_eq!(failed.failure, Failure::Refused, "{:?}", failed.error);
+}
+
 #[tokio::test]
 async fn only_a_plain_http_authority_is_an_upstream() {
     assert_eq!(reason("http://127.0.0.1:8080"), None);
@@ -74,9 +128,17 @@ async fn only_a_plain_http_authority_is_an_upstream() {
 #[test]
 fn the_one_upstream_address_has_a_port() {
     let address = |uri: &str| {
-        Upstream::new(&config(uri), &TaskTracker::new(), &CancellationToken::new())
-            .map(|u| u.address)
+        Upstream::new(&config(uri), &TaskTracker::new(), &CancellationToken::new()).map(|u| match u
+            .address
+        {
+            Address::Given(address) => address,
+            Address::Loopback { v4, v6, .. } => format!("{v4} or {v6}"),
+        })
     };
+    assert_eq!(
+        address("http://localhost:8080").ok().as_deref(),
+        Some("127.0.0.1:8080 or [::1]:8080")
+    );
     assert_eq!(
         address("http://127.0.0.1:8080").ok().as_deref(),
         Some("127.0.0.1:8080")

@@ -102,7 +102,7 @@ fn takes_over_the_http_port_and_rewrites_probes() {
             "--policy",
             "/etc/corsair/policy.json",
             "--upstream",
-            "http://127.0.0.1:8080",
+            "http://localhost:8080",
             "--listen",
             "[::]:15380",
             "--admin",
@@ -403,7 +403,7 @@ fn port_annotation_by_name_wins_over_http() {
         sidecar
             .args
             .expect("args")
-            .contains(&"http://127.0.0.1:9000".to_owned())
+            .contains(&"http://localhost:9000".to_owned())
     );
 }
 
@@ -434,7 +434,7 @@ fn numeric_port_without_name_warns_and_names_the_proxy_port() {
         sidecar
             .args
             .expect("args")
-            .contains(&"http://127.0.0.1:3000".to_owned())
+            .contains(&"http://localhost:3000".to_owned())
     );
 }
 
@@ -512,7 +512,7 @@ fn the_first_port_guess_refuses_a_tls_port() {
         sidecar_of(&out)
             .args
             .unwrap_or_default()
-            .contains(&"http://127.0.0.1:8080".to_owned())
+            .contains(&"http://localhost:8080".to_owned())
     );
     // gRPC-Web travels over HTTP/1.1, and a name that only starts like a protocol is no sign.
     for name in ["grpc-web", "grpcweb", "tlsx", "http20", "web"] {
@@ -525,7 +525,7 @@ fn the_first_port_guess_refuses_a_tls_port() {
             sidecar_of(&out)
                 .args
                 .unwrap_or_default()
-                .contains(&"http://127.0.0.1:8000".to_owned()),
+                .contains(&"http://localhost:8000".to_owned()),
             "{name}"
         );
     }
