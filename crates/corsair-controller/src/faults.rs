@@ -434,3 +434,131 @@ async fn losing_the_lease_stops_every_write_at_once() {
     assert_eq!(metrics.leader.get(), 0);
     drop(watches);
 }
+
+/// A Lease as the API server keeps it, reduced to what decides who leads: the holder, and
+/// which field manager owns it. An apply that names another holder than the one a different
+/// manager owns is refused with 409 Conflict (server-side apply without force); a patch that
+/// empties the holder frees it.
+#[derive(Default)]
+struct LeaseServer {
+    holder: Option<(String, String)>,
+    renew: Option<Value>,
+    duration: Option<Value>,
+}
+
+impl LeaseServer {
+    fn answer(&mut self, call: &ApiCall) -> Reply {
+        let lease = |this: &LeaseServer| {
+            json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": "corsair-leader", "namespace": "corsair-system",
+                             "resourceVersion": "1"},
+                "spec": {
+                    "holderIdentity": this.holder.as_ref().map(|(holder, _)| holder),
+                    "renewTime": this.renew,
+                    "acquireTime": this.renew,
+                    "leaseDurationSeconds": this.duration,
+                },
+            })
+        };
+        if call.method == Method::GET {
+            return Reply::ok(lease(self));
+        }
+        let spec = call.body.get("spec").cloned().unwrap_or(Value::Null);
+        let manager = call.query.get("fieldManager").cloned().unwrap_or_default();
+        match spec.get("holderIdentity") {
+            Some(Value::String(new)) => {
+                if let Some((holder, owner)) = &self.holder
+                    && holder != new
+                    && *owner != manager
+                {
+                    return Reply::status(StatusCode::CONFLICT, failure(409, "Conflict", None));
+                }
+                self.holder = Some((new.clone(), manager));
+            }
+            Some(Value::Null) => self.holder = None,
+            _ => {}
+        }
+        if let Some(renew) = spec.get("renewTime") {
+            self.renew = Some(renew.clone()).filter(|r| !r.is_null());
+        }
+        if let Some(duration) = spec.get("leaseDurationSeconds") {
+            self.duration = Some(duration.clone()).filter(|d| !d.is_null());
+        }
+        Reply::ok(lease(self))
+    }
+}
+
+/// Two replicas that both find the Lease free and apply themselves as its holder: the first
+/// apply is answered only once the second has arrived (both read the Lease free), and the
+/// second only once the first replica leads. Each applies under a field manager of its own,
+/// so the second apply conflicts and one replica leads. Under one shared manager it took the
+/// Lease over silently, and both led until the first one's next renewal.
+#[tokio::test]
+async fn two_replicas_never_lead_at_once() {
+    let server = Arc::new(Mutex::new(LeaseServer::default()));
+    let (second_arrived, first_gate) = watch::channel(false);
+    let (first_leads, second_gate) = watch::channel(false);
+    let api = FakeApi::new({
+        let server = server.clone();
+        move |call| {
+            let holder = call.pointer_holder();
+            let answer = {
+                let server = server.clone();
+                let call = call.clone();
+                move || {
+                    server
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .answer(&call)
+                }
+            };
+            match holder.as_deref() {
+                Some("pod-a") => Reply::Deferred(first_gate.clone(), Box::new(answer)),
+                Some("pod-b") => {
+                    let _ = second_arrived.send(true);
+                    Reply::Deferred(second_gate.clone(), Box::new(answer))
+                }
+                _ => answer(),
+            }
+        }
+    });
+    let config = |identity: &str| crate::lease::LeaseConfig {
+        name: "corsair-leader".into(),
+        namespace: "corsair-system".into(),
+        identity: identity.into(),
+        duration_seconds: 10,
+        grace_seconds: 2,
+    };
+    let (config_a, config_b) = (config("pod-a"), config("pod-b"));
+    let (a, b) = tokio::join!(
+        crate::lease::Leadership::start(api.client(), &config_a),
+        crate::lease::Leadership::start(api.client(), &config_b),
+    );
+    let (mut a, b) = (a.expect("a joins"), b.expect("b joins"));
+    tokio::time::timeout(Duration::from_secs(5), a.is_leader.wait_for(|leads| *leads))
+        .await
+        .expect("the first applier leads")
+        .expect("the election runs");
+    let _ = first_leads.send(true);
+    // Long enough for the second apply and the reads after it; short of any renewal.
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < deadline {
+        assert!(
+            !(*a.is_leader.borrow() && *b.is_leader.borrow()),
+            "both replicas lead; managers: {:?}",
+            api.writes()
+                .iter()
+                .map(|c| c.query.get("fieldManager").cloned())
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(*a.is_leader.borrow());
+    let tries = api
+        .writes()
+        .iter()
+        .filter(|c| c.pointer_holder().as_deref() == Some("pod-b"))
+        .count();
+    assert!(tries >= 1, "the second replica tried");
+}

@@ -233,6 +233,14 @@ impl ApiCall {
         self.method == Method::GET && self.query.get("watch").map(String::as_str) == Some("true")
     }
 
+    /// The `spec.holderIdentity` a Lease write sets, if it sets one.
+    pub fn pointer_holder(&self) -> Option<String> {
+        self.body
+            .pointer("/spec/holderIdentity")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    }
+
     /// A GET without `watch=true`: a list or a get.
     pub fn is_read(&self) -> bool {
         self.method == Method::GET && !self.is_watch()
@@ -251,6 +259,12 @@ pub enum Reply {
     Events { events: Vec<Value>, open: bool },
     /// Waits until `gate` is open (true), then answers.
     Held(tokio::sync::watch::Receiver<bool>, Box<Reply>),
+    /// Waits until `gate` is open, then works out the answer: a call whose effect on the
+    /// server's state must come after others'.
+    Deferred(
+        tokio::sync::watch::Receiver<bool>,
+        Box<dyn FnOnce() -> Reply + Send>,
+    ),
 }
 
 impl Reply {
@@ -439,11 +453,20 @@ impl FakeApi {
             .unwrap_or_else(|p| p.into_inner())
             .push(call.clone());
         let mut reply = (self.route)(&call);
-        while let Reply::Held(mut gate, then) = reply {
+        let reply = loop {
             // A closed gate (sender dropped) opens it too: nothing may hang forever.
-            let _ = gate.wait_for(|open| *open).await;
-            reply = *then;
-        }
+            reply = match reply {
+                Reply::Held(mut gate, then) => {
+                    let _ = gate.wait_for(|open| *open).await;
+                    *then
+                }
+                Reply::Deferred(mut gate, then) => {
+                    let _ = gate.wait_for(|open| *open).await;
+                    then()
+                }
+                done => break done,
+            };
+        };
         respond(reply)
     }
 }
@@ -485,7 +508,9 @@ fn respond(reply: Reply) -> Response<ReplyBody> {
             };
             (StatusCode::OK, Vec::new(), body)
         }
-        Reply::Held(..) => unreachable!("held replies are waited for in answer()"),
+        Reply::Held(..) | Reply::Deferred(..) => {
+            unreachable!("held replies are waited for in answer()")
+        }
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;

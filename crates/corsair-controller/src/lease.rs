@@ -43,7 +43,10 @@ impl Leadership {
             .with_identity(&config.identity)
             .with_duration(config.duration_seconds)
             .with_grace(config.grace_seconds)
-            .with_field_manager("corsair-leader-election")
+            // One per replica: a replica takes a free Lease with a server-side apply of its
+            // holder, without force, and only another manager's ownership makes the second
+            // replica's apply conflict. Under one shared manager both succeeded.
+            .with_field_manager(format!("corsair-leader-election-{}", config.identity))
             .build()
             .await
             .map_err(Error::Lease)?;
