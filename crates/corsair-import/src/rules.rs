@@ -86,6 +86,65 @@ pub(crate) struct Draft {
     pub fields: Fields,
 }
 
+/// How a source answered a `*` in its method or header list.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StarLists {
+    /// It echoed the request's method or headers for a list that was exactly `*`, and sent any
+    /// other list as text (Envoy: Istio, ESPv2).
+    EchoLoneStar,
+    /// It sent every list as text (ESP's nginx, Traefik v2).
+    Literal,
+}
+
+/// A `*` that reached browsers as text in a method or header list: browsers read it as any
+/// method or header (never `Authorization`) without credentials, and as a name that matches
+/// nothing with them. A policy cannot answer by the request's credentials mode: with
+/// credentials the `*` is left out (a Corsair `*` would echo the request, more than the source
+/// allowed); without them it is what a Corsair `*` means, `Authorization` not added.
+pub(crate) fn literal_stars(d: &mut Draft, ctx: &mut Ctx, source: &str, how: StarLists) {
+    let credentials = d.credentials;
+    let fields = d.fields.clone();
+    let why = match how {
+        StarLists::EchoLoneStar => {
+            ", which Envoy does not read as a wildcard (only a list that is exactly \"*\" echoes \
+             the request)"
+        }
+        StarLists::Literal => " (it never echoed the request's method or headers)",
+    };
+    let mut literal_header_star = false;
+    for (list, field, what) in [
+        (&mut d.methods, &fields.methods, "method"),
+        (&mut d.headers, &fields.headers, "header"),
+    ] {
+        let Some(items) = list.as_mut() else { continue };
+        let names: Vec<String> = items.iter().flat_map(|i| split_list(i)).collect();
+        let echoed = how == StarLists::EchoLoneStar && names.len() < 2;
+        if !names.iter().any(|n| n == "*") || echoed {
+            continue;
+        }
+        literal_header_star |= what == "header";
+        let sent = names.join(",");
+        if credentials {
+            items.retain(|i| split_list(i).iter().all(|n| n != "*"));
+            ctx.warn(
+                "star-sent-literally",
+                field,
+                format!("{source} sent this list as the text {sent:?}{why}. Browsers read that \"*\" as any {what} for requests without credentials, and as a {what} named \"*\" for requests with them; a policy cannot answer by the request's credentials mode, so it leaves the \"*\" out and allows only the {what}s named: requests without credentials lose what the \"*\" allowed them"),
+            );
+        } else if what == "header" {
+            ctx.note(
+                "star-sent-literally",
+                field,
+                format!("{source} sent this list as the text {sent:?}{why}; browsers read its \"*\" as any header but Authorization, as a Corsair \"*\" does, so Authorization is not added"),
+            );
+        }
+    }
+    if literal_header_star && !credentials {
+        // The browser's `*`, not an echo: Authorization stays refused.
+        d.star_headers_echoed = false;
+    }
+}
+
 /// Lowers a draft; `None` when the source never allowed an origin a browser sends.
 pub(crate) fn lower(mut d: Draft, ctx: &mut Ctx) -> Option<RouteSpec> {
     let f = d.fields.clone();
@@ -221,6 +280,14 @@ pub(crate) fn lower(mut d: Draft, ctx: &mut Ctx) -> Option<RouteSpec> {
             "null-origin-not-covered",
             field,
             "allowed every origin, `Origin: null` included (sandboxed iframes, file: pages, some redirects); a Corsair \"*\" leaves null out. Add allowNullOrigin: true if such pages must keep reading these responses".to_owned(),
+        );
+    } else if !d.null_origin
+        && let Some(re) = d.regexes.iter().find(|re| full_match(re, "null"))
+    {
+        ctx.warn(
+            "null-origin-not-covered",
+            &f.origins,
+            format!("the origin regex {re:?} matched `Origin: null` (sandboxed iframes, file: pages, some redirects), which the source allowed; Corsair never matches a regex against null, so the policy leaves it out. Add allowNullOrigin: true if such pages must keep reading these responses"),
         );
     }
     let mut origins = d.origins;

@@ -894,3 +894,129 @@ fn malformed_input_says_where() {
     assert_eq!(json.errors.len(), 1);
     assert!(import(b"\xff\xfe").is_err());
 }
+
+/// A `*` that a source sent as text (Traefik v2 and ESP always, ESPv2 beside other names) is a
+/// name that matches nothing for credentialed requests: with credentials it is left out, where
+/// a Corsair `*` would have echoed every method or header. Without credentials it is what a
+/// Corsair `*` means, and Authorization is not added.
+#[test]
+fn a_star_sent_as_text_is_converted_as_browsers_read_it() {
+    let traefik = |group: &str| {
+        inline(&format!(
+            "apiVersion: {group}/v1alpha1\nkind: Middleware\nmetadata: {{name: m}}\nspec:\n  headers:\n    accessControlAllowOriginList: [https://a.example.com]\n    accessControlAllowCredentials: true\n    accessControlAllowHeaders: [\"*\"]\n    accessControlAllowMethods: [\"*\"]\n"
+        ))
+    };
+    let v2 = traefik("traefik.containo.us");
+    assert_usable(&v2);
+    let c = policy(&v2, "m");
+    let spec = &c.document.spec;
+    assert!(spec.allow_credentials == Some(true), "{spec:?}");
+    for list in [&spec.allow_headers, &spec.allow_methods] {
+        assert!(list.iter().flatten().all(|item| item != "*"), "{spec:?}");
+    }
+    assert!(
+        finding(c, "star-sent-literally")
+            .message
+            .contains("Traefik v2")
+    );
+    // Traefik from v3.6.22 echoes a `*` with credentials: kept.
+    let v3 = traefik("traefik.io");
+    let spec = &policy(&v3, "m").document.spec;
+    assert_eq!(spec.allow_headers, strs(&["*", "Authorization"]));
+
+    let esp = |image: &str, args: &str| {
+        inline(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  containers:\n  - name: esp\n    image: gcr.io/endpoints-release/endpoints-runtime:{image}\n    args: [--cors_preset=basic, --cors_allow_origin=https://a.example.com, {args}]\n"
+        ))
+    };
+    let v1 = esp(
+        "1.58",
+        "--cors_allow_credentials, \"--cors_allow_methods=*\"",
+    );
+    assert_usable(&v1);
+    let c = policy(&v1, "p");
+    assert!(
+        c.document
+            .spec
+            .allow_methods
+            .iter()
+            .flatten()
+            .all(|m| m != "*"),
+        "{:?}",
+        c.document.spec
+    );
+    assert!(has(c, "star-sent-literally"), "{:?}", codes(c));
+    let espv2 = esp("2", "\"--cors_allow_headers=X-A,*\"");
+    assert_usable(&espv2);
+    let c = policy(&espv2, "p");
+    assert_eq!(c.document.spec.allow_headers, strs(&["X-A", "*"]));
+    assert!(has(c, "star-sent-literally"), "{:?}", codes(c));
+}
+
+/// A source regex that matched `null` allowed sandboxed and file: pages; a Corsair regex never
+/// sees `null`, so the import says so instead of dropping them silently.
+#[test]
+fn a_source_regex_that_matched_null_is_said() {
+    let out = virtual_service(
+        "      allowOrigins: [{regex: \"https://app\\\\.example\\\\.com|null\"}]\n",
+    );
+    let c = policy(&out, "v");
+    assert!(
+        finding(c, "null-origin-not-covered")
+            .message
+            .contains("null"),
+        "{:?}",
+        codes(c)
+    );
+    assert_eq!(c.document.spec.allow_null_origin, None);
+    // One that never matched null says nothing of it.
+    let out =
+        virtual_service("      allowOrigins: [{regex: \"https://app\\\\.example\\\\.com\"}]\n");
+    assert!(!has(policy(&out, "v"), "null-origin-not-covered"));
+}
+
+/// Istio told `/api/` from `/api`, and an exact `/api` from a prefix `/api`; a route takes a
+/// path and every path under it alike, so such a pair becomes one route, the wider source match
+/// deciding, with a warning, never two routes of one path that `corsair check` refuses.
+#[test]
+fn two_istio_matches_of_one_route_path_become_one_route() {
+    let vs = |first: &str, second: &str| {
+        inline(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v}}\nspec:\n  http:\n  - match: [{{uri: {first}}}]\n    corsPolicy:\n      allowOrigins: [{{exact: \"https://a.example.com\"}}]\n  - match: [{{uri: {second}}}]\n"
+        ))
+    };
+    // CORS under `/api/`, none for `/api`: the CORS route stays, and says it covers `/api`.
+    let out = vs("{prefix: /api/}", "{prefix: /api}");
+    assert_usable(&out);
+    let c = policy(&out, "v");
+    assert!(finding(c, "same-route-path").message.contains("MORE open"));
+    let routes = &c.document.spec.routes;
+    assert_eq!(routes.len(), 1, "{routes:?}");
+    assert_eq!(routes[0].mode, None);
+    // CORS for exactly `/api`, none for every other path under it: CORS is left off, the
+    // less open side, which leaves no origin allowed anywhere and so no policy.
+    let out = vs("{exact: /api}", "{prefix: /api}");
+    assert!(out.policies.is_empty(), "{out:?}");
+    assert!(
+        out.skipped
+            .iter()
+            .any(|s| s.finding.code == "same-route-path" && s.finding.message.contains("loses")),
+        "{out:?}"
+    );
+    // With another CORS route beside them, the policy stays, `/api` passing through.
+    let out = inline(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec:\n  http:\n  - match: [{uri: {exact: /api}}]\n    corsPolicy:\n      allowOrigins: [{exact: \"https://a.example.com\"}]\n  - match: [{uri: {prefix: /api}}]\n  - match: [{uri: {prefix: /}}]\n    corsPolicy:\n      allowOrigins: [{exact: \"https://a.example.com\"}]\n",
+    );
+    assert_usable(&out);
+    let c = policy(&out, "v");
+    assert!(has(c, "same-route-path"), "{:?}", codes(c));
+    let api: Vec<_> = c
+        .document
+        .spec
+        .routes
+        .iter()
+        .filter(|r| r.path_prefix == "/api")
+        .collect();
+    assert_eq!(api.len(), 1, "{:?}", c.document.spec.routes);
+    assert_eq!(api[0].mode, Some(Mode::Disabled));
+}

@@ -174,6 +174,12 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
         },
     ));
     d.expose = Some(list("cors_expose_headers", DEFAULT_EXPOSE));
+    // ESP's nginx sent the lists as written; ESPv2's Envoy echoes only a lone `*`.
+    if v1 {
+        rules::literal_stars(&mut d, &mut ctx, "ESP", rules::StarLists::Literal);
+    } else {
+        rules::literal_stars(&mut d, &mut ctx, "ESPv2", rules::StarLists::EchoLoneStar);
+    }
     d.max_age = if v1 {
         Some(1_728_000)
     } else {

@@ -171,50 +171,10 @@ fn draft(cors: &Value, base: &str, ctx: &mut Ctx) -> Draft {
         }
     }
     super::envoy_lists(cors, &mut d, ctx);
-    literal_stars(&mut d, ctx);
+    // Istio joins each list with commas; Envoy echoes the request only for a list that is
+    // exactly `*`, so `["*", "GET"]` reached browsers as the text `*,GET`.
+    rules::literal_stars(&mut d, ctx, "Istio", rules::StarLists::EchoLoneStar);
     d
-}
-
-/// Istio joins each list with commas, and Envoy echoes the request only for a list that is
-/// exactly `*`: `["*", "GET"]` reached browsers as the text `*,GET`. In such a list browsers
-/// read `*` as any method or header (never `Authorization`) without credentials, and as a name
-/// that matches nothing with them.
-fn literal_stars(d: &mut Draft, ctx: &mut Ctx) {
-    let credentials = d.credentials;
-    let fields = d.fields.clone();
-    for (list, field, what) in [
-        (&mut d.methods, &fields.methods, "method"),
-        (&mut d.headers, &fields.headers, "header"),
-    ] {
-        let Some(items) = list.as_mut() else { continue };
-        let names: Vec<String> = items.iter().flat_map(|i| rules::split_list(i)).collect();
-        if !names.iter().any(|n| n == "*") || names.len() < 2 {
-            continue;
-        }
-        let sent = names.join(",");
-        if credentials {
-            items.retain(|i| rules::split_list(i).iter().all(|n| n != "*"));
-            ctx.warn(
-                "star-sent-literally",
-                field,
-                format!("Istio sent this list as the text {sent:?}, which Envoy does not read as a wildcard (only a list that is exactly \"*\" echoes the request). Browsers read that \"*\" as any {what} for requests without credentials, and as a {what} named \"*\" for requests with them; a policy cannot answer by the request's credentials mode, so it leaves the \"*\" out and allows only the {what}s named: requests without credentials lose what the \"*\" allowed them"),
-            );
-        } else if what == "header" {
-            ctx.note(
-                "star-sent-literally",
-                field,
-                format!("Istio sent this list as the text {sent:?}, which Envoy does not echo (only a list that is exactly \"*\" does); browsers read its \"*\" as any header but Authorization, as a Corsair \"*\" does, so Authorization is not added"),
-            );
-        }
-    }
-    if !credentials
-        && d.headers
-            .as_ref()
-            .is_some_and(|h| h.iter().flat_map(|i| rules::split_list(i)).count() > 1)
-    {
-        // The browser's `*`, not Envoy's echo: Authorization stays refused.
-        d.star_headers_echoed = false;
-    }
 }
 
 /// A byte-exact match, as Envoy's `exact` (and ESPv2's `--cors_allow_origin`) compares.

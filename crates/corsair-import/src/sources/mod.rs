@@ -306,6 +306,37 @@ pub(crate) fn assemble_routes(
             .iter()
             .filter(|r| under(&entry.prefix, &r.path_prefix))
             .max_by_key(|r| r.path_prefix.trim_end_matches('/').len());
+        if let Some(cover) = covering
+            && cover.path_prefix.trim_end_matches('/') == entry.prefix.trim_end_matches('/')
+        {
+            // `/api/` and `/api`, or an exact `/api` and a prefix `/api`: one route path. The
+            // wider of the two source matches decides.
+            let cover_exact = taken
+                .iter()
+                .any(|(prefix, exact, _, _)| *exact && *prefix == cover.path_prefix);
+            if cover_exact && !entry.exact {
+                let cover = cover.clone();
+                let cover_prefix = cover.path_prefix.clone();
+                ctx.warn(
+                    "same-route-path",
+                    &entry.field,
+                    format!("{:?} had no CORS configuration and takes every path under it, while the exact path {cover_prefix:?} had CORS; a route takes a path and every path under it alike, so the policy leaves CORS off for both, as for the wider match: {cover_prefix:?} loses its CORS configuration", entry.prefix),
+                );
+                routes.retain(|r| r.path_prefix != cover_prefix);
+                extra.push(corsair_policy::RouteSpec {
+                    path_prefix: entry.prefix,
+                    mode: Some(corsair_policy::Mode::Disabled),
+                    ..cover
+                });
+            } else {
+                ctx.warn(
+                    "same-route-path",
+                    &entry.field,
+                    format!("{:?} had no CORS configuration, but a route cannot tell it from the route {:?}, which takes it and every path under it: the policy gives it that route's CORS rules, MORE open than the source for this path", entry.prefix, cover.path_prefix),
+                );
+            }
+            continue;
+        }
         if let Some(cover) = covering {
             ctx.note(
                 "no-cors-path-kept",

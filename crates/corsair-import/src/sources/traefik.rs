@@ -89,6 +89,11 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef, v2: bool) -> Outcome {
     d.methods = list("accessControlAllowMethods");
     d.headers = list("accessControlAllowHeaders");
     d.expose = list("accessControlExposeHeaders");
+    if v2 {
+        // Its lists went out joined with commas, a `*` among them as text: the echo came with
+        // v3.6.22 and v3.7.6.
+        rules::literal_stars(&mut d, &mut ctx, "Traefik v2", rules::StarLists::Literal);
+    }
     if !v2 && d.credentials {
         star_echo_is_recent(&d, &fields, &mut ctx);
     }
