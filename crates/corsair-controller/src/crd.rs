@@ -41,6 +41,9 @@ pub const REASON_ACCEPTED: &str = "Accepted";
 pub const REASON_INVALID: &str = "Invalid";
 /// Reason of `Ready=False` for a valid policy too large for the ConfigMap the proxies read.
 pub const REASON_TOO_LARGE: &str = "TooLarge";
+/// Reason of `Ready=False` for a valid policy whose ConfigMap the API server refuses (a quota,
+/// an admission policy, missing RBAC).
+pub const REASON_NOT_DELIVERED: &str = "NotDelivered";
 /// Longest CorsPolicy name: [`crate::names::MAX_POLICY_NAME_LEN`].
 pub const MAX_NAME_LEN: usize = crate::names::MAX_POLICY_NAME_LEN;
 

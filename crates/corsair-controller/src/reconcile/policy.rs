@@ -19,7 +19,7 @@ use serde_json::json;
 use super::{Context, MANAGED_BY_LABEL, MANAGED_BY_VALUE, succeeded, truncate};
 use crate::crd::{
     CONDITION_READY, CorsPolicy, CorsPolicyStatus, REASON_ACCEPTED, REASON_INVALID,
-    REASON_TOO_LARGE,
+    REASON_NOT_DELIVERED, REASON_TOO_LARGE,
 };
 use crate::names::{
     POLICY_ANNOTATION, POLICY_CONFIGMAP_KEY, POLICY_MANAGER, policy_configmap_name,
@@ -50,6 +50,9 @@ pub async fn reconcile(policy: Arc<CorsPolicy>, ctx: Arc<Context>) -> Result<Act
     let name = policy.name_any();
     let generation = policy.metadata.generation;
 
+    // A ConfigMap write the API server refused for good: said in the status, then returned so
+    // that the reconcile is tried again with backoff.
+    let mut undelivered = None;
     let (ready, reason, message, report) = match Engine::compile(&policy.spec) {
         Ok((_engine, report)) => 'valid: {
             let desired = desired_configmap(&policy, &namespace)?;
@@ -70,7 +73,19 @@ pub async fn reconcile(policy: Arc<CorsPolicy>, ctx: Arc<Context>) -> Result<Act
                 .as_deref()
                 .is_none_or(|cm| !configmap_matches(cm, &desired))
             {
-                apply_configmap(&desired, &namespace, &ctx).await?;
+                match apply_configmap(&desired, &namespace, &ctx).await {
+                    Ok(()) => {}
+                    Err(err) if refused_for_good(&err) => {
+                        let message = format!(
+                            "not delivered: the API server refuses its ConfigMap {} ({err}); \
+                             running proxies keep the last delivered version, if any",
+                            policy_configmap_name(&name)
+                        );
+                        undelivered = Some(err);
+                        break 'valid (false, REASON_NOT_DELIVERED, message, report);
+                    }
+                    Err(err) => return Err(err),
+                }
             }
             let message = format!(
                 "compiled and rendered into ConfigMap {}",
@@ -135,8 +150,24 @@ pub async fn reconcile(policy: Arc<CorsPolicy>, ctx: Arc<Context>) -> Result<Act
         };
         ctx.publish(policy.as_ref(), type_, reason, message).await;
     }
+    if let Some(err) = undelivered {
+        return Err(err);
+    }
     succeeded(&ctx, policy.as_ref());
     Ok(Action::requeue(RESYNC))
+}
+
+/// An answer that the same write will get again until someone changes something: a quota, a
+/// policy engine's denial, missing RBAC, a terminating namespace (400, 403, 422). Throttling,
+/// conflicts and server errors pass.
+fn refused_for_good(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::Kube {
+            source: kube::Error::Api(status),
+            ..
+        } if matches!(status.code, 400 | 403 | 422)
+    )
 }
 
 /// The most a ConfigMap's data may hold: the API server refuses a ConfigMap whose values add

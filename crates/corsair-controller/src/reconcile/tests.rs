@@ -537,14 +537,27 @@ async fn unchanged_policy_writes_status_but_no_event() {
 async fn api_error_fails_the_reconcile_with_a_metric_label() {
     let (ctx, mut verifier) = context(StaticIndex::with_policies(NS, &["api"]));
     let policy = valid_policy();
-    let server = tokio::spawn(async move {
-        let call = verifier.next_call().await;
-        call.respond(
-            StatusCode::FORBIDDEN,
-            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                    "message": "configmaps is forbidden", "reason": "Forbidden", "code": 403}),
-        );
-        verifier.expect_no_more_calls().await;
+    let server = tokio::spawn({
+        let policy = policy.clone();
+        async move {
+            let call = verifier.next_call().await;
+            call.respond(
+                StatusCode::FORBIDDEN,
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "message": "configmaps is forbidden", "reason": "Forbidden", "code": 403}),
+            );
+            // Refused for good (a quota, an admission policy, RBAC): the status says so, once.
+            let status = verifier.status_apply(&policy).await;
+            let ready = &status["conditions"][0];
+            assert_eq!(ready["status"], "False");
+            assert_eq!(ready["reason"], "NotDelivered");
+            let message = ready["message"].as_str().unwrap_or_default();
+            assert!(message.contains("configmaps is forbidden"), "{message}");
+            verifier
+                .event("Warning", "NotDelivered", "corspolicies", "api")
+                .await;
+            verifier.expect_no_more_calls().await;
+        }
     });
     let result = policy::reconcile(Arc::new(policy.clone()), ctx.clone()).await;
     let Err(err) = result else {
@@ -555,6 +568,23 @@ async fn api_error_fails_the_reconcile_with_a_metric_label() {
     let second = super::error_policy(policy::CONTROLLER, &policy, &err, &ctx);
     assert_eq!(first, Action::requeue(std::time::Duration::from_secs(1)));
     assert_eq!(second, Action::requeue(std::time::Duration::from_secs(2)));
+    joined(server).await;
+}
+
+/// A server error may pass: the reconcile fails for a retry, and the status is left alone.
+#[tokio::test]
+async fn a_passing_configmap_error_leaves_the_status_alone() {
+    let (ctx, mut verifier) = context(StaticIndex::with_policies(NS, &["api"]));
+    let server = tokio::spawn(async move {
+        let call = verifier.next_call().await;
+        call.respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &crate::fixtures::failure(503, "ServiceUnavailable", None),
+        );
+        verifier.expect_no_more_calls().await;
+    });
+    let result = policy::reconcile(Arc::new(valid_policy()), ctx).await;
+    assert!(result.is_err());
     joined(server).await;
 }
 
