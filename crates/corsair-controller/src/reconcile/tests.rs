@@ -571,6 +571,63 @@ async fn api_error_fails_the_reconcile_with_a_metric_label() {
     joined(server).await;
 }
 
+/// A paused Deployment does not replace its pods when the template changes: the opt-in is
+/// written, and a Warning says the running pods keep serving without the proxy.
+#[tokio::test]
+async fn opting_in_a_paused_deployment_says_its_pods_are_not_replaced() {
+    let (ctx, mut verifier) = context(StaticIndex::with_policies(NS, &["api"]));
+    let workload = deployment(Some("api"), None);
+    let server = tokio::spawn(async move {
+        let mut stored = admissible_deployment();
+        stored["spec"]["paused"] = json!(true);
+        verifier.workload_get(&stored).await;
+        verifier.workload_apply().await;
+        let note = verifier
+            .event("Warning", "RolloutHeld", "deployments", "web")
+            .await;
+        assert!(note.contains("spec.paused is true"), "{note}");
+        verifier.expect_no_more_calls().await;
+    });
+    let action = reconcile_deployment(&workload, ctx)
+        .await
+        .expect("reconciles");
+    joined(server).await;
+    assert_eq!(action, Action::await_change());
+}
+
+/// What holds each kind's rollout back, read from the object as the API server returns it.
+#[test]
+fn a_held_rollout_is_told_for_each_kind() {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    use workload::Workload as _;
+    let from = |v: Value| -> StatefulSet { serde_json::from_value(v).expect("a StatefulSet") };
+    let sts = |strategy: Value| {
+        from(json!({"metadata": {"name": "s"}, "spec": {
+            "selector": {}, "serviceName": "s", "template": {},
+            "updateStrategy": strategy}}))
+    };
+    assert_eq!(
+        sts(json!({"type": "OnDelete"})).rollout_held().as_deref(),
+        Some("spec.updateStrategy.type is OnDelete")
+    );
+    assert!(
+        sts(json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 2}}))
+            .rollout_held()
+            .is_some_and(|why| why.contains("partition is 2"))
+    );
+    assert_eq!(
+        sts(json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}})).rollout_held(),
+        None
+    );
+    let ds: DaemonSet = serde_json::from_value(json!({"metadata": {"name": "d"}, "spec": {
+        "selector": {}, "template": {}, "updateStrategy": {"type": "OnDelete"}}}))
+    .expect("a DaemonSet");
+    assert!(ds.rollout_held().is_some());
+    let running: Deployment =
+        serde_json::from_value(admissible_deployment()).expect("a Deployment");
+    assert_eq!(running.rollout_held(), None);
+}
+
 /// A server error may pass: the reconcile fails for a retry, and the status is left alone.
 #[tokio::test]
 async fn a_passing_configmap_error_leaves_the_status_alone() {

@@ -44,6 +44,9 @@ pub const REASON_MISPLACED_ANNOTATION: &str = "MisplacedAnnotation";
 /// Reason of the Warning Event on a workload left as it is because the API server has not
 /// reached the webhooks for a while.
 pub const REASON_WEBHOOK_UNREACHABLE: &str = "WebhookUnreachable";
+/// Reason of the Warning Event on a workload opted in whose pods its controller does not replace
+/// on a template change (a paused Deployment, an `OnDelete` update strategy, a partition).
+pub const REASON_ROLLOUT_HELD: &str = "RolloutHeld";
 /// How long the API server may miss the webhooks before the workloads waiting for them hear of
 /// it: a fresh install takes a few seconds to have a ready endpoint and a `caBundle`.
 const UNREACHED_SAID_AFTER: Duration = Duration::from_secs(30);
@@ -74,12 +77,18 @@ pub trait Workload:
     fn claim_names(&self) -> Vec<&str> {
         Vec::new()
     }
+    /// Why a change of the pod template does not replace the running pods, if it does not.
+    fn rollout_held(&self) -> Option<String>;
 }
 
 impl Workload for Deployment {
     const CONTROLLER: &'static str = "deployment";
     fn pod_template(&self) -> Option<&PodTemplateSpec> {
         self.spec.as_ref().map(|s| &s.template)
+    }
+    fn rollout_held(&self) -> Option<String> {
+        let paused = self.spec.as_ref().and_then(|s| s.paused) == Some(true);
+        paused.then(|| "spec.paused is true (kubectl rollout pause)".to_owned())
     }
 }
 
@@ -95,12 +104,30 @@ impl Workload for StatefulSet {
             .filter_map(|claim| claim.metadata.name.as_deref())
             .collect()
     }
+    fn rollout_held(&self) -> Option<String> {
+        let strategy = self.spec.as_ref()?.update_strategy.as_ref()?;
+        if strategy.type_.as_deref() == Some("OnDelete") {
+            return Some("spec.updateStrategy.type is OnDelete".to_owned());
+        }
+        let partition = strategy.rolling_update.as_ref()?.partition?;
+        (partition > 0).then(|| {
+            format!(
+                "spec.updateStrategy.rollingUpdate.partition is {partition}: pods with an ordinal \
+                 below it are not replaced"
+            )
+        })
+    }
 }
 
 impl Workload for DaemonSet {
     const CONTROLLER: &'static str = "daemonset";
     fn pod_template(&self) -> Option<&PodTemplateSpec> {
         self.spec.as_ref().map(|s| &s.template)
+    }
+    fn rollout_held(&self) -> Option<String> {
+        let strategy = self.spec.as_ref()?.update_strategy.as_ref()?;
+        (strategy.type_.as_deref() == Some("OnDelete"))
+            .then(|| "spec.updateStrategy.type is OnDelete".to_owned())
     }
 }
 
@@ -290,8 +317,12 @@ pub async fn reconcile<K: Workload>(
             // nothing is written. After it: the rollout of this template would stall on refused
             // pods, and only the ReplicaSet controller would hear why.
             let in_place = facts.in_place(policy);
+            let mut held = None;
             let verdict = match preview::<K>(&ctx, &namespace, &name, policy).await {
-                Preview::Admitted(warnings) => Some(Ok(warnings)),
+                Preview::Admitted { warnings, held: h } => {
+                    held = h;
+                    Some(Ok(warnings))
+                }
                 Preview::Unchecked => None,
                 // Deleted since the watch saw it: nothing to write to.
                 Preview::Gone => {
@@ -362,6 +393,18 @@ pub async fn reconcile<K: Workload>(
                             .await
                             .map_err(Error::kube("apply pod template label"))?;
                         tracing::info!(policy, "opted in");
+                        if let Some(why) = held {
+                            // Nothing else would tell: the ProxyMissing check looks only at
+                            // labelled pods, and the running ones are not.
+                            let note = format!(
+                                "opted in: the pod template now carries {INJECT_LABEL}={INJECT_LABEL_VALUE}, \
+                                 but {why}, so the running pods are not replaced and keep serving \
+                                 without the proxy until they are (kubectl rollout resume, or \
+                                 delete them)"
+                            );
+                            ctx.publish_once(obj.as_ref(), REASON_ROLLOUT_HELD, note)
+                                .await;
+                        }
                     }
                     Err(unreached) => {
                         let said = unreached.since >= UNREACHED_SAID_AFTER;
@@ -448,8 +491,12 @@ fn misplaced_annotations<K: Workload>(obj: &WorkloadMeta<K>) -> Vec<String> {
 
 /// What the webhook would do with a workload's pods.
 enum Preview {
-    /// Inject them, with these warnings.
-    Admitted(Vec<String>),
+    /// Inject them, with these warnings; `held`: why a template change does not replace the
+    /// running pods, if it does not.
+    Admitted {
+        warnings: Vec<String>,
+        held: Option<String>,
+    },
     /// No check could be made (no configuration, the read failed, no pod spec): the webhook
     /// still judges each pod, and what was said before stands.
     Unchecked,
@@ -491,7 +538,10 @@ async fn preview<K: Workload>(ctx: &Context, namespace: &str, name: &str, policy
             "the pod template is for Windows nodes (spec.template.spec.os.name, or its \
              kubernetes.io/os node selector), and the proxy is a Linux container",
         ),
-        Ok(injection) => Preview::Admitted(injection.warnings),
+        Ok(injection) => Preview::Admitted {
+            warnings: injection.warnings,
+            held: obj.rollout_held(),
+        },
     }
 }
 
