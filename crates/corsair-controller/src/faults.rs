@@ -444,6 +444,8 @@ struct LeaseServer {
     holder: Option<(String, String)>,
     renew: Option<Value>,
     duration: Option<Value>,
+    /// Renewals (writes that keep the holder) fail with 500, as from an API server in trouble.
+    failing_renewals: bool,
 }
 
 impl LeaseServer {
@@ -465,6 +467,12 @@ impl LeaseServer {
             return Reply::ok(lease(self));
         }
         let spec = call.body.get("spec").cloned().unwrap_or(Value::Null);
+        if self.failing_renewals && spec.get("holderIdentity").is_none() {
+            return Reply::status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                failure(500, "InternalError", None),
+            );
+        }
         let manager = call.query.get("fieldManager").cloned().unwrap_or_default();
         match spec.get("holderIdentity") {
             Some(Value::String(new)) => {
@@ -561,4 +569,77 @@ async fn two_replicas_never_lead_at_once() {
         .filter(|c| c.pointer_holder().as_deref() == Some("pod-b"))
         .count();
     assert!(tries >= 1, "the second replica tried");
+}
+
+/// A leader whose renewals fail stops leading before its Lease expires, so that the replica
+/// that takes it over at expiry never writes beside it; kube-lease-manager alone goes on
+/// saying "leader" while it retries. Once a renewal goes through, it leads again.
+#[tokio::test]
+async fn a_leader_that_cannot_renew_stops_before_the_lease_expires() {
+    let server = Arc::new(Mutex::new(LeaseServer::default()));
+    let api = FakeApi::new({
+        let server = server.clone();
+        move |call| {
+            server
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .answer(call)
+        }
+    });
+    let config = crate::lease::LeaseConfig {
+        name: "corsair-leader".into(),
+        namespace: "corsair-system".into(),
+        identity: "pod-a".into(),
+        duration_seconds: 3,
+        grace_seconds: 1,
+    };
+    let mut leadership = crate::lease::Leadership::start(api.client(), &config)
+        .await
+        .expect("joins");
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        leadership.is_leader.wait_for(|l| *l),
+    )
+    .await
+    .expect("leads")
+    .expect("the election runs");
+    let failing_since = Instant::now();
+    server
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .failing_renewals = true;
+    tokio::time::timeout(
+        Duration::from_secs(4),
+        leadership.is_leader.wait_for(|l| !*l),
+    )
+    .await
+    .expect("stops leading before the Lease expires")
+    .expect("the election runs");
+    let stopped_after = failing_since.elapsed();
+    assert!(
+        stopped_after < Duration::from_secs(3),
+        "a Lease of 3 s renewed just before the failures began: stopped after {stopped_after:?}"
+    );
+    assert_eq!(
+        server
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .holder
+            .as_ref()
+            .map(|(h, _)| h.as_str()),
+        Some("pod-a"),
+        "nobody took the Lease: only the renewals failed"
+    );
+    server
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .failing_renewals = false;
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        leadership.is_leader.wait_for(|l| *l),
+    )
+    .await
+    .expect("leads again once a renewal goes through")
+    .expect("the election runs");
+    leadership.release().await.expect("releases");
 }

@@ -4,9 +4,13 @@
 //! maintains the webhook certificate. The holder renews the Lease before it expires; when it
 //! stops renewing (crash, partition) another replica takes over after `duration` seconds.
 
+use std::time::Duration;
+
 use http::{Method, Request};
-use kube::Client;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::Timestamp;
 use kube::client::Body;
+use kube::{Api, Client};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -33,12 +37,13 @@ pub struct LeaseConfig {
 pub struct Leadership {
     pub is_leader: watch::Receiver<bool>,
     task: JoinHandle<kube_lease_manager::Result<LeaseManager>>,
+    guard: JoinHandle<()>,
 }
 
 impl Leadership {
     /// Joins the election; creates the Lease if it does not exist.
     pub async fn start(client: Client, config: &LeaseConfig) -> Result<Leadership> {
-        let manager = LeaseManagerBuilder::new(client, &config.name)
+        let manager = LeaseManagerBuilder::new(client.clone(), &config.name)
             .with_namespace(&config.namespace)
             .with_identity(&config.identity)
             .with_duration(config.duration_seconds)
@@ -50,14 +55,27 @@ impl Leadership {
             .build()
             .await
             .map_err(Error::Lease)?;
-        let (is_leader, task) = manager.watch().await;
-        Ok(Leadership { is_leader, task })
+        let (elected, task) = manager.watch().await;
+        let (leading, is_leader) = watch::channel(false);
+        let guard = tokio::spawn(renew_deadline(
+            Api::namespaced(client, &config.namespace),
+            config.clone(),
+            elected,
+            leading,
+        ));
+        Ok(Leadership {
+            is_leader,
+            task,
+            guard,
+        })
     }
 
     /// Leaves the election, releasing the Lease if held so that another replica takes over at
     /// once instead of after `duration` seconds.
     pub async fn release(self) -> Result<()> {
         drop(self.is_leader);
+        // The guard ends with its last receiver, and drops the election's, which releases.
+        let _ = self.guard.await;
         match self.task.await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(err)) => Err(Error::Lease(err)),
@@ -65,6 +83,69 @@ impl Leadership {
                 tracing::warn!(%join, "the leader election task ended abnormally");
                 Ok(())
             }
+        }
+    }
+}
+
+/// How long before the Lease expires, by the time of its last renewal, a leader that could not
+/// renew it stops leading: the others take it over at expiry, by their own clocks.
+const STEP_DOWN_BEFORE_EXPIRY: Duration = Duration::from_secs(1);
+
+/// Leads while the election says so and the Lease, read back, is this replica's and not near
+/// its expiry. kube-lease-manager keeps saying "leader" while its renewals fail (it retries
+/// with backoff up to 30 s), past the moment another replica may take the Lease: client-go
+/// stops leading at a renew deadline instead, and so does this. The Lease is read every third
+/// of the grace period while elected; a read that fails leaves the deadline where the last
+/// renewal put it. `renewTime` was written by this process, so its own clock is the one to
+/// compare it with.
+async fn renew_deadline(
+    api: Api<Lease>,
+    config: LeaseConfig,
+    mut elected: watch::Receiver<bool>,
+    leading: watch::Sender<bool>,
+) {
+    let every = Duration::from_millis((config.grace_seconds * 1000 / 3).max(200));
+    let mut valid_until: Option<Timestamp> = None;
+    loop {
+        if !*elected.borrow_and_update() {
+            valid_until = None;
+            leading.send_if_modified(|l| std::mem::replace(l, false));
+            tokio::select! {
+                () = leading.closed() => return,
+                changed = elected.changed() => if changed.is_err() { return },
+            }
+            continue;
+        }
+        match tokio::time::timeout(every, api.get(&config.name)).await {
+            Ok(Ok(lease)) => {
+                let spec = lease.spec.unwrap_or_default();
+                valid_until = if spec.holder_identity.as_deref() == Some(config.identity.as_str()) {
+                    let duration = spec
+                        .lease_duration_seconds
+                        .map_or(config.duration_seconds, |d| u64::try_from(d).unwrap_or(0));
+                    spec.renew_time
+                        .and_then(|t| t.0.checked_add(Duration::from_secs(duration)).ok())
+                } else {
+                    None
+                };
+            }
+            Ok(Err(err)) => tracing::warn!(%err, "cannot read the Lease to confirm leadership"),
+            Err(_) => tracing::warn!("reading the Lease to confirm leadership timed out"),
+        }
+        let now = Timestamp::now();
+        let ours = valid_until
+            .and_then(|until| until.checked_sub(STEP_DOWN_BEFORE_EXPIRY).ok())
+            .is_some_and(|until| now < until);
+        let changed = leading.send_if_modified(|l| std::mem::replace(l, ours) != ours);
+        if changed && !ours {
+            tracing::warn!(
+                "the Lease could not be renewed before its deadline: leading stops until it is"
+            );
+        }
+        tokio::select! {
+            () = leading.closed() => return,
+            () = tokio::time::sleep(every) => {}
+            changed = elected.changed() => if changed.is_err() { return },
         }
     }
 }
