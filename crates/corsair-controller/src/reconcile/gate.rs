@@ -133,6 +133,14 @@ impl WebhookGate {
         }
     }
 
+    /// Whether the last check found the webhook out of reach, however long ago, or a check is
+    /// in flight.
+    pub(crate) fn looks_unreached(&self) -> bool {
+        self.state
+            .try_lock()
+            .map_or(true, |state| state.unreached_since.is_some())
+    }
+
     /// One dry run, read.
     async fn check(&self, client: &Client) -> Verdict {
         let spec = match serde_json::from_value(json!({ "allowOrigins": [CHECK_ORIGIN] })) {

@@ -223,6 +223,14 @@ impl Context {
     }
 
     /// Whether a write that rolls pods may go ahead; always, without a check.
+    /// Whether the last check found the webhooks out of reach (or one is in flight): no
+    /// call is made.
+    pub(crate) fn webhook_looks_unreached(&self) -> bool {
+        self.gate
+            .as_ref()
+            .is_some_and(gate::WebhookGate::looks_unreached)
+    }
+
     pub(crate) async fn webhook_reached(&self) -> Result<(), gate::Unreached> {
         match &self.gate {
             Some(gate) => gate.admits(&self.client).await,

@@ -51,7 +51,7 @@ pub const REASON_ROLLOUT_HELD: &str = "RolloutHeld";
 /// it: a fresh install takes a few seconds to have a ready endpoint and a `caBundle`.
 const UNREACHED_SAID_AFTER: Duration = Duration::from_secs(30);
 /// When a workload waiting for the webhooks is reconciled again: soon at first (a fresh
-/// install takes seconds), then less often, since each retry reads the workload again.
+/// install takes seconds), then less often, since each retry may make a dry run.
 const UNREACHED_RETRY: Duration = Duration::from_secs(5);
 const UNREACHED_RETRY_LATER: Duration = Duration::from_secs(30);
 /// The template check's verdicts, published at most once per note (see
@@ -317,8 +317,20 @@ pub async fn reconcile<K: Workload>(
             // nothing is written. After it: the rollout of this template would stall on refused
             // pods, and only the ReplicaSet controller would hear why.
             let in_place = facts.in_place(policy);
+            // While the webhooks were out of reach at the last check, the opt-in waits anyway:
+            // the gate is asked first, and the workload is read only once they are reached, so
+            // that workloads waiting together do not each read their whole object every retry.
+            let unreached = if !in_place && ctx.webhook_looks_unreached() {
+                ctx.webhook_reached().await.err()
+            } else {
+                None
+            };
             let mut held = None;
-            let verdict = match preview::<K>(&ctx, &namespace, &name, policy).await {
+            let previewed = match unreached {
+                Some(_) => Preview::Unchecked,
+                None => preview::<K>(&ctx, &namespace, &name, policy).await,
+            };
+            let verdict = match previewed {
                 Preview::Admitted { warnings, held: h } => {
                     held = h;
                     Some(Ok(warnings))
@@ -385,7 +397,11 @@ pub async fn reconcile<K: Workload>(
             // The write rolls the pods: not before the API server can have the webhook inject
             // them, or they would start without the proxy and stay so.
             if !in_place {
-                match ctx.webhook_reached().await {
+                let reached = match unreached {
+                    Some(unreached) => Err(unreached),
+                    None => ctx.webhook_reached().await,
+                };
+                match reached {
                     Ok(()) => {
                         ctx.forget_said(obj.as_ref(), &[REASON_WEBHOOK_UNREACHABLE]);
                         let patch = apply_patch::<K>(&name, &namespace, Some(policy));
