@@ -1020,3 +1020,21 @@ fn two_istio_matches_of_one_route_path_become_one_route() {
     assert_eq!(api.len(), 1, "{:?}", c.document.spec.routes);
     assert_eq!(api[0].mode, Some(Mode::Disabled));
 }
+
+/// ingress-nginx reads `cors-max-age` with Go's `strconv.Atoi`, which takes no space: " 600" was
+/// invalid, and its default (1728000 s, which Chromium caps at 7200) applied.
+#[test]
+fn an_ingress_nginx_max_age_with_a_space_was_its_default() {
+    let out = ingress(&[
+        ("cors-allow-origin", "https://a.example.com"),
+        ("cors-max-age", "\" 600\""),
+    ]);
+    let c = policy(&out, "i");
+    assert_eq!(c.document.spec.max_age, Some(7200));
+    assert!(has(c, "invalid-value"), "{:?}", codes(c));
+    let out = ingress(&[
+        ("cors-allow-origin", "https://a.example.com"),
+        ("cors-max-age", "\"600\""),
+    ]);
+    assert_eq!(policy(&out, "i").document.spec.max_age, Some(600));
+}

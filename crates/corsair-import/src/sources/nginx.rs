@@ -167,7 +167,8 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
     d.max_age = match get("cors-max-age") {
         None => Some(DEFAULT_MAX_AGE),
         Some(v) => {
-            match v.trim().parse::<i64>() {
+            // As Go's strconv.Atoi reads it: no space around the digits.
+            match v.parse::<i64>() {
                 Ok(n) if n >= 0 => Some(n.unsigned_abs()),
                 Ok(_) => None,
                 Err(_) => {
