@@ -434,9 +434,21 @@ pub(crate) fn skip<'a>(
             .flatten()
             .any(|c| c.name == names::SIDECAR_NAME);
     if has_sidecar {
+        // Without the webhook's mark the container was not put there by an injection: say it
+        // is taken for the proxy, in case it is someone else's of the same name.
+        let warnings = if annotation(names::INJECTED_ANNOTATION).is_none() {
+            vec![format!(
+                "a container is named {:?} but metadata.annotations[{}] is not set: it is taken \
+                 for the corsair proxy and nothing is injected; rename it if it is not",
+                names::SIDECAR_NAME,
+                names::INJECTED_ANNOTATION
+            )]
+        } else {
+            Vec::new()
+        };
         return Ok(Err(Injection::unpatched(
             InjectOutcome::AlreadyInjected,
-            Vec::new(),
+            warnings,
         )));
     }
     // The kubelet runs a static pod from the file on its node; a container added to the API

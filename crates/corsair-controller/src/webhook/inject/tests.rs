@@ -212,6 +212,26 @@ fn second_pass_changes_nothing() {
     let again = run(&once, &native()).expect("admits");
     assert_eq!(again.outcome, InjectOutcome::AlreadyInjected);
     assert!(again.patch.0.is_empty());
+    assert!(again.warnings.is_empty(), "{:?}", again.warnings);
+}
+
+/// A container of the proxy's name that no injection put there (no mark) is taken for the
+/// proxy, and the pod's creator is told so.
+#[test]
+fn a_container_of_the_proxys_name_without_the_mark_is_said() {
+    let mut pod = web_pod();
+    pod["spec"]["containers"]
+        .as_array_mut()
+        .expect("containers")
+        .push(json!({"name": "corsair-proxy", "image": "someone-else:1"}));
+    let admitted = run(&pod, &native()).expect("admits");
+    assert_eq!(admitted.outcome, InjectOutcome::AlreadyInjected);
+    assert!(admitted.patch.0.is_empty());
+    assert!(
+        admitted.warnings.iter().any(|w| w.contains("taken")),
+        "{:?}",
+        admitted.warnings
+    );
 }
 
 #[test]
