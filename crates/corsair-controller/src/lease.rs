@@ -87,28 +87,32 @@ impl Leadership {
     }
 }
 
-/// How long before the Lease expires, by the time of its last renewal, a leader that could not
-/// renew it stops leading: the others take it over at expiry, by their own clocks.
-const STEP_DOWN_BEFORE_EXPIRY: Duration = Duration::from_secs(1);
-
 /// Leads while the election says so and the Lease, read back, is this replica's and not near
 /// its expiry. kube-lease-manager keeps saying "leader" while its renewals fail (it retries
 /// with backoff up to 30 s), past the moment another replica may take the Lease: client-go
-/// stops leading at a renew deadline instead, and so does this. The Lease is read every third
-/// of the grace period while elected; a read that fails leaves the deadline where the last
-/// renewal put it. `renewTime` was written by this process, so its own clock is the one to
-/// compare it with.
+/// stops leading at a renew deadline instead, and so does this.
+///
+/// kube-lease-manager renews `grace` seconds before expiry; this steps down half a grace
+/// before it, so a renewal that goes through on time never interrupts leading, and one that
+/// fails stops it while the others, who take over at expiry by their own clocks, still wait.
+/// The Lease is read every third of the grace period while elected; a read that fails leaves
+/// the deadline where the last renewal put it, and the deadline is kept at its moment, not at
+/// the next read. `renewTime` was written by this process, so its own clock is the one to
+/// compare it with. A lost election stops leading at once, whatever is in flight.
 async fn renew_deadline(
     api: Api<Lease>,
     config: LeaseConfig,
     mut elected: watch::Receiver<bool>,
     leading: watch::Sender<bool>,
 ) {
-    let every = Duration::from_millis((config.grace_seconds * 1000 / 3).max(200));
-    let mut valid_until: Option<Timestamp> = None;
+    let grace = Duration::from_secs(config.grace_seconds.max(1));
+    let every = grace / 3;
+    let margin = grace / 2;
+    // When leading stops unless a read shows a later renewal.
+    let mut deadline: Option<tokio::time::Instant> = None;
     loop {
         if !*elected.borrow_and_update() {
-            valid_until = None;
+            deadline = None;
             leading.send_if_modified(|l| std::mem::replace(l, false));
             tokio::select! {
                 () = leading.closed() => return,
@@ -116,38 +120,72 @@ async fn renew_deadline(
             }
             continue;
         }
-        match tokio::time::timeout(every, api.get(&config.name)).await {
-            Ok(Ok(lease)) => {
-                let spec = lease.spec.unwrap_or_default();
-                valid_until = if spec.holder_identity.as_deref() == Some(config.identity.as_str()) {
-                    let duration = spec
-                        .lease_duration_seconds
-                        .map_or(config.duration_seconds, |d| u64::try_from(d).unwrap_or(0));
-                    spec.renew_time
-                        .and_then(|t| t.0.checked_add(Duration::from_secs(duration)).ok())
-                } else {
-                    None
-                };
+        // While leading, a read that takes long must not carry leading past the deadline;
+        // once past it, only a read can bring leading back.
+        let leading_until = deadline.filter(|at| *at > tokio::time::Instant::now());
+        let past_deadline = async {
+            match leading_until {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
             }
-            Ok(Err(err)) => tracing::warn!(%err, "cannot read the Lease to confirm leadership"),
-            Err(_) => tracing::warn!("reading the Lease to confirm leadership timed out"),
+        };
+        tokio::select! {
+            () = leading.closed() => return,
+            changed = elected.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+            () = past_deadline => {}
+            read = tokio::time::timeout(every, api.get(&config.name)) => match read {
+                Ok(Ok(lease)) => deadline = ours_until(&lease, &config, margin),
+                Ok(Err(err)) => tracing::warn!(%err, "cannot read the Lease to confirm leadership"),
+                Err(_) => tracing::warn!("reading the Lease to confirm leadership timed out"),
+            },
         }
-        let now = Timestamp::now();
-        let ours = valid_until
-            .and_then(|until| until.checked_sub(STEP_DOWN_BEFORE_EXPIRY).ok())
-            .is_some_and(|until| now < until);
+        let now = tokio::time::Instant::now();
+        let ours = deadline.is_some_and(|at| now < at);
         let changed = leading.send_if_modified(|l| std::mem::replace(l, ours) != ours);
         if changed && !ours {
             tracing::warn!(
                 "the Lease could not be renewed before its deadline: leading stops until it is"
             );
         }
+        let next = deadline
+            .filter(|_| ours)
+            .map_or(now + every, |at| at.min(now + every));
         tokio::select! {
             () = leading.closed() => return,
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep_until(next) => {}
             changed = elected.changed() => if changed.is_err() { return },
         }
     }
+}
+
+/// Until when this replica may lead by `lease`: `margin` before it expires by its last
+/// renewal, on this process's monotonic clock; `None` when it is not this replica's.
+fn ours_until(
+    lease: &Lease,
+    config: &LeaseConfig,
+    margin: Duration,
+) -> Option<tokio::time::Instant> {
+    let spec = lease.spec.as_ref()?;
+    if spec.holder_identity.as_deref() != Some(config.identity.as_str()) {
+        return None;
+    }
+    let seconds = spec
+        .lease_duration_seconds
+        .map_or(config.duration_seconds, |d| u64::try_from(d).unwrap_or(0));
+    let expires = spec
+        .renew_time
+        .as_ref()?
+        .0
+        .checked_add(Duration::from_secs(seconds))
+        .ok()?;
+    let left = Timestamp::now().duration_until(expires);
+    let left = Duration::try_from(left).unwrap_or(Duration::ZERO);
+    Some(tokio::time::Instant::now() + left.saturating_sub(margin))
 }
 
 /// A write refused by [`fenced`]: this replica is no longer the leader.
