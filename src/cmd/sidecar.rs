@@ -18,12 +18,12 @@ pub struct SidecarArgs {
     /// which the image must have on its PATH.
     #[arg(long)]
     sidecar_image: Option<String>,
-    /// Proxy port of the sidecar, 1024 or above (it runs unprivileged); per pod: annotation
-    /// corsair.dev/proxy-port.
-    #[arg(long, default_value_t = names::PROXY_PORT, value_parser = sidecar_port)]
+    /// Proxy port of the sidecar; per pod: annotation corsair.dev/proxy-port. Below 1024 the
+    /// unprivileged proxy binds it only where the runtime allows (the webhook warns).
+    #[arg(long, default_value_t = names::PROXY_PORT)]
     sidecar_proxy_port: u16,
-    /// Admin port of the sidecar, 1024 or above; per pod: annotation corsair.dev/admin-port.
-    #[arg(long, default_value_t = names::ADMIN_PORT, value_parser = sidecar_port)]
+    /// Admin port of the sidecar; per pod: annotation corsair.dev/admin-port.
+    #[arg(long, default_value_t = names::ADMIN_PORT)]
     sidecar_admin_port: u16,
     /// Log filter of the sidecar (`RUST_LOG` syntax); per pod: annotation corsair.dev/log-level.
     #[arg(long, default_value = "info")]
@@ -66,20 +66,6 @@ fn parse_quantity(s: &str) -> Result<Quantity, String> {
             "not a Kubernetes quantity such as `100m`, `0.5` or `64Mi` (empty for none)".to_owned(),
         ),
     }
-}
-
-/// A port the unprivileged sidecar can bind.
-fn sidecar_port(s: &str) -> Result<u16, String> {
-    s.parse::<u16>()
-        .ok()
-        .filter(|p| *p >= names::MIN_SIDECAR_PORT)
-        .ok_or_else(|| {
-            format!(
-                "not a port between {} and 65535: the sidecar runs unprivileged, without the \
-                 capability to bind a lower one",
-                names::MIN_SIDECAR_PORT
-            )
-        })
 }
 
 fn parse_mode(s: &str) -> Result<SidecarMode, String> {

@@ -47,9 +47,9 @@ pub const POLICY_CONFIGMAP_KEY: &str = "policy.json";
 pub const PROXY_PORT: u16 = 15380;
 /// Default admin port (health, readiness, metrics).
 pub const ADMIN_PORT: u16 = 15381;
-/// Lowest port the sidecar can listen on: it runs as a non-root user with every capability
-/// dropped, and the kernel keeps the ports below this for privileged processes.
-pub const MIN_SIDECAR_PORT: u16 = 1024;
+/// The kernel's default lowest port an unprivileged process may bind; the sidecar runs as a
+/// non-root user with every capability dropped.
+pub const MIN_UNPRIVILEGED_PORT: u16 = 1024;
 /// Name of the admin container port.
 pub const ADMIN_PORT_NAME: &str = "corsair-admin";
 

@@ -272,13 +272,6 @@ pub enum InjectError {
         names::ADMIN_PORT_ANNOTATION
     )]
     PortConflict { field: String, port: u16 },
-    #[error(
-        "{field}.hostPort: the node's port {host_port} forwards straight to the app's port, so \
-         traffic sent there would bypass the proxy; remove hostPort and reach the pod through a \
-         Service, or set the annotation {} to a port without one",
-        names::PORT_ANNOTATION
-    )]
-    HostPort { field: String, host_port: i32 },
     #[error("{field}: the port name {name:?} is reserved for the corsair proxy")]
     PortNameConflict { field: String, name: &'static str },
     #[error(
@@ -360,9 +353,10 @@ pub fn inject(
     let target = find_target(spec, annotation(names::PORT_ANNOTATION))?;
     check_port_conflicts(spec, &target, proxy_port, admin_port)?;
     check_shared_port_name(spec, &target, config.sidecar_mode.is_native())?;
-    check_host_port(spec, &target)?;
     let namespace = namespace.or(pod.metadata.namespace.as_deref());
     let mut warnings = warnings(lookup, namespace, policy, &target, proxy_port);
+    warnings.extend(privileged_ports(spec, proxy_port, admin_port));
+    warnings.extend(host_port(spec, &target));
     if annotation(names::INJECTED_ANNOTATION).is_some() {
         // Replaced below; but on a template, every pod created while this webhook cannot be
         // reached would carry it too and look injected to the controller's check.
@@ -509,6 +503,40 @@ pub(crate) fn skip<'a>(
         });
     }
     Ok(Ok(policy))
+}
+
+/// The sysctl that sets the lowest port an unprivileged process may bind.
+const UNPRIVILEGED_PORT_START: &str = "net.ipv4.ip_unprivileged_port_start";
+
+/// A warning for each sidecar port below the lowest one an unprivileged process may bind: the
+/// proxy runs as a non-root user with every capability dropped, so it binds such a port only
+/// where the runtime lowers that limit (containerd from 2.0 does, for every pod) or the pod
+/// sets the sysctl itself, which this checks. Elsewhere the proxy exits at start.
+fn privileged_ports(spec: &PodSpec, proxy_port: u16, admin_port: u16) -> Vec<String> {
+    let start = spec
+        .security_context
+        .as_ref()
+        .and_then(|c| c.sysctls.as_ref())
+        .and_then(|s| s.iter().find(|s| s.name == UNPRIVILEGED_PORT_START))
+        .and_then(|s| s.value.parse::<u16>().ok());
+    [
+        (proxy_port, names::PROXY_PORT_ANNOTATION),
+        (admin_port, names::ADMIN_PORT_ANNOTATION),
+    ]
+    .into_iter()
+    .filter(|(port, _)| {
+        *port < names::MIN_UNPRIVILEGED_PORT && start.is_none_or(|start| *port < start)
+    })
+    .map(|(port, key)| {
+        format!(
+            "{key}: port {port} is below {}, which an unprivileged process binds only where the \
+             container runtime allows it (containerd 2.0 on) or the pod sets the sysctl \
+             {UNPRIVILEGED_PORT_START} in spec.securityContext.sysctls; elsewhere the proxy \
+             cannot start",
+            names::MIN_UNPRIVILEGED_PORT
+        )
+    })
+    .collect()
 }
 
 /// Whether the pod sets pod-level requests or limits (`spec.resources`, Kubernetes 1.32 on).
@@ -1040,21 +1068,22 @@ fn every_container(spec: &PodSpec) -> impl Iterator<Item = (&'static str, usize,
         .chain(init.map(|(i, c)| ("initContainers", i, c)))
 }
 
-/// Refuses a taken-over port that the node forwards to (`hostPort`): that path reaches the app
-/// without passing the proxy, whatever the Service does.
-fn check_host_port(spec: &PodSpec, target: &Target) -> Result<(), InjectError> {
+/// A warning when the taken-over port is one the node forwards to (`hostPort`): that path
+/// reaches the app without passing the proxy, whatever the Service does. Refusing such pods
+/// would stall workloads already opted in; the warning reaches them as `InjectionWarning`.
+fn host_port(spec: &PodSpec, target: &Target) -> Option<String> {
     let host_port = target
         .port_index
         .and_then(|i| spec.containers[target.container].ports.as_ref()?.get(i))
         .and_then(|p| p.host_port)
-        .filter(|p| *p > 0);
-    match host_port {
-        Some(host_port) => Err(InjectError::HostPort {
-            field: target.field(),
-            host_port,
-        }),
-        None => Ok(()),
-    }
+        .filter(|p| *p > 0)?;
+    Some(format!(
+        "{}.hostPort: the node's port {host_port} forwards straight to the app's port, so \
+         traffic sent there bypasses the proxy and its CORS enforcement; remove hostPort and \
+         reach the pod through a Service, or set the annotation {} to a port without one",
+        target.field(),
+        names::PORT_ANNOTATION
+    ))
 }
 
 /// Refuses pods where a container already uses the proxy's ports or port names.
@@ -1161,16 +1190,16 @@ fn port_annotation(
 ) -> Result<u16, InjectError> {
     match value {
         None => Ok(default),
-        Some(v) => v
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p >= names::MIN_SIDECAR_PORT)
-            .ok_or_else(|| InjectError::InvalidAnnotation {
-                key,
-                value: v.to_owned(),
-                reason: "is not a port number between 1024 and 65535 (the proxy runs \
-                             unprivileged, without the capability to bind a lower one)",
-            }),
+        Some(v) => {
+            v.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| InjectError::InvalidAnnotation {
+                    key,
+                    value: v.to_owned(),
+                    reason: "is not a port number between 1 and 65535",
+                })
+        }
     }
 }
 
