@@ -1003,6 +1003,22 @@ fn two_istio_matches_of_one_route_path_become_one_route() {
             .any(|s| s.finding.code == "same-route-path" && s.finding.message.contains("loses")),
         "{out:?}"
     );
+    // Two matches without CORS on the path of a CORS prefix: only a match that had CORS can
+    // take the path's CORS away, so the route keeps it, said for both.
+    let out = inline(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec:\n  http:\n  - match: [{uri: {exact: /api}}]\n  - match: [{uri: {prefix: /api/}}]\n  - match: [{uri: {prefix: /api}}]\n    corsPolicy:\n      allowOrigins: [{exact: \"https://a.example.com\"}]\n",
+    );
+    assert_usable(&out);
+    let c = policy(&out, "v");
+    let routes = &c.document.spec.routes;
+    assert_eq!(routes.len(), 1, "{routes:?}");
+    assert_eq!(routes[0].mode, None);
+    assert!(
+        c.findings
+            .iter()
+            .filter(|f| f.code == "same-route-path")
+            .all(|f| f.message.contains("MORE open"))
+    );
     // With another CORS route beside them, the policy stays, `/api` passing through.
     let out = inline(
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec:\n  http:\n  - match: [{uri: {exact: /api}}]\n    corsPolicy:\n      allowOrigins: [{exact: \"https://a.example.com\"}]\n  - match: [{uri: {prefix: /api}}]\n  - match: [{uri: {prefix: /}}]\n    corsPolicy:\n      allowOrigins: [{exact: \"https://a.example.com\"}]\n",

@@ -131,7 +131,10 @@ pub(crate) fn parse_request_origin(origin: &str) -> Option<OriginParts<'_>> {
     // Browsers keep a name's one trailing dot (a page at `https://example.com./` sends
     // `Origin: https://example.com.`): a valid origin, distinct from the one without, so it
     // stays in `host` and only `*` and regexes can allow it.
-    let name = host.strip_suffix('.').unwrap_or(host);
+    let name = match host.strip_suffix('.') {
+        Some(name) if !name.starts_with('[') => name,
+        _ => host,
+    };
     if !is_host(name) || port.is_some_and(|p| !is_port(p)) {
         return None;
     }

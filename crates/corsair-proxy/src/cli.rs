@@ -20,7 +20,8 @@ pub struct Args {
     #[arg(long, env = "CORSAIR_POLICY", value_name = "FILE")]
     policy: PathBuf,
     /// The application, `http://host:port`. Every request goes there, whatever its Host says.
-    /// `localhost` is the loopback of either family (127.0.0.1, else ::1), not looked up.
+    /// `localhost` is the loopback of either family, not looked up: IPv4, else IPv6, the one
+    /// that answered last tried first.
     #[arg(long, env = "CORSAIR_UPSTREAM", value_name = "URL")]
     upstream: http::Uri,
     /// Address of the proxy listener (HTTP/1.1 and h2c). `[::]` takes IPv4 and IPv6 clients

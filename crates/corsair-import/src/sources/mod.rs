@@ -311,9 +311,9 @@ pub(crate) fn assemble_routes(
         {
             // `/api/` and `/api`, or an exact `/api` and a prefix `/api`: one route path. The
             // wider of the two source matches decides.
-            let cover_exact = taken
-                .iter()
-                .any(|(prefix, exact, _, _)| *exact && *prefix == cover.path_prefix);
+            let cover_exact = taken.iter().any(|(prefix, exact, _, rules)| {
+                *exact && rules.is_some() && *prefix == cover.path_prefix
+            });
             if cover_exact && !entry.exact {
                 let cover = cover.clone();
                 let cover_prefix = cover.path_prefix.clone();

@@ -29,6 +29,8 @@ fn request_origins_split_into_scheme_host_port() {
             Some(("https", "a.test.", Some("8443"))),
         ),
         ("https://a.test..", None),
+        // An address is no name: browsers never write a dot after one.
+        ("https://[::1].", None),
         ("https://.", None),
         ("https://u@a.test", None),
         ("https://a test", None),

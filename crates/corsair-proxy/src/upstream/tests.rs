@@ -80,17 +80,30 @@ async fn localhost_reaches_an_application_on_either_loopback() {
             let (_, peer) = v6.accept().await.expect("accept");
             peers.push(peer);
         }
-        peers
+        (peers, v6)
     });
     for _ in 0..2 {
         upstream.connect().await.expect("the IPv6 loopback answers");
     }
-    let peers = accepted.await.expect("accepted");
+    let (peers, v6) = accepted.await.expect("accepted");
+    let mut accepted_v6 = Some(v6);
     assert!(peers.iter().all(std::net::SocketAddr::is_ipv6), "{peers:?}");
     let Address::Loopback { v6_first, .. } = &upstream.address else {
         panic!("localhost is the loopback");
     };
     assert!(v6_first.load(Ordering::Relaxed), "IPv6 is tried first now");
+    // It is: with both families listening now, the next connection goes to IPv6.
+    let v4 = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("the same port on IPv4");
+    let v6 = accepted_v6.take().expect("the IPv6 listener");
+    upstream.connect().await.expect("a connection");
+    let accepted = tokio::select! {
+        v6 = v6.accept() => v6.expect("accept").1,
+        v4 = v4.accept() => v4.expect("accept").1,
+    };
+    assert!(accepted.is_ipv6(), "went to {accepted}");
+    drop(v4);
 
     // And on IPv4 only, from a fresh start.
     let v4 = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -106,7 +119,7 @@ async fn localhost_reaches_an_application_on_either_loopback() {
     let (connected, accepted) = tokio::join!(upstream.connect(), v4.accept());
     connected.expect("the IPv4 loopback answers");
     assert!(accepted.expect("accept").1.is_ipv4());
-    // Nothing listening: the error is the one of the family tried first.
+    // Nothing listening: refused.
     drop(v4);
     let Err(failed) = upstream.connect().await else {
         panic!("nothing listens");
