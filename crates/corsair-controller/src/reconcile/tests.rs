@@ -586,13 +586,33 @@ async fn opting_in_a_paused_deployment_says_its_pods_are_not_replaced() {
             .event("Warning", "RolloutHeld", "deployments", "web")
             .await;
         assert!(note.contains("spec.paused is true"), "{note}");
+        verifier
+    });
+    let action = reconcile_deployment(&workload, ctx.clone())
+        .await
+        .expect("reconciles");
+    let mut verifier = joined(server).await;
+    assert_eq!(action, Action::await_change());
+    // Resumed: nothing to say, and what was said is forgotten; paused again, it is news again.
+    let server = tokio::spawn(async move {
+        verifier.workload_get(&admissible_deployment()).await;
+        verifier.workload_apply().await;
+        let mut stored = admissible_deployment();
+        stored["spec"]["paused"] = json!(true);
+        verifier.workload_get(&stored).await;
+        verifier.workload_apply().await;
+        verifier
+            .event("Warning", "RolloutHeld", "deployments", "web")
+            .await;
         verifier.expect_no_more_calls().await;
     });
-    let action = reconcile_deployment(&workload, ctx)
+    reconcile_deployment(&workload, ctx.clone())
+        .await
+        .expect("reconciles");
+    reconcile_deployment(&workload, ctx)
         .await
         .expect("reconciles");
     joined(server).await;
-    assert_eq!(action, Action::await_change());
 }
 
 /// What holds each kind's rollout back, read from the object as the API server returns it.

@@ -332,6 +332,10 @@ pub async fn reconcile<K: Workload>(
             };
             let verdict = match previewed {
                 Preview::Admitted { warnings, held: h } => {
+                    if h.is_none() {
+                        // Resumed, or its strategy changed: a later hold is news again.
+                        ctx.forget_said(obj.as_ref(), &[REASON_ROLLOUT_HELD]);
+                    }
                     held = h;
                     Some(Ok(warnings))
                 }
@@ -483,6 +487,8 @@ pub async fn reconcile<K: Workload>(
                 .await
                 .map_err(Error::kube("release pod template label"))?;
             tracing::info!("opted out");
+            // Opted in again while still held, it is said again.
+            ctx.forget_said(obj.as_ref(), &[REASON_ROLLOUT_HELD]);
         }
         None => {}
     }
