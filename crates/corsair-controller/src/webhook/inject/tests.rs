@@ -35,6 +35,24 @@ fn run(pod: &Value, config: &InjectConfig) -> Result<Injection, InjectError> {
     inject(&mk_pod(pod.clone()), Some("shop"), config, None)
 }
 
+/// Asserts that one of `injection`'s warnings contains `needle`.
+fn warns(injection: &Injection, needle: &str) {
+    assert!(
+        injection.warnings.iter().any(|w| w.contains(needle)),
+        "no warning with {needle:?} in {:?}",
+        injection.warnings
+    );
+}
+
+/// Asserts that none of `injection`'s warnings contains `needle`.
+fn does_not_warn(injection: &Injection, needle: &str) {
+    assert!(
+        injection.warnings.iter().all(|w| !w.contains(needle)),
+        "a warning with {needle:?} in {:?}",
+        injection.warnings
+    );
+}
+
 /// Applies the injection's patch to `pod` and returns the result.
 fn apply(pod: &Value, injection: &Injection) -> Value {
     let mut out = pod.clone();
@@ -227,11 +245,7 @@ fn a_container_of_the_proxys_name_without_the_mark_is_said() {
     let admitted = run(&pod, &native()).expect("admits");
     assert_eq!(admitted.outcome, InjectOutcome::AlreadyInjected);
     assert!(admitted.patch.0.is_empty());
-    assert!(
-        admitted.warnings.iter().any(|w| w.contains("taken")),
-        "{:?}",
-        admitted.warnings
-    );
+    warns(&admitted, "taken");
 }
 
 #[test]
@@ -242,11 +256,7 @@ fn creates_missing_annotations_init_containers_and_volumes() {
     let skipped = run(&pod, &native()).expect("admits");
     assert_eq!(skipped.outcome, InjectOutcome::SkippedNoPolicy);
     assert!(skipped.patch.0.is_empty());
-    assert!(
-        skipped.warnings[0].contains("corsair.dev/policy"),
-        "{:?}",
-        skipped.warnings
-    );
+    warns(&skipped, "corsair.dev/policy");
 
     // ...and with it alone, every parent is created.
     pod["metadata"]["annotations"] = json!({"corsair.dev/policy": "api"});
@@ -435,11 +445,7 @@ fn numeric_port_without_name_warns_and_names_the_proxy_port() {
         json!({"name": "app", "image": "node", "ports": [{"containerPort": 3000}]});
     let injection = run(&pod, &native()).expect("injects");
     assert_eq!(injection.warnings.len(), 1);
-    assert!(
-        injection.warnings[0].contains("corsair-http"),
-        "{:?}",
-        injection.warnings
-    );
+    warns(&injection, "corsair-http");
     let out = apply(&pod, &injection);
     assert_eq!(
         out["spec"]["containers"][0]["ports"][0],
@@ -735,11 +741,7 @@ fn a_pod_in_an_excluded_namespace_is_skipped_with_a_warning() {
     let injection = run(&web_pod(), &config).expect("admits");
     assert_eq!(injection.outcome, InjectOutcome::SkippedExcludedNamespace);
     assert!(injection.patch.0.is_empty());
-    assert!(
-        injection.warnings[0].contains("namespace shop is excluded"),
-        "{:?}",
-        injection.warnings
-    );
+    warns(&injection, "namespace shop is excluded");
     // Any other namespace is injected as before.
     let injection = inject(&mk_pod(web_pod()), Some("web"), &config, None).expect("admits");
     assert_eq!(injection.outcome, InjectOutcome::Injected);
@@ -810,11 +812,7 @@ fn a_host_port_on_the_taken_over_port_is_warned_of() {
         .expect("ports")
         .push(json!({"name": "debug", "containerPort": 9000, "hostPort": 9000, "protocol": "TCP"}));
     let other = run(&other, &native()).expect("injects");
-    assert!(
-        other.warnings.iter().all(|w| !w.contains("hostPort")),
-        "{:?}",
-        other.warnings
-    );
+    does_not_warn(&other, "hostPort");
 }
 
 /// The unprivileged proxy binds a port below 1024 only where the runtime or the pod lowers the
@@ -825,25 +823,14 @@ fn a_port_below_1024_is_warned_of_unless_the_pod_lowers_the_limit() {
     pod["metadata"]["annotations"]["corsair.dev/proxy-port"] = json!("443");
     let injection = run(&pod, &native()).expect("injects");
     assert_eq!(injection.outcome, InjectOutcome::Injected);
-    assert!(
-        injection
-            .warnings
-            .iter()
-            .any(|w| w.contains("corsair.dev/proxy-port: port 443 is below 1024")),
-        "{:?}",
-        injection.warnings
-    );
+    warns(&injection, "corsair.dev/proxy-port: port 443 is below 1024");
     pod["spec"]["securityContext"] = json!({"sysctls": [
         {"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]});
     let injection = run(&pod, &native()).expect("injects");
-    assert!(
-        injection.warnings.iter().all(|w| !w.contains("below 1024")),
-        "{:?}",
-        injection.warnings
-    );
+    does_not_warn(&injection, "below 1024");
     // The default ports need nothing.
     let plain = run(&web_pod(), &native()).expect("injects");
-    assert!(plain.warnings.iter().all(|w| !w.contains("below 1024")));
+    does_not_warn(&plain, "below 1024");
 }
 
 /// A Linux container cannot run on a Windows node, and the API server refuses the
@@ -864,11 +851,7 @@ fn a_windows_pod_is_skipped_with_a_warning() {
         let injection = run(&pod, &native()).expect("admits");
         assert_eq!(injection.outcome, InjectOutcome::SkippedWindows);
         assert!(injection.patch.0.is_empty());
-        assert!(
-            injection.warnings[0].contains("Windows"),
-            "{:?}",
-            injection.warnings
-        );
+        warns(&injection, "Windows");
     }
     let mut linux = web_pod();
     linux["spec"]["os"] = json!({"name": "linux"});
@@ -888,11 +871,7 @@ fn a_static_pods_mirror_is_skipped_with_a_warning() {
     let injection = run(&pod, &native()).expect("admits");
     assert_eq!(injection.outcome, InjectOutcome::SkippedMirrorPod);
     assert!(injection.patch.0.is_empty());
-    assert!(
-        injection.warnings[0].contains("kubernetes.io/config.mirror"),
-        "{:?}",
-        injection.warnings
-    );
+    warns(&injection, "kubernetes.io/config.mirror");
 }
 
 /// A mark copied into a pod (or its template) from an injected pod is replaced by the
@@ -904,14 +883,7 @@ fn a_copied_injection_mark_is_replaced_with_a_warning() {
     pod["metadata"]["annotations"]["corsair.dev/injected"] = json!("{\"version\":\"0.0.1\"}");
     let injection = run(&pod, &native()).expect("injects");
     assert_eq!(injection.outcome, InjectOutcome::Injected);
-    assert!(
-        injection
-            .warnings
-            .iter()
-            .any(|w| w.contains("metadata.annotations[corsair.dev/injected]")),
-        "{:?}",
-        injection.warnings
-    );
+    warns(&injection, "metadata.annotations[corsair.dev/injected]");
     let out = apply(&pod, &injection);
     let mark = out["metadata"]["annotations"]["corsair.dev/injected"]
         .as_str()
@@ -973,11 +945,7 @@ fn missing_policy_warns_only_with_a_lookup() {
     };
     let warned = inject(&pod, Some("shop"), &native(), Some(&missing)).expect("injects");
     assert_eq!(warned.warnings.len(), 1);
-    assert!(
-        warned.warnings[0].contains("shop/api does not exist"),
-        "{:?}",
-        warned.warnings
-    );
+    warns(&warned, "shop/api does not exist");
     let ready = |_: &str, _: &str| PolicyPresence::Ready;
     assert!(
         inject(&pod, Some("shop"), &native(), Some(&ready))
