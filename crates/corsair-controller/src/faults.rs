@@ -625,11 +625,27 @@ async fn a_leader_that_cannot_renew_stops_before_the_lease_expires() {
     .await
     .expect("stops leading before the Lease expires")
     .expect("the election runs");
+    let stopped_at = k8s_openapi::jiff::Timestamp::now();
     let stopped_after = failing_since.elapsed();
     assert!(
         stopped_after < Duration::from_secs(3),
         "a Lease of 3 s renewed at most 2 s before the failures began: stopped after \
          {stopped_after:?}, where the others take it over at 3 s"
+    );
+    // At its deadline, half a grace period (0.5 s) before the Lease expires by its last
+    // renewal, not at the next read after it.
+    let renewed: k8s_openapi::jiff::Timestamp = server
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .renew
+        .as_ref()
+        .and_then(Value::as_str)
+        .and_then(|t| t.parse().ok())
+        .expect("the last renewal's time");
+    let early = renewed.duration_until(stopped_at).as_secs_f64() - 2.5;
+    assert!(
+        (-0.1..0.25).contains(&early),
+        "stopped {early:.3} s after the deadline (renewed at {renewed}, stopped at {stopped_at})"
     );
     assert_eq!(
         server

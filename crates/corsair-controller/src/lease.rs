@@ -93,12 +93,13 @@ impl Leadership {
 /// stops leading at a renew deadline instead, and so does this.
 ///
 /// kube-lease-manager renews `grace` seconds before expiry; this steps down half a grace
-/// before it, so a renewal that goes through on time never interrupts leading, and one that
-/// fails stops it while the others, who take over at expiry by their own clocks, still wait.
-/// The Lease is read every third of the grace period while elected; a read that fails leaves
-/// the deadline where the last renewal put it, and the deadline is kept at its moment, not at
-/// the next read. `renewTime` was written by this process, so its own clock is the one to
-/// compare it with. A lost election stops leading at once, whatever is in flight.
+/// before it, so a renewal that fails stops leading while the others, who take over at expiry
+/// by their own clocks, still wait. The Lease is read every quarter of the grace period while
+/// elected, and once more just after each renewal is due, so that one on time is seen before
+/// the deadline. A read that fails leaves the deadline where the last renewal put it; the
+/// deadline is kept at its moment, even with a read in flight. `renewTime` was written by this
+/// process, so its own clock is the one to compare it with. A lost election stops leading at
+/// once, whatever is in flight, and so does the end of the election.
 async fn renew_deadline(
     api: Api<Lease>,
     config: LeaseConfig,
@@ -106,23 +107,35 @@ async fn renew_deadline(
     leading: watch::Sender<bool>,
 ) {
     let grace = Duration::from_secs(config.grace_seconds.max(1));
-    let every = grace / 3;
+    let every = grace / 4;
     let margin = grace / 2;
-    // When leading stops unless a read shows a later renewal.
-    let mut deadline: Option<tokio::time::Instant> = None;
+    // `elected`: a step-down of its own, to say, rather than the election's.
+    let set = |ours: bool, elected: bool| {
+        let changed = leading.send_if_modified(|l| std::mem::replace(l, ours) != ours);
+        if changed && !ours && elected {
+            tracing::warn!(
+                "the Lease could not be renewed before its deadline: leading stops until it is"
+            );
+        }
+    };
+    // When leading stops, and when the next renewal is due, unless a read shows a later one.
+    let mut terms: Option<Terms> = None;
     loop {
         if !*elected.borrow_and_update() {
-            deadline = None;
-            leading.send_if_modified(|l| std::mem::replace(l, false));
+            terms = None;
+            set(false, false);
             tokio::select! {
                 () = leading.closed() => return,
-                changed = elected.changed() => if changed.is_err() { return },
+                changed = elected.changed() => if changed.is_err() { break },
             }
             continue;
         }
-        // While leading, a read that takes long must not carry leading past the deadline;
-        // once past it, only a read can bring leading back.
-        let leading_until = deadline.filter(|at| *at > tokio::time::Instant::now());
+        let now = tokio::time::Instant::now();
+        if terms.is_none_or(|t| now >= t.deadline) {
+            set(false, true);
+        }
+        // While leading, a read that takes long must not carry leading past the deadline.
+        let leading_until = terms.map(|t| t.deadline).filter(|at| *at > now);
         let past_deadline = async {
             match leading_until {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -133,59 +146,76 @@ async fn renew_deadline(
             () = leading.closed() => return,
             changed = elected.changed() => {
                 if changed.is_err() {
-                    return;
+                    break;
                 }
                 continue;
             }
             () = past_deadline => {}
             read = tokio::time::timeout(every, api.get(&config.name)) => match read {
-                Ok(Ok(lease)) => deadline = ours_until(&lease, &config, margin),
+                Ok(Ok(lease)) => terms = Terms::of(&lease, &config, grace, margin),
                 Ok(Err(err)) => tracing::warn!(%err, "cannot read the Lease to confirm leadership"),
                 Err(_) => tracing::warn!("reading the Lease to confirm leadership timed out"),
             },
         }
         let now = tokio::time::Instant::now();
-        let ours = deadline.is_some_and(|at| now < at);
-        let changed = leading.send_if_modified(|l| std::mem::replace(l, ours) != ours);
-        if changed && !ours {
-            tracing::warn!(
-                "the Lease could not be renewed before its deadline: leading stops until it is"
-            );
+        let ours = terms.is_some_and(|t| now < t.deadline);
+        set(ours, true);
+        let mut next = now + every;
+        if let Some(t) = terms.filter(|_| ours) {
+            next = next.min(t.deadline);
+            // Just after the renewal is due, when it is still to come.
+            let after_renewal = t.renewal + RENEWAL_SEEN_AFTER;
+            if after_renewal > now {
+                next = next.min(after_renewal);
+            }
         }
-        let next = deadline
-            .filter(|_| ours)
-            .map_or(now + every, |at| at.min(now + every));
         tokio::select! {
             () = leading.closed() => return,
             () = tokio::time::sleep_until(next) => {}
-            changed = elected.changed() => if changed.is_err() { return },
+            changed = elected.changed() => if changed.is_err() { break },
         }
     }
+    // The election ended: nobody leads on its word any more.
+    leading.send_replace(false);
 }
 
-/// Until when this replica may lead by `lease`: `margin` before it expires by its last
-/// renewal, on this process's monotonic clock; `None` when it is not this replica's.
-fn ours_until(
-    lease: &Lease,
-    config: &LeaseConfig,
-    margin: Duration,
-) -> Option<tokio::time::Instant> {
-    let spec = lease.spec.as_ref()?;
-    if spec.holder_identity.as_deref() != Some(config.identity.as_str()) {
-        return None;
+/// How long after a renewal is due the Lease is read to see it.
+const RENEWAL_SEEN_AFTER: Duration = Duration::from_millis(100);
+
+/// What a read of the Lease says of this replica's leadership, on this process's monotonic
+/// clock.
+#[derive(Debug, Clone, Copy)]
+struct Terms {
+    /// `margin` before the Lease expires by its last renewal: leading stops here.
+    deadline: tokio::time::Instant,
+    /// When kube-lease-manager renews it, `grace` before it expires.
+    renewal: tokio::time::Instant,
+}
+
+impl Terms {
+    /// `None` when the Lease is not this replica's, or says nothing of when it was renewed.
+    fn of(lease: &Lease, config: &LeaseConfig, grace: Duration, margin: Duration) -> Option<Self> {
+        let spec = lease.spec.as_ref()?;
+        if spec.holder_identity.as_deref() != Some(config.identity.as_str()) {
+            return None;
+        }
+        let seconds = spec
+            .lease_duration_seconds
+            .map_or(config.duration_seconds, |d| u64::try_from(d).unwrap_or(0));
+        let expires = spec
+            .renew_time
+            .as_ref()?
+            .0
+            .checked_add(Duration::from_secs(seconds))
+            .ok()?;
+        let left = Timestamp::now().duration_until(expires);
+        let left = Duration::try_from(left).unwrap_or(Duration::ZERO);
+        let now = tokio::time::Instant::now();
+        Some(Terms {
+            deadline: now + left.saturating_sub(margin),
+            renewal: now + left.saturating_sub(grace),
+        })
     }
-    let seconds = spec
-        .lease_duration_seconds
-        .map_or(config.duration_seconds, |d| u64::try_from(d).unwrap_or(0));
-    let expires = spec
-        .renew_time
-        .as_ref()?
-        .0
-        .checked_add(Duration::from_secs(seconds))
-        .ok()?;
-    let left = Timestamp::now().duration_until(expires);
-    let left = Duration::try_from(left).unwrap_or(Duration::ZERO);
-    Some(tokio::time::Instant::now() + left.saturating_sub(margin))
 }
 
 /// A write refused by [`fenced`]: this replica is no longer the leader.
