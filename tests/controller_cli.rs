@@ -102,6 +102,9 @@ fn bad_sidecar_resources_are_refused_before_anything_starts() {
         stderr.contains("--sidecar-cpu-request 1 is above --sidecar-cpu-limit 500m"),
         "{stderr}"
     );
+    // No pod can have a container port 0.
+    let stderr = exits_2(&["--sidecar-proxy-port", "0"]);
+    assert!(stderr.contains("'0' for '--sidecar-proxy-port"), "{stderr}");
     // 0 is a limit of zero, not none, and the message says how to leave it out.
     let stderr = exits_2(&["--sidecar-cpu-limit", "0"]);
     assert!(

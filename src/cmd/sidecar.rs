@@ -19,11 +19,11 @@ pub struct SidecarArgs {
     #[arg(long)]
     sidecar_image: Option<String>,
     /// Proxy port of the sidecar; per pod: annotation corsair.dev/proxy-port. Below 1024 the
-    /// unprivileged proxy binds it only where the runtime allows (the webhook warns).
-    #[arg(long, default_value_t = names::PROXY_PORT)]
+    /// unprivileged proxy binds it only where the runtime allows (a warning at start).
+    #[arg(long, default_value_t = names::PROXY_PORT, value_parser = clap::value_parser!(u16).range(1..))]
     sidecar_proxy_port: u16,
     /// Admin port of the sidecar; per pod: annotation corsair.dev/admin-port.
-    #[arg(long, default_value_t = names::ADMIN_PORT)]
+    #[arg(long, default_value_t = names::ADMIN_PORT, value_parser = clap::value_parser!(u16).range(1..))]
     sidecar_admin_port: u16,
     /// Log filter of the sidecar (`RUST_LOG` syntax); per pod: annotation corsair.dev/log-level.
     #[arg(long, default_value = "info")]
@@ -108,6 +108,21 @@ impl SidecarArgs {
                     ""
                 }
             );
+        }
+        for (flag, port) in [
+            ("--sidecar-proxy-port", self.sidecar_proxy_port),
+            ("--sidecar-admin-port", self.sidecar_admin_port),
+        ] {
+            if port < names::MIN_UNPRIVILEGED_PORT {
+                tracing::warn!(
+                    flag,
+                    port,
+                    "below 1024: the unprivileged sidecar binds it only where the container \
+                     runtime allows it (containerd 2.0 on) or the pod sets the sysctl \
+                     net.ipv4.ip_unprivileged_port_start; elsewhere every injected proxy exits \
+                     at start"
+                );
+            }
         }
         // Every injected proxy would exit at start on a filter it cannot parse.
         corsair_runtime::logging::check_filter(&self.sidecar_log_level)

@@ -355,7 +355,14 @@ pub fn inject(
     check_shared_port_name(spec, &target, config.sidecar_mode.is_native())?;
     let namespace = namespace.or(pod.metadata.namespace.as_deref());
     let mut warnings = warnings(lookup, namespace, policy, &target, proxy_port);
-    warnings.extend(privileged_ports(spec, proxy_port, admin_port));
+    // A port from the controller's flags is said once, at its start, not on every pod.
+    let annotated = [
+        (proxy_port, names::PROXY_PORT_ANNOTATION),
+        (admin_port, names::ADMIN_PORT_ANNOTATION),
+    ]
+    .into_iter()
+    .filter(|(_, key)| annotation(key).is_some());
+    warnings.extend(privileged_ports(spec, annotated));
     warnings.extend(host_port(spec, &target));
     if annotation(names::INJECTED_ANNOTATION).is_some() {
         // Replaced below; but on a template, every pod created while this webhook cannot be
@@ -505,38 +512,39 @@ pub(crate) fn skip<'a>(
     Ok(Ok(policy))
 }
 
-/// The sysctl that sets the lowest port an unprivileged process may bind.
+/// The sysctl that sets the lowest port an unprivileged process may bind (Kubernetes also
+/// takes it with slashes).
 const UNPRIVILEGED_PORT_START: &str = "net.ipv4.ip_unprivileged_port_start";
 
 /// A warning for each sidecar port below the lowest one an unprivileged process may bind: the
 /// proxy runs as a non-root user with every capability dropped, so it binds such a port only
 /// where the runtime lowers that limit (containerd from 2.0 does, for every pod) or the pod
 /// sets the sysctl itself, which this checks. Elsewhere the proxy exits at start.
-fn privileged_ports(spec: &PodSpec, proxy_port: u16, admin_port: u16) -> Vec<String> {
+fn privileged_ports(
+    spec: &PodSpec,
+    ports: impl Iterator<Item = (u16, &'static str)>,
+) -> Vec<String> {
     let start = spec
         .security_context
         .as_ref()
         .and_then(|c| c.sysctls.as_ref())
-        .and_then(|s| s.iter().find(|s| s.name == UNPRIVILEGED_PORT_START))
-        .and_then(|s| s.value.parse::<u16>().ok());
-    [
-        (proxy_port, names::PROXY_PORT_ANNOTATION),
-        (admin_port, names::ADMIN_PORT_ANNOTATION),
-    ]
-    .into_iter()
-    .filter(|(port, _)| {
-        *port < names::MIN_UNPRIVILEGED_PORT && start.is_none_or(|start| *port < start)
-    })
-    .map(|(port, key)| {
-        format!(
-            "{key}: port {port} is below {}, which an unprivileged process binds only where the \
-             container runtime allows it (containerd 2.0 on) or the pod sets the sysctl \
-             {UNPRIVILEGED_PORT_START} in spec.securityContext.sysctls; elsewhere the proxy \
-             cannot start",
-            names::MIN_UNPRIVILEGED_PORT
-        )
-    })
-    .collect()
+        .and_then(|s| {
+            s.iter()
+                .find(|s| s.name.replace('/', ".") == UNPRIVILEGED_PORT_START)
+        })
+        .and_then(|s| s.value.parse::<u16>().ok())
+        .unwrap_or(names::MIN_UNPRIVILEGED_PORT);
+    ports
+        .filter(|(port, _)| *port < start)
+        .map(|(port, key)| {
+            format!(
+                "{key}: port {port} is below {start}, the lowest an unprivileged process may bind \
+                 here unless the container runtime lowers it (containerd 2.0 does) or the pod sets \
+                 the sysctl {UNPRIVILEGED_PORT_START} in spec.securityContext.sysctls; elsewhere \
+                 the proxy cannot start"
+            )
+        })
+        .collect()
 }
 
 /// Whether the pod sets pod-level requests or limits (`spec.resources`, Kubernetes 1.32 on).

@@ -805,6 +805,9 @@ fn a_host_port_on_the_taken_over_port_is_warned_of() {
         "{:?}",
         injection.warnings
     );
+    // `hostPort: 0` is no host port.
+    pod["spec"]["containers"][0]["ports"][0]["hostPort"] = json!(0);
+    does_not_warn(&run(&pod, &native()).expect("injects"), "hostPort");
     // On another port of the pod it is not the proxy's business.
     let mut other = web_pod();
     other["spec"]["containers"][0]["ports"]
@@ -815,22 +818,41 @@ fn a_host_port_on_the_taken_over_port_is_warned_of() {
     does_not_warn(&other, "hostPort");
 }
 
-/// The unprivileged proxy binds a port below 1024 only where the runtime or the pod lowers the
-/// kernel's limit: injected, with a warning unless the pod's own sysctl covers it.
+/// The unprivileged proxy binds a port below the kernel's limit (1024, unless the pod's sysctl
+/// moves it) only where the runtime lowers it: a port an annotation sets there is injected with
+/// a warning; one from the controller's flags is said at its start, not on every pod.
 #[test]
-fn a_port_below_1024_is_warned_of_unless_the_pod_lowers_the_limit() {
+fn a_port_below_the_unprivileged_limit_is_warned_of() {
     let mut pod = web_pod();
     pod["metadata"]["annotations"]["corsair.dev/proxy-port"] = json!("443");
+    pod["metadata"]["annotations"]["corsair.dev/admin-port"] = json!("444");
     let injection = run(&pod, &native()).expect("injects");
     assert_eq!(injection.outcome, InjectOutcome::Injected);
     warns(&injection, "corsair.dev/proxy-port: port 443 is below 1024");
-    pod["spec"]["securityContext"] = json!({"sysctls": [
-        {"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]});
-    let injection = run(&pod, &native()).expect("injects");
-    does_not_warn(&injection, "below 1024");
-    // The default ports need nothing.
-    let plain = run(&web_pod(), &native()).expect("injects");
-    does_not_warn(&plain, "below 1024");
+    warns(&injection, "corsair.dev/admin-port: port 444 is below 1024");
+    let sysctl = |name: &str, value: &str| json!({"sysctls": [{"name": name, "value": value}]});
+    // Lowered by the pod, in either spelling: nothing to say.
+    for name in [
+        "net.ipv4.ip_unprivileged_port_start",
+        "net/ipv4/ip_unprivileged_port_start",
+    ] {
+        pod["spec"]["securityContext"] = sysctl(name, "443");
+        does_not_warn(&run(&pod, &native()).expect("injects"), "is below");
+    }
+    // Raised by the pod: a port above 1024 is below it.
+    pod["spec"]["securityContext"] = sysctl("net.ipv4.ip_unprivileged_port_start", "2000");
+    pod["metadata"]["annotations"]["corsair.dev/proxy-port"] = json!("1500");
+    pod["metadata"]["annotations"]["corsair.dev/admin-port"] = json!("2000");
+    let raised = run(&pod, &native()).expect("injects");
+    warns(&raised, "port 1500 is below 2000");
+    does_not_warn(&raised, "port 2000");
+    // From the configuration, or the default ports: not on each pod.
+    let config = InjectConfig {
+        proxy_port: 80,
+        ..native()
+    };
+    does_not_warn(&run(&web_pod(), &config).expect("injects"), "is below");
+    does_not_warn(&run(&web_pod(), &native()).expect("injects"), "is below");
 }
 
 /// A Linux container cannot run on a Windows node, and the API server refuses the
