@@ -604,14 +604,16 @@ async fn opting_in_a_paused_deployment_says_its_pods_are_not_replaced() {
         verifier
             .event("Warning", "RolloutHeld", "deployments", "web")
             .await;
+        // Still paused: said once.
+        verifier.workload_get(&stored).await;
+        verifier.workload_apply().await;
         verifier.expect_no_more_calls().await;
     });
-    reconcile_deployment(&workload, ctx.clone())
-        .await
-        .expect("reconciles");
-    reconcile_deployment(&workload, ctx)
-        .await
-        .expect("reconciles");
+    for _ in 0..3 {
+        reconcile_deployment(&workload, ctx.clone())
+            .await
+            .expect("reconciles");
+    }
     joined(server).await;
 }
 
@@ -2030,6 +2032,13 @@ async fn a_workload_is_rolled_only_once_the_api_server_reaches_the_webhooks() {
     let (action, verifier) =
         reconcile_against(&workload, &ctx, verifier, |v| async move { v }).await;
     assert_eq!(action, waiting);
+    // A workload already in place waits for nothing: its template is checked, and no dry run.
+    let (action, verifier) = reconcile_against(&opted_in(), &ctx, verifier, |mut v| async move {
+        v.workload_get(&admissible_deployment()).await;
+        v
+    })
+    .await;
+    assert_eq!(action, Action::await_change());
     // Half a minute on, still out of reach: the workload hears why, once.
     tokio::time::advance(std::time::Duration::from_secs(31)).await;
     let (action, verifier) = reconcile_against(&workload, &ctx, verifier, |mut v| async move {
