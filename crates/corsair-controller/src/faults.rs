@@ -670,3 +670,103 @@ async fn a_leader_that_cannot_renew_stops_before_the_lease_expires() {
     .expect("the election runs");
     leadership.release().await.expect("releases");
 }
+
+/// A leader whose API server stops answering (a partition: every call hangs, the reads that
+/// confirm the Lease included) stops leading at its deadline all the same, not at a read's
+/// answer that never comes; once the API server answers again, it leads again.
+#[tokio::test]
+async fn a_leader_cut_off_from_the_api_server_stops_before_the_lease_expires() {
+    let server = Arc::new(Mutex::new(LeaseServer::default()));
+    let partitioned = Arc::new(AtomicBool::new(false));
+    let (heal, healed) = watch::channel(false);
+    let api = FakeApi::new({
+        let (server, partitioned) = (server.clone(), partitioned.clone());
+        move |call| {
+            let answer = {
+                let (server, call) = (server.clone(), call.clone());
+                move || {
+                    server
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .answer(&call)
+                }
+            };
+            if partitioned.load(Ordering::SeqCst) {
+                Reply::Deferred(healed.clone(), Box::new(answer))
+            } else {
+                answer()
+            }
+        }
+    });
+    let config = crate::lease::LeaseConfig {
+        name: "corsair-leader".into(),
+        namespace: "corsair-system".into(),
+        identity: "pod-a".into(),
+        duration_seconds: 3,
+        grace_seconds: 1,
+    };
+    let mut leadership = crate::lease::Leadership::start(api.client(), &config)
+        .await
+        .expect("joins");
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        leadership.is_leader.wait_for(|l| *l),
+    )
+    .await
+    .expect("leads")
+    .expect("the election runs");
+    // Past the first renewal, so that the deadline is a renewal's, not the acquisition's.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(*leadership.is_leader.borrow(), "leads while renewing");
+    let cut_at = Instant::now();
+    let calls_before = api.calls().len();
+    partitioned.store(true, Ordering::SeqCst);
+    let renewed: k8s_openapi::jiff::Timestamp = server
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .renew
+        .as_ref()
+        .and_then(Value::as_str)
+        .and_then(|t| t.parse().ok())
+        .expect("the last renewal's time");
+    tokio::time::timeout(
+        Duration::from_secs(4),
+        leadership.is_leader.wait_for(|l| !*l),
+    )
+    .await
+    .expect("stops leading while no call is answered")
+    .expect("the election runs");
+    let stopped_at = k8s_openapi::jiff::Timestamp::now();
+    // No renewal was answered since the cut: the one read then is still the last.
+    let last: Option<k8s_openapi::jiff::Timestamp> = server
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .renew
+        .as_ref()
+        .and_then(Value::as_str)
+        .and_then(|t| t.parse().ok());
+    assert_eq!(last, Some(renewed), "a renewal got through the partition");
+    // Half a grace period (0.5 s) before the Lease expires by that renewal.
+    let late = renewed.duration_until(stopped_at).as_secs_f64() - 2.5;
+    assert!(
+        (-0.1..0.25).contains(&late),
+        "stopped {late:.3} s after the deadline (renewed at {renewed}, stopped at {stopped_at}, \
+         cut {:?} before)",
+        cut_at.elapsed()
+    );
+    let hanging = api.calls()[calls_before..]
+        .iter()
+        .filter(|c| c.method == Method::GET && c.path.ends_with("/leases/corsair-leader"))
+        .count();
+    assert!(hanging >= 1, "the Lease was read while cut off");
+    partitioned.store(false, Ordering::SeqCst);
+    let _ = heal.send(true);
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        leadership.is_leader.wait_for(|l| *l),
+    )
+    .await
+    .expect("leads again once the API server answers")
+    .expect("the election runs");
+    leadership.release().await.expect("releases");
+}
