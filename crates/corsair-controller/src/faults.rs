@@ -449,6 +449,11 @@ struct LeaseServer {
 }
 
 impl LeaseServer {
+    /// When the holder last renewed, as it wrote it.
+    fn renewed(&self) -> Option<k8s_openapi::jiff::Timestamp> {
+        self.renew.as_ref()?.as_str()?.parse().ok()
+    }
+
     fn answer(&mut self, call: &ApiCall) -> Reply {
         let lease = |this: &LeaseServer| {
             json!({
@@ -571,21 +576,8 @@ async fn two_replicas_never_lead_at_once() {
     assert!(tries >= 1, "the second replica tried");
 }
 
-/// A leader whose renewals fail stops leading before its Lease expires, so that the replica
-/// that takes it over at expiry never writes beside it; kube-lease-manager alone goes on
-/// saying "leader" while it retries. Once a renewal goes through, it leads again.
-#[tokio::test]
-async fn a_leader_that_cannot_renew_stops_before_the_lease_expires() {
-    let server = Arc::new(Mutex::new(LeaseServer::default()));
-    let api = FakeApi::new({
-        let server = server.clone();
-        move |call| {
-            server
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .answer(call)
-        }
-    });
+/// `pod-a` joins an election on a Lease of 3 s that it renews 1 s before expiry, and leads.
+async fn lead_alone(api: &Arc<FakeApi>) -> crate::lease::Leadership {
     let config = crate::lease::LeaseConfig {
         name: "corsair-leader".into(),
         namespace: "corsair-system".into(),
@@ -603,6 +595,25 @@ async fn a_leader_that_cannot_renew_stops_before_the_lease_expires() {
     .await
     .expect("leads")
     .expect("the election runs");
+    leadership
+}
+
+/// A leader whose renewals fail stops leading before its Lease expires, so that the replica
+/// that takes it over at expiry never writes beside it; kube-lease-manager alone goes on
+/// saying "leader" while it retries. Once a renewal goes through, it leads again.
+#[tokio::test]
+async fn a_leader_that_cannot_renew_stops_before_the_lease_expires() {
+    let server = Arc::new(Mutex::new(LeaseServer::default()));
+    let api = FakeApi::new({
+        let server = server.clone();
+        move |call| {
+            server
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .answer(call)
+        }
+    });
+    let mut leadership = lead_alone(&api).await;
     // Renewals that go through (one every 2 s for a Lease of 3 s) never interrupt leading.
     assert!(
         tokio::time::timeout(
@@ -634,13 +645,10 @@ async fn a_leader_that_cannot_renew_stops_before_the_lease_expires() {
     );
     // At its deadline, half a grace period (0.5 s) before the Lease expires by its last
     // renewal, not at the next read after it.
-    let renewed: k8s_openapi::jiff::Timestamp = server
+    let renewed = server
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .renew
-        .as_ref()
-        .and_then(Value::as_str)
-        .and_then(|t| t.parse().ok())
+        .renewed()
         .expect("the last renewal's time");
     let early = renewed.duration_until(stopped_at).as_secs_f64() - 2.5;
     assert!(
@@ -698,36 +706,17 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_the_lease_expires() {
             }
         }
     });
-    let config = crate::lease::LeaseConfig {
-        name: "corsair-leader".into(),
-        namespace: "corsair-system".into(),
-        identity: "pod-a".into(),
-        duration_seconds: 3,
-        grace_seconds: 1,
-    };
-    let mut leadership = crate::lease::Leadership::start(api.client(), &config)
-        .await
-        .expect("joins");
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        leadership.is_leader.wait_for(|l| *l),
-    )
-    .await
-    .expect("leads")
-    .expect("the election runs");
+    let mut leadership = lead_alone(&api).await;
     // Past the first renewal, so that the deadline is a renewal's, not the acquisition's.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(*leadership.is_leader.borrow(), "leads while renewing");
     let cut_at = Instant::now();
     let calls_before = api.calls().len();
     partitioned.store(true, Ordering::SeqCst);
-    let renewed: k8s_openapi::jiff::Timestamp = server
+    let renewed = server
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .renew
-        .as_ref()
-        .and_then(Value::as_str)
-        .and_then(|t| t.parse().ok())
+        .renewed()
         .expect("the last renewal's time");
     tokio::time::timeout(
         Duration::from_secs(4),
@@ -738,13 +727,7 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_the_lease_expires() {
     .expect("the election runs");
     let stopped_at = k8s_openapi::jiff::Timestamp::now();
     // No renewal was answered since the cut: the one read then is still the last.
-    let last: Option<k8s_openapi::jiff::Timestamp> = server
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .renew
-        .as_ref()
-        .and_then(Value::as_str)
-        .and_then(|t| t.parse().ok());
+    let last = server.lock().unwrap_or_else(|p| p.into_inner()).renewed();
     assert_eq!(last, Some(renewed), "a renewal got through the partition");
     // Half a grace period (0.5 s) before the Lease expires by that renewal.
     let late = renewed.duration_until(stopped_at).as_secs_f64() - 2.5;
