@@ -9,12 +9,13 @@ fn config(upstream: &str) -> ProxyConfig {
     )
 }
 
-fn reason(upstream: &str) -> Option<&'static str> {
-    match Upstream::new(
-        &config(upstream),
-        &TaskTracker::new(),
-        &CancellationToken::new(),
-    ) {
+/// An upstream for `uri`, with a tracker and a cancellation of its own.
+fn upstream_for(uri: &str) -> Result<Upstream, ProxyError> {
+    Upstream::new(&config(uri), &TaskTracker::new(), &CancellationToken::new())
+}
+
+fn reason(uri: &str) -> Option<&'static str> {
+    match upstream_for(uri) {
         Ok(_) => None,
         Err(ProxyError::Upstream { reason, .. }) => Some(reason),
         Err(other) => panic!("unexpected error {other}"),
@@ -38,12 +39,7 @@ async fn a_lane_keeps_at_most_max_idle_connections_and_closes_the_rest() {
             });
         }
     });
-    let upstream = Upstream::new(
-        &config(&format!("http://{addr}")),
-        &TaskTracker::new(),
-        &CancellationToken::new(),
-    )
-    .expect("an upstream");
+    let upstream = upstream_for(&format!("http://{addr}")).expect("an upstream");
     let lane = Lane::default();
     let mut open = Vec::new();
     for _ in 0..MAX_IDLE + 4 {
@@ -68,12 +64,7 @@ async fn localhost_reaches_an_application_on_either_loopback() {
         .await
         .expect("an IPv6 loopback (Linux has one unless booted with ipv6.disable=1)");
     let port = v6.local_addr().expect("addr").port();
-    let upstream = Upstream::new(
-        &config(&format!("http://localhost:{port}")),
-        &TaskTracker::new(),
-        &CancellationToken::new(),
-    )
-    .expect("an upstream");
+    let upstream = upstream_for(&format!("http://localhost:{port}")).expect("an upstream");
     let accepted = tokio::spawn(async move {
         let mut peers = Vec::new();
         for _ in 0..2 {
@@ -86,7 +77,6 @@ async fn localhost_reaches_an_application_on_either_loopback() {
         upstream.connect().await.expect("the IPv6 loopback answers");
     }
     let (peers, v6) = accepted.await.expect("accepted");
-    let mut accepted_v6 = Some(v6);
     assert!(peers.iter().all(std::net::SocketAddr::is_ipv6), "{peers:?}");
     let Address::Loopback { v6_first, .. } = &upstream.address else {
         panic!("localhost is the loopback");
@@ -96,7 +86,6 @@ async fn localhost_reaches_an_application_on_either_loopback() {
     let v4 = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("the same port on IPv4");
-    let v6 = accepted_v6.take().expect("the IPv6 listener");
     upstream.connect().await.expect("a connection");
     let accepted = tokio::select! {
         v6 = v6.accept() => v6.expect("accept").1,
@@ -110,12 +99,7 @@ async fn localhost_reaches_an_application_on_either_loopback() {
         .await
         .expect("bind");
     let port = v4.local_addr().expect("addr").port();
-    let upstream = Upstream::new(
-        &config(&format!("http://localhost:{port}")),
-        &TaskTracker::new(),
-        &CancellationToken::new(),
-    )
-    .expect("an upstream");
+    let upstream = upstream_for(&format!("http://localhost:{port}")).expect("an upstream");
     let (connected, accepted) = tokio::join!(upstream.connect(), v4.accept());
     connected.expect("the IPv4 loopback answers");
     assert!(accepted.expect("accept").1.is_ipv4());
@@ -141,9 +125,7 @@ async fn only_a_plain_http_authority_is_an_upstream() {
 #[test]
 fn the_one_upstream_address_has_a_port() {
     let address = |uri: &str| {
-        Upstream::new(&config(uri), &TaskTracker::new(), &CancellationToken::new()).map(|u| match u
-            .address
-        {
+        upstream_for(uri).map(|u| match u.address {
             Address::Given(address) => address,
             Address::Loopback { v4, v6, .. } => format!("{v4} or {v6}"),
         })
