@@ -598,6 +598,17 @@ async fn lead_alone(api: &Arc<FakeApi>) -> crate::lease::Leadership {
     leadership
 }
 
+/// Waits up to 4 s (longer than the test Lease of 3 s) for `leadership` to stop leading.
+async fn stops_leading(leadership: &mut crate::lease::Leadership, why: &str) {
+    tokio::time::timeout(
+        Duration::from_secs(4),
+        leadership.is_leader.wait_for(|l| !*l),
+    )
+    .await
+    .expect(why)
+    .expect("the election runs");
+}
+
 /// A leader whose renewals fail stops leading before its Lease expires, so that the replica
 /// that takes it over at expiry never writes beside it; kube-lease-manager alone goes on
 /// saying "leader" while it retries. Once a renewal goes through, it leads again.
@@ -629,13 +640,7 @@ async fn a_leader_that_cannot_renew_stops_before_the_lease_expires() {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .failing_renewals = true;
-    tokio::time::timeout(
-        Duration::from_secs(4),
-        leadership.is_leader.wait_for(|l| !*l),
-    )
-    .await
-    .expect("stops leading before the Lease expires")
-    .expect("the election runs");
+    stops_leading(&mut leadership, "stops leading before the Lease expires").await;
     let stopped_at = k8s_openapi::jiff::Timestamp::now();
     let stopped_after = failing_since.elapsed();
     assert!(
@@ -718,13 +723,7 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_the_lease_expires() {
         .unwrap_or_else(|p| p.into_inner())
         .renewed()
         .expect("the last renewal's time");
-    tokio::time::timeout(
-        Duration::from_secs(4),
-        leadership.is_leader.wait_for(|l| !*l),
-    )
-    .await
-    .expect("stops leading while no call is answered")
-    .expect("the election runs");
+    stops_leading(&mut leadership, "stops leading while no call is answered").await;
     let stopped_at = k8s_openapi::jiff::Timestamp::now();
     // No renewal was answered since the cut: the one read then is still the last.
     let last = server.lock().unwrap_or_else(|p| p.into_inner()).renewed();
