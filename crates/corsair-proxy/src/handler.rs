@@ -68,9 +68,7 @@ pub async fn handle(
         response
     };
     labels.status = status_class(response.status());
-    state
-        .metrics
-        .request(&labels, started.elapsed().as_secs_f64());
+    state.metrics.request(&labels, started.elapsed());
     Ok(response)
 }
 

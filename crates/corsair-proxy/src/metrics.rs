@@ -1,15 +1,18 @@
 //! Prometheus metrics of the proxy, served on the admin port.
 //!
 //! The request counter's label sets are few (kind × decision × mode × status class), so each
-//! is resolved once, on first use, and a request then costs one atomic add: no lock, no hash.
+//! is resolved once, on first use, and the duration histogram is kept in atomics: a request
+//! costs three atomic adds, no lock and no hash.
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 /// Labels of `corsair_proxy_requests_total`.
@@ -59,7 +62,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     /// `requests`' series, indexed by [`RequestLabels::index`].
     resolved: Box<[OnceLock<Counter>]>,
-    duration: Histogram,
+    duration: Durations,
     upstream_errors: Family<CauseLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     generation: Gauge,
@@ -75,8 +78,7 @@ impl Metrics {
             "Requests handled, by CORS request kind, decision, policy mode and status class",
             requests.clone(),
         );
-        // 0.5 ms … ~16 s: preflights answered locally are sub-millisecond.
-        let duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let duration = Durations::default();
         registry.register(
             "request_duration_seconds",
             "Time from receiving a request to sending its response headers",
@@ -123,14 +125,14 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, labels: &RequestLabels, seconds: f64) {
+    pub fn request(&self, labels: &RequestLabels, took: Duration) {
         match labels.index().and_then(|i| self.resolved.get(i)) {
             Some(slot) => slot
                 .get_or_init(|| self.requests.get_or_create(labels).clone())
                 .inc(),
             None => self.requests.get_or_create(labels).inc(),
         };
-        self.duration.observe(seconds);
+        self.duration.observe(took);
     }
 
     pub fn upstream_error(&self, cause: &'static str) {
@@ -165,6 +167,76 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+}
+
+/// Finite upper bounds of `request_duration_seconds`' buckets: 0.5 ms doubling to 16.384 s
+/// (preflights answered locally are sub-millisecond); a last bucket is `+Inf`.
+const DURATION_BOUNDS: usize = 16;
+
+/// `request_duration_seconds`: a classic histogram in atomic counts. prometheus-client's own
+/// takes a mutex on every observation, which both workers of an unpinned proxy would take in
+/// turn for every request.
+#[derive(Clone, Debug)]
+struct Durations(Arc<DurationCounts>);
+
+#[derive(Debug)]
+struct DurationCounts {
+    /// Observations per bucket, not cumulative (the encoder sums them); the last is `+Inf`'s.
+    buckets: [AtomicU64; DURATION_BOUNDS + 1],
+    /// The sum of all observations in nanoseconds: an integer add, where an `f64` sum would
+    /// take a compare-and-swap loop.
+    sum_nanos: AtomicU64,
+}
+
+impl Default for Durations {
+    fn default() -> Self {
+        Durations(Arc::new(DurationCounts {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_nanos: AtomicU64::new(0),
+        }))
+    }
+}
+
+impl Durations {
+    /// The upper bound of bucket `i`, in seconds.
+    fn bound(i: usize) -> f64 {
+        if i < DURATION_BOUNDS {
+            0.0005 * f64::from(1u32 << i)
+        } else {
+            f64::INFINITY
+        }
+    }
+
+    fn observe(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let bucket = (0..DURATION_BOUNDS)
+            .find(|&i| seconds <= Self::bound(i))
+            .unwrap_or(DURATION_BOUNDS);
+        self.0.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.0.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for Durations {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Durations {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        // Read one by one while requests go on: `_count` is the buckets' own total, so it always
+        // equals the `+Inf` bucket; `_sum` may lag or lead them by the requests in between.
+        let buckets: [(f64, u64); DURATION_BOUNDS + 1] =
+            std::array::from_fn(|i| (Self::bound(i), self.0.buckets[i].load(Ordering::Relaxed)));
+        let count = buckets.iter().map(|&(_, n)| n).sum();
+        // Nanoseconds to seconds: exact below 2^53 ns (104 days of summed request time).
+        let sum = self.0.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
     }
 }
 
@@ -214,13 +286,56 @@ mod tests {
             mode: "enforce",
             status: "2xx",
         };
-        metrics.request(&labels, 0.001);
-        metrics.request(&labels, 0.001);
+        metrics.request(&labels, Duration::from_millis(1));
+        metrics.request(&labels, Duration::from_millis(1));
         let text = metrics.encode().expect("encode");
         assert!(
             text.contains(
                 "corsair_proxy_requests_total{kind=\"preflight\",decision=\"allowed\",mode=\"enforce\",status=\"2xx\"} 2"
             ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn durations_land_in_the_first_bucket_whose_bound_they_do_not_pass() {
+        let metrics = Metrics::new();
+        let labels = RequestLabels {
+            kind: "actual",
+            decision: "allowed",
+            mode: "enforce",
+            status: "2xx",
+        };
+        // 0.2 ms and exactly 0.5 ms in the first bucket, 0.7 ms in the second, 3 s in the
+        // one of 4.096 s, 20 s past the last finite bound (16.384 s).
+        for micros in [200, 500, 700, 3_000_000, 20_000_000] {
+            metrics.request(&labels, Duration::from_micros(micros));
+        }
+        let text = metrics.encode().expect("encode");
+        let line = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+                .to_owned()
+        };
+        let bucket = |le: &str| {
+            line(&format!(
+                "corsair_proxy_request_duration_seconds_bucket{{le=\"{le}\"}}"
+            ))
+        };
+        assert_eq!(bucket("0.0005"), "2");
+        assert_eq!(bucket("0.001"), "3");
+        assert_eq!(bucket("2.048"), "3");
+        assert_eq!(bucket("4.096"), "4");
+        assert_eq!(bucket("16.384"), "4");
+        assert_eq!(bucket("+Inf"), "5");
+        assert_eq!(line("corsair_proxy_request_duration_seconds_count"), "5");
+        let sum: f64 = line("corsair_proxy_request_duration_seconds_sum")
+            .parse()
+            .expect("a number");
+        assert!((sum - 23.0014).abs() < 1e-9, "sum {sum}");
+        assert!(
+            text.contains("# TYPE corsair_proxy_request_duration_seconds histogram"),
             "{text}"
         );
     }

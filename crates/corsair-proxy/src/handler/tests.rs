@@ -10,6 +10,7 @@
 //! message of a connection into the storage of the previous message's map.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use corsair_policy::Engine;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -120,7 +121,7 @@ fn forwarded(
     let mut response = response;
     plan.finish(&mut response);
     labels.status = "2xx";
-    metrics.request(&labels, 0.0001);
+    metrics.request(&labels, Duration::from_micros(100));
     (upstream, response)
 }
 
@@ -131,7 +132,7 @@ fn preflight(engine: &Engine, metrics: &Metrics, req: Request<()>) -> Response<P
     let status = plan.respond.expect("answered here");
     let response = plan.answer(status, req);
     labels.status = "2xx";
-    metrics.request(&labels, 0.0001);
+    metrics.request(&labels, Duration::from_micros(100));
     response
 }
 
