@@ -152,12 +152,8 @@ log "building with the profile"
 # A profile of other code than the one being built (an instrumented binary left over from
 # another checkout) is not an error to rustc: it warns per function and drops those counts,
 # and the build comes out partly unprofiled, with a worse layout. That is refused here.
-if ! (cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$PROFILE" \
-    CARGO_TARGET_DIR="$PGO_DIR/use" "${BUILD[@]}") 2>"$WORK/use.log"; then
-    cat "$WORK/use.log" >&2
-    die "the build with the profile failed"
-fi
-cat "$WORK/use.log" >&2
+(cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$PROFILE" \
+    CARGO_TARGET_DIR="$PGO_DIR/use" "${BUILD[@]}" 2>&1) | tee "$WORK/use.log" >&2
 if mismatched=$(grep -c 'hash mismatch' "$WORK/use.log"); then
     die "the profile does not match the code built: rustc discarded the counts of $mismatched functions (an instrumented binary of other code in $PGO_DIR/generate?); remove $PGO_DIR/generate and build again"
 fi

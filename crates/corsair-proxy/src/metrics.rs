@@ -173,6 +173,7 @@ impl Metrics {
 /// Finite upper bounds of `request_duration_seconds`' buckets: 0.5 ms doubling to 16.384 s
 /// (preflights answered locally are sub-millisecond); a last bucket is `+Inf`.
 const DURATION_BOUNDS: usize = 16;
+const FIRST_BOUND_NANOS: u64 = 500_000;
 
 /// `request_duration_seconds`: a classic histogram in atomic counts. prometheus-client's own
 /// takes a mutex on every observation, which both workers of an unpinned proxy would take in
@@ -199,22 +200,22 @@ impl Default for Durations {
 }
 
 impl Durations {
-    /// The upper bound of bucket `i`, in seconds.
+    /// The upper bound of bucket `i`, in seconds, as the exposition writes it.
     fn bound(i: usize) -> f64 {
         if i < DURATION_BOUNDS {
-            0.0005 * f64::from(1u32 << i)
+            (FIRST_BOUND_NANOS << i) as f64 / 1e9
         } else {
             f64::INFINITY
         }
     }
 
+    /// One request: its bucket found in whole nanoseconds, the same number added to the sum.
     fn observe(&self, took: Duration) {
-        let seconds = took.as_secs_f64();
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         let bucket = (0..DURATION_BOUNDS)
-            .find(|&i| seconds <= Self::bound(i))
+            .find(|&i| nanos <= FIRST_BOUND_NANOS << i)
             .unwrap_or(DURATION_BOUNDS);
         self.0.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         self.0.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 }
