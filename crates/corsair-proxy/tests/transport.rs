@@ -705,7 +705,8 @@ async fn response_trailers_reach_the_clients_that_take_them() {
     let addr = answers_each_connection(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\
           Trailer: x-checksum\r\nConnection: close\r\n\r\n\
-          5\r\nhello\r\n0\r\nx-checksum: abc123\r\nx-undeclared: no\r\n\r\n",
+          5\r\nhello\r\n0\r\nx-checksum: abc123\r\nx-undeclared: no\r\n\
+          keep-alive: timeout=5\r\n\r\n",
         Duration::ZERO,
     )
     .await;
@@ -750,6 +751,8 @@ async fn response_trailers_reach_the_clients_that_take_them() {
         .expect("a whole body");
     let trailers = collected.trailers().cloned().expect("trailers over h2");
     assert_eq!(values(&trailers, "x-checksum"), ["abc123"]);
+    // A connection-specific field would have reset the stream (RFC 9113 §8.2.2).
+    assert_eq!(trailers.get("keep-alive"), None);
     assert_eq!(collected.to_bytes(), "hello");
     proxy.shutdown().await.expect("clean shutdown");
 }

@@ -915,15 +915,19 @@ fn response_framing(
     headers: &mut HeaderMap,
 ) -> Result<(Framing, bool), io::Error> {
     let mut keep_alive = head.version == Version::HTTP_11;
-    for token in headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(crate::headers::tokens)
-    {
-        if token.eq_ignore_ascii_case("close") {
+    for line in headers.get_all(header::CONNECTION) {
+        if line.to_str().is_err() {
+            // Bytes outside visible ASCII (obs-text): no option is read from such a line, and
+            // a connection whose options are unknown is not reused.
             keep_alive = false;
-        } else if token.eq_ignore_ascii_case("keep-alive") && head.version == Version::HTTP_10 {
-            keep_alive = true;
+            continue;
+        }
+        for token in crate::headers::tokens(line) {
+            if token.eq_ignore_ascii_case("close") {
+                keep_alive = false;
+            } else if token.eq_ignore_ascii_case("keep-alive") && head.version == Version::HTTP_10 {
+                keep_alive = true;
+            }
         }
     }
     let status = head.status;
@@ -953,18 +957,23 @@ fn response_framing(
         // Only `chunked`, once: the proxy asks for no other coding (it never forwards `TE`),
         // and could not pass one on, since `Transfer-Encoding` ends at this hop.
         let mut chunked = 0;
-        for coding in headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(crate::headers::tokens)
-        {
-            if !coding.eq_ignore_ascii_case("chunked") {
-                return Err(invalid(format!(
-                    "the upstream used the transfer coding {coding:?}, which the proxy does \
-                     not decode (only chunked)"
-                )));
+        for line in headers.get_all(header::TRANSFER_ENCODING) {
+            if line.to_str().is_err() {
+                // A coding written with bytes outside visible ASCII is still a coding, and not
+                // `chunked`: skipping the line would take the rest for the whole list.
+                return Err(invalid(
+                    "the upstream sent a Transfer-Encoding with bytes outside visible ASCII",
+                ));
             }
-            chunked += 1;
+            for coding in crate::headers::tokens(line) {
+                if !coding.eq_ignore_ascii_case("chunked") {
+                    return Err(invalid(format!(
+                        "the upstream used the transfer coding {coding:?}, which the proxy \
+                         does not decode (only chunked)"
+                    )));
+                }
+                chunked += 1;
+            }
         }
         if chunked != 1 {
             return Err(invalid(
@@ -994,11 +1003,14 @@ fn content_length(headers: &mut HeaderMap) -> Result<Option<u64>, io::Error> {
             && bytes.iter().all(u8::is_ascii_digit)
             && (bytes.len() == 1 || bytes.first() != Some(&b'0'));
         for part in bytes.split(|&b| b == b',') {
-            let n = std::str::from_utf8(part)
-                .ok()
-                .map(str::trim)
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
+            // Digits, with only spaces and tabs around them (RFC 9110 §5.6.1's OWS, §8.6):
+            // `trim_ascii` takes no other byte a header value can hold, where `str::trim`
+            // would also take Unicode spaces sent as obs-text.
+            let digits = part.trim_ascii();
+            let n = Some(digits)
+                .filter(|d| !d.is_empty() && d.iter().all(u8::is_ascii_digit))
+                .and_then(|d| std::str::from_utf8(d).ok())
+                .and_then(|d| d.parse::<u64>().ok())
                 .ok_or_else(|| invalid("the upstream sent an invalid Content-Length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(invalid(
@@ -1144,7 +1156,12 @@ fn decode_chunk(read: &mut BytesMut, chunk: Chunk) -> Result<Decoded, io::Error>
                 .position(|b| !b.is_ascii_hexdigit())
                 .unwrap_or(line.len());
             let (digits, rest) = line.split_at(end);
-            if digits.is_empty() || digits.len() > 16 {
+            // Any number of leading zeros (`1*HEXDIG`); at most 16 digits after them fit a u64.
+            let zeros = digits
+                .iter()
+                .position(|&b| b != b'0')
+                .unwrap_or(digits.len());
+            if digits.is_empty() || digits.len() - zeros > 16 {
                 return Err(invalid("an invalid chunk size"));
             }
             // Only spaces and tabs (RFC 9112 §7.1.1's BWS), then extensions (`;name=value`),
@@ -1226,7 +1243,14 @@ fn decode_chunk(read: &mut BytesMut, chunk: Chunk) -> Result<Decoded, io::Error>
                 };
                 trailers.append(name, value);
             }
-            Ok(Decoded::End(Some(trailers)))
+            // Connection-specific fields describe this hop only, and an HTTP/2 client's stream
+            // would be reset for them (RFC 9113 §8.2.2).
+            crate::headers::strip_hop_by_hop(
+                &mut trailers,
+                crate::headers::Direction::ToClient,
+                None,
+            );
+            Ok(Decoded::End((!trailers.is_empty()).then_some(trailers)))
         }
     }
 }

@@ -1435,3 +1435,122 @@ async fn a_response_head_is_taken_up_to_the_size_that_hyper_took() {
         }
     }
 }
+
+/// Framing lines holding bytes outside visible ASCII (obs-text, which httparse and `HeaderValue`
+/// accept) are read for what they are, never skipped as if absent.
+#[test]
+fn framing_lines_outside_visible_ascii_are_not_skipped() {
+    let framing = |lines: &[&'static [u8]], name: HeaderName| {
+        let mut headers = HeaderMap::new();
+        for line in lines {
+            headers.append(&name, HeaderValue::from_bytes(line).expect("obs-text"));
+        }
+        headers.append(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        response_framing(&head(200, Version::HTTP_11), &Method::GET, &mut headers)
+            .map_err(|e| e.to_string())
+    };
+    // A coding that is not `chunked`, whichever line it is on: the rest is not the whole list
+    // (RFC 9112 §6.3: chunked must be the final coding, else the body runs to the close).
+    for lines in [
+        &[&b"chunked"[..], b"g\xffzip"][..],
+        &[b"g\xffzip", b"chunked"],
+    ] {
+        let error = framing(lines, header::TRANSFER_ENCODING).expect_err("refused");
+        assert!(
+            error.contains("outside visible ASCII"),
+            "{lines:?}: {error}"
+        );
+    }
+    // Connection options that cannot be read: the connection is not reused.
+    assert_eq!(
+        framing(&[b"close, \xff"], header::CONNECTION),
+        Ok((Framing::Done, false))
+    );
+    assert_eq!(
+        framing(&[b"keep-alive"], header::CONNECTION),
+        Ok((Framing::Done, true))
+    );
+}
+
+/// `Content-Length` is digits with only spaces and tabs around them (RFC 9110 §8.6): Unicode
+/// spaces sent as obs-text make it invalid, a 502 (RFC 9112 §6.3 item 5), not a length.
+#[test]
+fn a_content_length_is_digits_with_only_spaces_and_tabs_around_them() {
+    let framing = |value: &'static [u8]| {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            header::CONTENT_LENGTH,
+            HeaderValue::from_bytes(value).expect("a valid field value"),
+        );
+        response_framing(&head(200, Version::HTTP_11), &Method::GET, &mut headers)
+            .map_err(|e| e.to_string())
+    };
+    for value in [
+        &b"5\xc2\xa0"[..],
+        b"\xc2\xa05",
+        b"\xc2\x855",
+        b"5\xe3\x80\x80",
+        b"5,\xc2\xa05",
+    ] {
+        let error = framing(value).expect_err("refused");
+        assert!(
+            error.contains("invalid Content-Length"),
+            "{value:?}: {error}"
+        );
+    }
+    for value in [&b" 5\t"[..], b"5 ,\t5", b"\t5"] {
+        assert_eq!(framing(value), Ok((Framing::Length(5), true)), "{value:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_response_with_unreadable_framing_is_refused_and_its_connection_closed() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: x\xff\r\n\r\n0\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\ncontent-length: \xc2\xa05\r\n\r\nhello",
+    ] {
+        let (addr, _) = serve(move |_, mut stream| {
+            if read_head(&mut stream).is_some() {
+                let _ = stream.write_all(answer);
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        });
+        let lane = Lane::default();
+        let result = exchange(&proxy_upstream(addr), &lane, get()).await;
+        assert_eq!(
+            result.as_ref().err(),
+            Some(&Failure::Other),
+            "{}: {:?}",
+            String::from_utf8_lossy(answer),
+            result.as_ref().map(|(status, _, body, _)| (status, body))
+        );
+        assert_eq!(idle(&lane), 0, "{}", String::from_utf8_lossy(answer));
+    }
+}
+
+/// `chunk-size = 1*HEXDIG` (RFC 9112 §7.1): any number of leading zeros, as hyper's client
+/// took them; what must fit a u64 is the digits after them.
+#[test]
+fn a_chunk_size_may_have_any_number_of_leading_zeros() {
+    let input = b"00000000000000005\r\nhello\r\n0000000000000000000\r\n\r\n";
+    for step in [1, input.len()] {
+        let (data, _) = decode(input, step).expect("decodes");
+        assert_eq!(data, b"hello", "step {step}");
+    }
+    let error = decode(b"0010000000000000000\r\n", 21).expect_err("too large");
+    assert!(error.contains("invalid chunk size"), "{error}");
+}
+
+/// Trailers are passed on without the fields that describe this hop only.
+#[test]
+fn connection_specific_trailer_fields_are_dropped() {
+    let input = b"0\r\nx-checksum: abc\r\nkeep-alive: timeout=5\r\nconnection: x-hop\r\n\
+                  x-hop: 1\r\ntransfer-encoding: chunked\r\n\r\n";
+    let (_, trailers) = decode(input, input.len()).expect("decodes");
+    let trailers = trailers.expect("trailers");
+    let names: Vec<_> = trailers.keys().map(HeaderName::as_str).collect();
+    assert_eq!(names, ["x-checksum"]);
+    // None left: no trailers at all.
+    let input = b"0\r\nkeep-alive: timeout=5\r\n\r\n";
+    assert_eq!(decode(input, input.len()).map(|(_, t)| t), Ok(None));
+}
