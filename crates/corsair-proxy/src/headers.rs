@@ -74,8 +74,13 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
         .iter()
         .flat_map(tokens)
         .any(|t| t.eq_ignore_ascii_case("upgrade"));
+    // A protocol list that is not visible ASCII is not read as an upgrade: what it would open
+    // could not be checked (an `h2c` tunnel would carry requests past every CORS decision).
     if wants_upgrade {
-        headers.get(header::UPGRADE).cloned()
+        headers
+            .get(header::UPGRADE)
+            .filter(|protocols| protocols.to_str().is_ok())
+            .cloned()
     } else {
         None
     }
@@ -151,14 +156,16 @@ fn remove_present(headers: &mut HeaderMap, names: &[HeaderName], present: u32) {
     }
 }
 
-/// The comma-separated, non-empty tokens of one `Connection` field line.
+/// The comma-separated, non-empty tokens of one field line (`Connection`, `Upgrade`), split on
+/// its bytes: a token with bytes outside ASCII (obs-text) is skipped alone, never the whole
+/// line, so `x-secret, \xff` still names `x-secret`.
 pub(crate) fn tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
     value
-        .to_str()
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+        .as_bytes()
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty() && t.is_ascii())
+        .filter_map(|t| std::str::from_utf8(t).ok())
 }
 
 /// The `X-Forwarded-For` value of a client connection: its address, built once per connection.
@@ -202,14 +209,17 @@ pub fn join_cookies(headers: &mut HeaderMap) {
 pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, host: Option<&HeaderValue>) {
     let chain = if headers.contains_key(&X_FORWARDED_FOR) {
         build_value(|out| {
+            // As bytes: a line with obs-text is passed on as it came, not dropped with the
+            // addresses an ingress recorded on it.
             for value in headers.get_all(&X_FORWARDED_FOR) {
-                let value = value.to_str().unwrap_or("").trim();
+                let value = value.as_bytes().trim_ascii();
                 if !value.is_empty() {
-                    out.write_str(value)?;
-                    out.write_str(", ")?;
+                    out.extend_from_slice(value);
+                    out.extend_from_slice(b", ");
                 }
             }
-            out.write_str(client.to_str().unwrap_or(""))
+            out.extend_from_slice(client.as_bytes());
+            Ok(())
         })
     } else {
         Some(client.clone())
@@ -252,11 +262,21 @@ pub fn merge_vary(headers: &mut HeaderMap, add: Vary) {
         headers.insert(header::VARY, fresh.clone());
         return;
     }
+    if headers
+        .get_all(header::VARY)
+        .iter()
+        .any(|line| line.to_str().is_err())
+    {
+        // A line that is not visible ASCII cannot be merged, and its names may still matter to
+        // a cache: it stays as it came, and the proxy's names go on a line of their own.
+        headers.append(header::VARY, fresh.clone());
+        return;
+    }
     let merged = {
         let mut inline: [&str; INLINE_LINES] = [""; INLINE_LINES];
         let mut spilled: Vec<&str> = Vec::new();
         for (i, value) in headers.get_all(header::VARY).iter().enumerate() {
-            // A line that is not text cannot be merged; it is replaced.
+            // Every line is text (above).
             let text = value.to_str().unwrap_or("");
             match inline.get_mut(i) {
                 Some(slot) => *slot = text,

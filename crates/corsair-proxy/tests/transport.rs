@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use corsair_runtime::testing::upstream::{CHUNK, answers_each_connection};
-use http::{Request, Version};
+use http::{HeaderValue, Request, Version};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -234,6 +234,8 @@ async fn h2c_and_http_1_0_upgrades_are_plain_requests() {
         &b"GET /h2c HTTP/1.1\r\nHost: api.test\r\nConnection: Upgrade, HTTP2-Settings\r\n\
            Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"[..],
         b"GET /old HTTP/1.0\r\nHost: api.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        // A byte outside ASCII beside `h2c` hides nothing.
+        b"GET /h2c HTTP/1.1\r\nHost: api.test\r\nConnection: Upgrade\r\nUpgrade: h2c, \xff\r\n\r\n",
     ] {
         let head = head_of(h.proxy.listen_addr(), request).await;
         assert_eq!(head.split(' ').nth(1), Some("200"), "{head}");
@@ -246,7 +248,7 @@ async fn h2c_and_http_1_0_upgrades_are_plain_requests() {
             );
         }
     }
-    assert_eq!(h.upstream.seen().len(), 2);
+    assert_eq!(h.upstream.seen().len(), 3);
     h.proxy.shutdown().await.expect("clean shutdown");
 }
 
@@ -344,6 +346,12 @@ async fn hop_by_hop_headers_are_dropped_and_forwarded_headers_appended() {
         request("GET", "/hops")
             .header("connection", "keep-alive, x-hop")
             .header("x-hop", "secret")
+            // A line with a byte outside ASCII still names its fields.
+            .header(
+                "connection",
+                HeaderValue::from_bytes(b"x-hop2, \xff").expect("obs-text"),
+            )
+            .header("x-hop2", "secret")
             .header("keep-alive", "timeout=5")
             .header("te", "trailers")
             .header("proxy-authorization", "Basic Zm9vOmJhcg==")
@@ -353,7 +361,7 @@ async fn hop_by_hop_headers_are_dropped_and_forwarded_headers_appended() {
     .await;
     assert_eq!(response.status(), 200);
     let seen = h.upstream.last();
-    for gone in ["x-hop", "keep-alive", "te", "proxy-authorization"] {
+    for gone in ["x-hop", "x-hop2", "keep-alive", "te", "proxy-authorization"] {
         assert!(
             !seen.headers.contains_key(gone),
             "{gone} reached the upstream"
@@ -754,5 +762,31 @@ async fn response_trailers_reach_the_clients_that_take_them() {
     // A connection-specific field would have reset the stream (RFC 9113 §8.2.2).
     assert_eq!(trailers.get("keep-alive"), None);
     assert_eq!(collected.to_bytes(), "hello");
+    proxy.shutdown().await.expect("clean shutdown");
+}
+
+/// The upstream's `Connection` line names fields for its hop only, also beside a byte outside
+/// ASCII (RFC 9110 §7.6.1): they do not reach the client.
+#[tokio::test]
+async fn fields_an_upstream_connection_line_names_stay_behind() {
+    let addr = answers_each_connection(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: x-leak, \xff\r\n\
+          X-Leak: upstream-hop-only\r\nX-Kept: yes\r\n\r\nok",
+        Duration::ZERO,
+    )
+    .await;
+    let policy = support::policy_file(POLICY);
+    let proxy = corsair_proxy::Proxy::start(support::config_at(&policy.path, addr))
+        .await
+        .expect("starts");
+    let head = head_of(
+        proxy.listen_addr(),
+        b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n",
+    )
+    .await
+    .to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("x-kept: yes"), "{head}");
+    assert!(!head.contains("x-leak"), "{head}");
     proxy.shutdown().await.expect("clean shutdown");
 }

@@ -150,3 +150,73 @@ fn cookie_fields_are_joined_into_one_line() {
     join_cookies(&mut none);
     assert!(!none.contains_key("cookie"));
 }
+
+fn obs_text(line: &'static [u8]) -> HeaderValue {
+    HeaderValue::from_bytes(line).expect("obs-text is a valid field value")
+}
+
+/// A field line with bytes outside ASCII (obs-text) is read token by token: the tokens it
+/// holds still count, in requests and responses alike (RFC 9110 §7.6.1).
+#[test]
+fn a_connection_line_with_obs_text_still_names_its_fields() {
+    for direction in [Direction::ToUpstream, Direction::ToClient] {
+        let mut headers = map(&[("x-secret", "1"), ("x-kept", "2")]);
+        headers.append(header::CONNECTION, obs_text(b"x-secret, caf\xe9, \xff"));
+        strip_hop_by_hop(&mut headers, direction, None);
+        let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-kept"], "{direction:?}");
+    }
+}
+
+/// An `Upgrade` list that is not visible ASCII opens nothing: the request goes up plain.
+#[test]
+fn an_upgrade_with_obs_text_is_no_upgrade() {
+    for protocols in [&b"h2c, \xff"[..], b"websocket\xe9"] {
+        let mut headers = map(&[("connection", "upgrade")]);
+        headers.append(header::UPGRADE, obs_text(protocols));
+        assert_eq!(upgrade_protocol(&headers), None, "{protocols:?}");
+    }
+    // The `h2c` filter sees `h2c` beside obs-text too.
+    let line = obs_text(b"h2c, \xff");
+    assert_eq!(tokens(&line).collect::<Vec<_>>(), ["h2c"]);
+}
+
+/// The client's `X-Forwarded-For` goes on as it came, obs-text and all: one odd byte must not
+/// erase the addresses an ingress recorded.
+#[test]
+fn forwarded_for_keeps_a_line_with_obs_text() {
+    let mut headers = HeaderMap::new();
+    headers.append(&X_FORWARDED_FOR, obs_text(b" caf\xe9, 198.51.100.1\t"));
+    add_forwarded(
+        &mut headers,
+        &forwarded_for("10.1.2.3".parse().expect("literal IP")),
+        None,
+    );
+    let chain: Vec<&[u8]> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    assert_eq!(chain, [&b"caf\xe9, 198.51.100.1, 10.1.2.3"[..]]);
+}
+
+/// An upstream `Vary` line with obs-text keeps its names (a cache needs them): it stays as it
+/// came and the proxy's names go on a line of their own.
+#[test]
+fn a_vary_line_with_obs_text_is_kept_and_the_proxys_names_added_beside_it() {
+    let mut headers = HeaderMap::new();
+    headers.append(header::VARY, obs_text(b"Cookie, X-Caf\xe9"));
+    merge_vary(
+        &mut headers,
+        Vary {
+            origin: true,
+            ..Vary::default()
+        },
+    );
+    let lines: Vec<&[u8]> = headers
+        .get_all(header::VARY)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    assert_eq!(lines, [&b"Cookie, X-Caf\xe9"[..], b"Origin"]);
+}
