@@ -584,6 +584,35 @@ fn envoy_gateway() {
     assert_eq!(p.document.spec.allow_credentials, None);
 }
 
+/// Envoy Gateway joins each list with ", ", and Envoy echoes the request only for a list that
+/// is exactly `*`: `["GET", "*"]` reached browsers as the text `GET, *`, whose `*` matches
+/// nothing with credentials and never covers `Authorization` without them.
+#[test]
+fn envoy_gateway_star_beside_other_items_is_text() {
+    let eg = |credentials: bool| {
+        inline(&format!(
+            "apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: SecurityPolicy\n\
+             metadata: {{name: eg}}\nspec:\n  targetRefs: [{{group: gateway.networking.k8s.io, \
+             kind: HTTPRoute, name: r}}]\n  cors:\n    allowOrigins: [\"https://app.example.com\"]\n\
+             \x20   allowMethods: [\"GET\", \"*\"]\n    allowHeaders: [\"X-Api-Key\", \"*\"]\n\
+             \x20   allowCredentials: {credentials}\n"
+        ))
+    };
+    let out = eg(true);
+    let c = policy(&out, "eg");
+    // The methods browsers never preflight stay allowed; the `*` goes.
+    assert_eq!(
+        c.document.spec.allow_methods,
+        strs(&["GET", "HEAD", "POST"])
+    );
+    assert_eq!(c.document.spec.allow_headers, strs(&["X-Api-Key"]));
+    assert!(has(c, "star-sent-literally"), "{:?}", codes(c));
+    let out = eg(false);
+    let c = policy(&out, "eg");
+    assert_eq!(c.document.spec.allow_headers, strs(&["X-Api-Key", "*"]));
+    assert!(has(c, "star-sent-literally"), "{:?}", codes(c));
+}
+
 #[test]
 fn traefik() {
     let out = fixture("traefik.yaml");

@@ -4,7 +4,8 @@
 //! answers by echoing the request's origin, so with `allowCredentials: true` every site could
 //! read credentialed responses; other wildcards become regexes where `*` matches any characters;
 //! plain origins are compared byte for byte; `allowHeaders: ["*"]` echoes the requested headers
-//! (`Authorization` included); `maxAge` is a duration.
+//! (`Authorization` included), while a `*` beside other items goes out as text in the joined
+//! list; `maxAge` is a duration.
 
 use serde_json::Value;
 
@@ -37,6 +38,14 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
         );
     }
     super::envoy_lists(cors, &mut d, &mut ctx);
+    // Envoy Gateway joins each list with ", "; Envoy echoes the request only for a list that
+    // is exactly `*`, so `["GET", "*"]` reached browsers as the text `GET, *`.
+    rules::literal_stars(
+        &mut d,
+        &mut ctx,
+        "Envoy Gateway",
+        rules::StarLists::EchoLoneStar,
+    );
     let spec = rules::lower(d, &mut ctx).map(rules::top_level);
     single(source, spec, ctx, opt_in(doc, source))
 }
