@@ -208,6 +208,13 @@ fn convert_document(index: usize, doc: &Value, out: &mut Import) {
             .map(str::to_owned),
         document: index,
     };
+    if let Err(message) = check_names(&source) {
+        out.errors.push(ImportError::NotAnObject {
+            document: index,
+            message,
+        });
+        return;
+    }
     let result = sources::convert(api_version, doc, &source);
     match result {
         sources::Outcome::NotASource => out.skipped.push(Skipped {
@@ -236,6 +243,37 @@ fn convert_document(index: usize, doc: &Value, out: &mut Import) {
                 out.policies.push(finish(&source, draft));
             }
         }
+    }
+}
+
+/// `metadata.name` and `metadata.namespace` as Kubernetes allows them (RFC 1123 names; a missing
+/// name is left to the sources). They are written into the rendered policies' comments and
+/// `kubectl` commands, where anything else (a line break, a quote) would be read as YAML or
+/// shell, so a document with another name is refused, not converted.
+fn check_names(source: &SourceRef) -> Result<(), String> {
+    fn rfc1123(name: &str, max: usize, dots: bool) -> bool {
+        let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+        let bytes = name.as_bytes();
+        bytes.len() <= max
+            && bytes.first().is_some_and(alnum)
+            && bytes.last().is_some_and(alnum)
+            && bytes
+                .iter()
+                .all(|b| alnum(b) || *b == b'-' || (dots && *b == b'.'))
+    }
+    if !source.name.is_empty() && !rfc1123(&source.name, 253, true) {
+        return Err(format!(
+            "metadata.name {:?} is not a Kubernetes object name (lowercase letters, digits, '-' \
+             and '.', at most 253): not converted",
+            source.name
+        ));
+    }
+    match &source.namespace {
+        Some(ns) if !rfc1123(ns, 63, false) => Err(format!(
+            "metadata.namespace {ns:?} is not a Kubernetes namespace (lowercase letters, digits \
+             and '-', at most 63): not converted"
+        )),
+        _ => Ok(()),
     }
 }
 

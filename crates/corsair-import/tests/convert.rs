@@ -1083,3 +1083,35 @@ fn an_ingress_nginx_max_age_with_a_space_was_its_default() {
     ]);
     assert_eq!(policy(&out, "i").document.spec.max_age, Some(600));
 }
+
+/// Names and namespaces go into the rendered policies' comments and `kubectl` commands: one
+/// Kubernetes would refuse (here a namespace carrying a second YAML document, a `*` policy) is
+/// an error naming the field, and nothing of that document is converted or rendered.
+#[test]
+fn a_name_kubernetes_would_refuse_is_an_error_not_a_policy() {
+    let ingress = |name: &str, namespace: &str| {
+        inline(&format!(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: {name}\n  \
+             namespace: {namespace}\n  annotations:\n    \
+             nginx.ingress.kubernetes.io/enable-cors: \"true\"\n    \
+             nginx.ingress.kubernetes.io/cors-allow-origin: \"https://a.example.com\"\nspec: {{}}\n"
+        ))
+    };
+    let injected = "\"prod\\n---\\napiVersion: corsair.dev/v1alpha1\\nkind: CorsPolicy\\n\
+                    metadata: {name: app2}\\nspec: {allowOrigins: ['*']}\\n#\"";
+    for (out, field) in [
+        (ingress("app", injected), "metadata.namespace"),
+        (ingress("App", "prod"), "metadata.name"),
+        (ingress("\"app\\n# x\"", "prod"), "metadata.name"),
+    ] {
+        assert!(out.policies.is_empty(), "{:?}", out.policies);
+        let errors: Vec<String> = out.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains(field), "{errors:?}");
+    }
+    // The same document with names Kubernetes takes converts.
+    let out = ingress("app.v2", "prod-eu");
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    let text = render(policy(&out, "app.v2"), "test.yaml").expect("renders");
+    assert_eq!(text.matches("kind: CorsPolicy").count(), 1, "{text}");
+}
