@@ -1115,3 +1115,87 @@ fn a_name_kubernetes_would_refuse_is_an_error_not_a_policy() {
     let text = render(policy(&out, "app.v2"), "test.yaml").expect("renders");
     assert_eq!(text.matches("kind: CorsPolicy").count(), 1, "{text}");
 }
+
+/// A VirtualService whose first `http` entry is `first` (lines indented by two, without CORS or
+/// with it) and whose catch-all second entry allows `https://b.example.com`.
+fn istio_before_a_catch_all(first: &str) -> Import {
+    inline(&format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v}}\n\
+         spec:\n  http:\n{first}    route: [{{destination: {{host: app}}}}]\n  - corsPolicy:\n      \
+         allowOrigins: [{{exact: \"https://b.example.com\"}}]\n    \
+         route: [{{destination: {{host: app}}}}]\n"
+    ))
+}
+
+/// A warning (not a note) on `field` that says the policy is more open than the source.
+fn warns_more_open(c: &Converted, code: &str, field: &str) -> bool {
+    c.findings.iter().any(|f| {
+        f.code == code
+            && f.field == field
+            && f.severity == Severity::Warning
+            && f.message.contains("MORE open")
+    })
+}
+
+/// Istio's first match wins: a match without CORS took its paths from the routes after it.
+/// What a policy route cannot take the same way (any case, a regex, a string prefix) falls to
+/// the catch-all's CORS rules, more open than the source, and a warning says so.
+#[test]
+fn istio_matches_a_route_cannot_take_are_warned_as_more_open() {
+    let out =
+        istio_before_a_catch_all("  - match: [{uri: {prefix: /admin/}, ignoreUriCase: true}]\n");
+    let c = policy(&out, "v");
+    assert!(
+        warns_more_open(c, "case-ignored", "spec.http[0].match[0].ignoreUriCase"),
+        "{:#?}",
+        c.findings
+    );
+    let out = istio_before_a_catch_all("  - match: [{uri: {regex: \"/admin(/.*)?\"}}]\n");
+    let c = policy(&out, "v");
+    assert!(
+        warns_more_open(c, "path-not-converted", "spec.http[0].match[0].uri"),
+        "{:#?}",
+        c.findings
+    );
+    // With CORS of its own: `/api-v2` had http[0]'s rules in Istio, the catch-all's here.
+    let out = istio_before_a_catch_all(
+        "  - match: [{uri: {prefix: /api}}]\n    corsPolicy:\n      \
+         allowOrigins: [{exact: \"https://a.example.com\"}]\n",
+    );
+    let c = policy(&out, "v");
+    assert!(
+        warns_more_open(
+            c,
+            "string-prefix-falls-through",
+            "spec.http[0].match[0].uri.prefix"
+        ),
+        "{:#?}",
+        c.findings
+    );
+    // The same rules on both: nothing changes for `/api-v2`, nothing to say.
+    let out = istio_before_a_catch_all(
+        "  - match: [{uri: {prefix: /api}}]\n    corsPolicy:\n      \
+         allowOrigins: [{exact: \"https://b.example.com\"}]\n",
+    );
+    let c = policy(&out, "v");
+    assert!(!has(c, "string-prefix-falls-through"), "{:#?}", c.findings);
+}
+
+/// A Gateway API rule without CORS matching a regex path cannot become a route: where the
+/// gateway ranked it first, its paths had no CORS, and now get the other rules'.
+#[test]
+fn gateway_api_regex_rule_without_cors_is_warned_as_more_open() {
+    let out = inline(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: g}\n\
+         spec:\n  rules:\n  - matches: [{path: {type: RegularExpression, value: \"/admin(/.*)?\"}}]\n    \
+         backendRefs: [{name: admin}]\n  - matches: [{path: {type: PathPrefix, value: /}}]\n    \
+         filters:\n    - type: CORS\n      cors:\n        allowOrigins: [\"https://a.example.com\"]\n    \
+         backendRefs: [{name: app}]\n",
+    );
+    let c = policy(&out, "g");
+    assert!(
+        warns_more_open(c, "path-not-converted", "spec.rules[0].matches[0].path"),
+        "{:#?}",
+        c.findings
+    );
+}

@@ -147,13 +147,12 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
                 ),
                 "Exact" => {}
                 _ => {
-                    if level.is_some() {
-                        ctx.warn(
-                            "path-not-converted",
-                            &f,
-                            format!("{kind} {value:?} cannot be written as a path prefix: this match is not converted, so requests it matched get no CORS headers"),
-                        );
-                    }
+                    let message = if level.is_some() {
+                        format!("{kind} {value:?} cannot be written as a path prefix: this match is not converted, so requests it matched get no CORS headers")
+                    } else {
+                        format!("{kind} {value:?} cannot be written as a path prefix: on a gateway that ranks this match first, the paths it took, without CORS, now get the CORS rules of the other rules, MORE open than the source. Add a route with mode: Disabled for each path it matched")
+                    };
+                    ctx.warn("path-not-converted", &f, message);
                     continue;
                 }
             }

@@ -81,6 +81,13 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
                     format!("the route also matches on {}: Corsair routes match on the path only, so these CORS rules apply to every request under the path", others.join(", ")),
                 );
             }
+            if level.is_none() && at(m, &["ignoreUriCase"]).as_bool() == Some(true) {
+                ctx.warn(
+                    "case-ignored",
+                    &format!("{f}.ignoreUriCase"),
+                    "Istio sent this path here, without CORS, in any case (/ADMIN as /admin), and took it from the routes after it; Corsair matches paths case-sensitively, so the path in another case gets the CORS rules of the routes after it, MORE open than the source. Add a route with mode: Disabled for each spelling the application serves".to_owned(),
+                );
+            }
             let uri = at(m, &["uri"]);
             let exact = at(uri, &["prefix"]).is_null() && at(uri, &["exact"]).is_string();
             let (prefix, f) = if let Some(p) = at(uri, &["prefix"]).as_str() {
@@ -97,13 +104,16 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
             } else if uri.is_null() {
                 ("/".to_owned(), f)
             } else {
-                if level.is_some() {
-                    ctx.warn(
-                        "path-not-converted",
-                        &format!("{f}.uri"),
-                        "a regex URI match cannot be written as a path prefix: this match is not converted, so requests it matched get no CORS headers".to_owned(),
-                    );
-                }
+                let message = if level.is_some() {
+                    "a regex URI match cannot be written as a path prefix: this match is not converted, so requests it matched get no CORS headers"
+                } else {
+                    "a regex URI match cannot be written as a path prefix: the paths it sent here, without CORS, get the CORS rules of the routes after it, MORE open than the source. Add a route with mode: Disabled for each path it matched"
+                };
+                ctx.warn(
+                    "path-not-converted",
+                    &format!("{f}.uri"),
+                    message.to_owned(),
+                );
                 continue;
             };
             // Istio's prefix is a plain string prefix; Corsair's matches whole segments.

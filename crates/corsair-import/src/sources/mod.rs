@@ -300,6 +300,33 @@ pub(crate) fn assemble_routes(
             None => without.push(entry),
         }
     }
+    // Istio's string prefix gave its CORS rules to paths that only start with it (`/api` took
+    // `/api-v2`); a route takes whole segments, so those paths fall to a route that covers them.
+    if first_match_wins {
+        for (prefix, exact, field, rules) in &taken {
+            let Some(rules) = rules.as_ref().filter(|_| !*exact && !prefix.ends_with('/')) else {
+                continue;
+            };
+            let cover = routes
+                .iter()
+                .filter(|r| r.path_prefix != *prefix && under(prefix, &r.path_prefix))
+                .max_by_key(|r| r.path_prefix.trim_end_matches('/').len());
+            let same_rules = |cover: &corsair_policy::RouteSpec| {
+                let mut cover = cover.clone();
+                cover.path_prefix.clone_from(&rules.path_prefix);
+                cover == *rules
+            };
+            if let Some(cover) = cover
+                && !same_rules(cover)
+            {
+                ctx.warn(
+                    "string-prefix-falls-through",
+                    field,
+                    format!("Istio gave these CORS rules to every path that starts with {prefix:?} ({prefix}-v2 and {prefix}x too), but a route takes only {prefix:?} and {prefix}/…: the other paths get the different rules of the route {:?}, which may be MORE open than the source. Add a route with these rules for each such path the application serves", cover.path_prefix),
+                );
+            }
+        }
+    }
     let mut extra = Vec::new();
     for entry in without {
         let covering = routes
