@@ -1199,3 +1199,52 @@ fn gateway_api_regex_rule_without_cors_is_warned_as_more_open() {
         c.findings
     );
 }
+
+/// ingress-nginx and Envoy (Istio) answered every preflight from an allowed origin themselves,
+/// with their own lists; the backend saw only those of other origins. `Forward` keeps that: a
+/// preflight from the listed origin for a method the source did not list is refused by the
+/// policy, not passed to an application whose own CORS headers could grant it.
+#[test]
+fn forwarded_preflights_are_only_those_of_other_origins() {
+    let decide = |c: &Converted, origin: &'static str, method: &'static str| {
+        let (engine, _) = Engine::compile(&c.document.spec).unwrap_or_else(|r| panic!("{r:?}"));
+        let req = corsair_policy::RequestInfo {
+            method: "OPTIONS",
+            path: "/x",
+            host: Some("api.internal.test"),
+            origin: Some(origin),
+            request_method: Some(method),
+            ..corsair_policy::RequestInfo::default()
+        };
+        match engine.decide(&req).action() {
+            corsair_policy::Action::Forward { .. } => "forward",
+            corsair_policy::Action::Respond { status: 403, .. } => "403",
+            corsair_policy::Action::Respond { .. } => "answer",
+        }
+    };
+    let nginx = ingress(&[
+        ("cors-allow-origin", "https://a.example.com"),
+        ("cors-allow-methods", "\"GET, POST\""),
+    ]);
+    let istio = virtual_service(
+        "      allowOrigins: [{exact: \"https://a.example.com\"}]\n      allowMethods: [GET, POST]\n",
+    );
+    for (name, out) in [("i", &nginx), ("v", &istio)] {
+        let c = policy(out, name);
+        assert_eq!(
+            decide(c, "https://a.example.com", "POST"),
+            "answer",
+            "{name}"
+        );
+        assert_eq!(
+            decide(c, "https://a.example.com", "DELETE"),
+            "403",
+            "{name}"
+        );
+        assert_eq!(
+            decide(c, "https://b.example.com", "GET"),
+            "forward",
+            "{name}"
+        );
+    }
+}

@@ -19,7 +19,9 @@ pub enum UnmatchedPreflights {
     /// Answer 403 without CORS headers; the upstream is not called.
     #[default]
     Reject,
-    /// Pass the preflight to the upstream untouched.
+    /// Pass a preflight from an origin the policy does not allow to the upstream, untouched; one
+    /// from an allowed origin that asks for a method or header the policy refuses is still
+    /// answered 403, so the upstream never grants what the policy refused.
     Forward,
 }
 

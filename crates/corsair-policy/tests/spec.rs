@@ -235,11 +235,25 @@ fn rows() -> Vec<Row> {
             headers: &[("vary", VARY_PREFLIGHT)],
         },
         Row {
-            rule: "unmatchedPreflights: Forward passes a refused preflight to the upstream untouched",
+            rule: "unmatchedPreflights: Forward passes a preflight from an origin the policy does not allow to the upstream untouched",
             policy: "allowOrigins: [\"https://app.example.com\"]\nunmatchedPreflights: Forward",
             req: preflight("https://evil.test", "GET", &[]),
             out: Out::Forward { strip: false },
             headers: &[],
+        },
+        Row {
+            rule: "unmatchedPreflights: Forward still refuses an allowed origin a method the policy does not allow: the upstream never grants it",
+            policy: "allowOrigins: [\"https://app.example.com\"]\nunmatchedPreflights: Forward",
+            req: preflight("https://app.example.com", "DELETE", &[]),
+            out: Out::Respond(403),
+            headers: &[("vary", VARY_PREFLIGHT)],
+        },
+        Row {
+            rule: "unmatchedPreflights: Forward still refuses an allowed origin a header the policy does not allow",
+            policy: "allowOrigins: [\"https://app.example.com\"]\nunmatchedPreflights: Forward",
+            req: preflight("https://app.example.com", "GET", &["x-secret"]),
+            out: Out::Respond(403),
+            headers: &[("vary", VARY_PREFLIGHT)],
         },
         Row {
             rule: "credentials, maxAge and exposeHeaders on an allowed preflight",

@@ -169,6 +169,17 @@ fn cases() -> Vec<Case> {
             vary: Some("Accept-Encoding"),
         },
         Case {
+            rule: "unmatchedPreflights: Forward answers an allowed origin's refused method itself: the upstream's CORS headers never grant it",
+            policy: "allowOrigins: [\"https://app.example.com\"]\nunmatchedPreflights: Forward",
+            method: "OPTIONS",
+            path: "/cors-star",
+            headers: &[("origin", APP), ("access-control-request-method", "DELETE")],
+            status: 403,
+            upstream_called: false,
+            cors: &[],
+            vary: Some(VARY_PREFLIGHT),
+        },
+        Case {
             rule: "an OPTIONS without Access-Control-Request-Method is an ordinary request",
             policy: BASIC,
             method: "OPTIONS",

@@ -242,6 +242,7 @@ impl Rules {
         checked: Result<AllowReason<'a>, DenyReason<'a>>,
         req: &RequestInfo<'a>,
     ) -> (Verdict<'a>, Action<'a>) {
+        let origin_allowed = checked.is_ok();
         match checked.and_then(|reason| self.check_preflight(req).map(|()| reason)) {
             Ok(reason) => (
                 Verdict::Allowed(reason),
@@ -249,17 +250,21 @@ impl Rules {
             ),
             Err(reason) => {
                 let action = match self.unmatched_preflights {
-                    UnmatchedPreflights::Reject => Action::Respond {
+                    // The upstream owns the answer to an origin the policy does not list:
+                    // nothing is added or removed.
+                    UnmatchedPreflights::Forward if !origin_allowed => Action::Forward {
+                        headers: ResponseHeaders::default(),
+                        strip_upstream_cors: false,
+                    },
+                    // A listed origin asking for more than the policy allows is the policy's
+                    // to refuse, as a gateway answers every preflight of its origins itself:
+                    // the upstream's own CORS headers must not grant what the policy refused.
+                    UnmatchedPreflights::Forward | UnmatchedPreflights::Reject => Action::Respond {
                         status: 403,
                         headers: ResponseHeaders {
                             vary: self.preflight_vary(),
                             ..ResponseHeaders::default()
                         },
-                    },
-                    // The upstream owns this answer: nothing is added or removed.
-                    UnmatchedPreflights::Forward => Action::Forward {
-                        headers: ResponseHeaders::default(),
-                        strip_upstream_cors: false,
                     },
                 };
                 (Verdict::Denied(reason), action)
