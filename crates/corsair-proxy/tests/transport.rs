@@ -708,20 +708,26 @@ async fn the_default_address_takes_ipv4_and_ipv6_clients() {
 /// The upstream's response trailers reach an HTTP/2 client, and an HTTP/1.1 client that said
 /// it takes them (`TE: trailers`), as the fields the response's `Trailer` header declares
 /// (hyper's rule); an HTTP/1.1 client that did not say so gets the body whole without them.
-#[tokio::test]
-async fn response_trailers_reach_the_clients_that_take_them() {
-    let addr = answers_each_connection(
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\
-          Trailer: x-checksum\r\nConnection: close\r\n\r\n\
-          5\r\nhello\r\n0\r\nx-checksum: abc123\r\nx-undeclared: no\r\n\
-          keep-alive: timeout=5\r\n\r\n",
-        Duration::ZERO,
-    )
-    .await;
+/// A proxy under `POLICY` in front of an upstream that answers every connection with `answer`;
+/// the policy file lives as long as the proxy needs it.
+async fn proxy_before(answer: &'static [u8]) -> (corsair_proxy::Proxy, support::PolicyFile) {
+    let addr = answers_each_connection(answer, Duration::ZERO).await;
     let policy = support::policy_file(POLICY);
     let proxy = corsair_proxy::Proxy::start(support::config_at(&policy.path, addr))
         .await
         .expect("starts");
+    (proxy, policy)
+}
+
+#[tokio::test]
+async fn response_trailers_reach_the_clients_that_take_them() {
+    let (proxy, _policy) = proxy_before(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\
+          Trailer: x-checksum\r\nConnection: close\r\n\r\n\
+          5\r\nhello\r\n0\r\nx-checksum: abc123\r\nx-undeclared: no\r\n\
+          keep-alive: timeout=5\r\n\r\n",
+    )
+    .await;
 
     for (te, expect_trailer) in [("TE: trailers\r\n", true), ("", false)] {
         let mut stream = TcpStream::connect(proxy.listen_addr())
@@ -769,16 +775,11 @@ async fn response_trailers_reach_the_clients_that_take_them() {
 /// ASCII (RFC 9110 §7.6.1): they do not reach the client.
 #[tokio::test]
 async fn fields_an_upstream_connection_line_names_stay_behind() {
-    let addr = answers_each_connection(
+    let (proxy, _policy) = proxy_before(
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: x-leak, \xff\r\n\
           X-Leak: upstream-hop-only\r\nX-Kept: yes\r\n\r\nok",
-        Duration::ZERO,
     )
     .await;
-    let policy = support::policy_file(POLICY);
-    let proxy = corsair_proxy::Proxy::start(support::config_at(&policy.path, addr))
-        .await
-        .expect("starts");
     let head = head_of(
         proxy.listen_addr(),
         b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n",
