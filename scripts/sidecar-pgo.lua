@@ -66,7 +66,7 @@ local function build()
     ["Access-Control-Request-Method"] = "POST",
     ["Access-Control-Request-Headers"] = "content-type,x-csrf-token",
   }), false)
-  -- /api/admin: another origin; preflights it refuses go to the upstream (Forward).
+  -- /api/admin: another origin; preflights from other origins go to the upstream (Forward).
   add(from(admin, "GET", "/api/admin/users/7", json), true)
   add(from(admin, "OPTIONS", "/api/admin/users/7", {
     ["Access-Control-Request-Method"] = "POST",
