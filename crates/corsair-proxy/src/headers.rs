@@ -262,22 +262,14 @@ pub fn merge_vary(headers: &mut HeaderMap, add: Vary) {
         headers.insert(header::VARY, fresh.clone());
         return;
     }
-    if headers
-        .get_all(header::VARY)
-        .iter()
-        .any(|line| line.to_str().is_err())
-    {
-        // A line that is not visible ASCII cannot be merged, and its names may still matter to
-        // a cache: it stays as it came, and the proxy's names go on a line of their own.
-        headers.append(header::VARY, fresh.clone());
-        return;
-    }
-    let merged = {
+    // `None` when a line is not visible ASCII: it cannot be merged.
+    let merged = 'merge: {
         let mut inline: [&str; INLINE_LINES] = [""; INLINE_LINES];
         let mut spilled: Vec<&str> = Vec::new();
         for (i, value) in headers.get_all(header::VARY).iter().enumerate() {
-            // Every line is text (above).
-            let text = value.to_str().unwrap_or("");
+            let Ok(text) = value.to_str() else {
+                break 'merge None;
+            };
             match inline.get_mut(i) {
                 Some(slot) => *slot = text,
                 None => spilled.push(text),
@@ -289,10 +281,18 @@ pub fn merge_vary(headers: &mut HeaderMap, add: Vary) {
             changed = corsair_policy::write_merged_vary(existing.copied(), add, out)?;
             Ok(())
         });
-        value.filter(|_| changed)
+        Some(value.filter(|_| changed))
     };
-    if let Some(merged) = merged {
-        headers.insert(header::VARY, merged);
+    match merged {
+        Some(Some(merged)) => {
+            headers.insert(header::VARY, merged);
+        }
+        Some(None) => {}
+        // The unreadable line's names may still matter to a cache: it stays as it came, and
+        // the proxy's names go on a line of their own.
+        None => {
+            headers.append(header::VARY, fresh.clone());
+        }
     }
 }
 
