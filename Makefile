@@ -50,6 +50,8 @@ $(VENV)/.installed: Makefile
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+	# The controller crate without its runtime, as the AdmissionReview fuzz target links it.
+	cargo clippy -p corsair-controller --no-default-features --all-targets --locked -- -D warnings
 
 # Dependency policy (deny.toml): licenses, bans and sources need no network beyond crates.io;
 # advisories need the RustSec database from GitHub, checked only when it can be fetched.

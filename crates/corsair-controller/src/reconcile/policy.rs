@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use corsair_policy::model::{API_VERSION, DocumentMeta, KIND};
-use corsair_policy::{Engine, PolicyDocument, Report};
+use corsair_policy::model::{API_VERSION, KIND};
+use corsair_policy::{Engine, Report};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -21,6 +21,7 @@ use crate::crd::{
     CONDITION_READY, CorsPolicy, CorsPolicyStatus, REASON_ACCEPTED, REASON_INVALID,
     REASON_NOT_DELIVERED, REASON_TOO_LARGE,
 };
+use crate::document::{MAX_CONFIGMAP_DATA, render, too_large};
 use crate::names::{
     POLICY_ANNOTATION, POLICY_CONFIGMAP_KEY, POLICY_MANAGER, policy_configmap_name,
 };
@@ -170,42 +171,9 @@ fn refused_for_good(err: &Error) -> bool {
     )
 }
 
-/// The most a ConfigMap's data may hold: the API server refuses a ConfigMap whose values add
-/// up to more.
-pub const MAX_CONFIGMAP_DATA: usize = 1 << 20;
-
 /// Bytes of `configmap`'s data, as the API server counts them against [`MAX_CONFIGMAP_DATA`].
 fn rendered_size(configmap: &ConfigMap) -> usize {
     configmap.data.iter().flatten().map(|(_, v)| v.len()).sum()
-}
-
-/// Why a policy rendered into `size` bytes cannot be delivered, and what to do about it.
-pub fn too_large(size: usize) -> String {
-    format!(
-        "rendered for the proxies it takes {size} bytes, more than the {MAX_CONFIGMAP_DATA} a \
-         ConfigMap can hold; split it into several CorsPolicies (one per group of workloads) or \
-         shorten its lists"
-    )
-}
-
-/// The document the proxy loads: the whole manifest, with the generation it was rendered from.
-/// Indented for whoever reads the ConfigMap, unless that would not fit in one.
-pub fn render(policy: &CorsPolicy) -> Result<String> {
-    let document = PolicyDocument {
-        api_version: API_VERSION.to_owned(),
-        kind: KIND.to_owned(),
-        metadata: DocumentMeta {
-            name: policy.metadata.name.clone(),
-            namespace: policy.metadata.namespace.clone(),
-            generation: policy.metadata.generation,
-        },
-        spec: policy.spec.clone(),
-    };
-    let pretty = serde_json::to_string_pretty(&document).map_err(Error::Render)?;
-    if pretty.len() <= MAX_CONFIGMAP_DATA {
-        return Ok(pretty);
-    }
-    serde_json::to_string(&document).map_err(Error::Render)
 }
 
 /// The ConfigMap `corsair-policy-NAME` as it should be: the rendered policy, owned by the
@@ -230,7 +198,7 @@ pub fn desired_configmap(policy: &CorsPolicy, namespace: &str) -> Result<ConfigM
         },
         data: Some(BTreeMap::from([(
             POLICY_CONFIGMAP_KEY.to_owned(),
-            render(policy)?,
+            render(policy).map_err(Error::Render)?,
         )])),
         ..ConfigMap::default()
     })

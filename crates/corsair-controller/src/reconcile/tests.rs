@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use super::shared::Change;
 use super::{Context, PolicyUsers, WorkloadMeta, policy, triggers, workload};
 use crate::crd::{CorsPolicy, CorsPolicyStatus};
+use crate::document;
 use crate::fixtures::{ApiServerVerifier, StaticIndex, event_response, failure, mock_client};
 use crate::metrics::Metrics;
 use crate::names::{POLICY_MANAGER, WORKLOAD_MANAGER};
@@ -469,7 +470,7 @@ async fn a_policy_too_large_for_a_configmap_is_refused_in_its_status() {
 /// proxy reads both as the same policy.
 #[test]
 fn a_policy_is_rendered_on_one_line_when_only_that_fits() {
-    let small = policy::render(&valid_policy()).expect("renders");
+    let small = document::render(&valid_policy()).expect("renders");
     assert!(small.contains('\n'), "indented: {small}");
 
     let large = policy("api", crate::fixtures::large_spec(120));
@@ -485,13 +486,13 @@ fn a_policy_is_rendered_on_one_line_when_only_that_fits() {
     })
     .expect("renders");
     assert!(
-        pretty.len() > policy::MAX_CONFIGMAP_DATA,
+        pretty.len() > document::MAX_CONFIGMAP_DATA,
         "{}",
         pretty.len()
     );
-    let rendered = policy::render(&large).expect("renders");
+    let rendered = document::render(&large).expect("renders");
     assert!(
-        rendered.len() <= policy::MAX_CONFIGMAP_DATA,
+        rendered.len() <= document::MAX_CONFIGMAP_DATA,
         "{}",
         rendered.len()
     );

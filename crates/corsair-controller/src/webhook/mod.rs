@@ -3,13 +3,17 @@
 //!
 //! The decisions are pure functions ([`inject()`], [`validate_policy`], [`review`]); [`serve`] puts
 //! them behind HTTPS (rustls, HTTP/1.1 and HTTP/2) with a certificate that can be swapped at
-//! runtime ([`CertStore`]).
+//! runtime ([`CertStore`]); the server, its certificates and the probe need the `runtime`
+//! feature.
 
 pub(crate) mod inject;
 mod metrics;
+#[cfg(feature = "runtime")]
 mod probe;
 mod review;
+#[cfg(feature = "runtime")]
 mod server;
+#[cfg(feature = "runtime")]
 mod tls;
 mod validate;
 
@@ -21,9 +25,12 @@ pub use inject::{
     native_sidecars_supported, quantity_value,
 };
 pub use metrics::Metrics;
+#[cfg(feature = "runtime")]
 pub use probe::{ProbeError, ProbeTarget, probe};
 pub use review::{ReviewError, Webhook, review};
+#[cfg(feature = "runtime")]
 pub use server::{WebhookError, serve};
+#[cfg(feature = "runtime")]
 pub use tls::{CertError, CertStore};
 pub use validate::{PolicyValidation, ValidationOutcome, validate_policy};
 

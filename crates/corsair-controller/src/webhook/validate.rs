@@ -4,8 +4,8 @@ use corsair_policy::check_spec;
 use serde_json::Value;
 
 use crate::crd::CorsPolicy;
+use crate::document::{MAX_CONFIGMAP_DATA, render, too_large};
 use crate::names;
-use crate::reconcile::policy::{MAX_CONFIGMAP_DATA, render, too_large};
 
 /// The verdict on one CorsPolicy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +101,7 @@ pub fn validate_policy(object: &Value) -> PolicyValidation {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "runtime"))]
 mod size_limit {
     use serde_json::json;
 
