@@ -157,8 +157,8 @@ async fn start_proxy(
     };
     match corsair_proxy::Proxy::start(config(port, admin_port)).await {
         Ok(proxy) => Ok(proxy),
-        Err(corsair_proxy::ProxyError::Bind { addr, source, .. }) => {
-            tracing::warn!(%addr, error = %source, "port taken; the proxy uses free ports instead");
+        Err(corsair_proxy::ProxyError::Bind { addr, cause, .. }) => {
+            tracing::warn!(%addr, error = %cause, "port taken; the proxy uses free ports instead");
             corsair_proxy::Proxy::start(config(0, 0))
                 .await
                 .context("cannot start the proxy")

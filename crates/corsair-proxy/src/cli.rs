@@ -48,21 +48,21 @@ pub struct Args {
     allow_missing_policy: bool,
     /// Seconds a client has to send a request's headers (also the wait for a new connection's
     /// first bytes, and the keep-alive wait).
-    #[arg(long, env = "CORSAIR_HEADER_READ_TIMEOUT", value_name = "SECONDS", default_value_t = 10.0, value_parser = seconds)]
+    #[arg(long, env = "CORSAIR_HEADER_READ_TIMEOUT", value_name = "SECONDS", default_value_t = 10.0, value_parser = timeout)]
     header_read_timeout: f64,
     /// Seconds to connect to the upstream before answering 504.
-    #[arg(long, env = "CORSAIR_CONNECT_TIMEOUT", value_name = "SECONDS", default_value_t = 5.0, value_parser = seconds)]
+    #[arg(long, env = "CORSAIR_CONNECT_TIMEOUT", value_name = "SECONDS", default_value_t = 5.0, value_parser = timeout)]
     connect_timeout: f64,
     /// Seconds the upstream has to start its response before the client gets a 504; also how
     /// long it may send nothing in the middle of a response body before the response is cut
     /// short (a server-sent event stream needs heartbeats more often), and how long the rest of
     /// an upload that the upstream answered early may stall before it is given up.
-    #[arg(long, env = "CORSAIR_UPSTREAM_TIMEOUT", value_name = "SECONDS", default_value_t = 60.0, value_parser = seconds)]
+    #[arg(long, env = "CORSAIR_UPSTREAM_TIMEOUT", value_name = "SECONDS", default_value_t = 60.0, value_parser = timeout)]
     upstream_timeout: f64,
     /// Seconds without a byte in either direction after which a client connection is closed,
     /// even with a request in flight (a response the client does not read, an upload it stopped
     /// sending).
-    #[arg(long, env = "CORSAIR_IDLE_TIMEOUT", value_name = "SECONDS", default_value_t = 300.0, value_parser = seconds)]
+    #[arg(long, env = "CORSAIR_IDLE_TIMEOUT", value_name = "SECONDS", default_value_t = 300.0, value_parser = timeout)]
     idle_timeout: f64,
     /// Limit on the total size of a request's headers, in bytes (431 beyond it; at least 8192).
     #[arg(
@@ -88,6 +88,17 @@ pub struct Args {
     worker_threads: Option<u16>,
     #[command(flatten)]
     log: LogArgs,
+}
+
+/// A timeout: a positive, finite number of seconds. Zero would fail every request or
+/// connection while the proxy reports ready.
+fn timeout(text: &str) -> Result<f64, String> {
+    let value = seconds(text)?;
+    if value > 0.0 {
+        Ok(value)
+    } else {
+        Err(format!("{text:?} must be more than 0 seconds"))
+    }
 }
 
 /// A non-negative, finite number of seconds.

@@ -125,11 +125,12 @@ pub enum ProxyError {
     #[error("max header bytes {0} is too small: it must be at least 8192")]
     HeaderLimit(usize),
     /// A listener could not be bound.
-    #[error("cannot listen on {addr} ({role}): {source}")]
+    /// The cause is in the message, not a `source()`, which a chain walk would print again.
+    #[error("cannot listen on {addr} ({role}): {cause}")]
     Bind {
         role: &'static str,
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Connections were still open when the drain timeout expired; they were dropped.
     #[error("{0} connection(s) still open after the drain timeout were closed")]
@@ -177,11 +178,20 @@ impl Proxy {
         // Thread per core: each worker thread runs a single-threaded runtime that accepts on its
         // own SO_REUSEPORT listener and serves its connections to the end, with no work
         // stealing or cross-thread wake-ups (measured in docs/benchmarks.md).
+        if config.listen.port() != 0 {
+            corsair_runtime::listen::check_free(config.listen).map_err(|cause| {
+                ProxyError::Bind {
+                    role: "proxy",
+                    addr: config.listen,
+                    cause,
+                }
+            })?;
+        }
         let first = bind_reuseport(config.listen)?;
-        let listen_addr = first.local_addr().map_err(|source| ProxyError::Bind {
+        let listen_addr = first.local_addr().map_err(|cause| ProxyError::Bind {
             role: "proxy",
             addr: config.listen,
-            source,
+            cause,
         })?;
         let mut core_listeners = vec![first];
         for _ in 1..config.worker_threads.max(1) {
@@ -240,10 +250,10 @@ impl Proxy {
             std::thread::Builder::new()
                 .name(format!("corsair-proxy-{i}"))
                 .spawn(worker)
-                .map_err(|source| ProxyError::Bind {
+                .map_err(|cause| ProxyError::Bind {
                     role: "proxy worker",
                     addr: listen_addr,
-                    source,
+                    cause,
                 })?;
         }
         let admin_stop = CancellationToken::new();
@@ -327,18 +337,18 @@ impl Proxy {
 }
 
 fn bind_reuseport(addr: SocketAddr) -> Result<std::net::TcpListener, ProxyError> {
-    corsair_runtime::listen::std_listener(addr, true).map_err(|source| ProxyError::Bind {
+    corsair_runtime::listen::std_listener(addr, true).map_err(|cause| ProxyError::Bind {
         role: "proxy",
         addr,
-        source,
+        cause,
     })
 }
 
 fn bind(addr: SocketAddr, role: &'static str) -> Result<TcpListener, ProxyError> {
-    corsair_runtime::listen::tokio_listener(addr).map_err(|source| ProxyError::Bind {
+    corsair_runtime::listen::tokio_listener(addr).map_err(|cause| ProxyError::Bind {
         role,
         addr,
-        source,
+        cause,
     })
 }
 
@@ -349,5 +359,5 @@ fn local_addr(
 ) -> Result<SocketAddr, ProxyError> {
     listener
         .local_addr()
-        .map_err(|source| ProxyError::Bind { role, addr, source })
+        .map_err(|cause| ProxyError::Bind { role, addr, cause })
 }

@@ -15,6 +15,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
+use crate::upstream::Failure;
+
 /// Labels of `corsair_proxy_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -90,6 +92,10 @@ impl Metrics {
             "Requests that failed to reach the upstream, by cause",
             upstream_errors.clone(),
         );
+        // Zeros from the start, so that `increase()` counts a pod's first error.
+        for cause in Failure::ALL.into_iter().filter_map(Failure::metric_label) {
+            let _ = upstream_errors.get_or_create(&CauseLabels { cause });
+        }
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "policy_reloads",

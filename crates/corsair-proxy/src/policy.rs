@@ -15,15 +15,17 @@ pub enum PolicyError {
         path.display()
     )]
     Missing { path: PathBuf },
-    #[error("cannot read policy file {}: {source}", path.display())]
+    // The cause is in the message, not a `source()`: a chain walk would print it twice, and the
+    // message alone is the reason `/policy` and the reloader's log give.
+    #[error("cannot read policy file {}: {cause}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("policy file {} is not UTF-8", path.display())]
     NotUtf8 { path: PathBuf },
-    #[error("policy file {}: {source}", path.display())]
-    Load { path: PathBuf, source: LoadError },
+    #[error("policy file {}: {cause}", path.display())]
+    Load { path: PathBuf, cause: LoadError },
     /// The spec fails validation; `errors` lists every error with its field path.
     #[error("policy file {} is invalid: {}", path.display(), errors.join("; "))]
     Invalid { path: PathBuf, errors: Vec<String> },
@@ -56,9 +58,9 @@ impl ActivePolicy {
         let text = std::str::from_utf8(&raw).map_err(|_| PolicyError::NotUtf8 {
             path: path.to_owned(),
         })?;
-        let document = corsair_policy::load_document(text).map_err(|source| PolicyError::Load {
+        let document = corsair_policy::load_document(text).map_err(|cause| PolicyError::Load {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         let (engine, report) =
             Engine::compile(&document.spec).map_err(|report| PolicyError::Invalid {
@@ -178,10 +180,10 @@ impl PolicyStore {
                 refused = Some(Arc::from(unreadable(&err.to_string())));
                 ActivePolicy::deny_all()?
             }
-            Err(source) => {
+            Err(cause) => {
                 return Err(PolicyError::Read {
                     path: path.to_owned(),
-                    source,
+                    cause,
                 });
             }
         };

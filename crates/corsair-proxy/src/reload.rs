@@ -123,7 +123,9 @@ impl Reloader {
             if content.is_some() {
                 tracing::info!(policy = %path.display(), "the policy file can be read again");
             }
-            if content.is_some() && content == self.store.current().raw {
+            let current = self.store.current();
+            // The deny-all policy of a file refused at start keeps that file's bytes too.
+            if content.is_some() && content == current.raw && current.document.is_some() {
                 // Readable again, and what is enforced: nothing on disk is refused.
                 self.refused(None);
             } else {

@@ -137,7 +137,7 @@ async fn serve_connection(
     // connection that sends nothing, or only the start of the HTTP/2 preface, would hold its
     // file descriptor for the whole idle timeout: give it the header read timeout instead.
     tokio::select! {
-        known = protocol_known(&stream, state.config.header_read_timeout) => {
+        known = corsair_runtime::listen::protocol_known(&stream, state.config.header_read_timeout) => {
             if !known {
                 tracing::debug!(%peer, "closing a connection that sent too little to serve");
                 return;
@@ -226,36 +226,6 @@ async fn serve_known<S>(
         }
     }
 }
-
-/// Waits until the connection's first bytes decide its protocol (hyper's: the HTTP/2 preface, or
-/// anything that departs from it), for at most `timeout`; false if they did not come in time,
-/// or the client closed first.
-async fn protocol_known(stream: &TcpStream, timeout: Duration) -> bool {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let deadline = Instant::now() + timeout;
-    let mut seen = [0u8; PREFACE.len()];
-    loop {
-        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut seen)).await {
-            Ok(Ok(n)) => n,
-            Ok(Err(_)) | Err(_) => return false,
-        };
-        if n == 0 {
-            return false;
-        }
-        if n == PREFACE.len() || seen[..n] != PREFACE[..n] {
-            return true;
-        }
-        // The start of the preface and no more yet. A peek answers at once while bytes wait,
-        // so look again shortly; a client sends its preface whole, so this is rare.
-        if Instant::now() + PREFACE_POLL >= deadline {
-            return false;
-        }
-        tokio::time::sleep(PREFACE_POLL).await;
-    }
-}
-
-/// How often a connection that has sent part of the HTTP/2 preface is looked at again.
-const PREFACE_POLL: Duration = Duration::from_millis(10);
 
 /// What a connection waits for besides its requests.
 enum Event {

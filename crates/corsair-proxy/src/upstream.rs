@@ -152,6 +152,23 @@ impl Upstream {
         if authority.as_str().contains('@') {
             return Err(bad("it must not contain userinfo"));
         }
+        if authority.host().is_empty() {
+            return Err(bad("it has no host"));
+        }
+        // `http` parses a port it cannot read as a number (`:80800`) and reports none, the same
+        // as one left out, which alone means 80.
+        let port = authority
+            .as_str()
+            .get(authority.host().len()..)
+            .unwrap_or_default();
+        if !port.is_empty()
+            && !matches!(
+                port.strip_prefix(':').map(str::parse),
+                Some(Ok(1..=u16::MAX))
+            )
+        {
+            return Err(bad("its port must be 1-65535"));
+        }
         if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
             return Err(bad("it must not have a path or query"));
         }
@@ -432,6 +449,16 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// Every failure, for the metric's series created at start.
+    pub const ALL: [Failure; 6] = [
+        Failure::Refused,
+        Failure::ConnectTimeout,
+        Failure::Timeout,
+        Failure::Reset,
+        Failure::Other,
+        Failure::ClientBody,
+    ];
+
     pub fn status(self) -> StatusCode {
         match self {
             Failure::ConnectTimeout | Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,

@@ -242,3 +242,36 @@ fn a_second_signal_cuts_the_shutdown_delay_short() {
     let status = exit_within(&mut running.child, Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "{status}");
 }
+
+/// a start error is printed as "error: <error>: <cause>: …", each part once. The
+/// errors whose message already holds their source (`{source}` in the format, and the same
+/// value as `#[source]`) have it printed twice by main.rs's chain walk: the message a user
+/// sees for the commonest start failure, a policy that does not parse.
+#[test]
+fn a_start_error_names_its_cause_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "spec: [unclosed").expect("write");
+    let not_a_file = dir.path().join("policy.d");
+    std::fs::create_dir(&not_a_file).expect("mkdir");
+    let mut repeated = Vec::new();
+    for (policy, cause) in [
+        (&bad, "expected mapping start"),
+        (&not_a_file, "Is a directory"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_corsair-proxy"))
+            .arg("--policy")
+            .arg(policy)
+            .args(["--upstream", "http://127.0.0.1:9"])
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .output()
+            .expect("runs");
+        assert_eq!(output.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(stderr.contains(cause), "{stderr}");
+        if stderr.matches(cause).count() != 1 {
+            repeated.push(stderr.trim().to_owned());
+        }
+    }
+    assert!(repeated.is_empty(), "cause printed twice: {repeated:#?}");
+}

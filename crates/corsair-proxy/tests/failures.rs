@@ -254,10 +254,14 @@ async fn garbage_on_the_wire_gets_a_400_or_a_close_and_the_proxy_keeps_serving()
         answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
         "{answer:?}"
     );
-    let upstream_errors = admin(&h.proxy, "/metrics").await.1;
+    let metrics = admin(&h.proxy, "/metrics").await.1;
+    let counted: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("corsair_proxy_upstream_errors_total{") && !l.ends_with(" 0"))
+        .collect();
     assert!(
-        !upstream_errors.contains("corsair_proxy_upstream_errors_total{"),
-        "a client's broken body is counted as an upstream error:\n{upstream_errors}"
+        counted.is_empty(),
+        "a client's broken body is counted as an upstream error: {counted:?}"
     );
     let response = send(h.proxy.listen_addr(), request("GET", "/")).await;
     assert_eq!(
@@ -682,4 +686,221 @@ async fn an_upstream_that_dies_right_after_its_head_still_gives_the_client_that_
         }
         proxy.shutdown().await.expect("clean shutdown");
     }
+}
+
+/// the upstream error counter's causes are known in advance (refused, connect_timeout,
+/// timeout, reset, other) and, like `policy_reloads_total`'s results, must be exported at 0
+/// from the start: Prometheus' `rate()`/`increase()` cannot see the first increment of a
+/// series that appears with it, so an alert on `increase(..._upstream_errors_total[5m]) > 0`
+/// misses the first burst of errors of every pod ("Avoid missing metrics", Prometheus
+/// instrumentation practices). Today the family is not in `/metrics` at all until an error.
+#[tokio::test]
+async fn upstream_error_series_exist_before_the_first_error() {
+    let h = harness(POLICY).await;
+    let (_, body) = admin(&h.proxy, "/metrics").await;
+    let missing: Vec<&str> = ["refused", "connect_timeout", "timeout", "reset", "other"]
+        .into_iter()
+        .filter(|cause| {
+            let series = format!("corsair_proxy_upstream_errors_total{{cause=\"{cause}\"}} 0");
+            !body.lines().any(|l| l == series)
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "no zero series for causes {missing:?}; TYPE line present: {}",
+        body.contains("# TYPE corsair_proxy_upstream_errors counter")
+    );
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
+
+/// the admin port answers other methods than GET and HEAD with 405, which "MUST"
+/// carry an `Allow` field listing the methods the resource supports (RFC 9110 §15.5.6).
+#[tokio::test]
+async fn an_admin_405_says_which_methods_are_allowed() {
+    let h = harness(POLICY).await;
+    let mut missing = Vec::new();
+    for (method, path) in [
+        ("POST", "/metrics"),
+        ("DELETE", "/policy"),
+        ("PUT", "/readyz"),
+    ] {
+        let response = send(h.proxy.admin_addr(), request(method, path)).await;
+        assert_eq!(response.status(), 405, "{method} {path}");
+        if !response.headers().contains_key("allow") {
+            missing.push(format!("{method} {path}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "405 without an Allow field: {missing:?}"
+    );
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
+
+/// A timeout of 0 would fail every request or connection of a proxy that reports ready: each
+/// of the four is refused by name, and a fraction of a second is still taken.
+#[test]
+fn a_zero_timeout_is_refused_naming_the_flag() {
+    use clap::Parser as _;
+    let parse = |flag: &str, value: &str| {
+        corsair_proxy::cli::Cli::try_parse_from([
+            "corsair-proxy",
+            "--policy",
+            "/etc/corsair/policy.json",
+            "--upstream",
+            "http://127.0.0.1:8080",
+            flag,
+            value,
+        ])
+    };
+    for flag in [
+        "--header-read-timeout",
+        "--connect-timeout",
+        "--upstream-timeout",
+        "--idle-timeout",
+    ] {
+        let err = parse(flag, "0").expect_err(flag);
+        assert!(err.to_string().contains(flag), "{err}");
+        assert!(err.to_string().contains("more than 0"), "{err}");
+        assert!(parse(flag, "0.5").is_ok(), "{flag} 0.5");
+    }
+    // Zero stays valid where it means "none".
+    assert!(parse("--shutdown-delay", "0").is_ok());
+    assert!(parse("--drain-timeout", "0").is_ok());
+}
+
+/// an upstream URL whose port is out of range (a typo such as `:80800`) or whose host
+/// is empty is not `http://host:port`; it must be refused at start, naming it, as a path or an
+/// https scheme is. Today `http::Uri` parses it, `Authority::port_u16()` is `None`, and
+/// `Address::of` falls back to port 80: the proxy silently forwards to another port (in a pod,
+/// whatever other container listens on :80).
+#[tokio::test]
+async fn an_upstream_with_an_invalid_port_or_no_host_is_refused_at_start() {
+    let policy = policy_file(POLICY);
+    let mut accepted = Vec::new();
+    for upstream in [
+        "http://127.0.0.1:80800",
+        "http://localhost:65536",
+        "http://[::1]:0",
+        "http://127.0.0.1:",
+        "http://:8080",
+    ] {
+        let mut cfg = config_for(&policy.path, upstream);
+        cfg.drain_timeout = Duration::from_secs(1);
+        match Proxy::start(cfg).await {
+            Ok(proxy) => {
+                accepted.push(upstream);
+                let _ = proxy.shutdown().await;
+            }
+            Err(err) => assert!(
+                matches!(err, corsair_proxy::ProxyError::Upstream { .. }),
+                "{upstream}: {err}"
+            ),
+        }
+    }
+    assert!(
+        accepted.is_empty(),
+        "started with upstream URLs that name no valid host:port: {accepted:?}"
+    );
+    // A port left out is 80; an IPv6 literal's colons are not a port.
+    for upstream in ["http://localhost", "http://[::1]:65535", "http://[::1]"] {
+        let proxy = Proxy::start(config_for(&policy.path, upstream))
+            .await
+            .unwrap_or_else(|err| panic!("{upstream}: {err}"));
+        proxy.shutdown().await.expect("clean shutdown");
+    }
+}
+
+fn config_for(policy: &std::path::Path, upstream: &str) -> corsair_proxy::ProxyConfig {
+    corsair_proxy::ProxyConfig::new(
+        policy.to_owned(),
+        upstream.parse().expect("http::Uri parses it"),
+        "127.0.0.1:0".parse().expect("addr"),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+}
+
+/// the admin port gives a client 10 s to send a request head (corsair_runtime's
+/// HEADER_READ_TIMEOUT, "also the keep-alive wait"), and does close a connection stalled in an
+/// HTTP/1 head then; but a connection that sends nothing at all, or only the start of the
+/// HTTP/2 preface, is never closed: hyper-util's protocol detection runs no timer (the proxy
+/// port guards against exactly this in `server::protocol_known`). Such connections pile up
+/// without bound in the sidecar, whose admin port any pod of the cluster can reach.
+#[tokio::test]
+async fn an_admin_connection_that_sends_nothing_is_closed() {
+    let h = harness(POLICY).await;
+    let admin_addr = h.proxy.admin_addr();
+    let silent = TcpStream::connect(admin_addr).await.expect("connect");
+    let mut preface = TcpStream::connect(admin_addr).await.expect("connect");
+    preface
+        .write_all(b"PRI * HTTP/2.0\r\n")
+        .await
+        .expect("write");
+    let mut stalled = TcpStream::connect(admin_addr).await.expect("connect");
+    stalled
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow")
+        .await
+        .expect("write");
+    let closed_within = |mut stream: TcpStream| async move {
+        let mut out = Vec::new();
+        timeout(Duration::from_secs(15), stream.read_to_end(&mut out))
+            .await
+            .is_ok()
+    };
+    let (silent, preface, stalled) = tokio::join!(
+        closed_within(silent),
+        closed_within(preface),
+        closed_within(stalled)
+    );
+    assert!(
+        stalled,
+        "control: a stalled HTTP/1 head is cut off after 10 s"
+    );
+    assert!(
+        silent && preface,
+        "admin connections not closed within 15 s: silent one still open: {}, partial HTTP/2 preface one still open: {}",
+        !silent,
+        !preface
+    );
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
+
+/// a second proxy asked to listen on a port another proxy already serves must fail to
+/// start ("cannot listen on …"), as any server does. Because every proxy listener sets
+/// `SO_REUSEPORT` (for its own worker threads), the kernel lets a second process of the same
+/// user join the port: both start, and the kernel splits new connections between them,
+/// whatever policy and upstream each one has.
+#[tokio::test]
+async fn a_second_proxy_on_a_port_in_use_does_not_start() {
+    let first = harness(POLICY).await;
+    let other = policy_file("allowOrigins: [\"https://evil.example.net\"]");
+    let mut cfg = support::config(&other.path, &first.upstream);
+    cfg.listen = first.proxy.listen_addr();
+    match Proxy::start(cfg).await {
+        Err(err) => assert!(err.to_string().contains("cannot listen"), "{err}"),
+        Ok(second) => {
+            let addr = second.listen_addr();
+            // Fresh connections to the port: how many the second proxy's policy answers.
+            let mut by_second = 0;
+            for _ in 0..32 {
+                let response = send(
+                    addr,
+                    request("GET", "/").header("origin", "https://evil.example.net"),
+                )
+                .await;
+                if response
+                    .headers()
+                    .contains_key("access-control-allow-origin")
+                {
+                    by_second += 1;
+                }
+            }
+            let _ = second.shutdown().await;
+            panic!(
+                "a second proxy started on {addr}, the port the first one serves; \
+                 {by_second} of 32 new connections got the second one's policy"
+            );
+        }
+    }
+    first.proxy.shutdown().await.expect("clean shutdown");
 }

@@ -641,3 +641,56 @@ async fn an_invalid_policy_is_a_startup_error_naming_the_field() {
         "{message}"
     );
 }
+
+/// With the flag, a file refused at start that is briefly unreadable (a directory in
+/// its place; a permission denied and fixed does the same) and then readable again with the
+/// same refused bytes is still refused: it does not load, so `/policy` must keep saying why
+/// and `corsair_proxy_policy_file_refused` must stay 1 (README, "hot-reloads the policy file").
+#[tokio::test]
+async fn a_refused_file_readable_again_is_still_refused() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("policy.json");
+    let newer = r#"{"apiVersion":"corsair.dev/v1alpha1","kind":"CorsPolicy","metadata":{"name":"api","generation":8},"spec":{"allowOrigins":["https://app.example.com"],"aFieldFromTheFuture":true}}"#;
+    std::fs::write(&path, newer).expect("write policy");
+    let mut cfg = config(&path, &up);
+    cfg.allow_missing_policy = true;
+    cfg.reload_poll_interval = Duration::from_millis(50);
+    let proxy = Proxy::start(cfg)
+        .await
+        .expect("starts on a policy it cannot load");
+    let refused = "corsair_proxy_policy_file_refused";
+    let failed = "corsair_proxy_policy_reloads_total{result=\"failed\"}";
+    assert_eq!(metric(&proxy, refused).await, 1.0);
+
+    // Unreadable for a moment: counted, still refused.
+    std::fs::remove_file(&path).expect("remove policy");
+    std::fs::create_dir(&path).expect("a directory in the policy's place");
+    wait_for_metric(&proxy, failed, 1.0).await;
+    assert_eq!(metric(&proxy, refused).await, 1.0);
+
+    // The same refused bytes, readable again (whole at once, so no check reads it half
+    // written).
+    std::fs::remove_dir(&path).expect("remove the directory");
+    replace(&path, newer);
+    // Read again and refused again, for what it is rather than for being unreadable.
+    wait_for_metric(&proxy, failed, 2.0).await;
+    let mut conn = Conn::open(proxy.listen_addr()).await;
+    assert_eq!(
+        allowed_origin(&mut conn, APP).await,
+        None,
+        "still no origin allowed"
+    );
+    assert_eq!(
+        metric(&proxy, refused).await,
+        1.0,
+        "the file on disk does not load, yet policy_file_refused says it is not refused"
+    );
+    let why = policy_refused(&proxy).await;
+    assert!(
+        why.as_deref()
+            .is_some_and(|w| w.contains("aFieldFromTheFuture")),
+        "/policy no longer says why the file on disk is refused: {why:?}"
+    );
+    proxy.shutdown().await.expect("clean shutdown");
+}

@@ -139,7 +139,13 @@ impl Admin {
     /// The answer to one request.
     pub fn respond(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
         if method != Method::GET && method != Method::HEAD {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+            let mut refused = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+            // RFC 9110 §15.5.6: a 405 lists the methods the resource supports.
+            refused.headers_mut().insert(
+                http::header::ALLOW,
+                http::HeaderValue::from_static("GET, HEAD"),
+            );
+            return refused;
         }
         match path {
             "/healthz" => text(StatusCode::OK, "ok\n"),
@@ -212,6 +218,9 @@ impl Admin {
             let admin = admin.clone();
             let builder = builder.clone();
             connections.spawn(async move {
+                if !crate::listen::protocol_known(&stream, HEADER_READ_TIMEOUT).await {
+                    return;
+                }
                 let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let response = admin.respond(req.method(), req.uri().path());
                     async move { Ok::<_, Infallible>(response) }

@@ -10,6 +10,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
 /// A listening socket on `addr` (non-blocking, backlog 1024, `SO_REUSEADDR`), with
 /// `SO_REUSEPORT` when `reuse_port` (several sockets sharing one port, one per worker).
@@ -19,6 +20,17 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 /// The socket's own: the address is taken, not local, or not permitted.
 pub fn std_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     with_ipv4_fallback(addr, |addr| open(addr, reuse_port))
+}
+
+/// Fails as [`std_listener`] would without `SO_REUSEPORT` when `addr` is taken. Linux lets any
+/// later `SO_REUSEPORT` socket of the same user join a port, so a group of them is bound only
+/// after this check: a second process on the port would otherwise share its connections.
+///
+/// # Errors
+///
+/// As [`std_listener`].
+pub fn check_free(addr: SocketAddr) -> io::Result<()> {
+    with_ipv4_fallback(addr, |addr| socket(addr, false)?.bind(&addr.into()))
 }
 
 /// [`std_listener`] for tokio, without `SO_REUSEPORT`. Must be called within a tokio runtime.
@@ -61,6 +73,16 @@ fn no_ipv6(err: &io::Error) -> bool {
 }
 
 fn open(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    let socket = socket(addr, reuse_port)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// A TCP socket for `addr`, not bound yet: dual-stack when IPv6, `SO_REUSEADDR`, and
+/// `SO_REUSEPORT` when `reuse_port`.
+fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<socket2::Socket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -73,11 +95,41 @@ fn open(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener>
         socket.set_reuse_port(true)?;
     }
     socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
+    Ok(socket)
 }
+
+/// Waits until the connection's first bytes decide its protocol (hyper's: the HTTP/2 preface, or
+/// anything that departs from it), for at most `timeout`; false if they did not come in time,
+/// or the client closed first.
+///
+/// Until then hyper-util's `auto` server runs no header timer, so a connection that sends
+/// nothing, or only the start of the preface, would be held for as long as the client likes.
+pub async fn protocol_known(stream: &tokio::net::TcpStream, timeout: Duration) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut seen = [0u8; PREFACE.len()];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut seen)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(_)) | Err(_) => return false,
+        };
+        if n == 0 {
+            return false;
+        }
+        if n == PREFACE.len() || seen[..n] != PREFACE[..n] {
+            return true;
+        }
+        // The start of the preface and no more yet. A peek answers at once while bytes wait,
+        // so look again shortly; a client sends its preface whole, so this is rare.
+        if tokio::time::Instant::now() + PREFACE_POLL >= deadline {
+            return false;
+        }
+        tokio::time::sleep(PREFACE_POLL).await;
+    }
+}
+
+/// How often a connection that has sent part of the HTTP/2 preface is looked at again.
+const PREFACE_POLL: Duration = Duration::from_millis(10);
 
 #[cfg(test)]
 mod tests {
