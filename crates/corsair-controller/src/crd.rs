@@ -446,6 +446,39 @@ mod tests {
         assert!(!text.contains("\"anyOf\"") && !text.contains("\"oneOf\""));
     }
 
+    /// The API server drops integer formats such as `uint32` before it validates, so only
+    /// `minimum`/`maximum` keep a value the Rust type can hold: one stored beyond them would fail
+    /// every list of CorsPolicies the controller reads, and with it every reconciler.
+    #[test]
+    fn every_integer_of_the_spec_is_bounded_by_the_schema() {
+        fn walk(at: &str, node: &Value, unbounded: &mut Vec<String>) {
+            if node["type"] == "integer"
+                && (node["minimum"].as_f64().is_none() || node["maximum"].as_f64().is_none())
+            {
+                unbounded.push(at.to_owned());
+            }
+            for (name, child) in node["properties"].as_object().into_iter().flatten() {
+                walk(&format!("{at}.{name}"), child, unbounded);
+            }
+            if node["items"].is_object() {
+                walk(&format!("{at}[]"), &node["items"], unbounded);
+            }
+        }
+        let schema = schema();
+        let mut unbounded = Vec::new();
+        walk(
+            "spec",
+            &schema["openAPIV3Schema"]["properties"]["spec"],
+            &mut unbounded,
+        );
+        assert!(
+            unbounded.is_empty(),
+            "integers without a minimum and maximum: {unbounded:?}"
+        );
+        let max_age = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"]["maxAge"];
+        assert_eq!(max_age["maximum"].as_f64(), Some(f64::from(u32::MAX)));
+    }
+
     #[test]
     fn enums_are_plain_string_enums() {
         let schema = schema();

@@ -86,7 +86,9 @@ macro_rules! with_cors_rules {
             pub allow_credentials: Option<bool>,
             /// Seconds a browser may cache a preflight answer. Left out: no `Access-Control-Max-Age`.
             #[serde(default, skip_serializing_if = "Option::is_none")]
-            #[schemars(range(min = 0))]
+            // The maximum is the schema's own: the API server drops `format: uint32`, and a
+            // larger value it stored would fail every list of CorsPolicies the controller reads.
+            #[schemars(range(min = 0, max = 4_294_967_295u32))]
             pub max_age: Option<u32>,
             /// Answer `Access-Control-Request-Private-Network: true` with
             /// `Access-Control-Allow-Private-Network: true`. Default false.
