@@ -250,12 +250,21 @@ async fn lead(
     lease: LeaseConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> crate::Result<()> {
+    tokio::pin!(shutdown);
+    // A stop must not wait for an API server that does not answer the Lease.
     let leadership = loop {
-        match Leadership::start(leader.client.clone(), &lease).await {
+        let attempt = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            attempt = Leadership::start(leader.client.clone(), &lease) => attempt,
+        };
+        match attempt {
             Ok(leadership) => break leadership,
             Err(err) => {
                 tracing::warn!(%err, "cannot join the leader election; retrying in 5 s");
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
             }
         }
     };
@@ -484,6 +493,69 @@ mod tests {
     use super::resolve_sidecar_mode;
     use crate::fixtures::{failure, mock_client};
     use crate::webhook::SidecarMode;
+
+    /// SIGTERM while the replica cannot join the leader election (the API server unreachable
+    /// or refusing the Lease): the leader task must end with the shutdown, as every other
+    /// task does, instead of retrying the election every 5 s until the kubelet's SIGKILL.
+    #[tokio::test]
+    async fn shutdown_is_not_held_by_an_election_that_cannot_be_joined() {
+        use std::time::Duration;
+
+        use crate::fixtures::{FakeApi, Reply};
+        use crate::lease::LeaseConfig;
+        use crate::reconcile;
+
+        let api = FakeApi::new(|call| {
+            if call.is_watch() {
+                return Reply::quiet_watch();
+            }
+            if call.path.contains("/leases") {
+                return Reply::status(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    failure(503, "ServiceUnavailable", None),
+                );
+            }
+            Reply::steady(call, &[]).unwrap_or_else(|| Reply::echo(call))
+        });
+        let client = api.client();
+        let (caches, watches) = reconcile::Caches::start(&client);
+        let leader = super::Leader {
+            caches,
+            client,
+            reporter: kube::runtime::events::Reporter {
+                controller: reconcile::REPORTER.into(),
+                instance: Some("a".into()),
+            },
+            metrics: crate::metrics::Metrics::default(),
+            inject: crate::webhook::InjectConfig::default(),
+            webhook_check: None,
+            certs: None,
+        };
+        let lease = LeaseConfig {
+            name: "corsair-leader".into(),
+            namespace: "corsair-system".into(),
+            identity: "a".into(),
+            duration_seconds: 15,
+            grace_seconds: 5,
+        };
+        // The shutdown was asked for already.
+        let ended = tokio::time::timeout(
+            Duration::from_secs(3),
+            super::lead(leader, lease, std::future::ready(())),
+        )
+        .await;
+        let lease_calls = api
+            .calls()
+            .iter()
+            .filter(|c| c.path.contains("/leases"))
+            .count();
+        drop(watches);
+        assert!(
+            ended.is_ok(),
+            "the leader task still runs 3 s after the shutdown, trying to join the election \
+             ({lease_calls} Lease calls so far)"
+        );
+    }
 
     /// A passing error at start does not leave a replica injecting plain containers for its
     /// life while its peers inject native sidecars; a lasting one does, which works everywhere.

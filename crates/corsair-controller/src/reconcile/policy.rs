@@ -205,7 +205,8 @@ pub fn desired_configmap(policy: &CorsPolicy, namespace: &str) -> Result<ConfigM
 }
 
 /// Whether the stored ConfigMap already carries everything `desired` declares: the data, our
-/// labels and the owner reference. Fields others added (labels, annotations) do not count.
+/// labels and the owner reference. Fields others added (labels, annotations, data keys) do not
+/// count: an apply cannot remove them, so it would be sent again at every reconcile.
 pub fn configmap_matches(stored: &ConfigMap, desired: &ConfigMap) -> bool {
     let contains = |have: Option<&BTreeMap<String, String>>,
                     want: Option<&BTreeMap<String, String>>| {
@@ -213,8 +214,7 @@ pub fn configmap_matches(stored: &ConfigMap, desired: &ConfigMap) -> bool {
             .flatten()
             .all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
     };
-    stored.data == desired.data
-        && stored.binary_data.is_none()
+    contains(stored.data.as_ref(), desired.data.as_ref())
         && contains(
             stored.metadata.labels.as_ref(),
             desired.metadata.labels.as_ref(),

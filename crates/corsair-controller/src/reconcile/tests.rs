@@ -2159,3 +2159,31 @@ async fn a_webhook_check_that_cannot_be_made_holds_nothing_back() {
     assert_eq!(action, Action::await_change());
     verifier.expect_no_more_calls().await;
 }
+
+/// Another field manager added a key of its own to the rendered ConfigMap (an annotation-driven
+/// tool, a user's `kubectl patch`): server-side apply never removes it, since it is not ours, so
+/// re-applying cannot change anything. The policy in sync must make no call, as it does when
+/// others add labels.
+#[tokio::test]
+async fn a_key_another_manager_added_to_the_configmap_makes_no_write() {
+    let (synced, mut index) = in_sync(&valid_policy(), 2);
+    let key = (NS.to_owned(), "corsair-policy-api".to_owned());
+    let mut stored = index.configmaps[&key].as_ref().clone();
+    stored
+        .data
+        .get_or_insert_default()
+        .insert("notes.txt".into(), "owned by someone else".into());
+    index.configmaps.insert(key, Arc::new(stored));
+    let (ctx, verifier) = context(index);
+    let server = tokio::spawn(verifier.expect_no_more_calls());
+    let action = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        policy::reconcile(Arc::new(synced), ctx),
+    )
+    .await;
+    joined(server).await;
+    assert!(
+        matches!(&action, Ok(Ok(a)) if *a == Action::requeue(policy::RESYNC)),
+        "{action:?}"
+    );
+}
