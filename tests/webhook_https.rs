@@ -1513,3 +1513,47 @@ async fn connections_beyond_the_cap_wait() {
     assert_eq!(status, StatusCode::OK);
     drop(second);
 }
+
+/// An HTTP/1.1 client that sends one review and never reads the answer gives its connection
+/// permit (and the answer's memory) back within 30 s: an answer nobody reads is given up.
+#[tokio::test]
+async fn a_client_that_never_reads_its_answer_gives_its_slot_back() {
+    use tokio::io::AsyncWriteExt;
+    let webhook = start(&["--max-connections", "1"]);
+    // An invalid policy with many origins: one denial message per origin, about 10x the body.
+    let origins: Vec<String> = (0..200_000).map(|i| format!("h{i}")).collect();
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "u", "operation": "CREATE", "namespace": "default",
+            "kind": {"group": "corsair.dev", "version": "v1alpha1", "kind": "CorsPolicy"},
+            "object": {"apiVersion": "corsair.dev/v1alpha1", "kind": "CorsPolicy",
+                "metadata": {"name": "p", "namespace": "default"},
+                "spec": {"allowOrigins": origins}}}
+    });
+    let body = serde_json::to_vec(&review).expect("json");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let tcp = socket.connect(webhook.addr).await.expect("connect");
+    let name = ServerName::try_from("localhost").expect("name");
+    let mut stalled = webhook.tls.connect(name, tcp).await.expect("TLS");
+    let head = format!(
+        "POST /validate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    stalled.write_all(head.as_bytes()).await.expect("head");
+    stalled.write_all(&body).await.expect("body");
+    stalled.flush().await.expect("flush");
+    // Never read from `stalled` again: 20 s without a request in flight, then 10 s for the
+    // graceful close, which cannot write the answer either.
+    let small = fixture("pod-named-port").to_string().into_bytes();
+    let served = tokio::time::timeout(
+        Duration::from_secs(40),
+        send(&webhook.tls, webhook.addr, Method::POST, "/inject", small),
+    )
+    .await;
+    assert!(
+        served.is_ok(),
+        "a client that stopped reading still holds the only connection slot after 40 s"
+    );
+    drop(stalled);
+}

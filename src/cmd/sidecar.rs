@@ -102,7 +102,7 @@ impl SidecarArgs {
             anyhow::ensure!(
                 !webhook::above_limit(request, limit),
                 "{request_flag} {shown_request} is above {limit_flag} {shown_limit}{}",
-                if limit.and_then(webhook::quantity_value) == Some(0.0) {
+                if limit.and_then(webhook::quantity_value) == Some(0) {
                     " (an empty value, not 0, leaves a limit out)"
                 } else {
                     ""

@@ -776,8 +776,12 @@ fn stop_timing(
     let delay = annotated
         .or_else(|| pre_stop_sleep(&spec.containers[target.container]))
         .filter(|d| *d > 0);
-    // Kubernetes' default grace period.
-    let grace = spec.termination_grace_period_seconds.unwrap_or(30);
+    // Kubernetes' default grace period; a negative one it admits and takes as 1 s.
+    let grace = match spec.termination_grace_period_seconds {
+        None => 30,
+        Some(grace) if grace < 0 => 1,
+        Some(grace) => grace,
+    };
     let room = grace - i64::from(delay.unwrap_or(0)) - 1;
     if let Some(delay) = delay
         && room < 1
@@ -1101,7 +1105,8 @@ fn check_port_conflicts(
     proxy_port: u16,
     admin_port: u16,
 ) -> Result<(), InjectError> {
-    if target.number == proxy_port || target.number == admin_port {
+    // An undeclared port can come only from the annotation; a declared one is named below.
+    if target.port_index.is_none() && (target.number == proxy_port || target.number == admin_port) {
         return Err(InjectError::PortConflict {
             field: format!("metadata.annotations[{}]", names::PORT_ANNOTATION),
             port: target.number,
@@ -1248,51 +1253,70 @@ pub fn above_limit(request: Option<&str>, limit: Option<&str>) -> bool {
     }
 }
 
-/// The value of a Kubernetes resource quantity (`100m`, `0.5`, `64Mi`, `1e3`, `+1`, `500n`), or
-/// `None` when `v` is not one, or is negative (no resource is). A float: the values compared are
-/// written by people, never within its precision of each other.
-pub fn quantity_value(v: &str) -> Option<f64> {
+/// The value of a Kubernetes resource quantity (`100m`, `0.5`, `64Mi`, `1e3`, `+1`, `500n`) in
+/// nano-units (`100m` is 100,000,000), or `None` when `v` is not one, or is negative (no
+/// resource is). Exact, as Kubernetes compares quantities (`700m` equals `0.7`, which a float
+/// does not say); what is finer than `1n` is rounded up, as Kubernetes does, and a value beyond
+/// `u128` saturates.
+pub fn quantity_value(v: &str) -> Option<u128> {
     let v = v.strip_prefix('+').unwrap_or(v);
     let split = v
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(v.len());
     let (number, suffix) = v.split_at(split);
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
     let well_formed = match number.split_once('.') {
-        Some((whole, fraction)) => (whole.is_empty() || digits(whole)) && digits(fraction),
+        Some(_) => (whole.is_empty() || digits(whole)) && digits(fraction),
         None => digits(number),
     };
     if !well_formed {
         return None;
     }
-    let mantissa: f64 = number.parse().ok()?;
-    let binary = |power: i32| 1024f64.powi(power);
-    let scale = match suffix {
-        "" => 1.0,
-        "n" => 1e-9,
-        "u" => 1e-6,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => binary(1),
-        "Mi" => binary(2),
-        "Gi" => binary(3),
-        "Ti" => binary(4),
-        "Pi" => binary(5),
-        "Ei" => binary(6),
-        exponent => {
-            let power = exponent.strip_prefix(['e', 'E'])?;
+    let mantissa = whole.bytes().chain(fraction.bytes()).fold(0u128, |n, b| {
+        n.saturating_mul(10).saturating_add(u128::from(b - b'0'))
+    });
+    // The power of ten that turns `mantissa` into nano-units.
+    let fraction_digits = i64::try_from(fraction.len()).ok()?;
+    let mut exponent = 9 - fraction_digits;
+    let mut binary = 0;
+    match suffix {
+        "" => {}
+        "n" => exponent -= 9,
+        "u" => exponent -= 6,
+        "m" => exponent -= 3,
+        "k" => exponent += 3,
+        "M" => exponent += 6,
+        "G" => exponent += 9,
+        "T" => exponent += 12,
+        "P" => exponent += 15,
+        "E" => exponent += 18,
+        "Ki" => binary = 1,
+        "Mi" => binary = 2,
+        "Gi" => binary = 3,
+        "Ti" => binary = 4,
+        "Pi" => binary = 5,
+        "Ei" => binary = 6,
+        other => {
+            let power = other.strip_prefix(['e', 'E'])?;
             if !digits(power.strip_prefix(['+', '-']).unwrap_or(power)) {
                 return None;
             }
-            10f64.powi(power.parse().ok()?)
+            exponent = exponent.checked_add(power.parse::<i64>().ok()?)?;
         }
+    }
+    let mantissa = mantissa.saturating_mul(1024u128.pow(binary));
+    let tens = |power: i64| {
+        u32::try_from(power)
+            .ok()
+            .and_then(|p| 10u128.checked_pow(p))
     };
-    Some(mantissa * scale)
+    Some(if exponent >= 0 {
+        tens(exponent).map_or(u128::MAX, |scale| mantissa.saturating_mul(scale))
+            * u128::from(mantissa > 0)
+    } else {
+        tens(-exponent).map_or(u128::from(mantissa > 0), |scale| mantissa.div_ceil(scale))
+    })
 }
 
 /// The proxy container, restricted by the Pod Security Standard `restricted`.

@@ -93,9 +93,11 @@ pub async fn serve(
                                 return;
                             }
                         };
-                        // HTTP/1.1 needs no idle check of ours: hyper's header timeout also runs
-                        // while a kept-alive connection waits for its next request.
                         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                        // Over HTTP/1.1 hyper's header timeout closes a kept-alive connection
+                        // waiting for its next request; this longer limit ends one whose answer
+                        // the client does not read, which nothing else times out.
+                        let idle_limit = if h2 { limits.idle_timeout } else { 2 * HANDSHAKE_TIMEOUT };
                         let builder = if h2 { h2_builder } else { h1_builder };
                         let activity = Arc::new(Activity::new());
                         let service = service_fn({
@@ -112,15 +114,13 @@ pub async fn serve(
                         });
                         let conn = builder.serve_connection(TokioIo::new(tls), service);
                         tokio::pin!(conn);
-                        // The handshake timeout until the first request, then, over HTTP/2, the
-                        // idle timeout.
-                        let check = tokio::time::sleep(HANDSHAKE_TIMEOUT.min(limits.idle_timeout));
+                        // The handshake timeout until the first request, then the idle limit.
+                        let check = tokio::time::sleep(HANDSHAKE_TIMEOUT.min(idle_limit));
                         tokio::pin!(check);
-                        let mut checking = true;
                         let result = loop {
                             tokio::select! {
                                 result = conn.as_mut() => break result,
-                                () = &mut check, if checking => {
+                                () = &mut check => {
                                     let now = tokio::time::Instant::now();
                                     let next = match activity.idle_for() {
                                         _ if !activity.requested() => {
@@ -131,20 +131,17 @@ pub async fn serve(
                                             }
                                             now + HANDSHAKE_TIMEOUT - waited
                                         }
-                                        _ if !h2 => {
-                                            checking = false;
-                                            continue;
-                                        }
-                                        Some(idle) if idle >= limits.idle_timeout => {
+                                        Some(idle) if idle >= idle_limit => {
                                             tracing::debug!(%peer, "idle; closing");
                                             conn.as_mut().graceful_shutdown();
-                                            // HTTP/2 waits for the client's answer to a PING.
+                                            // HTTP/2 waits for the client's answer to a PING,
+                                            // HTTP/1.1 for the answer being written.
                                             match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.as_mut()).await {
                                                 Ok(result) => break result,
                                                 Err(_) => return,
                                             }
                                         }
-                                        idle => now + limits.idle_timeout - idle.unwrap_or_default(),
+                                        idle => now + idle_limit - idle.unwrap_or_default(),
                                     };
                                     check.as_mut().reset(next);
                                 }

@@ -1083,27 +1083,49 @@ fn unset_quantities_are_left_out_of_the_sidecar() {
 
 #[test]
 fn every_quantity_form_kubernetes_reads_is_read_with_its_value() {
-    for (text, value) in [
-        ("100m", 0.1),
-        ("0.5", 0.5),
-        (".5", 0.5),
-        ("+1", 1.0),
-        ("1e3", 1000.0),
-        ("1E3", 1000.0),
-        ("5e-1", 0.5),
-        ("500n", 5e-7),
-        ("100u", 1e-4),
-        ("2k", 2000.0),
-        ("1E", 1e18),
-        ("64Mi", 64.0 * 1024.0 * 1024.0),
-        ("1.5Gi", 1.5 * 1024.0 * 1024.0 * 1024.0),
+    const GI: u128 = 1 << 30;
+    for (text, nanos) in [
+        ("100m", 100_000_000),
+        ("0.5", 500_000_000),
+        (".5", 500_000_000),
+        ("+1", 1_000_000_000),
+        ("1e3", 1_000_000_000_000),
+        ("1E3", 1_000_000_000_000),
+        ("5e-1", 500_000_000),
+        ("500n", 500),
+        ("100u", 100_000),
+        ("2k", 2_000_000_000_000),
+        ("1E", 10u128.pow(27)),
+        ("64Mi", (64 << 20) * 1_000_000_000),
+        ("1.5Gi", 3 * GI / 2 * 1_000_000_000),
+        // Finer than a nano-unit is rounded up, as Kubernetes rounds.
+        ("0.0000000001", 1),
+        ("1e-12", 1),
+        ("0", 0),
+        ("0e-50", 0),
     ] {
-        let read = quantity_value(text).unwrap_or(f64::NAN);
-        assert!(
-            (read - value).abs() <= value * 1e-12,
-            "{text}: {read} != {value}"
-        );
+        assert_eq!(quantity_value(text), Some(nanos), "{text}");
     }
+}
+
+/// Kubernetes compares quantities exactly: a request equal to its limit in another spelling is
+/// not above it (as floats, `700m` read 0.7000000000000001, above `0.7`).
+#[test]
+fn equal_quantities_in_other_spellings_are_equal() {
+    for (a, b) in [
+        ("700m", "0.7"),
+        ("9m", "0.009"),
+        ("7e-1", "0.7"),
+        ("1Ki", "1024"),
+        ("1k", "1000"),
+        ("1500m", "1.5"),
+        ("1Gi", "1073741824"),
+    ] {
+        assert_eq!(quantity_value(a), quantity_value(b), "{a} {b}");
+        assert!(!above_limit(Some(a), Some(b)), "{a} above {b}");
+        assert!(!above_limit(Some(b), Some(a)), "{b} above {a}");
+    }
+    assert!(above_limit(Some("701m"), Some("0.7")));
 }
 
 #[test]
@@ -1157,4 +1179,51 @@ fn a_resource_annotation_that_is_not_a_quantity_is_refused_naming_it() {
             other => panic!("{bad:?} was not refused: {other:?}"),
         }
     }
+}
+
+/// A request equal to its limit in another spelling is not above it: Kubernetes compares
+/// quantities exactly.
+#[test]
+fn a_request_equal_to_its_limit_in_another_spelling_is_taken() {
+    for (request, limit) in [
+        ("700m", "0.7"),
+        ("9m", "0.009"),
+        ("7e-1", "0.7"),
+        ("1100m", "1.1"),
+        ("0.7", "700m"),
+    ] {
+        let mut pod = web_pod();
+        pod["metadata"]["annotations"]["corsair.dev/proxy-cpu-request"] = json!(request);
+        pod["metadata"]["annotations"]["corsair.dev/proxy-cpu-limit"] = json!(limit);
+        if let Err(err) = run(&pod, &native()) {
+            panic!("{request} under {limit}: {err}");
+        }
+    }
+}
+
+/// A declared port on the proxy's port is named by its field, not by an annotation the pod
+/// does not set.
+#[test]
+fn a_declared_port_on_the_proxy_port_is_named_by_its_field() {
+    let mut pod = web_pod();
+    pod["spec"]["containers"][0]["ports"][0]["containerPort"] = json!(15380);
+    let message = run(&pod, &native()).expect_err("a conflict").to_string();
+    assert!(
+        message.starts_with("spec.containers[0].ports[0]") && message.contains("15380"),
+        "{message}"
+    );
+}
+
+/// Kubernetes admits a negative grace period and takes it as 1 s; at its extreme it must not
+/// overflow the drain arithmetic.
+#[test]
+fn a_negative_grace_period_is_taken_as_one_second() {
+    let mut pod = web_pod();
+    pod["spec"]["terminationGracePeriodSeconds"] = json!(i64::MIN);
+    pod["metadata"]["annotations"]["corsair.dev/shutdown-delay"] = json!("5");
+    let injection = run(&pod, &container()).expect("injects");
+    warns(
+        &injection,
+        "leaves no time to drain within spec.terminationGracePeriodSeconds (1 s)",
+    );
 }
