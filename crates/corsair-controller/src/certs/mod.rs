@@ -400,10 +400,15 @@ impl Manager {
             (None, Some(old)) if ca_secret.is_none() => Authority::from_secret(old).ok(),
             (None, _) => None,
         };
+        let stored_bundle = serving_secret
+            .as_ref()
+            .and_then(|secret| Bundle::from_secret(secret).ok());
         let authority = match stored {
             Some(ca) if !ca.needs_rotation(now) => ca,
             Some(old) => Authority::generate(now, Some(&old.ca_pem))?,
-            None => Authority::generate(now, None)?,
+            // The CA the replicas' certificates chain to stays trusted beside the new one, as in
+            // a rotation: each replica serves its certificate until it reads the Secret again.
+            None => Authority::generate(now, stored_bundle.as_ref().map(|b| b.ca_pem.as_str()))?,
         };
         if in_ca_secret.as_ref() != Some(&authority) {
             let version = ca_secret.and_then(|s| s.metadata.resource_version);
@@ -412,9 +417,6 @@ impl Manager {
         }
 
         // The serving certificate: reissued when missing, near its end, or from another CA.
-        let stored_bundle = serving_secret
-            .as_ref()
-            .and_then(|secret| Bundle::from_secret(secret).ok());
         let bundle = match &stored_bundle {
             Some(b) if b.ca_pem == authority.ca_pem && !b.needs_renewal(now) => b.clone(),
             _ => authority.issue(dns, now)?,

@@ -485,3 +485,58 @@ async fn api_server_trusts_the_served_certificate_over_real_tls() {
             .is_err()
     );
 }
+
+/// The CA Secret gone (deleted by hand, or left out of a restore) or unusable while the serving
+/// Secret remains: every replica keeps serving its certificate from the old CA until it reads
+/// the serving Secret again (every 30 s), so the `caBundle` published in the same round must
+/// still trust the old CA beside the new one, as a rotation does.
+#[tokio::test]
+async fn a_lost_ca_secret_keeps_the_served_certificates_ca_trusted() {
+    let (old, bundle) = issued(now());
+    let (client, mut server) = mock_client();
+    let manager = Manager::new(client, config());
+    let later = now() + SignedDuration::from_secs(24 * 3600);
+    let task = tokio::spawn(async move { manager.reconcile(later).await });
+    let call = server.next_call().await;
+    call.expect(Method::GET, CA_SECRET);
+    call.respond(StatusCode::NOT_FOUND, &not_found());
+    let call = server.next_call().await;
+    call.expect(Method::GET, SERVING_SECRET);
+    call.respond(StatusCode::OK, &stored(bundle.to_secret(&config(), None)));
+    let call = server.next_call().await;
+    call.expect(Method::POST, SECRETS);
+    call.echo();
+    let call = server.next_call().await;
+    call.expect(Method::PUT, SERVING_SECRET);
+    call.echo();
+    let call = server.next_call().await;
+    call.expect(Method::GET, MUTATING);
+    call.respond(
+        StatusCode::OK,
+        &json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+                "metadata": {"name": "corsair-inject"},
+                "webhooks": [{"name": "inject.corsair.dev",
+                              "clientConfig": {"caBundle": ByteString(old.ca_pem.clone().into_bytes())},
+                              "sideEffects": "None", "admissionReviewVersions": ["v1"]}]}),
+    );
+    let call = server.next_call().await;
+    call.expect(Method::PATCH, MUTATING);
+    let published: ByteString =
+        serde_json::from_value(call.body["webhooks"][0]["clientConfig"]["caBundle"].clone())
+            .expect("base64");
+    let published = String::from_utf8(published.0).expect("PEM");
+    call.respond(
+        StatusCode::OK,
+        &json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration", "metadata": {"name": "corsair-inject"}}),
+    );
+    let call = server.next_call().await;
+    call.expect(Method::GET, VALIDATING);
+    call.respond(StatusCode::NOT_FOUND, &not_found());
+    let _ = task.await;
+    assert!(
+        published.contains(old.ca_pem.trim_end()),
+        "the caBundle published holds {} certificate(s), none of them the CA of the certificate \
+         every replica serves until its next read of the serving Secret",
+        count_certs(&published)
+    );
+}
