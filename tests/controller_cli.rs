@@ -139,3 +139,27 @@ fn tls_cert_needs_tls_key() {
     assert!(!out.status.success());
     assert!(stderr.contains("--tls-key"), "{stderr}");
 }
+
+/// A start error names its cause once: the certificate error carries the I/O error in its
+/// message, and is not also its `source()`, which the error chain would print again.
+#[test]
+fn a_missing_certificate_file_is_named_with_its_cause_once() {
+    let out = Command::new(env!("CARGO_BIN_EXE_corsair"))
+        .args(["webhook", "--listen", "127.0.0.1:0"])
+        .args([
+            "--tls-cert",
+            "/nonexistent/tls.crt",
+            "--tls-key",
+            "/nonexistent/tls.key",
+        ])
+        .output()
+        .expect("runs corsair webhook");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("/nonexistent/tls.crt"), "{stderr}");
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+}

@@ -22,20 +22,13 @@ pub enum ProbeError {
     Url(String),
     #[error("the CA file holds no usable CERTIFICATE: {0}")]
     Ca(String),
-    #[error("cannot connect to {addr}: {source}")]
-    Connect {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
+    // Each cause is in its message, not a `source()`, which a chain walk would print again.
+    #[error("cannot connect to {addr}: {cause}")]
+    Connect { addr: String, cause: std::io::Error },
     #[error(
-        "TLS handshake with {host} failed (is the CA the one that signed the webhook's certificate?): {source}"
+        "TLS handshake with {host} failed (is the CA the one that signed the webhook's certificate?): {cause}"
     )]
-    Tls {
-        host: String,
-        #[source]
-        source: std::io::Error,
-    },
+    Tls { host: String, cause: std::io::Error },
     #[error("HTTP exchange failed: {0}")]
     Http(String),
     #[error("no answer within {0:?}")]
@@ -142,18 +135,18 @@ async fn post(target: &ProbeTarget, body: String) -> Result<Bytes, ProbeError> {
     let addr = format!("{host}:{port}");
     let tcp = TcpStream::connect((host.as_str(), port))
         .await
-        .map_err(|source| ProbeError::Connect {
+        .map_err(|cause| ProbeError::Connect {
             addr: addr.clone(),
-            source,
+            cause,
         })?;
     let name =
         ServerName::try_from(host.clone()).map_err(|_| ProbeError::Url(target.url.clone()))?;
     let stream = connector(&target.ca_pem)?
         .connect(name, tcp)
         .await
-        .map_err(|source| ProbeError::Tls {
+        .map_err(|cause| ProbeError::Tls {
             host: host.clone(),
-            source,
+            cause,
         })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await

@@ -16,11 +16,11 @@ use rustls::sign::CertifiedKey;
 /// Why a certificate or key was not accepted. The previous certificate stays in use.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
-    #[error("cannot read {path}: {source}")]
+    /// The cause is in the message, not a `source()`, which a chain walk would print again.
+    #[error("cannot read {path}: {cause}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("the certificate PEM holds no CERTIFICATE block")]
     NoCertificate,
@@ -139,9 +139,9 @@ impl fmt::Debug for CertStore {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, CertError> {
-    std::fs::read(path).map_err(|source| CertError::Read {
+    std::fs::read(path).map_err(|cause| CertError::Read {
         path: path.to_owned(),
-        source,
+        cause,
     })
 }
 
