@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 
-use corsair_policy::CorsPolicySpec;
+use corsair_policy::{CorsPolicySpec, Finding, Severity};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceColumnDefinition, CustomResourceDefinition, CustomResourceDefinitionNames,
     CustomResourceDefinitionSpec, CustomResourceDefinitionVersion, CustomResourceSubresourceStatus,
@@ -54,13 +54,53 @@ const MAX_ROUTES: u64 = 64;
 const MAX_STRING_LEN: u64 = 512;
 
 /// A `CorsPolicy` as stored in the API server.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CorsPolicy {
-    #[serde(default)]
     pub metadata: ObjectMeta,
     pub spec: CorsPolicySpec,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<CorsPolicyStatus>,
+    /// Why the stored spec cannot be read, naming the field; `spec` is then empty. The API
+    /// server stores what its schema admits, which is more than the Rust type holds (a field of
+    /// a newer Corsair after a rollback, a value stored before the schema bounded it): read as
+    /// an error of its own, such a policy is refused in its status instead of failing every list
+    /// of CorsPolicies, and with them every reconciler in the cluster.
+    pub unreadable: Option<Finding>,
+}
+
+impl<'de> Deserialize<'de> for CorsPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Wire {
+            #[serde(default)]
+            metadata: ObjectMeta,
+            spec: Value,
+            #[serde(default)]
+            status: Option<CorsPolicyStatus>,
+        }
+        let wire = Wire::deserialize(deserializer)?;
+        let (spec, unreadable) = match serde_path_to_error::deserialize(wire.spec) {
+            Ok(spec) => (spec, None),
+            Err(err) => {
+                let path = match err.path().to_string() {
+                    root if root == "." => "spec".to_owned(),
+                    path => format!("spec.{path}"),
+                };
+                let finding = Finding {
+                    severity: Severity::Error,
+                    path,
+                    code: "unreadable",
+                    message: err.inner().to_string(),
+                };
+                (CorsPolicySpec::default(), Some(finding))
+            }
+        };
+        Ok(CorsPolicy {
+            metadata: wire.metadata,
+            spec,
+            status: wire.status,
+            unreadable,
+        })
+    }
 }
 
 impl CorsPolicy {
@@ -73,6 +113,7 @@ impl CorsPolicy {
             },
             spec,
             status: None,
+            unreadable: None,
         }
     }
 }
@@ -477,6 +518,39 @@ mod tests {
         );
         let max_age = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"]["maxAge"];
         assert_eq!(max_age["maximum"].as_f64(), Some(f64::from(u32::MAX)));
+    }
+
+    /// A spec the type cannot hold is kept as an error naming the field, not a failed read.
+    #[test]
+    fn an_unreadable_spec_is_read_as_an_error_naming_the_field() {
+        let object = |spec: Value| {
+            json!({"apiVersion": "corsair.dev/v1alpha1", "kind": "CorsPolicy",
+                   "metadata": {"name": "api", "namespace": "shop"}, "spec": spec})
+        };
+        let read = |spec| serde_json::from_value::<CorsPolicy>(object(spec)).expect("read");
+        let good = read(json!({"allowOrigins": ["https://app.example.com"], "maxAge": 600}));
+        assert_eq!(good.unreadable, None);
+        assert_eq!(good.spec.max_age, Some(600));
+        for (spec, path, needle) in [
+            (
+                json!({"maxAge": 4_294_967_296_u64}),
+                "spec.maxAge",
+                "expected u32",
+            ),
+            (
+                json!({"routes": [{"pathPrefix": "/a", "fromTheFuture": true}]}),
+                "spec.routes[0].fromTheFuture",
+                "unknown field",
+            ),
+            (json!("text"), "spec", "expected"),
+        ] {
+            let policy = read(spec);
+            let finding = policy.unreadable.expect("unreadable");
+            assert_eq!(finding.path, path);
+            assert!(finding.message.contains(needle), "{}", finding.message);
+            assert_eq!(policy.spec, CorsPolicySpec::default());
+            assert_eq!(policy.metadata.name.as_deref(), Some("api"));
+        }
     }
 
     #[test]

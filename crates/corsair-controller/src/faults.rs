@@ -752,3 +752,71 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_the_lease_expires() {
     .expect("the election runs");
     leadership.release().await.expect("releases");
 }
+
+/// A stored CorsPolicy that the controller's type cannot read (`maxAge` above `u32::MAX`, stored
+/// before the schema had a maximum while the validating webhook was not called; a field of a
+/// newer Corsair after a rollback) does not keep the controller from reconciling every other
+/// CorsPolicy in the cluster, and is refused in its own status, naming the field.
+#[tokio::test]
+async fn one_unreadable_policy_does_not_stop_the_reconciliation_of_the_others() {
+    let unreadable = json!({
+        "apiVersion": "corsair.dev/v1alpha1", "kind": "CorsPolicy",
+        "metadata": {"name": "cached", "namespace": "other", "uid": "uid-cached",
+                     "generation": 1, "resourceVersion": "2"},
+        "spec": {"allowOrigins": ["https://app.example.com"], "maxAge": 4_294_967_296_u64},
+    });
+    let api = FakeApi::new(move |call| {
+        let policies = [policy_json(), unreadable.clone()];
+        if let Some(reply) = Reply::steady(call, &[(POLICIES, &policies[..])]) {
+            return reply;
+        }
+        Reply::echo(call)
+    });
+    let client = api.client();
+    let (caches, watches) = reconcile::Caches::start(&client);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let run = tokio::spawn(reconcile::run(
+        caches,
+        client,
+        reporter(),
+        Metrics::default(),
+        crate::webhook::InjectConfig::default(),
+        None,
+        stop_rx,
+    ));
+    let delivered = || {
+        api.writes()
+            .iter()
+            .any(|c| c.path == format!("/api/v1/namespaces/{NS}/configmaps/corsair-policy-api"))
+    };
+    // The unreadable one is refused in its own status, naming the field.
+    let refused = || {
+        api.writes().iter().any(|c| {
+            c.path == "/apis/corsair.dev/v1alpha1/namespaces/other/corspolicies/cached/status"
+                && c.body.to_string().contains("spec.maxAge: invalid value")
+        })
+    };
+    let start = Instant::now();
+    while !(delivered() && refused()) && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let policy_lists = api
+        .calls()
+        .iter()
+        .filter(|c| c.path == POLICIES && c.is_read())
+        .count();
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), run).await;
+    drop(watches);
+    assert!(
+        delivered(),
+        "policy {NS}/api was never rendered into its ConfigMap: the CorsPolicy list was read \
+         {policy_lists} times in 10 s and no reconciler started; writes: {:?}",
+        api.writes()
+    );
+    assert!(
+        refused(),
+        "no status names the unreadable field: {:?}",
+        api.writes()
+    );
+}

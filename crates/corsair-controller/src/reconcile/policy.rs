@@ -54,7 +54,13 @@ pub async fn reconcile(policy: Arc<CorsPolicy>, ctx: Arc<Context>) -> Result<Act
     // A ConfigMap write the API server refused for good: said in the status, then returned so
     // that the reconcile is tried again with backoff.
     let mut undelivered = None;
-    let (ready, reason, message, report) = match Engine::compile(&policy.spec) {
+    let compiled = match &policy.unreadable {
+        Some(finding) => Err(Report {
+            findings: vec![finding.clone()],
+        }),
+        None => Engine::compile(&policy.spec),
+    };
+    let (ready, reason, message, report) = match compiled {
         Ok((_engine, report)) => 'valid: {
             let desired = desired_configmap(&policy, &namespace)?;
             let size = rendered_size(&desired);
