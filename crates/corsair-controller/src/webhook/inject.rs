@@ -1266,8 +1266,13 @@ pub fn quantity_value(v: &str) -> Option<u128> {
     let (number, suffix) = v.split_at(split);
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    // `.5` and `1.` are quantities too (apimachinery's parseQuantityString); `.` is not.
     let well_formed = match number.split_once('.') {
-        Some(_) => (whole.is_empty() || digits(whole)) && digits(fraction),
+        Some(_) => {
+            (whole.is_empty() || digits(whole))
+                && (fraction.is_empty() || digits(fraction))
+                && !(whole.is_empty() && fraction.is_empty())
+        }
         None => digits(number),
     };
     if !well_formed {

@@ -1089,6 +1089,7 @@ fn every_quantity_form_kubernetes_reads_is_read_with_its_value() {
         ("0.5", 500_000_000),
         (".5", 500_000_000),
         ("+1", 1_000_000_000),
+        ("1.", 1_000_000_000),
         ("1e3", 1_000_000_000_000),
         ("1E3", 1_000_000_000_000),
         ("5e-1", 500_000_000),
@@ -1167,7 +1168,7 @@ fn a_sidecar_request_above_its_limit_is_refused_naming_both_annotations() {
 #[test]
 fn a_resource_annotation_that_is_not_a_quantity_is_refused_naming_it() {
     for bad in [
-        "", "lots", "1.", "64 Mi", "-1", "1.5.2", "1e", "1Kb", "1e3Mi",
+        "", "lots", ".", "64 Mi", "-1", "1.5.2", "1e", "1Kb", "1e3Mi",
     ] {
         let mut pod = web_pod();
         pod["metadata"]["annotations"]["corsair.dev/proxy-memory-limit"] = json!(bad);
