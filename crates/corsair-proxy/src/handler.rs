@@ -43,6 +43,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
+    let request = conn.requests.start(req.version() == Version::HTTP_2);
     let plan = {
         let policy = state.store.current();
         Plan::new(&policy.engine, &req)
@@ -69,6 +70,7 @@ pub async fn handle(
     };
     labels.status = status_class(response.status());
     state.metrics.request(&labels, started.elapsed());
+    request.answered();
     Ok(response)
 }
 
@@ -419,6 +421,10 @@ pub(crate) fn to_upstream<B>(
             // `http://host?q`: the empty path is `/` (RFC 9110 §4.2.3).
             Some(pq) if pq.as_str().starts_with('?') => {
                 Uri::try_from(format!("/{}", pq.as_str())).ok()?
+            }
+            // HTTP/2's `:path` of an `OPTIONS *` (RFC 9113 §8.3.1): the asterisk form upstream.
+            Some(pq) if pq.as_str() == "*" && parts.method == Method::OPTIONS => {
+                Uri::from_static("*")
             }
             Some(_) => return None,
             None => Uri::from_static("/"),

@@ -5,7 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -34,6 +34,68 @@ pub struct Conn {
     pub lane: Lane,
     /// The client socket's flushes, which a failed HTTP/1 response body waits for.
     pub flush: Arc<ClientFlush>,
+    pub requests: Requests,
+}
+
+/// The requests of a connection, and the HTTP/2 ones the client reset before their answer,
+/// which hyper ends by dropping the handler. h2 bounds the streams reset before they are
+/// accepted, and concurrent streams; a client that resets each stream once its request is
+/// forwarded passes both, and has the upstream do work nobody waits for at the pace it likes
+/// (CVE-2023-44487). Past [`Requests::MIN_RESETS`], a connection whose requests were mostly
+/// reset is closed, as Envoy does.
+#[derive(Default)]
+pub struct Requests {
+    started: AtomicU32,
+    reset: AtomicU32,
+    abusive: CancellationToken,
+}
+
+impl Requests {
+    /// Resets a connection may have before their share counts (Envoy's default).
+    const MIN_RESETS: u32 = 500;
+
+    /// Counts a request; an HTTP/2 one is counted reset if its `InFlight` is dropped before
+    /// [`InFlight::answered`].
+    pub fn start(&self, h2: bool) -> InFlight<'_> {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            requests: self,
+            armed: h2,
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.started.load(Ordering::Relaxed) > 0
+    }
+
+    async fn abusive(&self) {
+        self.abusive.cancelled().await;
+    }
+}
+
+/// One request's handler in flight.
+pub struct InFlight<'a> {
+    requests: &'a Requests,
+    armed: bool,
+}
+
+impl InFlight<'_> {
+    pub fn answered(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let requests = self.requests;
+            let reset = requests.reset.fetch_add(1, Ordering::Relaxed) + 1;
+            if reset >= Requests::MIN_RESETS && reset * 2 > requests.started.load(Ordering::Relaxed)
+            {
+                requests.abusive.cancel();
+            }
+        }
+    }
 }
 
 /// What every connection and request shares.
@@ -172,7 +234,9 @@ async fn serve_known<S>(
         activity: activity.clone(),
         lane: Lane::default(),
         flush,
+        requests: Requests::default(),
     });
+    let conn_events = conn_state.clone();
     let service = service_fn(move |req| {
         crate::handler::handle(service_state.clone(), conn_state.clone(), req)
     });
@@ -183,13 +247,18 @@ async fn serve_known<S>(
     tokio::pin!(conn);
     let timeouts = (state.config.idle_timeout, state.config.header_read_timeout);
     let mut closing = false;
+    // hyper's h2 server has no header timer: a connection that sent the preface and no whole
+    // request head (or an HTTP/1 one, which hyper's timer closes too) gets the header read
+    // timeout for its first request.
+    let mut first_request = Some(Instant::now() + state.config.header_read_timeout);
     loop {
         // Polled only when one of them fired, not on every read and write of the connection.
         let events = OnWake::new(next_event(
             &shutdown,
             &abort,
-            &activity,
+            &conn_events,
             &head_deadline,
+            first_request,
             timeouts,
             closing,
         ));
@@ -222,6 +291,15 @@ async fn serve_known<S>(
                     return;
                 }
                 Event::Abort => return,
+                Event::FirstRequest if conn_events.requests.any() => first_request = None,
+                Event::FirstRequest => {
+                    tracing::debug!(%peer, "closing a connection without a request within the header read timeout");
+                    return;
+                }
+                Event::Resets => {
+                    tracing::warn!(%peer, "closing an HTTP/2 connection whose client reset most of its streams before their answer (rapid reset)");
+                    return;
+                }
             },
         }
     }
@@ -233,21 +311,34 @@ enum Event {
     Shutdown,
     Idle,
     Abort,
+    Resets,
+    FirstRequest,
+}
+
+/// Completes at `deadline`, never without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next [`Event`] of a connection; shutdown only until it is `closing`.
 async fn next_event(
     shutdown: &CancellationToken,
     abort: &CancellationToken,
-    activity: &Activity,
+    conn: &Conn,
     head_deadline: &HeadDeadline,
+    first_request: Option<Instant>,
     (idle_timeout, header_read_timeout): (Duration, Duration),
     closing: bool,
 ) -> Event {
     tokio::select! {
         () = head_deadline.passed(header_read_timeout) => Event::HeadDeadline,
+        () = conn.requests.abusive() => Event::Resets,
+        () = until(first_request) => Event::FirstRequest,
         () = shutdown.cancelled(), if !closing => Event::Shutdown,
-        () = activity.idle_for(idle_timeout) => Event::Idle,
+        () = conn.activity.idle_for(idle_timeout) => Event::Idle,
         () = abort.cancelled() => Event::Abort,
     }
 }

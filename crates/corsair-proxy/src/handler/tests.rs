@@ -47,6 +47,7 @@ fn conn() -> Conn {
         activity: Activity::new(),
         lane: Lane::default(),
         flush: Arc::default(),
+        requests: Default::default(),
     }
 }
 

@@ -512,6 +512,15 @@ impl Outgoing {
                 Wire::End(last) => {
                     self.done = true;
                     self.tail = last;
+                    // hyper ends an HTTP/2 request body cleanly when the client resets the
+                    // stream with NO_ERROR (RFC 9113 §8.1 lets a server stop an upload that way),
+                    // so a reset upload would get its last chunk and reach the upstream whole.
+                    // The last chunk waits one poll: hyper looks for a reset while the handler
+                    // is pending, and drops it, connection and all, before it is written.
+                    if self.framing == RequestFraming::Chunked {
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
                 }
                 Wire::Data(data) => {
                     if self.framing == RequestFraming::Chunked {
