@@ -9,12 +9,15 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
+use corsair_runtime::testing::h2::{
+    self, CONTINUATION, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PREFACE, RST_STREAM, frame,
+    goaway_code, h2_error, hpack_int, hpack_literal, parse_frames, request_block, reset_codes,
+    settings,
+};
 use corsair_runtime::testing::upstream::Upstream;
 use harness::{
-    ALLOWED, CONTINUATION, END_HEADERS, END_STREAM, Exchange, GOAWAY, HEADERS, PREFACE, Probe,
-    ProbeStats, ProxyProcess, RST_STREAM, exchange, frame, goaway_code, h2_client, h2_error,
-    hpack_int, hpack_literal, ms, parse_frames, policy, read_answer, request_block, reset_codes,
-    settings,
+    ALLOWED, Exchange, Probe, ProbeStats, ProxyProcess, exchange, h2_client, ms, policy,
+    read_answer,
 };
 use http::Request;
 use tokio::io::AsyncWriteExt;
@@ -845,7 +848,7 @@ async fn h2_settings_flood() {
     let frames = parse_frames(&ex.answer);
     let acks = frames
         .iter()
-        .filter(|f| f.kind == harness::SETTINGS && f.flags == harness::ACK)
+        .filter(|f| f.kind == h2::SETTINGS && f.flags == h2::ACK)
         .count();
     let goaway = goaway_code(&frames);
     drop(stream);

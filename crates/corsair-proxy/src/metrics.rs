@@ -108,7 +108,7 @@ impl Metrics {
         let generation = Gauge::default();
         registry.register(
             "policy_generation",
-            "metadata.generation of the active policy (0: none loaded)",
+            "metadata.generation of the active policy (0: none loaded, or a document without one)",
             generation.clone(),
         );
         let file_refused = Gauge::default();

@@ -13,41 +13,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::timeout;
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const DATA: u8 = 0;
-const HEADERS: u8 = 1;
-const RST_STREAM: u8 = 3;
-const SETTINGS: u8 = 4;
-const GOAWAY: u8 = 7;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len()).expect("frame fits");
-    let mut out = Vec::with_capacity(9 + payload.len());
-    out.extend_from_slice(&len.to_be_bytes()[1..]);
-    out.push(kind);
-    out.push(flags);
-    out.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-fn hpack_string(bytes: &[u8]) -> Vec<u8> {
-    assert!(bytes.len() < 127);
-    let mut out = vec![u8::try_from(bytes.len()).expect("short")];
-    out.extend_from_slice(bytes);
-    out
-}
-
-/// `POST path`, `:scheme http`, `:authority api.test`, no `content-length`.
-fn post_block(path: &str) -> Vec<u8> {
-    let mut out = vec![0x83, 0x86, 0x04];
-    out.extend(hpack_string(path.as_bytes()));
-    out.push(0x01);
-    out.extend(hpack_string(b"api.test"));
-    out
-}
+use corsair_runtime::testing::h2::{
+    DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PREFACE, RST_STREAM, SETTINGS, frame,
+    hpack_literal, request_block,
+};
 
 /// An upstream that reads the first request head, tells the test, and then reports every byte
 /// it received once the proxy closes the connection.
@@ -98,7 +67,12 @@ async fn an_h2_upload_reset_with_no_error_never_reaches_the_upstream_complete() 
         .expect("connect");
     let mut hello = PREFACE.to_vec();
     hello.extend(frame(SETTINGS, 0, 0, &[]));
-    hello.extend(frame(HEADERS, END_HEADERS, 1, &post_block("/upload")));
+    hello.extend(frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &request_block("POST", "/upload", &[]),
+    ));
     hello.extend(frame(DATA, 0, 1, b"hello"));
     client.write_all(&hello).await.expect("write");
     // Keep reading the proxy's frames so that it is never blocked on us.
@@ -132,15 +106,6 @@ async fn an_h2_upload_reset_with_no_error_never_reaches_the_upstream_complete() 
     );
     drop(write);
     let _ = proxy.shutdown().await;
-}
-
-/// `GET /work`, `:scheme http`, `:authority api.test`.
-fn get_block() -> Vec<u8> {
-    let mut out = vec![0x82, 0x86, 0x04, 5];
-    out.extend_from_slice(b"/work");
-    out.extend_from_slice(&[0x01, 8]);
-    out.extend_from_slice(b"api.test");
-    out
 }
 
 /// An upstream that counts request heads and never answers (an application still working on
@@ -232,7 +197,7 @@ async fn streams_reset_after_they_were_forwarded_are_bounded_per_connection() {
         });
     }
 
-    let block = get_block();
+    let block = request_block("GET", "/work", &[]);
     let mut next_id = 1u32;
     let mut offered = 0usize;
     for _batch in 0..20 {
@@ -397,10 +362,7 @@ async fn options_asterisk_over_h2_is_forwarded_like_http_1_1() {
     let mut h2 = TcpStream::connect(h.proxy.listen_addr())
         .await
         .expect("connect");
-    let mut block = vec![0x02, 7];
-    block.extend_from_slice(b"OPTIONS");
-    block.extend_from_slice(&[0x86, 0x04, 1, b'*', 0x01, 8]);
-    block.extend_from_slice(b"api.test");
+    let block = request_block("OPTIONS", "*", &[]);
     let mut bytes = PREFACE.to_vec();
     bytes.extend(frame(SETTINGS, 0, 0, &[]));
     bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &block));
@@ -415,14 +377,6 @@ async fn options_asterisk_over_h2_is_forwarded_like_http_1_1() {
     );
     drop(h2);
     let _ = h.proxy.shutdown().await;
-}
-
-fn literal(name: &[u8], value: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x00, u8::try_from(name.len()).expect("short")];
-    out.extend_from_slice(name);
-    out.push(u8::try_from(value.len()).expect("short"));
-    out.extend_from_slice(value);
-    out
 }
 
 /// Stream 1, a GET the upstream answers after 300 ms, is in flight when stream 3 sends
@@ -440,10 +394,7 @@ async fn a_connect_with_a_body_does_not_end_the_other_streams_of_its_connection(
         .expect("connect");
     let mut bytes = PREFACE.to_vec();
     bytes.extend(frame(SETTINGS, 0, 0, &[]));
-    let mut get = vec![0x82, 0x86, 0x04, 12];
-    get.extend_from_slice(b"/slow?ms=300");
-    get.extend_from_slice(&[0x01, 8]);
-    get.extend_from_slice(b"api.test");
+    let get = request_block("GET", "/slow?ms=300", &[]);
     bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &get));
     stream.write_all(&bytes).await.expect("write");
     // Once the upstream has stream 1's request, the CONNECT.
@@ -458,7 +409,7 @@ async fn a_connect_with_a_body_does_not_end_the_other_streams_of_its_connection(
     connect.extend_from_slice(b"CONNECT");
     connect.extend_from_slice(&[0x01, 12]);
     connect.extend_from_slice(b"api.test:443");
-    connect.extend(literal(b"content-length", b"5"));
+    connect.extend(hpack_literal(b"content-length", b"5"));
     let mut bytes = frame(HEADERS, END_HEADERS, 3, &connect);
     bytes.extend(frame(DATA, END_STREAM, 3, b"hello"));
     stream.write_all(&bytes).await.expect("write");

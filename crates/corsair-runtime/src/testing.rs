@@ -5,6 +5,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+pub mod h2;
 pub mod upstream;
 
 /// One HTTP/1.1 GET with `Connection: close` over a plain socket, blocking; the whole response as
