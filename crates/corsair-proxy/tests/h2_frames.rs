@@ -15,7 +15,7 @@ use tokio::time::timeout;
 
 use corsair_runtime::testing::h2::{
     DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PREFACE, RST_STREAM, SETTINGS, frame,
-    hpack_literal, request_block,
+    hpack_literal, parse_frames, request_block,
 };
 
 /// An upstream that reads the first request head, tells the test, and then reports every byte
@@ -175,20 +175,7 @@ async fn streams_reset_after_they_were_forwarded_are_bounded_per_connection() {
                     Ok(0) | Err(_) => break,
                     Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 }
-                let mut rest = &buf[..];
-                let mut goaway = false;
-                while rest.len() >= 9 {
-                    let len = usize::from(rest[0]) << 16
-                        | usize::from(rest[1]) << 8
-                        | usize::from(rest[2]);
-                    if rest.len() < 9 + len {
-                        break;
-                    }
-                    goaway |= rest[3] == GOAWAY;
-                    rest = &rest[9 + len..];
-                }
-                buf = rest.to_vec();
-                if goaway {
+                if parse_frames(&buf).iter().any(|f| f.kind == GOAWAY) {
                     break;
                 }
             }
@@ -317,18 +304,11 @@ async fn first_status_byte(stream: &mut TcpStream) -> Option<u8> {
                 return None;
             }
             buf.extend_from_slice(&chunk[..n]);
-            let mut rest = &buf[..];
-            while rest.len() >= 9 {
-                let len =
-                    usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
-                if rest.len() < 9 + len {
-                    break;
-                }
-                let id = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]) & 0x7fff_ffff;
-                if rest[3] == HEADERS && id == 1 && len > 0 {
-                    return Some(rest[9]);
-                }
-                rest = &rest[9 + len..];
+            let answer = parse_frames(&buf)
+                .into_iter()
+                .find(|f| f.kind == HEADERS && f.stream == 1 && !f.payload.is_empty());
+            if let Some(headers) = answer {
+                return Some(headers.payload[0]);
             }
         }
     })
@@ -426,21 +406,13 @@ async fn a_connect_with_a_body_does_not_end_the_other_streams_of_its_connection(
                 return true;
             }
             buf.extend_from_slice(&chunk[..n]);
-            let mut at = 0;
-            while buf.len() - at >= 9 {
-                let f = &buf[at..];
-                let len = usize::from(f[0]) << 16 | usize::from(f[1]) << 8 | usize::from(f[2]);
-                if f.len() < 9 + len {
-                    break;
-                }
-                let id = u32::from_be_bytes([f[5], f[6], f[7], f[8]]) & 0x7fff_ffff;
-                if (f[3] == HEADERS || f[3] == DATA) && f[4] & END_STREAM != 0 {
-                    ended.insert(id);
-                }
-                goaway |= f[3] == GOAWAY;
-                at += 9 + len;
-            }
-            buf.drain(..at);
+            let frames = parse_frames(&buf);
+            ended = frames
+                .iter()
+                .filter(|f| (f.kind == HEADERS || f.kind == DATA) && f.flags & END_STREAM != 0)
+                .map(|f| f.stream)
+                .collect();
+            goaway = frames.iter().any(|f| f.kind == GOAWAY);
             if ended.contains(&1) {
                 return false;
             }

@@ -1310,6 +1310,9 @@ pub fn quantity_value(v: &str) -> Option<u128> {
             exponent = exponent.checked_add(power.parse::<i64>().ok()?)?;
         }
     }
+    if mantissa == 0 {
+        return Some(0);
+    }
     let mantissa = mantissa.saturating_mul(1024u128.pow(binary));
     let tens = |power: i64| {
         u32::try_from(power)
@@ -1318,9 +1321,9 @@ pub fn quantity_value(v: &str) -> Option<u128> {
     };
     Some(if exponent >= 0 {
         tens(exponent).map_or(u128::MAX, |scale| mantissa.saturating_mul(scale))
-            * u128::from(mantissa > 0)
     } else {
-        tens(-exponent).map_or(u128::from(mantissa > 0), |scale| mantissa.div_ceil(scale))
+        // Beyond 10^38 the scale overflows, and any nonzero value rounds up to 1n.
+        tens(-exponent).map_or(1, |scale| mantissa.div_ceil(scale))
     })
 }
 
