@@ -370,8 +370,8 @@ impl Manager {
         secret.as_ref().map(Bundle::from_secret).transpose()
     }
 
-    /// Leader only: makes the CA Secret hold a CA that is not near its end, the serving Secret a
-    /// fresh certificate from that CA, and publishes the CA in the webhook configurations.
+    /// Leader only: makes the CA Secret hold a CA that is not near its end, publishes it in the
+    /// webhook configurations, then makes the serving Secret hold a fresh certificate from it.
     /// Returns the serving bundle in force. A Secret another replica wrote in between makes the
     /// write fail with a conflict; the next round reads it.
     pub async fn reconcile(&self, now: Timestamp) -> Result<Bundle> {
@@ -416,6 +416,11 @@ impl Manager {
                 .await?;
         }
 
+        // The bundle is published before a certificate from a new CA is written: every replica
+        // serves what the serving Secret holds, and the API server must already trust it. The
+        // bundle keeps the previous CA, so the certificates served until then stay trusted.
+        self.publish_ca_bundle(&authority.ca_pem).await?;
+
         // The serving certificate: reissued when missing, near its end, or from another CA.
         let bundle = match &stored_bundle {
             Some(b) if b.ca_pem == authority.ca_pem && !b.needs_renewal(now) => b.clone(),
@@ -428,7 +433,6 @@ impl Manager {
             self.write(&secrets, bundle.to_secret(&self.config, version), "serving")
                 .await?;
         }
-        self.publish_ca_bundle(&bundle.ca_pem).await?;
         Ok(bundle)
     }
 

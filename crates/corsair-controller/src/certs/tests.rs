@@ -245,6 +245,9 @@ async fn leader_creates_both_secrets_and_publishes_the_ca() {
     assert!(!ca.is_empty());
     call.echo();
 
+    // Then the CA is published, before any certificate from it is served.
+    expect_publish(&mut server, &ca).await;
+
     // Then the serving Secret: the certificate, its key and the public CA; no CA key.
     let call = server.next_call().await;
     call.expect(Method::POST, SECRETS);
@@ -254,7 +257,6 @@ async fn leader_creates_both_secrets_and_publishes_the_ca() {
     assert_eq!(call.body["data"]["ca.crt"], json!(ca));
     call.echo();
 
-    expect_publish(&mut server, &ca).await;
     let bundle = task.await.expect("task").expect("reconcile succeeds");
     assert_eq!(
         ByteString(bundle.ca_pem.into_bytes()),
@@ -336,6 +338,8 @@ async fn an_old_combined_secret_is_split() {
         "the same CA"
     );
     call.echo();
+    let encoded = serde_json::to_value(ByteString(ca.ca_pem.clone().into_bytes())).expect("b64");
+    expect_publish(&mut server, encoded.as_str().unwrap_or_default()).await;
 
     let call = server.next_call().await;
     call.expect(Method::PUT, SERVING_SECRET);
@@ -349,9 +353,6 @@ async fn an_old_combined_secret_is_split() {
         "same certificate"
     );
     call.echo();
-
-    let encoded = serde_json::to_value(ByteString(ca.ca_pem.clone().into_bytes())).expect("b64");
-    expect_publish(&mut server, encoded.as_str().unwrap_or_default()).await;
     assert_eq!(task.await.expect("task").expect("reconciles"), bundle);
     server.expect_no_more_calls().await;
 }
@@ -383,13 +384,14 @@ async fn an_expiring_ca_is_rotated_and_the_certificate_reissued() {
         "the old CA stays trusted"
     );
     call.echo();
+    // The new CA is published before a certificate from it is served.
+    let encoded =
+        serde_json::to_value(ByteString(rotated.ca_pem.clone().into_bytes())).expect("b64");
+    expect_publish(&mut server, encoded.as_str().unwrap_or_default()).await;
     let call = server.next_call().await;
     call.expect(Method::PUT, SERVING_SECRET);
     assert_eq!(data_keys(&call.body), ["ca.crt", "tls.crt", "tls.key"]);
     call.echo();
-    let encoded =
-        serde_json::to_value(ByteString(rotated.ca_pem.clone().into_bytes())).expect("b64");
-    expect_publish(&mut server, encoded.as_str().unwrap_or_default()).await;
     let next = task.await.expect("task").expect("reconciles");
     assert_eq!(next.ca_pem, rotated.ca_pem);
     assert_ne!(next.cert_pem, bundle.cert_pem);
@@ -507,9 +509,6 @@ async fn a_lost_ca_secret_keeps_the_served_certificates_ca_trusted() {
     call.expect(Method::POST, SECRETS);
     call.echo();
     let call = server.next_call().await;
-    call.expect(Method::PUT, SERVING_SECRET);
-    call.echo();
-    let call = server.next_call().await;
     call.expect(Method::GET, MUTATING);
     call.respond(
         StatusCode::OK,
@@ -532,6 +531,9 @@ async fn a_lost_ca_secret_keeps_the_served_certificates_ca_trusted() {
     let call = server.next_call().await;
     call.expect(Method::GET, VALIDATING);
     call.respond(StatusCode::NOT_FOUND, &not_found());
+    let call = server.next_call().await;
+    call.expect(Method::PUT, SERVING_SECRET);
+    call.echo();
     let _ = task.await;
     assert!(
         published.contains(old.ca_pem.trim_end()),
@@ -539,4 +541,49 @@ async fn a_lost_ca_secret_keeps_the_served_certificates_ca_trusted() {
          every replica serves until its next read of the serving Secret",
         count_certs(&published)
     );
+}
+
+/// A CA rotation whose `caBundle` patch fails (the API server refuses it, or the leader loses
+/// its connection) leaves the serving Secret as it was: every replica goes on serving a
+/// certificate the published bundle trusts, and the next round publishes and then reissues.
+#[tokio::test]
+async fn a_failed_ca_bundle_patch_leaves_the_served_certificate_alone() {
+    let (ca, bundle) = issued(now());
+    let due = ca.ca_not_after - CA_RENEW_BEFORE;
+    let (client, mut server) = mock_client();
+    let manager = Manager::new(client, config());
+    let task = tokio::spawn(async move { manager.reconcile(due).await });
+    let call = server.next_call().await;
+    call.expect(Method::GET, CA_SECRET);
+    call.respond(StatusCode::OK, &stored(ca.to_secret(&config(), None)));
+    let call = server.next_call().await;
+    call.expect(Method::GET, SERVING_SECRET);
+    call.respond(StatusCode::OK, &stored(bundle.to_secret(&config(), None)));
+    let call = server.next_call().await;
+    call.expect(Method::PUT, CA_SECRET);
+    call.echo();
+    let call = server.next_call().await;
+    call.expect(Method::GET, MUTATING);
+    call.respond(
+        StatusCode::OK,
+        &json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+                "metadata": {"name": "corsair-inject"},
+                "webhooks": [{"name": "inject.corsair.dev",
+                              "clientConfig": {"caBundle": ByteString(ca.ca_pem.clone().into_bytes())},
+                              "sideEffects": "None", "admissionReviewVersions": ["v1"]}]}),
+    );
+    let call = server.next_call().await;
+    call.expect(Method::PATCH, MUTATING);
+    call.respond(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "InternalError",
+                "message": "etcdserver: request timed out", "code": 500}),
+    );
+    let err = task
+        .await
+        .expect("task")
+        .expect_err("the round fails with the patch");
+    assert!(err.to_string().contains("caBundle"), "{err}");
+    // No write of the serving Secret: its certificate, from the CA still published, is kept.
+    server.expect_no_more_calls().await;
 }
