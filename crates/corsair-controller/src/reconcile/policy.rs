@@ -125,7 +125,7 @@ pub async fn reconcile(policy: Arc<CorsPolicy>, ctx: Arc<Context>) -> Result<Act
         ctx.index.workloads_using(&namespace, &name),
         Timestamp::now(),
     );
-    if previous != Some(&status) {
+    if previous.map(ours).as_ref() != Some(&status) {
         let api: Api<CorsPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
         let patch = json!({
             "apiVersion": API_VERSION,
@@ -252,6 +252,15 @@ async fn apply_configmap(desired: &ConfigMap, namespace: &str, ctx: &Context) ->
     .await
     .map_err(Error::kube("apply policy ConfigMap"))?;
     Ok(())
+}
+
+/// The part of a stored status this controller writes: a condition another controller added
+/// (`conditions` is a map keyed by `type`) is left to it by the apply, so comparing with it
+/// would find a difference no write can remove.
+fn ours(status: &CorsPolicyStatus) -> CorsPolicyStatus {
+    let mut ours = status.clone();
+    ours.conditions.retain(|c| c.type_ == CONDITION_READY);
+    ours
 }
 
 /// The status to write. `lastTransitionTime` moves only when `Ready` flips, as the Kubernetes

@@ -1677,6 +1677,33 @@ async fn a_policy_in_sync_makes_no_call() {
     verifier.expect_no_more_calls().await;
 }
 
+/// A condition another controller added to the status (a policy auditor's, a GitOps tool's
+/// health check) is kept by the apply, which owns only `Ready`: in sync otherwise, the policy
+/// makes no call, even once the status this controller wrote is forgotten (a restart, a new
+/// leader, a quarter of an hour).
+#[tokio::test]
+async fn a_condition_of_another_controller_makes_no_status_write() {
+    let (mut synced, index) = in_sync(&valid_policy(), 2);
+    if let Some(status) = synced.status.as_mut() {
+        let mut foreign = status.conditions[0].clone();
+        foreign.type_ = "Audited".into();
+        foreign.reason = "Reviewed".into();
+        status.conditions.push(foreign);
+    }
+    let (ctx, verifier) = context(index);
+    let server = tokio::spawn(verifier.expect_no_more_calls());
+    let action = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        policy::reconcile(Arc::new(synced), ctx),
+    )
+    .await;
+    joined(server).await;
+    assert!(
+        matches!(&action, Ok(Ok(a)) if *a == Action::requeue(policy::RESYNC)),
+        "{action:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_new_workload_count_writes_the_status_only() {
     let (synced, mut index) = in_sync(&valid_policy(), 2);
