@@ -959,6 +959,33 @@ async fn an_invalid_policy_name_is_said_once_per_occurrence() {
     reconcile_in_turn(&ctx, [&typo, &typo, &placed, &typo], server).await;
 }
 
+/// A name with blanks that a user wrote on the pod template itself is what the webhook reads from
+/// the pods, and refuses: it is said, and nothing is written. Applying the trimmed name instead
+/// would take the annotation from the user's field manager, and the next reconcile, finding only
+/// the controller's own copy, would release it: two rollouts, ending without the proxy.
+#[tokio::test]
+async fn a_template_annotation_with_blanks_is_said_and_not_rewritten() {
+    let (ctx, mut verifier) = context(StaticIndex::with_policies(NS, &["api"]));
+    let mut d = deployment(None, Some(labelled_template(" api")));
+    let key = format!("f:{}", crate::names::POLICY_ANNOTATION);
+    d.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+        manager: Some("kubectl-edit".into()),
+        operation: Some("Update".into()),
+        fields_v1: Some(FieldsV1(json!({
+            "f:spec": {"f:template": {"f:metadata": {"f:annotations": {key: {}}}}}
+        }))),
+        ..ManagedFieldsEntry::default()
+    }]);
+    let server = tokio::spawn(async move {
+        let note = verifier
+            .event("Warning", "InvalidPolicyName", "deployments", "web")
+            .await;
+        assert!(note.contains("\" api\""), "{note}");
+        verifier.expect_no_more_calls().await;
+    });
+    reconcile_in_turn(&ctx, [&d], server).await;
+}
+
 /// A Deployment opted in for `api` (what we apply, in place), and the same with `key: value`
 /// on its own metadata.
 fn in_place_and_annotated(key: &str, value: &str) -> (Deployment, Deployment) {

@@ -133,21 +133,23 @@ impl Workload for DaemonSet {
 
 /// The CorsPolicy the user asked for, if any.
 ///
-/// The workload's own annotation wins. The pod template's annotation counts only when someone
-/// other than this controller declared it: the copy we put there ourselves must not keep the
-/// sidecar alive after the user removed the annotation from the workload.
+/// The workload's own annotation wins, trimmed: the template gets the trimmed name. The pod
+/// template's annotation counts only when someone other than this controller declared it (the
+/// copy we put there ourselves must not keep the sidecar alive after the user removed the
+/// annotation from the workload), and as it is written: the webhook reads it so from the pods,
+/// and an apply of another value would take the field from its owner.
 pub fn desired_policy<K: Workload>(obj: &WorkloadMeta<K>) -> Option<String> {
     if let Some(policy) = non_empty(obj.annotations().get(POLICY_ANNOTATION)) {
         return Some(policy);
     }
-    let policy = non_empty(
-        obj.template
-            .as_ref()?
-            .annotations
-            .as_ref()?
-            .get(POLICY_ANNOTATION),
-    )?;
-    obj.template_policy_by_others.then_some(policy)
+    let policy = obj
+        .template
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(POLICY_ANNOTATION)
+        .filter(|policy| !policy.trim().is_empty())?;
+    obj.template_policy_by_others.then(|| policy.clone())
 }
 
 fn non_empty(value: Option<&String>) -> Option<String> {
