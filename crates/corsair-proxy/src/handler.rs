@@ -50,7 +50,10 @@ pub async fn handle(
     };
     let mut labels = plan.labels.clone();
     let response = if req.method() == Method::CONNECT {
-        text(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n")
+        // Not a method of the application's resources but a tunnel the gateway does not
+        // offer: 501 (RFC 9110 §15.6.2); a 405 would have to list the resource's methods in
+        // `Allow`, which only the application knows.
+        text(StatusCode::NOT_IMPLEMENTED, "CONNECT is not supported\n")
     } else if let Some(why) = plan.bad_host {
         text(StatusCode::BAD_REQUEST, why)
     } else if req

@@ -364,7 +364,7 @@ async fn options_asterisk_over_h2_is_forwarded_like_http_1_1() {
 /// by resetting its stream *and returning from the whole connection* (hyper 1.12
 /// `proto/h2/server.rs:286-290`, `return Poll::Ready(Ok(()))`), so the proxy's connection ends
 /// and stream 1 is lost without a GOAWAY naming it. RFC 9113 §8.1.1: a malformed request is a
-/// stream error; other streams are not affected. (The proxy answers CONNECT with 405 itself.)
+/// stream error; other streams are not affected. (The proxy answers CONNECT with 501 itself.)
 #[tokio::test]
 #[ignore = "hyper 1.12 ends the whole connection (proto/h2/server.rs, CONNECT with a body): run when hyper is upgraded"]
 async fn a_connect_with_a_body_does_not_end_the_other_streams_of_its_connection() {

@@ -458,7 +458,7 @@ async fn connect_is_refused() {
             .header("host", "127.0.0.1:22"),
     )
     .await;
-    assert_eq!(response.status(), 405);
+    assert_eq!(response.status(), 501);
     assert!(h.upstream.seen().is_empty());
     h.proxy.shutdown().await.expect("clean shutdown");
 }
