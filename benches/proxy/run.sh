@@ -472,7 +472,9 @@ if [[ $ENGINE == 1 ]]; then
 fi
 
 # Every other server (ALSO, FLOOR) against nginx, as the goals put corsair.
-others=$(for f in "$WORK"/runs.*.corsair-*; do [[ -e $f ]] && echo "${f##*.}"; done | sort -u)
+# (`if`, not `&&`: with no other server the glob stays unexpanded, and a failed test as the
+# loop's last status would end the script here under `set -e -o pipefail`.)
+others=$(for f in "$WORK"/runs.*.corsair-*; do if [[ -e $f ]]; then echo "${f##*.}"; fi; done | sort -u)
 for other in $others; do
     echo
     echo "$other against nginx in the same setup and run:"
