@@ -189,17 +189,42 @@ fn data_keys(body: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The leader's first two calls: the CA Secret and the serving Secret read, each answered with
+/// the Secret given (as stored) or 404.
+async fn answer_reads(
+    server: &mut crate::fixtures::ApiServerVerifier,
+    ca: Option<k8s_openapi::api::core::v1::Secret>,
+    serving: Option<k8s_openapi::api::core::v1::Secret>,
+) {
+    for (path, secret) in [(CA_SECRET, ca), (SERVING_SECRET, serving)] {
+        let call = server.next_call().await;
+        call.expect(Method::GET, path);
+        match secret {
+            Some(secret) => call.respond(StatusCode::OK, &stored(secret)),
+            None => call.respond(StatusCode::NOT_FOUND, &not_found()),
+        }
+    }
+}
+
+/// The mutating configuration as the API server returns it, its webhook's `caBundle` set to
+/// `ca_pem` if given.
+fn mutating(ca_pem: Option<&str>) -> serde_json::Value {
+    let mut client_config =
+        json!({"service": {"name": "corsair-webhook", "namespace": "corsair-system"}});
+    if let Some(ca_pem) = ca_pem {
+        client_config["caBundle"] = json!(ByteString(ca_pem.as_bytes().to_vec()));
+    }
+    json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+           "metadata": {"name": "corsair-inject"},
+           "webhooks": [{"name": "inject.corsair.dev", "clientConfig": client_config,
+                         "sideEffects": "None", "admissionReviewVersions": ["v1"]}]})
+}
+
 /// The leader's caBundle round: both configurations read, the missing one skipped.
 async fn expect_publish(server: &mut crate::fixtures::ApiServerVerifier, ca: &str) {
     let call = server.next_call().await;
     call.expect(Method::GET, MUTATING);
-    call.respond(
-        StatusCode::OK,
-        &json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-                "metadata": {"name": "corsair-inject"},
-                "webhooks": [{"name": "inject.corsair.dev", "clientConfig": {"service": {"name": "corsair-webhook", "namespace": "corsair-system"}},
-                              "sideEffects": "None", "admissionReviewVersions": ["v1"]}]}),
-    );
+    call.respond(StatusCode::OK, &mutating(None));
     let call = server.next_call().await;
     call.expect(Method::PATCH, MUTATING);
     assert_eq!(
@@ -225,12 +250,7 @@ async fn leader_creates_both_secrets_and_publishes_the_ca() {
     let manager = Manager::new(client, config());
     let task = tokio::spawn(async move { manager.reconcile(now()).await });
 
-    let call = server.next_call().await;
-    call.expect(Method::GET, CA_SECRET);
-    call.respond(StatusCode::NOT_FOUND, &not_found());
-    let call = server.next_call().await;
-    call.expect(Method::GET, SERVING_SECRET);
-    call.respond(StatusCode::NOT_FOUND, &not_found());
+    answer_reads(&mut server, None, None).await;
 
     // The CA Secret first: the CA and its key, nothing else.
     let call = server.next_call().await;
@@ -289,12 +309,12 @@ async fn a_fresh_pair_is_left_alone() {
     let manager = Manager::new(client, config());
     let later = now() + SignedDuration::from_secs(24 * 3600);
     let task = tokio::spawn(async move { manager.reconcile(later).await });
-    let call = server.next_call().await;
-    call.expect(Method::GET, CA_SECRET);
-    call.respond(StatusCode::OK, &stored(ca.to_secret(&config(), None)));
-    let call = server.next_call().await;
-    call.expect(Method::GET, SERVING_SECRET);
-    call.respond(StatusCode::OK, &stored(bundle.to_secret(&config(), None)));
+    answer_reads(
+        &mut server,
+        Some(ca.to_secret(&config(), None)),
+        Some(bundle.to_secret(&config(), None)),
+    )
+    .await;
     let encoded = serde_json::to_value(ByteString(ca.ca_pem.clone().into_bytes())).expect("b64");
     expect_publish(&mut server, encoded.as_str().unwrap_or_default()).await;
     assert_eq!(task.await.expect("task").expect("reconciles"), bundle);
@@ -320,12 +340,7 @@ async fn an_old_combined_secret_is_split() {
     let (client, mut server) = mock_client();
     let manager = Manager::new(client, config());
     let task = tokio::spawn(async move { manager.reconcile(now()).await });
-    let call = server.next_call().await;
-    call.expect(Method::GET, CA_SECRET);
-    call.respond(StatusCode::NOT_FOUND, &not_found());
-    let call = server.next_call().await;
-    call.expect(Method::GET, SERVING_SECRET);
-    call.respond(StatusCode::OK, &stored(combined));
+    answer_reads(&mut server, None, Some(combined)).await;
 
     let call = server.next_call().await;
     call.expect(Method::POST, SECRETS);
@@ -366,12 +381,12 @@ async fn an_expiring_ca_is_rotated_and_the_certificate_reissued() {
     let (client, mut server) = mock_client();
     let manager = Manager::new(client, config());
     let task = tokio::spawn(async move { manager.reconcile(due).await });
-    let call = server.next_call().await;
-    call.expect(Method::GET, CA_SECRET);
-    call.respond(StatusCode::OK, &stored(ca.to_secret(&config(), None)));
-    let call = server.next_call().await;
-    call.expect(Method::GET, SERVING_SECRET);
-    call.respond(StatusCode::OK, &stored(bundle.to_secret(&config(), None)));
+    answer_reads(
+        &mut server,
+        Some(ca.to_secret(&config(), None)),
+        Some(bundle.to_secret(&config(), None)),
+    )
+    .await;
 
     let call = server.next_call().await;
     call.expect(Method::PUT, CA_SECRET);
@@ -499,25 +514,13 @@ async fn a_lost_ca_secret_keeps_the_served_certificates_ca_trusted() {
     let manager = Manager::new(client, config());
     let later = now() + SignedDuration::from_secs(24 * 3600);
     let task = tokio::spawn(async move { manager.reconcile(later).await });
-    let call = server.next_call().await;
-    call.expect(Method::GET, CA_SECRET);
-    call.respond(StatusCode::NOT_FOUND, &not_found());
-    let call = server.next_call().await;
-    call.expect(Method::GET, SERVING_SECRET);
-    call.respond(StatusCode::OK, &stored(bundle.to_secret(&config(), None)));
+    answer_reads(&mut server, None, Some(bundle.to_secret(&config(), None))).await;
     let call = server.next_call().await;
     call.expect(Method::POST, SECRETS);
     call.echo();
     let call = server.next_call().await;
     call.expect(Method::GET, MUTATING);
-    call.respond(
-        StatusCode::OK,
-        &json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-                "metadata": {"name": "corsair-inject"},
-                "webhooks": [{"name": "inject.corsair.dev",
-                              "clientConfig": {"caBundle": ByteString(old.ca_pem.clone().into_bytes())},
-                              "sideEffects": "None", "admissionReviewVersions": ["v1"]}]}),
-    );
+    call.respond(StatusCode::OK, &mutating(Some(&old.ca_pem)));
     let call = server.next_call().await;
     call.expect(Method::PATCH, MUTATING);
     let published: ByteString =
@@ -553,25 +556,18 @@ async fn a_failed_ca_bundle_patch_leaves_the_served_certificate_alone() {
     let (client, mut server) = mock_client();
     let manager = Manager::new(client, config());
     let task = tokio::spawn(async move { manager.reconcile(due).await });
-    let call = server.next_call().await;
-    call.expect(Method::GET, CA_SECRET);
-    call.respond(StatusCode::OK, &stored(ca.to_secret(&config(), None)));
-    let call = server.next_call().await;
-    call.expect(Method::GET, SERVING_SECRET);
-    call.respond(StatusCode::OK, &stored(bundle.to_secret(&config(), None)));
+    answer_reads(
+        &mut server,
+        Some(ca.to_secret(&config(), None)),
+        Some(bundle.to_secret(&config(), None)),
+    )
+    .await;
     let call = server.next_call().await;
     call.expect(Method::PUT, CA_SECRET);
     call.echo();
     let call = server.next_call().await;
     call.expect(Method::GET, MUTATING);
-    call.respond(
-        StatusCode::OK,
-        &json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-                "metadata": {"name": "corsair-inject"},
-                "webhooks": [{"name": "inject.corsair.dev",
-                              "clientConfig": {"caBundle": ByteString(ca.ca_pem.clone().into_bytes())},
-                              "sideEffects": "None", "admissionReviewVersions": ["v1"]}]}),
-    );
+    call.respond(StatusCode::OK, &mutating(Some(&ca.ca_pem)));
     let call = server.next_call().await;
     call.expect(Method::PATCH, MUTATING);
     call.respond(
