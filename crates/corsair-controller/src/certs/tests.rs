@@ -189,13 +189,19 @@ fn data_keys(body: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The leader's first two calls: the CA Secret and the serving Secret read, each answered with
-/// the Secret given (as stored) or 404.
-async fn answer_reads(
-    server: &mut crate::fixtures::ApiServerVerifier,
+/// A leader's round started at `at`, its first two calls answered: the CA Secret and the
+/// serving Secret read, each answered with the Secret given (as stored) or 404.
+async fn leader_round(
+    at: Timestamp,
     ca: Option<k8s_openapi::api::core::v1::Secret>,
     serving: Option<k8s_openapi::api::core::v1::Secret>,
+) -> (
+    tokio::task::JoinHandle<crate::Result<Bundle>>,
+    crate::fixtures::ApiServerVerifier,
 ) {
+    let (client, mut server) = mock_client();
+    let manager = Manager::new(client, config());
+    let task = tokio::spawn(async move { manager.reconcile(at).await });
     for (path, secret) in [(CA_SECRET, ca), (SERVING_SECRET, serving)] {
         let call = server.next_call().await;
         call.expect(Method::GET, path);
@@ -204,6 +210,7 @@ async fn answer_reads(
             None => call.respond(StatusCode::NOT_FOUND, &not_found()),
         }
     }
+    (task, server)
 }
 
 /// The mutating configuration as the API server returns it, its webhook's `caBundle` set to
@@ -246,11 +253,7 @@ async fn expect_publish(server: &mut crate::fixtures::ApiServerVerifier, ca: &st
 
 #[tokio::test]
 async fn leader_creates_both_secrets_and_publishes_the_ca() {
-    let (client, mut server) = mock_client();
-    let manager = Manager::new(client, config());
-    let task = tokio::spawn(async move { manager.reconcile(now()).await });
-
-    answer_reads(&mut server, None, None).await;
+    let (task, mut server) = leader_round(now(), None, None).await;
 
     // The CA Secret first: the CA and its key, nothing else.
     let call = server.next_call().await;
@@ -305,12 +308,9 @@ async fn a_serving_replica_reads_only_the_serving_secret() {
 #[tokio::test]
 async fn a_fresh_pair_is_left_alone() {
     let (ca, bundle) = issued(now());
-    let (client, mut server) = mock_client();
-    let manager = Manager::new(client, config());
     let later = now() + SignedDuration::from_secs(24 * 3600);
-    let task = tokio::spawn(async move { manager.reconcile(later).await });
-    answer_reads(
-        &mut server,
+    let (task, mut server) = leader_round(
+        later,
         Some(ca.to_secret(&config(), None)),
         Some(bundle.to_secret(&config(), None)),
     )
@@ -337,10 +337,7 @@ async fn an_old_combined_secret_is_split() {
     if let Some(a) = combined.metadata.annotations.as_mut() {
         a.insert(CA_NOT_AFTER.into(), ca.ca_not_after.to_string());
     }
-    let (client, mut server) = mock_client();
-    let manager = Manager::new(client, config());
-    let task = tokio::spawn(async move { manager.reconcile(now()).await });
-    answer_reads(&mut server, None, Some(combined)).await;
+    let (task, mut server) = leader_round(now(), None, Some(combined)).await;
 
     let call = server.next_call().await;
     call.expect(Method::POST, SECRETS);
@@ -378,11 +375,8 @@ async fn an_old_combined_secret_is_split() {
 async fn an_expiring_ca_is_rotated_and_the_certificate_reissued() {
     let (ca, bundle) = issued(now());
     let due = ca.ca_not_after - CA_RENEW_BEFORE;
-    let (client, mut server) = mock_client();
-    let manager = Manager::new(client, config());
-    let task = tokio::spawn(async move { manager.reconcile(due).await });
-    answer_reads(
-        &mut server,
+    let (task, mut server) = leader_round(
+        due,
         Some(ca.to_secret(&config(), None)),
         Some(bundle.to_secret(&config(), None)),
     )
@@ -510,11 +504,9 @@ async fn api_server_trusts_the_served_certificate_over_real_tls() {
 #[tokio::test]
 async fn a_lost_ca_secret_keeps_the_served_certificates_ca_trusted() {
     let (old, bundle) = issued(now());
-    let (client, mut server) = mock_client();
-    let manager = Manager::new(client, config());
     let later = now() + SignedDuration::from_secs(24 * 3600);
-    let task = tokio::spawn(async move { manager.reconcile(later).await });
-    answer_reads(&mut server, None, Some(bundle.to_secret(&config(), None))).await;
+    let (task, mut server) =
+        leader_round(later, None, Some(bundle.to_secret(&config(), None))).await;
     let call = server.next_call().await;
     call.expect(Method::POST, SECRETS);
     call.echo();
@@ -553,11 +545,8 @@ async fn a_lost_ca_secret_keeps_the_served_certificates_ca_trusted() {
 async fn a_failed_ca_bundle_patch_leaves_the_served_certificate_alone() {
     let (ca, bundle) = issued(now());
     let due = ca.ca_not_after - CA_RENEW_BEFORE;
-    let (client, mut server) = mock_client();
-    let manager = Manager::new(client, config());
-    let task = tokio::spawn(async move { manager.reconcile(due).await });
-    answer_reads(
-        &mut server,
+    let (task, mut server) = leader_round(
+        due,
         Some(ca.to_secret(&config(), None)),
         Some(bundle.to_secret(&config(), None)),
     )

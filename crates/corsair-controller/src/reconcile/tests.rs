@@ -118,6 +118,19 @@ fn opted_in() -> Deployment {
     placed
 }
 
+/// The field entry of a user's tool (`manager`) that wrote the pod template's policy annotation.
+fn template_annotation_by(manager: &str) -> ManagedFieldsEntry {
+    let key = format!("f:{}", crate::names::POLICY_ANNOTATION);
+    ManagedFieldsEntry {
+        manager: Some(manager.into()),
+        operation: Some("Update".into()),
+        fields_v1: Some(FieldsV1(json!({
+            "f:spec": {"f:template": {"f:metadata": {"f:annotations": {key: {}}}}}
+        }))),
+        ..ManagedFieldsEntry::default()
+    }
+}
+
 fn ours() -> ManagedFieldsEntry {
     ManagedFieldsEntry {
         manager: Some(WORKLOAD_MANAGER.into()),
@@ -967,15 +980,7 @@ async fn an_invalid_policy_name_is_said_once_per_occurrence() {
 async fn a_template_annotation_with_blanks_is_said_and_not_rewritten() {
     let (ctx, mut verifier) = context(StaticIndex::with_policies(NS, &["api"]));
     let mut d = deployment(None, Some(labelled_template(" api")));
-    let key = format!("f:{}", crate::names::POLICY_ANNOTATION);
-    d.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
-        manager: Some("kubectl-edit".into()),
-        operation: Some("Update".into()),
-        fields_v1: Some(FieldsV1(json!({
-            "f:spec": {"f:template": {"f:metadata": {"f:annotations": {key: {}}}}}
-        }))),
-        ..ManagedFieldsEntry::default()
-    }]);
+    d.metadata.managed_fields = Some(vec![template_annotation_by("kubectl-edit")]);
     let server = tokio::spawn(async move {
         let note = verifier
             .event("Warning", "InvalidPolicyName", "deployments", "web")
@@ -1804,15 +1809,7 @@ async fn a_reconcile_before_the_watch_brought_our_status_back_writes_nothing() {
 fn the_managed_fields_path_names_the_policy_annotation() {
     // The user wrote the template annotation with kubectl (not the controller): it counts.
     let mut d = deployment(None, Some(labelled_template("api")));
-    let key = format!("f:{}", crate::names::POLICY_ANNOTATION);
-    d.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
-        manager: Some("kubectl-client-side-apply".into()),
-        operation: Some("Update".into()),
-        fields_v1: Some(FieldsV1(json!({
-            "f:spec": {"f:template": {"f:metadata": {"f:annotations": {key: {}}}}}
-        }))),
-        ..ManagedFieldsEntry::default()
-    }]);
+    d.metadata.managed_fields = Some(vec![template_annotation_by("kubectl-client-side-apply")]);
     let cached = pruned(&d);
     assert!(cached.template_policy_by_others);
     assert!(!cached.managed_by_us);
