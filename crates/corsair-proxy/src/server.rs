@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -23,6 +23,7 @@ use crate::head_timer::{HeadDeadline, HeadTimer};
 use crate::metrics::Metrics;
 use crate::on_wake::OnWake;
 use crate::policy::PolicyStore;
+use crate::stream_exec::StreamExec;
 use crate::upstream::{ClientFlush, Lane, Upstream};
 
 /// What the requests of one client connection share.
@@ -108,7 +109,7 @@ pub struct State {
     pub abort: CancellationToken,
     /// Tracks connections and tunnels so shutdown can wait for them.
     pub tasks: TaskTracker,
-    builder: auto::Builder<TokioExecutor>,
+    builder: auto::Builder<StreamExec>,
     listening: AtomicBool,
 }
 
@@ -121,7 +122,10 @@ impl State {
         abort: CancellationToken,
         tasks: TaskTracker,
     ) -> State {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // Each HTTP/2 stream's task is reset once it stalls for the idle timeout.
+        let mut builder = auto::Builder::new(StreamExec {
+            idle_timeout: config.idle_timeout,
+        });
         // The HTTP/1 timer is set per connection (`serve_connection`): a `HeadTimer`.
         builder
             .http1()

@@ -14,8 +14,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::timeout;
 
 use corsair_runtime::testing::h2::{
-    DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PREFACE, RST_STREAM, SETTINGS, frame,
-    hpack_literal, parse_frames, request_block,
+    ACK, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PING, PREFACE, RST_STREAM, SETTINGS,
+    frame, hpack_literal, parse_frames, request_block,
 };
 
 /// An upstream that reads the first request head, tells the test, and then reports every byte
@@ -426,4 +426,119 @@ async fn a_connect_with_a_body_does_not_end_the_other_streams_of_its_connection(
          connection closed: {closed}, GOAWAY seen: {goaway}"
     );
     let _ = h.proxy.shutdown().await;
+}
+
+/// A client that gives a stream no flow-control window (`SETTINGS_INITIAL_WINDOW_SIZE` 0) gets
+/// the response head, and the body can never be sent. Its PINGs move bytes on the connection,
+/// so the connection's idle timeout never fires: the stream, its upstream connection and the
+/// application's work stay held for as long as the client likes. The stream must be reset once
+/// it went `--idle-timeout` without progress, its upstream connection closed, and the
+/// connection (still answering PINGs) kept.
+#[tokio::test]
+async fn a_stream_given_no_window_is_reset_though_pings_keep_its_connection_busy() {
+    let (upstream, mut upstream_closed) = endless_upstream().await;
+    let policy = support::policy_file("allowOrigins: [\"https://app.example.com\"]");
+    let mut config = support::config_at(&policy.path, upstream);
+    config.idle_timeout = Duration::from_secs(1);
+    let proxy = corsair_proxy::Proxy::start(config).await.expect("starts");
+    let mut stream = TcpStream::connect(proxy.listen_addr())
+        .await
+        .expect("connect");
+    let mut bytes = PREFACE.to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 0.
+    bytes.extend(frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]));
+    let get = request_block("GET", "/endless", &[]);
+    bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &get));
+    stream.write_all(&bytes).await.expect("write");
+
+    let start = Instant::now();
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16384];
+    let mut reset_at = None;
+    let mut acks_after_reset = 0;
+    while start.elapsed() < Duration::from_secs(6) && acks_after_reset < 2 {
+        stream
+            .write_all(&frame(PING, 0, 0, &[7; 8]))
+            .await
+            .expect("the connection stays open");
+        // One PING per 200 ms, reading whatever comes in between.
+        let next_ping = tokio::time::Instant::now() + Duration::from_millis(200);
+        while let Ok(read) = tokio::time::timeout_at(next_ping, stream.read(&mut chunk)).await {
+            let n = read.expect("read");
+            assert!(n > 0, "the proxy closed the connection");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let frames = parse_frames(&buf);
+        if reset_at.is_none() {
+            let reset = frames
+                .iter()
+                .find(|f| f.kind == RST_STREAM && f.stream == 1);
+            if let Some(reset) = reset {
+                assert_eq!(reset.payload, 8u32.to_be_bytes(), "CANCEL");
+                reset_at = Some((start.elapsed(), frames.len()));
+            }
+        }
+        if let Some((_, seen)) = reset_at {
+            acks_after_reset = frames[seen..]
+                .iter()
+                .filter(|f| f.kind == PING && f.flags & ACK != 0)
+                .count();
+        }
+    }
+    let frames = parse_frames(&buf);
+    assert!(
+        frames.iter().any(|f| f.kind == HEADERS && f.stream == 1),
+        "the response head was sent: {frames:?}"
+    );
+    assert!(!frames.iter().any(|f| f.kind == GOAWAY), "{frames:?}");
+    let Some((took, _)) = reset_at else {
+        panic!(
+            "stream 1 was not reset within {:?} with --idle-timeout 1 ({} PING ACKs)",
+            start.elapsed(),
+            frames.iter().filter(|f| f.kind == PING).count()
+        );
+    };
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "reset after {took:?}"
+    );
+    assert_eq!(
+        acks_after_reset, 2,
+        "the connection answers PINGs after the reset"
+    );
+    assert!(
+        timeout(Duration::from_secs(2), &mut upstream_closed)
+            .await
+            .is_ok(),
+        "the upstream connection of the reset stream is still open"
+    );
+    let _ = proxy.shutdown().await;
+}
+
+/// An upstream that answers one request with a body it never ends, writing until the proxy
+/// closes the connection, which it then reports.
+async fn endless_upstream() -> (std::net::SocketAddr, oneshot::Receiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (closed_tx, closed_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let mut answer = b"HTTP/1.1 200 OK\r\ncontent-length: 1000000000\r\n\r\n".to_vec();
+        answer.extend_from_slice(&[b'x'; 16384]);
+        if stream.write_all(&answer).await.is_err() {
+            return;
+        }
+        // The proxy reads what fits in its buffers, then the writes block until it closes.
+        while stream.write_all(&[b'x'; 16384]).await.is_ok() {}
+        let _ = closed_tx.send(());
+    });
+    (addr, closed_rx)
 }
