@@ -61,7 +61,8 @@ pub struct Args {
     upstream_timeout: f64,
     /// Seconds without a byte in either direction after which a client connection is closed,
     /// even with a request in flight (a response the client does not read, an upload it stopped
-    /// sending); an HTTP/2 stream that makes no progress for as long is reset.
+    /// sending). An HTTP/2 connection counts its streams' progress, not its bytes (PINGs do not
+    /// keep it open), and an HTTP/2 stream that makes no progress for as long is reset.
     #[arg(long, env = "CORSAIR_IDLE_TIMEOUT", value_name = "SECONDS", default_value_t = 300.0, value_parser = timeout)]
     idle_timeout: f64,
     /// Limit on the total size of a request's headers, in bytes (431 beyond it; at least 8192).

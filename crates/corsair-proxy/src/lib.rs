@@ -70,7 +70,8 @@ pub struct ProxyConfig {
     /// upload the upstream answered early may make no progress before it is given up.
     pub upstream_timeout: Duration,
     /// A client connection that moves no bytes for this long is closed, even with a request in
-    /// flight, and an HTTP/2 stream that makes no progress for this long is reset.
+    /// flight (HTTP/2: whose streams make no progress), and an HTTP/2 stream that makes no
+    /// progress for this long is reset.
     pub idle_timeout: Duration,
     /// Limit on the total size of a request's headers (431 beyond it). At least 8 KiB.
     pub max_header_bytes: usize,

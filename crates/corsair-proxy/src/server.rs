@@ -25,6 +25,7 @@ use crate::on_wake::OnWake;
 use crate::policy::PolicyStore;
 use crate::stream_exec::StreamExec;
 use crate::upstream::{ClientFlush, Lane, Upstream};
+use corsair_runtime::listen::Protocol;
 
 /// What the requests of one client connection share.
 pub struct Conn {
@@ -122,21 +123,13 @@ impl State {
         abort: CancellationToken,
         tasks: TaskTracker,
     ) -> State {
-        // Each HTTP/2 stream's task is reset once it stalls for the idle timeout.
-        let mut builder = auto::Builder::new(StreamExec {
-            idle_timeout: config.idle_timeout,
-        });
-        // The HTTP/1 timer is set per connection (`serve_connection`): a `HeadTimer`.
-        builder
-            .http1()
-            .header_read_timeout(config.header_read_timeout)
-            // hyper answers 431 when the request line and headers overflow this buffer.
-            .max_buf_size(config.max_header_bytes)
-            .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
+        let builder = builder(
+            &config,
+            StreamExec {
+                idle_timeout: config.idle_timeout,
+                activity: None,
+            },
+        );
         State {
             config,
             store,
@@ -157,6 +150,24 @@ impl State {
     pub fn set_listening(&self, listening: bool) {
         self.listening.store(listening, Ordering::Release);
     }
+}
+
+/// hyper's server for the proxy's connections. HTTP/2 streams run on `exec`, which resets
+/// each stream's task once it stalls for the idle timeout.
+fn builder(config: &ProxyConfig, exec: StreamExec) -> auto::Builder<StreamExec> {
+    let mut builder = auto::Builder::new(exec);
+    // The HTTP/1 timer is set per connection (`serve_connection`): a `HeadTimer`.
+    builder
+        .http1()
+        .header_read_timeout(config.header_read_timeout)
+        // hyper answers 431 when the request line and headers overflow this buffer.
+        .max_buf_size(config.max_header_bytes)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
+    builder
 }
 
 /// Accepts connections until `shutdown`, then returns; connections finish on their own.
@@ -202,22 +213,24 @@ async fn serve_connection(
     // Until the first bytes tell HTTP/1.1 from HTTP/2, hyper runs no header timer, so a
     // connection that sends nothing, or only the start of the HTTP/2 preface, would hold its
     // file descriptor for the whole idle timeout: give it the header read timeout instead.
-    tokio::select! {
+    let protocol = tokio::select! {
         known = corsair_runtime::listen::protocol_known(&stream, state.config.header_read_timeout) => {
-            if !known {
+            let Some(protocol) = known else {
                 tracing::debug!(%peer, "closing a connection that sent too little to serve");
                 return;
-            }
+            };
+            protocol
         }
         () = shutdown.cancelled() => return,
-    }
-    serve_known(stream, peer, state, shutdown, abort).await;
+    };
+    serve_known(stream, protocol, peer, state, shutdown, abort).await;
 }
 
-/// Serves a connection whose protocol its first bytes decide, over any byte stream (a
+/// Serves a connection whose first bytes said its protocol, over any byte stream (a
 /// `TcpStream` but in tests).
 async fn serve_known<S>(
     stream: S,
+    protocol: Protocol,
     peer: SocketAddr,
     state: Arc<State>,
     shutdown: CancellationToken,
@@ -227,9 +240,12 @@ async fn serve_known<S>(
 {
     let activity = Activity::new();
     let flush = Arc::new(ClientFlush::default());
+    // An HTTP/2 connection's activity is its streams' (their tasks touch it): its bytes also
+    // carry PINGs and SETTINGS, which would keep a connection that serves nothing open for good.
+    let http2 = protocol == Protocol::Http2;
     let io = TokioIo::new(IdleIo {
         inner: stream,
-        activity: activity.clone(),
+        activity: (!http2).then(|| activity.clone()),
         flush: flush.clone(),
     });
     let service_state = state.clone();
@@ -245,7 +261,17 @@ async fn serve_known<S>(
         crate::handler::handle(service_state.clone(), conn_state.clone(), req)
     });
     let head_deadline = HeadDeadline::new();
-    let mut builder = state.builder.clone();
+    let mut builder = if http2 {
+        builder(
+            &state.config,
+            StreamExec {
+                idle_timeout: state.config.idle_timeout,
+                activity: Some(activity.clone()),
+            },
+        )
+    } else {
+        state.builder.clone()
+    };
     builder.http1().timer(HeadTimer(head_deadline.clone()));
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
@@ -286,6 +312,11 @@ async fn serve_known<S>(
                     tracing::debug!(%peer, "closing idle connection");
                     closing = true;
                     conn.as_mut().graceful_shutdown();
+                    // HTTP/2 gets a whole idle timeout more to close in: its streams' own
+                    // deadlines reset the stalled ones, and its GOAWAY moves no activity.
+                    if http2 {
+                        conn_events.activity.touch();
+                    }
                 }
                 // hyper closes an idle connection at once; one still open has a message in
                 // flight that moved no byte either way for the idle timeout (a response the
@@ -363,7 +394,12 @@ impl Activity {
     }
 
     fn touch(&self) {
-        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.touch_at(Instant::now());
+    }
+
+    pub(crate) fn touch_at(&self, now: Instant) {
+        let since = now.saturating_duration_since(self.opened);
+        let ms = u64::try_from(since.as_millis()).unwrap_or(u64::MAX);
         self.last_ms.store(ms, Ordering::Relaxed);
     }
 
@@ -384,7 +420,8 @@ impl Activity {
 /// a failed response body when hyper has flushed it.
 struct IdleIo<S> {
     inner: S,
-    activity: Activity,
+    /// `None` over HTTP/2, whose streams record activity instead.
+    activity: Option<Activity>,
     flush: Arc<ClientFlush>,
 }
 
@@ -395,8 +432,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for IdleIo<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if poll.is_ready() {
-            self.activity.touch();
+        if poll.is_ready()
+            && let Some(activity) = &self.activity
+        {
+            activity.touch();
         }
         poll
     }
@@ -409,8 +448,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if poll.is_ready() {
-            self.activity.touch();
+        if poll.is_ready()
+            && let Some(activity) = &self.activity
+        {
+            activity.touch();
         }
         poll
     }
@@ -421,8 +462,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if poll.is_ready() {
-            self.activity.touch();
+        if poll.is_ready()
+            && let Some(activity) = &self.activity
+        {
+            activity.touch();
         }
         poll
     }

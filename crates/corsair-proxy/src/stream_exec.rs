@@ -6,7 +6,8 @@
 //! window, and sends a PING now and then, keeps its connection busy while that stream, its
 //! upstream connection and the application's work wait for good. hyper runs every stream on a
 //! task of its own, spawned here, so the rule is kept per stream as well: a task that was not
-//! woken for the idle timeout is dropped, which resets its stream (`CANCEL`).
+//! woken for the idle timeout is dropped, which resets its stream (`CANCEL`). Each wake also
+//! counts as activity of the stream's connection, whose own bytes do not (`server.rs`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,10 +17,14 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use crate::server::Activity;
+
 /// Spawns hyper's HTTP/2 stream tasks on the current runtime, each with its stall deadline.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub(crate) struct StreamExec {
     pub(crate) idle_timeout: Duration,
+    /// The connection whose streams these are (none in the builder HTTP/1 connections use).
+    pub(crate) activity: Option<Activity>,
 }
 
 impl<F> hyper::rt::Executor<F> for StreamExec
@@ -31,6 +36,7 @@ where
             task,
             deadline: tokio::time::sleep(self.idle_timeout),
             idle_timeout: self.idle_timeout,
+            activity: self.activity.clone(),
         });
     }
 }
@@ -44,6 +50,7 @@ pin_project! {
         #[pin]
         deadline: Sleep,
         idle_timeout: Duration,
+        activity: Option<Activity>,
     }
 }
 
@@ -60,10 +67,14 @@ impl<F: Future<Output = ()>> Future for Stalls<F> {
             );
             return Poll::Ready(());
         }
+        let now = Instant::now();
+        if let Some(activity) = this.activity {
+            activity.touch_at(now);
+        }
         if this.task.poll(cx).is_ready() {
             return Poll::Ready(());
         }
-        this.deadline.reset(Instant::now() + *this.idle_timeout);
+        this.deadline.reset(now + *this.idle_timeout);
         Poll::Pending
     }
 }
@@ -93,6 +104,7 @@ mod tests {
     async fn a_task_is_dropped_only_after_the_timeout_without_a_wake() {
         let exec = StreamExec {
             idle_timeout: Duration::from_secs(10),
+            activity: None,
         };
         let nudge = Arc::new(Notify::new());
         let dropped = Arc::new(AtomicBool::new(false));

@@ -218,7 +218,10 @@ impl Admin {
             let admin = admin.clone();
             let builder = builder.clone();
             connections.spawn(async move {
-                if !crate::listen::protocol_known(&stream, HEADER_READ_TIMEOUT).await {
+                if crate::listen::protocol_known(&stream, HEADER_READ_TIMEOUT)
+                    .await
+                    .is_none()
+                {
                     return;
                 }
                 let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {

@@ -98,31 +98,43 @@ fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<socket2::Socket> {
     Ok(socket)
 }
 
+/// What a connection's first bytes say it speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Anything but the HTTP/2 preface (which hyper then reads as HTTP/1.x, or refuses).
+    Http1,
+    /// The HTTP/2 preface: h2c with prior knowledge.
+    Http2,
+}
+
 /// Waits until the connection's first bytes decide its protocol (hyper's: the HTTP/2 preface, or
-/// anything that departs from it), for at most `timeout`; false if they did not come in time,
+/// anything that departs from it), for at most `timeout`; `None` if they did not come in time,
 /// or the client closed first.
 ///
 /// Until then hyper-util's `auto` server runs no header timer, so a connection that sends
 /// nothing, or only the start of the preface, would be held for as long as the client likes.
-pub async fn protocol_known(stream: &tokio::net::TcpStream, timeout: Duration) -> bool {
+pub async fn protocol_known(stream: &tokio::net::TcpStream, timeout: Duration) -> Option<Protocol> {
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let deadline = tokio::time::Instant::now() + timeout;
     let mut seen = [0u8; PREFACE.len()];
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut seen)).await {
             Ok(Ok(n)) => n,
-            Ok(Err(_)) | Err(_) => return false,
+            Ok(Err(_)) | Err(_) => return None,
         };
         if n == 0 {
-            return false;
+            return None;
         }
-        if n == PREFACE.len() || seen[..n] != PREFACE[..n] {
-            return true;
+        if seen[..n] != PREFACE[..n] {
+            return Some(Protocol::Http1);
+        }
+        if n == PREFACE.len() {
+            return Some(Protocol::Http2);
         }
         // The start of the preface and no more yet. A peek answers at once while bytes wait,
         // so look again shortly; a client sends its preface whole, so this is rare.
         if tokio::time::Instant::now() + PREFACE_POLL >= deadline {
-            return false;
+            return None;
         }
         tokio::time::sleep(PREFACE_POLL).await;
     }

@@ -80,7 +80,7 @@ enum Writes {
 }
 
 /// Serves one client connection over a 4 KiB in-memory stream, and returns the client's end.
-async fn client(idle_timeout: Duration, writes: Writes) -> DuplexStream {
+async fn client(idle_timeout: Duration, writes: Writes, protocol: Protocol) -> DuplexStream {
     let upstream = upstream_that_dies_mid_body().await;
     let mut config = ProxyConfig::new(
         PathBuf::from("/nonexistent/policy.yaml"),
@@ -106,17 +106,22 @@ async fn client(idle_timeout: Duration, writes: Writes) -> DuplexStream {
     let peer = "10.0.0.7:40000".parse().expect("addr");
     let shutdown = CancellationToken::new();
     match writes {
-        Writes::Plain => tokio::spawn(serve_known(server, peer, state, shutdown, abort)),
-        Writes::Vectored => {
-            tokio::spawn(serve_known(Vectored(server), peer, state, shutdown, abort))
-        }
+        Writes::Plain => tokio::spawn(serve_known(server, protocol, peer, state, shutdown, abort)),
+        Writes::Vectored => tokio::spawn(serve_known(
+            Vectored(server),
+            protocol,
+            peer,
+            state,
+            shutdown,
+            abort,
+        )),
     };
     client
 }
 
 /// The HTTP/1.1 client's end, its request sent.
 async fn http1_client(idle_timeout: Duration, writes: Writes) -> DuplexStream {
-    let mut client = client(idle_timeout, writes).await;
+    let mut client = client(idle_timeout, writes, Protocol::Http1).await;
     client
         .write_all(b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n")
         .await
@@ -164,7 +169,7 @@ async fn an_upstream_that_dies_while_the_client_is_not_reading_loses_none_of_its
 /// not wake: its failure must not wait for one. The stream is reset, at once.
 #[tokio::test]
 async fn an_upstream_that_dies_mid_body_resets_an_http2_stream_at_once() {
-    let client = client(Duration::from_secs(300), Writes::Vectored).await;
+    let client = client(Duration::from_secs(300), Writes::Vectored, Protocol::Http2).await;
     let (mut sender, connection) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         TokioIo::new(client),
