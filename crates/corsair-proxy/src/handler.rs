@@ -473,7 +473,7 @@ async fn forward(state: &State, conn: &Conn, mut req: Request<Incoming>) -> Resp
     };
     let sent = tokio::time::timeout(
         state.config.upstream_timeout,
-        state.upstream.send(&conn.lane, request),
+        state.upstream.send(&conn.lane, &conn.activity, request),
     )
     .await;
     let mut response = match sent {

@@ -393,7 +393,7 @@ impl Activity {
         }
     }
 
-    fn touch(&self) {
+    pub(crate) fn touch(&self) {
         self.touch_at(Instant::now());
     }
 

@@ -8,6 +8,10 @@
 //! task of its own, spawned here, so the rule is kept per stream as well: a task that was not
 //! woken for the idle timeout is dropped, which resets its stream (`CANCEL`). Each wake also
 //! counts as activity of the stream's connection, whose own bytes do not (`server.rs`).
+//!
+//! hyper also spawns the send half of an HTTP/2 `CONNECT` tunnel here, which would then end
+//! after an idle timeout without upstream bytes; the proxy answers `CONNECT` 501 and offers no
+//! tunnel, so none is ever spawned.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -59,9 +63,9 @@ impl<F: Future<Output = ()>> Future for Stalls<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
-        // The deadline moves on at every poll, so a passed one means that nothing but the timer
+        // The deadline moves on at every poll, so a fired one means that nothing but the timer
         // woke the task since: no frame, no window, no upstream byte, no timer of the handler.
-        if this.deadline.as_mut().poll(cx).is_ready() {
+        if this.deadline.is_elapsed() {
             tracing::debug!(
                 "resetting an HTTP/2 stream that made no progress for the idle timeout"
             );
@@ -74,7 +78,9 @@ impl<F: Future<Output = ()>> Future for Stalls<F> {
         if this.task.poll(cx).is_ready() {
             return Poll::Ready(());
         }
-        this.deadline.reset(now + *this.idle_timeout);
+        this.deadline.as_mut().reset(now + *this.idle_timeout);
+        // Registers this task's waker with the deadline as it now stands (pending).
+        let _ = this.deadline.poll(cx);
         Poll::Pending
     }
 }

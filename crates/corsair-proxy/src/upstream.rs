@@ -28,6 +28,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::server::Activity;
 use crate::{ProxyConfig, ProxyError};
 pub(crate) use http1::Switched;
 pub use http1::{ClientFlush, UpstreamBody};
@@ -192,6 +193,7 @@ impl Upstream {
     pub async fn send<B>(
         &self,
         lane: &Lane,
+        activity: &Activity,
         req: Request<B>,
     ) -> Result<Response<UpstreamBody>, Failed>
     where
@@ -222,6 +224,7 @@ impl Upstream {
                             self.timeout,
                             &self.tasks,
                             &self.abort,
+                            activity,
                         ))),
                         Sent::Whole | Sent::Broken => None,
                     };

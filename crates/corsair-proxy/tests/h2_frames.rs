@@ -13,6 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::timeout;
 
+/// RFC 9113 §6.9.
+const WINDOW_UPDATE: u8 = 8;
+
 use corsair_runtime::testing::h2::{
     DATA, END_HEADERS, END_STREAM, GOAWAY, H2Frame, HEADERS, PING, PREFACE, RST_STREAM, SETTINGS,
     frame, goaway_code, hpack_literal, parse_frames, request_block, reset_codes,
@@ -434,7 +437,7 @@ async fn a_connect_with_a_body_does_not_end_the_other_streams_of_its_connection(
 async fn pinging(
     stream: &mut TcpStream,
     done: impl Fn(&[H2Frame]) -> bool,
-) -> (Vec<H2Frame>, Option<Duration>) {
+) -> (Vec<H2Frame>, Option<Instant>) {
     let start = Instant::now();
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 16384];
@@ -449,7 +452,7 @@ async fn pinging(
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
             if done(&parse_frames(&buf)) {
-                return (parse_frames(&buf), Some(start.elapsed()));
+                return (parse_frames(&buf), Some(Instant::now()));
             }
         }
     }
@@ -477,9 +480,10 @@ async fn a_stream_given_no_window_is_reset_though_pings_keep_its_connection_busy
     bytes.extend(frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]));
     let get = request_block("GET", "/endless", &[]);
     bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &get));
+    let sent = Instant::now();
     stream.write_all(&bytes).await.expect("write");
 
-    let (frames, took) = pinging(&mut stream, |frames| {
+    let (frames, reset) = pinging(&mut stream, |frames| {
         frames.iter().any(|f| f.kind == RST_STREAM && f.stream == 1)
     })
     .await;
@@ -487,7 +491,7 @@ async fn a_stream_given_no_window_is_reset_though_pings_keep_its_connection_busy
         frames.iter().any(|f| f.kind == HEADERS && f.stream == 1),
         "the response head was sent: {frames:?}"
     );
-    let Some(took) = took else {
+    let Some(took) = reset.map(|at| at - sent) else {
         panic!(
             "stream 1 was not reset within 6 s with --idle-timeout 1 (connection closed or \
              still open without it): {frames:?}"
@@ -527,6 +531,8 @@ async fn an_h2_connection_that_only_pings_is_closed_at_the_idle_timeout() {
         1,
         &request_block("GET", "/", &[]),
     ));
+    // The idle time starts after the request's last wake, so after this.
+    let sent = Instant::now();
     stream.write_all(&bytes).await.expect("write");
     let (frames, answered) = pinging(&mut stream, |frames| {
         frames.iter().any(|f| {
@@ -536,13 +542,13 @@ async fn an_h2_connection_that_only_pings_is_closed_at_the_idle_timeout() {
     .await;
     assert!(answered.is_some(), "stream 1 was not answered: {frames:?}");
 
-    let (frames, took) = pinging(&mut stream, |frames| goaway_code(frames).is_some()).await;
-    let Some(took) = took else {
+    let (frames, goaway) = pinging(&mut stream, |frames| goaway_code(frames).is_some()).await;
+    let Some(took) = goaway.map(|at| at - sent) else {
         panic!("no GOAWAY within 6 s of PINGs with --idle-timeout 1: {frames:?}");
     };
     assert!(
-        took >= Duration::from_millis(700) && took < Duration::from_secs(4),
-        "GOAWAY after {took:?}"
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "GOAWAY {took:?} after the request"
     );
     assert_eq!(goaway_code(&frames), Some(0), "NO_ERROR");
     let _ = h.proxy.shutdown().await;
@@ -574,4 +580,167 @@ async fn endless_upstream() -> (std::net::SocketAddr, oneshot::Receiver<()>) {
         let _ = closed_tx.send(());
     });
     (addr, closed_rx)
+}
+
+/// A client that reads slowly but steadily (16 KiB of window every 200 ms, no PINGs) takes each
+/// piece of the body (one upstream read, at most 16 KiB or so) well within `--idle-timeout`:
+/// neither the stream nor the connection may be cut while it does. (A stream's task is woken
+/// when a piece has gone out, not at each WINDOW_UPDATE, so a reader slower than a piece per
+/// idle timeout is reset: 55 bytes/s at the default 300 s.)
+#[tokio::test]
+async fn a_stream_read_slowly_but_steadily_is_not_reset() {
+    let (upstream, _upstream_closed) = endless_upstream().await;
+    let policy = support::policy_file("allowOrigins: [\"https://app.example.com\"]");
+    let mut config = support::config_at(&policy.path, upstream);
+    config.idle_timeout = Duration::from_secs(1);
+    let proxy = corsair_proxy::Proxy::start(config).await.expect("starts");
+    let mut stream = TcpStream::connect(proxy.listen_addr())
+        .await
+        .expect("connect");
+    let mut bytes = PREFACE.to_vec();
+    bytes.extend(frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]));
+    bytes.extend(frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &request_block("GET", "/endless", &[]),
+    ));
+    stream.write_all(&bytes).await.expect("write");
+
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16384];
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        // 16 KiB more for stream 1, and as much for the connection.
+        let mut update = frame(WINDOW_UPDATE, 0, 1, &16384u32.to_be_bytes());
+        update.extend(frame(WINDOW_UPDATE, 0, 0, &16384u32.to_be_bytes()));
+        stream
+            .write_all(&update)
+            .await
+            .expect("the connection stays open");
+        let next = tokio::time::Instant::now() + Duration::from_millis(200);
+        while let Ok(read) = tokio::time::timeout_at(next, stream.read(&mut chunk)).await {
+            let n = read.expect("read");
+            assert!(
+                n > 0,
+                "the proxy closed the connection after {:?}",
+                start.elapsed()
+            );
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+    let frames = parse_frames(&buf);
+    let received: usize = frames
+        .iter()
+        .filter(|f| f.kind == DATA && f.stream == 1)
+        .map(|f| f.payload.len())
+        .sum();
+    assert!(
+        !frames
+            .iter()
+            .any(|f| f.kind == RST_STREAM || f.kind == GOAWAY),
+        "cut while it read: {:?}",
+        frames.iter().map(|f| f.kind).collect::<Vec<_>>()
+    );
+    // 15 updates of 16 KiB in 3 s, answered with DATA.
+    assert!(received >= 100_000, "{received} bytes of DATA in 3 s");
+    let _ = proxy.shutdown().await;
+}
+
+/// An upstream that answers at once and then reads the whole request body (an early answer);
+/// it reports how many body bytes it got once it has `expected` or the proxy closes.
+async fn early_answer_upstream(
+    expected: usize,
+) -> (std::net::SocketAddr, oneshot::Receiver<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let head_end = loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+            if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        if stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut body = got.len() - head_end;
+        while body < expected {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body += n,
+            }
+        }
+        let _ = tx.send(body);
+    });
+    (addr, rx)
+}
+
+/// The rest of an HTTP/2 upload that the upstream answered early is sent by a task of the
+/// proxy's own, after the stream's task has ended. Its progress is the connection's activity:
+/// a client still uploading must not get a GOAWAY, nor lose the rest of its body.
+#[tokio::test]
+async fn an_h2_upload_answered_early_keeps_its_connection_while_it_moves() {
+    const CHUNK: usize = 500;
+    const CHUNKS: usize = 10;
+    let (upstream, got) = early_answer_upstream(CHUNK * CHUNKS).await;
+    let policy = support::policy_file("allowOrigins: [\"https://app.example.com\"]");
+    let mut config = support::config_at(&policy.path, upstream);
+    config.idle_timeout = Duration::from_secs(1);
+    let proxy = corsair_proxy::Proxy::start(config).await.expect("starts");
+    let mut stream = TcpStream::connect(proxy.listen_addr())
+        .await
+        .expect("connect");
+    let length = (CHUNK * CHUNKS).to_string();
+    let mut bytes = PREFACE.to_vec();
+    bytes.extend(frame(SETTINGS, 0, 0, &[]));
+    bytes.extend(frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &request_block("POST", "/upload", &[(b"content-length", length.as_bytes())]),
+    ));
+    bytes.extend(frame(DATA, 0, 1, &[b'u'; CHUNK]));
+    stream.write_all(&bytes).await.expect("write");
+
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16384];
+    for i in 1..CHUNKS {
+        let next = tokio::time::Instant::now() + Duration::from_millis(300);
+        while let Ok(read) = tokio::time::timeout_at(next, stream.read(&mut chunk)).await {
+            let n = read.expect("read");
+            assert!(n > 0, "the proxy closed the connection before chunk {i}");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let last = if i == CHUNKS - 1 { END_STREAM } else { 0 };
+        stream
+            .write_all(&frame(DATA, last, 1, &[b'u'; CHUNK]))
+            .await
+            .expect("the connection stays open");
+    }
+    let frames = parse_frames(&buf);
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.stream == 1 && f.kind == DATA && f.flags & END_STREAM != 0),
+        "the early answer came: {frames:?}"
+    );
+    assert_eq!(goaway_code(&frames), None, "GOAWAY while the upload moved");
+    let got = timeout(Duration::from_secs(5), got)
+        .await
+        .expect("the upstream's report")
+        .expect("the upstream read the body");
+    assert_eq!(got, CHUNK * CHUNKS, "body bytes the upstream received");
+    let _ = proxy.shutdown().await;
 }

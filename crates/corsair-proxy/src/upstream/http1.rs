@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Lane, QuickAck};
+use crate::server::Activity;
 
 /// Response header lines parsed at most, as hyper's client.
 const MAX_HEADERS: usize = 100;
@@ -548,6 +549,8 @@ pub(crate) struct Upload {
     /// waits for it, stopped at the drain deadline.
     tasks: TaskTracker,
     abort: CancellationToken,
+    /// The client connection's: the rest of an HTTP/2 upload moves no byte it would count.
+    activity: Activity,
 }
 
 impl Upload {
@@ -558,6 +561,7 @@ impl Upload {
         stall: std::time::Duration,
         tasks: &TaskTracker,
         abort: &CancellationToken,
+        activity: &Activity,
     ) -> Upload
     where
         B: Body<Data = Bytes> + Send + 'static,
@@ -569,6 +573,7 @@ impl Upload {
             stall,
             tasks: tasks.clone(),
             abort: abort.clone(),
+            activity: activity.clone(),
         }
     }
 
@@ -601,7 +606,9 @@ impl Upload {
                 return Poll::Ready(sent);
             }
             if std::mem::take(&mut self.out.progressed) {
-                quiet.as_mut().reset(tokio::time::Instant::now() + stall);
+                let now = tokio::time::Instant::now();
+                quiet.as_mut().reset(now + stall);
+                self.activity.touch_at(now);
             }
             ready!(quiet.as_mut().poll(cx));
             Poll::Ready(Err(Stop::Write(io::Error::new(

@@ -404,7 +404,10 @@ where
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let response = upstream.send(lane, req).await.map_err(|f| f.failure)?;
+    let response = upstream
+        .send(lane, &Activity::new(), req)
+        .await
+        .map_err(|f| f.failure)?;
     let status = response.status();
     let (parts, body) = response.into_parts();
     let collected = body.collect().await.map_err(|_| Failure::Reset)?;
@@ -437,7 +440,10 @@ async fn requests_one_after_the_other_share_one_kept_alive_connection() {
         assert_eq!(body, b"ok");
     }
     // A reason phrase of its own reaches hyper, which writes it to the client.
-    let response = upstream.send(&lane, get()).await.expect("a response");
+    let response = upstream
+        .send(&lane, &Activity::new(), get())
+        .await
+        .expect("a response");
     let reason = response
         .extensions()
         .get::<hyper::ext::ReasonPhrase>()
@@ -610,7 +616,7 @@ async fn a_response_body_may_pause_but_not_stall_for_the_upstream_timeout() {
 
     let started = std::time::Instant::now();
     let response = upstream
-        .send(&Lane::default(), get())
+        .send(&Lane::default(), &Activity::new(), get())
         .await
         .expect("a head");
     let error = response
@@ -661,7 +667,10 @@ async fn a_switch_of_protocols_hands_the_connection_and_its_early_bytes_over() {
     });
     let upstream = proxy_upstream(addr);
     let lane = Lane::default();
-    let mut response = upstream.send(&lane, get()).await.expect("a response");
+    let mut response = upstream
+        .send(&lane, &Activity::new(), get())
+        .await
+        .expect("a response");
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
     let mut switched = response.body_mut().take_switched().expect("the connection");
     assert_eq!(&switched.read[..], b"first");
@@ -948,7 +957,7 @@ impl Client {
         let sent = async {
             match self {
                 Client::Ours(upstream, lane) => upstream
-                    .send(lane, req)
+                    .send(lane, &Activity::new(), req)
                     .await
                     .map(|r| r.map(|b| b.map_err(Into::into).boxed_unsync()))
                     .map_err(|f| format!("{:?}: {:?}", f.failure, f.error)),
@@ -1201,7 +1210,7 @@ async fn an_early_answer_reaches_the_client_even_if_the_upstream_reads_no_more_a
         let response = if ours {
             let upstream = proxy_upstream(addr);
             upstream
-                .send(&Lane::default(), a_large_upload())
+                .send(&Lane::default(), &Activity::new(), a_large_upload())
                 .await
                 .map(|r| r.status())
                 .map_err(|f| format!("{:?}", f.failure))
@@ -1226,7 +1235,7 @@ async fn an_early_answer_reaches_the_client_even_if_the_upstream_reads_no_more_a
 /// Sends [`a_large_upload`] to [`answers_early_and_stops_reading`], and reads its whole answer.
 async fn large_upload_answered_early(upstream: &Upstream, lane: &Lane) {
     let response = upstream
-        .send(lane, a_large_upload())
+        .send(lane, &Activity::new(), a_large_upload())
         .await
         .expect("the answer");
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
@@ -1373,7 +1382,7 @@ async fn a_broken_response_is_a_failure_naming_its_cause() {
         }
     });
     let failed = proxy_upstream(addr)
-        .send(&Lane::default(), get())
+        .send(&Lane::default(), &Activity::new(), get())
         .await
         .expect_err("refused");
     assert_eq!(failed.failure, Failure::Other);
@@ -1387,7 +1396,7 @@ async fn a_broken_response_is_a_failure_naming_its_cause() {
         }
     });
     let response = proxy_upstream(addr)
-        .send(&Lane::default(), get())
+        .send(&Lane::default(), &Activity::new(), get())
         .await
         .expect("a head");
     let error = response.into_body().collect().await.expect_err("cut short");
