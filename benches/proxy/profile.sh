@@ -4,6 +4,7 @@
 # what else the machine is doing, so this can run on a busy machine, unlike run.sh.
 #
 #   bash benches/proxy/profile.sh            # PROXY_BIN=... to profile a given binary
+#   H2=1 bash benches/proxy/profile.sh       # also allowed GETs over h2c (h2load, nghttp2-client)
 #
 # Each server runs under valgrind --tool=callgrind with one worker; wrk sends $LOAD_SECONDS seconds
 # (default 5) of one kind of request over 4 keep-alive connections after a warm-up; the counters
@@ -26,6 +27,7 @@ UPSTREAM_PORT=18080
 PROXY_PORT=18081
 ADMIN_PORT=18082
 NGINX_PORT=18083
+NGINX_H2_PORT=18084
 
 die() { echo "profile.sh: $*" >&2; exit 1; }
 for tool in valgrind callgrind_control wrk nginx curl; do
@@ -96,6 +98,25 @@ per_request() {
     awk -v ir="$ir" -v n="$requests" 'BEGIN { printf "%.1f", ir / n / 1000 }'
 }
 
+# The same for allowed GETs over h2c (H2=1): h2load, 4 connections of 10 streams, a fixed count
+# of requests after a warm-up.
+per_request_h2() {
+    local pid=$1 port=$2 out requests ir
+    h2load -n 2000 -c 4 -m 10 -H "origin: $ORIGIN" "http://127.0.0.1:$port/api/items" >/dev/null
+    callgrind_control -z "$pid" >/dev/null
+    out=$(h2load -n "$H2_REQUESTS" -c 4 -m 10 -H "origin: $ORIGIN" "http://127.0.0.1:$port/api/items")
+    requests=$(sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p' <<<"$out")
+    [[ -n $requests && $requests != 0 ]] || die "h2load completed no request on port $port:"$'\n'"$out"
+    rm -f "$WORK"/callgrind.out.*
+    callgrind_control -d "$pid" >/dev/null
+    sleep 1
+    ir=$(cat "$WORK"/callgrind.out.* 2>/dev/null | awk '/^summary:/ { s += $2 } END { print s + 0 }')
+    awk -v ir="$ir" -v n="$requests" 'BEGIN { printf "%.1f", ir / n / 1000 }'
+}
+H2=${H2:-0}
+H2_REQUESTS=${H2_REQUESTS:-5000}
+if [[ $H2 == 1 ]]; then command -v h2load >/dev/null || die "h2load is missing (nghttp2-client)"; fi
+
 SIM_ARGS=()
 [[ -n ${SIM:-} ]] && SIM_ARGS=(--cache-sim=yes --branch-sim=yes)
 (cd "$WORK" && CORSAIR_LOG=warn exec valgrind --tool=callgrind "${SIM_ARGS[@]}" --callgrind-out-file="$WORK/callgrind.out.%p" \
@@ -107,6 +128,7 @@ wait_port $PROXY_PORT
 CORSAIR_PID=$(pgrep -f "callgrind.*--listen 127.0.0.1:$PROXY_PORT" | head -n1)
 C_GET=$(per_request "$CORSAIR_PID" get $PROXY_PORT)
 C_PRE=$(per_request "$CORSAIR_PID" preflight $PROXY_PORT)
+if [[ $H2 == 1 ]]; then C_H2=$(per_request_h2 "$CORSAIR_PID" $PROXY_PORT); fi
 
 sed 's/^worker_processes .*/worker_processes 1;/' "$HERE/nginx-cors.conf" >"$WORK/nginx.conf"
 (cd "$WORK" && exec valgrind --tool=callgrind "${SIM_ARGS[@]}" --trace-children=yes --callgrind-out-file="$WORK/callgrind.out.%p" \
@@ -116,11 +138,15 @@ wait_port $NGINX_PORT
 NGINX_PID=$(pgrep -f "callgrind.*nginx.conf" | head -n1)
 N_GET=$(per_request "$NGINX_PID" get $NGINX_PORT)
 N_PRE=$(per_request "$NGINX_PID" preflight $NGINX_PORT)
+if [[ $H2 == 1 ]]; then N_H2=$(per_request_h2 "$NGINX_PID" $NGINX_H2_PORT); fi
 
 echo "| request | corsair (k instructions) | nginx (k instructions) | corsair ÷ nginx |"
 echo "|---|---:|---:|---:|"
 echo "| allowed GET (proxied) | $C_GET | $N_GET | $(awk -v a="$C_GET" -v b="$N_GET" 'BEGIN { printf "%.2f", a / b }') |"
 echo "| allowed preflight | $C_PRE | $N_PRE | $(awk -v a="$C_PRE" -v b="$N_PRE" 'BEGIN { printf "%.2f", a / b }') |"
+if [[ $H2 == 1 ]]; then
+    echo "| allowed GET over h2c (proxied) | $C_H2 | $N_H2 | $(awk -v a="$C_H2" -v b="$N_H2" 'BEGIN { printf "%.2f", a / b }') |"
+fi
 if [[ -n ${SIM:-} ]]; then
     echo
     echo "| request | server | L1 instruction misses | L1 data misses | last-level instruction misses | last-level data misses | mispredicted conditional branches | mispredicted indirect branches |"
