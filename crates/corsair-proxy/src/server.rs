@@ -425,6 +425,15 @@ struct IdleIo<S> {
     flush: Arc<ClientFlush>,
 }
 
+impl<S> IdleIo<S> {
+    /// A read or write completed: activity, unless the streams keep it (HTTP/2).
+    fn moved(&self) {
+        if let Some(activity) = &self.activity {
+            activity.touch();
+        }
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for IdleIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -432,10 +441,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for IdleIo<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if poll.is_ready()
-            && let Some(activity) = &self.activity
-        {
-            activity.touch();
+        if poll.is_ready() {
+            self.moved();
         }
         poll
     }
@@ -448,10 +455,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if poll.is_ready()
-            && let Some(activity) = &self.activity
-        {
-            activity.touch();
+        if poll.is_ready() {
+            self.moved();
         }
         poll
     }
@@ -462,10 +467,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if poll.is_ready()
-            && let Some(activity) = &self.activity
-        {
-            activity.touch();
+        if poll.is_ready() {
+            self.moved();
         }
         poll
     }

@@ -459,6 +459,31 @@ async fn pinging(
     (parse_frames(&buf), None)
 }
 
+/// A proxy in front of `upstream` with a 1 s idle timeout, its policy file (kept while the
+/// proxy runs), and a client connection to it.
+async fn connected_with_idle_1s(
+    upstream: std::net::SocketAddr,
+) -> (corsair_proxy::Proxy, support::PolicyFile, TcpStream) {
+    let policy = support::policy_file("allowOrigins: [\"https://app.example.com\"]");
+    let mut config = support::config_at(&policy.path, upstream);
+    config.idle_timeout = Duration::from_secs(1);
+    let proxy = corsair_proxy::Proxy::start(config).await.expect("starts");
+    let stream = TcpStream::connect(proxy.listen_addr())
+        .await
+        .expect("connect");
+    (proxy, policy, stream)
+}
+
+/// An h2c preface that gives streams no window (`SETTINGS_INITIAL_WINDOW_SIZE`, 0x4, = 0), and
+/// `GET /endless` on stream 1.
+fn no_window_get_endless() -> Vec<u8> {
+    let mut bytes = PREFACE.to_vec();
+    bytes.extend(frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]));
+    let get = request_block("GET", "/endless", &[]);
+    bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &get));
+    bytes
+}
+
 /// A client that gives a stream no flow-control window (`SETTINGS_INITIAL_WINDOW_SIZE` 0) gets
 /// the response head, and the body can never be sent. Its PINGs move bytes on the connection,
 /// so a timer of the connection's bytes never fires: the stream, its upstream connection and
@@ -468,20 +493,12 @@ async fn pinging(
 #[tokio::test]
 async fn a_stream_given_no_window_is_reset_though_pings_keep_its_connection_busy() {
     let (upstream, mut upstream_closed) = endless_upstream().await;
-    let policy = support::policy_file("allowOrigins: [\"https://app.example.com\"]");
-    let mut config = support::config_at(&policy.path, upstream);
-    config.idle_timeout = Duration::from_secs(1);
-    let proxy = corsair_proxy::Proxy::start(config).await.expect("starts");
-    let mut stream = TcpStream::connect(proxy.listen_addr())
-        .await
-        .expect("connect");
-    let mut bytes = PREFACE.to_vec();
-    // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 0.
-    bytes.extend(frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]));
-    let get = request_block("GET", "/endless", &[]);
-    bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &get));
+    let (proxy, _policy, mut stream) = connected_with_idle_1s(upstream).await;
     let sent = Instant::now();
-    stream.write_all(&bytes).await.expect("write");
+    stream
+        .write_all(&no_window_get_endless())
+        .await
+        .expect("write");
 
     let (frames, reset) = pinging(&mut stream, |frames| {
         frames.iter().any(|f| f.kind == RST_STREAM && f.stream == 1)
@@ -590,22 +607,11 @@ async fn endless_upstream() -> (std::net::SocketAddr, oneshot::Receiver<()>) {
 #[tokio::test]
 async fn a_stream_read_slowly_but_steadily_is_not_reset() {
     let (upstream, _upstream_closed) = endless_upstream().await;
-    let policy = support::policy_file("allowOrigins: [\"https://app.example.com\"]");
-    let mut config = support::config_at(&policy.path, upstream);
-    config.idle_timeout = Duration::from_secs(1);
-    let proxy = corsair_proxy::Proxy::start(config).await.expect("starts");
-    let mut stream = TcpStream::connect(proxy.listen_addr())
+    let (proxy, _policy, mut stream) = connected_with_idle_1s(upstream).await;
+    stream
+        .write_all(&no_window_get_endless())
         .await
-        .expect("connect");
-    let mut bytes = PREFACE.to_vec();
-    bytes.extend(frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]));
-    bytes.extend(frame(
-        HEADERS,
-        END_HEADERS | END_STREAM,
-        1,
-        &request_block("GET", "/endless", &[]),
-    ));
-    stream.write_all(&bytes).await.expect("write");
+        .expect("write");
 
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 16384];
@@ -695,13 +701,7 @@ async fn an_h2_upload_answered_early_keeps_its_connection_while_it_moves() {
     const CHUNK: usize = 500;
     const CHUNKS: usize = 10;
     let (upstream, got) = early_answer_upstream(CHUNK * CHUNKS).await;
-    let policy = support::policy_file("allowOrigins: [\"https://app.example.com\"]");
-    let mut config = support::config_at(&policy.path, upstream);
-    config.idle_timeout = Duration::from_secs(1);
-    let proxy = corsair_proxy::Proxy::start(config).await.expect("starts");
-    let mut stream = TcpStream::connect(proxy.listen_addr())
-        .await
-        .expect("connect");
+    let (proxy, _policy, mut stream) = connected_with_idle_1s(upstream).await;
     let length = (CHUNK * CHUNKS).to_string();
     let mut bytes = PREFACE.to_vec();
     bytes.extend(frame(SETTINGS, 0, 0, &[]));
