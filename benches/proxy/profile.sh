@@ -67,18 +67,42 @@ nginx -p "$WORK" -c "$HERE/nginx-upstream.conf" -g 'daemon off;' &
 PIDS+=($!)
 wait_port $UPSTREAM_PORT
 
-# Prints the instructions per request of the process $1 (under callgrind) for workload $2 on $3.
-per_request() {
-    local pid=$1 mix=$2 port=$3 out requests
-    MIX=$mix wrk -t1 -c4 -d2s -s "$HERE/mix.lua" "http://127.0.0.1:$port/" >/dev/null
-    callgrind_control -z "$pid" >/dev/null
-    out=$(MIX=$mix wrk -t1 -c4 -d"${SECONDS_LOAD}s" -s "$HERE/mix.lua" "http://127.0.0.1:$port/")
+# Loads for per_request: each takes its phase ("warm" or "run") and prints, for "run", the
+# number of requests completed. wrk_load MIX PORT: one kind of HTTP/1.1 request from mix.lua.
+wrk_load() {
+    local phase=$1 mix=$2 port=$3 seconds=2 out requests
+    [[ $phase == run ]] && seconds=$SECONDS_LOAD
+    out=$(MIX=$mix wrk -t1 -c4 -d"${seconds}s" -s "$HERE/mix.lua" "http://127.0.0.1:$port/")
+    [[ $phase == run ]] || return 0
     requests=$(sed -n 's/^RESULT .* requests=\([0-9]*\) .*/\1/p' <<<"$out")
     [[ -n $requests && $requests != 0 ]] || die "wrk completed no request on port $port:"$'\n'"$out"
+    echo "$requests"
+}
+
+# h2load_load PORT (H2=1): allowed GETs over h2c, 4 connections of 10 streams, a fixed count of
+# requests after a warm-up of 2,000.
+h2load_load() {
+    local phase=$1 port=$2 out requests
+    if [[ $phase != run ]]; then
+        h2load -n 2000 -c 4 -m 10 -H "origin: $ORIGIN" "http://127.0.0.1:$port/api/items" >/dev/null
+        return 0
+    fi
+    out=$(h2load -n "$H2_REQUESTS" -c 4 -m 10 -H "origin: $ORIGIN" "http://127.0.0.1:$port/api/items")
+    requests=$(sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p' <<<"$out")
+    [[ -n $requests && $requests != 0 ]] || die "h2load completed no request on port $port:"$'\n'"$out"
+    echo "$requests"
+}
+
+# Prints the instructions per request of the process $1 (under callgrind) under the load
+# "$3 ..." (a load function above and its arguments), named $2 in SIM's and KEEP's files.
+per_request() {
+    local pid=$1 name=$2 load=("${@:3}") requests ir
+    "${load[0]}" warm "${load[@]:1}"
+    callgrind_control -z "$pid" >/dev/null
+    requests=$("${load[0]}" run "${load[@]:1}")
     rm -f "$WORK"/callgrind.out.*
     callgrind_control -d "$pid" >/dev/null
     sleep 1
-    local ir
     ir=$(cat "$WORK"/callgrind.out.* 2>/dev/null | awk '/^summary:/ { s += $2 } END { print s + 0 }')
     if [[ -n ${SIM:-} ]]; then
         # Every dump names its events once ("events: Ir Dr ..."); sum each over the dumps.
@@ -89,30 +113,15 @@ per_request() {
                 printf "%.0f | %.0f | %.0f | %.1f | %.0f | %.0f\n", sum["I1mr"] / n,
                     (sum["D1mr"] + sum["D1mw"]) / n, sum["ILmr"] / n,
                     (sum["DLmr"] + sum["DLmw"]) / n, sum["Bcm"] / n, sum["Bim"] / n
-            }' >"$WORK/sim.$mix.$pid"
+            }' >"$WORK/sim.$name.$pid"
     fi
     if [[ -n ${KEEP:-} ]]; then
         mkdir -p "$KEEP"
-        cat "$WORK"/callgrind.out.* > "$KEEP/$pid-$mix.callgrind"
+        cat "$WORK"/callgrind.out.* > "$KEEP/$pid-$name.callgrind"
     fi
     awk -v ir="$ir" -v n="$requests" 'BEGIN { printf "%.1f", ir / n / 1000 }'
 }
 
-# The same for allowed GETs over h2c (H2=1): h2load, 4 connections of 10 streams, a fixed count
-# of requests after a warm-up.
-per_request_h2() {
-    local pid=$1 port=$2 out requests ir
-    h2load -n 2000 -c 4 -m 10 -H "origin: $ORIGIN" "http://127.0.0.1:$port/api/items" >/dev/null
-    callgrind_control -z "$pid" >/dev/null
-    out=$(h2load -n "$H2_REQUESTS" -c 4 -m 10 -H "origin: $ORIGIN" "http://127.0.0.1:$port/api/items")
-    requests=$(sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p' <<<"$out")
-    [[ -n $requests && $requests != 0 ]] || die "h2load completed no request on port $port:"$'\n'"$out"
-    rm -f "$WORK"/callgrind.out.*
-    callgrind_control -d "$pid" >/dev/null
-    sleep 1
-    ir=$(cat "$WORK"/callgrind.out.* 2>/dev/null | awk '/^summary:/ { s += $2 } END { print s + 0 }')
-    awk -v ir="$ir" -v n="$requests" 'BEGIN { printf "%.1f", ir / n / 1000 }'
-}
 H2=${H2:-0}
 H2_REQUESTS=${H2_REQUESTS:-5000}
 if [[ $H2 == 1 ]]; then command -v h2load >/dev/null || die "h2load is missing (nghttp2-client)"; fi
@@ -126,9 +135,9 @@ SIM_ARGS=()
 PIDS+=($!)
 wait_port $PROXY_PORT
 CORSAIR_PID=$(pgrep -f "callgrind.*--listen 127.0.0.1:$PROXY_PORT" | head -n1)
-C_GET=$(per_request "$CORSAIR_PID" get $PROXY_PORT)
-C_PRE=$(per_request "$CORSAIR_PID" preflight $PROXY_PORT)
-if [[ $H2 == 1 ]]; then C_H2=$(per_request_h2 "$CORSAIR_PID" $PROXY_PORT); fi
+C_GET=$(per_request "$CORSAIR_PID" get wrk_load get $PROXY_PORT)
+C_PRE=$(per_request "$CORSAIR_PID" preflight wrk_load preflight $PROXY_PORT)
+if [[ $H2 == 1 ]]; then C_H2=$(per_request "$CORSAIR_PID" h2c h2load_load $PROXY_PORT); fi
 
 sed 's/^worker_processes .*/worker_processes 1;/' "$HERE/nginx-cors.conf" >"$WORK/nginx.conf"
 (cd "$WORK" && exec valgrind --tool=callgrind "${SIM_ARGS[@]}" --trace-children=yes --callgrind-out-file="$WORK/callgrind.out.%p" \
@@ -136,9 +145,9 @@ sed 's/^worker_processes .*/worker_processes 1;/' "$HERE/nginx-cors.conf" >"$WOR
 PIDS+=($!)
 wait_port $NGINX_PORT
 NGINX_PID=$(pgrep -f "callgrind.*nginx.conf" | head -n1)
-N_GET=$(per_request "$NGINX_PID" get $NGINX_PORT)
-N_PRE=$(per_request "$NGINX_PID" preflight $NGINX_PORT)
-if [[ $H2 == 1 ]]; then N_H2=$(per_request_h2 "$NGINX_PID" $NGINX_H2_PORT); fi
+N_GET=$(per_request "$NGINX_PID" get wrk_load get $NGINX_PORT)
+N_PRE=$(per_request "$NGINX_PID" preflight wrk_load preflight $NGINX_PORT)
+if [[ $H2 == 1 ]]; then N_H2=$(per_request "$NGINX_PID" h2c h2load_load $NGINX_H2_PORT); fi
 
 echo "| request | corsair (k instructions) | nginx (k instructions) | corsair ÷ nginx |"
 echo "|---|---:|---:|---:|"
