@@ -39,6 +39,9 @@ if [[ -z ${PROXY_BIN:-} ]]; then
     PROXY_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/pgo/corsair-proxy
     CARGO_PROFILE_RELEASE_DEBUG=line-tables-only bash "$ROOT/scripts/sidecar-pgo.sh" "$PROXY_BIN" >&2
 fi
+# The proxy starts in the work directory below: a relative path is resolved here, first.
+[[ -x $PROXY_BIN ]] || die "no binary at $PROXY_BIN"
+PROXY_BIN=$(realpath "$PROXY_BIN")
 PROXY_CMD=("$PROXY_BIN")
 [[ $(basename "$PROXY_BIN") == corsair ]] && PROXY_CMD+=(proxy)
 
