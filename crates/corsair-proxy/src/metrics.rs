@@ -54,6 +54,26 @@ struct CauseLabels {
     cause: &'static str,
 }
 
+/// Why the proxy ended a client connection on its own, to protect itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dropped {
+    /// An HTTP/2 client reset most of its streams before their answer (CVE-2023-44487).
+    RapidReset,
+    /// A message in flight moved no byte either way for the idle timeout.
+    Stalled,
+}
+
+impl Dropped {
+    const ALL: [Dropped; 2] = [Dropped::RapidReset, Dropped::Stalled];
+
+    fn label(self) -> &'static str {
+        match self {
+            Dropped::RapidReset => "rapid_reset",
+            Dropped::Stalled => "stalled",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
@@ -66,6 +86,8 @@ pub struct Metrics {
     resolved: Box<[OnceLock<Counter>]>,
     duration: Durations,
     upstream_errors: Family<CauseLabels, Counter>,
+    dropped: Family<CauseLabels, Counter>,
+    stalled_streams: Counter,
     reloads: Family<ResultLabels, Counter>,
     generation: Gauge,
     file_refused: Gauge,
@@ -96,6 +118,21 @@ impl Metrics {
         for cause in Failure::ALL.into_iter().filter_map(Failure::metric_label) {
             let _ = upstream_errors.get_or_create(&CauseLabels { cause });
         }
+        let dropped = Family::<CauseLabels, Counter>::default();
+        registry.register(
+            "connections_dropped",
+            "Client connections the proxy ended to protect itself, by cause: rapid_reset (an HTTP/2 client reset most of its streams before their answer), stalled (a request or response in flight moved no byte for the idle timeout)",
+            dropped.clone(),
+        );
+        for why in Dropped::ALL {
+            let _ = dropped.get_or_create(&CauseLabels { cause: why.label() });
+        }
+        let stalled_streams = Counter::default();
+        registry.register(
+            "http2_streams_stalled",
+            "HTTP/2 streams the proxy reset (CANCEL) because they made no progress for the idle timeout, though their connection moved bytes",
+            stalled_streams.clone(),
+        );
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "policy_reloads",
@@ -125,6 +162,8 @@ impl Metrics {
                 .collect(),
             duration,
             upstream_errors,
+            dropped,
+            stalled_streams,
             reloads,
             generation,
             file_refused,
@@ -145,6 +184,17 @@ impl Metrics {
         self.upstream_errors
             .get_or_create(&CauseLabels { cause })
             .inc();
+    }
+
+    pub fn connection_dropped(&self, why: Dropped) {
+        self.dropped
+            .get_or_create(&CauseLabels { cause: why.label() })
+            .inc();
+    }
+
+    /// The counter of stalled HTTP/2 streams, for the executor that resets them.
+    pub(crate) fn stalled_streams(&self) -> Counter {
+        self.stalled_streams.clone()
     }
 
     pub fn reload_ok(&self, generation: i64) {
@@ -300,6 +350,40 @@ mod tests {
             text.contains(
                 "corsair_proxy_requests_total{kind=\"preflight\",decision=\"allowed\",mode=\"enforce\",status=\"2xx\"} 2"
             ),
+            "{text}"
+        );
+    }
+
+    /// Every cause is exported from the start, so that `increase()` counts a pod's first drop,
+    /// and each drop lands on its own cause.
+    #[test]
+    fn dropped_connections_are_counted_by_cause_from_zero() {
+        let metrics = Metrics::new();
+        let series =
+            |cause: &str| format!("corsair_proxy_connections_dropped_total{{cause=\"{cause}\"}}");
+        let text = metrics.encode().expect("encode");
+        for cause in ["rapid_reset", "stalled"] {
+            assert!(text.contains(&format!("{} 0\n", series(cause))), "{text}");
+        }
+        assert!(
+            text.contains("corsair_proxy_http2_streams_stalled_total 0\n"),
+            "{text}"
+        );
+        metrics.connection_dropped(Dropped::Stalled);
+        metrics.connection_dropped(Dropped::Stalled);
+        metrics.connection_dropped(Dropped::RapidReset);
+        metrics.stalled_streams().inc();
+        let text = metrics.encode().expect("encode");
+        assert!(
+            text.contains(&format!("{} 2\n", series("stalled"))),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{} 1\n", series("rapid_reset"))),
+            "{text}"
+        );
+        assert!(
+            text.contains("corsair_proxy_http2_streams_stalled_total 1\n"),
             "{text}"
         );
     }

@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::ProxyConfig;
 use crate::head_timer::{HeadDeadline, HeadTimer};
-use crate::metrics::Metrics;
+use crate::metrics::{Dropped, Metrics};
 use crate::on_wake::OnWake;
 use crate::policy::PolicyStore;
 use crate::stream_exec::StreamExec;
@@ -128,6 +128,7 @@ impl State {
             StreamExec {
                 idle_timeout: config.idle_timeout,
                 activity: None,
+                stalled: metrics.stalled_streams(),
             },
         );
         State {
@@ -267,6 +268,7 @@ async fn serve_known<S>(
             StreamExec {
                 idle_timeout: state.config.idle_timeout,
                 activity: Some(activity.clone()),
+                stalled: state.metrics.stalled_streams(),
             },
         )
     } else {
@@ -323,6 +325,7 @@ async fn serve_known<S>(
                 // client does not read, a request body it stopped sending): dropped.
                 Event::Idle => {
                     tracing::debug!(%peer, "dropping a connection stalled while it closed");
+                    state.metrics.connection_dropped(Dropped::Stalled);
                     return;
                 }
                 Event::Abort => return,
@@ -333,6 +336,7 @@ async fn serve_known<S>(
                 }
                 Event::Resets => {
                     tracing::warn!(%peer, "closing an HTTP/2 connection whose client reset most of its streams before their answer (rapid reset)");
+                    state.metrics.connection_dropped(Dropped::RapidReset);
                     return;
                 }
             },

@@ -6,7 +6,8 @@
 //! window, and sends a PING now and then, keeps its connection busy while that stream, its
 //! upstream connection and the application's work wait for good. hyper runs every stream on a
 //! task of its own, spawned here, so the rule is kept per stream as well: a task that was not
-//! woken for the idle timeout is dropped, which resets its stream (`CANCEL`). Each wake also
+//! woken for the idle timeout is dropped, which resets its stream (`CANCEL`), and counted in
+//! `corsair_proxy_http2_streams_stalled_total`. Each wake also
 //! counts as activity of the stream's connection, whose own bytes do not (`server.rs`).
 //!
 //! hyper also spawns the send half of an HTTP/2 `CONNECT` tunnel here, which would then end
@@ -19,6 +20,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
+use prometheus_client::metrics::counter::Counter;
 use tokio::time::{Instant, Sleep};
 
 use crate::server::Activity;
@@ -29,6 +31,8 @@ pub(crate) struct StreamExec {
     pub(crate) idle_timeout: Duration,
     /// The connection whose streams these are (none in the builder HTTP/1 connections use).
     pub(crate) activity: Option<Activity>,
+    /// `corsair_proxy_http2_streams_stalled_total`.
+    pub(crate) stalled: Counter,
 }
 
 impl<F> hyper::rt::Executor<F> for StreamExec
@@ -41,6 +45,7 @@ where
             deadline: tokio::time::sleep(self.idle_timeout),
             idle_timeout: self.idle_timeout,
             activity: self.activity.clone(),
+            stalled: self.stalled.clone(),
         });
     }
 }
@@ -55,6 +60,7 @@ pin_project! {
         deadline: Sleep,
         idle_timeout: Duration,
         activity: Option<Activity>,
+        stalled: Counter,
     }
 }
 
@@ -69,6 +75,7 @@ impl<F: Future<Output = ()>> Future for Stalls<F> {
             tracing::debug!(
                 "resetting an HTTP/2 stream that made no progress for the idle timeout"
             );
+            this.stalled.inc();
             return Poll::Ready(());
         }
         let now = Instant::now();
@@ -111,6 +118,7 @@ mod tests {
         let exec = StreamExec {
             idle_timeout: Duration::from_secs(10),
             activity: None,
+            stalled: Counter::default(),
         };
         let nudge = Arc::new(Notify::new());
         let dropped = Arc::new(AtomicBool::new(false));

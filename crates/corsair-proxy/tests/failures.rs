@@ -436,8 +436,12 @@ async fn an_idle_connection_is_closed() {
         "{:?}",
         start.elapsed()
     );
+    // Closing a connection that waits for nothing is housekeeping, not a defence.
+    assert_eq!(metric(&h.proxy, STALLED).await, 0.0);
     h.proxy.shutdown().await.expect("clean shutdown");
 }
+
+const STALLED: &str = "corsair_proxy_connections_dropped_total{cause=\"stalled\"}";
 
 #[tokio::test]
 async fn a_client_that_stops_reading_a_response_is_dropped_after_the_idle_timeout() {
@@ -474,6 +478,7 @@ async fn a_client_that_stops_reading_a_response_is_dropped_after_the_idle_timeou
     );
     let response = send(h.proxy.listen_addr(), request("GET", "/")).await;
     assert_eq!(response.status(), 200, "the proxy still serves");
+    assert_eq!(metric(&h.proxy, STALLED).await, 1.0, "the drop is counted");
     h.proxy.shutdown().await.expect("clean shutdown");
 }
 

@@ -234,6 +234,8 @@ async fn streams_reset_after_they_were_forwarded_are_bounded_per_connection() {
         "one connection made the proxy forward {reached} requests it reset after forwarding \
          ({offered} streams offered, connection ended: {was_ended})"
     );
+    let dropped = "corsair_proxy_connections_dropped_total{cause=\"rapid_reset\"}";
+    assert_eq!(support::metric(&proxy, dropped).await, 1.0);
     let _ = proxy.shutdown().await;
 }
 
@@ -474,6 +476,8 @@ async fn connected_with_idle_1s(
     (proxy, policy, stream)
 }
 
+const STREAMS_STALLED: &str = "corsair_proxy_http2_streams_stalled_total";
+
 /// An h2c preface that gives streams no window (`SETTINGS_INITIAL_WINDOW_SIZE`, 0x4, = 0), and
 /// `GET /endless` on stream 1.
 fn no_window_get_endless() -> Vec<u8> {
@@ -525,6 +529,7 @@ async fn a_stream_given_no_window_is_reset_though_pings_keep_its_connection_busy
             .is_ok(),
         "the upstream connection of the reset stream is still open"
     );
+    assert_eq!(support::metric(&proxy, STREAMS_STALLED).await, 1.0);
     let _ = proxy.shutdown().await;
 }
 
@@ -650,6 +655,7 @@ async fn a_stream_read_slowly_but_steadily_is_not_reset() {
     );
     // 15 updates of 16 KiB in 3 s, answered with DATA.
     assert!(received >= 100_000, "{received} bytes of DATA in 3 s");
+    assert_eq!(support::metric(&proxy, STREAMS_STALLED).await, 0.0);
     let _ = proxy.shutdown().await;
 }
 
