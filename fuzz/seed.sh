@@ -43,12 +43,9 @@ done
 
 # Every input a fuzzer once failed on is kept under <fuzz dir>/regressions/<target>/ and replayed
 # by every run: a fixed bug that comes back fails at once, not when the fuzzer finds it again.
-for dir in "$repo"/fuzz/regressions "$repo"/crates/corsair-controller/fuzz/regressions; do
-  [ -d "$dir" ] || continue
-  for target_dir in "$dir"/*/; do
-    target=$(basename "$target_dir")
-    for f in "$target_dir"*; do
-      cp "$f" "$root/$target/regression-$(basename "$f")"
-    done
+for target_dir in "$repo"/fuzz/regressions/*/; do
+  target=$(basename "$target_dir")
+  for f in "$target_dir"*; do
+    cp "$f" "$root/$target/regression-$(basename "$f")"
   done
 done
