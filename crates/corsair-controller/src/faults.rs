@@ -273,7 +273,7 @@ async fn a_watch_that_ends_resumes_and_a_gone_watch_relists() {
     let users = Arc::new(PolicyUsers::default());
     let (shared, driver) = reconcile::workload_watch::<Deployment>(
         &client,
-        &kube::runtime::watcher::Config::default().any_semantic(),
+        &kube::runtime::watcher::Config::default(),
         &users,
     );
     let mut changes = Box::pin(shared.subscribe());

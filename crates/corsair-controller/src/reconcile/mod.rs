@@ -74,7 +74,9 @@ impl Caches {
     /// Starts the watches; they run until the returned task set is dropped.
     pub fn start(client: &Client) -> (Arc<Caches>, JoinSet<()>) {
         let mut tasks = JoinSet::new();
-        let wc = watcher::Config::default().any_semantic();
+        // Lists are paged (kube's 500 per page, which bounds a re-list's memory), so they are
+        // read from etcd: kube sends `resourceVersion=0` (the API server's cache) only unpaged.
+        let wc = watcher::Config::default();
         let users = Arc::new(PolicyUsers::default());
         let (policies, task) = shared::watch(
             Api::<CorsPolicy>::all(client.clone()),
@@ -83,9 +85,8 @@ impl Caches {
             |_| {},
         );
         tasks.spawn(task);
-        let owned = watcher::Config::default()
-            .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"))
-            .any_semantic();
+        let owned =
+            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
         let (configmaps, task) = shared::watch(
             Api::<ConfigMap>::all(client.clone()),
             owned,
