@@ -219,7 +219,10 @@ fn inject_response(state: &WebhookState, req: &IncomingRequest) -> Outgoing {
         Ok(injection) => {
             state.metrics.injection(injection.outcome.metric_label());
             let mut response = response;
-            response.warnings = injection.warnings;
+            response.warnings = within_budget(
+                injection.warnings,
+                "the pod's annotations and containers hold what they are about",
+            );
             if injection.outcome == InjectOutcome::Injected {
                 match serde_json::to_vec(&injection.patch) {
                     Ok(patch) => {
@@ -282,8 +285,44 @@ fn validate_response(state: &WebhookState, req: &IncomingRequest) -> Outgoing {
     } else {
         response
     };
-    response.warnings = verdict.warnings;
+    response.warnings = within_budget(
+        verdict.warnings,
+        "`corsair check` on the policy's manifest lists every finding",
+    );
     response
+}
+
+/// Characters of warnings the API server passes on whole for one request: past 4,096 in all
+/// (every webhook's and its own), it cuts each to 256 and drops those that still do not fit
+/// (k8s.io/apiserver, `endpoints/filters/warning.go`). Ours leave a quarter to the others.
+const WARNING_BUDGET: usize = 3072;
+
+/// Room kept for the warning that says how many more there are.
+const MORE_ROOM: usize = 256;
+
+/// `warnings` as the API server will pass them on: whole and in order while they fit in
+/// [`WARNING_BUDGET`]; then one last warning says how many more there were and where to find
+/// them (`where_all`), instead of the API server's cuts, which say nothing.
+fn within_budget(warnings: Vec<String>, where_all: &str) -> Vec<String> {
+    let chars = |w: &String| w.chars().count();
+    if warnings.iter().map(chars).sum::<usize>() <= WARNING_BUDGET {
+        return warnings;
+    }
+    let total = warnings.len();
+    let mut used = MORE_ROOM;
+    let mut kept: Vec<String> = warnings
+        .into_iter()
+        .take_while(|w| {
+            used += chars(w);
+            used <= WARNING_BUDGET
+        })
+        .collect();
+    let more = total - kept.len();
+    let s = if more == 1 { "" } else { "s" };
+    kept.push(format!(
+        "{more} more warning{s} not shown (the API server passes on about 4 KB of warnings per request): {where_all}"
+    ));
+    kept
 }
 
 /// A deletion is never refused, but deleting a policy that workloads still name leaves their
@@ -425,6 +464,46 @@ mod tests {
         let answer: Value = serde_json::from_slice(&out).expect("the answer is JSON");
         assert_eq!(answer["response"]["uid"], json!("u-1"));
         assert_eq!(answer["response"]["allowed"], json!(true));
+    }
+
+    /// A policy with more warnings than the API server passes on whole gets the first ones whole
+    /// and a last one that counts the rest and says where to read them, within the budget.
+    #[test]
+    fn warnings_past_the_api_servers_budget_are_counted_not_cut() {
+        let state = state();
+        // Each entry is warned about on its own: a wildcard over an IPv4 address.
+        let origins: Vec<String> = (0..60).map(|i| format!("https://*.10.0.0.{i}")).collect();
+        let object = json!({"apiVersion": "corsair.dev/v1alpha1", "kind": "CorsPolicy",
+            "metadata": {"name": "api", "namespace": "shop"},
+            "spec": {"allowOrigins": origins}});
+        let all = validate_policy(&object).warnings;
+        assert_eq!(all.len(), 60, "{all:?}");
+        let response = answer(&state, Webhook::Validate, &policy_review("CREATE", object));
+        assert_eq!(response["allowed"], json!(true), "{response}");
+        let sent: Vec<String> = response["warnings"]
+            .as_array()
+            .expect("warnings")
+            .iter()
+            .map(|w| w.as_str().expect("string").to_owned())
+            .collect();
+        let (last, whole) = sent.split_last().expect("at least one");
+        assert!(!whole.is_empty(), "{sent:?}");
+        assert_eq!(
+            whole,
+            &all[..whole.len()],
+            "the first ones, whole and in order"
+        );
+        let more = all.len() - whole.len();
+        assert!(
+            last.starts_with(&format!("{more} more warnings not shown"))
+                && last.contains("corsair check"),
+            "{last}"
+        );
+        let chars: usize = sent.iter().map(|w| w.chars().count()).sum();
+        assert!(chars <= WARNING_BUDGET, "{chars} characters");
+        // Warnings that fit are passed on as they are.
+        let fit = vec!["a".repeat(WARNING_BUDGET - 1), "b".to_owned()];
+        assert_eq!(within_budget(fit.clone(), "-"), fit);
     }
 
     /// Deleting is never refused; deleting a policy that the controller counted workloads for
