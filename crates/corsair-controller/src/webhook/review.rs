@@ -221,7 +221,7 @@ fn inject_response(state: &WebhookState, req: &IncomingRequest) -> Outgoing {
             let mut response = response;
             response.warnings = within_budget(
                 injection.warnings,
-                "the pod's annotations and containers hold what they are about",
+                "the controller's InjectionWarning Event on the workload repeats them",
             );
             if injection.outcome == InjectOutcome::Injected {
                 match serde_json::to_vec(&injection.patch) {
