@@ -226,7 +226,7 @@ impl Proxy {
             move || failed.reload_failed(),
         ));
         for (i, std_listener) in core_listeners.into_iter().enumerate() {
-            let (state, stop, abort) = (state.clone(), shutdown.clone(), abort.clone());
+            let (state, stop, cut) = (state.clone(), shutdown.clone(), abort.clone());
             let worker = move || {
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -241,7 +241,7 @@ impl Proxy {
                 runtime.block_on(async move {
                     match TcpListener::from_std(std_listener) {
                         Ok(listener) => {
-                            server::accept_loop(listener, state.clone(), stop, abort).await;
+                            server::accept_loop(listener, state.clone(), stop, cut).await;
                         }
                         Err(err) => tracing::error!(error = %err, "cannot serve a worker listener"),
                     }
@@ -253,8 +253,10 @@ impl Proxy {
                 .name(format!("corsair-proxy-{i}"))
                 .spawn(worker);
             if let Err(cause) = spawned {
-                // The workers and the reloader already started stop with the start that failed.
+                // The workers and the reloader already started stop with the start that failed,
+                // and so do connections their listeners took meanwhile.
                 shutdown.cancel();
+                abort.cancel();
                 tasks.close();
                 return Err(ProxyError::Bind {
                     role: "proxy worker",
