@@ -41,11 +41,13 @@ for f in "$repo"/tests/fixtures/admission/*.json; do
   { printf '\x01'; cat "$f"; } > "$root/admission_review/validate-$name"
 done
 
-# Every input a fuzzer once failed on is kept under <fuzz dir>/regressions/<target>/ and replayed
-# by every run: a fixed bug that comes back fails at once, not when the fuzzer finds it again.
+# Every input a fuzzer once failed on is kept under fuzz/regressions/<target>/ and replayed by
+# every run: a fixed bug that comes back fails at once, not when the fuzzer finds it again.
 for target_dir in "$repo"/fuzz/regressions/*/; do
+  [ -d "$target_dir" ] || continue
   target=$(basename "$target_dir")
   for f in "$target_dir"*; do
+    [ -f "$f" ] || continue
     cp "$f" "$root/$target/regression-$(basename "$f")"
   done
 done
