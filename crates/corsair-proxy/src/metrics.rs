@@ -57,7 +57,9 @@ struct CauseLabels {
 /// Why the proxy ended a client connection on its own, to protect itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dropped {
-    /// An HTTP/2 client reset most of its streams before their answer (CVE-2023-44487).
+    /// An HTTP/2 client reset most of its streams after they were accepted, before their answer
+    /// (CVE-2023-44487). Streams reset before they are accepted are h2's to bound: it ends such a
+    /// connection itself (GOAWAY `ENHANCE_YOUR_CALM`), which this does not count.
     RapidReset,
     /// A message in flight moved no byte either way for the idle timeout.
     Stalled,
@@ -121,7 +123,7 @@ impl Metrics {
         let dropped = Family::<CauseLabels, Counter>::default();
         registry.register(
             "connections_dropped",
-            "Client connections the proxy ended to protect itself, by cause: rapid_reset (an HTTP/2 client reset most of its streams before their answer), stalled (a request or response in flight moved no byte for the idle timeout)",
+            "Client connections the proxy ended to protect itself, by cause: rapid_reset (an HTTP/2 client reset most of its streams after they were accepted, before their answer), stalled (a request or response in flight moved no byte for the idle timeout). Connections that h2 itself ends with GOAWAY ENHANCE_YOUR_CALM (streams reset before they are accepted, and its other limits) are not counted",
             dropped.clone(),
         );
         for why in Dropped::ALL {
