@@ -454,6 +454,89 @@ fn gateway_api_rules_of_one_path_are_never_dropped_silently() {
     assert!(!has(p, "same-path-rules"), "{:?}", codes(p));
 }
 
+/// A match that also needs a header (a canary) takes only the requests that carry it; the
+/// others fall to the rules after it. So it neither shadows those rules nor takes their path:
+/// the match without conditions decides the route, and a warning names what is not converted.
+#[test]
+fn matches_with_conditions_do_not_take_the_path_from_the_rules_after_them() {
+    let cors = "{allowOrigins: [{exact: \"https://app.example.com\"}], allowMethods: [GET, PUT]}";
+    let istio = |first: &str, second: &str| {
+        inline(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: api, namespace: shop}}\nspec:\n  http:\n{first}{second}"
+        ))
+    };
+    let canary = "  - match: [{headers: {x-canary: {exact: \"true\"}}}]\n    route: [{destination: {host: api-canary}}]\n";
+    let main = format!("  - route: [{{destination: {{host: api}}}}]\n    corsPolicy: {cors}\n");
+    // The canary first, without CORS: every other request got the main route's CORS.
+    let out = istio(canary, &main);
+    assert_usable(&out);
+    let p = policy(&out, "api");
+    assert_eq!(p.document.spec.routes.len(), 1, "{:#?}", p.document.spec);
+    let route = &p.document.spec.routes[0];
+    assert_eq!(route.path_prefix, "/");
+    assert_eq!(route.mode, None);
+    assert_eq!(route.allow_origins, strs(&["https://app.example.com"]));
+    assert!(
+        !has(p, "shadowed-route") && !has(p, "no-origin-left"),
+        "{:?}",
+        codes(p)
+    );
+    let not = finding(p, "conditional-match-not-converted");
+    assert_eq!(not.severity, Severity::Warning);
+    assert_eq!(not.field, "spec.http[0].match[0]");
+    assert!(not.message.contains("headers"), "{}", not.message);
+    assert!(not.message.contains("MORE open"), "{}", not.message);
+    // The canary after the main route is never reached.
+    let out = istio(&main, canary);
+    let p = policy(&out, "api");
+    assert_eq!(p.document.spec.routes.len(), 1);
+    assert!(!has(p, "conditional-match-not-converted"), "{:?}", codes(p));
+    // A canary with CORS of its own before a main route without: the main route decides, and
+    // the canary's requests lose their CORS headers, as the warning says.
+    let canary_cors = format!("{canary}    corsPolicy: {cors}\n");
+    let out = istio(&canary_cors, "  - route: [{destination: {host: api}}]\n");
+    assert!(out.policies.is_empty(), "{:#?}", out.policies);
+    let warned = out
+        .skipped
+        .iter()
+        .find(|s| s.finding.code == "conditional-match-not-converted")
+        .unwrap_or_else(|| panic!("{:#?}", out.skipped));
+    assert!(
+        warned.finding.message.contains("get no CORS headers"),
+        "{}",
+        warned.finding.message
+    );
+    // Alone, a conditional match is the only source of its path's answers: it is converted,
+    // and the warning says that its CORS now covers every request there.
+    let out = istio(&canary_cors, "");
+    let p = policy(&out, "api");
+    assert_eq!(p.document.spec.routes[0].path_prefix, "/");
+    assert!(has(p, "match-conditions-ignored"), "{:?}", codes(p));
+
+    // The Gateway API: a header-matched rule on / without CORS, then a CORS rule on /.
+    let out = inline(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  rules:\n  - matches: [{path: {value: /}, headers: [{name: x-canary, value: \"true\"}]}]\n  - matches: [{path: {value: /}}]\n    filters: [{type: CORS, cors: {allowOrigins: [\"https://app.example.com\"]}}]\n",
+    );
+    assert_usable(&out);
+    let p = policy(&out, "r");
+    assert_eq!(p.document.spec.routes.len(), 1, "{:#?}", p.document.spec);
+    assert_eq!(p.document.spec.routes[0].mode, None);
+    assert!(!has(p, "same-path-rules"), "{:?}", codes(p));
+    assert_eq!(
+        finding(p, "conditional-match-not-converted").field,
+        "spec.rules[0].matches[0].path"
+    );
+    // A header-matched /api without CORS under a CORS rule on /: no route with mode off, which
+    // would take CORS from every request to /api.
+    let out = inline(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  rules:\n  - matches: [{path: {value: /api}, headers: [{name: x-canary, value: \"true\"}]}]\n  - matches: [{path: {value: /}}]\n    filters: [{type: CORS, cors: {allowOrigins: [\"https://app.example.com\"]}}]\n",
+    );
+    let p = policy(&out, "r");
+    assert_eq!(p.document.spec.routes.len(), 1, "{:#?}", p.document.spec);
+    assert_eq!(p.document.spec.routes[0].path_prefix, "/");
+    assert!(has(p, "conditional-match-not-converted"), "{:?}", codes(p));
+}
+
 /// A CORS filter on a backendRef acts only on what the rule sends to that backend: the policy is
 /// for that Service alone, and a second, different backend filter is reported, not merged.
 #[test]

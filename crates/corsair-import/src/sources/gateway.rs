@@ -120,6 +120,7 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
                 exact: false,
                 field: format!("spec.rules[{i}]"),
                 rules: level.clone(),
+                conditions: Vec::new(),
             });
         }
         for (j, m) in matches.iter().enumerate() {
@@ -128,13 +129,6 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
                 .into_iter()
                 .filter(|k| !at(m, &[k]).is_null())
                 .collect();
-            if !others.is_empty() && level.is_some() {
-                ctx.warn(
-                    "match-conditions-ignored",
-                    &f,
-                    format!("the rule also matches on {}: Corsair routes match on the path only, so these CORS rules apply to every request under the path", others.join(", ")),
-                );
-            }
             let kind = at(m, &["path", "type"]).as_str().unwrap_or("PathPrefix");
             let value = at(m, &["path", "value"]).as_str().unwrap_or("/").to_owned();
             let f = format!("{f}.path");
@@ -161,6 +155,7 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
                 exact: kind == "Exact",
                 field: f,
                 rules: level.clone(),
+                conditions: others.iter().map(|k| (*k).to_owned()).collect(),
             });
         }
     }

@@ -61,6 +61,7 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
                 exact: false,
                 field: format!("spec.http[{i}]"),
                 rules: level.clone(),
+                conditions: Vec::new(),
             });
         }
         for (j, m) in matches.iter().enumerate() {
@@ -70,17 +71,11 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
                 .map(|o| {
                     o.keys()
                         .map(String::as_str)
-                        .filter(|k| *k != "uri" && *k != "name")
+                        // The path itself, and what is no condition at all.
+                        .filter(|k| !["uri", "name", "ignoreUriCase", "statPrefix"].contains(k))
                         .collect()
                 })
                 .unwrap_or_default();
-            if !others.is_empty() && level.is_some() {
-                ctx.warn(
-                    "match-conditions-ignored",
-                    &f,
-                    format!("the route also matches on {}: Corsair routes match on the path only, so these CORS rules apply to every request under the path", others.join(", ")),
-                );
-            }
             if level.is_none() && at(m, &["ignoreUriCase"]).as_bool() == Some(true) {
                 ctx.warn(
                     "case-ignored",
@@ -129,6 +124,7 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
                 exact,
                 field: f,
                 rules: level.clone(),
+                conditions: others.iter().map(|k| (*k).to_owned()).collect(),
             });
         }
     }

@@ -181,12 +181,16 @@ pub(crate) fn push_unique(list: &mut Vec<String>, item: String) {
 }
 
 /// One path match of a routing rule, with the CORS rules it had (`None`: the rule had no CORS).
+#[derive(Clone)]
 pub(crate) struct PathEntry {
     pub prefix: String,
     /// The source matched this one path only (Istio `exact`, Gateway API `Exact`).
     pub exact: bool,
     pub field: String,
     pub rules: Option<corsair_policy::RouteSpec>,
+    /// What else the match requires (`headers`, `method`, …): it takes only some of the path's
+    /// requests, and the others fall to the rules after it.
+    pub conditions: Vec<String>,
 }
 
 fn under(path: &str, prefix: &str) -> bool {
@@ -233,11 +237,14 @@ pub(crate) fn routed_policy(
 /// later match under an earlier one's prefix is never reached; otherwise the longest prefix wins
 /// (Gateway API), as in Corsair. A path without CORS under a CORS route's prefix becomes a route
 /// with `mode` off (pass-through), so the policy does not add CORS where the source did not.
+/// A match with conditions besides the path takes only some requests: where a match without
+/// them covers its path, that one decides the route ([`conditional_entries`]).
 pub(crate) fn assemble_routes(
     entries: Vec<PathEntry>,
     first_match_wins: bool,
     ctx: &mut Ctx,
 ) -> Vec<corsair_policy::RouteSpec> {
+    let entries = conditional_entries(entries, first_match_wins, ctx);
     // Each path taken: its prefix, whether it was exact, its field, its CORS rules.
     type Taken = (String, bool, String, Option<corsair_policy::RouteSpec>);
     let mut taken: Vec<Taken> = Vec::new();
@@ -388,4 +395,92 @@ pub(crate) fn assemble_routes(
     }
     routes.extend(extra);
     routes
+}
+
+/// Whether a match without conditions, `cover`, takes every path of `entry`.
+fn covers(cover: &PathEntry, entry: &PathEntry, first_match_wins: bool) -> bool {
+    if cover.exact {
+        entry.exact && entry.prefix == cover.prefix
+    } else if first_match_wins {
+        entry.prefix.starts_with(cover.prefix.as_str())
+    } else {
+        under(&entry.prefix, &cover.prefix)
+    }
+}
+
+/// Sorts out the matches with conditions besides the path (headers, method, query parameters,
+/// …), which a route cannot express. Such a match takes only the requests that meet them; the
+/// path's other requests fall to a match without conditions, if one covers the path. Then that
+/// match decides the route, and the conditional one is not converted: a warning says so when
+/// their CORS differ, or, in first-match order, when the conditional one came after it and was
+/// never reached. A conditional match that nothing else covers is the only source of its path's
+/// answers, and becomes a route as if it had no conditions (with CORS, a warning says so).
+/// Returns the matches without conditions, then the conditional ones left.
+fn conditional_entries(
+    entries: Vec<PathEntry>,
+    first_match_wins: bool,
+    ctx: &mut Ctx,
+) -> Vec<PathEntry> {
+    let (plain, conditional): (Vec<_>, Vec<_>) = entries
+        .into_iter()
+        .enumerate()
+        .partition(|(_, e)| e.conditions.is_empty());
+    let mut kept: Vec<PathEntry> = plain.iter().map(|(_, e)| e.clone()).collect();
+    for (index, entry) in conditional {
+        let mut covering = plain
+            .iter()
+            .filter(|(_, p)| covers(p, &entry, first_match_wins));
+        // Istio: the first in order; Gateway API: the longest prefix, the first of equals.
+        let cover = if first_match_wins {
+            covering.next()
+        } else {
+            covering
+                .rev()
+                .max_by_key(|(_, p)| p.prefix.trim_end_matches('/').len())
+        };
+        let conditions = entry.conditions.join(", ");
+        let Some((cover_index, cover)) = cover else {
+            if entry.rules.is_some() {
+                ctx.warn(
+                    "match-conditions-ignored",
+                    &entry.field,
+                    format!("the rule also matches on {conditions}: Corsair routes match on the path only, so these CORS rules apply to every request under the path"),
+                );
+            }
+            kept.push(entry);
+            continue;
+        };
+        if first_match_wins && *cover_index < index {
+            if entry.rules.is_some() {
+                ctx.warn(
+                    "shadowed-route",
+                    &entry.field,
+                    format!("{:?} is never reached: an earlier match already takes these paths, so this CORS configuration is not converted", entry.prefix),
+                );
+            }
+            continue;
+        }
+        if entry.rules == cover.rules {
+            continue;
+        }
+        let (this, theirs, direction) = match (&entry.rules, &cover.rules) {
+            (Some(_), None) => (
+                "CORS configuration",
+                "absence of CORS",
+                ": those requests get no CORS headers",
+            ),
+            (None, Some(_)) => (
+                "absence of CORS",
+                "CORS rules",
+                ", MORE open than the source for those requests",
+            ),
+            _ => ("CORS configuration", "CORS rules", ""),
+        };
+        ctx.warn(
+            "conditional-match-not-converted",
+            &entry.field,
+            format!("this match takes only the requests under {:?} that also match on {conditions}, which a route cannot tell apart from the path's other requests: the policy gives them all the {theirs} of {}, and this match's {this} is not converted{direction}", entry.prefix, cover.field),
+        );
+    }
+    kept
 }
