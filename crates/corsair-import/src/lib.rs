@@ -238,6 +238,14 @@ fn convert_document(index: usize, doc: &Value, out: &mut Import) {
                 });
             }
         }
+        sources::Outcome::Policies(_) if source.name.is_empty() => {
+            out.errors.push(ImportError::NotAnObject {
+                document: index,
+                message: format!(
+                    "{kind} has no metadata.name, which the policy takes its name from: not converted"
+                ),
+            });
+        }
         sources::Outcome::Policies(list) => {
             for draft in list {
                 out.policies.push(finish(&source, draft));
@@ -325,16 +333,41 @@ fn finish(source: &SourceRef, draft: sources::PolicyDraft) -> Converted {
     }
 }
 
-/// Two sources of the same name in one namespace (an Ingress and an HTTPRoute `web`) would make
-/// two policies overwrite each other: the later ones get the source kind appended. [`import`]
-/// does this within a file; call it again over the policies of several files.
+/// Longest CorsPolicy name: the CRD's rule, since the name is also a label value.
+const MAX_POLICY_NAME: usize = 63;
+
+/// Gives every policy a name the API server takes and no other policy of the output has. A
+/// source name over [`MAX_POLICY_NAME`] characters (Kubernetes allows 253 for most kinds) is
+/// shortened. Two sources of the same name in one namespace (an Ingress and an HTTPRoute `web`)
+/// would make two policies overwrite each other: the later ones get the source kind appended,
+/// then a number. [`import`] does this within a file; call it again over the policies of several
+/// files.
 pub fn dedupe_names(policies: &mut [Converted]) {
     let mut seen: Vec<(Option<String>, String)> = Vec::new();
     for p in policies.iter_mut() {
         let ns = p.document.metadata.namespace.clone();
-        let name = p.document.metadata.name.clone().unwrap_or_default();
-        if seen.iter().any(|(n, m)| *n == ns && *m == name) {
-            let renamed = format!("{name}-{}", p.source.kind.to_ascii_lowercase());
+        let source_name = p.document.metadata.name.clone().unwrap_or_default();
+        let name = shorten(&source_name);
+        if name != source_name {
+            p.findings.push(Finding {
+                severity: Severity::Note,
+                code: "renamed",
+                field: "metadata.name".to_owned(),
+                message: format!(
+                    "{source_name:?} is longer than the {MAX_POLICY_NAME} characters a CorsPolicy name may have: this one is {name:?}"
+                ),
+            });
+        }
+        let taken = |candidate: &str| seen.iter().any(|(n, m)| *n == ns && m == candidate);
+        let unique = if taken(&name) {
+            let base = format!("{name}-{}", p.source.kind.to_ascii_lowercase());
+            let renamed = (1..)
+                .map(|k| match k {
+                    1 => shorten(&base),
+                    k => shorten(&format!("{base}-{k}")),
+                })
+                .find(|candidate| !taken(candidate))
+                .unwrap_or(base);
             p.findings.push(Finding {
                 severity: Severity::Note,
                 code: "renamed",
@@ -343,13 +376,34 @@ pub fn dedupe_names(policies: &mut [Converted]) {
                     "another policy in this output is already named {name:?}: this one is {renamed:?}"
                 ),
             });
-            p.document.metadata.name = Some(renamed.clone());
-            rename_in_opt_in(&mut p.opt_in, &name, &renamed);
-            seen.push((ns, renamed));
+            renamed
         } else {
-            seen.push((ns, name));
+            name
+        };
+        if unique != source_name {
+            p.document.metadata.name = Some(unique.clone());
+            rename_in_opt_in(&mut p.opt_in, &source_name, &unique);
         }
+        seen.push((ns, unique));
     }
+}
+
+/// `name` cut to [`MAX_POLICY_NAME`] characters when longer, ending in a hash of the whole name
+/// so that two long names alike at the start stay apart. Names are ASCII (`check_names`).
+fn shorten(name: &str) -> String {
+    if name.len() <= MAX_POLICY_NAME {
+        return name.to_owned();
+    }
+    // FNV-1a: stable across runs and versions, unlike the standard library's hasher.
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let suffix = format!("-{:08x}", hash & 0xffff_ffff);
+    let head = name
+        .get(..MAX_POLICY_NAME - suffix.len())
+        .unwrap_or(name)
+        .trim_end_matches(['-', '.']);
+    format!("{head}{suffix}")
 }
 
 /// The opt-in of a renamed policy names it by its new name: following the old one would attach

@@ -975,6 +975,107 @@ fn json_lists_and_renamed_duplicates() {
     assert!(opt_in(&out.policies[0]).contains("corsair.dev/policy=web\n"));
 }
 
+/// The opt-in of a policy as one text: the command, or the note's lines.
+fn opt_in_text(p: &Converted) -> String {
+    match &p.opt_in {
+        corsair_import::OptIn::Command(c) => c.clone(),
+        corsair_import::OptIn::Note(lines) => lines.join("\n"),
+    }
+}
+
+/// Names the API server refuses never leave the import: a source name over 63 characters is
+/// shortened, duplicates stay apart however many there are, and a source without a name is an
+/// error that says so.
+#[test]
+fn policy_names_fit_the_crd_and_stay_unique() {
+    let ingress = |name: &str, origin: &str| {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: {name}\n  namespace: shop\n  annotations:\n    nginx.ingress.kubernetes.io/enable-cors: \"true\"\n    nginx.ingress.kubernetes.io/cors-allow-origin: {origin}\nspec: {{}}\n"
+        )
+    };
+    // Three Ingresses `web` in one namespace (as from three files): three names.
+    let three = [
+        ingress("web", "https://a.example.com"),
+        ingress("web", "https://b.example.com"),
+        ingress("web", "https://c.example.com"),
+    ]
+    .join("---\n");
+    let out = inline(&three);
+    let names: Vec<String> = out
+        .policies
+        .iter()
+        .map(|p| p.document.metadata.name.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(names, ["web", "web-ingress", "web-ingress-2"]);
+    for p in &out.policies[1..] {
+        let name = p.document.metadata.name.as_deref().unwrap_or_default();
+        let text = opt_in_text(p);
+        assert!(
+            text.ends_with(&format!("corsair.dev/policy={name}")),
+            "{text}"
+        );
+    }
+    // Two long names alike in their first 63 characters: two short names, each a valid name.
+    let long = "a".repeat(70);
+    let out = inline(
+        &[
+            ingress(&long, "https://a.example.com"),
+            ingress(&format!("{long}b"), "https://b.example.com"),
+        ]
+        .join("---\n"),
+    );
+    let names: Vec<&str> = out
+        .policies
+        .iter()
+        .map(|p| p.document.metadata.name.as_deref().unwrap_or_default())
+        .collect();
+    assert_eq!(names.len(), 2);
+    assert_ne!(names[0], names[1]);
+    for (p, name) in out.policies.iter().zip(&names) {
+        assert!(name.len() <= 63, "{name}");
+        assert!(name.starts_with("aaaa") && !name.ends_with('-'), "{name}");
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+            "{name}"
+        );
+        let renamed = finding(p, "renamed");
+        assert!(
+            renamed.message.contains("longer than the 63"),
+            "{}",
+            renamed.message
+        );
+        let text = opt_in_text(p);
+        assert!(
+            text.ends_with(&format!("corsair.dev/policy={name}")),
+            "{text}"
+        );
+    }
+    // The same input gives the same names.
+    let again = inline(
+        &[
+            ingress(&long, "https://a.example.com"),
+            ingress(&format!("{long}b"), "https://b.example.com"),
+        ]
+        .join("---\n"),
+    );
+    assert_eq!(
+        again.policies[0].document.metadata.name.as_deref(),
+        Some(names[0])
+    );
+    // No name: an error naming metadata.name, and no policy named "".
+    let out = inline(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  annotations:\n    nginx.ingress.kubernetes.io/enable-cors: \"true\"\nspec: {}\n",
+    );
+    assert!(out.policies.is_empty(), "{:#?}", out.policies);
+    assert_eq!(out.errors.len(), 1);
+    let message = out.errors[0].to_string();
+    assert!(
+        message.contains("document 1") && message.contains("metadata.name"),
+        "{message}"
+    );
+}
+
 #[test]
 fn malformed_input_says_where() {
     let err = import(b"apiVersion: v1\nkind: [Ingress\nmetadata: {}\n").unwrap_err();
