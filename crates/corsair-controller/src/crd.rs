@@ -49,9 +49,7 @@ pub const MAX_NAME_LEN: usize = crate::names::MAX_POLICY_NAME_LEN;
 
 /// Upper bounds on list sizes in the CRD schema. The API server estimates the cost of every CEL
 /// rule from these bounds and refuses a CRD whose rules could cost too much on unbounded lists.
-const MAX_LIST_ITEMS: u64 = 128;
-const MAX_ROUTES: u64 = 64;
-const MAX_STRING_LEN: u64 = 512;
+use corsair_policy::model::{MAX_LIST_ITEMS, MAX_ROUTES, MAX_STRING_LEN};
 
 /// A `CorsPolicy` as stored in the API server.
 #[derive(Debug, Clone, PartialEq)]

@@ -61,26 +61,14 @@ pub const WORKLOAD_MANAGER: &str = "corsair-workload-controller";
 /// Longest CorsPolicy name, held by the CRD's CEL rule, both admission webhooks and the
 /// rendered ConfigMap: the name is also the value of that ConfigMap's `corsair.dev/policy`
 /// label, and label values hold at most 63 characters.
-pub const MAX_POLICY_NAME_LEN: usize = 63;
+pub const MAX_POLICY_NAME_LEN: usize = corsair_policy::model::MAX_NAME_LEN;
 
 /// What [`is_policy_name`] checks, as error messages say it.
 pub const POLICY_NAME_RULE: &str =
     "is not a CorsPolicy name (a lowercase DNS subdomain of at most 63 characters)";
 
 /// A CorsPolicy name: a DNS subdomain of at most [`MAX_POLICY_NAME_LEN`] characters.
-pub fn is_policy_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_POLICY_NAME_LEN
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
-}
+pub use corsair_policy::model::is_policy_name;
 
 /// Name of the ConfigMap that holds the rendered policy `policy`.
 pub fn policy_configmap_name(policy: &str) -> String {

@@ -295,9 +295,13 @@ fn finish(source: &SourceRef, draft: sources::PolicyDraft) -> Converted {
         opt_in,
         incomplete,
     } = draft;
-    let report = match Engine::compile(&spec) {
+    let mut report = match Engine::compile(&spec) {
         Ok((_, report)) | Err(report) => report,
     };
+    // What the CRD refuses by size (200 origins, 80 routes) and the engine does not.
+    if let Ok(value) = serde_json::to_value(&spec) {
+        corsair_policy::schema_bounds(&value, "spec", &mut report.findings);
+    }
     for f in &report.findings {
         let (severity, code, what) = match f.severity {
             CheckSeverity::Warning => (Severity::Note, "check-warning", "warns"),

@@ -1076,6 +1076,32 @@ fn policy_names_fit_the_crd_and_stay_unique() {
     );
 }
 
+/// A source with more origins than the CRD takes converts, but says that the API server will
+/// refuse the policy, naming the field: nothing is dropped without a word.
+#[test]
+fn a_policy_past_the_crd_bounds_says_so() {
+    let origins: Vec<String> = (0..200)
+        .map(|i| format!("https://a{i}.example.com"))
+        .collect();
+    let out = ingress(&[("cors-allow-origin", &format!("\"{}\"", origins.join(", ")))]);
+    let p = policy(&out, "i");
+    assert_eq!(
+        p.document.spec.allow_origins.as_ref().map(Vec::len),
+        Some(200)
+    );
+    let refused = p
+        .findings
+        .iter()
+        .find(|f| f.code == "check-error" && f.field == "(policy) spec.allowOrigins")
+        .unwrap_or_else(|| panic!("{:#?}", p.findings));
+    assert_eq!(refused.severity, Severity::Warning);
+    assert!(
+        refused.message.contains("at most 128"),
+        "{}",
+        refused.message
+    );
+}
+
 #[test]
 fn malformed_input_says_where() {
     let err = import(b"apiVersion: v1\nkind: [Ingress\nmetadata: {}\n").unwrap_err();

@@ -9,7 +9,10 @@
 use schemars::JsonSchema;
 use serde_json::{Map, Value};
 
-use crate::model::{API_VERSION, CorsPolicySpec, KIND, RouteSpec};
+use crate::model::{
+    API_VERSION, CorsPolicySpec, KIND, MAX_LIST_ITEMS, MAX_NAME_LEN, MAX_ROUTES, MAX_STRING_LEN,
+    RouteSpec, is_policy_name,
+};
 use crate::validate::{Finding, Report, Severity, validate};
 
 /// What [`check_manifest`] made of one document.
@@ -44,6 +47,15 @@ pub fn check_manifest(doc: &Value) -> Checked {
         .and_then(Value::as_str)
         .map(str::to_owned);
     let mut report = Report::default();
+    if let Some(name) = name.as_deref().filter(|n| !is_policy_name(n)) {
+        report.findings.push(error(
+            "metadata.name",
+            "invalid-name",
+            format!(
+                "{name:?} is not a CorsPolicy name: lowercase letters, digits, '-' and '.', at most {MAX_NAME_LEN} characters (the name is also a label value of the policy's ConfigMap)"
+            ),
+        ));
+    }
     if api_version != Some(API_VERSION) {
         let shown = api_version.map_or_else(|| "missing".to_owned(), |v| format!("{v:?}"));
         report.findings.push(Finding {
@@ -81,6 +93,7 @@ pub fn check_spec(spec: &Value) -> (Option<CorsPolicySpec>, Report) {
         ));
         return (None, Report { findings: out });
     };
+    schema_bounds(spec, "spec", &mut out);
     let top_fields = field_names::<CorsPolicySpec>();
     let route_fields = field_names::<RouteSpec>();
     let mut dropped = Vec::new();
@@ -251,6 +264,59 @@ fn unknown_field(path: &str, key: &str, known: &[String]) -> Finding {
         None => format!("unknown field {key:?}; the fields are {}", known.join(", ")),
     };
     error(path, "unknown-field", message)
+}
+
+/// What the CRD's schema refuses by size, which the API server checks before any webhook: lists
+/// over [`MAX_LIST_ITEMS`] (routes over [`MAX_ROUTES`]) and strings over [`MAX_STRING_LEN`]
+/// characters. `path` names `value`.
+pub fn schema_bounds(value: &Value, path: &str, out: &mut Vec<Finding>) {
+    match value {
+        Value::Array(items) => {
+            let max = if path == "spec.routes" {
+                MAX_ROUTES
+            } else {
+                MAX_LIST_ITEMS
+            };
+            if items.len() > max {
+                out.push(error(
+                    path,
+                    "too-many-items",
+                    format!(
+                        "has {} items; the CorsPolicy CRD allows at most {max}, so the API server refuses the policy",
+                        items.len()
+                    ),
+                ));
+            }
+            for (i, item) in items.iter().enumerate() {
+                if item.is_string() || item.is_object() || item.is_array() {
+                    schema_bounds(item, &format!("{path}[{i}]"), out);
+                }
+            }
+        }
+        Value::Object(fields) => {
+            for (key, item) in fields {
+                schema_bounds(item, &format!("{path}.{key}"), out);
+            }
+        }
+        Value::String(text) => {
+            // Characters, as the schema's maxLength counts them; only a long text is counted.
+            let length = if text.len() > MAX_STRING_LEN {
+                text.chars().count()
+            } else {
+                text.len()
+            };
+            if length > MAX_STRING_LEN {
+                out.push(error(
+                    path,
+                    "too-long",
+                    format!(
+                        "is {length} characters long; the CorsPolicy CRD allows at most {MAX_STRING_LEN}, so the API server refuses the policy"
+                    ),
+                ));
+            }
+        }
+        _ => {}
+    }
 }
 
 fn error(path: &str, code: &'static str, message: String) -> Finding {

@@ -13,6 +13,32 @@ pub const API_VERSION: &str = "corsair.dev/v1alpha1";
 /// `kind` of a `CorsPolicy` manifest.
 pub const KIND: &str = "CorsPolicy";
 
+/// Most items in a list of the CRD's schema. The API server holds every `CorsPolicy` to these
+/// bounds before any webhook sees it (they bound the cost of its CEL rules), so `corsair check`
+/// reports them too.
+pub const MAX_LIST_ITEMS: usize = 128;
+/// Most routes in the CRD's schema.
+pub const MAX_ROUTES: usize = 64;
+/// Longest string in the CRD's schema, in characters.
+pub const MAX_STRING_LEN: usize = 512;
+/// Longest `CorsPolicy` name (the CRD's rule): the name is also the value of a label on the
+/// rendered ConfigMap, and label values hold at most 63 characters.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// A `CorsPolicy` name: a lowercase DNS subdomain of at most [`MAX_NAME_LEN`] characters.
+pub fn is_policy_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
 /// What to do with a preflight that the policy does not allow: `Reject` (default) or `Forward`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 pub enum UnmatchedPreflights {

@@ -256,3 +256,74 @@ spec:
         None
     );
 }
+
+/// What the CRD's schema refuses by size, and a name it refuses, are errors here too: a policy
+/// `corsair check` passes is one the API server takes.
+#[test]
+fn the_crd_bounds_are_checked() {
+    let origins = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| format!("https://a{i}.example.com"))
+            .collect()
+    };
+    let bounded = |doc: &Value| -> Vec<(String, String)> {
+        findings(doc)
+            .into_iter()
+            .filter(|(code, _)| code == "too-many-items" || code == "too-long")
+            .collect()
+    };
+    // At the bounds: nothing.
+    let at = policy(json!({
+        "allowOrigins": origins(128),
+        "allowOriginRegexes": [format!("https://{}\\.example\\.com", "a".repeat(490))],
+        "routes": (0..64).map(|i| json!({"pathPrefix": format!("/r{i}")})).collect::<Vec<_>>(),
+    }));
+    assert_eq!(bounded(&at), Vec::<(String, String)>::new());
+    // One past each: each named by its path.
+    let past = policy(json!({
+        "allowOrigins": origins(129),
+        "allowOriginRegexes": [format!("https://{}\\.example\\.com", "a".repeat(491))],
+        "routes": (0..65)
+            .map(|i| json!({"pathPrefix": format!("/r{i}"), "allowHeaders": if i == 3 {
+                (0..129).map(|h| format!("x-h{h}")).collect::<Vec<_>>()
+            } else {
+                vec!["x-a".to_owned()]
+            }}))
+            .collect::<Vec<_>>(),
+    }));
+    assert_eq!(
+        bounded(&past),
+        [
+            pair("too-long", "spec.allowOriginRegexes[0]"),
+            pair("too-many-items", "spec.allowOrigins"),
+            pair("too-many-items", "spec.routes"),
+            pair("too-many-items", "spec.routes[3].allowHeaders"),
+        ]
+    );
+    let Checked::Policy { report, .. } = check_manifest(&past) else {
+        panic!("skipped")
+    };
+    let message = report
+        .findings
+        .iter()
+        .find(|f| f.path == "spec.allowOrigins")
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    assert!(
+        message.contains("129 items") && message.contains("at most 128"),
+        "{message}"
+    );
+    // A name the CRD refuses: too long, or not a DNS subdomain.
+    for name in ["a".repeat(64), "Web".to_owned(), "web_api".to_owned()] {
+        let mut doc = policy(json!({"allowOrigins": ["https://a.example.com"]}));
+        doc["metadata"]["name"] = json!(name);
+        assert_eq!(
+            findings(&doc),
+            [pair("invalid-name", "metadata.name")],
+            "{name}"
+        );
+    }
+    let mut doc = policy(json!({"allowOrigins": ["https://a.example.com"]}));
+    doc["metadata"]["name"] = json!("a".repeat(63));
+    assert_eq!(findings(&doc), Vec::<(String, String)>::new());
+}
