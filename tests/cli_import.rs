@@ -147,10 +147,13 @@ fn unreadable_or_malformed_input_exits_1_and_says_where() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains(&format!("{}: error: not YAML or JSON", bad.display())),
+        stderr.contains(&format!(
+            "{}: error: document 1 (line 1): not YAML: ",
+            bad.display()
+        )),
         "{stderr}"
     );
-    assert!(stderr.contains("line 3"), "{stderr}");
+    assert!(stderr.contains("at line 3"), "{stderr}");
     // The good file is still converted.
     assert!(text(&out.stdout).contains("name: cors-headers"));
 
@@ -163,7 +166,7 @@ fn unreadable_or_malformed_input_exits_1_and_says_where() {
     let stderr = text(&out.stderr);
     assert!(
         stderr.contains(&format!(
-            "{}: error: document 1: is not a mapping",
+            "{}: error: document 1 (line 1): is not a mapping",
             stray.display()
         )),
         "{stderr}"

@@ -62,8 +62,32 @@ pub struct SourceRef {
     pub kind: String,
     pub name: String,
     pub namespace: Option<String>,
-    /// 0-based position of the document in the file (after `List`s are expanded).
+    /// 0-based position of the document in the file (a YAML document, or a JSON value).
     pub document: usize,
+}
+
+/// Where an object sits in its file, as errors name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    /// 0-based position of the document in the file (a YAML document, or a JSON value).
+    pub document: usize,
+    /// 0-based position in the `List` (or top-level sequence) the document is, if it is one.
+    pub item: Option<usize>,
+    /// 1-based line of the file where the YAML document starts.
+    pub line: Option<usize>,
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "document {}", self.document + 1)?;
+        if let Some(item) = self.item {
+            write!(f, ", item {}", item + 1)?;
+        }
+        if let Some(line) = self.line {
+            write!(f, " (line {line})")?;
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Display for SourceRef {
@@ -118,10 +142,14 @@ pub struct Import {
 pub enum ImportError {
     #[error("not UTF-8 text: {0}")]
     NotText(#[from] std::str::Utf8Error),
+    /// The whole file, for JSON (YAML is read document by document: [`ImportError::Malformed`]).
     #[error("not YAML or JSON: {0}")]
     Syntax(String),
-    #[error("document {}: {message}", document + 1)]
-    NotAnObject { document: usize, message: String },
+    /// One YAML document that does not parse; the file's other documents are converted.
+    #[error("{place}: not YAML: {message}")]
+    Malformed { place: Place, message: String },
+    #[error("{place}: {message}")]
+    NotAnObject { place: Place, message: String },
     #[error("cannot write the policy as YAML: {0}")]
     Render(String),
 }
@@ -129,62 +157,99 @@ pub enum ImportError {
 /// Converts every CORS configuration in one file's bytes.
 pub fn import(bytes: &[u8]) -> Result<Import, ImportError> {
     let text = std::str::from_utf8(bytes)?;
-    let docs = parse_documents(text)?;
     let mut out = Import::default();
-    for (index, doc) in docs.iter().enumerate() {
-        convert_document(index, doc, &mut out);
+    for (place, doc) in parse_documents(text, &mut out.errors)? {
+        convert_document(place, &doc, &mut out);
     }
     dedupe_names(&mut out.policies);
     Ok(out)
 }
 
-/// Multi-document YAML (JSON is YAML); `kind: List` (and `*List`) documents and top-level
-/// sequences, in YAML as in JSON, are expanded.
-fn parse_documents(text: &str) -> Result<Vec<Value>, ImportError> {
+/// Multi-document YAML, read one document at a time so that a malformed one costs only itself
+/// (an error in `errors`, with its line), or JSON values (a stream, or an array); `kind: List`
+/// (and `*List`) documents and top-level sequences are expanded into their items.
+fn parse_documents(
+    text: &str,
+    errors: &mut Vec<ImportError>,
+) -> Result<Vec<(Place, Value)>, ImportError> {
     let trimmed = text.trim_start();
-    let raw: Vec<Value> = if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        // JSON: its own parser gives its own error positions; a stream of objects is allowed.
+    let raw: Vec<(Option<usize>, Value)> = if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        // JSON: its own parser gives its own error positions; a stream of values is allowed.
         let mut values = Vec::new();
         for value in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
-            match value.map_err(|e| ImportError::Syntax(e.to_string()))? {
-                Value::Array(items) => values.extend(items),
-                other => values.push(other),
-            }
+            values.push((None, value.map_err(|e| ImportError::Syntax(e.to_string()))?));
         }
         values
     } else {
+        // As kubectl reads YAML (1.1 scalars), documents split at their `---` lines.
         let mut values = Vec::new();
-        for value in serde_saphyr::from_multiple::<Value>(text)
-            .map_err(|e| ImportError::Syntax(e.to_string()))?
+        for (document, manifest) in corsair_policy::parse_manifests(text)
+            .into_iter()
+            .enumerate()
         {
-            match value {
-                Value::Array(items) => values.extend(items),
-                other => values.push(other),
+            match manifest.value {
+                Ok(value) => values.push((Some(manifest.line), value)),
+                Err(e) => {
+                    errors.push(ImportError::Malformed {
+                        place: Place {
+                            document,
+                            item: None,
+                            line: Some(manifest.line),
+                        },
+                        message: e.to_string(),
+                    });
+                    // Keeps the numbering of the documents after it.
+                    values.push((Some(manifest.line), Value::Null));
+                }
             }
         }
         values
     };
     let mut docs = Vec::new();
-    for value in raw {
+    for (document, (line, value)) in raw.into_iter().enumerate() {
+        let place = |item| Place {
+            document,
+            item,
+            line,
+        };
         let is_list = value
             .get("kind")
             .and_then(Value::as_str)
             .is_some_and(|k| k == "List" || k.ends_with("List"));
-        match value.get("items").and_then(Value::as_array) {
-            Some(items) if is_list => docs.extend(items.iter().cloned()),
-            _ => docs.push(value),
+        match value {
+            Value::Array(items) => {
+                docs.extend(
+                    items
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, v)| (place(Some(i)), v)),
+                );
+            }
+            Value::Object(mut object)
+                if is_list && object.get("items").is_some_and(Value::is_array) =>
+            {
+                if let Some(Value::Array(items)) = object.remove("items") {
+                    docs.extend(
+                        items
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, v)| (place(Some(i)), v)),
+                    );
+                }
+            }
+            other => docs.push((place(None), other)),
         }
     }
     Ok(docs)
 }
 
-fn convert_document(index: usize, doc: &Value, out: &mut Import) {
+fn convert_document(place: Place, doc: &Value, out: &mut Import) {
     if doc.is_null() {
         return;
     }
     if !doc.is_object() {
         out.errors.push(ImportError::NotAnObject {
-            document: index,
+            place,
             message: "is not a mapping with apiVersion, kind and metadata".to_owned(),
         });
         return;
@@ -206,13 +271,10 @@ fn convert_document(index: usize, doc: &Value, out: &mut Import) {
             .and_then(|m| m.get("namespace"))
             .and_then(Value::as_str)
             .map(str::to_owned),
-        document: index,
+        document: place.document,
     };
     if let Err(message) = check_names(&source) {
-        out.errors.push(ImportError::NotAnObject {
-            document: index,
-            message,
-        });
+        out.errors.push(ImportError::NotAnObject { place, message });
         return;
     }
     let result = sources::convert(api_version, doc, &source);
@@ -240,7 +302,7 @@ fn convert_document(index: usize, doc: &Value, out: &mut Import) {
         }
         sources::Outcome::Policies(_) if source.name.is_empty() => {
             out.errors.push(ImportError::NotAnObject {
-                document: index,
+                place,
                 message: format!(
                     "{kind} has no metadata.name, which the policy takes its name from: not converted"
                 ),

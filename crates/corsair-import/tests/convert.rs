@@ -1104,18 +1104,23 @@ fn a_policy_past_the_crd_bounds_says_so() {
 
 #[test]
 fn malformed_input_says_where() {
-    let err = import(b"apiVersion: v1\nkind: [Ingress\nmetadata: {}\n").unwrap_err();
-    assert!(err.to_string().contains("line"), "{err}");
+    let out = import(b"apiVersion: v1\nkind: [Ingress\nmetadata: {}\n").unwrap();
+    let errors: Vec<String> = out.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("document 1 (line 1): not YAML: ") && errors[0].contains("line 3"),
+        "{errors:?}"
+    );
     // A sequence is a list of documents, in YAML as in JSON; each item that is not an object
     // is named, and nothing else of the file is lost.
     let out = import(b"- just\n- a list\n").unwrap();
     let errors: Vec<String> = out.errors.iter().map(ToString::to_string).collect();
     assert_eq!(errors.len(), 2, "{errors:?}");
     assert!(
-        errors[0].starts_with("document 1: is not a mapping"),
+        errors[0].starts_with("document 1, item 1 (line 1): is not a mapping"),
         "{errors:?}"
     );
-    assert!(errors[1].starts_with("document 2: "), "{errors:?}");
+    assert!(errors[1].starts_with("document 1, item 2 "), "{errors:?}");
     let middle = b"apiVersion: traefik.io/v1alpha1\nkind: Middleware\nmetadata: {name: a, namespace: x}\nspec: {headers: {accessControlAllowOriginList: [\"https://a.example.com\"]}}\n---\njust a stray scalar\n---\napiVersion: traefik.io/v1alpha1\nkind: Middleware\nmetadata: {name: b, namespace: x}\nspec: {headers: {accessControlAllowOriginList: [\"https://b.example.com\"]}}\n";
     let out = import(middle).unwrap();
     assert_eq!(
@@ -1125,10 +1130,43 @@ fn malformed_input_says_where() {
     );
     assert_eq!(out.errors.len(), 1);
     assert!(
-        out.errors[0].to_string().starts_with("document 2: "),
+        out.errors[0]
+            .to_string()
+            .starts_with("document 2 (line 5): "),
         "{:?}",
         out.errors
     );
+    // A document that does not parse costs only itself: the ones after it are converted, and
+    // the error names its line. An object in a List is named by its item.
+    let middleware = |name: &str| {
+        format!(
+            "apiVersion: traefik.io/v1alpha1\nkind: Middleware\nmetadata: {{name: {name}, namespace: x}}\nspec: {{headers: {{accessControlAllowOriginList: [\"https://{name}.example.com\"]}}}}\n"
+        )
+    };
+    let text = format!(
+        "{}---\nmetadata: {{name: x\n---\n{}---\napiVersion: v1\nkind: List\nitems:\n- {{kind: Ingress, metadata: {{name: Bad_Name}}}}\n",
+        middleware("a"),
+        middleware("b")
+    );
+    let out = import(text.as_bytes()).unwrap();
+    assert_eq!(out.policies.len(), 2, "{:?}", out.errors);
+    let errors: Vec<String> = out.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0].starts_with("document 2 (line 5): not YAML: ") && errors[0].contains("line 6"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1].starts_with("document 4, item 1 (line 12): metadata.name \"Bad_Name\""),
+        "{errors:?}"
+    );
+    // However many documents a file has.
+    let many: String = (0..1100)
+        .map(|i| middleware(&format!("m{i}")))
+        .collect::<Vec<_>>()
+        .join("---\n");
+    let out = import(many.as_bytes()).unwrap();
+    assert_eq!(out.policies.len(), 1100, "{:?}", out.errors);
     let json = import(b"[\"just\", {\"kind\": \"Unknown\"}]").unwrap();
     assert_eq!(json.errors.len(), 1);
     assert!(import(b"\xff\xfe").is_err());

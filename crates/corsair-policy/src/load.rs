@@ -76,7 +76,7 @@ pub fn parse_manifests(text: &str) -> Vec<Manifest> {
     split_documents(text)
         .into_iter()
         .filter_map(|(offset, chunk)| {
-            let node = parse::<Option<positions::Node>>(chunk, false, offset).transpose()?;
+            let node = parse_node(chunk, offset).transpose()?;
             let (value, positions) = match node {
                 Ok(node) => {
                     let (value, positions) = node.into_parts(offset);
@@ -154,6 +154,17 @@ fn parse<T: DeserializeOwned>(text: &str, json: bool, line_offset: usize) -> Res
         });
         result.map_err(|e| yaml_error(&e, path.as_ref(), line_offset))
     }
+}
+
+/// One YAML document as positioned nodes. Its errors carry their position only: the serde path
+/// through a node tree (`value.?.value`) names no field.
+fn parse_node(text: &str, line_offset: usize) -> Result<Option<positions::Node>, LoadError> {
+    let mut options = serde_saphyr::Options::default();
+    options.with_snippet = false;
+    serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
+        Option::<positions::Node>::deserialize(de)
+    })
+    .map_err(|e| yaml_error(&e, None, line_offset))
 }
 
 /// `spec.routes[0].allowOrigin: unknown field ... at line 7, column 5`.
