@@ -1102,6 +1102,61 @@ fn a_policy_past_the_crd_bounds_says_so() {
     );
 }
 
+/// A field of the wrong type (a manifest the API server would refuse, so the source never ran
+/// with it) is named, not dropped without a word.
+#[test]
+fn fields_of_the_wrong_type_are_named() {
+    let out = inline(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  rules:\n  - filters:\n    - type: CORS\n      cors: {allowOrigins: [\"https://a.example.com\"], allowCredentials: \"true\", maxAge: \"600\", allowMethods: PUT}\n",
+    );
+    let p = policy(&out, "r");
+    let invalid: Vec<(&str, &str)> = p
+        .findings
+        .iter()
+        .filter(|f| f.code == "invalid-type")
+        .map(|f| (f.field.as_str(), f.message.as_str()))
+        .collect();
+    let fields: Vec<&str> = invalid.iter().map(|(f, _)| *f).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.rules[0].filters[0].cors.allowMethods",
+            "spec.rules[0].filters[0].cors.allowCredentials",
+            "spec.rules[0].filters[0].cors.maxAge",
+        ]
+    );
+    assert!(
+        invalid[1]
+            .1
+            .contains("the string \"true\", expected true or false"),
+        "{}",
+        invalid[1].1
+    );
+    // Istio's origins are matches, not strings: the item is named, not "allows no origin" alone.
+    let out = virtual_service("      allowOrigins: [\"https://a.example.com\"]\n");
+    let warned: Vec<&str> = out
+        .skipped
+        .iter()
+        .filter(|s| s.finding.code == "invalid-type")
+        .map(|s| s.finding.field.as_str())
+        .collect();
+    assert_eq!(
+        warned,
+        ["spec.http[0].corsPolicy.allowOrigins[0]"],
+        "{:#?}",
+        out.skipped
+    );
+    // Right types: no such finding.
+    let out = virtual_service(
+        "      allowOrigins: [{exact: \"https://a.example.com\"}]\n      allowCredentials: true\n      maxAge: 24h\n",
+    );
+    assert!(
+        !has(policy(&out, "v"), "invalid-type"),
+        "{:?}",
+        codes(policy(&out, "v"))
+    );
+}
+
 #[test]
 fn malformed_input_says_where() {
     let out = import(b"apiVersion: v1\nkind: [Ingress\nmetadata: {}\n").unwrap();

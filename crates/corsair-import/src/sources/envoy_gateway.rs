@@ -10,7 +10,7 @@
 use serde_json::Value;
 
 use super::gateway::wildcard_origin;
-use super::{Outcome, at, ns_flag, single, strings};
+use super::{Outcome, Type, at, ns_flag, single, strings};
 use crate::rules::{self, Ctx, Draft, Fields};
 use crate::{OptIn, SourceRef};
 
@@ -21,6 +21,19 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
     }
     let mut ctx = Ctx::default();
     let base = "spec.cors";
+    super::check_types(
+        cors,
+        base,
+        &[
+            ("allowOrigins", Type::Texts),
+            ("allowMethods", Type::Texts),
+            ("allowHeaders", Type::Texts),
+            ("exposeHeaders", Type::Texts),
+            ("allowCredentials", Type::Bool),
+            ("maxAge", Type::Text),
+        ],
+        &mut ctx,
+    );
     let fields = Fields::allow_style(base);
     let mut d = Draft {
         credentials: at(cors, &["allowCredentials"]).as_bool() == Some(true),

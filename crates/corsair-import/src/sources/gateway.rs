@@ -13,7 +13,7 @@
 
 use serde_json::Value;
 
-use super::{Outcome, PathEntry, at, push_unique, strings};
+use super::{Outcome, PathEntry, Type, at, push_unique, strings};
 use crate::rules::{self, Ctx, Draft, Fields};
 use crate::{Severity, SourceRef};
 
@@ -175,6 +175,19 @@ fn cors_filter(filters: &[Value]) -> Option<(usize, Value)> {
 }
 
 fn draft(cors: &Value, base: &str, ctx: &mut Ctx) -> Draft {
+    super::check_types(
+        cors,
+        base,
+        &[
+            ("allowOrigins", Type::Texts),
+            ("allowMethods", Type::Texts),
+            ("allowHeaders", Type::Texts),
+            ("exposeHeaders", Type::Texts),
+            ("allowCredentials", Type::Bool),
+            ("maxAge", Type::Integer),
+        ],
+        ctx,
+    );
     let fields = Fields::allow_style(base);
     let credentials = at(cors, &["allowCredentials"]).as_bool() == Some(true);
     let mut d = Draft {

@@ -11,7 +11,7 @@
 use corsair_policy::UnmatchedPreflights;
 use serde_json::Value;
 
-use super::{Outcome, PathEntry, at, push_unique, strings};
+use super::{Outcome, PathEntry, Type, at, push_unique, strings};
 use crate::SourceRef;
 use crate::example;
 use crate::rules::{self, Ctx, Draft, Fields};
@@ -135,6 +135,21 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
 }
 
 fn draft(cors: &Value, base: &str, ctx: &mut Ctx) -> Draft {
+    super::check_types(
+        cors,
+        base,
+        &[
+            ("allowOrigins", Type::Matches),
+            ("allowOrigin", Type::Texts),
+            ("allowMethods", Type::Texts),
+            ("allowHeaders", Type::Texts),
+            ("exposeHeaders", Type::Texts),
+            ("allowCredentials", Type::Bool),
+            ("maxAge", Type::Text),
+            ("unmatchedPreflights", Type::Text),
+        ],
+        ctx,
+    );
     let fields = Fields::allow_style(base);
     let mut d = Draft {
         credentials: at(cors, &["allowCredentials"]).as_bool() == Some(true),

@@ -101,6 +101,79 @@ pub(crate) fn at<'v>(value: &'v Value, path: &[&str]) -> &'v Value {
     v
 }
 
+/// The JSON type of a field in its source's API (the schema of its CRD).
+#[derive(Clone, Copy)]
+pub(crate) enum Type {
+    Bool,
+    Integer,
+    Text,
+    Texts,
+    /// A list of mappings (Istio's `StringMatch`).
+    Matches,
+}
+
+/// Warns about each field of `object` (at `base`) whose value its source's API refuses: the
+/// source never ran with such a manifest, and the conversion reads the field as left out, so
+/// without a word a typo (`allowCredentials: "true"`) would vanish.
+pub(crate) fn check_types(object: &Value, base: &str, fields: &[(&str, Type)], ctx: &mut Ctx) {
+    const REFUSED: &str = "the API server refuses such a manifest, so the source never ran with it";
+    for (key, kind) in fields {
+        let value = at(object, &[key]);
+        let fits = match kind {
+            Type::Bool => value.is_boolean(),
+            Type::Integer => value.is_i64() || value.is_u64(),
+            Type::Text => value.is_string(),
+            Type::Texts | Type::Matches => value.is_array(),
+        };
+        let field = format!("{base}.{key}");
+        if !value.is_null() && !fits {
+            let expected = match kind {
+                Type::Bool => "true or false",
+                Type::Integer => "a whole number",
+                Type::Text => "a string",
+                Type::Texts | Type::Matches => "a list",
+            };
+            ctx.warn(
+                "invalid-type",
+                &field,
+                format!(
+                    "is {}, expected {expected}: {REFUSED}; the policy leaves it out",
+                    describe(value)
+                ),
+            );
+            continue;
+        }
+        for (i, item) in value.as_array().into_iter().flatten().enumerate() {
+            let (fits, expected) = match kind {
+                Type::Matches => (
+                    item.is_object(),
+                    "a match such as {exact: \"https://app.example.com\"}",
+                ),
+                _ => (item.is_string(), "a string"),
+            };
+            if !fits {
+                ctx.warn(
+                    "invalid-type",
+                    &format!("{field}[{i}]"),
+                    format!("is {}, expected {expected}: {REFUSED}", describe(item)),
+                );
+            }
+        }
+    }
+}
+
+/// A value's type as messages name it.
+fn describe(value: &Value) -> String {
+    match value {
+        Value::Null => "null".to_owned(),
+        Value::Bool(b) => format!("the boolean {b}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Array(_) => "a list".to_owned(),
+        Value::Object(_) => "a mapping".to_owned(),
+    }
+}
+
 /// The method, header and exposed-header lists and the `maxAge` duration of an Envoy CORS policy,
 /// as Istio and Envoy Gateway both spell them; an empty list is left to the defaults.
 pub(crate) fn envoy_lists(cors: &Value, d: &mut crate::rules::Draft, ctx: &mut Ctx) {

@@ -15,7 +15,7 @@ use corsair_policy::UnmatchedPreflights;
 use serde_json::Value;
 
 use super::istio::exact_origin;
-use super::{Outcome, at, single, strings};
+use super::{Outcome, Type, at, single, strings};
 use crate::example;
 use crate::rules::{self, Ctx, Draft, Fields};
 use crate::{OptIn, SourceRef};
@@ -30,6 +30,20 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef, v2: bool) -> Outcome {
     }
     let mut ctx = Ctx::default();
     let base = "spec.headers";
+    super::check_types(
+        h,
+        base,
+        &[
+            ("accessControlAllowOriginList", Type::Texts),
+            ("accessControlAllowOriginListRegex", Type::Texts),
+            ("accessControlAllowMethods", Type::Texts),
+            ("accessControlAllowHeaders", Type::Texts),
+            ("accessControlExposeHeaders", Type::Texts),
+            ("accessControlAllowCredentials", Type::Bool),
+            ("accessControlMaxAge", Type::Integer),
+        ],
+        &mut ctx,
+    );
     let fields = Fields {
         origins: format!("{base}.accessControlAllowOriginList"),
         credentials: format!("{base}.accessControlAllowCredentials"),
