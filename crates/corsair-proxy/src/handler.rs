@@ -90,6 +90,50 @@ pub(crate) struct Plan {
     bad_host: Option<&'static str>,
 }
 
+/// Whether `value` is an authority a `Host` header or a target may carry (RFC 9110 §7.2, RFC
+/// 3986 §3.2): a host of the bytes a host may hold, or a bracketed IP literal, and an optional
+/// port of at most 65535. Userinfo is refused on its own, with its own message.
+fn is_authority(value: &[u8]) -> bool {
+    let (host, port) = match value.iter().rposition(|&b| b == b':') {
+        // A colon inside brackets belongs to an IPv6 literal, not to a port.
+        Some(i) if !value[i..].contains(&b']') => (&value[..i], Some(&value[i + 1..])),
+        _ => (value, None),
+    };
+    let port_ok = port.is_none_or(|p| {
+        p.len() <= 5
+            && p.iter().all(u8::is_ascii_digit)
+            && p.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')) <= 65_535
+    });
+    let host_ok = match host {
+        [b'[', literal @ .., b']'] => literal
+            .iter()
+            .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.'),
+        _ => host.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'%'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                        | b'@'
+                )
+        }),
+    };
+    port_ok && host_ok
+}
+
 /// The request headers CORS reads, found in one pass over the map.
 #[derive(Default)]
 struct Seen<'r> {
@@ -216,6 +260,17 @@ impl Plan {
                 && req.uri().authority().is_none()
             {
                 Some("no Host header\n")
+            } else if seen.host.is_some_and(|h| !is_authority(h.as_bytes())) {
+                Some("invalid Host header\n")
+            } else if req.uri().scheme().is_none() && req.uri().authority().is_some() {
+                // The authority form (`GET host:80`) is CONNECT's alone (RFC 9112 §3.2.3).
+                Some("invalid request target: the authority form is for CONNECT only\n")
+            } else if req
+                .uri()
+                .authority()
+                .is_some_and(|a| !is_authority(a.as_str().as_bytes()))
+            {
+                Some("invalid request target: its authority is not a host and port\n")
             } else {
                 None
             },

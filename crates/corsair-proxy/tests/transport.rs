@@ -313,6 +313,56 @@ async fn a_request_without_host() {
     h.proxy.shutdown().await.expect("clean shutdown");
 }
 
+/// A target or `Host` that is no host and port is a 400, never sent on: the authority form
+/// outside CONNECT (RFC 9112 §3.2.3), a port past 65535, a `Host` with a space (RFC 9112
+/// §3.2). IPv6 literals and ports in range go up.
+#[tokio::test]
+async fn a_target_or_host_that_is_no_authority_is_a_400() {
+    let h = harness(POLICY).await;
+    for request in [
+        &b"GET x HTTP/1.1\r\nHost: api.test\r\n\r\n"[..],
+        b"GET api.test:80 HTTP/1.1\r\nHost: api.test\r\n\r\n",
+        b"GET http://api.test:99999/ HTTP/1.1\r\nHost: api.test\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: api.test:8o\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: api.test:65536\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n",
+    ] {
+        let head = head_of(h.proxy.listen_addr(), request).await;
+        assert!(
+            head.starts_with("HTTP/1.1 400"),
+            "{}: {head}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    assert_eq!(h.upstream.seen().len(), 0, "none of them went up");
+    for (request, host) in [
+        (
+            &b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n"[..],
+            "[::1]:8080",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: api.test:65535\r\n\r\n",
+            "api.test:65535",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: xn--bcher-kva.example\r\n\r\n",
+            "xn--bcher-kva.example",
+        ),
+        (
+            b"GET http://api.test:8080/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            "api.test:8080",
+        ),
+    ] {
+        let head = head_of(h.proxy.listen_addr(), request).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{host}: {head}");
+        let seen = h.upstream.seen();
+        let last = seen.last().expect("went up");
+        assert_eq!(values(&last.headers, "host"), [host]);
+    }
+    h.proxy.shutdown().await.expect("clean shutdown");
+}
+
 /// Writes `request` on a new connection to `addr` and reads the response head.
 async fn head_of(addr: std::net::SocketAddr, request: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
