@@ -376,7 +376,7 @@ pub(crate) fn origin_problem(entry: &str) -> Option<String> {
 pub(crate) fn regex_problem(re: &str) -> Option<String> {
     match regex::Regex::new(re).and_then(|_| regex::Regex::new(&format!("^(?:{re})$"))) {
         Ok(_) => None,
-        Err(e) => Some(e.to_string()),
+        Err(e) => Some(corsair_policy::regex_error_line(&e)),
     }
 }
 

@@ -28,4 +28,6 @@ pub use load::{LoadError, Manifest, Positions, load_document, parse_manifests};
 pub use model::{
     CorsPolicySpec, DisallowedRequests, Mode, PolicyDocument, RouteSpec, UnmatchedPreflights,
 };
-pub use validate::{Finding, MAX_AGE_BROWSER_CAP, Report, SPECIAL_USE_DOMAINS, Severity, validate};
+pub use validate::{
+    Finding, MAX_AGE_BROWSER_CAP, Report, SPECIAL_USE_DOMAINS, Severity, regex_error_line, validate,
+};

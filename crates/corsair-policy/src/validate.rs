@@ -443,6 +443,25 @@ fn lint_mixed_schemes(out: &mut Findings, base: &str, origins: &[String]) {
     }
 }
 
+/// A regex error on one line: `regex` writes a syntax error over three, the pattern with a caret
+/// under the fault, which would break every one-finding-per-line output.
+pub fn regex_error_line(e: &regex::Error) -> String {
+    let text = e.to_string();
+    let Some(message) = text.lines().find_map(|l| l.strip_prefix("error: ")) else {
+        return text.split_whitespace().collect::<Vec<_>>().join(" ");
+    };
+    // The pattern and the caret line are both indented by four spaces.
+    let column = text
+        .lines()
+        .find(|l| l.trim_start().starts_with('^'))
+        .and_then(|l| l.find('^'))
+        .map(|i| i.saturating_sub(4) + 1);
+    match column {
+        Some(column) => format!("{message} (at character {column})"),
+        None => message.to_owned(),
+    }
+}
+
 fn check_regexes(out: &mut Findings, base: &str, regexes: &[String]) {
     for (i, src) in regexes.iter().enumerate() {
         let path = format!("{base}.allowOriginRegexes[{i}]");
@@ -454,7 +473,7 @@ fn check_regexes(out: &mut Findings, base: &str, regexes: &[String]) {
             out.error(
                 &path,
                 "invalid-regex",
-                format!("{src:?} is not a valid regex: {e}"),
+                format!("{src:?} is not a valid regex: {}", regex_error_line(&e)),
             );
             continue;
         }

@@ -327,3 +327,25 @@ fn the_crd_bounds_are_checked() {
     doc["metadata"]["name"] = json!("a".repeat(63));
     assert_eq!(findings(&doc), Vec::<(String, String)>::new());
 }
+
+/// A regex error is one line, as every finding is (regex writes syntax errors over three), and
+/// still says what and where.
+#[test]
+fn a_regex_error_is_one_line() {
+    let Checked::Policy { report, .. } =
+        check_manifest(&policy(json!({"allowOriginRegexes": ["https://(a|b"]})))
+    else {
+        panic!("skipped")
+    };
+    let finding = report
+        .findings
+        .iter()
+        .find(|f| f.code == "invalid-regex")
+        .unwrap_or_else(|| panic!("{report:?}"));
+    let text = finding.to_string();
+    assert!(!text.contains('\n'), "{text}");
+    assert!(
+        text.contains("unclosed group") && text.contains("(at character 9)"),
+        "{text}"
+    );
+}

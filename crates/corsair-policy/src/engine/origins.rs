@@ -81,13 +81,13 @@ impl OriginMatcher {
             let anchored: Vec<String> = regexes.iter().map(|r| anchor(r)).collect();
             let set = RegexSet::new(&anchored).map_err(|e| CompileError {
                 field: "allowOriginRegexes",
-                message: e.to_string(),
+                message: crate::validate::regex_error_line(&e),
             })?;
             let mut each = Vec::with_capacity(regexes.len());
             for (src, re) in regexes.iter().zip(&anchored) {
                 let compiled = Regex::new(re).map_err(|e| CompileError {
                     field: "allowOriginRegexes",
-                    message: e.to_string(),
+                    message: crate::validate::regex_error_line(&e),
                 })?;
                 each.push((compiled, src.clone()));
             }
