@@ -175,7 +175,16 @@ fn yaml_error(
 ) -> LoadError {
     let mut options = serde_saphyr::RenderOptions::default();
     options.snippets = serde_saphyr::SnippetMode::Off;
-    let message = e.without_snippet().render_with_options(options);
+    let message = match e.without_snippet() {
+        // saphyr's own text ends in advice about its options, which a user cannot act on.
+        serde_saphyr::Error::DuplicateMappingKey { key: Some(key), .. } => {
+            format!("the key {key} is written twice in one mapping")
+        }
+        serde_saphyr::Error::DuplicateMappingKey { key: None, .. } => {
+            "a key is written twice in one mapping".to_owned()
+        }
+        other => other.render_with_options(options),
+    };
     // The rendered message ends with saphyr's own position; ours (offset to the file) replaces it.
     let message = match e.location() {
         Some(at) if at.line() > 0 => {

@@ -349,3 +349,20 @@ fn a_regex_error_is_one_line() {
         "{text}"
     );
 }
+
+/// A key written twice is named with its line, without the YAML library's advice about its own
+/// options.
+#[test]
+fn a_key_written_twice_is_named() {
+    let text = "apiVersion: corsair.dev/v1alpha1\nkind: CorsPolicy\nmetadata: {name: a}\nspec:\n  allowOrigins: [\"https://a.example.com\"]\n  allowOrigins: [\"https://b.example.com\"]\n";
+    let manifests = parse_manifests(text);
+    assert_eq!(manifests.len(), 1);
+    let Err(e) = &manifests[0].value else {
+        panic!("a duplicate key was accepted")
+    };
+    let message = e.to_string();
+    assert_eq!(
+        message,
+        "the key allowOrigins is written twice in one mapping at line 6, column 3"
+    );
+}
