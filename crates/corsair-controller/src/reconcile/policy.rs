@@ -171,7 +171,7 @@ fn refused_for_good(err: &Error) -> bool {
     matches!(
         err,
         Error::Kube {
-            source: kube::Error::Api(status),
+            cause: kube::Error::Api(status),
             ..
         } if matches!(status.code, 400 | 403 | 422)
     )
