@@ -321,15 +321,22 @@ fn convert_document(place: Place, doc: &Value, out: &mut Import) {
 /// `kubectl` commands, where anything else (a line break, a quote) would be read as YAML or
 /// shell, so a document with another name is refused, not converted.
 fn check_names(source: &SourceRef) -> Result<(), String> {
+    // Labels of lowercase letters, digits and '-', each starting and ending with a letter or
+    // digit; several, joined by dots, where `dots`.
     fn rfc1123(name: &str, max: usize, dots: bool) -> bool {
         let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-        let bytes = name.as_bytes();
-        bytes.len() <= max
-            && bytes.first().is_some_and(alnum)
-            && bytes.last().is_some_and(alnum)
-            && bytes
-                .iter()
-                .all(|b| alnum(b) || *b == b'-' || (dots && *b == b'.'))
+        let label = |l: &str| {
+            let bytes = l.as_bytes();
+            bytes.first().is_some_and(alnum)
+                && bytes.last().is_some_and(alnum)
+                && bytes.iter().all(|b| alnum(b) || *b == b'-')
+        };
+        name.len() <= max
+            && (if dots {
+                name.split('.').all(label)
+            } else {
+                label(name)
+            })
     }
     if !source.name.is_empty() && !rfc1123(&source.name, 253, true) {
         return Err(format!(
@@ -360,7 +367,8 @@ fn finish(source: &SourceRef, draft: sources::PolicyDraft) -> Converted {
     let mut report = match Engine::compile(&spec) {
         Ok((_, report)) | Err(report) => report,
     };
-    // What the CRD refuses by size (200 origins, 80 routes) and the engine does not.
+    // What the CRD refuses by size (more than 128 origins, more than 64 routes), which the
+    // engine does not.
     if let Ok(value) = serde_json::to_value(&spec) {
         corsair_policy::schema_bounds(&value, "spec", &mut report.findings);
     }

@@ -20,6 +20,8 @@ const PROBES: [&str; 3] = [
 pub(crate) struct Ctx {
     pub findings: Vec<Finding>,
     pub incomplete: bool,
+    /// A match with conditions besides the path had CORS that a route could not keep.
+    pub conditional_cors_dropped: bool,
 }
 
 impl Ctx {

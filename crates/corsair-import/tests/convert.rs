@@ -502,9 +502,46 @@ fn matches_with_conditions_do_not_take_the_path_from_the_rules_after_them() {
         .find(|s| s.finding.code == "conditional-match-not-converted")
         .unwrap_or_else(|| panic!("{:#?}", out.skipped));
     assert!(
-        warned.finding.message.contains("get no CORS headers"),
+        warned
+            .finding
+            .message
+            .contains("lose the CORS headers they had"),
         "{}",
         warned.finding.message
+    );
+    // And the policy-less outcome says why, not that no origin was ever allowed.
+    let none = out
+        .skipped
+        .iter()
+        .find(|s| s.finding.code == "no-origin-left")
+        .unwrap_or_else(|| panic!("{:#?}", out.skipped));
+    assert!(
+        none.finding
+            .message
+            .contains("only matches with conditions"),
+        "{}",
+        none.finding.message
+    );
+    // The canary on /api/ also took its requests from a later /api/public/ with CORS: that
+    // path now gives them CORS, and a warning says so for it too.
+    let out = istio(
+        "  - match: [{uri: {prefix: /api/}, headers: {x-canary: {exact: \"true\"}}}]\n    route: [{destination: {host: api-canary}}]\n",
+        &format!(
+            "  - match: [{{uri: {{prefix: /api/public/}}}}]\n    route: [{{destination: {{host: api}}}}]\n    corsPolicy: {cors}\n  - route: [{{destination: {{host: api}}}}]\n"
+        ),
+    );
+    let p = policy(&out, "api");
+    let about: Vec<&str> = p
+        .findings
+        .iter()
+        .filter(|f| f.code == "conditional-match-not-converted")
+        .map(|f| f.message.as_str())
+        .collect();
+    assert!(
+        about
+            .iter()
+            .any(|m| m.contains("every request under \"/api/public/\"") && m.contains("MORE open")),
+        "{about:?}"
     );
     // Alone, a conditional match is the only source of its path's answers: it is converted,
     // and the warning says that its CORS now covers every request there.
@@ -526,6 +563,21 @@ fn matches_with_conditions_do_not_take_the_path_from_the_rules_after_them() {
         finding(p, "conditional-match-not-converted").field,
         "spec.rules[0].matches[0].path"
     );
+    // An empty condition (`headers: []`, as templates write) is no condition.
+    let out = inline(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  rules:\n  - matches: [{path: {value: /}}]\n  - matches: [{path: {value: /api}, headers: []}]\n    filters: [{type: CORS, cors: {allowOrigins: [\"https://app.example.com\"]}}]\n",
+    );
+    let p = policy(&out, "r");
+    assert!(
+        p.document
+            .spec
+            .routes
+            .iter()
+            .any(|r| r.path_prefix == "/api" && r.mode.is_none()),
+        "{:#?}",
+        p.document.spec
+    );
+    assert!(!has(p, "conditional-match-not-converted"), "{:?}", codes(p));
     // A header-matched /api without CORS under a CORS rule on /: no route with mode off, which
     // would take CORS from every request to /api.
     let out = inline(
@@ -1406,6 +1458,9 @@ fn a_name_kubernetes_would_refuse_is_an_error_not_a_policy() {
         (ingress("app", injected), "metadata.namespace"),
         (ingress("App", "prod"), "metadata.name"),
         (ingress("\"app\\n# x\"", "prod"), "metadata.name"),
+        // Each label starts and ends with a letter or digit.
+        (ingress("app.-v2", "prod"), "metadata.name"),
+        (ingress("app", "-prod"), "metadata.namespace"),
     ] {
         assert!(out.policies.is_empty(), "{:?}", out.policies);
         let errors: Vec<String> = out.errors.iter().map(ToString::to_string).collect();

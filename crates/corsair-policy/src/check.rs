@@ -52,7 +52,7 @@ pub fn check_manifest(doc: &Value) -> Checked {
             "metadata.name",
             "invalid-name",
             format!(
-                "{name:?} is not a CorsPolicy name: lowercase letters, digits, '-' and '.', at most {MAX_NAME_LEN} characters (the name is also a label value of the policy's ConfigMap)"
+                "{name:?} is not a CorsPolicy name: a lowercase DNS subdomain (labels of lowercase letters, digits and '-', each starting and ending with a letter or digit, joined by '.') of at most {MAX_NAME_LEN} characters, since the name is also a label value of the policy's ConfigMap"
             ),
         ));
     }

@@ -108,11 +108,16 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
     for (index, line) in text.split_inclusive('\n').enumerate() {
         let bare = line.trim_end_matches(['\n', '\r']);
         let marker = bare == "---" || bare.starts_with("--- ") || bare.starts_with("---\t");
-        if marker && pos > start {
+        // Directives (`%YAML 1.2`) and comments before a marker belong to the document it starts.
+        let preamble = text[start..pos].lines().all(|l| {
+            let l = l.trim_start();
+            l.is_empty() || l.starts_with('%') || l.starts_with('#')
+        });
+        if marker && pos > start && !preamble {
             out.push((start_line, &text[start..pos]));
             start = pos;
             start_line = index;
-        } else if marker {
+        } else if marker && pos == start {
             start_line = index;
         }
         pos += line.len();

@@ -450,10 +450,15 @@ pub fn regex_error_line(e: &regex::Error) -> String {
     let Some(message) = text.lines().find_map(|l| l.strip_prefix("error: ")) else {
         return text.split_whitespace().collect::<Vec<_>>().join(" ");
     };
-    // The pattern and the caret line are both indented by four spaces.
-    let column = text
-        .lines()
-        .find(|l| l.trim_start().starts_with('^'))
+    // The caret line comes right before the `error:` line; it and the pattern above it are
+    // indented by four spaces. (The pattern itself may start with `^`.)
+    let lines: Vec<&str> = text.lines().collect();
+    let column = lines
+        .iter()
+        .position(|l| l.starts_with("error: "))
+        .and_then(|at| at.checked_sub(1))
+        .and_then(|at| lines.get(at))
+        .filter(|l| l.trim().starts_with('^') && l.trim().chars().all(|c| matches!(c, '^' | '-')))
         .and_then(|l| l.find('^'))
         .map(|i| i.saturating_sub(4) + 1);
     match column {

@@ -314,7 +314,12 @@ fn the_crd_bounds_are_checked() {
         "{message}"
     );
     // A name the CRD refuses: too long, or not a DNS subdomain.
-    for name in ["a".repeat(64), "Web".to_owned(), "web_api".to_owned()] {
+    for name in [
+        "a".repeat(64),
+        "Web".to_owned(),
+        "web_api".to_owned(),
+        "a.-b".to_owned(),
+    ] {
         let mut doc = policy(json!({"allowOrigins": ["https://a.example.com"]}));
         doc["metadata"]["name"] = json!(name);
         assert_eq!(
@@ -348,6 +353,20 @@ fn a_regex_error_is_one_line() {
         text.contains("unclosed group") && text.contains("(at character 9)"),
         "{text}"
     );
+    // A pattern that starts with `^`, as anchored origin regexes do: the caret under the fault
+    // is found, not the pattern's own first character.
+    let Checked::Policy { report, .. } =
+        check_manifest(&policy(json!({"allowOriginRegexes": ["^https://(app"]})))
+    else {
+        panic!("skipped")
+    };
+    let text = report
+        .findings
+        .iter()
+        .find(|f| f.code == "invalid-regex")
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    assert!(text.contains("(at character 10)"), "{text}");
 }
 
 /// A key written twice is named with its line, without the YAML library's advice about its own
@@ -365,4 +384,22 @@ fn a_key_written_twice_is_named() {
         message,
         "the key allowOrigins is written twice in one mapping at line 6, column 3"
     );
+}
+
+/// A `%YAML` directive (or a comment) before a document's `---` belongs to that document, as in
+/// any YAML stream; positions after it stay right.
+#[test]
+fn a_directive_before_the_marker_starts_the_document() {
+    let text = "%YAML 1.2\n---\napiVersion: corsair.dev/v1alpha1\nkind: CorsPolicy\nmetadata: {name: a}\nspec: {allowOrigins: [\"https://a.example.com\"], allowMethod: [GET]}\n---\n# b\napiVersion: v1\nkind: ConfigMap\n";
+    let manifests = parse_manifests(text);
+    assert_eq!(manifests.len(), 2, "{manifests:?}");
+    assert!(manifests.iter().all(|m| m.value.is_ok()), "{manifests:?}");
+    // `allowMethod` is written on line 6, column 49.
+    assert_eq!(
+        manifests[0].positions.of("spec.allowMethod"),
+        Some((6, 49)),
+        "{:?}",
+        manifests[0].positions
+    );
+    assert_eq!(manifests[1].line, 7);
 }

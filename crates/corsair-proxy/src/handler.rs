@@ -91,8 +91,9 @@ pub(crate) struct Plan {
 }
 
 /// Whether `value` is an authority a `Host` header or a target may carry (RFC 9110 §7.2, RFC
-/// 3986 §3.2): a host of the bytes a host may hold, or a bracketed IP literal, and an optional
-/// port of at most 65535. Userinfo is refused on its own, with its own message.
+/// 3986 §3.2): a host of the bytes a registered name or IPv4 address may hold, or a bracketed
+/// IPv6 literal, and an optional port of at most 65535. No userinfo: a target's is refused
+/// with its own message ([`handle`]), so its caller leaves it out.
 fn is_authority(value: &[u8]) -> bool {
     let (host, port) = match value.iter().rposition(|&b| b == b':') {
         // A colon inside brackets belongs to an IPv6 literal, not to a port.
@@ -105,9 +106,12 @@ fn is_authority(value: &[u8]) -> bool {
             && p.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')) <= 65_535
     });
     let host_ok = match host {
-        [b'[', literal @ .., b']'] => literal
-            .iter()
-            .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.'),
+        [b'[', literal @ .., b']'] => {
+            literal.contains(&b':')
+                && literal
+                    .iter()
+                    .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        }
         _ => host.iter().all(|&b| {
             b.is_ascii_alphanumeric()
                 || matches!(
@@ -127,7 +131,6 @@ fn is_authority(value: &[u8]) -> bool {
                         | b','
                         | b';'
                         | b'='
-                        | b'@'
                 )
         }),
     };
@@ -265,11 +268,11 @@ impl Plan {
             } else if req.uri().scheme().is_none() && req.uri().authority().is_some() {
                 // The authority form (`GET host:80`) is CONNECT's alone (RFC 9112 §3.2.3).
                 Some("invalid request target: the authority form is for CONNECT only\n")
-            } else if req
-                .uri()
-                .authority()
-                .is_some_and(|a| !is_authority(a.as_str().as_bytes()))
-            {
+            } else if req.uri().authority().is_some_and(|a| {
+                // After any userinfo, which `handle` refuses with a message of its own.
+                let host_port = a.as_str().rsplit('@').next().unwrap_or_default();
+                !is_authority(host_port.as_bytes())
+            }) {
                 Some("invalid request target: its authority is not a host and port\n")
             } else {
                 None

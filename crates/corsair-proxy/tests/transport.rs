@@ -327,6 +327,9 @@ async fn a_target_or_host_that_is_no_authority_is_a_400() {
         b"GET / HTTP/1.1\r\nHost: api.test:8o\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: api.test:65536\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: evil.example@api.test\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: []\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: [1.2.3.4]\r\n\r\n",
     ] {
         let head = head_of(h.proxy.listen_addr(), request).await;
         assert!(
@@ -474,6 +477,7 @@ async fn an_absolute_request_target_names_the_host() {
     // would be forwarded or answered by the proxy (an allowed preflight).
     for request in [
         &b"GET http://user@api.test/items HTTP/1.1\r\nHost: api.test\r\n\r\n"[..],
+        b"GET http://user:pw@api.test/items HTTP/1.1\r\nHost: api.test\r\n\r\n",
         b"OPTIONS http://user@api.test/items HTTP/1.1\r\nHost: api.test\r\n\
           Origin: https://app.example.com\r\nAccess-Control-Request-Method: GET\r\n\r\n",
     ] {

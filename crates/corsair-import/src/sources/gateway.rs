@@ -127,7 +127,7 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
             let f = format!("spec.rules[{i}].matches[{j}]");
             let others: Vec<&str> = ["headers", "queryParams", "method"]
                 .into_iter()
-                .filter(|k| !at(m, &[k]).is_null())
+                .filter(|k| super::is_condition(at(m, &[k])))
                 .collect();
             let kind = at(m, &["path", "type"]).as_str().unwrap_or("PathPrefix");
             let value = at(m, &["path", "value"]).as_str().unwrap_or("/").to_owned();

@@ -69,10 +69,13 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
             let others: Vec<&str> = m
                 .as_object()
                 .map(|o| {
-                    o.keys()
-                        .map(String::as_str)
+                    o.iter()
                         // The path itself, and what is no condition at all.
-                        .filter(|k| !["uri", "name", "ignoreUriCase", "statPrefix"].contains(k))
+                        .filter(|(k, v)| {
+                            !["uri", "name", "ignoreUriCase", "statPrefix"].contains(&k.as_str())
+                                && super::is_condition(v)
+                        })
+                        .map(|(k, _)| k.as_str())
                         .collect()
                 })
                 .unwrap_or_default();

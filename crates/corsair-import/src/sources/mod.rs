@@ -113,8 +113,9 @@ pub(crate) enum Type {
 }
 
 /// Warns about each field of `object` (at `base`) whose value its source's API refuses: the
-/// source never ran with such a manifest, and the conversion reads the field as left out, so
-/// without a word a typo (`allowCredentials: "true"`) would vanish.
+/// source never ran with such a manifest. A mistyped flag, number or list is read as left out,
+/// so without a word a typo (`allowCredentials: "true"`) would vanish; a number where a string
+/// belongs, or in a list of strings, is read as its text.
 pub(crate) fn check_types(object: &Value, base: &str, fields: &[(&str, Type)], ctx: &mut Ctx) {
     const REFUSED: &str = "the API server refuses such a manifest, so the source never ran with it";
     for (key, kind) in fields {
@@ -133,11 +134,15 @@ pub(crate) fn check_types(object: &Value, base: &str, fields: &[(&str, Type)], c
                 Type::Text => "a string",
                 Type::Texts | Type::Matches => "a list",
             };
+            let read = match kind {
+                Type::Text if !value.is_array() && !value.is_object() => "",
+                _ => "; the policy leaves it out",
+            };
             ctx.warn(
                 "invalid-type",
                 &field,
                 format!(
-                    "is {}, expected {expected}: {REFUSED}; the policy leaves it out",
+                    "is {}, expected {expected}: {REFUSED}{read}",
                     describe(value)
                 ),
             );
@@ -288,7 +293,14 @@ pub(crate) fn routed_policy(
     let routes = assemble_routes(entries, first_match_wins, &mut ctx);
     if !routes.iter().any(|r| r.mode.is_none()) {
         let mut findings = ctx.findings;
-        if !findings.iter().any(|f| f.code == "no-origin-left") {
+        if ctx.conditional_cors_dropped {
+            findings.push(Finding {
+                severity: crate::Severity::Warning,
+                code: "no-origin-left",
+                field: "(origins)".to_owned(),
+                message: "only matches with conditions besides the path allowed origins, and a route cannot tell their requests apart: no policy is produced for it".to_owned(),
+            });
+        } else if !findings.iter().any(|f| f.code == "no-origin-left") {
             findings.push(no_origin_left());
         }
         return Outcome::Nothing(findings);
@@ -533,27 +545,56 @@ fn conditional_entries(
             }
             continue;
         }
-        if entry.rules == cover.rules {
-            continue;
-        }
-        let (this, theirs, direction) = match (&entry.rules, &cover.rules) {
-            (Some(_), None) => (
-                "CORS configuration",
-                "absence of CORS",
-                ": those requests get no CORS headers",
-            ),
-            (None, Some(_)) => (
-                "absence of CORS",
-                "CORS rules",
-                ", MORE open than the source for those requests",
-            ),
-            _ => ("CORS configuration", "CORS rules", ""),
-        };
-        ctx.warn(
-            "conditional-match-not-converted",
-            &entry.field,
-            format!("this match takes only the requests under {:?} that also match on {conditions}, which a route cannot tell apart from the path's other requests: the policy gives them all the {theirs} of {}, and this match's {this} is not converted{direction}", entry.prefix, cover.field),
+        // In first-match order the conditional match also took its requests from the matches
+        // after it under its prefix (`/api/public` after a canary on `/api`): they decide
+        // those paths now.
+        let deciders = std::iter::once(cover).chain(
+            plain
+                .iter()
+                .filter(|(i, p)| {
+                    first_match_wins
+                        && *i > index
+                        && *i != *cover_index
+                        && p.prefix.starts_with(entry.prefix.as_str())
+                })
+                .map(|(_, p)| p),
         );
+        for decider in deciders {
+            if entry.rules == decider.rules {
+                continue;
+            }
+            ctx.conditional_cors_dropped |= entry.rules.is_some();
+            let (this, theirs, direction) = match (&entry.rules, &decider.rules) {
+                (Some(_), None) => (
+                    "CORS configuration",
+                    "absence of CORS",
+                    ": those requests lose the CORS headers they had",
+                ),
+                (None, Some(_)) => (
+                    "absence of CORS",
+                    "CORS rules",
+                    ", MORE open than the source for those requests",
+                ),
+                _ => ("CORS configuration", "CORS rules", ""),
+            };
+            ctx.warn(
+                "conditional-match-not-converted",
+                &entry.field,
+                format!("this match takes only the requests under {:?} that also match on {conditions}, which a route cannot tell apart from the path's other requests: every request under {:?} gets the {theirs} of {}, and this match's {this} is not converted{direction}", entry.prefix, decider.prefix, decider.field),
+            );
+        }
     }
     kept
+}
+
+/// Whether a match field asks for something: an empty list or mapping (`headers: []`, as
+/// templates often write) matches every request, like an absent one.
+pub(crate) fn is_condition(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Array(items) => !items.is_empty(),
+        Value::Object(fields) => !fields.is_empty(),
+        Value::String(text) => !text.is_empty(),
+        Value::Bool(_) | Value::Number(_) => true,
+    }
 }
