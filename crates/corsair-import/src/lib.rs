@@ -10,7 +10,7 @@
 //! the annotation, flag or field. Pure: the caller hands in bytes and a file name.
 #![forbid(unsafe_code)]
 
-use corsair_policy::model::{API_VERSION, DocumentMeta, KIND};
+use corsair_policy::model::{API_VERSION, DocumentMeta, KIND, MAX_NAME_LEN};
 use corsair_policy::{CorsPolicySpec, Engine, PolicyDocument, Severity as CheckSeverity};
 use serde_json::Value;
 
@@ -407,11 +407,8 @@ fn finish(source: &SourceRef, draft: sources::PolicyDraft) -> Converted {
     }
 }
 
-/// Longest CorsPolicy name: the CRD's rule, since the name is also a label value.
-const MAX_POLICY_NAME: usize = 63;
-
 /// Gives every policy a name the API server takes and no other policy of the output has. A
-/// source name over [`MAX_POLICY_NAME`] characters (Kubernetes allows 253 for most kinds) is
+/// source name over [`MAX_NAME_LEN`] characters (Kubernetes allows 253 for most kinds) is
 /// shortened. Two sources of the same name in one namespace (an Ingress and an HTTPRoute `web`)
 /// would make two policies overwrite each other: the later ones get the source kind appended,
 /// then a number. [`import`] does this within a file; call it again over the policies of several
@@ -428,7 +425,7 @@ pub fn dedupe_names(policies: &mut [Converted]) {
                 code: "renamed",
                 field: "metadata.name".to_owned(),
                 message: format!(
-                    "{source_name:?} is longer than the {MAX_POLICY_NAME} characters a CorsPolicy name may have: this one is {name:?}"
+                    "{source_name:?} is longer than the {MAX_NAME_LEN} characters a CorsPolicy name may have: this one is {name:?}"
                 ),
             });
         }
@@ -462,10 +459,10 @@ pub fn dedupe_names(policies: &mut [Converted]) {
     }
 }
 
-/// `name` cut to [`MAX_POLICY_NAME`] characters when longer, ending in a hash of the whole name
+/// `name` cut to [`MAX_NAME_LEN`] characters when longer, ending in a hash of the whole name
 /// so that two long names alike at the start stay apart. Names are ASCII (`check_names`).
 fn shorten(name: &str) -> String {
-    if name.len() <= MAX_POLICY_NAME {
+    if name.len() <= MAX_NAME_LEN {
         return name.to_owned();
     }
     // FNV-1a: stable across runs and versions, unlike the standard library's hasher.
@@ -474,7 +471,7 @@ fn shorten(name: &str) -> String {
     });
     let suffix = format!("-{:08x}", hash & 0xffff_ffff);
     let head = name
-        .get(..MAX_POLICY_NAME - suffix.len())
+        .get(..MAX_NAME_LEN - suffix.len())
         .unwrap_or(name)
         .trim_end_matches(['-', '.']);
     format!("{head}{suffix}")

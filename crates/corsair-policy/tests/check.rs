@@ -337,17 +337,10 @@ fn the_crd_bounds_are_checked() {
 /// still says what and where.
 #[test]
 fn a_regex_error_is_one_line() {
-    let Checked::Policy { report, .. } =
-        check_manifest(&policy(json!({"allowOriginRegexes": ["https://(a|b"]})))
-    else {
-        panic!("skipped")
-    };
-    let finding = report
-        .findings
-        .iter()
-        .find(|f| f.code == "invalid-regex")
-        .unwrap_or_else(|| panic!("{report:?}"));
-    let text = finding.to_string();
+    let text = said(
+        &policy(json!({"allowOriginRegexes": ["https://(a|b"]})),
+        "invalid-regex",
+    );
     assert!(!text.contains('\n'), "{text}");
     assert!(
         text.contains("unclosed group") && text.contains("(at character 9)"),
@@ -355,18 +348,24 @@ fn a_regex_error_is_one_line() {
     );
     // A pattern that starts with `^`, as anchored origin regexes do: the caret under the fault
     // is found, not the pattern's own first character.
-    let Checked::Policy { report, .. } =
-        check_manifest(&policy(json!({"allowOriginRegexes": ["^https://(app"]})))
-    else {
+    let text = said(
+        &policy(json!({"allowOriginRegexes": ["^https://(app"]})),
+        "invalid-regex",
+    );
+    assert!(text.contains("(at character 10)"), "{text}");
+}
+
+/// The first finding of `doc` with `code`, as it is printed; the test fails without one.
+fn said(doc: &Value, code: &str) -> String {
+    let Checked::Policy { report, .. } = check_manifest(doc) else {
         panic!("skipped")
     };
-    let text = report
+    report
         .findings
         .iter()
-        .find(|f| f.code == "invalid-regex")
+        .find(|f| f.code == code)
         .map(ToString::to_string)
-        .unwrap_or_default();
-    assert!(text.contains("(at character 10)"), "{text}");
+        .unwrap_or_else(|| panic!("no {code} in {report:?}"))
 }
 
 /// A key written twice is named with its line, without the YAML library's advice about its own

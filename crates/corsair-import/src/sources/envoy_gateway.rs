@@ -21,19 +21,7 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
     }
     let mut ctx = Ctx::default();
     let base = "spec.cors";
-    super::check_types(
-        cors,
-        base,
-        &[
-            ("allowOrigins", Type::Texts),
-            ("allowMethods", Type::Texts),
-            ("allowHeaders", Type::Texts),
-            ("exposeHeaders", Type::Texts),
-            ("allowCredentials", Type::Bool),
-            ("maxAge", Type::Text),
-        ],
-        &mut ctx,
-    );
+    super::check_allow_style(cors, base, Type::Texts, Type::Text, &mut ctx);
     let fields = Fields::allow_style(base);
     let mut d = Draft {
         credentials: at(cors, &["allowCredentials"]).as_bool() == Some(true),

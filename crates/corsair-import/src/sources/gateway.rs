@@ -175,19 +175,7 @@ fn cors_filter(filters: &[Value]) -> Option<(usize, Value)> {
 }
 
 fn draft(cors: &Value, base: &str, ctx: &mut Ctx) -> Draft {
-    super::check_types(
-        cors,
-        base,
-        &[
-            ("allowOrigins", Type::Texts),
-            ("allowMethods", Type::Texts),
-            ("allowHeaders", Type::Texts),
-            ("exposeHeaders", Type::Texts),
-            ("allowCredentials", Type::Bool),
-            ("maxAge", Type::Integer),
-        ],
-        ctx,
-    );
+    super::check_allow_style(cors, base, Type::Texts, Type::Integer, ctx);
     let fields = Fields::allow_style(base);
     let credentials = at(cors, &["allowCredentials"]).as_bool() == Some(true);
     let mut d = Draft {

@@ -138,17 +138,12 @@ pub(crate) fn convert(doc: &Value, source: &SourceRef) -> Outcome {
 }
 
 fn draft(cors: &Value, base: &str, ctx: &mut Ctx) -> Draft {
+    super::check_allow_style(cors, base, Type::Matches, Type::Text, ctx);
     super::check_types(
         cors,
         base,
         &[
-            ("allowOrigins", Type::Matches),
             ("allowOrigin", Type::Texts),
-            ("allowMethods", Type::Texts),
-            ("allowHeaders", Type::Texts),
-            ("exposeHeaders", Type::Texts),
-            ("allowCredentials", Type::Bool),
-            ("maxAge", Type::Text),
             ("unmatchedPreflights", Type::Text),
         ],
         ctx,

@@ -167,6 +167,30 @@ pub(crate) fn check_types(object: &Value, base: &str, fields: &[(&str, Type)], c
     }
 }
 
+/// [`check_types`] for the CORS fields that the Gateway API, Envoy Gateway and Istio name alike
+/// (`rules::Fields::allow_style`); only the types of their origins and `maxAge` differ.
+pub(crate) fn check_allow_style(
+    cors: &Value,
+    base: &str,
+    origins: Type,
+    max_age: Type,
+    ctx: &mut Ctx,
+) {
+    check_types(
+        cors,
+        base,
+        &[
+            ("allowOrigins", origins),
+            ("allowMethods", Type::Texts),
+            ("allowHeaders", Type::Texts),
+            ("exposeHeaders", Type::Texts),
+            ("allowCredentials", Type::Bool),
+            ("maxAge", max_age),
+        ],
+        ctx,
+    );
+}
+
 /// A value's type as messages name it.
 fn describe(value: &Value) -> String {
     match value {
@@ -259,7 +283,6 @@ pub(crate) fn push_unique(list: &mut Vec<String>, item: String) {
 }
 
 /// One path match of a routing rule, with the CORS rules it had (`None`: the rule had no CORS).
-#[derive(Clone)]
 pub(crate) struct PathEntry {
     pub prefix: String,
     /// The source matched this one path only (Istio `exact`, Gateway API `Exact`).
@@ -355,11 +378,7 @@ pub(crate) fn assemble_routes(
             };
             if first_match_wins {
                 if entry.rules.is_some() {
-                    ctx.warn(
-                        "shadowed-route",
-                        &entry.field,
-                        format!("{:?} is never reached: an earlier match already takes these paths, so this CORS configuration is not converted", entry.prefix),
-                    );
+                    shadowed(ctx, &entry);
                 }
             } else if entry.rules != *earlier_rules {
                 // The Gateway API ranks rules of one path by match type, then by method, headers
@@ -510,7 +529,7 @@ fn conditional_entries(
         .into_iter()
         .enumerate()
         .partition(|(_, e)| e.conditions.is_empty());
-    let mut kept: Vec<PathEntry> = plain.iter().map(|(_, e)| e.clone()).collect();
+    let mut uncovered = Vec::new();
     for (index, entry) in conditional {
         let mut covering = plain
             .iter()
@@ -532,16 +551,12 @@ fn conditional_entries(
                     format!("the rule also matches on {conditions}: Corsair routes match on the path only, so these CORS rules apply to every request under the path"),
                 );
             }
-            kept.push(entry);
+            uncovered.push(entry);
             continue;
         };
         if first_match_wins && *cover_index < index {
             if entry.rules.is_some() {
-                ctx.warn(
-                    "shadowed-route",
-                    &entry.field,
-                    format!("{:?} is never reached: an earlier match already takes these paths, so this CORS configuration is not converted", entry.prefix),
-                );
+                shadowed(ctx, &entry);
             }
             continue;
         }
@@ -584,7 +599,16 @@ fn conditional_entries(
             );
         }
     }
-    kept
+    plain.into_iter().map(|(_, e)| e).chain(uncovered).collect()
+}
+
+/// A match with CORS that an earlier match (Istio's first-match order) leaves unreached.
+fn shadowed(ctx: &mut Ctx, entry: &PathEntry) {
+    ctx.warn(
+        "shadowed-route",
+        &entry.field,
+        format!("{:?} is never reached: an earlier match already takes these paths, so this CORS configuration is not converted", entry.prefix),
+    );
 }
 
 /// Whether a match field asks for something: an empty list or mapping (`headers: []`, as
