@@ -328,7 +328,8 @@ fn error(path: &str, code: &'static str, message: String) -> Finding {
     }
 }
 
-fn describe(value: &Value) -> String {
+/// A JSON value's type, as messages name it: `the string "x"`, `a list`, ….
+pub fn describe(value: &Value) -> String {
     match value {
         Value::Null => "empty".to_owned(),
         Value::Bool(b) => format!("the boolean {b}"),

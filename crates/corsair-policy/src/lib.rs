@@ -16,7 +16,7 @@ mod load;
 mod origin;
 mod validate;
 
-pub use check::{Checked, check_manifest, check_spec, schema_bounds};
+pub use check::{Checked, check_manifest, check_spec, describe, schema_bounds};
 pub use decision::{
     Action, AllowOrigin, AllowReason, Decision, DenyReason, ListValue, Rendered, RequestKind,
     ResponseHeaders, Vary, Verdict, merge_vary, write_merged_vary,

@@ -143,7 +143,7 @@ pub(crate) fn check_types(object: &Value, base: &str, fields: &[(&str, Type)], c
                 &field,
                 format!(
                     "is {}, expected {expected}: {REFUSED}{read}",
-                    describe(value)
+                    corsair_policy::describe(value)
                 ),
             );
             continue;
@@ -160,7 +160,10 @@ pub(crate) fn check_types(object: &Value, base: &str, fields: &[(&str, Type)], c
                 ctx.warn(
                     "invalid-type",
                     &format!("{field}[{i}]"),
-                    format!("is {}, expected {expected}: {REFUSED}", describe(item)),
+                    format!(
+                        "is {}, expected {expected}: {REFUSED}",
+                        corsair_policy::describe(item)
+                    ),
                 );
             }
         }
@@ -189,18 +192,6 @@ pub(crate) fn check_allow_style(
         ],
         ctx,
     );
-}
-
-/// A value's type as messages name it.
-fn describe(value: &Value) -> String {
-    match value {
-        Value::Null => "null".to_owned(),
-        Value::Bool(b) => format!("the boolean {b}"),
-        Value::Number(n) => format!("the number {n}"),
-        Value::String(s) => format!("the string {s:?}"),
-        Value::Array(_) => "a list".to_owned(),
-        Value::Object(_) => "a mapping".to_owned(),
-    }
 }
 
 /// The method, header and exposed-header lists and the `maxAge` duration of an Envoy CORS policy,
